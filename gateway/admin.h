@@ -1,0 +1,15 @@
+/* The admin listener: health, readiness (and later metrics and reports), never public. */
+#ifndef GW_ADMIN_H
+#define GW_ADMIN_H
+
+#include <event2/event.h>
+
+#include "config.h"
+
+typedef struct gw_admin gw_admin_t;
+
+gw_admin_t *gw_admin_start(struct event_base *base, gw_config_t *cfg);
+void gw_admin_set_draining(gw_admin_t *a);
+void gw_admin_free(gw_admin_t *a);
+
+#endif

@@ -1,0 +1,538 @@
+/* The configuration snapshot: loaded and checked whole, immutable, reference-counted. */
+#include "config.h"
+
+#include <ctype.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "plugin_host.h"
+#include "tls.h"
+
+#define MAX_CONFIG_BYTES (16u << 20)
+#define INT_MAX_MS (24LL * 3600 * 1000)
+
+static int load_tls(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst);
+static int load_plugin_config(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst);
+
+static const gw_conf_key_t tls_keys[] = {
+    {"cert", GW_CT_STR, offsetof(gw_tls_conf_t, cert), .max = 4096, .flags = GW_CK_REQUIRED},
+    {"key", GW_CT_STR, offsetof(gw_tls_conf_t, key), .max = 4096, .flags = GW_CK_REQUIRED},
+    {NULL},
+};
+static const gw_conf_obj_t tls_obj = {sizeof(gw_tls_conf_t), tls_keys, NULL};
+
+static const gw_conf_key_t listen_keys[] = {
+    {"address", GW_CT_STR, offsetof(gw_listen_t, address), .max = 256, .flags = GW_CK_REQUIRED},
+    {"tls", GW_CT_FN, offsetof(gw_listen_t, tls), .fn = load_tls},
+    {NULL},
+};
+static const gw_conf_obj_t listen_obj = {sizeof(gw_listen_t), listen_keys, NULL};
+
+static const gw_conf_key_t admin_keys[] = {
+    {"address", GW_CT_STR, offsetof(gw_listen_t, address), .max = 256, .flags = GW_CK_REQUIRED},
+    {NULL},
+};
+static const gw_conf_obj_t admin_obj = {sizeof(gw_listen_t), admin_keys, NULL};
+
+#define LIMIT(k, lo, hi) {#k, GW_CT_INT, offsetof(gw_config_t, limits.k), lo, hi}
+static const gw_conf_key_t limits_keys[] = {
+    LIMIT(max_header_bytes, 1024, 1 << 20),
+    LIMIT(max_headers, 8, 1000),
+    LIMIT(max_body_bytes, 1024, 1LL << 30),
+    {NULL},
+};
+#define TIMEOUT(k) {#k, GW_CT_INT, offsetof(gw_config_t, timeouts.k), 1, INT_MAX_MS}
+static const gw_conf_key_t timeouts_keys[] = {
+    TIMEOUT(client_header_ms), TIMEOUT(client_body_ms), TIMEOUT(keepalive_ms),
+    TIMEOUT(upstream_connect_ms), TIMEOUT(upstream_first_byte_ms), TIMEOUT(upstream_idle_ms),
+    {"drain_ms", GW_CT_INT, offsetof(gw_config_t, timeouts.drain_ms), 0, INT_MAX_MS},
+    {NULL},
+};
+/* Nested objects of the snapshot itself: offsets are relative to the snapshot. */
+static const gw_conf_obj_t limits_obj = {0, limits_keys, NULL};
+static const gw_conf_obj_t timeouts_obj = {0, timeouts_keys, NULL};
+
+static void backend_init(void *p)
+{
+    gw_backend_t *b = p;
+    b->weight = 1;
+    b->max_concurrent = 0;
+}
+
+static const gw_conf_key_t backend_keys[] = {
+    {"url", GW_CT_STR, offsetof(gw_backend_t, url), .max = 2048, .flags = GW_CK_REQUIRED},
+    {"country", GW_CT_STR, offsetof(gw_backend_t, country), .max = 2, .flags = GW_CK_REQUIRED},
+    {"weight", GW_CT_INT, offsetof(gw_backend_t, weight), 1, 1000},
+    {"max_concurrent", GW_CT_INT, offsetof(gw_backend_t, max_concurrent), 0, 1000000},
+    {"api_key_env", GW_CT_STR, offsetof(gw_backend_t, api_key_env), .max = 256},
+    {"api_key_file", GW_CT_STR, offsetof(gw_backend_t, api_key_file), .max = 4096},
+    {"ca_file", GW_CT_STR, offsetof(gw_backend_t, ca_file), .max = 4096},
+    {NULL},
+};
+static const gw_conf_obj_t backend_obj = {sizeof(gw_backend_t), backend_keys, backend_init};
+
+static const gw_conf_key_t pool_keys[] = {
+    {"name", GW_CT_STR, offsetof(gw_pool_t, name), .max = 128, .flags = GW_CK_REQUIRED},
+    {"models", GW_CT_STRS, offsetof(gw_pool_t, models), 1, 10000, GW_CK_REQUIRED},
+    {"balance", GW_CT_STR, offsetof(gw_pool_t, balance), .max = 64},
+    {"backends", GW_CT_OBJS, offsetof(gw_pool_t, backends), 1, 10000, GW_CK_REQUIRED,
+     &backend_obj},
+    {NULL},
+};
+static const gw_conf_obj_t pool_obj = {sizeof(gw_pool_t), pool_keys, NULL};
+
+static const gw_conf_key_t plugin_keys[] = {
+    {"path", GW_CT_STR, offsetof(gw_plugin_entry_t, path), .max = 4096, .flags = GW_CK_REQUIRED},
+    {"config", GW_CT_FN, offsetof(gw_plugin_entry_t, config), .fn = load_plugin_config},
+    {NULL},
+};
+static const gw_conf_obj_t plugin_obj = {sizeof(gw_plugin_entry_t), plugin_keys, NULL};
+
+static const gw_conf_key_t top_keys[] = {
+    {"listen", GW_CT_OBJS, offsetof(gw_config_t, listen), 1, 64, GW_CK_REQUIRED, &listen_obj},
+    {"admin", GW_CT_OBJ, offsetof(gw_config_t, admin), .flags = GW_CK_REQUIRED, .obj = &admin_obj},
+    {"workers", GW_CT_INT, offsetof(gw_config_t, workers), 0, 256},
+    {"limits", GW_CT_OBJ, 0, .obj = &limits_obj},
+    {"timeouts", GW_CT_OBJ, 0, .obj = &timeouts_obj},
+    {"pools", GW_CT_OBJS, offsetof(gw_config_t, pools), 1, 10000, GW_CK_REQUIRED, &pool_obj},
+    {"plugins", GW_CT_OBJS, offsetof(gw_config_t, plugin_entries), 0, 64, 0, &plugin_obj},
+    {NULL},
+};
+static const gw_conf_obj_t top_obj = {sizeof(gw_config_t), top_keys, NULL};
+
+static int load_tls(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
+{
+    gw_tls_conf_t *t = gw_arena_calloc(cx->arena, sizeof(*t));
+    *(gw_tls_conf_t **)dst = t;
+    return gw_conf_load_obj(cx, n, path, &tls_obj, t);
+}
+
+static int load_plugin_config(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
+{
+    *(const cJSON **)dst = n; /* handed to the plugin's configure */
+    return 0;
+}
+
+static void defaults(gw_config_t *c)
+{
+    c->workers = 0;
+    c->limits.max_header_bytes = 32768;
+    c->limits.max_headers = 100;
+    c->limits.max_body_bytes = 4194304;
+    c->timeouts.client_header_ms = 10000;
+    c->timeouts.client_body_ms = 30000;
+    c->timeouts.keepalive_ms = 60000;
+    c->timeouts.upstream_connect_ms = 2000;
+    c->timeouts.upstream_first_byte_ms = 120000;
+    c->timeouts.upstream_idle_ms = 60000;
+    c->timeouts.drain_ms = 30000;
+}
+
+/* "host:port" or "[v6]:port", numeric hosts only. */
+static int parse_address(const char *addr, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr) return -1;
+    size_t hl = (size_t)(colon - addr);
+    const char *h = addr;
+    if (addr[0] == '[') {
+        if (hl < 3 || addr[hl - 1] != ']') return -1;
+        h = addr + 1;
+        hl -= 2;
+    }
+    if (hl >= sizeof(host)) return -1;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || colon[1] == '\0' || port < 0 || port > 65535) return -1;
+    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res;
+    if (getaddrinfo(host, colon + 1, &hints, &res) != 0) return -1;
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+static char *read_secret_file(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot read the key file: %s", strerror(errno));
+        return NULL;
+    }
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    while (n && isspace((unsigned char)buf[n - 1])) n--;
+    buf[n] = '\0';
+    if (n == 0) {
+        snprintf(err, errlen, "the key file is empty");
+        return NULL;
+    }
+    char *s = strdup(buf);
+    explicit_bzero(buf, sizeof(buf));
+    return s;
+}
+
+static int check_secret(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e) return -1;
+    return 0;
+}
+
+static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, const char *path)
+{
+    char err[512];
+    const char *u = b->url, *rest;
+    const char *upath = gw_conf_path_key(cx, path, "url");
+    if (strncmp(u, "http://", 7) == 0) {
+        rest = u + 7;
+    } else if (strncmp(u, "https://", 8) == 0) {
+        rest = u + 8;
+        b->tls = 1;
+    } else {
+        gw_conf_error(cx, upath, "must start with http:// or https://");
+        return -1;
+    }
+    size_t hostport_len = strcspn(rest, "/");
+    if (rest[hostport_len] && strcmp(rest + hostport_len, "/") != 0) {
+        gw_conf_error(cx, upath, "must not have a path");
+        return -1;
+    }
+    char hp[300];
+    if (hostport_len == 0 || hostport_len >= sizeof(hp)) {
+        gw_conf_error(cx, upath, "has no host");
+        return -1;
+    }
+    memcpy(hp, rest, hostport_len);
+    hp[hostport_len] = '\0';
+    char *host = hp, *port = NULL;
+    if (hp[0] == '[') {
+        char *close = strchr(hp, ']');
+        if (!close) {
+            gw_conf_error(cx, upath, "has a bad IPv6 address");
+            return -1;
+        }
+        *close = '\0';
+        host = hp + 1;
+        if (close[1] == ':') port = close + 2;
+        else if (close[1]) {
+            gw_conf_error(cx, upath, "has a bad host");
+            return -1;
+        }
+    } else {
+        char *colon = strchr(hp, ':');
+        if (colon) {
+            *colon = '\0';
+            port = colon + 1;
+        }
+    }
+    if (!port) port = b->tls ? "443" : "80";
+    char *end;
+    long pn = strtol(port, &end, 10);
+    if (!*host || !*port || *end || pn < 1 || pn > 65535) {
+        gw_conf_error(cx, upath, "has a bad host or port");
+        return -1;
+    }
+    for (const char *p = host; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-' && *p != ':') {
+            gw_conf_error(cx, upath, "has a bad host");
+            return -1;
+        }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    if (rc != 0) {
+        gw_conf_error(cx, upath, "cannot be resolved: %s", gai_strerror(rc));
+        return -1;
+    }
+    memcpy(&b->ss, res->ai_addr, res->ai_addrlen);
+    b->sslen = res->ai_addrlen;
+    freeaddrinfo(res);
+    b->host = gw_arena_strdup(cx->arena, host);
+    int v6 = strchr(host, ':') != NULL;
+    char buf[320];
+    snprintf(buf, sizeof(buf), v6 ? "[%s]:%s" : "%s:%s", host, port);
+    b->name = gw_arena_strdup(cx->arena, buf);
+    b->host_header = b->name;
+
+    if (!isupper((unsigned char)b->country[0]) || !isupper((unsigned char)b->country[1]) ||
+        b->country[2]) {
+        gw_conf_error(cx, gw_conf_path_key(cx, path, "country"),
+                      "must be an ISO 3166 alpha-2 code such as CH");
+        return -1;
+    }
+    char *key = NULL;
+    if (b->api_key_env && b->api_key_file) {
+        gw_conf_error(cx, path, "api_key_env and api_key_file exclude each other");
+        return -1;
+    }
+    if (b->api_key_env) {
+        const char *v = getenv(b->api_key_env);
+        if (!v || !*v) {
+            gw_conf_error(cx, gw_conf_path_key(cx, path, "api_key_env"),
+                          "the environment variable is not set");
+            return -1;
+        }
+        key = strdup(v);
+    } else if (b->api_key_file) {
+        key = read_secret_file(b->api_key_file, err, sizeof(err));
+        if (!key) {
+            gw_conf_error(cx, gw_conf_path_key(cx, path, "api_key_file"), "%s", err);
+            return -1;
+        }
+    }
+    if (key) {
+        if (check_secret(key) < 0) {
+            gw_conf_error(cx, path, "the backend key has characters a header cannot carry");
+            free(key);
+            return -1;
+        }
+        size_t n = strlen(key) + 32;
+        b->auth_line = gw_arena_alloc(c->arena, n);
+        b->auth_line_len = (size_t)snprintf(b->auth_line, n, "authorization: Bearer %s\r\n", key);
+        explicit_bzero(key, strlen(key));
+        free(key);
+    }
+    if (b->tls) {
+        b->ssl = gw_tls_client_ctx(b->ca_file, err, sizeof(err));
+        if (!b->ssl) {
+            gw_conf_error(cx, gw_conf_path_key(cx, path, b->ca_file ? "ca_file" : "url"), "%s",
+                          err);
+            return -1;
+        }
+    } else if (b->ca_file) {
+        gw_conf_error(cx, gw_conf_path_key(cx, path, "ca_file"), "is only for https backends");
+        return -1;
+    }
+    return 0;
+}
+
+static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
+{
+    int rc = 0;
+    char err[512];
+    if (c->workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        c->workers = n > 0 ? n : 1;
+    }
+    gw_listen_t *ls = c->listen.items;
+    for (size_t i = 0; i < c->listen.n; i++) {
+        char *p = gw_conf_path_index(cx, "$.listen", i);
+        if (parse_address(ls[i].address, &ls[i].ss, &ls[i].sslen) < 0) {
+            gw_conf_error(cx, gw_conf_path_key(cx, p, "address"),
+                          "must be a numeric host:port such as 127.0.0.1:8080");
+            rc = -1;
+        }
+        if (ls[i].tls) {
+            ls[i].ssl = gw_tls_server_ctx(ls[i].tls->cert, ls[i].tls->key, err, sizeof(err));
+            if (!ls[i].ssl) {
+                gw_conf_error(cx, gw_conf_path_key(cx, p, "tls"), "%s", err);
+                rc = -1;
+            }
+        }
+    }
+    if (parse_address(c->admin.address, &c->admin.ss, &c->admin.sslen) < 0) {
+        gw_conf_error(cx, "$.admin.address", "must be a numeric host:port such as 127.0.0.1:9090");
+        rc = -1;
+    }
+    gw_pool_t *pools = c->pools.items;
+    size_t nb = 0;
+    for (size_t i = 0; i < c->pools.n; i++) nb += pools[i].backends.n;
+    c->backends = gw_arena_calloc(c->arena, (nb ? nb : 1) * sizeof(*c->backends));
+    for (size_t i = 0; i < c->pools.n; i++) {
+        gw_pool_t *p = &pools[i];
+        char *pp = gw_conf_path_index(cx, "$.pools", i);
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(pools[j].name, p->name) == 0) {
+                gw_conf_error(cx, gw_conf_path_key(cx, pp, "name"), "is used by another pool");
+                rc = -1;
+            }
+        if (p->balance && strcmp(p->balance, "least_outstanding") != 0) {
+            gw_conf_error(cx, gw_conf_path_key(cx, pp, "balance"),
+                          "must be least_outstanding");
+            rc = -1;
+        }
+        char **models = p->models.items;
+        for (size_t m = 0; m < p->models.n; m++) {
+            if (!models[m]) continue;
+            for (size_t q = 0; q <= i; q++) {
+                gw_pool_t *o = &pools[q];
+                char **om = o->models.items;
+                size_t lim = q == i ? m : o->models.n;
+                for (size_t k = 0; k < lim; k++)
+                    if (om[k] && strcmp(om[k], models[m]) == 0) {
+                        gw_conf_error(cx,
+                                      gw_conf_path_index(cx, gw_conf_path_key(cx, pp, "models"), m),
+                                      "is already served by pool %s", o->name);
+                        rc = -1;
+                    }
+            }
+        }
+        gw_backend_t *bs = p->backends.items;
+        char *bp = gw_conf_path_key(cx, pp, "backends");
+        for (size_t j = 0; j < p->backends.n; j++) {
+            bs[j].pool = p;
+            bs[j].index = c->nbackends;
+            c->backends[c->nbackends++] = &bs[j];
+            if (bs[j].url && bs[j].country &&
+                derive_backend(cx, c, &bs[j], gw_conf_path_index(cx, bp, j)) < 0)
+                rc = -1;
+        }
+    }
+    return rc;
+}
+
+static int build_models_json(gw_config_t *c)
+{
+    cJSON *root = cJSON_CreateObject(), *data = cJSON_CreateArray();
+    if (!root || !data) {
+        cJSON_Delete(root);
+        cJSON_Delete(data);
+        return -1;
+    }
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON_AddItemToObject(root, "data", data);
+    gw_pool_t *pools = c->pools.items;
+    for (size_t i = 0; i < c->pools.n; i++) {
+        char **models = pools[i].models.items;
+        for (size_t m = 0; m < pools[i].models.n; m++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "id", models[m]);
+            cJSON_AddStringToObject(o, "object", "model");
+            cJSON_AddNumberToObject(o, "created", 0);
+            cJSON_AddStringToObject(o, "owned_by", "gotthard");
+            cJSON_AddItemToArray(data, o);
+        }
+    }
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!s) return -1;
+    c->models_json_len = strlen(s);
+    c->models_json = gw_arena_strndup(c->arena, s, c->models_json_len);
+    free(s);
+    return c->models_json ? 0 : -1;
+}
+
+static void free_json(void *p)
+{
+    cJSON_Delete(p);
+}
+
+static char *read_file(const char *file, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(file, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open: %s", strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(MAX_CONFIG_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, f) : 0;
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf || bad || n > MAX_CONFIG_BYTES) {
+        snprintf(err, errlen, "cannot read, or larger than 16 MiB");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+gw_config_t *gw_config_load(const char *file, char **errors)
+{
+    *errors = NULL;
+    char err[512];
+    size_t len;
+    char *text = read_file(file, &len, err, sizeof(err));
+    if (!text) {
+        *errors = malloc(strlen(err) + 8);
+        if (*errors) sprintf(*errors, "$: %s\n", err);
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *json = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!json) {
+        int line = 1;
+        const char *stop = end ? end : cJSON_GetErrorPtr();
+        if (!stop || stop < text || stop > text + len) stop = text;
+        for (const char *p = text; p < stop; p++) line += *p == '\n';
+        free(text);
+        *errors = malloc(64);
+        if (*errors) snprintf(*errors, 64, "$: invalid JSON near line %d\n", line);
+        return NULL;
+    }
+    free(text);
+    gw_arena_t *arena = gw_arena_new(16384);
+    gw_config_t *c = arena ? gw_arena_calloc(arena, sizeof(*c)) : NULL;
+    if (!c) {
+        cJSON_Delete(json);
+        gw_arena_free(arena);
+        *errors = strdup("$: out of memory\n");
+        return NULL;
+    }
+    c->arena = arena;
+    c->json = json;
+    gw_arena_cleanup(arena, free_json, json);
+    atomic_init(&c->refs, 1);
+    defaults(c);
+    gw_conf_ctx_t cx;
+    gw_conf_ctx_init(&cx, arena);
+    int rc = gw_conf_load_obj(&cx, json, "$", &top_obj, c);
+    if (rc == 0) rc = derive(&cx, c);
+    if (rc == 0) rc = gw_plugins_configure(&cx, c);
+    if (rc == 0 && build_models_json(c) < 0) {
+        gw_conf_error(&cx, "$", "out of memory");
+        rc = -1;
+    }
+    if (rc < 0 || cx.nerrors) {
+        *errors = cx.errors ? cx.errors : strdup("$: invalid\n");
+        cx.errors = NULL;
+        gw_config_unref(c);
+        return NULL;
+    }
+    gw_conf_ctx_release(&cx);
+    return c;
+}
+
+gw_config_t *gw_config_ref(gw_config_t *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
+void gw_config_unref(gw_config_t *c)
+{
+    if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) return;
+    gw_plugins_release(c);
+    gw_listen_t *ls = c->listen.items;
+    for (size_t i = 0; i < c->listen.n; i++) SSL_CTX_free(ls[i].ssl);
+    for (size_t i = 0; i < c->nbackends; i++) {
+        gw_backend_t *b = c->backends[i];
+        SSL_CTX_free(b->ssl);
+        if (b->auth_line) explicit_bzero(b->auth_line, b->auth_line_len);
+    }
+    gw_arena_free(c->arena);
+}
+
+gw_pool_t *gw_config_pool_for_model(const gw_config_t *c, const char *model)
+{
+    gw_pool_t *pools = c->pools.items;
+    for (size_t i = 0; i < c->pools.n; i++) {
+        char **models = pools[i].models.items;
+        for (size_t m = 0; m < pools[i].models.n; m++)
+            if (strcmp(models[m], model) == 0) return &pools[i];
+    }
+    return NULL;
+}

@@ -1,0 +1,93 @@
+/* The configuration snapshot: loaded and checked whole, immutable, reference-counted. */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+#include "arena.h"
+#include "conf.h"
+
+typedef struct gw_pool gw_pool_t;
+
+typedef struct gw_tls_conf {
+    char *cert, *key;
+} gw_tls_conf_t;
+
+typedef struct gw_listen {
+    char *address;
+    gw_tls_conf_t *tls;
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    SSL_CTX *ssl;
+} gw_listen_t;
+
+typedef struct gw_backend {
+    char *url, *country, *api_key_env, *api_key_file, *ca_file;
+    int64_t weight, max_concurrent;
+    /* derived */
+    int tls;
+    char *host, *name; /* name: host:port, for logs and metrics */
+    char *host_header;
+    char *auth_line; /* "authorization: Bearer ...\r\n", or NULL: a secret, never printed */
+    size_t auth_line_len;
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    SSL_CTX *ssl;
+    size_t index; /* in the snapshot's backends */
+    gw_pool_t *pool;
+    atomic_int inflight;
+} gw_backend_t;
+
+struct gw_pool {
+    char *name, *balance;
+    gw_conf_list_t models;   /* char * */
+    gw_conf_list_t backends; /* gw_backend_t */
+};
+
+typedef struct gw_plugin_inst {
+    const gw_plugin_t *plugin;
+    void *state;
+    void *dl; /* dlopen handle of an external plugin */
+} gw_plugin_inst_t;
+
+typedef struct gw_plugin_entry {
+    char *path;
+    const cJSON *config;
+} gw_plugin_entry_t;
+
+typedef struct gw_config {
+    atomic_int refs;
+    gw_arena_t *arena;
+    cJSON *json; /* the parsed file, alive as long as the snapshot */
+    gw_conf_list_t listen; /* gw_listen_t */
+    gw_listen_t admin;
+    int64_t workers;
+    struct {
+        int64_t max_header_bytes, max_headers, max_body_bytes;
+    } limits;
+    struct {
+        int64_t client_header_ms, client_body_ms, keepalive_ms, upstream_connect_ms,
+            upstream_first_byte_ms, upstream_idle_ms, drain_ms;
+    } timeouts;
+    gw_conf_list_t pools;          /* gw_pool_t */
+    gw_conf_list_t plugin_entries; /* gw_plugin_entry_t */
+    /* derived */
+    gw_plugin_inst_t *plugins;
+    size_t nplugins;
+    gw_backend_t **backends;
+    size_t nbackends;
+    char *models_json; /* the body of GET /v1/models */
+    size_t models_json_len;
+} gw_config_t;
+
+/* Loads and checks FILE. On failure returns NULL and *errors holds lines
+ * "$.path: message\n" (free it). */
+gw_config_t *gw_config_load(const char *file, char **errors);
+gw_config_t *gw_config_ref(gw_config_t *c);
+void gw_config_unref(gw_config_t *c);
+gw_pool_t *gw_config_pool_for_model(const gw_config_t *c, const char *model);
+
+#endif

@@ -1,0 +1,332 @@
+/* A client connection: reads HTTP/1.1 requests strictly, one at a time, and writes answers. */
+#include "conn.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "request.h"
+#include "upstream.h"
+
+#define CLIENT_WRITE_LOW (64 * 1024)
+#define LINGER_MS 2000
+
+static void process(gw_conn_t *c);
+
+static void arm(gw_conn_t *c, int64_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+static void unlink_conn(gw_conn_t *c)
+{
+    gw_worker_t *w = c->w;
+    if (c->prev) c->prev->next = c->next;
+    else w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    w->nconns--;
+}
+
+void gw_conn_close(gw_conn_t *c)
+{
+    if (c->dead) return;
+    if (c->req) {
+        gw_req_t *r = c->req;
+        c->req = NULL;
+        r->conn = NULL;
+        gw_req_abort(r);
+    }
+    if (c->in_process) {
+        /* process() is below us on the stack: it frees the connection when it returns. */
+        c->dead = 1;
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        evtimer_del(c->timer);
+        return;
+    }
+    gw_worker_t *w = c->w;
+    unlink_conn(c);
+    event_free(c->timer);
+    bufferevent_free(c->bev); /* closes the socket */
+    free(c);
+    gw_worker_conn_gone(w);
+}
+
+static void linger_start(gw_conn_t *c)
+{
+    /* Everything is written: stop sending, and read what the client still sends for a
+     * moment, so that unread bytes do not turn into a reset that eats our answer. */
+    if (c->tls || shutdown(c->fd, SHUT_WR) < 0) {
+        gw_conn_close(c);
+        return;
+    }
+    c->lingering = 1;
+    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+    bufferevent_enable(c->bev, EV_READ);
+    arm(c, LINGER_MS);
+}
+
+void gw_conn_close_after_write(gw_conn_t *c)
+{
+    c->state = CONN_CLOSING;
+    evtimer_del(c->timer);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) linger_start(c);
+    else arm(c, 30000); /* a client that never reads its answer */
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_conn_t *c = arg;
+    switch (c->state) {
+    case CONN_HEAD:
+        gw_conn_error_reply(c, 408, "request_timeout", "The request head was not received in time.", 1);
+        break;
+    case CONN_BODY:
+        if (c->req) {
+            gw_req_t *r = c->req;
+            r->close = 1;
+            gw_req_error(r, 408, "request_timeout", "The request body was not received in time.");
+            gw_req_finish(r, 1);
+        } else {
+            gw_conn_close(c);
+        }
+        break;
+    case CONN_CLOSING:
+    case CONN_IDLE:
+    default:
+        gw_conn_close(c);
+        break;
+    }
+}
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    gw_conn_t *c = arg;
+    if (c->lingering) {
+        struct evbuffer *in = bufferevent_get_input(bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    process(c);
+}
+
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+    gw_conn_t *c = arg;
+    if (c->state == CONN_CLOSING) {
+        if (!c->lingering && evbuffer_get_length(bufferevent_get_output(bev)) == 0) linger_start(c);
+        return;
+    }
+    if (c->req) gw_upstream_client_drained(c->req);
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    gw_conn_t *c = arg;
+    if (what & BEV_EVENT_CONNECTED) return;
+    /* EOF or error: the client is gone (or done, when lingering). */
+    gw_conn_close(c);
+}
+
+void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l)
+{
+    gw_conn_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    evutil_make_socket_nonblocking(fd);
+    c->w = w;
+    c->fd = fd;
+    if (l->ssl) {
+        SSL *ssl = SSL_new(l->ssl);
+        c->bev = ssl ? bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                      BEV_OPT_CLOSE_ON_FREE)
+                     : NULL;
+        if (!c->bev) SSL_free(ssl);
+        c->tls = 1;
+    } else {
+        c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
+    c->timer = c->bev ? evtimer_new(w->base, timer_cb, c) : NULL;
+    if (!c->bev || !c->timer) {
+        if (c->bev) bufferevent_free(c->bev);
+        else close(fd);
+        free(c);
+        return;
+    }
+    c->next = w->conns;
+    if (w->conns) w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_WRITE, CLIENT_WRITE_LOW, 0);
+    bufferevent_setwatermark(c->bev, EV_READ, 0,
+                             (size_t)w->cfg->limits.max_header_bytes + 65536);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->state = CONN_HEAD;
+    arm(c, w->cfg->timeouts.client_header_ms);
+}
+
+/* Reads the body into the request as it arrives. Returns 1 when it is whole. */
+static void body_data(void *arg, const char *p, size_t n)
+{
+    gw_req_t *r = arg;
+    evbuffer_add(r->body, p, n);
+}
+
+static int read_body(gw_conn_t *c)
+{
+    gw_req_t *r = c->req;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    int64_t max = r->cfg->limits.max_body_bytes;
+    if (!r->head.chunked) {
+        size_t have = evbuffer_get_length(in);
+        size_t take = have < (size_t)c->body_left ? have : (size_t)c->body_left;
+        if (take) evbuffer_remove_buffer(in, r->body, take);
+        c->body_left -= (int64_t)take;
+        return c->body_left == 0;
+    }
+    for (;;) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) return 0;
+        size_t used = 0;
+        int rc = gw_chunked_feed(&c->chunked, v.iov_base, v.iov_len, &used, body_data, r);
+        evbuffer_drain(in, used);
+        if (rc == GW_CHUNKED_BAD) {
+            r->close = 1;
+            gw_req_error(r, 400, "bad_request", "The chunked request body is malformed.");
+            gw_req_finish(r, 1);
+            return -1;
+        }
+        if ((int64_t)evbuffer_get_length(r->body) > max) {
+            r->close = 1;
+            gw_req_error(r, 413, "request_too_large", "The request body is too large.");
+            gw_req_finish(r, 1);
+            return -1;
+        }
+        if (rc == GW_CHUNKED_DONE) return 1;
+    }
+}
+
+void gw_conn_read_body(gw_conn_t *c)
+{
+    gw_req_t *r = c->req;
+    if (!r->head.chunked && r->head.content_length <= 0) {
+        c->state = CONN_BUSY;
+        gw_req_body_ready(r);
+        return;
+    }
+    c->state = CONN_BODY;
+    c->body_left = r->head.chunked ? 0 : r->head.content_length;
+    memset(&c->chunked, 0, sizeof(c->chunked));
+    arm(c, r->cfg->timeouts.client_body_ms);
+    if (r->head.expect_continue && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    if (!c->in_process) process(c);
+}
+
+void gw_conn_request_done(gw_conn_t *c, int close)
+{
+    c->req = NULL;
+    if (close || c->w->draining) {
+        gw_conn_close_after_write(c);
+        return;
+    }
+    c->state = CONN_IDLE;
+    c->head_scanned = 0;
+    arm(c, c->w->cfg->timeouts.keepalive_ms);
+    if (!c->in_process && evbuffer_get_length(bufferevent_get_input(c->bev))) process(c);
+}
+
+void gw_conn_drain(gw_conn_t *c)
+{
+    if (c->state == CONN_IDLE || (c->state == CONN_HEAD && !c->req &&
+                                  evbuffer_get_length(bufferevent_get_input(c->bev)) == 0))
+        gw_conn_close(c);
+}
+
+static void head_error(gw_conn_t *c, int rc)
+{
+    if (rc == GW_HTTP_TOO_MANY)
+        gw_conn_error_reply(c, 431, "headers_too_large", "The request headers are too large.", 1);
+    else if (rc == GW_HTTP_BAD_VERSION)
+        gw_conn_error_reply(c, 505, "bad_request", "Only HTTP/1.0 and HTTP/1.1 are supported.", 1);
+    else
+        gw_conn_error_reply(c, 400, "bad_request", "The request is malformed.", 1);
+}
+
+/* Parses as many requests as the input holds, one at a time. */
+static void process(gw_conn_t *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    c->in_process = 1;
+    while (!c->dead) {
+        size_t len = evbuffer_get_length(in);
+        if (c->state == CONN_IDLE) {
+            if (len == 0) break;
+            c->state = CONN_HEAD;
+            arm(c, c->w->cfg->timeouts.client_header_ms);
+        }
+        if (c->state == CONN_HEAD) {
+            /* Blank lines before a request line are allowed (RFC 9112 2.2). */
+            while (c->head_scanned == 0 && len >= 2) {
+                unsigned char two[2];
+                evbuffer_copyout(in, two, 2);
+                if (two[0] != '\r' || two[1] != '\n') break;
+                evbuffer_drain(in, 2);
+                len -= 2;
+            }
+            if (len == 0) break;
+            size_t max = (size_t)c->w->cfg->limits.max_header_bytes;
+            size_t look = len < max + 4 ? len : max + 4;
+            const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)look);
+            long hl = gw_http_find_head_end(buf, look, &c->head_scanned);
+            if (hl == GW_HTTP_INCOMPLETE) {
+                if (look > max) head_error(c, GW_HTTP_TOO_MANY);
+                break;
+            }
+            if (hl < 0 || (size_t)hl > max) {
+                head_error(c, hl < 0 ? (int)hl : GW_HTTP_TOO_MANY);
+                break;
+            }
+            int err = 0;
+            gw_req_t *r = gw_req_new(c, buf, (size_t)hl, &err);
+            evbuffer_drain(in, (size_t)hl);
+            c->head_scanned = 0;
+            if (!r) {
+                head_error(c, err);
+                break;
+            }
+            c->req = r;
+            c->state = CONN_BUSY;
+            evtimer_del(c->timer);
+            gw_req_headers_ready(r);
+            continue;
+        }
+        if (c->state == CONN_BODY) {
+            int rc = read_body(c);
+            if (rc < 0) break;
+            if (rc == 0) break;
+            evtimer_del(c->timer);
+            c->state = CONN_BUSY;
+            gw_req_body_ready(c->req);
+            continue;
+        }
+        /* CONN_BUSY: a pipelined request waits in the input; CONN_CLOSING: ignore. */
+        break;
+    }
+    c->in_process = 0;
+    if (c->dead) {
+        c->dead = 0;
+        gw_conn_close(c);
+    }
+}

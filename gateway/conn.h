@@ -1,0 +1,40 @@
+/* A client connection: reads HTTP/1.1 requests strictly, one at a time, and writes answers. */
+#ifndef GW_CONN_H
+#define GW_CONN_H
+
+#include <event2/bufferevent.h>
+
+#include "http.h"
+#include "worker.h"
+
+typedef struct gw_req gw_req_t;
+
+enum { CONN_IDLE, CONN_HEAD, CONN_BODY, CONN_BUSY, CONN_CLOSING };
+
+struct gw_conn {
+    gw_worker_t *w;
+    struct bufferevent *bev;
+    struct event *timer;
+    gw_req_t *req;
+    gw_conn_t *prev, *next;
+    int state;
+    int fd;
+    size_t head_scanned;
+    int64_t body_left; /* Content-Length bytes still to read */
+    gw_chunked_t chunked;
+    unsigned tls : 1, in_process : 1, lingering : 1, dead : 1;
+};
+
+void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l);
+/* The request's head was handled by the request_headers phase: read its body. */
+void gw_conn_read_body(gw_conn_t *c);
+/* The answer is written (or queued): next request, or close when close is set. */
+void gw_conn_request_done(gw_conn_t *c, int close);
+/* Close at once (a broken stream, a worker stopping). */
+void gw_conn_close(gw_conn_t *c);
+/* Write everything queued, then close (lingering). */
+void gw_conn_close_after_write(gw_conn_t *c);
+/* Drain: close if idle, else close after the current request. */
+void gw_conn_drain(gw_conn_t *c);
+
+#endif

@@ -1,0 +1,357 @@
+/* A strict HTTP/1.1 message parser: request and response heads, and chunked bodies. */
+#include "http.h"
+
+#include <string.h>
+#include <strings.h>
+
+/* tchar per RFC 9110 5.6.2 */
+static const unsigned char tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+};
+
+static int is_vchar_or_obs(unsigned char c)
+{
+    return (c >= 0x21 && c <= 0x7e) || c >= 0x80;
+}
+
+long gw_http_find_head_end(const char *buf, size_t len, size_t *scanned)
+{
+    size_t i = *scanned;
+    while (i < len) {
+        const char *lf = memchr(buf + i, '\n', len - i);
+        if (!lf) break;
+        size_t at = (size_t)(lf - buf);
+        if (at == 0 || buf[at - 1] != '\r') return GW_HTTP_BAD;
+        if (at >= 3 && buf[at - 2] == '\n' && buf[at - 3] == '\r') {
+            *scanned = at + 1;
+            return (long)(at + 1);
+        }
+        i = at + 1;
+    }
+    *scanned = len;
+    return GW_HTTP_INCOMPLETE;
+}
+
+int gw_http_name_eq(const char *a, size_t alen, const char *lit)
+{
+    size_t n = strlen(lit);
+    return alen == n && strncasecmp(a, lit, n) == 0;
+}
+
+const gw_header_t *gw_http_find(const gw_http_head_t *h, const char *name)
+{
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (gw_http_name_eq(h->headers[i].name, h->headers[i].name_len, name))
+            return &h->headers[i];
+    return NULL;
+}
+
+int gw_http_is_hop_by_hop(const char *n, size_t len)
+{
+    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                      "trailer", "upgrade", "transfer-encoding",
+                                      "proxy-authorization", "proxy-authenticate",
+                                      "content-length", "host", NULL};
+    for (const char *const *p = hop; *p; p++)
+        if (gw_http_name_eq(n, len, *p)) return 1;
+    return 0;
+}
+
+/* Parses "HTTP/1.x" at p; returns the minor version, or an error. */
+static int parse_version(const char *p, const char *end)
+{
+    if (end - p < 8 || memcmp(p, "HTTP/", 5) != 0) return GW_HTTP_BAD;
+    if (p[5] < '0' || p[5] > '9' || p[6] != '.' || p[7] < '0' || p[7] > '9') return GW_HTTP_BAD;
+    if (p[5] != '1' || (p[7] != '0' && p[7] != '1')) return GW_HTTP_BAD_VERSION;
+    return p[7] - '0';
+}
+
+static int parse_content_length(const char *v, size_t n, int64_t *out)
+{
+    if (n == 0 || n > 18) return -1;
+    int64_t x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9') return -1;
+        x = x * 10 + (v[i] - '0');
+    }
+    *out = x;
+    return 0;
+}
+
+/* Marks the headers named by Connection's tokens as hop-by-hop. */
+static int parse_connection(gw_http_head_t *h, const char *v, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+        size_t s = i;
+        while (i < n && tchar[(unsigned char)v[i]]) i++;
+        size_t tl = i - s;
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
+        if (i < n && v[i] != ',') return -1;
+        if (tl == 0) continue;
+        if (gw_http_name_eq(v + s, tl, "close"))
+            h->conn_close = 1;
+        else if (gw_http_name_eq(v + s, tl, "keep-alive"))
+            h->conn_keepalive = 1;
+        for (size_t k = 0; k < h->nheaders; k++)
+            if (h->headers[k].name_len == tl && strncasecmp(h->headers[k].name, v + s, tl) == 0)
+                h->hop[k] = 1;
+    }
+    return 0;
+}
+
+/* Header lines from p to the final empty line. */
+static int parse_headers(const char *p, const char *end, gw_http_head_t *h, gw_header_t *headers,
+                         uint8_t *hop, size_t max_headers, int is_request)
+{
+    int cl_seen = 0, te_seen = 0, host_seen = 0;
+    h->headers = headers;
+    h->hop = hop;
+    h->nheaders = 0;
+    h->content_length = -1;
+    for (;;) {
+        if (end - p < 2) return GW_HTTP_BAD;
+        if (p[0] == '\r') {
+            if (p[1] != '\n') return GW_HTTP_BAD;
+            p += 2;
+            break;
+        }
+        const char *name = p;
+        while (p < end && tchar[(unsigned char)*p]) p++;
+        if (p == name || p >= end || *p != ':') return GW_HTTP_BAD; /* empty name, obs-fold, WS */
+        size_t name_len = (size_t)(p - name);
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        const char *value = p;
+        const char *last = p; /* one past the last non-OWS byte */
+        for (; p < end; p++) {
+            unsigned char c = (unsigned char)*p;
+            if (is_vchar_or_obs(c))
+                last = p + 1;
+            else if (c != ' ' && c != '\t')
+                break;
+        }
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return GW_HTTP_BAD; /* CTL, bare CR */
+        p += 2;
+        if (h->nheaders == max_headers) return GW_HTTP_TOO_MANY;
+        gw_header_t *hd = &headers[h->nheaders];
+        hop[h->nheaders] = (uint8_t)gw_http_is_hop_by_hop(name, name_len);
+        h->nheaders++;
+        hd->name = name;
+        hd->name_len = name_len;
+        hd->value = value;
+        hd->value_len = (size_t)(last - value);
+
+        if (gw_http_name_eq(name, name_len, "content-length")) {
+            if (cl_seen++ || parse_content_length(value, hd->value_len, &h->content_length) < 0)
+                return GW_HTTP_BAD;
+        } else if (gw_http_name_eq(name, name_len, "transfer-encoding")) {
+            if (te_seen++ || !gw_http_name_eq(value, hd->value_len, "chunked")) return GW_HTTP_BAD;
+            h->chunked = 1;
+        } else if (is_request && gw_http_name_eq(name, name_len, "host")) {
+            if (host_seen++ || hd->value_len == 0) return GW_HTTP_BAD;
+            h->has_host = 1;
+        } else if (is_request && gw_http_name_eq(name, name_len, "expect")) {
+            if (!gw_http_name_eq(value, hd->value_len, "100-continue")) return GW_HTTP_BAD;
+            h->expect_continue = 1;
+        }
+    }
+    if (p != end) return GW_HTTP_BAD;
+    if (cl_seen && te_seen) return GW_HTTP_BAD;
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (gw_http_name_eq(headers[i].name, headers[i].name_len, "connection") &&
+            parse_connection(h, headers[i].value, headers[i].value_len) < 0)
+            return GW_HTTP_BAD;
+    return 0;
+}
+
+int gw_http_parse_request(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
+                          uint8_t *hop, size_t max_headers)
+{
+    const char *p = buf, *end = buf + len;
+    memset(h, 0, sizeof(*h));
+    h->method = p;
+    while (p < end && tchar[(unsigned char)*p]) p++;
+    h->method_len = (size_t)(p - h->method);
+    if (h->method_len == 0 || p >= end || *p != ' ') return GW_HTTP_BAD;
+    h->target = ++p;
+    while (p < end && (unsigned char)*p >= 0x21 && (unsigned char)*p <= 0x7e) p++;
+    h->target_len = (size_t)(p - h->target);
+    if (h->target_len == 0 || p >= end || *p != ' ') return GW_HTTP_BAD;
+    p++;
+    int minor = parse_version(p, end);
+    if (minor < 0) return minor;
+    h->minor = minor;
+    p += 8;
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return GW_HTTP_BAD;
+    p += 2;
+    int rc = parse_headers(p, end, h, headers, hop, max_headers, 1);
+    if (rc < 0) return rc;
+    if (h->minor == 1 && !h->has_host) return GW_HTTP_BAD;
+    if (h->minor == 0 && h->chunked) return GW_HTTP_BAD;
+    return 0;
+}
+
+int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
+                           uint8_t *hop, size_t max_headers)
+{
+    const char *p = buf, *end = buf + len;
+    memset(h, 0, sizeof(*h));
+    int minor = parse_version(p, end);
+    if (minor < 0) return GW_HTTP_BAD;
+    h->minor = minor;
+    p += 8;
+    if (end - p < 5 || p[0] != ' ') return GW_HTTP_BAD;
+    for (int i = 1; i <= 3; i++)
+        if (p[i] < '0' || p[i] > '9') return GW_HTTP_BAD;
+    h->status = (p[1] - '0') * 100 + (p[2] - '0') * 10 + (p[3] - '0');
+    if (h->status < 100) return GW_HTTP_BAD;
+    p += 4;
+    if (*p == ' ') {
+        p++;
+        while (p < end && (is_vchar_or_obs((unsigned char)*p) || *p == ' ' || *p == '\t')) p++;
+    }
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return GW_HTTP_BAD;
+    p += 2;
+    return parse_headers(p, end, h, headers, hop, max_headers, 0);
+}
+
+const char *gw_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Status";
+    }
+}
+
+enum { CK_SIZE, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF, CK_TRAILER, CK_TRAILER_LINE,
+       CK_TRAILER_LF, CK_FINAL_LF, CK_DONE };
+
+static int hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+int gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, size_t *consumed,
+                    void (*data)(void *arg, const char *p, size_t n), void *arg)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char ch = (unsigned char)in[i];
+        switch (c->state) {
+        case CK_SIZE: {
+            int v = hexval(ch);
+            if (v >= 0) {
+                c->seen = 1;
+                if ((c->remaining || v) && ++c->digits > 15) goto bad;
+                c->remaining = c->remaining * 16 + (uint64_t)v;
+                i++;
+                break;
+            }
+            if (!c->seen) goto bad;
+            if (ch == ';') c->state = CK_EXT;
+            else if (ch == '\r') c->state = CK_SIZE_LF;
+            else goto bad;
+            i++;
+            break;
+        }
+        case CK_EXT:
+            if (ch == '\r') c->state = CK_SIZE_LF;
+            else if (ch != '\t' && (ch < 0x20 || ch == 0x7f)) goto bad;
+            i++;
+            break;
+        case CK_SIZE_LF:
+            if (ch != '\n') goto bad;
+            i++;
+            c->digits = 0;
+            c->seen = 0;
+            c->state = c->remaining ? CK_DATA : CK_TRAILER;
+            break;
+        case CK_DATA: {
+            size_t n = len - i;
+            if (n > c->remaining) n = (size_t)c->remaining;
+            if (data) data(arg, in + i, n);
+            c->remaining -= n;
+            i += n;
+            if (c->remaining == 0) c->state = CK_DATA_CR;
+            break;
+        }
+        case CK_DATA_CR:
+            if (ch != '\r') goto bad;
+            c->state = CK_DATA_LF;
+            i++;
+            break;
+        case CK_DATA_LF:
+            if (ch != '\n') goto bad;
+            c->state = CK_SIZE;
+            i++;
+            break;
+        case CK_TRAILER:
+            if (ch == '\r') c->state = CK_FINAL_LF;
+            else if (tchar[ch]) c->state = CK_TRAILER_LINE;
+            else goto bad;
+            i++;
+            break;
+        case CK_TRAILER_LINE:
+            if (ch == '\r') c->state = CK_TRAILER_LF;
+            else if (ch != '\t' && (ch < 0x20 || ch == 0x7f)) goto bad;
+            if (++c->remaining > 8192) goto bad;
+            i++;
+            break;
+        case CK_TRAILER_LF:
+            if (ch != '\n') goto bad;
+            c->state = CK_TRAILER;
+            i++;
+            break;
+        case CK_FINAL_LF:
+            if (ch != '\n') goto bad;
+            c->state = CK_DONE;
+            i++;
+            *consumed = i;
+            return GW_CHUNKED_DONE;
+        default:
+            goto bad;
+        }
+    }
+    *consumed = i;
+    return GW_CHUNKED_MORE;
+bad:
+    *consumed = i;
+    return GW_CHUNKED_BAD;
+}

@@ -1,0 +1,68 @@
+/* A strict HTTP/1.1 message parser: request and response heads, and chunked bodies. */
+#ifndef GW_HTTP_H
+#define GW_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gw_header {
+    const char *name, *value;
+    size_t name_len, value_len;
+} gw_header_t;
+
+/* What the parser makes of the framing and connection headers. */
+typedef struct gw_http_head {
+    /* request line */
+    const char *method, *target;
+    size_t method_len, target_len;
+    /* status line */
+    int status;
+    int minor; /* HTTP/1.<minor> */
+    gw_header_t *headers;
+    size_t nheaders;
+    int64_t content_length; /* -1 when absent */
+    unsigned chunked : 1, conn_close : 1, conn_keepalive : 1, has_host : 1, expect_continue : 1;
+    /* Headers named by Connection are hop-by-hop too: their indexes are marked here. */
+    uint8_t *hop; /* one flag per header */
+} gw_http_head_t;
+
+enum {
+    GW_HTTP_INCOMPLETE = -1,
+    GW_HTTP_BAD = -2,          /* 400 */
+    GW_HTTP_TOO_MANY = -3,     /* 431 */
+    GW_HTTP_BAD_VERSION = -4,  /* 505 */
+};
+
+/* Looks for the end of a head in buf[0..len), resuming at *scanned. Returns the head's
+ * length, GW_HTTP_INCOMPLETE, or GW_HTTP_BAD on a bare LF. */
+long gw_http_find_head_end(const char *buf, size_t len, size_t *scanned);
+
+/* Parses a whole head (as delimited by gw_http_find_head_end) in place. `headers` and `hop`
+ * have room for max_headers entries. Returns 0 or a GW_HTTP_* error. */
+int gw_http_parse_request(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
+                          uint8_t *hop, size_t max_headers);
+int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
+                           uint8_t *hop, size_t max_headers);
+
+/* True for headers never forwarded: hop-by-hop and framing. */
+int gw_http_is_hop_by_hop(const char *name, size_t len);
+int gw_http_name_eq(const char *a, size_t alen, const char *lit);
+const gw_header_t *gw_http_find(const gw_http_head_t *h, const char *name);
+const char *gw_http_reason(int status);
+
+/* An incremental strict decoder of chunked bodies. */
+typedef struct gw_chunked {
+    int state;
+    uint64_t remaining; /* of the current chunk's data */
+    int digits, seen;
+} gw_chunked_t;
+
+enum { GW_CHUNKED_MORE = 0, GW_CHUNKED_DONE = 1, GW_CHUNKED_BAD = -1 };
+
+/* Feeds in[0..len). Data bytes are reported as (offset, length) runs through `data`;
+ * *consumed is how much of `in` was used (on DONE, what follows belongs to the next
+ * message). Returns GW_CHUNKED_MORE, GW_CHUNKED_DONE or GW_CHUNKED_BAD. */
+int gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, size_t *consumed,
+                    void (*data)(void *arg, const char *p, size_t n), void *arg);
+
+#endif

@@ -1,0 +1,185 @@
+/* gotthard: the command line, start-up, signals and the drain. */
+#include <errno.h>
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include "admin.h"
+#include "config.h"
+#include "log.h"
+#include "tls.h"
+#include "worker.h"
+
+#ifndef GW_VERSION
+#define GW_VERSION "0.0.0"
+#endif
+
+typedef struct gw_main {
+    struct event_base *base;
+    gw_config_t *cfg;
+    gw_worker_t *workers;
+    size_t nworkers;
+    gw_admin_t *admin;
+    struct event *sigterm, *sigint, *sighup, *tick;
+    uint64_t drain_deadline_ms;
+    int draining, forced;
+} gw_main_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: gotthard -c FILE      run in the foreground\n"
+               "       gotthard -t -c FILE   check the config and exit\n"
+               "       gotthard -v           print the version\n");
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void print_errors(const char *file, const char *errors)
+{
+    const char *p = errors;
+    while (p && *p) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        fprintf(stderr, "%s: %.*s\n", file, (int)n, p);
+        p = nl ? nl + 1 : p + n;
+    }
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_main_t *m = arg;
+    size_t done = 0;
+    for (size_t i = 0; i < m->nworkers; i++) done += atomic_load(&m->workers[i].done) != 0;
+    if (done == m->nworkers) {
+        event_base_loopbreak(m->base);
+        return;
+    }
+    if (!m->forced && now_ms() >= m->drain_deadline_ms) {
+        gw_warn("drain time is over: closing what is still open");
+        m->forced = 1;
+        for (size_t i = 0; i < m->nworkers; i++) gw_worker_signal(&m->workers[i], 's');
+    }
+}
+
+static void stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+    gw_main_t *m = arg;
+    if (m->draining) return;
+    m->draining = 1;
+    gw_info("signal %d: draining for up to %lld ms", (int)sig,
+            (long long)m->cfg->timeouts.drain_ms);
+    gw_admin_set_draining(m->admin);
+    m->drain_deadline_ms = now_ms() + (uint64_t)m->cfg->timeouts.drain_ms;
+    for (size_t i = 0; i < m->nworkers; i++) gw_worker_signal(&m->workers[i], 'd');
+    struct timeval tv = {0, 20000};
+    event_add(m->tick, &tv);
+}
+
+static void hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+    gw_warn("SIGHUP: configuration reload is not available in this version; still serving");
+}
+
+static int run(const char *file)
+{
+    char *errors = NULL;
+    gw_config_t *cfg = gw_config_load(file, &errors);
+    if (!cfg) {
+        print_errors(file, errors);
+        free(errors);
+        return 1;
+    }
+    gw_main_t m = {0};
+    m.cfg = cfg;
+    m.base = event_base_new();
+    m.nworkers = (size_t)cfg->workers;
+    m.workers = calloc(m.nworkers, sizeof(*m.workers));
+    if (!m.base || !m.workers) return 1;
+    for (size_t i = 0; i < m.nworkers; i++) {
+        m.workers[i].id = (int)i;
+        m.workers[i].cfg = gw_config_ref(cfg);
+    }
+    if (gw_workers_bind(m.workers, m.nworkers, cfg) < 0) return 1;
+    m.admin = gw_admin_start(m.base, cfg);
+    if (!m.admin) return 1;
+    for (size_t i = 0; i < m.nworkers; i++)
+        if (gw_worker_start(&m.workers[i]) < 0) {
+            gw_error("cannot start worker %zu", i);
+            return 1;
+        }
+    m.sigterm = evsignal_new(m.base, SIGTERM, stop_cb, &m);
+    m.sigint = evsignal_new(m.base, SIGINT, stop_cb, &m);
+    m.sighup = evsignal_new(m.base, SIGHUP, hup_cb, &m);
+    m.tick = event_new(m.base, -1, EV_PERSIST, tick_cb, &m);
+    event_add(m.sigterm, NULL);
+    event_add(m.sigint, NULL);
+    event_add(m.sighup, NULL);
+    gw_info("gotthard %s: %zu workers, %zu listeners, admin on %s", GW_VERSION, m.nworkers,
+            cfg->listen.n, cfg->admin.address);
+    event_base_dispatch(m.base);
+    for (size_t i = 0; i < m.nworkers; i++) gw_worker_join(&m.workers[i]);
+    gw_admin_free(m.admin);
+    event_free(m.sigterm);
+    event_free(m.sigint);
+    event_free(m.sighup);
+    event_free(m.tick);
+    event_base_free(m.base);
+    free(m.workers);
+    gw_config_unref(cfg);
+    gw_info("stopped");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *file = NULL;
+    int test = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) {
+            printf("gotthard %s\n", GW_VERSION);
+            return 0;
+        } else if (strcmp(argv[i], "-t") == 0) {
+            test = 1;
+        } else if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+            file = argv[++i];
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!file) {
+        usage(stderr);
+        return 2;
+    }
+    /* Prompts pass through this process: they must never reach a core dump. */
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    signal(SIGPIPE, SIG_IGN);
+    gw_tls_init();
+    if (test) {
+        char *errors = NULL;
+        gw_config_t *cfg = gw_config_load(file, &errors);
+        if (!cfg) {
+            print_errors(file, errors);
+            free(errors);
+            return 1;
+        }
+        gw_config_unref(cfg);
+        printf("%s: ok\n", file);
+        return 0;
+    }
+    return run(file);
+}

@@ -1,0 +1,53 @@
+/* The plugin host: loads the configured plugins into a snapshot and releases them. */
+#include "plugin_host.h"
+
+#include <dlfcn.h>
+#include <string.h>
+
+int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c)
+{
+    gw_plugin_entry_t *entries = c->plugin_entries.items;
+    size_t n = c->plugin_entries.n;
+    c->plugins = gw_arena_calloc(c->arena, (n ? n : 1) * sizeof(*c->plugins));
+    if (!c->plugins) return -1;
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *path = gw_conf_path_index(cx, "$.plugins", i);
+        char *ppath = gw_conf_path_key(cx, path, "path");
+        void *dl = dlopen(entries[i].path, RTLD_NOW | RTLD_LOCAL);
+        if (!dl) {
+            gw_conf_error(cx, ppath, "cannot load: %s", dlerror());
+            rc = -1;
+            continue;
+        }
+        const gw_plugin_t *p = dlsym(dl, GW_PLUGIN_SYMBOL);
+        if (!p || p->abi != GW_PLUGIN_ABI || !p->name) {
+            gw_conf_error(cx, ppath, "is not a gotthard plugin of ABI %d", GW_PLUGIN_ABI);
+            dlclose(dl);
+            rc = -1;
+            continue;
+        }
+        gw_plugin_inst_t *inst = &c->plugins[c->nplugins++];
+        inst->plugin = p;
+        inst->dl = dl;
+        if (p->configure &&
+            p->configure(cx, entries[i].config, gw_conf_path_key(cx, path, "config"),
+                         &inst->state) < 0)
+            rc = -1;
+        else if (!p->configure && entries[i].config) {
+            gw_conf_error(cx, gw_conf_path_key(cx, path, "config"), "this plugin takes no config");
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+void gw_plugins_release(gw_config_t *c)
+{
+    for (size_t i = c->nplugins; i-- > 0;) {
+        gw_plugin_inst_t *inst = &c->plugins[i];
+        if (inst->plugin->release && inst->state) inst->plugin->release(inst->state);
+        if (inst->dl) dlclose(inst->dl);
+    }
+    c->nplugins = 0;
+}

@@ -1,0 +1,10 @@
+/* The plugin host: loads the configured plugins into a snapshot and releases them. */
+#ifndef GW_PLUGIN_HOST_H
+#define GW_PLUGIN_HOST_H
+
+#include "config.h"
+
+int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c);
+void gw_plugins_release(gw_config_t *c);
+
+#endif

@@ -1,0 +1,487 @@
+/* One request: its memory, the plugin phases, routing, and the answers the gateway makes. */
+#include "request.h"
+
+#include <event2/bufferevent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "log.h"
+#include "upstream.h"
+
+enum { HOOK_HEADERS, HOOK_BODY, HOOK_SELECT };
+
+uint64_t gw_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static const char *error_type(int status)
+{
+    switch (status) {
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 429: return "rate_limit_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+/* Messages are the gateway's own constants: they never hold request content. */
+static void write_error(struct evbuffer *out, int status, const char *code, const char *message,
+                        const char *id, gw_req_t *r, int close, int minor)
+{
+    char body[512];
+    int n = snprintf(body, sizeof(body),
+                     "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
+                     message, error_type(status), code);
+    if (n < 0 || (size_t)n >= sizeof(body)) n = 0;
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                        "content-length: %d\r\nx-request-id: %s\r\n",
+                        status, gw_http_reason(status), n, id);
+    if (r)
+        for (gw_hdr_edit_t *h = r->resp_headers; h; h = h->next)
+            evbuffer_add_printf(out, "%s: %s\r\n", h->name, h->value);
+    if (close) evbuffer_add(out, "connection: close\r\n", 19);
+    else if (minor == 0) evbuffer_add(out, "connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+    evbuffer_add(out, body, (size_t)n);
+}
+
+static void make_id(gw_worker_t *w, char *id)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = gw_worker_random(w), b = gw_worker_random(w);
+    for (int i = 0; i < 16; i++) {
+        id[i] = hex[(a >> (i * 4)) & 15];
+        id[16 + i] = hex[(b >> (i * 4)) & 15];
+    }
+    id[32] = '\0';
+}
+
+void gw_conn_error_reply(gw_conn_t *c, int status, const char *code, const char *message,
+                         int close)
+{
+    char id[48];
+    make_id(c->w, id);
+    write_error(bufferevent_get_output(c->bev), status, code, message, id, NULL, close, 1);
+    if (close) gw_conn_close_after_write(c);
+}
+
+void gw_req_error(gw_req_t *r, int status, const char *code, const char *message)
+{
+    r->status = status;
+    r->code = code;
+    if (r->head_sent || !r->conn) return;
+    r->head_sent = 1;
+    write_error(bufferevent_get_output(r->conn->bev), status, code, message, r->id, r, r->close,
+                r->head.minor);
+}
+
+void gw_req_respond_error(gw_req_t *r, int status, const char *code, const char *message)
+{
+    gw_req_error(r, status, code, message);
+}
+
+static int sane_request_id(const char *v, size_t n)
+{
+    if (n == 0 || n > 128) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = v[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+static int endpoint_of(const gw_http_head_t *h, const char *path)
+{
+    int post = h->method_len == 4 && memcmp(h->method, "POST", 4) == 0;
+    int get = h->method_len == 3 && memcmp(h->method, "GET", 3) == 0;
+    if (post && strcmp(path, "/v1/chat/completions") == 0) return EP_CHAT;
+    if (post && strcmp(path, "/v1/completions") == 0) return EP_COMPLETIONS;
+    if (post && strcmp(path, "/v1/embeddings") == 0) return EP_EMBEDDINGS;
+    if (get && strcmp(path, "/v1/models") == 0) return EP_MODELS;
+    return EP_NONE;
+}
+
+static void free_evbuffer(void *p)
+{
+    evbuffer_free(p);
+}
+
+gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
+{
+    gw_config_t *cfg = c->w->cfg;
+    size_t maxh = (size_t)cfg->limits.max_headers;
+    gw_arena_t *a = gw_arena_new(4096 + head_len + maxh * (sizeof(gw_header_t) + 1));
+    if (!a) {
+        *err = GW_HTTP_BAD;
+        return NULL;
+    }
+    gw_req_t *r = gw_arena_calloc(a, sizeof(*r));
+    char *copy = gw_arena_strndup(a, head, head_len);
+    gw_header_t *headers = gw_arena_alloc(a, maxh * sizeof(gw_header_t));
+    uint8_t *hop = gw_arena_alloc(a, maxh);
+    struct evbuffer *body = evbuffer_new();
+    if (!r || !copy || !headers || !hop || !body) {
+        if (body) evbuffer_free(body);
+        gw_arena_free(a);
+        *err = GW_HTTP_BAD;
+        return NULL;
+    }
+    r->body = body;
+    gw_arena_cleanup(a, free_evbuffer, body);
+    int rc = gw_http_parse_request(copy, head_len, &r->head, headers, hop, maxh);
+    if (rc < 0) {
+        gw_arena_free(a);
+        *err = rc;
+        return NULL;
+    }
+    r->arena = a;
+    r->conn = c;
+    r->w = c->w;
+    r->cfg = gw_config_ref(cfg);
+    r->start_us = gw_now_us();
+    size_t plen = strcspn(r->head.target, "?");
+    if (plen > r->head.target_len) plen = r->head.target_len;
+    r->path = gw_arena_strndup(a, r->head.target, plen);
+    r->endpoint = endpoint_of(&r->head, r->path);
+    r->close = r->head.conn_close || (r->head.minor == 0 && !r->head.conn_keepalive);
+    r->client_chunked = r->head.minor >= 1;
+    const gw_header_t *xid = gw_http_find(&r->head, "x-request-id");
+    if (xid && sane_request_id(xid->value, xid->value_len)) {
+        memcpy(r->id, xid->value, xid->value_len);
+        r->id[xid->value_len] = '\0';
+    } else {
+        make_id(c->w, r->id);
+    }
+    r->ctx = gw_arena_calloc(a, (cfg->nplugins + 1) * sizeof(void *));
+    gw_sse_init(&r->sse_framer, 1u << 20);
+    return r;
+}
+
+void gw_req_free(gw_req_t *r)
+{
+    if (r->up) gw_upstream_abort(r);
+    gw_sse_release(&r->sse_framer);
+    if (r->json) cJSON_Delete(r->json);
+    gw_config_t *cfg = r->cfg;
+    gw_arena_free(r->arena);
+    gw_config_unref(cfg);
+}
+
+static void run_log(gw_req_t *r)
+{
+    if (r->logged) return;
+    r->logged = 1;
+    gw_config_t *cfg = r->cfg;
+    for (size_t i = 0; i < cfg->nplugins; i++)
+        if (cfg->plugins[i].plugin->log)
+            cfg->plugins[i].plugin->log(r, cfg->plugins[i].state, &r->ctx[i]);
+}
+
+void gw_req_finish(gw_req_t *r, int close)
+{
+    gw_conn_t *c = r->conn;
+    if (r->up) gw_upstream_abort(r);
+    run_log(r);
+    close = close || r->close;
+    /* A body left unread makes the connection unusable for the next request. */
+    if (!r->body_read && (r->head.chunked || r->head.content_length > 0)) close = 1;
+    gw_req_free(r);
+    if (c) gw_conn_request_done(c, close);
+}
+
+void gw_req_abort(gw_req_t *r)
+{
+    r->aborted = 1;
+    r->conn = NULL;
+    if (r->up) gw_upstream_abort(r);
+    if (r->waiting) return; /* gw_req_resume frees it */
+    run_log(r);
+    gw_req_free(r);
+}
+
+/* Runs one phase's hooks from r->plugin_pos on. */
+static int run_phase(gw_req_t *r, int phase)
+{
+    gw_config_t *cfg = r->cfg;
+    for (; r->plugin_pos < cfg->nplugins; r->plugin_pos++) {
+        size_t i = r->plugin_pos;
+        const gw_plugin_t *p = cfg->plugins[i].plugin;
+        int (*hook)(gw_req_t *, void *, void **) = phase == HOOK_HEADERS ? p->request_headers
+                                                   : phase == HOOK_BODY  ? p->request_body
+                                                                         : p->upstream_select;
+        if (!hook) continue;
+        int rc = hook(r, cfg->plugins[i].state, &r->ctx[i]);
+        if (rc == GW_CONTINUE) continue;
+        if (rc == GW_WAIT) {
+            r->waiting = 1;
+            r->plugin_pos = i + 1;
+            return GW_WAIT;
+        }
+        r->plugin_pos = 0;
+        if (rc != GW_DONE || !r->status)
+            gw_req_error(r, 500, "internal_error", "The gateway failed to handle the request.");
+        return GW_DONE;
+    }
+    r->plugin_pos = 0;
+    return GW_CONTINUE;
+}
+
+static void respond_models(gw_req_t *r)
+{
+    struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+    r->status = 200;
+    r->head_sent = 1;
+    evbuffer_add_printf(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n",
+                        r->cfg->models_json_len);
+    gw_req_add_common_headers(r, out);
+    if (r->close) evbuffer_add(out, "connection: close\r\n", 19);
+    else if (r->head.minor == 0) evbuffer_add(out, "connection: keep-alive\r\n", 24);
+    evbuffer_add(out, "\r\n", 2);
+    evbuffer_add_reference(out, r->cfg->models_json, r->cfg->models_json_len, NULL, NULL);
+}
+
+/* Reads the few keys the gateway routes on. Returns 0, or answers and returns -1. */
+static int inspect_body(gw_req_t *r)
+{
+    size_t len = evbuffer_get_length(r->body);
+    const char *p = (const char *)evbuffer_pullup(r->body, -1);
+    const char *end = NULL;
+    r->json = len ? cJSON_ParseWithLengthOpts(p, len, &end, 0) : NULL;
+    if (r->json && end)
+        for (; end < p + len; end++)
+            if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
+                cJSON_Delete(r->json);
+                r->json = NULL;
+                break;
+            }
+    if (!r->json || !cJSON_IsObject(r->json)) {
+        gw_req_error(r, 400, "invalid_json", "The request body is not a JSON object.");
+        return -1;
+    }
+    /* A key twice is read differently by different parsers: refuse it. */
+    for (const cJSON *a = r->json->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (strcmp(a->string, b->string) == 0) {
+                gw_req_error(r, 400, "invalid_json", "The request body has a duplicate key.");
+                return -1;
+            }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(r->json, "model");
+    if (!cJSON_IsString(model) || model->valuestring[0] == '\0') {
+        gw_req_error(r, 400, "missing_model", "The request body has no model.");
+        return -1;
+    }
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(r->json, "stream");
+    if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) {
+        gw_req_error(r, 400, "bad_request", "The stream field must be a boolean.");
+        return -1;
+    }
+    r->stream = cJSON_IsTrue(stream);
+    r->model = model->valuestring;
+    r->pool = gw_config_pool_for_model(r->cfg, r->model);
+    if (!r->pool) {
+        gw_req_error(r, 404, "model_not_found", "The model does not exist or is not served here.");
+        return -1;
+    }
+    return 0;
+}
+
+static void advance(gw_req_t *r)
+{
+    int rc;
+    for (;;) {
+        switch (r->phase) {
+        case PH_HEADERS:
+            rc = run_phase(r, HOOK_HEADERS);
+            if (rc == GW_WAIT) return;
+            if (rc == GW_DONE) goto done;
+            if (r->endpoint == EP_NONE) {
+                gw_req_error(r, 404, "not_found", "There is nothing at this path.");
+                goto done;
+            }
+            if (r->endpoint == EP_MODELS) {
+                respond_models(r);
+                goto done;
+            }
+            r->phase = PH_READ_BODY;
+            gw_conn_read_body(r->conn); /* calls gw_req_body_ready when whole */
+            return;
+        case PH_READ_BODY:
+            return;
+        case PH_BODY:
+            if (!r->json && inspect_body(r) < 0) goto done;
+            rc = run_phase(r, HOOK_BODY);
+            if (rc == GW_WAIT) return;
+            if (rc == GW_DONE) goto done;
+            r->phase = PH_SELECT;
+            r->vetoed = gw_arena_calloc(r->arena, r->pool->backends.n + 1);
+            break;
+        case PH_SELECT:
+            rc = run_phase(r, HOOK_SELECT);
+            if (rc == GW_WAIT) return;
+            if (rc == GW_DONE) goto done;
+            r->phase = PH_UPSTREAM;
+            gw_upstream_start(r);
+            return;
+        default:
+            return;
+        }
+    }
+done:
+    r->phase = PH_DONE;
+    gw_req_finish(r, 0);
+}
+
+void gw_req_headers_ready(gw_req_t *r)
+{
+    r->phase = PH_HEADERS;
+    advance(r);
+}
+
+void gw_req_body_ready(gw_req_t *r)
+{
+    r->body_read = 1;
+    r->phase = PH_BODY;
+    advance(r);
+}
+
+void gw_req_resume(gw_req_t *r, int result)
+{
+    r->waiting = 0;
+    if (r->aborted) {
+        run_log(r);
+        gw_req_free(r);
+        return;
+    }
+    if (result == GW_CONTINUE) {
+        advance(r);
+        return;
+    }
+    if (result != GW_DONE || !r->status)
+        gw_req_error(r, 500, "internal_error", "The gateway failed to handle the request.");
+    r->phase = PH_DONE;
+    gw_req_finish(r, 0);
+}
+
+int gw_req_run_response_headers(gw_req_t *r)
+{
+    gw_config_t *cfg = r->cfg;
+    for (size_t i = 0; i < cfg->nplugins; i++) {
+        const gw_plugin_t *p = cfg->plugins[i].plugin;
+        if (!p->response_headers) continue;
+        int rc = p->response_headers(r, cfg->plugins[i].state, &r->ctx[i]);
+        if (rc != GW_CONTINUE) return GW_DONE;
+    }
+    return GW_CONTINUE;
+}
+
+int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len)
+{
+    gw_config_t *cfg = r->cfg;
+    for (size_t i = 0; i < cfg->nplugins; i++) {
+        const gw_plugin_t *p = cfg->plugins[i].plugin;
+        if (p->response_event && p->response_event(r, cfg->plugins[i].state, &r->ctx[i], ev, len) == GW_DROP)
+            return GW_DROP;
+    }
+    return GW_CONTINUE;
+}
+
+void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out)
+{
+    evbuffer_add(out, "x-request-id: ", 14);
+    evbuffer_add(out, r->id, strlen(r->id));
+    evbuffer_add(out, "\r\n", 2);
+    for (gw_hdr_edit_t *h = r->resp_headers; h; h = h->next)
+        evbuffer_add_printf(out, "%s: %s\r\n", h->name, h->value);
+}
+
+/* ---- the plugin interface (include/gotthard/plugin.h) ---- */
+
+const char *gw_req_id(const gw_req_t *r) { return r->id; }
+const char *gw_req_path(const gw_req_t *r) { return r->path; }
+const cJSON *gw_req_json(const gw_req_t *r) { return r->json; }
+const char *gw_req_model(const gw_req_t *r) { return r->model; }
+int gw_req_is_stream(const gw_req_t *r) { return r->stream; }
+int gw_req_status(const gw_req_t *r) { return r->status; }
+int gw_req_aborted(const gw_req_t *r) { return r->aborted; }
+struct event_base *gw_req_base(gw_req_t *r) { return r->w->base; }
+void *gw_req_alloc(gw_req_t *r, size_t size) { return gw_arena_calloc(r->arena, size); }
+
+const char *gw_req_method(const gw_req_t *r)
+{
+    /* The method is followed by a space in the head copy: hand out a terminated copy. */
+    return gw_arena_strndup(r->arena, r->head.method, r->head.method_len);
+}
+
+const char *gw_req_header(const gw_req_t *r, const char *name, size_t *len)
+{
+    const gw_header_t *h = gw_http_find(&r->head, name);
+    if (!h) return NULL;
+    if (len) *len = h->value_len;
+    return h->value;
+}
+
+/* Header names and values that plugins set must not be able to break the framing. */
+static int header_ok(const char *s, int is_name)
+{
+    if (!*s && is_name) return 0;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '\r' || ch == '\n' || ch == 0 || (is_name && (ch <= ' ' || ch == ':'))) return 0;
+    }
+    return 1;
+}
+
+static int add_edit(gw_req_t *r, gw_hdr_edit_t **list, const char *name, const char *value)
+{
+    if (!header_ok(name, 1) || (value && !header_ok(value, 0))) return -1;
+    gw_hdr_edit_t *e = gw_arena_alloc(r->arena, sizeof(*e));
+    if (!e) return -1;
+    e->name = gw_arena_strdup(r->arena, name);
+    e->value = value ? gw_arena_strdup(r->arena, value) : NULL;
+    if (!e->name || (value && !e->value)) return -1;
+    e->next = *list;
+    *list = e;
+    return 0;
+}
+
+int gw_req_set_upstream_header(gw_req_t *r, const char *name, const char *value)
+{
+    return add_edit(r, &r->up_edits, name, value);
+}
+
+int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value)
+{
+    if (!value) return -1;
+    return add_edit(r, &r->resp_headers, name, value);
+}
+
+int gw_req_replace_json(gw_req_t *r, cJSON *json)
+{
+    if (!json) return -1;
+    if (r->json && r->json != json) cJSON_Delete(r->json);
+    r->json = json;
+    r->json_replaced = 1;
+    return 0;
+}
+
+size_t gw_req_backend_count(const gw_req_t *r) { return r->pool ? r->pool->backends.n : 0; }
+
+const char *gw_req_backend_name(const gw_req_t *r, size_t i)
+{
+    if (!r->pool || i >= r->pool->backends.n) return NULL;
+    return ((gw_backend_t *)r->pool->backends.items)[i].name;
+}
+
+void gw_req_backend_veto(gw_req_t *r, size_t i)
+{
+    if (r->vetoed && r->pool && i < r->pool->backends.n) r->vetoed[i] = 1;
+}

@@ -1,0 +1,71 @@
+/* One request: its memory, the plugin phases, routing, and the answers the gateway makes. */
+#ifndef GW_REQUEST_H
+#define GW_REQUEST_H
+
+#include <event2/buffer.h>
+
+#include "conn.h"
+#include "sse.h"
+
+typedef struct gw_upconn gw_upconn_t;
+
+enum { EP_NONE, EP_CHAT, EP_COMPLETIONS, EP_EMBEDDINGS, EP_MODELS };
+enum { PH_HEADERS, PH_READ_BODY, PH_BODY, PH_SELECT, PH_UPSTREAM, PH_DONE };
+
+typedef struct gw_hdr_edit {
+    struct gw_hdr_edit *next;
+    const char *name, *value; /* value NULL: remove */
+} gw_hdr_edit_t;
+
+struct gw_req {
+    gw_conn_t *conn;
+    gw_worker_t *w;
+    gw_config_t *cfg;
+    gw_arena_t *arena;
+    gw_http_head_t head;
+    char id[48];
+    const char *path; /* the target without its query, NUL-terminated */
+    int endpoint;
+    int phase;
+    size_t plugin_pos;
+    void **ctx;
+    struct evbuffer *body;
+    cJSON *json;
+    const char *model;
+    gw_pool_t *pool;
+    uint8_t *vetoed;
+    gw_backend_t *backend;
+    gw_upconn_t *up;
+    gw_hdr_edit_t *up_edits, *resp_headers;
+    int status;
+    const char *code;
+    int attempts;
+    uint64_t start_us;
+    unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
+        json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1;
+    gw_sse_t sse_framer;
+};
+
+gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err);
+/* The head is parsed: run request_headers. */
+void gw_req_headers_ready(gw_req_t *r);
+/* The body is read: inspect it, run the phases, go upstream. */
+void gw_req_body_ready(gw_req_t *r);
+/* The client went away. */
+void gw_req_abort(gw_req_t *r);
+/* Runs log hooks once and hands the connection on; frees the request. */
+void gw_req_finish(gw_req_t *r, int close);
+void gw_req_free(gw_req_t *r);
+/* Writes a complete OpenAI-shaped error answer for a request without one yet. */
+void gw_req_error(gw_req_t *r, int status, const char *code, const char *message);
+/* An error answer without a request (a head that did not parse). */
+void gw_conn_error_reply(gw_conn_t *c, int status, const char *code, const char *message,
+                         int close);
+/* Plugin hook dispatch for answers relayed from a backend. */
+int gw_req_run_response_headers(gw_req_t *r);
+int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len);
+/* Appends the extra headers of every answer (x-request-id, plugin headers). */
+void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out);
+uint64_t gw_now_us(void);
+
+#endif

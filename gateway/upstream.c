@@ -1,0 +1,565 @@
+/* The backend side: keep-alive pools, connecting, sending the request, relaying the answer. */
+#include "upstream.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "log.h"
+#include "tls.h"
+
+#define CLIENT_HIGH (256 * 1024) /* stop reading the backend past this much unsent */
+#define MAX_RESPONSE_HEAD (64 * 1024)
+#define MAX_RESPONSE_HEADERS 256
+#define MAX_IDLE_PER_BACKEND 1024
+#define IDLE_UPSTREAM_S 30
+
+enum { UP_CONNECTING, UP_WAITING, UP_BODY, UP_IDLE };
+enum { F_NONE, F_LENGTH, F_CHUNKED, F_EOF };
+
+struct gw_upconn {
+    gw_worker_t *w;
+    gw_backend_t *be;
+    gw_config_t *cfg;
+    struct bufferevent *bev;
+    gw_req_t *req;
+    gw_upconn_t *prev, *next; /* in the idle list */
+    int state, framing;
+    size_t head_scanned;
+    int64_t remaining;
+    gw_chunked_t ck;
+    uint64_t received;
+    unsigned reused : 1, connected : 1, keepalive : 1, paused : 1;
+};
+
+static void up_read_cb(struct bufferevent *bev, void *arg);
+static void up_event_cb(struct bufferevent *bev, short what, void *arg);
+static void try_backend(gw_req_t *r);
+
+static void up_free(gw_upconn_t *u)
+{
+    bufferevent_free(u->bev);
+    free(u);
+}
+
+static void idle_remove(gw_upconn_t *u)
+{
+    gw_worker_t *w = u->w;
+    size_t i = u->be->index;
+    if (u->prev) u->prev->next = u->next;
+    else w->idle[i] = u->next;
+    if (u->next) u->next->prev = u->prev;
+    w->nidle[i]--;
+}
+
+/* Hands the connection back: to the idle pool when it can carry another request. */
+static void release(gw_upconn_t *u, int reusable)
+{
+    gw_worker_t *w = u->w;
+    size_t i = u->be->index;
+    /* Unsent output may still reference the request's body: such a connection is not reused. */
+    if (!reusable || w->draining || u->cfg != w->idle_cfg || w->nidle[i] >= MAX_IDLE_PER_BACKEND ||
+        evbuffer_get_length(bufferevent_get_input(u->bev)) ||
+        evbuffer_get_length(bufferevent_get_output(u->bev))) {
+        up_free(u);
+        return;
+    }
+    u->req = NULL;
+    u->state = UP_IDLE;
+    u->paused = 0;
+    struct timeval idle = {IDLE_UPSTREAM_S, 0};
+    bufferevent_set_timeouts(u->bev, &idle, NULL);
+    bufferevent_enable(u->bev, EV_READ);
+    u->prev = NULL;
+    u->next = w->idle[i];
+    if (u->next) u->next->prev = u;
+    w->idle[i] = u;
+    w->nidle[i]++;
+}
+
+/* Detaches the backend connection from the request and counts the request out. */
+static gw_upconn_t *detach(gw_req_t *r)
+{
+    gw_upconn_t *u = r->up;
+    if (!u) return NULL;
+    r->up = NULL;
+    u->req = NULL;
+    atomic_fetch_sub_explicit(&u->be->inflight, 1, memory_order_relaxed);
+    return u;
+}
+
+void gw_upstream_abort(gw_req_t *r)
+{
+    gw_upconn_t *u = detach(r);
+    if (u) up_free(u); /* the backend sees the close and stops generating */
+}
+
+void gw_upstream_close_idle(gw_worker_t *w)
+{
+    if (!w->idle_cfg) return;
+    for (size_t i = 0; i < w->idle_cfg->nbackends; i++)
+        while (w->idle[i]) {
+            gw_upconn_t *u = w->idle[i];
+            idle_remove(u);
+            up_free(u);
+        }
+}
+
+static gw_backend_t *pick(gw_req_t *r)
+{
+    gw_pool_t *p = r->pool;
+    gw_backend_t *bs = p->backends.items, *best = NULL;
+    size_t n = p->backends.n;
+    int best_load = 0;
+    size_t start = r->w->rr++ % n;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = (start + k) % n;
+        if (r->vetoed[i]) continue;
+        int load = atomic_load_explicit(&bs[i].inflight, memory_order_relaxed);
+        if (bs[i].max_concurrent && load >= bs[i].max_concurrent) continue;
+        if (!best || load < best_load) {
+            best = &bs[i];
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+static void write_request(gw_req_t *r, gw_upconn_t *u)
+{
+    struct evbuffer *out = bufferevent_get_output(u->bev);
+    gw_backend_t *b = u->be;
+    const gw_http_head_t *h = &r->head;
+    char *json = NULL;
+    size_t body_len;
+    if (r->json_replaced) {
+        json = cJSON_PrintUnformatted(r->json);
+        body_len = json ? strlen(json) : 0;
+    } else {
+        body_len = evbuffer_get_length(r->body);
+    }
+    size_t cap = 512 + h->target_len + h->method_len + strlen(b->host_header) + strlen(r->id) +
+                 b->auth_line_len;
+    for (size_t i = 0; i < h->nheaders; i++) cap += h->headers[i].name_len + h->headers[i].value_len + 4;
+    for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next)
+        cap += strlen(e->name) + (e->value ? strlen(e->value) : 0) + 4;
+    char *buf = gw_arena_alloc(r->arena, cap), *p = buf;
+#define PUT(s, n) (memcpy(p, (s), (n)), p += (n))
+    PUT(h->method, h->method_len);
+    PUT(" ", 1);
+    PUT(h->target, h->target_len);
+    PUT(" HTTP/1.1\r\nhost: ", 17);
+    PUT(b->host_header, strlen(b->host_header));
+    PUT("\r\n", 2);
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const gw_header_t *hd = &h->headers[i];
+        if (h->hop[i] || gw_http_name_eq(hd->name, hd->name_len, "authorization") ||
+            gw_http_name_eq(hd->name, hd->name_len, "api-key") ||
+            gw_http_name_eq(hd->name, hd->name_len, "x-request-id") ||
+            gw_http_name_eq(hd->name, hd->name_len, "expect"))
+            continue;
+        int edited = 0;
+        for (gw_hdr_edit_t *e = r->up_edits; e && !edited; e = e->next)
+            edited = gw_http_name_eq(hd->name, hd->name_len, e->name);
+        if (edited) continue;
+        PUT(hd->name, hd->name_len);
+        PUT(": ", 2);
+        PUT(hd->value, hd->value_len);
+        PUT("\r\n", 2);
+    }
+    for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next) {
+        if (!e->value) continue;
+        /* the newest edit of a name wins */
+        int shadowed = 0;
+        for (gw_hdr_edit_t *f = r->up_edits; f != e && !shadowed; f = f->next)
+            shadowed = strcasecmp(f->name, e->name) == 0;
+        if (shadowed) continue;
+        p += sprintf(p, "%s: %s\r\n", e->name, e->value);
+    }
+    p += sprintf(p, "x-request-id: %s\r\ncontent-length: %zu\r\n", r->id, body_len);
+    if (b->auth_line) PUT(b->auth_line, b->auth_line_len);
+    PUT("\r\n", 2);
+#undef PUT
+    evbuffer_add(out, buf, (size_t)(p - buf));
+    if (json) {
+        evbuffer_add(out, json, body_len);
+        cJSON_free(json);
+    } else if (body_len) {
+        evbuffer_add_buffer_reference(out, r->body);
+    }
+}
+
+static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b)
+{
+    gw_worker_t *w = r->w;
+    gw_upconn_t *u = calloc(1, sizeof(*u));
+    if (!u) return NULL;
+    u->w = w;
+    u->be = b;
+    u->cfg = r->cfg;
+    if (b->ssl) {
+        SSL *ssl = gw_tls_client_ssl(b->ssl, b->host);
+        u->bev = ssl ? bufferevent_openssl_socket_new(w->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                      BEV_OPT_CLOSE_ON_FREE)
+                     : NULL;
+        if (!u->bev && ssl) SSL_free(ssl);
+    } else {
+        u->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
+    if (!u->bev) {
+        free(u);
+        return NULL;
+    }
+    bufferevent_setcb(u->bev, up_read_cb, NULL, up_event_cb, u);
+    int64_t cms = r->cfg->timeouts.upstream_connect_ms;
+    struct timeval ct = {cms / 1000, (cms % 1000) * 1000};
+    bufferevent_set_timeouts(u->bev, NULL, &ct);
+    if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&b->ss, (int)b->sslen) < 0) {
+        up_free(u);
+        return NULL;
+    }
+    int fd = bufferevent_getfd(u->bev), one = 1;
+    if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return u;
+}
+
+static void set_timeouts(gw_upconn_t *u, int64_t read_ms, int64_t write_ms)
+{
+    struct timeval rt = {read_ms / 1000, (read_ms % 1000) * 1000};
+    struct timeval wt = {write_ms / 1000, (write_ms % 1000) * 1000};
+    bufferevent_set_timeouts(u->bev, &rt, &wt);
+}
+
+static void try_backend(gw_req_t *r)
+{
+    gw_backend_t *b = pick(r);
+    if (!b) {
+        gw_req_error(r, 503, "no_backend_available", "No backend can take the request now.");
+        gw_req_finish(r, 0);
+        return;
+    }
+    gw_worker_t *w = r->w;
+    gw_upconn_t *u = NULL;
+    if (w->idle_cfg == r->cfg && w->idle[b->index]) {
+        u = w->idle[b->index];
+        idle_remove(u);
+        u->reused = 1;
+    } else {
+        u = connect_backend(r, b);
+        if (!u) {
+            gw_req_error(r, 502, "upstream_error", "The backend could not be reached.");
+            gw_req_finish(r, 0);
+            return;
+        }
+    }
+    r->attempts++;
+    r->backend = b;
+    r->up = u;
+    u->req = r;
+    u->state = u->reused ? UP_WAITING : UP_CONNECTING;
+    u->head_scanned = 0;
+    u->received = 0;
+    atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
+    if (u->reused)
+        set_timeouts(u, r->cfg->timeouts.upstream_first_byte_ms, r->cfg->timeouts.upstream_idle_ms);
+    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    write_request(r, u);
+}
+
+void gw_upstream_start(gw_req_t *r)
+{
+    try_backend(r);
+}
+
+/* Fails the request on the backend side: retry, an error answer, or a broken stream. */
+static void fail(gw_req_t *r, int status, const char *code, int retryable)
+{
+    gw_upconn_t *u = detach(r);
+    int stale = u && u->reused && u->received == 0;
+    size_t idx = u ? (size_t)(u->be - (gw_backend_t *)r->pool->backends.items) : 0;
+    if (u) up_free(u);
+    if (!r->head_sent && retryable) {
+        /* Nothing reached the client: a kept-alive connection that the backend had closed is
+         * retried as is; a fresh failure once more on another backend. */
+        if (stale) {
+            try_backend(r);
+            return;
+        }
+        r->vetoed[idx] = 2;
+        if (r->attempts < 2) {
+            int other = 0;
+            for (size_t i = 0; i < r->pool->backends.n; i++) other |= !r->vetoed[i];
+            if (other) {
+                try_backend(r);
+                return;
+            }
+        }
+    }
+    if (!r->head_sent) {
+        gw_req_error(r, status, code,
+                     status == 504 ? "The backend did not answer in time." : "The backend failed.");
+        gw_req_finish(r, 0);
+        return;
+    }
+    /* The answer had begun: end it so that the client cannot take it for complete. */
+    r->status = status;
+    r->code = code;
+    if (r->sse && r->conn) {
+        char ev[256];
+        int n = snprintf(ev, sizeof(ev),
+                         "data: {\"error\":{\"message\":\"The backend failed during the stream.\","
+                         "\"type\":\"server_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
+                         code);
+        struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+        if (r->client_chunked) evbuffer_add_printf(out, "%x\r\n", n);
+        evbuffer_add(out, ev, (size_t)n);
+        if (r->client_chunked) evbuffer_add(out, "\r\n", 2);
+    }
+    gw_req_finish(r, 1);
+}
+
+static void client_write(gw_req_t *r, const char *p, size_t n)
+{
+    if (!r->conn || n == 0) return;
+    struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+    if (r->client_chunked) {
+        char hdr[24];
+        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+        evbuffer_add(out, hdr, (size_t)hl);
+        evbuffer_add(out, p, n);
+        evbuffer_add(out, "\r\n", 2);
+    } else {
+        evbuffer_add(out, p, n);
+    }
+}
+
+static int on_event(void *arg, const char *ev, size_t len)
+{
+    gw_req_t *r = arg;
+    if (gw_req_run_response_event(r, ev, len) == GW_DROP) return 0;
+    client_write(r, ev, len);
+    return 0;
+}
+
+static void on_data(void *arg, const char *p, size_t n)
+{
+    gw_req_t *r = arg;
+    if (r->sse) {
+        if (gw_sse_feed(&r->sse_framer, p, n, on_event, r) < 0) r->code = "upstream_error";
+    } else {
+        client_write(r, p, n);
+    }
+}
+
+static int is_sse(const gw_http_head_t *h)
+{
+    const gw_header_t *ct = gw_http_find(h, "content-type");
+    return ct && ct->value_len >= 17 && strncasecmp(ct->value, "text/event-stream", 17) == 0;
+}
+
+/* Parses the backend's head and writes the client's. Returns 1 when done, 0 for more, -1. */
+static int on_head(gw_req_t *r, gw_upconn_t *u)
+{
+    struct evbuffer *in = bufferevent_get_input(u->bev);
+    for (;;) {
+        size_t len = evbuffer_get_length(in);
+        size_t look = len < MAX_RESPONSE_HEAD ? len : MAX_RESPONSE_HEAD;
+        const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)look);
+        long hl = gw_http_find_head_end(buf, look, &u->head_scanned);
+        if (hl == GW_HTTP_INCOMPLETE) return look >= MAX_RESPONSE_HEAD ? -1 : 0;
+        if (hl < 0) return -1;
+        gw_http_head_t h;
+        gw_header_t *hdrs = gw_arena_alloc(r->arena, MAX_RESPONSE_HEADERS * sizeof(gw_header_t));
+        uint8_t *hop = gw_arena_alloc(r->arena, MAX_RESPONSE_HEADERS);
+        char *copy = gw_arena_strndup(r->arena, buf, (size_t)hl);
+        if (!hdrs || !hop || !copy) return -1;
+        if (gw_http_parse_response(copy, (size_t)hl, &h, hdrs, hop, MAX_RESPONSE_HEADERS) < 0)
+            return -1;
+        evbuffer_drain(in, (size_t)hl);
+        u->head_scanned = 0;
+        if (h.status < 200) {
+            if (h.status == 101) return -1;
+            continue; /* an interim answer: the real one follows */
+        }
+        u->keepalive = h.minor >= 1 ? !h.conn_close : h.conn_keepalive;
+        if (h.status == 204 || h.status == 304) u->framing = F_NONE;
+        else if (h.chunked) u->framing = F_CHUNKED;
+        else if (h.content_length >= 0) u->framing = F_LENGTH;
+        else u->framing = F_EOF;
+        u->remaining = h.content_length;
+        memset(&u->ck, 0, sizeof(u->ck));
+        if (u->framing == F_EOF) u->keepalive = 0;
+        if (u->framing == F_LENGTH && u->remaining == 0) u->framing = F_NONE;
+
+        r->sse = is_sse(&h);
+        r->status = h.status;
+        if (gw_req_run_response_headers(r) != GW_CONTINUE) return -1;
+        struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+        evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", h.status, gw_http_reason(h.status));
+        for (size_t i = 0; i < h.nheaders; i++) {
+            const gw_header_t *hd = &h.headers[i];
+            if (hop[i] || gw_http_name_eq(hd->name, hd->name_len, "x-request-id")) continue;
+            evbuffer_add(out, hd->name, hd->name_len);
+            evbuffer_add(out, ": ", 2);
+            evbuffer_add(out, hd->value, hd->value_len);
+            evbuffer_add(out, "\r\n", 2);
+        }
+        gw_req_add_common_headers(r, out);
+        if (u->framing == F_NONE) {
+            evbuffer_add(out, "content-length: 0\r\n", 19);
+            r->client_chunked = 0;
+        } else if (u->framing == F_LENGTH && !r->sse) {
+            evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)u->remaining);
+            r->client_chunked = 0;
+        } else if (r->client_chunked) {
+            evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
+        } else {
+            r->close = 1; /* an HTTP/1.0 client: the end of the answer is the close */
+        }
+        if (r->close || r->w->draining) {
+            r->close = 1;
+            evbuffer_add(out, "connection: close\r\n", 19);
+        } else if (r->head.minor == 0) {
+            evbuffer_add(out, "connection: keep-alive\r\n", 24);
+        }
+        evbuffer_add(out, "\r\n", 2);
+        r->head_sent = 1;
+        return 1;
+    }
+}
+
+/* Relays what the backend sent. Returns 1 when the answer is complete, 0 for more, -1. */
+static int relay(gw_req_t *r, gw_upconn_t *u)
+{
+    struct evbuffer *in = bufferevent_get_input(u->bev);
+    switch (u->framing) {
+    case F_NONE:
+        return 1;
+    case F_LENGTH:
+        if (!r->sse) {
+            size_t have = evbuffer_get_length(in);
+            size_t n = have < (size_t)u->remaining ? have : (size_t)u->remaining;
+            evbuffer_remove_buffer(in, bufferevent_get_output(r->conn->bev), n);
+            u->remaining -= (int64_t)n;
+            return u->remaining == 0;
+        }
+        /* An SSE answer with a length still goes event by event. */
+        __attribute__((fallthrough));
+    case F_EOF:
+    case F_CHUNKED:
+        for (;;) {
+            struct evbuffer_iovec v;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) return 0;
+            size_t used;
+            int rc = GW_CHUNKED_MORE;
+            if (u->framing == F_CHUNKED) {
+                rc = gw_chunked_feed(&u->ck, v.iov_base, v.iov_len, &used, on_data, r);
+            } else {
+                used = v.iov_len;
+                if (u->framing == F_LENGTH && used > (size_t)u->remaining) used = (size_t)u->remaining;
+                on_data(r, v.iov_base, used);
+                if (u->framing == F_LENGTH && (u->remaining -= (int64_t)used) == 0) rc = GW_CHUNKED_DONE;
+            }
+            evbuffer_drain(in, used);
+            if (rc == GW_CHUNKED_BAD || (r->code && strcmp(r->code, "upstream_error") == 0)) return -1;
+            if (rc == GW_CHUNKED_DONE) return 1;
+        }
+    }
+    return -1;
+}
+
+static void complete(gw_req_t *r, gw_upconn_t *u)
+{
+    if (r->sse) {
+        gw_sse_finish(&r->sse_framer, on_event, r);
+        if (r->sse_framer.len) client_write(r, r->sse_framer.buf, r->sse_framer.len);
+        r->sse_framer.len = 0;
+    }
+    if (r->client_chunked && r->conn)
+        evbuffer_add(bufferevent_get_output(r->conn->bev), "0\r\n\r\n", 5);
+    detach(r);
+    release(u, u->keepalive && u->framing != F_EOF);
+    gw_req_finish(r, 0);
+}
+
+static void up_read_cb(struct bufferevent *bev, void *arg)
+{
+    gw_upconn_t *u = arg;
+    gw_req_t *r = u->req;
+    if (!r) { /* idle: a backend does not speak unasked; drop the connection */
+        idle_remove(u);
+        up_free(u);
+        return;
+    }
+    u->received += evbuffer_get_length(bufferevent_get_input(bev));
+    if (u->state != UP_BODY) {
+        int rc = on_head(r, u);
+        if (rc == 0) return;
+        if (rc < 0) {
+            fail(r, 502, "upstream_error", 0);
+            return;
+        }
+        u->state = UP_BODY;
+        int64_t idle = r->cfg->timeouts.upstream_idle_ms;
+        set_timeouts(u, idle, idle);
+    }
+    int rc = relay(r, u);
+    if (rc < 0) {
+        fail(r, 502, "upstream_error", 0);
+        return;
+    }
+    if (rc == 1) {
+        complete(r, u);
+        return;
+    }
+    if (r->conn && evbuffer_get_length(bufferevent_get_output(r->conn->bev)) > CLIENT_HIGH) {
+        bufferevent_disable(bev, EV_READ);
+        u->paused = 1;
+    }
+}
+
+void gw_upstream_client_drained(gw_req_t *r)
+{
+    gw_upconn_t *u = r->up;
+    if (u && u->paused) {
+        u->paused = 0;
+        bufferevent_enable(u->bev, EV_READ);
+    }
+}
+
+static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    gw_upconn_t *u = arg;
+    gw_req_t *r = u->req;
+    if (!r) {
+        idle_remove(u);
+        up_free(u);
+        return;
+    }
+    if (what & BEV_EVENT_CONNECTED) {
+        u->connected = 1;
+        u->state = UP_WAITING;
+        set_timeouts(u, r->cfg->timeouts.upstream_first_byte_ms, r->cfg->timeouts.upstream_idle_ms);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (!u->connected && !u->reused) fail(r, 504, "upstream_timeout", 1);
+        else fail(r, 504, "upstream_timeout", 0);
+        return;
+    }
+    if ((what & BEV_EVENT_EOF) && u->state == UP_BODY && u->framing == F_EOF) {
+        /* Whatever is left in the input is the end of the answer. */
+        if (relay(r, u) >= 0) {
+            complete(r, u);
+            return;
+        }
+    }
+    /* A connect failure, or a reset or close before any byte of the answer: retryable. */
+    fail(r, 502, "upstream_error", u->received == 0);
+}

@@ -1,0 +1,17 @@
+/* The backend side: keep-alive pools, connecting, sending the request, relaying the answer. */
+#ifndef GW_UPSTREAM_H
+#define GW_UPSTREAM_H
+
+#include "request.h"
+
+/* Picks a backend of r->pool (least outstanding, not vetoed, with room) and sends the
+ * request; answers 503 itself when none can take it. */
+void gw_upstream_start(gw_req_t *r);
+/* The client went away or the request is being torn down: drop the backend request. */
+void gw_upstream_abort(gw_req_t *r);
+/* The client's output drained: resume reading the backend. */
+void gw_upstream_client_drained(gw_req_t *r);
+/* Closes a worker's idle connections (drain, snapshot change). */
+void gw_upstream_close_idle(gw_worker_t *w);
+
+#endif

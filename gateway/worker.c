@@ -1,0 +1,196 @@
+/* Workers: one thread, one event loop and one SO_REUSEPORT listener set each. */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+#include "upstream.h"
+
+typedef struct listen_ctx {
+    gw_worker_t *w;
+    gw_listen_t *l;
+} listen_ctx_t;
+
+int gw_workers_bind(gw_worker_t *ws, size_t n, gw_config_t *cfg)
+{
+    gw_listen_t *ls = cfg->listen.items;
+    for (size_t k = 0; k < n; k++) {
+        gw_worker_t *w = &ws[k];
+        w->fds = calloc(cfg->listen.n, sizeof(int));
+        if (!w->fds) return -1;
+        w->nlisteners = cfg->listen.n;
+        for (size_t i = 0; i < cfg->listen.n; i++) {
+            int fd = socket(ls[i].ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+            int one = 1;
+            if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+                setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+                bind(fd, (struct sockaddr *)&ls[i].ss, ls[i].sslen) < 0 || listen(fd, 4096) < 0) {
+                gw_error("cannot listen on %s: %s", ls[i].address, strerror(errno));
+                if (fd >= 0) close(fd);
+                return -1;
+            }
+            w->fds[i] = fd;
+        }
+    }
+    return 0;
+}
+
+uint64_t gw_worker_random(gw_worker_t *w)
+{
+    /* xorshift64*: request ids and tie-breaks, not secrets */
+    uint64_t x = w->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg)
+{
+    listen_ctx_t *lc = arg;
+    gw_conn_accept(lc->w, fd, lc->l);
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_worker_t *w = arg;
+    if (w->draining) return;
+    for (size_t i = 0; i < w->nlisteners; i++)
+        if (w->listeners[i]) evconnlistener_enable(w->listeners[i]);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    listen_ctx_t *lc = arg;
+    gw_worker_t *w = lc->w;
+    int err = EVUTIL_SOCKET_ERROR();
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        /* Out of descriptors: pause accepting for a moment instead of spinning. */
+        gw_warn("worker %d: cannot accept (%s); pausing accept for 100 ms", w->id, strerror(err));
+        for (size_t i = 0; i < w->nlisteners; i++)
+            if (w->listeners[i]) evconnlistener_disable(w->listeners[i]);
+        struct timeval tv = {0, 100000};
+        evtimer_add(w->accept_retry, &tv);
+    }
+}
+
+static void free_listeners(gw_worker_t *w)
+{
+    for (size_t i = 0; i < w->nlisteners; i++)
+        if (w->listeners && w->listeners[i]) {
+            evconnlistener_free(w->listeners[i]); /* closes the socket */
+            w->listeners[i] = NULL;
+        }
+}
+
+static void start_drain(gw_worker_t *w)
+{
+    if (w->draining) return;
+    w->draining = 1;
+    free_listeners(w);
+    gw_upstream_close_idle(w);
+    gw_conn_t *c = w->conns;
+    while (c) {
+        gw_conn_t *next = c->next;
+        gw_conn_drain(c);
+        c = next;
+    }
+    if (w->nconns == 0) event_base_loopexit(w->base, NULL);
+}
+
+void gw_worker_conn_gone(gw_worker_t *w)
+{
+    if (w->draining && w->nconns == 0) event_base_loopexit(w->base, NULL);
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_worker_t *w = arg;
+    char cmd[16];
+    ssize_t n = read(fd, cmd, sizeof(cmd));
+    for (ssize_t i = 0; i < n; i++) {
+        if (cmd[i] == 'd') start_drain(w);
+        else if (cmd[i] == 's') event_base_loopbreak(w->base);
+    }
+}
+
+static void *run(void *arg)
+{
+    gw_worker_t *w = arg;
+    event_base_dispatch(w->base);
+    /* Stopped: whatever is still open is closed now. */
+    while (w->conns) gw_conn_close(w->conns);
+    gw_upstream_close_idle(w);
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+int gw_worker_start(gw_worker_t *w)
+{
+    struct event_config *ec = event_config_new();
+    if (!ec) return -1;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK); /* one thread per loop */
+    w->base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    if (!w->base) return -1;
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed) || seed == 0)
+        seed = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)w;
+    w->rng = seed | 1;
+    gw_listen_t *ls = w->cfg->listen.items;
+    w->listeners = calloc(w->nlisteners, sizeof(*w->listeners));
+    listen_ctx_t *lcs = calloc(w->nlisteners, sizeof(*lcs));
+    if (!w->listeners || !lcs) return -1;
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        lcs[i].w = w;
+        lcs[i].l = &ls[i];
+        w->listeners[i] = evconnlistener_new(w->base, accept_cb, &lcs[i], LEV_OPT_CLOSE_ON_FREE, -1,
+                                             w->fds[i]);
+        if (!w->listeners[i]) return -1;
+        evconnlistener_set_error_cb(w->listeners[i], accept_error_cb);
+    }
+    int pfd[2];
+    if (pipe2(pfd, O_NONBLOCK | O_CLOEXEC) < 0) return -1;
+    w->wake_fd = pfd[1];
+    w->wake = event_new(w->base, pfd[0], EV_READ | EV_PERSIST, wake_cb, w);
+    w->accept_retry = evtimer_new(w->base, accept_retry_cb, w);
+    if (!w->wake || !w->accept_retry || event_add(w->wake, NULL) < 0) return -1;
+    w->idle_cfg = w->cfg;
+    w->idle = calloc(w->cfg->nbackends + 1, sizeof(*w->idle));
+    w->nidle = calloc(w->cfg->nbackends + 1, sizeof(*w->nidle));
+    if (!w->idle || !w->nidle) return -1;
+    w->lctx = lcs;
+    return pthread_create(&w->thread, NULL, run, w) == 0 ? 0 : -1;
+}
+
+void gw_worker_signal(gw_worker_t *w, char what)
+{
+    if (write(w->wake_fd, &what, 1) < 0) gw_warn("cannot signal worker %d", w->id);
+}
+
+void gw_worker_join(gw_worker_t *w)
+{
+    pthread_join(w->thread, NULL);
+    free_listeners(w);
+    int rfd = event_get_fd(w->wake);
+    event_free(w->wake);
+    event_free(w->accept_retry);
+    close(rfd);
+    close(w->wake_fd);
+    event_base_free(w->base);
+    free(w->listeners);
+    free(w->lctx);
+    free(w->fds);
+    free(w->idle);
+    free(w->nidle);
+    gw_config_unref(w->cfg);
+}

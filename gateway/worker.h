@@ -1,0 +1,50 @@
+/* Workers: one thread, one event loop and one SO_REUSEPORT listener set each. */
+#ifndef GW_WORKER_H
+#define GW_WORKER_H
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+
+typedef struct gw_conn gw_conn_t;
+typedef struct gw_upconn gw_upconn_t;
+
+typedef struct gw_worker {
+    int id;
+    pthread_t thread;
+    struct event_base *base;
+    struct evconnlistener **listeners;
+    size_t nlisteners;
+    int *fds; /* bound sockets, handed to the listeners */
+    int wake_fd;
+    struct event *wake;
+    struct event *accept_retry;
+    gw_conn_t *conns; /* every open client connection */
+    size_t nconns;
+    int draining;
+    atomic_int done;
+    gw_config_t *cfg; /* the snapshot new requests take */
+    /* idle upstream connections, by backend index of idle_cfg */
+    gw_upconn_t **idle;
+    size_t *nidle;
+    gw_config_t *idle_cfg;
+    uint64_t rng;
+    size_t rr;
+    void *lctx;
+} gw_worker_t;
+
+/* Opens the listening sockets of every worker (SO_REUSEPORT) so that errors show at start. */
+int gw_workers_bind(gw_worker_t *ws, size_t n, gw_config_t *cfg);
+int gw_worker_start(gw_worker_t *w);
+/* From another thread: start draining (stop accepting, finish in-flight), or stop now. */
+void gw_worker_signal(gw_worker_t *w, char what);
+void gw_worker_join(gw_worker_t *w);
+uint64_t gw_worker_random(gw_worker_t *w);
+/* A connection closed: the worker may be done draining. */
+void gw_worker_conn_gone(gw_worker_t *w);
+
+#endif

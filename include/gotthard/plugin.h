@@ -1,0 +1,100 @@
+/* The public plugin interface of gotthard: the one header every plugin includes. */
+#ifndef GOTTHARD_PLUGIN_H
+#define GOTTHARD_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+#define GW_PLUGIN_ABI 1
+
+typedef struct gw_req gw_req_t;
+typedef struct gw_conf_ctx gw_conf_ctx_t;
+struct event_base;
+
+/*
+ * What a hook returns.
+ *
+ *   GW_CONTINUE  go on with the next plugin, then the next phase.
+ *   GW_DONE      the plugin has answered the request (gw_req_respond_error); later
+ *                phases are skipped except log.
+ *   GW_WAIT      the plugin started asynchronous work on gw_req_base(r) and will call
+ *                gw_req_resume(r, result) exactly once, later, from that loop, with
+ *                GW_CONTINUE, GW_DONE or GW_ERROR. The request stays alive until then,
+ *                even if the client goes away (gw_req_aborted tells).
+ *   GW_ERROR     an internal failure: the gateway answers 500 and closes.
+ *   GW_DROP      response_event only: leave this event out of what the client gets.
+ */
+enum { GW_CONTINUE = 0, GW_DONE = 1, GW_WAIT = 2, GW_DROP = 3, GW_ERROR = -1 };
+
+/*
+ * A plugin is one const table. Every hook is optional (NULL where unused) and receives
+ * the plugin's configured state (`conf`, from configure) and a per-request slot (`ctx`,
+ * NULL at start; memory for it should come from gw_req_alloc so it dies with the request).
+ *
+ * Phases, in request order:
+ *   request_headers   the head is parsed, the body not yet read (auth).
+ *   request_body      the body is read and its JSON inspected: model, stream (quota).
+ *   upstream_select   a pool is chosen; veto backends with gw_req_backend_veto (residency).
+ *   response_headers  the backend's head is in; add headers with gw_req_add_response_header.
+ *   response_event    one server-sent event of a stream, whole (usage, filtering).
+ *   log               exactly once per request, whatever happened, after the answer.
+ *
+ * Hooks run on the worker's event loop: they must not block.
+ */
+typedef struct gw_plugin {
+    const char *name;
+    int abi; /* GW_PLUGIN_ABI */
+
+    /* configure: read this plugin's JSON config (may be NULL when absent) into *state.
+     * Report problems with gw_conf_error(cx, path, ...) and return -1. */
+    int (*configure)(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state);
+    void (*release)(void *state);
+
+    int (*request_headers)(gw_req_t *r, void *conf, void **ctx);
+    int (*request_body)(gw_req_t *r, void *conf, void **ctx);
+    int (*upstream_select)(gw_req_t *r, void *conf, void **ctx);
+    int (*response_headers)(gw_req_t *r, void *conf, void **ctx);
+    int (*response_event)(gw_req_t *r, void *conf, void **ctx, const char *event, size_t len);
+    void (*log)(gw_req_t *r, void *conf, void **ctx);
+} gw_plugin_t;
+
+/* An external plugin (.so) exports its table under this name. */
+#define GW_PLUGIN_SYMBOL "gotthard_plugin"
+
+/* Config problems, reported with the JSON path they concern. */
+void gw_conf_error(gw_conf_ctx_t *cx, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The request, read-only. Header names are case-insensitive; values are not copied. */
+const char *gw_req_id(const gw_req_t *r);
+const char *gw_req_method(const gw_req_t *r);
+const char *gw_req_path(const gw_req_t *r);
+const char *gw_req_header(const gw_req_t *r, const char *name, size_t *len);
+const cJSON *gw_req_json(const gw_req_t *r); /* NULL before request_body or without a body */
+const char *gw_req_model(const gw_req_t *r);
+int gw_req_is_stream(const gw_req_t *r);
+int gw_req_status(const gw_req_t *r); /* the status answered, for log; 0 before */
+int gw_req_aborted(const gw_req_t *r);
+struct event_base *gw_req_base(gw_req_t *r);
+
+/* Memory that lives as long as the request. */
+void *gw_req_alloc(gw_req_t *r, size_t size);
+
+/* Change what goes upstream: set (or, with value NULL, remove) a header. */
+int gw_req_set_upstream_header(gw_req_t *r, const char *name, const char *value);
+/* Replace the body sent upstream by this JSON (the gateway takes ownership). */
+int gw_req_replace_json(gw_req_t *r, cJSON *json);
+
+/* Backends of the chosen pool, for upstream_select. */
+size_t gw_req_backend_count(const gw_req_t *r);
+const char *gw_req_backend_name(const gw_req_t *r, size_t i);
+void gw_req_backend_veto(gw_req_t *r, size_t i);
+
+/* Answers. */
+int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value);
+/* An OpenAI-shaped error; `message` must never contain request content. */
+void gw_req_respond_error(gw_req_t *r, int status, const char *code, const char *message);
+void gw_req_resume(gw_req_t *r, int result);
+
+#endif
