@@ -3,8 +3,6 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent_ssl.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -46,14 +44,14 @@ void gw_conn_close(gw_conn_t *c)
     if (c->in_process) {
         /* process() is below us on the stack: it frees the connection when it returns. */
         c->dead = 1;
-        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+        gw_io_read_enable(c->io, 0);
         evtimer_del(c->timer);
         return;
     }
     gw_worker_t *w = c->w;
     unlink_conn(c);
     event_free(c->timer);
-    bufferevent_free(c->bev); /* closes the socket */
+    gw_io_free(c->io); /* closes the socket */
     free(c);
     gw_worker_conn_gone(w);
 }
@@ -62,13 +60,15 @@ static void linger_start(gw_conn_t *c)
 {
     /* Everything is written: stop sending, and read what the client still sends for a
      * moment, so that unread bytes do not turn into a reset that eats our answer. */
-    if (c->tls || shutdown(c->fd, SHUT_WR) < 0) {
+    if (gw_io_shutdown_write(c->io) < 0) {
         gw_conn_close(c);
         return;
     }
     c->lingering = 1;
-    evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
-    bufferevent_enable(c->bev, EV_READ);
+    struct evbuffer *in = gw_io_in(c->io);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    gw_io_set_limits(c->io, 0, CLIENT_WRITE_LOW);
+    gw_io_read_enable(c->io, 1);
     arm(c, LINGER_MS);
 }
 
@@ -76,7 +76,8 @@ void gw_conn_close_after_write(gw_conn_t *c)
 {
     c->state = CONN_CLOSING;
     evtimer_del(c->timer);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) linger_start(c);
+    gw_io_flush(c->io);
+    if (evbuffer_get_length(gw_io_out(c->io)) == 0) linger_start(c);
     else arm(c, 30000); /* a client that never reads its answer */
 }
 
@@ -105,61 +106,52 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void read_cb(struct bufferevent *bev, void *arg)
+static void read_cb(gw_io_t *io, void *arg)
 {
     gw_conn_t *c = arg;
     if (c->lingering) {
-        struct evbuffer *in = bufferevent_get_input(bev);
+        struct evbuffer *in = gw_io_in(io);
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
     process(c);
 }
 
-static void write_cb(struct bufferevent *bev, void *arg)
+static void write_cb(gw_io_t *io, void *arg)
 {
     gw_conn_t *c = arg;
     if (c->state == CONN_CLOSING) {
-        if (!c->lingering && evbuffer_get_length(bufferevent_get_output(bev)) == 0) linger_start(c);
+        if (!c->lingering && evbuffer_get_length(gw_io_out(io)) == 0) linger_start(c);
         return;
     }
     if (c->req) gw_upstream_client_drained(c->req);
 }
 
-static void event_cb(struct bufferevent *bev, short what, void *arg)
+static void event_cb(gw_io_t *io, int what, void *arg)
 {
     gw_conn_t *c = arg;
-    if (what & BEV_EVENT_CONNECTED) return;
+    if (what & GW_IO_CONNECTED) return;
     /* EOF or error: the client is gone (or done, when lingering). */
     gw_conn_close(c);
 }
 
+static const gw_io_cbs_t conn_cbs = {read_cb, write_cb, event_cb};
+
 void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l)
 {
     gw_conn_t *c = calloc(1, sizeof(*c));
-    if (!c) {
+    SSL *ssl = l->ssl ? SSL_new(l->ssl) : NULL;
+    if (!c || (l->ssl && !ssl)) {
+        free(c);
         close(fd);
         return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    evutil_make_socket_nonblocking(fd);
     c->w = w;
-    c->fd = fd;
-    if (l->ssl) {
-        SSL *ssl = SSL_new(l->ssl);
-        c->bev = ssl ? bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                                      BEV_OPT_CLOSE_ON_FREE)
-                     : NULL;
-        if (!c->bev) SSL_free(ssl);
-        c->tls = 1;
-    } else {
-        c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    }
-    c->timer = c->bev ? evtimer_new(w->base, timer_cb, c) : NULL;
-    if (!c->bev || !c->timer) {
-        if (c->bev) bufferevent_free(c->bev);
-        else close(fd);
+    c->tls = ssl != NULL;
+    c->io = gw_io_new(w->base, fd, ssl, ssl ? GW_IO_TLS_ACCEPT : GW_IO_PLAIN, &conn_cbs, c);
+    c->timer = c->io ? evtimer_new(w->base, timer_cb, c) : NULL;
+    if (!c->io || !c->timer) {
+        if (c->io) gw_io_free(c->io);
         free(c);
         return;
     }
@@ -167,11 +159,7 @@ void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l)
     if (w->conns) w->conns->prev = c;
     w->conns = c;
     w->nconns++;
-    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_WRITE, CLIENT_WRITE_LOW, 0);
-    bufferevent_setwatermark(c->bev, EV_READ, 0,
-                             (size_t)w->cfg->limits.max_header_bytes + 65536);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    gw_io_set_limits(c->io, (size_t)w->cfg->limits.max_header_bytes + 65536, CLIENT_WRITE_LOW);
     c->state = CONN_HEAD;
     arm(c, w->cfg->timeouts.client_header_ms);
 }
@@ -186,7 +174,7 @@ static void body_data(void *arg, const char *p, size_t n)
 static int read_body(gw_conn_t *c)
 {
     gw_req_t *r = c->req;
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = gw_io_in(c->io);
     int64_t max = r->cfg->limits.max_body_bytes;
     if (!r->head.chunked) {
         size_t have = evbuffer_get_length(in);
@@ -229,8 +217,11 @@ void gw_conn_read_body(gw_conn_t *c)
     c->body_left = r->head.chunked ? 0 : r->head.content_length;
     memset(&c->chunked, 0, sizeof(c->chunked));
     arm(c, r->cfg->timeouts.client_body_ms);
-    if (r->head.expect_continue && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
-        evbuffer_add(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    if (r->head.expect_continue && evbuffer_get_length(gw_io_in(c->io)) == 0)
+    {
+        evbuffer_add(gw_io_out(c->io), "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        gw_io_flush(c->io);
+    }
     if (!c->in_process) process(c);
 }
 
@@ -244,13 +235,13 @@ void gw_conn_request_done(gw_conn_t *c, int close)
     c->state = CONN_IDLE;
     c->head_scanned = 0;
     arm(c, c->w->cfg->timeouts.keepalive_ms);
-    if (!c->in_process && evbuffer_get_length(bufferevent_get_input(c->bev))) process(c);
+    if (!c->in_process && evbuffer_get_length(gw_io_in(c->io))) process(c);
 }
 
 void gw_conn_drain(gw_conn_t *c)
 {
     if (c->state == CONN_IDLE || (c->state == CONN_HEAD && !c->req &&
-                                  evbuffer_get_length(bufferevent_get_input(c->bev)) == 0))
+                                  evbuffer_get_length(gw_io_in(c->io)) == 0))
         gw_conn_close(c);
 }
 
@@ -267,7 +258,7 @@ static void head_error(gw_conn_t *c, int rc)
 /* Parses as many requests as the input holds, one at a time. */
 static void process(gw_conn_t *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = gw_io_in(c->io);
     c->in_process = 1;
     while (!c->dead) {
         size_t len = evbuffer_get_length(in);
@@ -325,6 +316,7 @@ static void process(gw_conn_t *c)
         break;
     }
     c->in_process = 0;
+    if (!c->dead) gw_io_input_consumed(c->io);
     if (c->dead) {
         c->dead = 0;
         gw_conn_close(c);

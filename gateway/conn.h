@@ -2,9 +2,8 @@
 #ifndef GW_CONN_H
 #define GW_CONN_H
 
-#include <event2/bufferevent.h>
-
 #include "http.h"
+#include "io.h"
 #include "worker.h"
 
 typedef struct gw_req gw_req_t;
@@ -13,12 +12,11 @@ enum { CONN_IDLE, CONN_HEAD, CONN_BODY, CONN_BUSY, CONN_CLOSING };
 
 struct gw_conn {
     gw_worker_t *w;
-    struct bufferevent *bev;
+    gw_io_t *io;
     struct event *timer;
     gw_req_t *req;
     gw_conn_t *prev, *next;
     int state;
-    int fd;
     size_t head_scanned;
     int64_t body_left; /* Content-Length bytes still to read */
     gw_chunked_t chunked;

@@ -1,7 +1,6 @@
 /* One request: its memory, the plugin phases, routing, and the answers the gateway makes. */
 #include "request.h"
 
-#include <event2/bufferevent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +67,8 @@ void gw_conn_error_reply(gw_conn_t *c, int status, const char *code, const char 
 {
     char id[48];
     make_id(c->w, id);
-    write_error(bufferevent_get_output(c->bev), status, code, message, id, NULL, close, 1);
+    write_error(gw_io_out(c->io), status, code, message, id, NULL, close, 1);
+    gw_io_flush(c->io);
     if (close) gw_conn_close_after_write(c);
 }
 
@@ -78,7 +78,7 @@ void gw_req_error(gw_req_t *r, int status, const char *code, const char *message
     r->code = code;
     if (r->head_sent || !r->conn) return;
     r->head_sent = 1;
-    write_error(bufferevent_get_output(r->conn->bev), status, code, message, r->id, r, r->close,
+    write_error(gw_io_out(r->conn->io), status, code, message, r->id, r, r->close,
                 r->head.minor);
 }
 
@@ -195,7 +195,10 @@ void gw_req_finish(gw_req_t *r, int close)
     /* A body left unread makes the connection unusable for the next request. */
     if (!r->body_read && (r->head.chunked || r->head.content_length > 0)) close = 1;
     gw_req_free(r);
-    if (c) gw_conn_request_done(c, close);
+    if (c) {
+        gw_io_flush(c->io);
+        gw_conn_request_done(c, close);
+    }
 }
 
 void gw_req_abort(gw_req_t *r)
@@ -237,7 +240,7 @@ static int run_phase(gw_req_t *r, int phase)
 
 static void respond_models(gw_req_t *r)
 {
-    struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+    struct evbuffer *out = gw_io_out(r->conn->io);
     r->status = 200;
     r->head_sent = 1;
     evbuffer_add_printf(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n",

@@ -2,9 +2,6 @@
 #include "upstream.h"
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +24,8 @@ struct gw_upconn {
     gw_worker_t *w;
     gw_backend_t *be;
     gw_config_t *cfg;
-    struct bufferevent *bev;
+    gw_io_t *io;
+    struct event *timer;
     gw_req_t *req;
     gw_upconn_t *prev, *next; /* in the idle list */
     int state, framing;
@@ -38,14 +36,23 @@ struct gw_upconn {
     unsigned reused : 1, connected : 1, keepalive : 1, paused : 1;
 };
 
-static void up_read_cb(struct bufferevent *bev, void *arg);
-static void up_event_cb(struct bufferevent *bev, short what, void *arg);
+static void up_read_cb(gw_io_t *io, void *arg);
+static void up_event_cb(gw_io_t *io, int what, void *arg);
+static void up_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void try_backend(gw_req_t *r);
+static const gw_io_cbs_t up_cbs = {up_read_cb, NULL, up_event_cb};
 
 static void up_free(gw_upconn_t *u)
 {
-    bufferevent_free(u->bev);
+    gw_io_free(u->io);
+    event_free(u->timer);
     free(u);
+}
+
+static void arm(gw_upconn_t *u, int64_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(u->timer, &tv);
 }
 
 static void idle_remove(gw_upconn_t *u)
@@ -65,17 +72,15 @@ static void release(gw_upconn_t *u, int reusable)
     size_t i = u->be->index;
     /* Unsent output may still reference the request's body: such a connection is not reused. */
     if (!reusable || w->draining || u->cfg != w->idle_cfg || w->nidle[i] >= MAX_IDLE_PER_BACKEND ||
-        evbuffer_get_length(bufferevent_get_input(u->bev)) ||
-        evbuffer_get_length(bufferevent_get_output(u->bev))) {
+        evbuffer_get_length(gw_io_in(u->io)) || evbuffer_get_length(gw_io_out(u->io))) {
         up_free(u);
         return;
     }
     u->req = NULL;
     u->state = UP_IDLE;
+    if (u->paused) gw_io_read_enable(u->io, 1);
     u->paused = 0;
-    struct timeval idle = {IDLE_UPSTREAM_S, 0};
-    bufferevent_set_timeouts(u->bev, &idle, NULL);
-    bufferevent_enable(u->bev, EV_READ);
+    arm(u, IDLE_UPSTREAM_S * 1000);
     u->prev = NULL;
     u->next = w->idle[i];
     if (u->next) u->next->prev = u;
@@ -133,7 +138,7 @@ static gw_backend_t *pick(gw_req_t *r)
 
 static void write_request(gw_req_t *r, gw_upconn_t *u)
 {
-    struct evbuffer *out = bufferevent_get_output(u->bev);
+    struct evbuffer *out = gw_io_out(u->io);
     gw_backend_t *b = u->be;
     const gw_http_head_t *h = &r->head;
     char *json = NULL;
@@ -193,6 +198,7 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
     } else if (body_len) {
         evbuffer_add_buffer_reference(out, r->body);
     }
+    gw_io_flush(u->io);
 }
 
 static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b)
@@ -203,38 +209,26 @@ static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b)
     u->w = w;
     u->be = b;
     u->cfg = r->cfg;
-    if (b->ssl) {
-        SSL *ssl = gw_tls_client_ssl(b->ssl, b->host);
-        u->bev = ssl ? bufferevent_openssl_socket_new(w->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                                      BEV_OPT_CLOSE_ON_FREE)
-                     : NULL;
-        if (!u->bev && ssl) SSL_free(ssl);
-    } else {
-        u->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    }
-    if (!u->bev) {
+    SSL *ssl = b->ssl ? gw_tls_client_ssl(b->ssl, b->host) : NULL;
+    if (b->ssl && !ssl) {
         free(u);
         return NULL;
     }
-    bufferevent_setcb(u->bev, up_read_cb, NULL, up_event_cb, u);
-    int64_t cms = r->cfg->timeouts.upstream_connect_ms;
-    struct timeval ct = {cms / 1000, (cms % 1000) * 1000};
-    bufferevent_set_timeouts(u->bev, NULL, &ct);
-    if (bufferevent_socket_connect(u->bev, (struct sockaddr *)&b->ss, (int)b->sslen) < 0) {
-        up_free(u);
+    u->timer = evtimer_new(w->base, up_timer_cb, u);
+    u->io = u->timer ? gw_io_connect(w->base, (struct sockaddr *)&b->ss, b->sslen, ssl, &up_cbs, u)
+                     : NULL;
+    if (!u->io) {
+        if (u->timer) event_free(u->timer);
+        free(u);
         return NULL;
     }
-    int fd = bufferevent_getfd(u->bev), one = 1;
-    if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    gw_io_set_limits(u->io, 0, 0);
+    arm(u, r->cfg->timeouts.upstream_connect_ms);
     return u;
 }
 
-static void set_timeouts(gw_upconn_t *u, int64_t read_ms, int64_t write_ms)
-{
-    struct timeval rt = {read_ms / 1000, (read_ms % 1000) * 1000};
-    struct timeval wt = {write_ms / 1000, (write_ms % 1000) * 1000};
-    bufferevent_set_timeouts(u->bev, &rt, &wt);
-}
+static void fail(gw_req_t *r, int status, const char *code, int retryable);
+static void connect_failed(gw_req_t *r, gw_backend_t *b);
 
 static void try_backend(gw_req_t *r)
 {
@@ -253,8 +247,10 @@ static void try_backend(gw_req_t *r)
     } else {
         u = connect_backend(r, b);
         if (!u) {
-            gw_req_error(r, 502, "upstream_error", "The backend could not be reached.");
-            gw_req_finish(r, 0);
+            /* Refused at once: a connect failure like any other, retried by the same rule. */
+            r->attempts++;
+            r->backend = b;
+            connect_failed(r, b);
             return;
         }
     }
@@ -266,9 +262,7 @@ static void try_backend(gw_req_t *r)
     u->head_scanned = 0;
     u->received = 0;
     atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
-    if (u->reused)
-        set_timeouts(u, r->cfg->timeouts.upstream_first_byte_ms, r->cfg->timeouts.upstream_idle_ms);
-    bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+    if (u->reused) arm(u, r->cfg->timeouts.upstream_first_byte_ms);
     write_request(r, u);
 }
 
@@ -278,12 +272,27 @@ void gw_upstream_start(gw_req_t *r)
 }
 
 /* Fails the request on the backend side: retry, an error answer, or a broken stream. */
+static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int status, const char *code,
+                    int retryable);
+
 static void fail(gw_req_t *r, int status, const char *code, int retryable)
 {
     gw_upconn_t *u = detach(r);
+    gw_backend_t *b = u ? u->be : r->backend;
     int stale = u && u->reused && u->received == 0;
-    size_t idx = u ? (size_t)(u->be - (gw_backend_t *)r->pool->backends.items) : 0;
     if (u) up_free(u);
+    fail_on(r, b, stale, status, code, retryable);
+}
+
+static void connect_failed(gw_req_t *r, gw_backend_t *b)
+{
+    fail_on(r, b, 0, 502, "upstream_error", 1);
+}
+
+static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int status, const char *code,
+                    int retryable)
+{
+    size_t idx = (size_t)(b - (gw_backend_t *)r->pool->backends.items);
     if (!r->head_sent && retryable) {
         /* Nothing reached the client: a kept-alive connection that the backend had closed is
          * retried as is; a fresh failure once more on another backend. */
@@ -316,7 +325,7 @@ static void fail(gw_req_t *r, int status, const char *code, int retryable)
                          "data: {\"error\":{\"message\":\"The backend failed during the stream.\","
                          "\"type\":\"server_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
                          code);
-        struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+        struct evbuffer *out = gw_io_out(r->conn->io);
         if (r->client_chunked) evbuffer_add_printf(out, "%x\r\n", n);
         evbuffer_add(out, ev, (size_t)n);
         if (r->client_chunked) evbuffer_add(out, "\r\n", 2);
@@ -327,7 +336,7 @@ static void fail(gw_req_t *r, int status, const char *code, int retryable)
 static void client_write(gw_req_t *r, const char *p, size_t n)
 {
     if (!r->conn || n == 0) return;
-    struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+    struct evbuffer *out = gw_io_out(r->conn->io);
     if (r->client_chunked) {
         char hdr[24];
         int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
@@ -366,7 +375,7 @@ static int is_sse(const gw_http_head_t *h)
 /* Parses the backend's head and writes the client's. Returns 1 when done, 0 for more, -1. */
 static int on_head(gw_req_t *r, gw_upconn_t *u)
 {
-    struct evbuffer *in = bufferevent_get_input(u->bev);
+    struct evbuffer *in = gw_io_in(u->io);
     for (;;) {
         size_t len = evbuffer_get_length(in);
         size_t look = len < MAX_RESPONSE_HEAD ? len : MAX_RESPONSE_HEAD;
@@ -400,7 +409,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         r->sse = is_sse(&h);
         r->status = h.status;
         if (gw_req_run_response_headers(r) != GW_CONTINUE) return -1;
-        struct evbuffer *out = bufferevent_get_output(r->conn->bev);
+        struct evbuffer *out = gw_io_out(r->conn->io);
         evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", h.status, gw_http_reason(h.status));
         for (size_t i = 0; i < h.nheaders; i++) {
             const gw_header_t *hd = &h.headers[i];
@@ -437,7 +446,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
 /* Relays what the backend sent. Returns 1 when the answer is complete, 0 for more, -1. */
 static int relay(gw_req_t *r, gw_upconn_t *u)
 {
-    struct evbuffer *in = bufferevent_get_input(u->bev);
+    struct evbuffer *in = gw_io_in(u->io);
     switch (u->framing) {
     case F_NONE:
         return 1;
@@ -445,7 +454,7 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
         if (!r->sse) {
             size_t have = evbuffer_get_length(in);
             size_t n = have < (size_t)u->remaining ? have : (size_t)u->remaining;
-            evbuffer_remove_buffer(in, bufferevent_get_output(r->conn->bev), n);
+            evbuffer_remove_buffer(in, gw_io_out(r->conn->io), n);
             u->remaining -= (int64_t)n;
             return u->remaining == 0;
         }
@@ -481,14 +490,13 @@ static void complete(gw_req_t *r, gw_upconn_t *u)
         if (r->sse_framer.len) client_write(r, r->sse_framer.buf, r->sse_framer.len);
         r->sse_framer.len = 0;
     }
-    if (r->client_chunked && r->conn)
-        evbuffer_add(bufferevent_get_output(r->conn->bev), "0\r\n\r\n", 5);
+    if (r->client_chunked && r->conn) evbuffer_add(gw_io_out(r->conn->io), "0\r\n\r\n", 5);
     detach(r);
     release(u, u->keepalive && u->framing != F_EOF);
     gw_req_finish(r, 0);
 }
 
-static void up_read_cb(struct bufferevent *bev, void *arg)
+static void up_read_cb(gw_io_t *io, void *arg)
 {
     gw_upconn_t *u = arg;
     gw_req_t *r = u->req;
@@ -497,7 +505,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
         up_free(u);
         return;
     }
-    u->received += evbuffer_get_length(bufferevent_get_input(bev));
+    u->received += evbuffer_get_length(gw_io_in(io));
     if (u->state != UP_BODY) {
         int rc = on_head(r, u);
         if (rc == 0) return;
@@ -506,8 +514,6 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
             return;
         }
         u->state = UP_BODY;
-        int64_t idle = r->cfg->timeouts.upstream_idle_ms;
-        set_timeouts(u, idle, idle);
     }
     int rc = relay(r, u);
     if (rc < 0) {
@@ -518,9 +524,14 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
         complete(r, u);
         return;
     }
-    if (r->conn && evbuffer_get_length(bufferevent_get_output(r->conn->bev)) > CLIENT_HIGH) {
-        bufferevent_disable(bev, EV_READ);
-        u->paused = 1;
+    arm(u, r->cfg->timeouts.upstream_idle_ms);
+    if (r->conn) {
+        gw_io_flush(r->conn->io);
+        if (evbuffer_get_length(gw_io_out(r->conn->io)) > CLIENT_HIGH) {
+            gw_io_read_enable(io, 0);
+            u->paused = 1;
+            evtimer_del(u->timer); /* a slow client is not the backend's fault */
+        }
     }
 }
 
@@ -529,11 +540,25 @@ void gw_upstream_client_drained(gw_req_t *r)
     gw_upconn_t *u = r->up;
     if (u && u->paused) {
         u->paused = 0;
-        bufferevent_enable(u->bev, EV_READ);
+        arm(u, r->cfg->timeouts.upstream_idle_ms);
+        gw_io_read_enable(u->io, 1);
     }
 }
 
-static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+static void up_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_upconn_t *u = arg;
+    gw_req_t *r = u->req;
+    if (!r) { /* idle too long */
+        idle_remove(u);
+        up_free(u);
+        return;
+    }
+    /* Not connected in time: a connect failure (retryable); else no answer in time. */
+    fail(r, 504, "upstream_timeout", u->state == UP_CONNECTING);
+}
+
+static void up_event_cb(gw_io_t *io, int what, void *arg)
 {
     gw_upconn_t *u = arg;
     gw_req_t *r = u->req;
@@ -542,18 +567,13 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         up_free(u);
         return;
     }
-    if (what & BEV_EVENT_CONNECTED) {
+    if (what & GW_IO_CONNECTED) {
         u->connected = 1;
         u->state = UP_WAITING;
-        set_timeouts(u, r->cfg->timeouts.upstream_first_byte_ms, r->cfg->timeouts.upstream_idle_ms);
+        arm(u, r->cfg->timeouts.upstream_first_byte_ms);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT) {
-        if (!u->connected && !u->reused) fail(r, 504, "upstream_timeout", 1);
-        else fail(r, 504, "upstream_timeout", 0);
-        return;
-    }
-    if ((what & BEV_EVENT_EOF) && u->state == UP_BODY && u->framing == F_EOF) {
+    if ((what & GW_IO_EOF) && u->state == UP_BODY && u->framing == F_EOF) {
         /* Whatever is left in the input is the end of the answer. */
         if (relay(r, u) >= 0) {
             complete(r, u);

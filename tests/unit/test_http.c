@@ -1,1 +1,192 @@
-int main(void){return 0;}
+/* Unit tests of the strict HTTP/1.1 parser: request heads, response heads, chunked bodies. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "http.h"
+
+static gw_header_t hdrs[16];
+static uint8_t hop[16];
+
+static int req(const char *s, gw_http_head_t *h)
+{
+    size_t scanned = 0, len = strlen(s);
+    long end = gw_http_find_head_end(s, len, &scanned);
+    if (end < 0) return (int)end;
+    if ((size_t)end != len) return -99; /* the test strings are exactly one head */
+    return gw_http_parse_request(s, len, h, hdrs, hop, 16);
+}
+
+static void test_valid(void)
+{
+    gw_http_head_t h;
+    int rc = req("POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n"
+                 "X-Custom:  spaced value \t\r\n\r\n", &h);
+    CHECK(rc == 0, "rc=%d", rc);
+    CHECK(h.content_length == 12, "cl=%lld", (long long)h.content_length);
+    CHECK(h.method_len == 4 && memcmp(h.method, "POST", 4) == 0, "method");
+    CHECK(h.target_len == 24, "target_len=%zu", h.target_len);
+    CHECK(h.nheaders == 3, "n=%zu", h.nheaders);
+    CHECK(h.headers[2].value_len == 12 && memcmp(h.headers[2].value, "spaced value", 12) == 0,
+          "value trimmed: '%.*s'", (int)h.headers[2].value_len, h.headers[2].value);
+    CHECK(hop[0] && hop[1] && !hop[2], "host and content-length are not forwarded as is");
+
+    rc = req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ChUnKeD\r\n\r\n", &h);
+    CHECK(rc == 0 && h.chunked && h.content_length == -1, "chunked rc=%d", rc);
+
+    rc = req("GET / HTTP/1.0\r\n\r\n", &h);
+    CHECK(rc == 0 && h.minor == 0, "HTTP/1.0 without Host rc=%d", rc);
+
+    rc = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nX-Other: 2\r\n\r\n", &h);
+    CHECK(rc == 0 && h.conn_close, "connection close");
+    CHECK(hop[2] && !hop[3], "a header named by Connection is hop-by-hop");
+}
+
+static void test_rejects(void)
+{
+    static const struct {
+        const char *why, *head;
+        int want;
+    } cases[] = {
+        {"CL and TE", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", GW_HTTP_BAD},
+        {"two CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", GW_HTTP_BAD},
+        {"CL list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", GW_HTTP_BAD},
+        {"CL sign", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", GW_HTTP_BAD},
+        {"CL hex", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\n", GW_HTTP_BAD},
+        {"CL empty", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", GW_HTTP_BAD},
+        {"CL huge", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", GW_HTTP_BAD},
+        {"TE gzip, chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", GW_HTTP_BAD},
+        {"TE chunked, chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", GW_HTTP_BAD},
+        {"TE twice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", GW_HTTP_BAD},
+        {"TE identity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", GW_HTTP_BAD},
+        {"TE xchunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", GW_HTTP_BAD},
+        {"TE in 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", GW_HTTP_BAD},
+        {"obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", GW_HTTP_BAD},
+        {"obs-fold tab", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n\tb\r\n\r\n", GW_HTTP_BAD},
+        {"space before colon", "GET / HTTP/1.1\r\nHost : a\r\n\r\n", GW_HTTP_BAD},
+        {"empty name", "GET / HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n", GW_HTTP_BAD},
+        {"bare CR in value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", GW_HTTP_BAD},
+        {"NUL in value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\001b\r\n\r\n", GW_HTTP_BAD},
+        {"no Host in 1.1", "GET / HTTP/1.1\r\nX: a\r\n\r\n", GW_HTTP_BAD},
+        {"two Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", GW_HTTP_BAD},
+        {"HTTP/2.0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", GW_HTTP_BAD_VERSION},
+        {"HTTP/1.2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", GW_HTTP_BAD_VERSION},
+        {"bad version", "GET / HTTX/1.1\r\nHost: a\r\n\r\n", GW_HTTP_BAD},
+        {"two spaces", "GET  / HTTP/1.1\r\nHost: a\r\n\r\n", GW_HTTP_BAD},
+        {"space in target", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", GW_HTTP_BAD},
+        {"bad method", "G(T / HTTP/1.1\r\nHost: a\r\n\r\n", GW_HTTP_BAD},
+        {"Expect other", "POST / HTTP/1.1\r\nHost: a\r\nExpect: fancy\r\n\r\n", GW_HTTP_BAD},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        gw_http_head_t h;
+        int rc = req(cases[i].head, &h);
+        CHECK(rc == cases[i].want, "%s: rc=%d want %d", cases[i].why, rc, cases[i].want);
+    }
+    /* bare LF, found while looking for the end of the head */
+    size_t scanned = 0;
+    const char *lf = "GET / HTTP/1.1\nHost: a\r\n\r\n";
+    CHECK(gw_http_find_head_end(lf, strlen(lf), &scanned) == GW_HTTP_BAD, "bare LF");
+    scanned = 0;
+    const char *nul = "GET / HTTP/1.1\r\nHost: a\r\nX: \0\r\n\r\n";
+    gw_http_head_t h;
+    CHECK(gw_http_parse_request(nul, 33, &h, hdrs, hop, 16) == GW_HTTP_BAD, "NUL");
+    /* too many headers */
+    char many[2048] = "GET / HTTP/1.1\r\nHost: a\r\n";
+    for (int i = 0; i < 20; i++) strcat(many, "X: y\r\n");
+    strcat(many, "\r\n");
+    CHECK(req(many, &h) == GW_HTTP_TOO_MANY, "too many headers");
+}
+
+static void test_incremental_end(void)
+{
+    const char *s = "GET / HTTP/1.1\r\nHost: a\r\n\r\nNEXT";
+    size_t full = strlen(s) - 4;
+    for (size_t cut = 0; cut <= strlen(s); cut++) {
+        size_t scanned = 0;
+        long a = gw_http_find_head_end(s, cut, &scanned);
+        CHECK(cut >= full ? a == (long)full : a == GW_HTTP_INCOMPLETE, "cut %zu: %ld", cut, a);
+        if (a == GW_HTTP_INCOMPLETE) {
+            long b = gw_http_find_head_end(s, strlen(s), &scanned);
+            CHECK(b == (long)full, "resumed at %zu: %ld", cut, b);
+        }
+    }
+}
+
+static void test_response(void)
+{
+    gw_http_head_t h;
+    const char *s = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == 0 && h.status == 200 && h.chunked,
+          "response");
+    s = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "CL+TE response");
+    s = "HTTP/1.1 2000 OK\r\n\r\n";
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "bad status");
+    s = "HTTP/1.0 404 \r\n\r\n";
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == 0 && h.status == 404 && h.minor == 0,
+          "empty reason");
+}
+
+typedef struct {
+    char out[256];
+    size_t n;
+} sink_t;
+
+static void sink(void *arg, const char *p, size_t n)
+{
+    sink_t *s = arg;
+    memcpy(s->out + s->n, p, n);
+    s->n += n;
+}
+
+static int decode_split(const char *in, size_t len, size_t step, sink_t *s, size_t *consumed)
+{
+    gw_chunked_t c = {0};
+    memset(s, 0, sizeof(*s));
+    size_t off = 0;
+    while (off < len) {
+        size_t n = len - off < step ? len - off : step, used;
+        int rc = gw_chunked_feed(&c, in + off, n, &used, sink, s);
+        off += used;
+        if (rc != GW_CHUNKED_MORE) {
+            *consumed = off;
+            return rc;
+        }
+    }
+    *consumed = off;
+    return GW_CHUNKED_MORE;
+}
+
+static void test_chunked(void)
+{
+    const char *ok = "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+    size_t len = strlen(ok);
+    for (size_t step = 1; step <= len; step++) {
+        sink_t s;
+        size_t used;
+        int rc = decode_split(ok, len, step, &s, &used);
+        CHECK(rc == GW_CHUNKED_DONE && s.n == 11 && memcmp(s.out, "hello world", 11) == 0 &&
+                  used == len - 4,
+              "step %zu: rc=%d n=%zu used=%zu", step, rc, s.n, used);
+    }
+    static const char *bad[] = {
+        "x\r\n", "-1\r\n", "ffffffffffffffffff\r\n", "5\r\nhelloXX", "5\nhello\r\n", "\r\n",
+        "5 \r\nhello\r\n0\r\n\r\n", "0\r\n\r\r",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        sink_t s;
+        size_t used;
+        int rc = decode_split(bad[i], strlen(bad[i]), 1, &s, &used);
+        CHECK(rc == GW_CHUNKED_BAD, "bad chunked %zu: rc=%d", i, rc);
+    }
+}
+
+int main(void)
+{
+    test_valid();
+    test_rejects();
+    test_incremental_end();
+    test_response();
+    test_chunked();
+    return check_done();
+}
