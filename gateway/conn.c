@@ -300,6 +300,12 @@ static void process(gw_conn_t *c)
             c->req = r;
             c->state = CONN_BUSY;
             evtimer_del(c->timer);
+            if (r->head.content_length > r->cfg->limits.max_body_bytes) {
+                r->close = 1;
+                gw_req_error(r, 413, "request_too_large", "The request body is too large.");
+                gw_req_finish(r, 1);
+                break;
+            }
             gw_req_headers_ready(r);
             continue;
         }

@@ -87,13 +87,14 @@ void gw_req_respond_error(gw_req_t *r, int status, const char *code, const char 
     gw_req_error(r, status, code, message);
 }
 
+/* A token (RFC 9110 tchar) of at most 128 characters. */
 static int sane_request_id(const char *v, size_t n)
 {
     if (n == 0 || n > 128) return 0;
     for (size_t i = 0; i < n; i++) {
         char ch = v[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_' || ch == '.' || ch == ':'))
+              (ch && strchr("!#$%&'*+-.^_`|~", ch))))
             return 0;
     }
     return 1;

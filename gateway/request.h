@@ -23,7 +23,7 @@ struct gw_req {
     gw_config_t *cfg;
     gw_arena_t *arena;
     gw_http_head_t head;
-    char id[48];
+    char id[129]; /* a sane client x-request-id (1..128 token chars), or 32 hex */
     const char *path; /* the target without its query, NUL-terminated */
     int endpoint;
     int phase;
