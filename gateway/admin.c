@@ -59,7 +59,7 @@ gw_admin_t *gw_admin_start(struct event_base *base, gw_config_t *cfg)
 {
     gw_admin_t *a = calloc(1, sizeof(*a));
     if (!a) return NULL;
-    a->cfg = cfg;
+    a->cfg = gw_config_ref(cfg);
     a->http = evhttp_new(base);
     int fd = socket(cfg->admin.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
@@ -69,6 +69,7 @@ gw_admin_t *gw_admin_start(struct event_base *base, gw_config_t *cfg)
         gw_error("cannot listen on the admin address %s: %s", cfg->admin.address, strerror(errno));
         if (fd >= 0) close(fd);
         if (a->http) evhttp_free(a->http);
+        gw_config_unref(a->cfg);
         free(a);
         return NULL;
     }
@@ -85,9 +86,16 @@ void gw_admin_set_draining(gw_admin_t *a)
     a->draining = 1;
 }
 
+void gw_admin_set_config(gw_admin_t *a, gw_config_t *cfg)
+{
+    gw_config_unref(a->cfg);
+    a->cfg = gw_config_ref(cfg);
+}
+
 void gw_admin_free(gw_admin_t *a)
 {
     if (!a) return;
     evhttp_free(a->http);
+    gw_config_unref(a->cfg);
     free(a);
 }

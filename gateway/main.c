@@ -19,6 +19,7 @@
 #endif
 
 typedef struct gw_main {
+    const char *file;
     struct event_base *base;
     gw_config_t *cfg;
     gw_worker_t *workers;
@@ -84,9 +85,45 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     event_add(m->tick, &tv);
 }
 
+/* Listeners and workers are bound at start: a reload may change everything else. */
+static int same_sockets(const gw_config_t *a, const gw_config_t *b)
+{
+    if (a->workers != b->workers || a->listen.n != b->listen.n ||
+        strcmp(a->admin.address, b->admin.address) != 0)
+        return 0;
+    gw_listen_t *la = a->listen.items, *lb = b->listen.items;
+    for (size_t i = 0; i < a->listen.n; i++)
+        if (strcmp(la[i].address, lb[i].address) != 0 || (la[i].ssl == NULL) != (lb[i].ssl == NULL))
+            return 0;
+    return 1;
+}
+
+static void reload(gw_main_t *m)
+{
+    char *errors = NULL;
+    gw_config_t *next = gw_config_load(m->file, &errors);
+    if (!next) {
+        gw_error("reload refused, still serving the old configuration:");
+        print_errors(m->file, errors);
+        free(errors);
+        return;
+    }
+    if (!same_sockets(m->cfg, next)) {
+        gw_error("reload refused: listen addresses, TLS on/off, admin and workers need a restart");
+        gw_config_unref(next);
+        return;
+    }
+    for (size_t i = 0; i < m->nworkers; i++) gw_worker_reload(&m->workers[i], gw_config_ref(next));
+    gw_admin_set_config(m->admin, next);
+    gw_config_unref(m->cfg);
+    m->cfg = next;
+    gw_info("configuration reloaded");
+}
+
 static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
-    gw_warn("SIGHUP: configuration reload is not available in this version; still serving");
+    gw_main_t *m = arg;
+    if (!m->draining) reload(m);
 }
 
 static int run(const char *file)
@@ -99,6 +136,7 @@ static int run(const char *file)
         return 1;
     }
     gw_main_t m = {0};
+    m.file = file;
     m.cfg = cfg;
     m.base = event_base_new();
     m.nworkers = (size_t)cfg->workers;
@@ -134,7 +172,7 @@ static int run(const char *file)
     event_free(m.tick);
     event_base_free(m.base);
     free(m.workers);
-    gw_config_unref(cfg);
+    gw_config_unref(m.cfg);
     gw_info("stopped");
     return 0;
 }

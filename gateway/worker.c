@@ -15,7 +15,7 @@
 
 typedef struct listen_ctx {
     gw_worker_t *w;
-    gw_listen_t *l;
+    size_t index; /* in the snapshot's listen list, the same across reloads */
 } listen_ctx_t;
 
 int gw_workers_bind(gw_worker_t *ws, size_t n, gw_config_t *cfg)
@@ -57,7 +57,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
                       void *arg)
 {
     listen_ctx_t *lc = arg;
-    gw_conn_accept(lc->w, fd, lc->l);
+    gw_listen_t *ls = lc->w->cfg->listen.items;
+    gw_conn_accept(lc->w, fd, &ls[lc->index]);
 }
 
 static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -112,6 +113,37 @@ void gw_worker_conn_gone(gw_worker_t *w)
     if (w->draining && w->nconns == 0) event_base_loopexit(w->base, NULL);
 }
 
+/* Takes the snapshot a reload handed over; requests in flight keep theirs. */
+static void take_reload(gw_worker_t *w)
+{
+    gw_config_t *next = atomic_exchange(&w->next_cfg, NULL);
+    if (!next) return;
+    gw_upconn_t **idle = calloc(next->nbackends + 1, sizeof(*idle));
+    size_t *nidle = calloc(next->nbackends + 1, sizeof(*nidle));
+    if (!idle || !nidle) {
+        free(idle);
+        free(nidle);
+        gw_config_unref(next);
+        gw_warn("worker %d: out of memory taking the new configuration", w->id);
+        return;
+    }
+    gw_upstream_close_idle(w);
+    free(w->idle);
+    free(w->nidle);
+    w->idle = idle;
+    w->nidle = nidle;
+    gw_config_unref(w->cfg);
+    w->cfg = next;
+    w->idle_cfg = next;
+}
+
+void gw_worker_reload(gw_worker_t *w, gw_config_t *cfg)
+{
+    gw_config_t *old = atomic_exchange(&w->next_cfg, cfg);
+    if (old) gw_config_unref(old);
+    gw_worker_signal(w, 'r');
+}
+
 static void wake_cb(evutil_socket_t fd, short what, void *arg)
 {
     gw_worker_t *w = arg;
@@ -120,6 +152,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     for (ssize_t i = 0; i < n; i++) {
         if (cmd[i] == 'd') start_drain(w);
         else if (cmd[i] == 's') event_base_loopbreak(w->base);
+        else if (cmd[i] == 'r') take_reload(w);
     }
 }
 
@@ -146,13 +179,12 @@ int gw_worker_start(gw_worker_t *w)
     if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed) || seed == 0)
         seed = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)w;
     w->rng = seed | 1;
-    gw_listen_t *ls = w->cfg->listen.items;
     w->listeners = calloc(w->nlisteners, sizeof(*w->listeners));
     listen_ctx_t *lcs = calloc(w->nlisteners, sizeof(*lcs));
     if (!w->listeners || !lcs) return -1;
     for (size_t i = 0; i < w->nlisteners; i++) {
         lcs[i].w = w;
-        lcs[i].l = &ls[i];
+        lcs[i].index = i;
         w->listeners[i] = evconnlistener_new(w->base, accept_cb, &lcs[i], LEV_OPT_CLOSE_ON_FREE, -1,
                                              w->fds[i]);
         if (!w->listeners[i]) return -1;
@@ -192,5 +224,6 @@ void gw_worker_join(gw_worker_t *w)
     free(w->fds);
     free(w->idle);
     free(w->nidle);
+    gw_config_unref(atomic_exchange(&w->next_cfg, NULL));
     gw_config_unref(w->cfg);
 }

@@ -28,6 +28,7 @@ typedef struct gw_worker {
     int draining;
     atomic_int done;
     gw_config_t *cfg; /* the snapshot new requests take */
+    _Atomic(gw_config_t *) next_cfg; /* handed over by a reload */
     /* idle upstream connections, by backend index of idle_cfg */
     gw_upconn_t **idle;
     size_t *nidle;
@@ -42,6 +43,8 @@ int gw_workers_bind(gw_worker_t *ws, size_t n, gw_config_t *cfg);
 int gw_worker_start(gw_worker_t *w);
 /* From another thread: start draining (stop accepting, finish in-flight), or stop now. */
 void gw_worker_signal(gw_worker_t *w, char what);
+/* From another thread: new requests take this snapshot (a reference is handed over). */
+void gw_worker_reload(gw_worker_t *w, gw_config_t *cfg);
 void gw_worker_join(gw_worker_t *w);
 uint64_t gw_worker_random(gw_worker_t *w);
 /* A connection closed: the worker may be done draining. */
