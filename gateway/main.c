@@ -141,18 +141,19 @@ static int run(const char *file)
     m.base = event_base_new();
     m.nworkers = (size_t)cfg->workers;
     m.workers = calloc(m.nworkers, sizeof(*m.workers));
-    if (!m.base || !m.workers) return 1;
+    size_t started = 0;
+    if (!m.base || !m.workers) goto fail;
     for (size_t i = 0; i < m.nworkers; i++) {
         m.workers[i].id = (int)i;
         m.workers[i].cfg = gw_config_ref(cfg);
     }
-    if (gw_workers_bind(m.workers, m.nworkers, cfg) < 0) return 1;
+    if (gw_workers_bind(m.workers, m.nworkers, cfg) < 0) goto fail;
     m.admin = gw_admin_start(m.base, cfg);
-    if (!m.admin) return 1;
-    for (size_t i = 0; i < m.nworkers; i++)
-        if (gw_worker_start(&m.workers[i]) < 0) {
-            gw_error("cannot start worker %zu", i);
-            return 1;
+    if (!m.admin) goto fail;
+    for (; started < m.nworkers; started++)
+        if (gw_worker_start(&m.workers[started]) < 0) {
+            gw_error("cannot start worker %zu", started);
+            goto fail;
         }
     m.sigterm = evsignal_new(m.base, SIGTERM, stop_cb, &m);
     m.sigint = evsignal_new(m.base, SIGINT, stop_cb, &m);
@@ -175,6 +176,17 @@ static int run(const char *file)
     gw_config_unref(m.cfg);
     gw_info("stopped");
     return 0;
+
+fail:
+    /* Start-up failed: stop what started, close what was opened. */
+    for (size_t i = 0; i < started; i++) gw_worker_signal(&m.workers[i], 's');
+    for (size_t i = 0; i < started; i++) gw_worker_join(&m.workers[i]);
+    for (size_t i = started; m.workers && i < m.nworkers; i++) gw_worker_discard(&m.workers[i]);
+    gw_admin_free(m.admin);
+    if (m.base) event_base_free(m.base);
+    free(m.workers);
+    gw_config_unref(cfg);
+    return 1;
 }
 
 int main(int argc, char **argv)

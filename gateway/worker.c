@@ -227,3 +227,24 @@ void gw_worker_join(gw_worker_t *w)
     gw_config_unref(atomic_exchange(&w->next_cfg, NULL));
     gw_config_unref(w->cfg);
 }
+
+void gw_worker_discard(gw_worker_t *w)
+{
+    for (size_t i = 0; w->fds && i < w->nlisteners; i++)
+        if (w->fds[i] > 0 && !(w->listeners && w->listeners[i])) close(w->fds[i]);
+    free_listeners(w);
+    if (w->wake) {
+        close(event_get_fd(w->wake));
+        close(w->wake_fd);
+        event_free(w->wake);
+    }
+    if (w->accept_retry) event_free(w->accept_retry);
+    if (w->base) event_base_free(w->base);
+    free(w->listeners);
+    free(w->lctx);
+    free(w->fds);
+    free(w->idle);
+    free(w->nidle);
+    gw_config_unref(w->cfg);
+    w->cfg = NULL;
+}

@@ -46,6 +46,8 @@ void gw_worker_signal(gw_worker_t *w, char what);
 /* From another thread: new requests take this snapshot (a reference is handed over). */
 void gw_worker_reload(gw_worker_t *w, gw_config_t *cfg);
 void gw_worker_join(gw_worker_t *w);
+/* Releases a worker that never started (bound sockets, its snapshot reference). */
+void gw_worker_discard(gw_worker_t *w);
 uint64_t gw_worker_random(gw_worker_t *w);
 /* A connection closed: the worker may be done draining. */
 void gw_worker_conn_gone(gw_worker_t *w);
