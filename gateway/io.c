@@ -25,7 +25,8 @@ struct gw_io {
     gw_io_cbs_t cbs;
     void *arg;
     size_t read_max, write_low;
-    unsigned connecting : 1, reading : 1, in_cb : 1, dead : 1, eof : 1, failed : 1, full : 1;
+    unsigned connecting : 1, reading : 1, in_cb : 1, dead : 1, eof : 1, failed : 1, full : 1,
+        eager : 1;
 };
 
 static void io_destroy(gw_io_t *io)
@@ -91,6 +92,23 @@ static void bev_event(struct bufferevent *bev, short what, void *arg)
 
 /* ---- plain sockets ---- */
 
+/* Edge-triggered: write until the output is empty or the socket is full. Returns the bytes
+ * written, or -1 on an error. */
+static int write_all(gw_io_t *io)
+{
+    int total = 0;
+    while (evbuffer_get_length(io->out)) {
+        int n = evbuffer_write(io->out, io->fd);
+        if (n > 0) {
+            total += n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+        return -1;
+    }
+    return total;
+}
+
 static void plain_cb(evutil_socket_t fd, short what, void *arg)
 {
     gw_io_t *io = arg;
@@ -111,8 +129,8 @@ static void plain_cb(evutil_socket_t fd, short what, void *arg)
         what |= EV_WRITE;
     }
     if ((what & EV_WRITE) && evbuffer_get_length(io->out)) {
-        int n = evbuffer_write(io->out, fd);
-        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        int n = write_all(io);
+        if (n < 0) {
             io->failed = 1;
             if (io->cbs.event) io->cbs.event(io, GW_IO_ERROR, io->arg);
             goto out;
@@ -127,33 +145,49 @@ static void plain_cb(evutil_socket_t fd, short what, void *arg)
         goto out;
     }
     if ((what & EV_READ) && io->reading && !io->eof) {
-        size_t total = 0;
         int err = 0;
         for (;;) {
-            if (io->read_max && evbuffer_get_length(io->in) >= io->read_max) {
-                io->full = 1; /* resumed by gw_io_input_consumed */
+            size_t total = 0;
+            int short_read = 0;
+            for (;;) {
+                if (io->read_max && evbuffer_get_length(io->in) >= io->read_max) {
+                    io->full = 1; /* resumed by gw_io_input_consumed */
+                    break;
+                }
+                struct evbuffer_iovec v;
+                if (evbuffer_reserve_space(io->in, READ_CHUNK, &v, 1) < 1) break;
+                size_t room = v.iov_len;
+                ssize_t n = read(fd, v.iov_base, room);
+                if (n > 0) {
+                    v.iov_len = (size_t)n;
+                    evbuffer_commit_space(io->in, &v, 1);
+                    total += (size_t)n;
+                    /* A short read drained the socket, unless the peer closed too: then
+                     * read on to the end or the error. */
+                    if ((size_t)n < room && !(what & EV_CLOSED)) {
+                        short_read = 1;
+                        break;
+                    }
+                    continue;
+                }
+                evbuffer_commit_space(io->in, &v, 0);
+                if (n == 0) io->eof = 1;
+                else if (errno != EAGAIN && errno != EINTR) err = 1;
                 break;
             }
-            struct evbuffer_iovec v;
-            if (evbuffer_reserve_space(io->in, READ_CHUNK, &v, 1) < 1) break;
-            ssize_t n = read(fd, v.iov_base, v.iov_len);
-            if (n > 0) {
-                v.iov_len = (size_t)n;
-                evbuffer_commit_space(io->in, &v, 1);
-                total += (size_t)n;
-                if ((size_t)n < READ_CHUNK) break; /* the socket is drained */
-                continue;
+            if (total && io->cbs.read) {
+                io->cbs.read(io, io->arg);
+                if (io->dead) goto out;
             }
-            evbuffer_commit_space(io->in, &v, 0);
-            if (n == 0) io->eof = 1;
-            else if (errno != EAGAIN && errno != EINTR) err = 1;
-            break;
+            if (io->eof || err) {
+                if (io->cbs.event) io->cbs.event(io, err ? GW_IO_ERROR : GW_IO_EOF, io->arg);
+                goto out;
+            }
+            /* libevent reports EPOLLHUP/EPOLLERR as plain read|write, so a reset that came
+             * with the last data gives no second edge. A reader still waiting for more
+             * (gw_io_set_eager) reads once more to find it; others learn of it on writing. */
+            if (!(short_read && io->eager && io->reading && !io->full)) break;
         }
-        if (total && io->cbs.read) {
-            io->cbs.read(io, io->arg);
-            if (io->dead) goto out;
-        }
-        if ((io->eof || err) && io->cbs.event) io->cbs.event(io, err ? GW_IO_ERROR : GW_IO_EOF, io->arg);
     }
 out:
     io->in_cb = 0;
@@ -180,7 +214,7 @@ static gw_io_t *plain_new(struct event_base *base, int fd, const gw_io_cbs_t *cb
     io->connecting = connecting;
     io->in = evbuffer_new();
     io->out = evbuffer_new();
-    io->ev = event_new(base, fd, EV_READ | EV_WRITE | EV_PERSIST | EV_ET, plain_cb, io);
+    io->ev = event_new(base, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET, plain_cb, io);
     if (!io->in || !io->out || !io->ev || event_add(io->ev, NULL) < 0) {
         if (io->ev) event_free(io->ev);
         if (io->in) evbuffer_free(io->in);
@@ -274,8 +308,7 @@ int gw_io_is_tls(const gw_io_t *io) { return io->bev != NULL; }
 void gw_io_flush(gw_io_t *io)
 {
     if (io->bev || io->connecting || io->failed || evbuffer_get_length(io->out) == 0) return;
-    int n = evbuffer_write(io->out, io->fd);
-    if (n < 0 && errno != EAGAIN && errno != EINTR) {
+    if (write_all(io) < 0) {
         /* Reported from the loop, never from inside the caller. */
         io->failed = 1;
         event_active(io->ev, EV_WRITE, 0);
@@ -303,6 +336,11 @@ void gw_io_set_limits(gw_io_t *io, size_t read_max, size_t write_low)
         bufferevent_setwatermark(io->bev, EV_READ, 0, read_max);
         bufferevent_setwatermark(io->bev, EV_WRITE, write_low, 0);
     }
+}
+
+void gw_io_set_eager(gw_io_t *io, int on)
+{
+    io->eager = on ? 1 : 0;
 }
 
 void gw_io_input_consumed(gw_io_t *io)

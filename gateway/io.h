@@ -33,6 +33,9 @@ void gw_io_flush(gw_io_t *io);
 void gw_io_read_enable(gw_io_t *io, int on);
 /* The input size past which reading pauses (0: none), and the output low mark. */
 void gw_io_set_limits(gw_io_t *io, size_t read_max, size_t write_low);
+/* The reader waits for more (an answer in progress): after a short read, look once more,
+ * so that a reset arriving with the last bytes is not missed. */
+void gw_io_set_eager(gw_io_t *io, int on);
 /* The reader took bytes from a full input: reading may resume. */
 void gw_io_input_consumed(gw_io_t *io);
 int gw_io_shutdown_write(gw_io_t *io); /* plain sockets only; -1 for TLS */

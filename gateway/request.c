@@ -72,11 +72,18 @@ void gw_conn_error_reply(gw_conn_t *c, int status, const char *code, const char 
     if (close) gw_conn_close_after_write(c);
 }
 
+/* A body left unread makes the connection unusable for a next request: say so. */
+static void close_if_body_unread(gw_req_t *r)
+{
+    if (!r->body_read && (r->head.chunked || r->head.content_length > 0)) r->close = 1;
+}
+
 void gw_req_error(gw_req_t *r, int status, const char *code, const char *message)
 {
     r->status = status;
     r->code = code;
     if (r->head_sent || !r->conn) return;
+    close_if_body_unread(r);
     r->head_sent = 1;
     write_error(gw_io_out(r->conn->io), status, code, message, r->id, r, r->close,
                 r->head.minor);
@@ -192,9 +199,8 @@ void gw_req_finish(gw_req_t *r, int close)
     gw_conn_t *c = r->conn;
     if (r->up) gw_upstream_abort(r);
     run_log(r);
+    close_if_body_unread(r);
     close = close || r->close;
-    /* A body left unread makes the connection unusable for the next request. */
-    if (!r->body_read && (r->head.chunked || r->head.content_length > 0)) close = 1;
     gw_req_free(r);
     if (c) {
         gw_io_flush(c->io);
@@ -244,6 +250,7 @@ static void respond_models(gw_req_t *r)
     struct evbuffer *out = gw_io_out(r->conn->io);
     r->status = 200;
     r->head_sent = 1;
+    close_if_body_unread(r);
     evbuffer_add_printf(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n",
                         r->cfg->models_json_len);
     gw_req_add_common_headers(r, out);

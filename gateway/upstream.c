@@ -78,6 +78,7 @@ static void release(gw_upconn_t *u, int reusable)
     }
     u->req = NULL;
     u->state = UP_IDLE;
+    gw_io_set_eager(u->io, 0);
     if (u->paused) gw_io_read_enable(u->io, 1);
     u->paused = 0;
     arm(u, IDLE_UPSTREAM_S * 1000);
@@ -262,6 +263,7 @@ static void try_backend(gw_req_t *r)
     u->head_scanned = 0;
     u->received = 0;
     atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
+    gw_io_set_eager(u->io, 1);
     if (u->reused) arm(u, r->cfg->timeouts.upstream_first_byte_ms);
     write_request(r, u);
 }
