@@ -105,9 +105,9 @@ static void reload(gw_main_t *m)
     if (!next) {
         gw_error("reload refused, still serving the old configuration:");
         print_errors(m->file, errors);
-        free(errors);
-        return;
     }
+    free(errors);
+    if (!next) return;
     if (!same_sockets(m->cfg, next)) {
         gw_error("reload refused: listen addresses, TLS on/off, admin and workers need a restart");
         gw_config_unref(next);
@@ -126,15 +126,20 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
     if (!m->draining) reload(m);
 }
 
-static int run(const char *file)
+/* Loads FILE, or prints its problems ("FILE: $.path: what") and returns NULL. */
+static gw_config_t *load_or_report(const char *file)
 {
     char *errors = NULL;
     gw_config_t *cfg = gw_config_load(file, &errors);
-    if (!cfg) {
-        print_errors(file, errors);
-        free(errors);
-        return 1;
-    }
+    if (!cfg) print_errors(file, errors);
+    free(errors);
+    return cfg;
+}
+
+static int run(const char *file)
+{
+    gw_config_t *cfg = load_or_report(file);
+    if (!cfg) return 1;
     gw_main_t m = {0};
     m.file = file;
     m.cfg = cfg;
@@ -220,13 +225,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     gw_tls_init();
     if (test) {
-        char *errors = NULL;
-        gw_config_t *cfg = gw_config_load(file, &errors);
-        if (!cfg) {
-            print_errors(file, errors);
-            free(errors);
-            return 1;
-        }
+        gw_config_t *cfg = load_or_report(file);
+        if (!cfg) return 1;
         gw_config_unref(cfg);
         printf("%s: ok\n", file);
         return 0;

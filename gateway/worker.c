@@ -26,6 +26,7 @@ int gw_workers_bind(gw_worker_t *ws, size_t n, gw_config_t *cfg)
         w->fds = calloc(cfg->listen.n, sizeof(int));
         if (!w->fds) return -1;
         w->nlisteners = cfg->listen.n;
+        for (size_t i = 0; i < cfg->listen.n; i++) w->fds[i] = -1;
         for (size_t i = 0; i < cfg->listen.n; i++) {
             int fd = socket(ls[i].ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
             int one = 1;
@@ -188,6 +189,7 @@ int gw_worker_start(gw_worker_t *w)
         w->listeners[i] = evconnlistener_new(w->base, accept_cb, &lcs[i], LEV_OPT_CLOSE_ON_FREE, -1,
                                              w->fds[i]);
         if (!w->listeners[i]) return -1;
+        w->fds[i] = -1; /* the listener owns it now */
         evconnlistener_set_error_cb(w->listeners[i], accept_error_cb);
     }
     int pfd[2];
@@ -212,26 +214,13 @@ void gw_worker_signal(gw_worker_t *w, char what)
 void gw_worker_join(gw_worker_t *w)
 {
     pthread_join(w->thread, NULL);
-    free_listeners(w);
-    int rfd = event_get_fd(w->wake);
-    event_free(w->wake);
-    event_free(w->accept_retry);
-    close(rfd);
-    close(w->wake_fd);
-    event_base_free(w->base);
-    free(w->listeners);
-    free(w->lctx);
-    free(w->fds);
-    free(w->idle);
-    free(w->nidle);
-    gw_config_unref(atomic_exchange(&w->next_cfg, NULL));
-    gw_config_unref(w->cfg);
+    gw_worker_discard(w);
 }
 
 void gw_worker_discard(gw_worker_t *w)
 {
     for (size_t i = 0; w->fds && i < w->nlisteners; i++)
-        if (w->fds[i] > 0 && !(w->listeners && w->listeners[i])) close(w->fds[i]);
+        if (w->fds[i] >= 0) close(w->fds[i]);
     free_listeners(w);
     if (w->wake) {
         close(event_get_fd(w->wake));
@@ -245,6 +234,7 @@ void gw_worker_discard(gw_worker_t *w)
     free(w->fds);
     free(w->idle);
     free(w->nidle);
+    gw_config_unref(atomic_exchange(&w->next_cfg, NULL));
     gw_config_unref(w->cfg);
     w->cfg = NULL;
 }

@@ -16,6 +16,7 @@
  * connections on the hot path.
  */
 
+#include "http.h"
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -253,33 +254,6 @@ static long count_words(const char *s)
     return n;
 }
 
-static const char *status_text(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Status";
-    }
-}
 
 /* ---- the record ------------------------------------------------------- */
 
@@ -613,7 +587,7 @@ static void respond_done(struct conn *c)
 static void write_head(struct conn *c, int status, const char *ctype, long content_length)
 {
     struct evbuffer *o = bufferevent_get_output(c->bev);
-    evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status, status_text(status),
+    evbuffer_add_printf(o, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status, gw_http_reason(status),
                         ctype);
     if (status == 204 || status == 304) {
         /* no body and no Content-Length */
