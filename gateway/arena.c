@@ -23,19 +23,54 @@ struct gw_arena {
     size_t next_size;
 };
 
+/* First blocks of the common size are kept per thread and reused: a request then costs no
+ * malloc for its arena. */
+#define STD_BLOCK 16384
+#define STD_CACHE 64
+static _Thread_local block_t *std_cache;
+static _Thread_local size_t std_cached;
+
 static block_t *block_new(size_t size)
 {
-    block_t *b = malloc(sizeof(*b) + size);
-    if (!b) return NULL;
+    block_t *b = NULL;
+    if (size == STD_BLOCK && std_cache) {
+        b = std_cache;
+        std_cache = b->next;
+        std_cached--;
+    } else {
+        b = malloc(sizeof(*b) + size);
+        if (!b) return NULL;
+    }
     b->next = NULL;
     b->size = size;
     b->used = 0;
     return b;
 }
 
+static void block_free(block_t *b)
+{
+    if (b->size == STD_BLOCK && std_cached < STD_CACHE) {
+        b->next = std_cache;
+        std_cache = b;
+        std_cached++;
+        return;
+    }
+    free(b);
+}
+
+void gw_arena_thread_cleanup(void)
+{
+    while (std_cache) {
+        block_t *b = std_cache;
+        std_cache = b->next;
+        free(b);
+    }
+    std_cached = 0;
+}
+
 gw_arena_t *gw_arena_new(size_t first_block)
 {
-    if (first_block < 256) first_block = 256;
+    if (first_block <= STD_BLOCK) first_block = STD_BLOCK;
     /* The arena header lives in its own first block. */
     block_t *b = block_new(first_block);
     if (!b) return NULL;
@@ -54,7 +89,7 @@ void gw_arena_free(gw_arena_t *a)
     block_t *b = a->head;
     while (b) {
         block_t *next = b->next;
-        free(b);
+        block_free(b);
         b = next;
     }
 }

@@ -14,5 +14,7 @@ char *gw_arena_strndup(gw_arena_t *a, const char *s, size_t n);
 char *gw_arena_strdup(gw_arena_t *a, const char *s);
 /* fn(arg) runs when the arena is freed, last registered first. */
 int gw_arena_cleanup(gw_arena_t *a, void (*fn)(void *), void *arg);
+/* Frees the blocks this thread keeps for reuse (at thread exit). */
+void gw_arena_thread_cleanup(void);
 
 #endif

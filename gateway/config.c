@@ -420,7 +420,7 @@ static int build_models_json(gw_config_t *c)
     if (!s) return -1;
     c->models_json_len = strlen(s);
     c->models_json = gw_arena_strndup(c->arena, s, c->models_json_len);
-    free(s);
+    cJSON_free(s);
     return c->models_json ? 0 : -1;
 }
 

@@ -264,8 +264,9 @@ static void process(gw_conn_t *c)
         size_t len = evbuffer_get_length(in);
         if (c->state == CONN_IDLE) {
             if (len == 0) break;
+            /* The header timer starts here; it is armed only if the head is not whole yet. */
             c->state = CONN_HEAD;
-            arm(c, c->w->cfg->timeouts.client_header_ms);
+            c->head_timer_due = 1;
         }
         if (c->state == CONN_HEAD) {
             /* Blank lines before a request line are allowed (RFC 9112 2.2). */
@@ -283,8 +284,11 @@ static void process(gw_conn_t *c)
             long hl = gw_http_find_head_end(buf, look, &c->head_scanned);
             if (hl == GW_HTTP_INCOMPLETE) {
                 if (look > max) head_error(c, GW_HTTP_TOO_MANY);
+                else if (c->head_timer_due) arm(c, c->w->cfg->timeouts.client_header_ms);
+                c->head_timer_due = 0;
                 break;
             }
+            c->head_timer_due = 0;
             if (hl < 0 || (size_t)hl > max) {
                 head_error(c, hl < 0 ? (int)hl : GW_HTTP_TOO_MANY);
                 break;

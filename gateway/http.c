@@ -25,6 +25,19 @@ static int is_vchar_or_obs(unsigned char c)
     return (c >= 0x21 && c <= 0x7e) || c >= 0x80;
 }
 
+/* Bytes a field value may hold: VCHAR, obs-text, SP and HTAB. Built once. */
+static unsigned char value_byte[256];
+
+static void init_value_bytes(void)
+{
+    for (int c = 0; c < 256; c++) value_byte[c] = is_vchar_or_obs((unsigned char)c) || c == ' ' || c == '\t';
+}
+
+__attribute__((constructor)) static void http_tables(void)
+{
+    init_value_bytes();
+}
+
 long gw_http_find_head_end(const char *buf, size_t len, size_t *scanned)
 {
     size_t i = *scanned;
@@ -57,15 +70,51 @@ const gw_header_t *gw_http_find(const gw_http_head_t *h, const char *name)
     return NULL;
 }
 
-int gw_http_is_hop_by_hop(const char *n, size_t len)
+const gw_header_t *gw_http_find_kind(const gw_http_head_t *h, int kind)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                      "trailer", "upgrade", "transfer-encoding",
-                                      "proxy-authorization", "proxy-authenticate",
-                                      "content-length", "host", NULL};
-    for (const char *const *p = hop; *p; p++)
-        if (gw_http_name_eq(n, len, *p)) return 1;
-    return 0;
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (h->kind[i] == kind) return &h->headers[i];
+    return NULL;
+}
+
+/* Equal to a lower-case literal of the same length, ignoring case. Names hold only tchar,
+ * for which OR-ing 0x20 folds exactly the letters onto the literals used here. */
+static int lc_eq(const char *a, const char *lit, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((a[i] | 0x20) != lit[i]) return 0;
+    return 1;
+}
+
+int gw_http_header_kind(const char *n, size_t len)
+{
+#define IS(lit, k) if (lc_eq(n, lit, len)) return k
+    switch (len) {
+    case 2: IS("te", GW_H_TE); break;
+    case 4: IS("host", GW_H_HOST); break;
+    case 6: IS("expect", GW_H_EXPECT); break;
+    case 7:
+        IS("api-key", GW_H_API_KEY);
+        IS("upgrade", GW_H_UPGRADE);
+        IS("trailer", GW_H_TRAILER);
+        break;
+    case 10:
+        IS("connection", GW_H_CONNECTION);
+        IS("keep-alive", GW_H_KEEP_ALIVE);
+        break;
+    case 12:
+        IS("x-request-id", GW_H_X_REQUEST_ID);
+        IS("content-type", GW_H_CONTENT_TYPE);
+        break;
+    case 13: IS("authorization", GW_H_AUTHORIZATION); break;
+    case 14: IS("content-length", GW_H_CONTENT_LENGTH); break;
+    case 16: IS("proxy-connection", GW_H_PROXY_CONNECTION); break;
+    case 17: IS("transfer-encoding", GW_H_TRANSFER_ENCODING); break;
+    case 18: IS("proxy-authenticate", GW_H_PROXY_AUTHENTICATE); break;
+    case 19: IS("proxy-authorization", GW_H_PROXY_AUTHORIZATION); break;
+    }
+#undef IS
+    return GW_H_OTHER;
 }
 
 /* Parses "HTTP/1.x" at p; returns the minor version, or an error. */
@@ -106,19 +155,20 @@ static int parse_connection(gw_http_head_t *h, const char *v, size_t n)
         else if (gw_http_name_eq(v + s, tl, "keep-alive"))
             h->conn_keepalive = 1;
         for (size_t k = 0; k < h->nheaders; k++)
-            if (h->headers[k].name_len == tl && strncasecmp(h->headers[k].name, v + s, tl) == 0)
-                h->hop[k] = 1;
+            if (h->headers[k].name_len == tl && strncasecmp(h->headers[k].name, v + s, tl) == 0 &&
+                !GW_H_IS_HOP(h->kind[k]))
+                h->kind[k] = GW_H_NAMED_BY_CONNECTION;
     }
     return 0;
 }
 
 /* Header lines from p to the final empty line. */
 static int parse_headers(const char *p, const char *end, gw_http_head_t *h, gw_header_t *headers,
-                         uint8_t *hop, size_t max_headers, int is_request)
+                         uint8_t *kinds, size_t max_headers, int is_request)
 {
-    int cl_seen = 0, te_seen = 0, host_seen = 0;
+    int cl_seen = 0, te_seen = 0, host_seen = 0, conn_seen = 0;
     h->headers = headers;
-    h->hop = hop;
+    h->kind = kinds;
     h->nheaders = 0;
     h->content_length = -1;
     for (;;) {
@@ -135,50 +185,55 @@ static int parse_headers(const char *p, const char *end, gw_http_head_t *h, gw_h
         p++;
         while (p < end && (*p == ' ' || *p == '\t')) p++;
         const char *value = p;
+        while (p < end && value_byte[(unsigned char)*p]) p++;
         const char *last = p; /* one past the last non-OWS byte */
-        for (; p < end; p++) {
-            unsigned char c = (unsigned char)*p;
-            if (is_vchar_or_obs(c))
-                last = p + 1;
-            else if (c != ' ' && c != '\t')
-                break;
-        }
+        while (last > value && (last[-1] == ' ' || last[-1] == '\t')) last--;
         if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return GW_HTTP_BAD; /* CTL, bare CR */
         p += 2;
         if (h->nheaders == max_headers) return GW_HTTP_TOO_MANY;
         gw_header_t *hd = &headers[h->nheaders];
-        hop[h->nheaders] = (uint8_t)gw_http_is_hop_by_hop(name, name_len);
+        int kind = gw_http_header_kind(name, name_len);
+        kinds[h->nheaders] = (uint8_t)kind;
         h->nheaders++;
         hd->name = name;
         hd->name_len = name_len;
         hd->value = value;
         hd->value_len = (size_t)(last - value);
 
-        if (gw_http_name_eq(name, name_len, "content-length")) {
+        switch (kind) {
+        case GW_H_CONTENT_LENGTH:
             if (cl_seen++ || parse_content_length(value, hd->value_len, &h->content_length) < 0)
                 return GW_HTTP_BAD;
-        } else if (gw_http_name_eq(name, name_len, "transfer-encoding")) {
+            break;
+        case GW_H_TRANSFER_ENCODING:
             if (te_seen++ || !gw_http_name_eq(value, hd->value_len, "chunked")) return GW_HTTP_BAD;
             h->chunked = 1;
-        } else if (is_request && gw_http_name_eq(name, name_len, "host")) {
-            if (host_seen++ || hd->value_len == 0) return GW_HTTP_BAD;
+            break;
+        case GW_H_HOST:
+            if (is_request && (host_seen++ || hd->value_len == 0)) return GW_HTTP_BAD;
             h->has_host = 1;
-        } else if (is_request && gw_http_name_eq(name, name_len, "expect")) {
-            if (!gw_http_name_eq(value, hd->value_len, "100-continue")) return GW_HTTP_BAD;
-            h->expect_continue = 1;
+            break;
+        case GW_H_EXPECT:
+            if (is_request && !gw_http_name_eq(value, hd->value_len, "100-continue"))
+                return GW_HTTP_BAD;
+            h->expect_continue = is_request;
+            break;
+        case GW_H_CONNECTION:
+            conn_seen = 1;
+            break;
         }
     }
     if (p != end) return GW_HTTP_BAD;
     if (cl_seen && te_seen) return GW_HTTP_BAD;
-    for (size_t i = 0; i < h->nheaders; i++)
-        if (gw_http_name_eq(headers[i].name, headers[i].name_len, "connection") &&
+    for (size_t i = 0; conn_seen && i < h->nheaders; i++)
+        if (kinds[i] == GW_H_CONNECTION &&
             parse_connection(h, headers[i].value, headers[i].value_len) < 0)
             return GW_HTTP_BAD;
     return 0;
 }
 
 int gw_http_parse_request(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
-                          uint8_t *hop, size_t max_headers)
+                          uint8_t *kind, size_t max_headers)
 {
     const char *p = buf, *end = buf + len;
     memset(h, 0, sizeof(*h));
@@ -197,7 +252,7 @@ int gw_http_parse_request(const char *buf, size_t len, gw_http_head_t *h, gw_hea
     p += 8;
     if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return GW_HTTP_BAD;
     p += 2;
-    int rc = parse_headers(p, end, h, headers, hop, max_headers, 1);
+    int rc = parse_headers(p, end, h, headers, kind, max_headers, 1);
     if (rc < 0) return rc;
     if (h->minor == 1 && !h->has_host) return GW_HTTP_BAD;
     if (h->minor == 0 && h->chunked) return GW_HTTP_BAD;
@@ -205,7 +260,7 @@ int gw_http_parse_request(const char *buf, size_t len, gw_http_head_t *h, gw_hea
 }
 
 int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
-                           uint8_t *hop, size_t max_headers)
+                           uint8_t *kind, size_t max_headers)
 {
     const char *p = buf, *end = buf + len;
     memset(h, 0, sizeof(*h));
@@ -225,7 +280,7 @@ int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_he
     }
     if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return GW_HTTP_BAD;
     p += 2;
-    return parse_headers(p, end, h, headers, hop, max_headers, 0);
+    return parse_headers(p, end, h, headers, kind, max_headers, 0);
 }
 
 const char *gw_http_reason(int status)
@@ -255,6 +310,38 @@ const char *gw_http_reason(int status)
     case 505: return "HTTP Version Not Supported";
     default: return "Status";
     }
+}
+
+char *gw_put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
+}
+
+char *gw_put_str(char *p, const char *s)
+{
+    return gw_put(p, s, strlen(s));
+}
+
+char *gw_put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
+char *gw_put_status_line(char *p, int status)
+{
+    p = gw_put(p, "HTTP/1.1 ", 9);
+    p = gw_put_u64(p, (uint64_t)status);
+    *p++ = ' ';
+    p = gw_put_str(p, gw_http_reason(status));
+    return gw_put(p, "\r\n", 2);
 }
 
 enum { CK_SIZE, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF, CK_TRAILER, CK_TRAILER_LINE,

@@ -5,6 +5,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* What the parser recognises a header as. From GW_H_HOP_FIRST on, never forwarded as is. */
+enum gw_header_kind {
+    GW_H_OTHER = 0,
+    GW_H_AUTHORIZATION,
+    GW_H_API_KEY,
+    GW_H_X_REQUEST_ID,
+    GW_H_CONTENT_TYPE,
+    GW_H_EXPECT,
+    GW_H_HOP_FIRST,
+    GW_H_HOST = GW_H_HOP_FIRST,
+    GW_H_CONTENT_LENGTH,
+    GW_H_TRANSFER_ENCODING,
+    GW_H_CONNECTION,
+    GW_H_KEEP_ALIVE,
+    GW_H_PROXY_CONNECTION,
+    GW_H_TE,
+    GW_H_TRAILER,
+    GW_H_UPGRADE,
+    GW_H_PROXY_AUTHORIZATION,
+    GW_H_PROXY_AUTHENTICATE,
+    GW_H_NAMED_BY_CONNECTION,
+};
+#define GW_H_IS_HOP(kind) ((kind) >= GW_H_HOP_FIRST)
+
 typedef struct gw_header {
     const char *name, *value;
     size_t name_len, value_len;
@@ -22,8 +46,8 @@ typedef struct gw_http_head {
     size_t nheaders;
     int64_t content_length; /* -1 when absent */
     unsigned chunked : 1, conn_close : 1, conn_keepalive : 1, has_host : 1, expect_continue : 1;
-    /* Headers named by Connection are hop-by-hop too: their indexes are marked here. */
-    uint8_t *hop; /* one flag per header */
+    /* One gw_header_kind per header; those named by Connection become hop-by-hop too. */
+    uint8_t *kind;
 } gw_http_head_t;
 
 enum {
@@ -37,18 +61,26 @@ enum {
  * length, GW_HTTP_INCOMPLETE, or GW_HTTP_BAD on a bare LF. */
 long gw_http_find_head_end(const char *buf, size_t len, size_t *scanned);
 
-/* Parses a whole head (as delimited by gw_http_find_head_end) in place. `headers` and `hop`
+/* Parses a whole head (as delimited by gw_http_find_head_end) in place. `headers` and `kind`
  * have room for max_headers entries. Returns 0 or a GW_HTTP_* error. */
 int gw_http_parse_request(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
-                          uint8_t *hop, size_t max_headers);
+                          uint8_t *kind, size_t max_headers);
 int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
-                           uint8_t *hop, size_t max_headers);
+                           uint8_t *kind, size_t max_headers);
 
-/* True for headers never forwarded: hop-by-hop and framing. */
-int gw_http_is_hop_by_hop(const char *name, size_t len);
+/* The kind of a header name (case-insensitive). */
+int gw_http_header_kind(const char *name, size_t len);
 int gw_http_name_eq(const char *a, size_t alen, const char *lit);
 const gw_header_t *gw_http_find(const gw_http_head_t *h, const char *name);
+const gw_header_t *gw_http_find_kind(const gw_http_head_t *h, int kind);
 const char *gw_http_reason(int status);
+
+/* Building heads in a buffer the caller sized: each returns the new end. */
+char *gw_put(char *p, const char *s, size_t n);
+char *gw_put_str(char *p, const char *s);
+char *gw_put_u64(char *p, uint64_t v);
+/* "HTTP/1.1 200 OK\r\n" */
+char *gw_put_status_line(char *p, int status);
 
 /* An incremental strict decoder of chunked bodies. */
 typedef struct gw_chunked {

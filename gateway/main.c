@@ -9,7 +9,9 @@
 #include <sys/resource.h>
 
 #include "admin.h"
+#include "arena.h"
 #include "config.h"
+#include "json.h"
 #include "log.h"
 #include "tls.h"
 #include "worker.h"
@@ -179,6 +181,7 @@ static int run(const char *file)
     event_base_free(m.base);
     free(m.workers);
     gw_config_unref(m.cfg);
+    gw_arena_thread_cleanup();
     gw_info("stopped");
     return 0;
 
@@ -224,6 +227,7 @@ int main(int argc, char **argv)
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
     gw_tls_init();
+    gw_json_init();
     if (test) {
         gw_config_t *cfg = load_or_report(file);
         if (!cfg) return 1;

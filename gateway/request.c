@@ -7,6 +7,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "json.h"
 #include "log.h"
 #include "upstream.h"
 
@@ -29,6 +30,35 @@ static const char *error_type(int status)
     }
 }
 
+/* Appends the lines every answer of a request carries, and the connection line. */
+static void add_tail_headers(struct evbuffer *out, const char *id, gw_req_t *r, int close, int minor)
+{
+    evbuffer_add(out, "x-request-id: ", 14);
+    evbuffer_add(out, id, strlen(id));
+    evbuffer_add(out, "\r\n", 2);
+    for (gw_hdr_edit_t *h = r ? r->resp_headers : NULL; h; h = h->next) {
+        evbuffer_add(out, h->name, strlen(h->name));
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, strlen(h->value));
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (close) evbuffer_add(out, "connection: close\r\n", 19);
+    else if (minor == 0) evbuffer_add(out, "connection: keep-alive\r\n", 24);
+}
+
+/* Writes a complete answer with a JSON body. */
+static void write_json(struct evbuffer *out, int status, const char *body, size_t n, const char *id,
+                       gw_req_t *r, int close, int minor)
+{
+    char head[128], *p = gw_put_status_line(head, status);
+    p = gw_put_str(p, "content-type: application/json\r\ncontent-length: ");
+    p = gw_put_u64(p, n);
+    p = gw_put(p, "\r\n", 2);
+    evbuffer_add(out, head, (size_t)(p - head));
+    add_tail_headers(out, id, r, close, minor);
+    evbuffer_add(out, "\r\n", 2);
+}
+
 /* Messages are the gateway's own constants: they never hold request content. */
 static void write_error(struct evbuffer *out, int status, const char *code, const char *message,
                         const char *id, gw_req_t *r, int close, int minor)
@@ -38,16 +68,7 @@ static void write_error(struct evbuffer *out, int status, const char *code, cons
                      "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
                      message, error_type(status), code);
     if (n < 0 || (size_t)n >= sizeof(body)) n = 0;
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
-                        "content-length: %d\r\nx-request-id: %s\r\n",
-                        status, gw_http_reason(status), n, id);
-    if (r)
-        for (gw_hdr_edit_t *h = r->resp_headers; h; h = h->next)
-            evbuffer_add_printf(out, "%s: %s\r\n", h->name, h->value);
-    if (close) evbuffer_add(out, "connection: close\r\n", 19);
-    else if (minor == 0) evbuffer_add(out, "connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+    write_json(out, status, body, (size_t)n, id, r, close, minor);
     evbuffer_add(out, body, (size_t)n);
 }
 
@@ -162,7 +183,7 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
     r->endpoint = endpoint_of(&r->head, r->path);
     r->close = r->head.conn_close || (r->head.minor == 0 && !r->head.conn_keepalive);
     r->client_chunked = r->head.minor >= 1;
-    const gw_header_t *xid = gw_http_find(&r->head, "x-request-id");
+    const gw_header_t *xid = gw_http_find_kind(&r->head, GW_H_X_REQUEST_ID);
     if (xid && sane_request_id(xid->value, xid->value_len)) {
         memcpy(r->id, xid->value, xid->value_len);
         r->id[xid->value_len] = '\0';
@@ -251,12 +272,8 @@ static void respond_models(gw_req_t *r)
     r->status = 200;
     r->head_sent = 1;
     close_if_body_unread(r);
-    evbuffer_add_printf(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %zu\r\n",
-                        r->cfg->models_json_len);
-    gw_req_add_common_headers(r, out);
-    if (r->close) evbuffer_add(out, "connection: close\r\n", 19);
-    else if (r->head.minor == 0) evbuffer_add(out, "connection: keep-alive\r\n", 24);
-    evbuffer_add(out, "\r\n", 2);
+    write_json(out, 200, r->cfg->models_json, r->cfg->models_json_len, r->id, r, r->close,
+               r->head.minor);
     evbuffer_add_reference(out, r->cfg->models_json, r->cfg->models_json_len, NULL, NULL);
 }
 
@@ -266,7 +283,7 @@ static int inspect_body(gw_req_t *r)
     size_t len = evbuffer_get_length(r->body);
     const char *p = (const char *)evbuffer_pullup(r->body, -1);
     const char *end = NULL;
-    r->json = len ? cJSON_ParseWithLengthOpts(p, len, &end, 0) : NULL;
+    r->json = len ? gw_json_parse(r->arena, p, len, &end) : NULL;
     if (r->json && end)
         for (; end < p + len; end++)
             if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
@@ -407,11 +424,7 @@ int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len)
 
 void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out)
 {
-    evbuffer_add(out, "x-request-id: ", 14);
-    evbuffer_add(out, r->id, strlen(r->id));
-    evbuffer_add(out, "\r\n", 2);
-    for (gw_hdr_edit_t *h = r->resp_headers; h; h = h->next)
-        evbuffer_add_printf(out, "%s: %s\r\n", h->name, h->value);
+    add_tail_headers(out, r->id, r, 0, 1);
 }
 
 /* ---- the plugin interface (include/gotthard/plugin.h) ---- */

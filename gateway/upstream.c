@@ -33,6 +33,7 @@ struct gw_upconn {
     int64_t remaining;
     gw_chunked_t ck;
     uint64_t received;
+    uint64_t idle_since_us;
     unsigned reused : 1, connected : 1, keepalive : 1, paused : 1;
 };
 
@@ -81,7 +82,10 @@ static void release(gw_upconn_t *u, int reusable)
     gw_io_set_eager(u->io, 0);
     if (u->paused) gw_io_read_enable(u->io, 1);
     u->paused = 0;
-    arm(u, IDLE_UPSTREAM_S * 1000);
+    /* No timer while idle: a backend that closes is seen at once (EOF), and a connection
+     * idle too long is dropped when it would be taken (see take_idle). */
+    evtimer_del(u->timer);
+    u->idle_since_us = gw_now_us();
     u->prev = NULL;
     u->next = w->idle[i];
     if (u->next) u->next->prev = u;
@@ -150,34 +154,36 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
     } else {
         body_len = evbuffer_get_length(r->body);
     }
-    size_t cap = 512 + h->target_len + h->method_len + strlen(b->host_header) + strlen(r->id) +
+    size_t cap = 128 + h->target_len + h->method_len + strlen(b->host_header) + strlen(r->id) +
                  b->auth_line_len;
     for (size_t i = 0; i < h->nheaders; i++) cap += h->headers[i].name_len + h->headers[i].value_len + 4;
     for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next)
         cap += strlen(e->name) + (e->value ? strlen(e->value) : 0) + 4;
-    char *buf = gw_arena_alloc(r->arena, cap), *p = buf;
-#define PUT(s, n) (memcpy(p, (s), (n)), p += (n))
-    PUT(h->method, h->method_len);
-    PUT(" ", 1);
-    PUT(h->target, h->target_len);
-    PUT(" HTTP/1.1\r\nhost: ", 17);
-    PUT(b->host_header, strlen(b->host_header));
-    PUT("\r\n", 2);
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ssize_t)cap, &v, 1) < 1) {
+        cJSON_free(json);
+        return;
+    }
+    char *p = v.iov_base;
+    p = gw_put(p, h->method, h->method_len);
+    *p++ = ' ';
+    p = gw_put(p, h->target, h->target_len);
+    p = gw_put(p, " HTTP/1.1\r\nhost: ", 17);
+    p = gw_put_str(p, b->host_header);
+    p = gw_put(p, "\r\n", 2);
     for (size_t i = 0; i < h->nheaders; i++) {
         const gw_header_t *hd = &h->headers[i];
-        if (h->hop[i] || gw_http_name_eq(hd->name, hd->name_len, "authorization") ||
-            gw_http_name_eq(hd->name, hd->name_len, "api-key") ||
-            gw_http_name_eq(hd->name, hd->name_len, "x-request-id") ||
-            gw_http_name_eq(hd->name, hd->name_len, "expect"))
-            continue;
+        int kind = h->kind[i];
+        /* framing and hop-by-hop are the gateway's; credentials never leave; the id is ours */
+        if (kind != GW_H_OTHER && kind != GW_H_CONTENT_TYPE) continue;
         int edited = 0;
         for (gw_hdr_edit_t *e = r->up_edits; e && !edited; e = e->next)
             edited = gw_http_name_eq(hd->name, hd->name_len, e->name);
         if (edited) continue;
-        PUT(hd->name, hd->name_len);
-        PUT(": ", 2);
-        PUT(hd->value, hd->value_len);
-        PUT("\r\n", 2);
+        p = gw_put(p, hd->name, hd->name_len);
+        p = gw_put(p, ": ", 2);
+        p = gw_put(p, hd->value, hd->value_len);
+        p = gw_put(p, "\r\n", 2);
     }
     for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next) {
         if (!e->value) continue;
@@ -186,13 +192,20 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
         for (gw_hdr_edit_t *f = r->up_edits; f != e && !shadowed; f = f->next)
             shadowed = strcasecmp(f->name, e->name) == 0;
         if (shadowed) continue;
-        p += sprintf(p, "%s: %s\r\n", e->name, e->value);
+        p = gw_put_str(p, e->name);
+        p = gw_put(p, ": ", 2);
+        p = gw_put_str(p, e->value);
+        p = gw_put(p, "\r\n", 2);
     }
-    p += sprintf(p, "x-request-id: %s\r\ncontent-length: %zu\r\n", r->id, body_len);
-    if (b->auth_line) PUT(b->auth_line, b->auth_line_len);
-    PUT("\r\n", 2);
-#undef PUT
-    evbuffer_add(out, buf, (size_t)(p - buf));
+    p = gw_put(p, "x-request-id: ", 14);
+    p = gw_put_str(p, r->id);
+    p = gw_put(p, "\r\ncontent-length: ", 18);
+    p = gw_put_u64(p, body_len);
+    p = gw_put(p, "\r\n", 2);
+    if (b->auth_line) p = gw_put(p, b->auth_line, b->auth_line_len);
+    p = gw_put(p, "\r\n", 2);
+    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    evbuffer_commit_space(out, &v, 1);
     if (json) {
         evbuffer_add(out, json, body_len);
         cJSON_free(json);
@@ -231,6 +244,21 @@ static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b)
 static void fail(gw_req_t *r, int status, const char *code, int retryable);
 static void connect_failed(gw_req_t *r, gw_backend_t *b);
 
+/* The most recently used idle connection to b, dropping those idle for too long. */
+static gw_upconn_t *take_idle(gw_req_t *r, gw_backend_t *b)
+{
+    gw_worker_t *w = r->w;
+    if (w->idle_cfg != r->cfg) return NULL;
+    uint64_t now = gw_now_us();
+    while (w->idle[b->index]) {
+        gw_upconn_t *u = w->idle[b->index];
+        idle_remove(u);
+        if (now - u->idle_since_us < IDLE_UPSTREAM_S * 1000000ull) return u;
+        up_free(u);
+    }
+    return NULL;
+}
+
 static void try_backend(gw_req_t *r)
 {
     gw_backend_t *b = pick(r);
@@ -239,11 +267,8 @@ static void try_backend(gw_req_t *r)
         gw_req_finish(r, 0);
         return;
     }
-    gw_worker_t *w = r->w;
-    gw_upconn_t *u = NULL;
-    if (w->idle_cfg == r->cfg && w->idle[b->index]) {
-        u = w->idle[b->index];
-        idle_remove(u);
+    gw_upconn_t *u = take_idle(r, b);
+    if (u) {
         u->reused = 1;
     } else {
         u = connect_backend(r, b);
@@ -368,12 +393,6 @@ static void on_data(void *arg, const char *p, size_t n)
     }
 }
 
-static int is_sse(const gw_http_head_t *h)
-{
-    const gw_header_t *ct = gw_http_find(h, "content-type");
-    return ct && ct->value_len >= 17 && strncasecmp(ct->value, "text/event-stream", 17) == 0;
-}
-
 /* Parses the backend's head and writes the client's. Returns 1 when done, 0 for more, -1. */
 static int on_head(gw_req_t *r, gw_upconn_t *u)
 {
@@ -385,17 +404,16 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         long hl = gw_http_find_head_end(buf, look, &u->head_scanned);
         if (hl == GW_HTTP_INCOMPLETE) return look >= MAX_RESPONSE_HEAD ? -1 : 0;
         if (hl < 0) return -1;
+        /* Parsed in place: the client's head is written before the bytes are drained. */
         gw_http_head_t h;
-        gw_header_t *hdrs = gw_arena_alloc(r->arena, MAX_RESPONSE_HEADERS * sizeof(gw_header_t));
-        uint8_t *hop = gw_arena_alloc(r->arena, MAX_RESPONSE_HEADERS);
-        char *copy = gw_arena_strndup(r->arena, buf, (size_t)hl);
-        if (!hdrs || !hop || !copy) return -1;
-        if (gw_http_parse_response(copy, (size_t)hl, &h, hdrs, hop, MAX_RESPONSE_HEADERS) < 0)
+        gw_header_t hdrs[MAX_RESPONSE_HEADERS];
+        uint8_t kinds[MAX_RESPONSE_HEADERS];
+        if (gw_http_parse_response(buf, (size_t)hl, &h, hdrs, kinds, MAX_RESPONSE_HEADERS) < 0)
             return -1;
-        evbuffer_drain(in, (size_t)hl);
-        u->head_scanned = 0;
         if (h.status < 200) {
             if (h.status == 101) return -1;
+            evbuffer_drain(in, (size_t)hl);
+            u->head_scanned = 0;
             continue; /* an interim answer: the real one follows */
         }
         u->keepalive = h.minor >= 1 ? !h.conn_close : h.conn_keepalive;
@@ -408,38 +426,45 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         if (u->framing == F_EOF) u->keepalive = 0;
         if (u->framing == F_LENGTH && u->remaining == 0) u->framing = F_NONE;
 
-        r->sse = is_sse(&h);
+        const gw_header_t *ct = gw_http_find_kind(&h, GW_H_CONTENT_TYPE);
+        r->sse = ct && ct->value_len >= 17 && strncasecmp(ct->value, "text/event-stream", 17) == 0;
         r->status = h.status;
         if (gw_req_run_response_headers(r) != GW_CONTINUE) return -1;
+        int length_known = u->framing == F_NONE || (u->framing == F_LENGTH && !r->sse);
+        if (length_known) r->client_chunked = 0;
+        else if (!r->client_chunked) r->close = 1; /* HTTP/1.0: the end of the answer is the close */
+        if (r->w->draining) r->close = 1;
+
         struct evbuffer *out = gw_io_out(r->conn->io);
-        evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", h.status, gw_http_reason(h.status));
+        size_t cap = (size_t)hl + 160;
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(out, (ssize_t)cap, &v, 1) < 1) return -1;
+        char *p = gw_put_status_line(v.iov_base, h.status);
         for (size_t i = 0; i < h.nheaders; i++) {
             const gw_header_t *hd = &h.headers[i];
-            if (hop[i] || gw_http_name_eq(hd->name, hd->name_len, "x-request-id")) continue;
-            evbuffer_add(out, hd->name, hd->name_len);
-            evbuffer_add(out, ": ", 2);
-            evbuffer_add(out, hd->value, hd->value_len);
-            evbuffer_add(out, "\r\n", 2);
+            if (GW_H_IS_HOP(kinds[i]) || kinds[i] == GW_H_X_REQUEST_ID) continue;
+            p = gw_put(p, hd->name, hd->name_len);
+            p = gw_put(p, ": ", 2);
+            p = gw_put(p, hd->value, hd->value_len);
+            p = gw_put(p, "\r\n", 2);
         }
-        gw_req_add_common_headers(r, out);
         if (u->framing == F_NONE) {
-            evbuffer_add(out, "content-length: 0\r\n", 19);
-            r->client_chunked = 0;
-        } else if (u->framing == F_LENGTH && !r->sse) {
-            evbuffer_add_printf(out, "content-length: %lld\r\n", (long long)u->remaining);
-            r->client_chunked = 0;
+            p = gw_put(p, "content-length: 0\r\n", 19);
+        } else if (length_known) {
+            p = gw_put(p, "content-length: ", 16);
+            p = gw_put_u64(p, (uint64_t)u->remaining);
+            p = gw_put(p, "\r\n", 2);
         } else if (r->client_chunked) {
-            evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
-        } else {
-            r->close = 1; /* an HTTP/1.0 client: the end of the answer is the close */
+            p = gw_put(p, "transfer-encoding: chunked\r\n", 28);
         }
-        if (r->close || r->w->draining) {
-            r->close = 1;
-            evbuffer_add(out, "connection: close\r\n", 19);
-        } else if (r->head.minor == 0) {
-            evbuffer_add(out, "connection: keep-alive\r\n", 24);
-        }
+        if (r->close) p = gw_put(p, "connection: close\r\n", 19);
+        else if (r->head.minor == 0) p = gw_put(p, "connection: keep-alive\r\n", 24);
+        v.iov_len = (size_t)(p - (char *)v.iov_base);
+        evbuffer_commit_space(out, &v, 1);
+        gw_req_add_common_headers(r, out);
         evbuffer_add(out, "\r\n", 2);
+        evbuffer_drain(in, (size_t)hl);
+        u->head_scanned = 0;
         r->head_sent = 1;
         return 1;
     }
@@ -551,9 +576,7 @@ static void up_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     gw_upconn_t *u = arg;
     gw_req_t *r = u->req;
-    if (!r) { /* idle too long */
-        idle_remove(u);
-        up_free(u);
+    if (!r) { /* not armed while idle; nothing to do */
         return;
     }
     /* Not connected in time: a connect failure (retryable); else no answer in time. */

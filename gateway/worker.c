@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "arena.h"
 #include "conn.h"
 #include "log.h"
 #include "upstream.h"
@@ -164,6 +165,7 @@ static void *run(void *arg)
     /* Stopped: whatever is still open is closed now. */
     while (w->conns) gw_conn_close(w->conns);
     gw_upstream_close_idle(w);
+    gw_arena_thread_cleanup();
     atomic_store(&w->done, 1);
     return NULL;
 }

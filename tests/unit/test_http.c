@@ -29,7 +29,8 @@ static void test_valid(void)
     CHECK(h.nheaders == 3, "n=%zu", h.nheaders);
     CHECK(h.headers[2].value_len == 12 && memcmp(h.headers[2].value, "spaced value", 12) == 0,
           "value trimmed: '%.*s'", (int)h.headers[2].value_len, h.headers[2].value);
-    CHECK(hop[0] && hop[1] && !hop[2], "host and content-length are not forwarded as is");
+    CHECK(GW_H_IS_HOP(hop[0]) && GW_H_IS_HOP(hop[1]) && !GW_H_IS_HOP(hop[2]),
+          "host and content-length are not forwarded as is");
 
     rc = req("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ChUnKeD\r\n\r\n", &h);
     CHECK(rc == 0 && h.chunked && h.content_length == -1, "chunked rc=%d", rc);
@@ -39,7 +40,8 @@ static void test_valid(void)
 
     rc = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nX-Other: 2\r\n\r\n", &h);
     CHECK(rc == 0 && h.conn_close, "connection close");
-    CHECK(hop[2] && !hop[3], "a header named by Connection is hop-by-hop");
+    CHECK(GW_H_IS_HOP(hop[2]) && !GW_H_IS_HOP(hop[3]), "a header named by Connection is hop-by-hop");
+    CHECK(hop[1] == GW_H_CONNECTION, "kind of Connection");
 }
 
 static void test_rejects(void)
@@ -95,6 +97,18 @@ static void test_rejects(void)
     for (int i = 0; i < 20; i++) strcat(many, "X: y\r\n");
     strcat(many, "\r\n");
     CHECK(req(many, &h) == GW_HTTP_TOO_MANY, "too many headers");
+}
+
+static void test_kinds(void)
+{
+    CHECK(gw_http_header_kind("Content-Length", 14) == GW_H_CONTENT_LENGTH, "content-length");
+    CHECK(gw_http_header_kind("TRANSFER-ENCODING", 17) == GW_H_TRANSFER_ENCODING, "te");
+    CHECK(gw_http_header_kind("Api-Key", 7) == GW_H_API_KEY, "api-key");
+    CHECK(gw_http_header_kind("X-Request-Id", 12) == GW_H_X_REQUEST_ID, "x-request-id");
+    CHECK(gw_http_header_kind("Content-Typf", 12) == GW_H_OTHER, "near miss");
+    CHECK(gw_http_header_kind("Host2", 5) == GW_H_OTHER, "length");
+    CHECK(gw_http_header_kind("Proxy-Authorization", 19) == GW_H_PROXY_AUTHORIZATION, "proxy-auth");
+    CHECK(gw_http_header_kind("T^", 2) == GW_H_OTHER, "^ does not fold onto ~ or e");
 }
 
 static void test_incremental_end(void)
@@ -185,6 +199,7 @@ int main(void)
 {
     test_valid();
     test_rejects();
+    test_kinds();
     test_incremental_end();
     test_response();
     test_chunked();
