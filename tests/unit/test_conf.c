@@ -57,6 +57,28 @@ static void test_good(void)
     gw_config_unref(c);
 }
 
+/* Routing: every model to the one pool that lists it, nothing else. */
+static void test_routing(void)
+{
+    char *errors = NULL;
+    gw_config_t *c = load("{" BASE_LISTEN ",\"pools\":["
+                          "{\"name\":\"a\",\"models\":[\"llama\",\"mixtral\"],\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]},"
+                          "{\"name\":\"b\",\"models\":[\"embed\"],\"backends\":[{\"url\":\"http://127.0.0.1:2\",\"country\":\"CH\"},"
+                          "{\"url\":\"http://127.0.0.1:3\",\"country\":\"CH\"}]}]}",
+                          &errors);
+    CHECK(c != NULL, "routing config: %s", errors ? errors : "");
+    if (!c) return;
+    gw_pool_t *a = gw_config_pool_for_model(c, "llama"), *b = gw_config_pool_for_model(c, "embed");
+    CHECK(a && strcmp(a->name, "a") == 0, "llama -> a");
+    CHECK(gw_config_pool_for_model(c, "mixtral") == a, "mixtral -> a");
+    CHECK(b && strcmp(b->name, "b") == 0 && b->backends.n == 2, "embed -> b with two backends");
+    CHECK(!gw_config_pool_for_model(c, "LLAMA") && !gw_config_pool_for_model(c, "llama ") &&
+              !gw_config_pool_for_model(c, ""),
+          "model names match exactly");
+    CHECK(c->nbackends == 3 && c->backends[2]->pool == b && c->backends[2]->index == 2, "backend index");
+    gw_config_unref(c);
+}
+
 static void test_errors(void)
 {
     expect_error("{" BASE_LISTEN ",\"workers\":-1," BASE_POOL "}", "$.workers");
@@ -117,6 +139,7 @@ int main(void)
     gw_tls_init();
     unsetenv("GW_TEST_UNSET_VAR");
     test_good();
+    test_routing();
     test_errors();
     test_errors_all_reported();
     return check_done();
