@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 
 struct gw_admin {
     struct evhttp *http;
@@ -46,6 +47,14 @@ static void handle(struct evhttp_request *req, void *arg)
     int get = evhttp_request_get_command(req) == EVHTTP_REQ_GET;
     if (get && path && strcmp(path, "/healthz") == 0) {
         reply_json(req, 200, "{\"status\":\"ok\"}");
+    } else if (get && path && strcmp(path, "/metrics") == 0) {
+        struct evbuffer *out = evbuffer_new();
+        if (!out) return;
+        gw_metrics_render(out);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "content-type",
+                          "text/plain; version=0.0.4; charset=utf-8");
+        evhttp_send_reply(req, 200, "OK", out);
+        evbuffer_free(out);
     } else if (get && path && strcmp(path, "/readyz") == 0) {
         if (ready(a)) reply_json(req, 200, "{\"status\":\"ready\"}");
         else reply_json(req, 503, "{\"status\":\"not ready\"}");

@@ -163,6 +163,7 @@ int gw_conf_load_obj(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
             }
         const gw_conf_key_t *k = obj->keys;
         while (k->name && strcmp(k->name, e->string) != 0) k++;
+        if (!k->name && obj->owned_elsewhere && obj->owned_elsewhere(e->string)) continue;
         if (!k->name) {
             gw_conf_error(cx, kpath, "unknown key");
             rc = -1;

@@ -19,6 +19,8 @@ typedef struct gw_conf_obj {
     size_t size;               /* of one item (GW_CT_OBJS) */
     const gw_conf_key_t *keys; /* ends with a NULL name */
     void (*init)(void *item);  /* defaults; may be NULL */
+    /* A key not in the table that someone else parses (a built-in plugin): 1 to accept. */
+    int (*owned_elsewhere)(const char *key);
 } gw_conf_obj_t;
 
 struct gw_conf_key {

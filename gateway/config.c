@@ -86,12 +86,32 @@ static const gw_conf_key_t pool_keys[] = {
 };
 static const gw_conf_obj_t pool_obj = {sizeof(gw_pool_t), pool_keys, NULL};
 
+static int load_node(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
+{
+    *(const cJSON **)dst = n; /* checked by the plugin that reads it */
+    return 0;
+}
+
+static const gw_conf_key_t tenant_keys[] = {
+    {"id", GW_CT_STR, offsetof(gw_tenant_t, id), .max = 128, .flags = GW_CK_REQUIRED},
+    {"models", GW_CT_STRS, offsetof(gw_tenant_t, models), 1, 10000, GW_CK_REQUIRED},
+    {"api_keys", GW_CT_FN, offsetof(gw_tenant_t, api_keys), .fn = load_node},
+    {NULL},
+};
+static const gw_conf_obj_t tenant_obj = {sizeof(gw_tenant_t), tenant_keys, NULL};
+
 static const gw_conf_key_t plugin_keys[] = {
     {"path", GW_CT_STR, offsetof(gw_plugin_entry_t, path), .max = 4096, .flags = GW_CK_REQUIRED},
     {"config", GW_CT_FN, offsetof(gw_plugin_entry_t, config), .fn = load_plugin_config},
     {NULL},
 };
 static const gw_conf_obj_t plugin_obj = {sizeof(gw_plugin_entry_t), plugin_keys, NULL};
+
+static const gw_conf_key_t audit_keys[] = {
+    {"path", GW_CT_STR, offsetof(gw_config_t, audit_log.path), .max = 4096, .flags = GW_CK_REQUIRED},
+    {NULL},
+};
+static const gw_conf_obj_t audit_obj = {0, audit_keys, NULL};
 
 static const gw_conf_key_t top_keys[] = {
     {"listen", GW_CT_OBJS, offsetof(gw_config_t, listen), 1, 64, GW_CK_REQUIRED, &listen_obj},
@@ -100,10 +120,12 @@ static const gw_conf_key_t top_keys[] = {
     {"limits", GW_CT_OBJ, 0, .obj = &limits_obj},
     {"timeouts", GW_CT_OBJ, 0, .obj = &timeouts_obj},
     {"pools", GW_CT_OBJS, offsetof(gw_config_t, pools), 1, 10000, GW_CK_REQUIRED, &pool_obj},
+    {"tenants", GW_CT_OBJS, offsetof(gw_config_t, tenants), 0, 100000, 0, &tenant_obj},
+    {"audit_log", GW_CT_OBJ, 0, .obj = &audit_obj},
     {"plugins", GW_CT_OBJS, offsetof(gw_config_t, plugin_entries), 0, 64, 0, &plugin_obj},
     {NULL},
 };
-static const gw_conf_obj_t top_obj = {sizeof(gw_config_t), top_keys, NULL};
+static const gw_conf_obj_t top_obj = {sizeof(gw_config_t), top_keys, NULL, gw_plugins_own_key};
 
 static int load_tls(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
 {
@@ -393,6 +415,58 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
     return rc;
 }
 
+/* Tenant ids are tokens, unique; their models exist in some pool (or are "*"). */
+static int derive_tenants(gw_conf_ctx_t *cx, gw_config_t *c)
+{
+    int rc = 0;
+    gw_tenant_t *ts = c->tenants.items;
+    for (size_t i = 0; i < c->tenants.n; i++) {
+        gw_tenant_t *t = &ts[i];
+        char *tp = gw_conf_path_index(cx, "$.tenants", i);
+        if (!t->id) continue;
+        for (const char *p = t->id; *p; p++)
+            if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.')) {
+                gw_conf_error(cx, gw_conf_path_key(cx, tp, "id"),
+                              "may hold only letters, digits, '-', '_' and '.'");
+                rc = -1;
+                break;
+            }
+        for (size_t j = 0; j < i; j++)
+            if (ts[j].id && strcmp(ts[j].id, t->id) == 0) {
+                gw_conf_error(cx, gw_conf_path_key(cx, tp, "id"), "is used by another tenant");
+                rc = -1;
+            }
+        char **models = t->models.items;
+        for (size_t m = 0; m < t->models.n; m++) {
+            if (!models[m]) continue;
+            if (strcmp(models[m], "*") == 0) t->all_models = 1;
+            else if (!gw_config_pool_for_model(c, models[m])) {
+                gw_conf_error(cx, gw_conf_path_index(cx, gw_conf_path_key(cx, tp, "models"), m),
+                              "is not served by any pool");
+                rc = -1;
+            }
+        }
+    }
+    return rc;
+}
+
+const gw_tenant_t *gw_config_tenant(const gw_config_t *c, const char *id)
+{
+    gw_tenant_t *ts = c->tenants.items;
+    for (size_t i = 0; i < c->tenants.n; i++)
+        if (strcmp(ts[i].id, id) == 0) return &ts[i];
+    return NULL;
+}
+
+int gw_tenant_allows(const gw_tenant_t *t, const char *model)
+{
+    if (t->all_models) return 1;
+    char **models = t->models.items;
+    for (size_t m = 0; m < t->models.n; m++)
+        if (strcmp(models[m], model) == 0) return 1;
+    return 0;
+}
+
 static int build_models_json(gw_config_t *c)
 {
     cJSON *root = cJSON_CreateObject(), *data = cJSON_CreateArray();
@@ -491,6 +565,7 @@ gw_config_t *gw_config_load(const char *file, char **errors)
     gw_conf_ctx_init(&cx, arena);
     int rc = gw_conf_load_obj(&cx, json, "$", &top_obj, c);
     if (rc == 0) rc = derive(&cx, c);
+    if (rc == 0) rc = derive_tenants(&cx, c);
     if (rc == 0) rc = gw_plugins_configure(&cx, c);
     if (rc == 0 && build_models_json(c) < 0) {
         gw_conf_error(&cx, "$", "out of memory");

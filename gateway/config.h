@@ -47,6 +47,13 @@ struct gw_pool {
     gw_conf_list_t backends; /* gw_backend_t */
 };
 
+typedef struct gw_tenant {
+    char *id;
+    gw_conf_list_t models; /* char *; "*" is every model */
+    int all_models;
+    const cJSON *api_keys; /* read by the auth_apikey plugin */
+} gw_tenant_t;
+
 typedef struct gw_plugin_inst {
     const gw_plugin_t *plugin;
     void *state;
@@ -73,6 +80,10 @@ typedef struct gw_config {
             upstream_first_byte_ms, upstream_idle_ms, drain_ms;
     } timeouts;
     gw_conf_list_t pools;          /* gw_pool_t */
+    gw_conf_list_t tenants;        /* gw_tenant_t; none: no authentication */
+    struct {
+        char *path;
+    } audit_log;
     gw_conf_list_t plugin_entries; /* gw_plugin_entry_t */
     /* derived */
     gw_plugin_inst_t *plugins;
@@ -89,5 +100,7 @@ gw_config_t *gw_config_load(const char *file, char **errors);
 gw_config_t *gw_config_ref(gw_config_t *c);
 void gw_config_unref(gw_config_t *c);
 gw_pool_t *gw_config_pool_for_model(const gw_config_t *c, const char *model);
+const gw_tenant_t *gw_config_tenant(const gw_config_t *c, const char *id);
+int gw_tenant_allows(const gw_tenant_t *t, const char *model);
 
 #endif

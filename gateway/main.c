@@ -10,6 +10,7 @@
 
 #include "admin.h"
 #include "arena.h"
+#include "audit.h"
 #include "config.h"
 #include "json.h"
 #include "log.h"
@@ -115,6 +116,11 @@ static void reload(gw_main_t *m)
         gw_config_unref(next);
         return;
     }
+    if (gw_audit_open(next->audit_log.path) < 0) {
+        gw_error("reload refused: the audit log cannot be opened");
+        gw_config_unref(next);
+        return;
+    }
     for (size_t i = 0; i < m->nworkers; i++) gw_worker_reload(&m->workers[i], gw_config_ref(next));
     gw_admin_set_config(m->admin, next);
     gw_config_unref(m->cfg);
@@ -155,6 +161,7 @@ static int run(const char *file)
         m.workers[i].cfg = gw_config_ref(cfg);
     }
     if (gw_workers_bind(m.workers, m.nworkers, cfg) < 0) goto fail;
+    if (gw_audit_open(cfg->audit_log.path) < 0) goto fail;
     m.admin = gw_admin_start(m.base, cfg);
     if (!m.admin) goto fail;
     for (; started < m.nworkers; started++)
@@ -181,6 +188,7 @@ static int run(const char *file)
     event_base_free(m.base);
     free(m.workers);
     gw_config_unref(m.cfg);
+    gw_audit_close();
     gw_arena_thread_cleanup();
     gw_info("stopped");
     return 0;
@@ -194,6 +202,7 @@ fail:
     if (m.base) event_base_free(m.base);
     free(m.workers);
     gw_config_unref(cfg);
+    gw_audit_close();
     return 1;
 }
 

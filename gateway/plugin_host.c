@@ -4,13 +4,40 @@
 #include <dlfcn.h>
 #include <string.h>
 
+/* Built-in plugins, in request order: authentication first. */
+extern const gw_plugin_t gw_plugin_auth_apikey;
+#ifdef GW_HAVE_AUTH_JWT
+extern const gw_plugin_t gw_plugin_auth_jwt;
+#endif
+static const gw_plugin_t *const builtins[] = {
+    &gw_plugin_auth_apikey,
+#ifdef GW_HAVE_AUTH_JWT
+    &gw_plugin_auth_jwt,
+#endif
+    NULL,
+};
+
+int gw_plugins_own_key(const char *key)
+{
+    for (const gw_plugin_t *const *b = builtins; *b; b++)
+        for (const char *const *k = (*b)->config_keys; k && *k; k++)
+            if (strcmp(*k, key) == 0) return 1;
+    return 0;
+}
+
 int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c)
 {
     gw_plugin_entry_t *entries = c->plugin_entries.items;
-    size_t n = c->plugin_entries.n;
-    c->plugins = gw_arena_calloc(c->arena, (n ? n : 1) * sizeof(*c->plugins));
+    size_t n = c->plugin_entries.n, nb = sizeof(builtins) / sizeof(builtins[0]) - 1;
+    c->plugins = gw_arena_calloc(c->arena, (n + nb + 1) * sizeof(*c->plugins));
     if (!c->plugins) return -1;
     int rc = 0;
+    /* Built-ins see the whole config and stay out of the chain unless it enables them. */
+    for (const gw_plugin_t *const *b = builtins; *b; b++) {
+        void *state = NULL;
+        if ((*b)->configure(cx, c->json, "$", &state) < 0) rc = -1;
+        else if (state) c->plugins[c->nplugins++] = (gw_plugin_inst_t){*b, state, NULL};
+    }
     for (size_t i = 0; i < n; i++) {
         char *path = gw_conf_path_index(cx, "$.plugins", i);
         char *ppath = gw_conf_path_key(cx, path, "path");

@@ -5,6 +5,8 @@
 #include "config.h"
 
 int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c);
+/* A top-level config key that a built-in plugin owns. */
+int gw_plugins_own_key(const char *key);
 void gw_plugins_release(gw_config_t *c);
 
 #endif

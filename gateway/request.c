@@ -9,6 +9,7 @@
 
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "upstream.h"
 
 enum { HOOK_HEADERS, HOOK_BODY, HOOK_SELECT };
@@ -266,15 +267,55 @@ static int run_phase(gw_req_t *r, int phase)
     return GW_CONTINUE;
 }
 
+/* May this request use the model: its tenant's list, narrowed by its credential. */
+static int model_allowed(const gw_req_t *r, const char *model)
+{
+    if (!r->tenant) return 1;
+    if (!gw_tenant_allows(r->tenant, model)) return 0;
+    if (!r->narrow) return 1;
+    for (size_t i = 0; i < r->nnarrow; i++)
+        if (strcmp(r->narrow[i], model) == 0) return 1;
+    return 0;
+}
+
 static void respond_models(gw_req_t *r)
 {
     struct evbuffer *out = gw_io_out(r->conn->io);
     r->status = 200;
     r->head_sent = 1;
     close_if_body_unread(r);
-    write_json(out, 200, r->cfg->models_json, r->cfg->models_json_len, r->id, r, r->close,
-               r->head.minor);
-    evbuffer_add_reference(out, r->cfg->models_json, r->cfg->models_json_len, NULL, NULL);
+    if (!r->tenant) {
+        write_json(out, 200, r->cfg->models_json, r->cfg->models_json_len, r->id, r, r->close,
+                   r->head.minor);
+        evbuffer_add_reference(out, r->cfg->models_json, r->cfg->models_json_len, NULL, NULL);
+        return;
+    }
+    /* Only the models this tenant may use. */
+    cJSON *all = cJSON_Parse(r->cfg->models_json), *data = cJSON_GetObjectItem(all, "data");
+    for (cJSON *m = data ? data->child : NULL, *next; m; m = next) {
+        next = m->next;
+        const cJSON *id = cJSON_GetObjectItem(m, "id");
+        if (!cJSON_IsString(id) || !model_allowed(r, id->valuestring))
+            cJSON_Delete(cJSON_DetachItemViaPointer(data, m));
+    }
+    char *body = all ? cJSON_PrintUnformatted(all) : NULL;
+    cJSON_Delete(all);
+    const char *b = body ? body : "{\"object\":\"list\",\"data\":[]}";
+    write_json(out, 200, b, strlen(b), r->id, r, r->close, r->head.minor);
+    evbuffer_add(out, b, strlen(b));
+    cJSON_free(body);
+}
+
+/* The 401 is the same whatever the cause; the cause goes to the audit log and metrics. */
+static void refuse_auth(gw_req_t *r)
+{
+    const char *reason = r->auth_reason ? r->auth_reason
+                         : gw_req_credential(r, NULL) ? "unknown_key"
+                                                      : "no_credentials";
+    gw_metrics_auth_failure(reason);
+    gw_audit("auth_failure", "request_id", r->id, "reason", reason, "key",
+             r->auth_hint ? r->auth_hint : "-", NULL);
+    gw_req_error(r, 401, "invalid_api_key", "Invalid authentication credentials.");
 }
 
 /* Reads the few keys the gateway routes on. Returns 0, or answers and returns -1. */
@@ -307,6 +348,10 @@ static int inspect_body(gw_req_t *r)
         gw_req_error(r, 400, "missing_model", "The request body has no model.");
         return -1;
     }
+    if (!model_allowed(r, model->valuestring)) {
+        gw_req_error(r, 403, "model_not_allowed", "This key may not use the model.");
+        return -1;
+    }
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(r->json, "stream");
     if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) {
         gw_req_error(r, 400, "bad_request", "The stream field must be a boolean.");
@@ -331,6 +376,10 @@ static void advance(gw_req_t *r)
             rc = run_phase(r, HOOK_HEADERS);
             if (rc == GW_WAIT) return;
             if (rc == GW_DONE) goto done;
+            if (r->cfg->tenants.n && !r->tenant) {
+                refuse_auth(r);
+                goto done;
+            }
             if (r->endpoint == EP_NONE) {
                 gw_req_error(r, 404, "not_found", "There is nothing at this path.");
                 goto done;
@@ -508,4 +557,56 @@ const char *gw_req_backend_name(const gw_req_t *r, size_t i)
 void gw_req_backend_veto(gw_req_t *r, size_t i)
 {
     if (r->vetoed && r->pool && i < r->pool->backends.n) r->vetoed[i] = 1;
+}
+
+/* ---- tenants and credentials ---- */
+
+const char *gw_req_credential(const gw_req_t *cr, size_t *len)
+{
+    gw_req_t *r = (gw_req_t *)cr; /* the extraction is cached in the request */
+    if (!r->credential_done) {
+        r->credential_done = 1;
+        const char *v = NULL;
+        size_t n = 0;
+        const gw_header_t *h = gw_http_find_kind(&r->head, GW_H_AUTHORIZATION);
+        if (h && h->value_len > 7 && strncasecmp(h->value, "bearer ", 7) == 0) {
+            v = h->value + 7;
+            n = h->value_len - 7;
+            while (n && *v == ' ') v++, n--;
+        } else if (!h && (h = gw_http_find_kind(&r->head, GW_H_API_KEY))) {
+            v = h->value;
+            n = h->value_len;
+        }
+        if (v && n && n <= 8192 && !memchr(v, ' ', n) && !memchr(v, '\t', n))
+            r->credential = gw_arena_strndup(r->arena, v, n);
+    }
+    if (len) *len = r->credential ? strlen(r->credential) : 0;
+    return r->credential;
+}
+
+int gw_req_set_tenant(gw_req_t *r, const char *tenant_id)
+{
+    const gw_tenant_t *t = gw_config_tenant(r->cfg, tenant_id);
+    if (!t) return -1;
+    r->tenant = t;
+    return 0;
+}
+
+const char *gw_req_tenant(const gw_req_t *r) { return r->tenant ? r->tenant->id : NULL; }
+
+int gw_req_narrow_models(gw_req_t *r, const char *const *models, size_t n)
+{
+    char **copy = gw_arena_alloc(r->arena, (n + 1) * sizeof(char *));
+    if (!copy) return -1;
+    for (size_t i = 0; i < n; i++)
+        if (!(copy[i] = gw_arena_strdup(r->arena, models[i]))) return -1;
+    r->narrow = copy;
+    r->nnarrow = n;
+    return 0;
+}
+
+void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint)
+{
+    r->auth_reason = reason ? gw_arena_strdup(r->arena, reason) : NULL;
+    r->auth_hint = key_hint ? gw_arena_strdup(r->arena, key_hint) : NULL;
 }

@@ -37,12 +37,17 @@ struct gw_req {
     gw_backend_t *backend;
     gw_upconn_t *up;
     gw_hdr_edit_t *up_edits, *resp_headers;
+    const gw_tenant_t *tenant;
+    char **narrow; /* models a credential narrowed the tenant's to, or NULL */
+    size_t nnarrow;
+    const char *auth_reason, *auth_hint;
+    char *credential; /* extracted once, NUL-terminated, in the arena */
     int status;
     const char *code;
     int attempts;
     uint64_t start_us;
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
-        json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1;
+        json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1;
     gw_sse_t sse_framer;
 };
 

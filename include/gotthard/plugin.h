@@ -45,6 +45,10 @@ enum { GW_CONTINUE = 0, GW_DONE = 1, GW_WAIT = 2, GW_DROP = 3, GW_ERROR = -1 };
 typedef struct gw_plugin {
     const char *name;
     int abi; /* GW_PLUGIN_ABI */
+    /* Built-in plugins only: the top-level config keys this plugin owns (NULL-terminated).
+     * Their configure gets the whole config object at path "$", and returns with *state
+     * NULL when the config does not enable them. */
+    const char *const *config_keys;
 
     /* configure: read this plugin's JSON config (may be NULL when absent) into *state.
      * Report problems with gw_conf_error(cx, path, ...) and return -1. */
@@ -90,6 +94,23 @@ int gw_req_replace_json(gw_req_t *r, cJSON *json);
 size_t gw_req_backend_count(const gw_req_t *r);
 const char *gw_req_backend_name(const gw_req_t *r, size_t i);
 void gw_req_backend_veto(gw_req_t *r, size_t i);
+
+/* Tenants and credentials (auth plugins, request_headers). */
+/* The credential sent as "Authorization: Bearer X" or "api-key: X"; NULL if none. */
+const char *gw_req_credential(const gw_req_t *r, size_t *len);
+/* The request belongs to this tenant; -1 if the config has no such tenant. */
+int gw_req_set_tenant(gw_req_t *r, const char *tenant_id);
+const char *gw_req_tenant(const gw_req_t *r); /* NULL before (or without) authentication */
+/* Narrows the models this request may use (e.g. a JWT's models claim) within the tenant's. */
+int gw_req_narrow_models(gw_req_t *r, const char *const *models, size_t n);
+/* Why authentication failed, for the audit log and metrics (never for the client, which
+ * always gets the same 401): a short reason such as "unknown_key" or "jwt_expired", and at
+ * most a key id or a digest prefix. */
+void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint);
+
+/* The audit log: one JSON line {"ts", "event", fields...}. Fields are NULL-terminated name,
+ * value pairs of metadata: never request content, credentials or client addresses. */
+void gw_audit(const char *event, ...) __attribute__((sentinel));
 
 /* Answers. */
 int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value);

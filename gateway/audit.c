@@ -1,0 +1,80 @@
+/* The audit log: compliance events as JSON lines, metadata only.
+ *
+ * Each event is one write(2) of one line to a file opened with O_APPEND, so lines from
+ * several workers never interleave. Events are rare (a failed authentication, a residency
+ * decision, a reload): they do not need the access log's buffering. */
+#include "audit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gotthard/plugin.h"
+#include "log.h"
+
+static atomic_int audit_fd = -1;
+
+int gw_audit_open(const char *path)
+{
+    int fd = -1;
+    if (path && strcmp(path, "-") == 0) {
+        fd = dup(STDOUT_FILENO);
+    } else if (path) {
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            gw_error("cannot open the audit log %s: %s", path, strerror(errno));
+            return -1;
+        }
+    }
+    int old = atomic_exchange(&audit_fd, fd);
+    if (old >= 0) close(old);
+    return 0;
+}
+
+void gw_audit_close(void)
+{
+    int old = atomic_exchange(&audit_fd, -1);
+    if (old >= 0) close(old);
+}
+
+void gw_audit(const char *event, ...)
+{
+    int fd = atomic_load(&audit_fd);
+    if (fd < 0) return;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return;
+    char ts[40];
+    struct timespec now;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &now);
+    gmtime_r(&now.tv_sec, &tm);
+    size_t n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000);
+    cJSON_AddStringToObject(o, "ts", ts);
+    cJSON_AddStringToObject(o, "event", event);
+    va_list ap;
+    va_start(ap, event);
+    for (const char *name; (name = va_arg(ap, const char *));) {
+        const char *value = va_arg(ap, const char *);
+        cJSON_AddStringToObject(o, name, value ? value : "");
+    }
+    va_end(ap);
+    char *line = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!line) return;
+    size_t len = strlen(line);
+    char *buf = malloc(len + 2);
+    if (buf) {
+        memcpy(buf, line, len);
+        buf[len] = '\n';
+        if (write(fd, buf, len + 1) < 0) gw_warn("cannot write the audit log: %s", strerror(errno));
+        free(buf);
+    }
+    cJSON_free(line);
+}

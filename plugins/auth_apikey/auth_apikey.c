@@ -1,0 +1,208 @@
+/* API keys: a tenant's keys are kept as SHA-256 digests; a request's key is hashed and
+ * looked up, and the digests are compared in constant time. */
+#include <ctype.h>
+#include <gotthard/plugin.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * config (inside each tenant): "api_keys": [{"id": "acme-1", "sha256": "<64 hex>"}]
+ * A key is sent as "Authorization: Bearer <key>" or "api-key: <key>". Credentials shaped like
+ * a JWT (two dots) are left to auth_jwt. An unknown key is reported to the core with the
+ * first 8 hex digits of its digest (never the key); the core answers the same 401 for
+ * every failure.
+ */
+typedef struct key_entry {
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    char *tenant, *id;
+    int used;
+} key_entry_t;
+
+typedef struct apikey_conf {
+    key_entry_t *slots; /* open addressing on the digest's first bytes */
+    size_t cap, n;
+} apikey_conf_t;
+
+static size_t slot_of(const unsigned char *d, size_t cap)
+{
+    size_t h;
+    memcpy(&h, d, sizeof(h));
+    return h & (cap - 1);
+}
+
+static key_entry_t *find(const apikey_conf_t *c, const unsigned char *d)
+{
+    for (size_t i = slot_of(d, c->cap), k = 0; k < c->cap; i = (i + 1) & (c->cap - 1), k++) {
+        key_entry_t *e = &c->slots[i];
+        if (!e->used) return NULL;
+        if (CRYPTO_memcmp(e->digest, d, SHA256_DIGEST_LENGTH) == 0) return e;
+    }
+    return NULL;
+}
+
+static int parse_hex(const char *hex, unsigned char *out)
+{
+    if (strlen(hex) != 2 * SHA256_DIGEST_LENGTH) return -1;
+    for (size_t i = 0; i < SHA256_DIGEST_LENGTH; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++) {
+            char ch = (char)tolower((unsigned char)hex[2 * i + k]);
+            if (ch >= '0' && ch <= '9') v = v * 16 + (unsigned)(ch - '0');
+            else if (ch >= 'a' && ch <= 'f') v = v * 16 + (unsigned)(ch - 'a' + 10);
+            else return -1;
+        }
+        out[i] = (unsigned char)v;
+    }
+    return 0;
+}
+
+static void release(void *state)
+{
+    apikey_conf_t *c = state;
+    if (!c) return;
+    for (size_t i = 0; i < c->cap; i++) {
+        free(c->slots[i].tenant);
+        free(c->slots[i].id);
+    }
+    free(c->slots);
+    free(c);
+}
+
+static int id_ok(const char *s)
+{
+    if (!*s || strlen(s) > 128) return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '_' || *s == '.')) return 0;
+    return 1;
+}
+
+static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
+{
+    const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
+    size_t total = 0;
+    for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next) {
+        const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
+        if (cJSON_IsArray(keys)) total += (size_t)cJSON_GetArraySize(keys);
+    }
+    if (total == 0) {
+        /* No keys: still check the shape of any api_keys given. */
+        int rc = 0, ti = 0;
+        for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, ti++) {
+            const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
+            if (keys && !cJSON_IsArray(keys)) {
+                char p[96];
+                snprintf(p, sizeof(p), "$.tenants[%d].api_keys", ti);
+                gw_conf_error(cx, p, "must be an array");
+                rc = -1;
+            }
+        }
+        return rc;
+    }
+    apikey_conf_t *c = calloc(1, sizeof(*c));
+    if (!c) return -1;
+    c->cap = 16;
+    while (c->cap < total * 2) c->cap *= 2;
+    c->slots = calloc(c->cap, sizeof(*c->slots));
+    if (!c->slots) {
+        free(c);
+        return -1;
+    }
+    int rc = 0, ti = 0;
+    for (const cJSON *t = tenants->child; t; t = t->next, ti++) {
+        const cJSON *tid = cJSON_GetObjectItemCaseSensitive(t, "id");
+        const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
+        char kp[96], fp[128];
+        snprintf(kp, sizeof(kp), "$.tenants[%d].api_keys", ti);
+        if (!keys) continue;
+        if (!cJSON_IsArray(keys)) {
+            gw_conf_error(cx, kp, "must be an array");
+            rc = -1;
+            continue;
+        }
+        int ki = 0;
+        for (const cJSON *k = keys->child; k; k = k->next, ki++) {
+            snprintf(fp, sizeof(fp), "%s[%d]", kp, ki);
+            if (!cJSON_IsObject(k)) {
+                gw_conf_error(cx, fp, "must be an object with id and sha256");
+                rc = -1;
+                continue;
+            }
+            for (const cJSON *f = k->child; f; f = f->next)
+                if (strcmp(f->string, "id") && strcmp(f->string, "sha256")) {
+                    char up[192];
+                    snprintf(up, sizeof(up), "%s.%s", fp, f->string);
+                    gw_conf_error(cx, up, "unknown key");
+                    rc = -1;
+                }
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(k, "id");
+            const cJSON *sha = cJSON_GetObjectItemCaseSensitive(k, "sha256");
+            char sub[160];
+            if (!cJSON_IsString(id) || !id_ok(id->valuestring)) {
+                snprintf(sub, sizeof(sub), "%s.id", fp);
+                gw_conf_error(cx, sub, "must be letters, digits, '-', '_' or '.' (1 to 128)");
+                rc = -1;
+                continue;
+            }
+            unsigned char d[SHA256_DIGEST_LENGTH];
+            if (!cJSON_IsString(sha) || parse_hex(sha->valuestring, d) < 0) {
+                snprintf(sub, sizeof(sub), "%s.sha256", fp);
+                gw_conf_error(cx, sub, "must be 64 hexadecimal digits (gotthard-keygen prints it)");
+                rc = -1;
+                continue;
+            }
+            if (!cJSON_IsString(tid)) continue; /* the core reports the tenant's id */
+            if (find(c, d)) {
+                snprintf(sub, sizeof(sub), "%s.sha256", fp);
+                gw_conf_error(cx, sub, "is the digest of another key");
+                rc = -1;
+                continue;
+            }
+            size_t i = slot_of(d, c->cap);
+            while (c->slots[i].used) i = (i + 1) & (c->cap - 1);
+            key_entry_t *e = &c->slots[i];
+            memcpy(e->digest, d, sizeof(d));
+            e->tenant = strdup(tid->valuestring);
+            e->id = strdup(id->valuestring);
+            e->used = 1;
+            c->n++;
+        }
+    }
+    if (rc < 0) {
+        release(c);
+        return -1;
+    }
+    *state = c;
+    return 0;
+}
+
+static int request_headers(gw_req_t *r, void *conf, void **ctx)
+{
+    apikey_conf_t *c = conf;
+    size_t len;
+    const char *key = gw_req_credential(r, &len);
+    if (!key || gw_req_tenant(r)) return GW_CONTINUE;
+    const char *dot = memchr(key, '.', len);
+    if (dot && memchr(dot + 1, '.', len - (size_t)(dot + 1 - key))) return GW_CONTINUE; /* a JWT */
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)key, len, d);
+    const key_entry_t *e = find(c, d);
+    if (e && gw_req_set_tenant(r, e->tenant) == 0) return GW_CONTINUE;
+    char hint[24];
+    snprintf(hint, sizeof(hint), "sha256:%02x%02x%02x%02x", d[0], d[1], d[2], d[3]);
+    gw_req_auth_failed(r, e ? "unknown_tenant" : "unknown_key", e ? e->id : hint);
+    return GW_CONTINUE;
+}
+
+static const char *const config_keys[] = {NULL};
+
+const gw_plugin_t gw_plugin_auth_apikey = {
+    .name = "auth_apikey",
+    .abi = GW_PLUGIN_ABI,
+    .config_keys = config_keys,
+    .configure = configure,
+    .release = release,
+    .request_headers = request_headers,
+};
