@@ -113,6 +113,14 @@ static const gw_conf_key_t audit_keys[] = {
 };
 static const gw_conf_obj_t audit_obj = {0, audit_keys, NULL};
 
+static const gw_conf_key_t redis_keys[] = {
+    {"url", GW_CT_STR, offsetof(gw_config_t, redis.url), .max = 1024, .flags = GW_CK_REQUIRED},
+    {"timeout_ms", GW_CT_INT, offsetof(gw_config_t, redis.timeout_ms), 1, 60000},
+    {"on_unavailable", GW_CT_STR, offsetof(gw_config_t, redis.on_unavailable), .max = 16},
+    {NULL},
+};
+static const gw_conf_obj_t redis_obj = {0, redis_keys, NULL};
+
 static const gw_conf_key_t top_keys[] = {
     {"listen", GW_CT_OBJS, offsetof(gw_config_t, listen), 1, 64, GW_CK_REQUIRED, &listen_obj},
     {"admin", GW_CT_OBJ, offsetof(gw_config_t, admin), .flags = GW_CK_REQUIRED, .obj = &admin_obj},
@@ -122,6 +130,7 @@ static const gw_conf_key_t top_keys[] = {
     {"pools", GW_CT_OBJS, offsetof(gw_config_t, pools), 1, 10000, GW_CK_REQUIRED, &pool_obj},
     {"tenants", GW_CT_OBJS, offsetof(gw_config_t, tenants), 0, 100000, 0, &tenant_obj},
     {"audit_log", GW_CT_OBJ, 0, .obj = &audit_obj},
+    {"redis", GW_CT_OBJ, 0, .obj = &redis_obj},
     {"plugins", GW_CT_OBJS, offsetof(gw_config_t, plugin_entries), 0, 64, 0, &plugin_obj},
     {NULL},
 };
@@ -153,6 +162,51 @@ static void defaults(gw_config_t *c)
     c->timeouts.upstream_first_byte_ms = 120000;
     c->timeouts.upstream_idle_ms = 60000;
     c->timeouts.drain_ms = 30000;
+    c->redis.timeout_ms = 100;
+}
+
+/* redis://[:password@]host[:port][/db] */
+static int derive_redis(gw_conf_ctx_t *cx, gw_config_t *c)
+{
+    if (!c->redis.url) return 0;
+    const char *u = c->redis.url;
+    if (c->redis.on_unavailable && strcmp(c->redis.on_unavailable, "reject") != 0 &&
+        strcmp(c->redis.on_unavailable, "local") != 0) {
+        gw_conf_error(cx, "$.redis.on_unavailable", "must be reject or local");
+        return -1;
+    }
+    if (strncmp(u, "redis://", 8) != 0) goto bad;
+    u += 8;
+    const char *at = strchr(u, '@');
+    if (at) {
+        if (*u != ':' || at == u + 1) goto bad;
+        c->redis.password = gw_arena_strndup(c->arena, u + 1, (size_t)(at - u - 1));
+        u = at + 1;
+    }
+    size_t hl = strcspn(u, ":/");
+    if (hl == 0 || hl > 255) goto bad;
+    c->redis.host = gw_arena_strndup(c->arena, u, hl);
+    u += hl;
+    c->redis.port = 6379;
+    if (*u == ':') {
+        char *end;
+        long port = strtol(u + 1, &end, 10);
+        if (end == u + 1 || port < 1 || port > 65535) goto bad;
+        c->redis.port = (int)port;
+        u = end;
+    }
+    if (*u == '/') {
+        char *end;
+        long db = strtol(u + 1, &end, 10);
+        if (end == u + 1 || *end || db < 0 || db > 1000) goto bad;
+        c->redis.db = (int)db;
+        u = end;
+    }
+    if (*u) goto bad;
+    return 0;
+bad:
+    gw_conf_error(cx, "$.redis.url", "must look like redis://host:6379/0");
+    return -1;
 }
 
 /* "host:port" or "[v6]:port", numeric hosts only. */
@@ -566,6 +620,7 @@ gw_config_t *gw_config_load(const char *file, char **errors)
     int rc = gw_conf_load_obj(&cx, json, "$", &top_obj, c);
     if (rc == 0) rc = derive(&cx, c);
     if (rc == 0) rc = derive_tenants(&cx, c);
+    if (rc == 0) rc = derive_redis(&cx, c);
     if (rc == 0) rc = gw_plugins_configure(&cx, c);
     if (rc == 0 && build_models_json(c) < 0) {
         gw_conf_error(&cx, "$", "out of memory");

@@ -84,6 +84,13 @@ typedef struct gw_config {
     struct {
         char *path;
     } audit_log;
+    struct {
+        char *url, *on_unavailable;
+        int64_t timeout_ms;
+        /* derived from url */
+        char *host, *password;
+        int port, db;
+    } redis;
     gw_conf_list_t plugin_entries; /* gw_plugin_entry_t */
     /* derived */
     gw_plugin_inst_t *plugins;

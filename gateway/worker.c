@@ -12,6 +12,7 @@
 #include "arena.h"
 #include "conn.h"
 #include "log.h"
+#include "redis.h"
 #include "upstream.h"
 
 typedef struct listen_ctx {
@@ -134,6 +135,13 @@ static void take_reload(gw_worker_t *w)
     free(w->nidle);
     w->idle = idle;
     w->nidle = nidle;
+    /* A changed store: reconnect. */
+    const char *old_url = w->cfg->redis.url, *new_url = next->redis.url;
+    if ((old_url == NULL) != (new_url == NULL) || (old_url && strcmp(old_url, new_url) != 0) ||
+        w->cfg->redis.timeout_ms != next->redis.timeout_ms) {
+        gw_redis_free(w->redis);
+        w->redis = gw_redis_new(w, next);
+    }
     gw_config_unref(w->cfg);
     w->cfg = next;
     w->idle_cfg = next;
@@ -165,6 +173,8 @@ static void *run(void *arg)
     /* Stopped: whatever is still open is closed now. */
     while (w->conns) gw_conn_close(w->conns);
     gw_upstream_close_idle(w);
+    gw_redis_free(w->redis); /* answers what still waits on it */
+    w->redis = NULL;
     gw_arena_thread_cleanup();
     atomic_store(&w->done, 1);
     return NULL;
@@ -205,6 +215,7 @@ int gw_worker_start(gw_worker_t *w)
     w->nidle = calloc(w->cfg->nbackends + 1, sizeof(*w->nidle));
     if (!w->idle || !w->nidle) return -1;
     w->lctx = lcs;
+    w->redis = gw_redis_new(w, w->cfg);
     return pthread_create(&w->thread, NULL, run, w) == 0 ? 0 : -1;
 }
 

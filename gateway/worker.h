@@ -36,6 +36,7 @@ typedef struct gw_worker {
     uint64_t rng;
     size_t rr;
     void *lctx;
+    struct gw_redis *redis; /* this worker's connection to the shared store, or NULL */
 } gw_worker_t;
 
 /* Opens the listening sockets of every worker (SO_REUSEPORT) so that errors show at start. */

@@ -2,14 +2,21 @@
  * looked up, and the digests are compared in constant time. */
 #include <ctype.h>
 #include <gotthard/plugin.h>
+#include <hiredis/hiredis.h>
+#include <time.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /*
  * config (inside each tenant): "api_keys": [{"id": "acme-1", "sha256": "<64 hex>"}]
+ * and, for keys kept in Redis (rotation and revocation without a reload), at the top level:
+ * "api_keys": {"redis": true, "cache_ms": 5000}. A digest not in the config is then looked up
+ * as the Redis hash gotthard:apikey:<sha256 hex> with fields tenant and id; the answer, found
+ * or not, is cached per worker for cache_ms, so a revoked key (DEL) stops within that time.
  * A key is sent as "Authorization: Bearer <key>" or "api-key: <key>". Credentials shaped like
  * a JWT (two dots) are left to auth_jwt. An unknown key is reported to the core with the
  * first 8 hex digits of its digest (never the key); the core answers the same 401 for
@@ -24,7 +31,32 @@ typedef struct key_entry {
 typedef struct apikey_conf {
     key_entry_t *slots; /* open addressing on the digest's first bytes */
     size_t cap, n;
+    int redis;
+    long cache_ms;
 } apikey_conf_t;
+
+/* The per-worker cache of Redis answers: positive (a tenant) and negative (no such key). */
+#define CACHE_SLOTS 4096
+typedef struct cache_entry {
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    char tenant[129], id[129]; /* tenant "" : known not to exist */
+    long long expires_ms;
+    int used;
+} cache_entry_t;
+static pthread_key_t cache_key; /* one cache per worker thread, freed when it exits */
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void cache_key_init(void)
+{
+    pthread_key_create(&cache_key, free);
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static size_t slot_of(const unsigned char *d, size_t cap)
 {
@@ -79,15 +111,60 @@ static int id_ok(const char *s)
     return 1;
 }
 
+/* The top-level "api_keys": {"redis": true, "cache_ms": 5000}. */
+static int configure_store(gw_conf_ctx_t *cx, const cJSON *root, int *redis, long *cache_ms)
+{
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "api_keys");
+    *redis = 0;
+    *cache_ms = 5000;
+    if (!o) return 0;
+    if (!cJSON_IsObject(o)) {
+        gw_conf_error(cx, "$.api_keys", "must be an object");
+        return -1;
+    }
+    int rc = 0;
+    for (const cJSON *f = o->child; f; f = f->next) {
+        char p[128];
+        snprintf(p, sizeof(p), "$.api_keys.%s", f->string);
+        if (strcmp(f->string, "redis") == 0) {
+            if (!cJSON_IsBool(f)) {
+                gw_conf_error(cx, p, "must be true or false");
+                rc = -1;
+            } else {
+                *redis = cJSON_IsTrue(f);
+            }
+        } else if (strcmp(f->string, "cache_ms") == 0) {
+            if (!cJSON_IsNumber(f) || f->valuedouble < 0 || f->valuedouble > 300000 ||
+                f->valuedouble != (double)(long)f->valuedouble) {
+                gw_conf_error(cx, p, "must be an integer between 0 and 300000");
+                rc = -1;
+            } else {
+                *cache_ms = (long)f->valuedouble;
+            }
+        } else {
+            gw_conf_error(cx, p, "unknown key");
+            rc = -1;
+        }
+    }
+    if (*redis && !cJSON_GetObjectItemCaseSensitive(root, "redis")) {
+        gw_conf_error(cx, "$.api_keys.redis", "needs the top-level redis");
+        rc = -1;
+    }
+    return rc;
+}
+
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
 {
     const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
+    int redis;
+    long cache_ms;
+    if (configure_store(cx, root, &redis, &cache_ms) < 0) return -1;
     size_t total = 0;
     for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next) {
         const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
         if (cJSON_IsArray(keys)) total += (size_t)cJSON_GetArraySize(keys);
     }
-    if (total == 0) {
+    if (total == 0 && !redis) {
         /* No keys: still check the shape of any api_keys given. */
         int rc = 0, ti = 0;
         for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, ti++) {
@@ -110,8 +187,10 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         free(c);
         return -1;
     }
+    c->redis = redis;
+    c->cache_ms = cache_ms;
     int rc = 0, ti = 0;
-    for (const cJSON *t = tenants->child; t; t = t->next, ti++) {
+    for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, ti++) {
         const cJSON *tid = cJSON_GetObjectItemCaseSensitive(t, "id");
         const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
         char kp[96], fp[128];
@@ -178,6 +257,102 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     return 0;
 }
 
+static void fail_unknown(gw_req_t *r, const unsigned char *d)
+{
+    char hint[24];
+    snprintf(hint, sizeof(hint), "sha256:%02x%02x%02x%02x", d[0], d[1], d[2], d[3]);
+    gw_req_auth_failed(r, "unknown_key", hint);
+}
+
+static cache_entry_t *cache_slot(const unsigned char *d)
+{
+    pthread_once(&cache_once, cache_key_init);
+    cache_entry_t *cache = pthread_getspecific(cache_key);
+    if (!cache) {
+        if (!(cache = calloc(CACHE_SLOTS, sizeof(*cache)))) return NULL;
+        pthread_setspecific(cache_key, cache);
+    }
+    size_t h;
+    memcpy(&h, d, sizeof(h));
+    return &cache[h & (CACHE_SLOTS - 1)];
+}
+
+/* Applies a known answer: a tenant, or none. */
+static void apply(gw_req_t *r, const unsigned char *d, const char *tenant, const char *id)
+{
+    if (!tenant[0]) fail_unknown(r, d);
+    else if (gw_req_set_tenant(r, tenant) < 0) gw_req_auth_failed(r, "unknown_tenant", id);
+}
+
+typedef struct lookup {
+    apikey_conf_t *c;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+} lookup_t;
+
+static int string_ok(const redisReply *x)
+{
+    return x && x->type == REDIS_REPLY_STRING && x->len > 0 && x->len <= 128 &&
+           !memchr(x->str, '\0', x->len);
+}
+
+static void on_redis(gw_req_t *r, const struct redisReply *reply, void *arg)
+{
+    lookup_t *l = arg;
+    if (gw_req_aborted(r)) {
+        gw_req_resume(r, GW_DONE);
+        return;
+    }
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+        /* The store did not answer: fail closed, and do not cache. */
+        gw_req_auth_failed(r, "key_store_unavailable", NULL);
+        gw_req_resume(r, GW_CONTINUE);
+        return;
+    }
+    const redisReply *t = reply->element[0], *i = reply->element[1];
+    cache_entry_t *e = cache_slot(l->digest);
+    char tenant[129] = "", id[129] = "-";
+    if (string_ok(t)) {
+        memcpy(tenant, t->str, t->len);
+        tenant[t->len] = '\0';
+        if (string_ok(i)) {
+            memcpy(id, i->str, i->len);
+            id[i->len] = '\0';
+        }
+    }
+    if (e && l->c->cache_ms > 0) {
+        memcpy(e->digest, l->digest, sizeof(e->digest));
+        memcpy(e->tenant, tenant, sizeof(tenant));
+        memcpy(e->id, id, sizeof(id));
+        e->expires_ms = now_ms() + l->c->cache_ms;
+        e->used = 1;
+    }
+    apply(r, l->digest, tenant, id);
+    gw_req_resume(r, GW_CONTINUE);
+}
+
+static int redis_lookup(gw_req_t *r, apikey_conf_t *c, const unsigned char *d)
+{
+    cache_entry_t *e = cache_slot(d);
+    if (e && e->used && e->expires_ms > now_ms() &&
+        CRYPTO_memcmp(e->digest, d, SHA256_DIGEST_LENGTH) == 0) {
+        apply(r, d, e->tenant, e->id);
+        return GW_CONTINUE;
+    }
+    lookup_t *l = gw_req_alloc(r, sizeof(*l));
+    if (!l) return GW_ERROR;
+    l->c = c;
+    memcpy(l->digest, d, sizeof(l->digest));
+    char key[96] = "gotthard:apikey:";
+    size_t k = strlen(key);
+    for (size_t i = 0; i < SHA256_DIGEST_LENGTH; i++, k += 2) snprintf(key + k, 3, "%02x", d[i]);
+    const char *argv[] = {"HMGET", key, "tenant", "id"};
+    if (gw_req_redis(r, on_redis, l, 4, argv, NULL) < 0) {
+        gw_req_auth_failed(r, "key_store_unavailable", NULL);
+        return GW_CONTINUE;
+    }
+    return GW_WAIT;
+}
+
 static int request_headers(gw_req_t *r, void *conf, void **ctx)
 {
     apikey_conf_t *c = conf;
@@ -189,14 +364,16 @@ static int request_headers(gw_req_t *r, void *conf, void **ctx)
     unsigned char d[SHA256_DIGEST_LENGTH];
     SHA256((const unsigned char *)key, len, d);
     const key_entry_t *e = find(c, d);
-    if (e && gw_req_set_tenant(r, e->tenant) == 0) return GW_CONTINUE;
-    char hint[24];
-    snprintf(hint, sizeof(hint), "sha256:%02x%02x%02x%02x", d[0], d[1], d[2], d[3]);
-    gw_req_auth_failed(r, e ? "unknown_tenant" : "unknown_key", e ? e->id : hint);
+    if (e) {
+        if (gw_req_set_tenant(r, e->tenant) < 0) gw_req_auth_failed(r, "unknown_tenant", e->id);
+        return GW_CONTINUE;
+    }
+    if (c->redis) return redis_lookup(r, c, d);
+    fail_unknown(r, d);
     return GW_CONTINUE;
 }
 
-static const char *const config_keys[] = {NULL};
+static const char *const config_keys[] = {"api_keys", NULL};
 
 const gw_plugin_t gw_plugin_auth_apikey = {
     .name = "auth_apikey",

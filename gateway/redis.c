@@ -1,0 +1,218 @@
+/* The shared store: one asynchronous hiredis connection per worker, on the worker's loop.
+ *
+ * Every command has a deadline (redis.timeout_ms): its callback runs exactly once, with the
+ * reply, or with NULL when the deadline passes or the connection fails, so a request waiting
+ * on Redis never hangs. A command that times out marks the connection down and drops it;
+ * the worker reconnects with backoff (100 ms doubling to 5 s). Keys and values never hold
+ * request content. */
+#include "redis.h"
+
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "request.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+typedef struct pending {
+    gw_redis_t *rd;
+    gw_req_t *r;
+    gw_redis_cb cb;
+    void *arg;
+    struct event *timer;
+    int answered; /* the callback has run */
+    int replied;  /* hiredis is done with it */
+} pending_t;
+
+struct gw_redis {
+    gw_worker_t *w;
+    char *host;
+    int port, db;
+    char *password;
+    int64_t timeout_ms;
+    redisAsyncContext *ac;
+    int connected;
+    int backoff_ms;
+    struct event *retry;
+    int freeing;
+};
+
+static void connect_now(gw_redis_t *rd);
+
+static void answer(pending_t *p, redisReply *reply)
+{
+    if (p->answered) return;
+    p->answered = 1;
+    if (p->timer) evtimer_del(p->timer);
+    p->cb(p->r, reply, p->arg);
+}
+
+static void pending_free(pending_t *p)
+{
+    if (p->timer) event_free(p->timer);
+    free(p);
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    pending_t *p = priv;
+    if (!p) return;
+    redisReply *rr = reply;
+    answer(p, rr && rr->type != REDIS_REPLY_ERROR ? rr : NULL);
+    p->replied = 1;
+    pending_free(p);
+}
+
+static void drop_connection(gw_redis_t *rd)
+{
+    if (!rd->ac) return;
+    redisAsyncContext *ac = rd->ac;
+    rd->ac = NULL;
+    rd->connected = 0;
+    /* Pending commands get their NULL reply from hiredis as it frees them. */
+    redisAsyncFree(ac);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    pending_t *p = arg;
+    gw_redis_t *rd = p->rd;
+    answer(p, NULL);
+    if (rd->connected) {
+        gw_warn("worker %d: redis did not answer within %lld ms; reconnecting", rd->w->id,
+                (long long)rd->timeout_ms);
+        drop_connection(rd); /* also frees p through on_reply */
+        struct timeval tv = {0, BACKOFF_MIN_MS * 1000};
+        evtimer_add(rd->retry, &tv);
+    }
+}
+
+static void schedule_retry(gw_redis_t *rd)
+{
+    if (rd->freeing) return;
+    int ms = rd->backoff_ms ? rd->backoff_ms : BACKOFF_MIN_MS;
+    rd->backoff_ms = ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(rd->retry, &tv);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    gw_redis_t *rd = ac->data;
+    if (status != REDIS_OK) {
+        rd->ac = NULL; /* hiredis frees the context after this callback */
+        rd->connected = 0;
+        schedule_retry(rd);
+        return;
+    }
+    rd->connected = 1;
+    rd->backoff_ms = 0;
+    gw_info("worker %d: redis connected", rd->w->id);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    gw_redis_t *rd = ac->data;
+    if (rd->ac == ac) {
+        rd->ac = NULL;
+        rd->connected = 0;
+        gw_warn("worker %d: redis connection lost; reconnecting", rd->w->id);
+        schedule_retry(rd);
+    }
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    connect_now(arg);
+}
+
+static void connect_now(gw_redis_t *rd)
+{
+    if (rd->ac || rd->freeing) return;
+    redisAsyncContext *ac = redisAsyncConnect(rd->host, rd->port);
+    if (!ac || ac->err) {
+        if (ac) redisAsyncFree(ac);
+        schedule_retry(rd);
+        return;
+    }
+    ac->data = rd;
+    rd->ac = ac;
+    redisLibeventAttach(ac, rd->w->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* Sent as soon as the connection is up, before anything else. */
+    if (rd->password) {
+        const char *argv[] = {"AUTH", rd->password};
+        redisAsyncCommandArgv(ac, on_reply, NULL, 2, argv, NULL);
+    }
+    if (rd->db) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", rd->db);
+        const char *argv[] = {"SELECT", db};
+        redisAsyncCommandArgv(ac, on_reply, NULL, 2, argv, NULL);
+    }
+}
+
+gw_redis_t *gw_redis_new(gw_worker_t *w, const gw_config_t *cfg)
+{
+    if (!cfg->redis.url) return NULL;
+    gw_redis_t *rd = calloc(1, sizeof(*rd));
+    if (!rd) return NULL;
+    rd->w = w;
+    rd->host = strdup(cfg->redis.host);
+    rd->port = cfg->redis.port;
+    rd->db = cfg->redis.db;
+    rd->password = cfg->redis.password ? strdup(cfg->redis.password) : NULL;
+    rd->timeout_ms = cfg->redis.timeout_ms;
+    rd->retry = evtimer_new(w->base, retry_cb, rd);
+    if (!rd->host || !rd->retry) {
+        gw_redis_free(rd);
+        return NULL;
+    }
+    connect_now(rd);
+    return rd;
+}
+
+void gw_redis_free(gw_redis_t *rd)
+{
+    if (!rd) return;
+    rd->freeing = 1;
+    drop_connection(rd);
+    if (rd->retry) event_free(rd->retry);
+    if (rd->password) {
+        explicit_bzero(rd->password, strlen(rd->password));
+        free(rd->password);
+    }
+    free(rd->host);
+    free(rd);
+}
+
+int gw_redis_up(const gw_redis_t *rd)
+{
+    return rd && rd->connected;
+}
+
+int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **argv,
+                 const size_t *argvlen)
+{
+    gw_redis_t *rd = r->w->redis;
+    if (!rd || !rd->connected || !rd->ac) return -1;
+    pending_t *p = calloc(1, sizeof(*p));
+    if (!p) return -1;
+    p->rd = rd;
+    p->r = r;
+    p->cb = cb;
+    p->arg = arg;
+    p->timer = evtimer_new(r->w->base, on_timeout, p);
+    if (!p->timer || redisAsyncCommandArgv(rd->ac, on_reply, p, argc, argv, argvlen) != REDIS_OK) {
+        pending_free(p);
+        return -1;
+    }
+    struct timeval tv = {rd->timeout_ms / 1000, (rd->timeout_ms % 1000) * 1000};
+    evtimer_add(p->timer, &tv);
+    return 0;
+}

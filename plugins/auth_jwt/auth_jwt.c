@@ -1,0 +1,87 @@
+/* The auth_jwt plugin: a bearer JWT from a configured issuer names the request's tenant. */
+#include <gotthard/plugin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "jwt_verify.h"
+
+/*
+ * Config ("jwt" at the top level; built-in, so configure sees the whole config object):
+ *   "jwt": [{"issuer": "https://idp.example.ch", "audience": "gotthard", "algorithm": "RS256",
+ *            "key_file": "conf/keys/idp.pub.pem", "tenant_claim": "tenant", "leeway_s": 30}]
+ * No "jwt" key: the plugin stays off (*state NULL).
+ *
+ * request_headers:
+ *   - no credential, or one that is not JWT-shaped (exactly two '.'): GW_CONTINUE, untouched
+ *     (the API-key plugin's business);
+ *   - a valid token: the tenant is set from its tenant claim and the models narrowed by its
+ *     "models" claim, GW_CONTINUE;
+ *   - any failure: gw_req_auth_failed(r, reason, NULL) and GW_CONTINUE; the core answers the one
+ *     401 invalid_api_key and writes the audit event. Neither the token nor a claim is ever
+ *     logged or kept.
+ *   - out of memory: GW_ERROR.
+ */
+
+static const char *const config_keys[] = {"jwt", NULL};
+
+static void conf_err(void *arg, const char *path, const char *msg)
+{
+    gw_conf_error(arg, path, "%s", msg);
+}
+
+static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state)
+{
+    *state = NULL;
+    const cJSON *jwt = cJSON_IsObject(config) ? cJSON_GetObjectItemCaseSensitive(config, "jwt")
+                                              : NULL;
+    if (!jwt) return 0;
+    char where[256];
+    snprintf(where, sizeof(where), "%s.jwt", path ? path : "$");
+    gwjwt_conf_t *c = NULL;
+    if (gwjwt_conf_parse(jwt, where, conf_err, cx, &c) < 0) return -1;
+    *state = c;
+    return 0;
+}
+
+static void release(void *state)
+{
+    gwjwt_conf_free(state);
+}
+
+static int request_headers(gw_req_t *r, void *conf, void **ctx)
+{
+    size_t len = 0;
+    const char *cred = gw_req_credential(r, &len);
+    if (!conf || !cred || !gwjwt_is_jwt_shaped(cred, len)) return GW_CONTINUE;
+
+    gwjwt_result_t res;
+    int rc = gwjwt_verify(conf, cred, len, time(NULL), &res);
+    if (rc == GWJWT_E_INTERNAL) return GW_ERROR;
+    if (rc != GWJWT_OK) {
+        gw_req_auth_failed(r, gwjwt_reason(rc), NULL);
+        return GW_CONTINUE;
+    }
+    int out = GW_CONTINUE;
+    if (gw_req_set_tenant(r, res.tenant) < 0)
+        gw_req_auth_failed(r, "unknown_tenant", NULL);
+    else if (res.has_models &&
+             gw_req_narrow_models(r, (const char *const *)res.models, res.n_models) < 0)
+        out = GW_ERROR;
+    gwjwt_result_free(&res);
+    return out;
+}
+
+const gw_plugin_t gw_plugin_auth_jwt = {
+    .name = "auth_jwt",
+    .abi = GW_PLUGIN_ABI,
+    .config_keys = config_keys,
+    .configure = configure,
+    .release = release,
+    .request_headers = request_headers,
+    .request_body = NULL,
+    .upstream_select = NULL,
+    .response_headers = NULL,
+    .response_event = NULL,
+    .log = NULL,
+};
