@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "plugin_host.h"
+#include "redis_url.h"
 #include "tls.h"
 
 #define MAX_CONFIG_BYTES (16u << 20)
@@ -165,48 +166,25 @@ static void defaults(gw_config_t *c)
     c->redis.timeout_ms = 100;
 }
 
-/* redis://[:password@]host[:port][/db] */
 static int derive_redis(gw_conf_ctx_t *cx, gw_config_t *c)
 {
     if (!c->redis.url) return 0;
-    const char *u = c->redis.url;
     if (c->redis.on_unavailable && strcmp(c->redis.on_unavailable, "reject") != 0 &&
         strcmp(c->redis.on_unavailable, "local") != 0) {
         gw_conf_error(cx, "$.redis.on_unavailable", "must be reject or local");
         return -1;
     }
-    if (strncmp(u, "redis://", 8) != 0) goto bad;
-    u += 8;
-    const char *at = strchr(u, '@');
-    if (at) {
-        if (*u != ':' || at == u + 1) goto bad;
-        c->redis.password = gw_arena_strndup(c->arena, u + 1, (size_t)(at - u - 1));
-        u = at + 1;
+    gw_redis_url_t u;
+    if (gw_redis_url_parse(c->redis.url, &u) < 0) {
+        gw_conf_error(cx, "$.redis.url", "must look like redis://host:6379/0");
+        return -1;
     }
-    size_t hl = strcspn(u, ":/");
-    if (hl == 0 || hl > 255) goto bad;
-    c->redis.host = gw_arena_strndup(c->arena, u, hl);
-    u += hl;
-    c->redis.port = 6379;
-    if (*u == ':') {
-        char *end;
-        long port = strtol(u + 1, &end, 10);
-        if (end == u + 1 || port < 1 || port > 65535) goto bad;
-        c->redis.port = (int)port;
-        u = end;
-    }
-    if (*u == '/') {
-        char *end;
-        long db = strtol(u + 1, &end, 10);
-        if (end == u + 1 || *end || db < 0 || db > 1000) goto bad;
-        c->redis.db = (int)db;
-        u = end;
-    }
-    if (*u) goto bad;
+    c->redis.host = gw_arena_strdup(c->arena, u.host);
+    c->redis.password = u.password[0] ? gw_arena_strdup(c->arena, u.password) : NULL;
+    c->redis.port = u.port;
+    c->redis.db = u.db;
+    explicit_bzero(u.password, sizeof(u.password));
     return 0;
-bad:
-    gw_conf_error(cx, "$.redis.url", "must look like redis://host:6379/0");
-    return -1;
 }
 
 /* "host:port" or "[v6]:port", numeric hosts only. */

@@ -1,0 +1,15 @@
+/* Parsing redis://[:password@]host[:port][/db], for the gateway and its tools. */
+#ifndef GW_REDIS_URL_H
+#define GW_REDIS_URL_H
+
+#include <stddef.h>
+
+typedef struct gw_redis_url {
+    char host[256];
+    char password[256]; /* empty: none */
+    int port, db;
+} gw_redis_url_t;
+
+int gw_redis_url_parse(const char *url, gw_redis_url_t *out);
+
+#endif
