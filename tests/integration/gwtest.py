@@ -603,16 +603,16 @@ def run_gotthard(args, timeout=10.0, env=None, cwd=None):
     return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
-def self_signed_cert(cn="localhost"):
-    """A fresh self-signed certificate for 127.0.0.1/localhost: returns (cert_pem, key_pem) bytes.
-    Needs the openssl command."""
+def self_signed_cert(cn="localhost", san="DNS:localhost,IP:127.0.0.1"):
+    """A fresh self-signed certificate (by default for localhost and 127.0.0.1): returns
+    (cert_pem, key_pem) bytes. Needs the openssl command."""
     if not shutil.which("openssl"):
         skip("openssl command not available")
     d = tempfile.mkdtemp(prefix="gwtest-cert-")
     try:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                         "-nodes", "-days", "2", "-subj", "/CN=%s" % cn,
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-addext", "subjectAltName=%s" % san,
                         "-keyout", os.path.join(d, "key.pem"), "-out", os.path.join(d, "cert.pem")],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
         with open(os.path.join(d, "cert.pem"), "rb") as f:

@@ -85,28 +85,8 @@ def test_unverified_https_backend_is_refused():
         srv.shutdown()
 
 
-def _cert_for(name):
-    """A self-signed certificate naming only `name` (so that its chain verifies but the name
-    checked against another host does not)."""
-    import shutil
-    import subprocess
-    if not shutil.which("openssl"):
-        gwtest.skip("openssl command not available")
-    d = tempfile.mkdtemp(prefix="gwtest-cert-")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "2", "-subj", "/CN=%s" % name, "-addext", "subjectAltName=DNS:%s" % name,
-                    "-keyout", os.path.join(d, "key.pem"), "-out", os.path.join(d, "cert.pem")],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
-    with open(os.path.join(d, "cert.pem"), "rb") as f:
-        cert = f.read()
-    with open(os.path.join(d, "key.pem"), "rb") as f:
-        key = f.read()
-    shutil.rmtree(d, ignore_errors=True)
-    return cert, key
-
-
 def test_https_backend_name_mismatch_is_refused():
-    cert, key = _cert_for("elsewhere.example")
+    cert, key = gwtest.self_signed_cert("elsewhere.example", san="DNS:elsewhere.example")
     srv = _tls_backend(cert, key)
     _Backend.seen.clear()
     try:
