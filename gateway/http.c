@@ -312,6 +312,39 @@ const char *gw_http_reason(int status)
     }
 }
 
+static int is_ws(char ch)
+{
+    return ch == ' ' || ch == '\t';
+}
+
+int gw_http_credential(int is_authorization, const char *value, size_t len, const char **cred,
+                       size_t *cred_len)
+{
+    *cred = NULL;
+    *cred_len = 0;
+    if (!value) return -1;
+    size_t b = 0, e = len;
+    while (b < e && is_ws(value[b]))
+        b++;
+    while (e > b && is_ws(value[e - 1]))
+        e--;
+    if (is_authorization) {
+        static const char scheme[] = "bearer";
+        if (e - b < sizeof(scheme) || strncasecmp(value + b, scheme, sizeof(scheme) - 1) != 0 ||
+            !is_ws(value[b + sizeof(scheme) - 1]))
+            return -1;
+        b += sizeof(scheme) - 1;
+        while (b < e && is_ws(value[b]))
+            b++;
+    }
+    if (b == e) return -1;
+    for (size_t i = b; i < e; i++)
+        if ((unsigned char)value[i] < 0x21 || (unsigned char)value[i] > 0x7e) return -1;
+    *cred = value + b;
+    *cred_len = e - b;
+    return 0;
+}
+
 char *gw_put(char *p, const char *s, size_t n)
 {
     memcpy(p, s, n);

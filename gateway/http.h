@@ -75,6 +75,11 @@ const gw_header_t *gw_http_find(const gw_http_head_t *h, const char *name);
 const gw_header_t *gw_http_find_kind(const gw_http_head_t *h, int kind);
 const char *gw_http_reason(int status);
 
+/* The credential in an "Authorization: Bearer X" (is_authorization) or "api-key: X" value:
+ * visible ASCII only, surrounding white space trimmed. Returns 0, or -1 when there is none. */
+int gw_http_credential(int is_authorization, const char *value, size_t len, const char **cred,
+                       size_t *cred_len);
+
 /* Building heads in a buffer the caller sized: each returns the new end. */
 char *gw_put(char *p, const char *s, size_t n);
 char *gw_put_str(char *p, const char *s);

@@ -568,16 +568,11 @@ const char *gw_req_credential(const gw_req_t *cr, size_t *len)
         r->credential_done = 1;
         const char *v = NULL;
         size_t n = 0;
+        /* Authorization wins; api-key is read only when there is no Authorization at all. */
         const gw_header_t *h = gw_http_find_kind(&r->head, GW_H_AUTHORIZATION);
-        if (h && h->value_len > 7 && strncasecmp(h->value, "bearer ", 7) == 0) {
-            v = h->value + 7;
-            n = h->value_len - 7;
-            while (n && *v == ' ') v++, n--;
-        } else if (!h && (h = gw_http_find_kind(&r->head, GW_H_API_KEY))) {
-            v = h->value;
-            n = h->value_len;
-        }
-        if (v && n && n <= 8192 && !memchr(v, ' ', n) && !memchr(v, '\t', n))
+        int is_auth = h != NULL;
+        if (!h) h = gw_http_find_kind(&r->head, GW_H_API_KEY);
+        if (h && gw_http_credential(is_auth, h->value, h->value_len, &v, &n) == 0 && n <= 8192)
             r->credential = gw_arena_strndup(r->arena, v, n);
     }
     if (len) *len = r->credential ? strlen(r->credential) : 0;

@@ -101,7 +101,8 @@ const char *gw_req_credential(const gw_req_t *r, size_t *len);
 /* The request belongs to this tenant; -1 if the config has no such tenant. */
 int gw_req_set_tenant(gw_req_t *r, const char *tenant_id);
 const char *gw_req_tenant(const gw_req_t *r); /* NULL before (or without) authentication */
-/* Narrows the models this request may use (e.g. a JWT's models claim) within the tenant's. */
+/* Narrows the models this request may use (e.g. a JWT's models claim) within the tenant's;
+ * n == 0 allows none. Returns -1 when out of memory (fail the request). */
 int gw_req_narrow_models(gw_req_t *r, const char *const *models, size_t n);
 /* Why authentication failed, for the audit log and metrics (never for the client, which
  * always gets the same 401): a short reason such as "unknown_key" or "jwt_expired", and at

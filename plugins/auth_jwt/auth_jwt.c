@@ -13,8 +13,8 @@
  * No "jwt" key: the plugin stays off (*state NULL).
  *
  * request_headers:
- *   - no credential, or one that is not JWT-shaped (exactly two '.'): GW_CONTINUE, untouched
- *     (the API-key plugin's business);
+ *   - no credential, a tenant already set, or a credential with fewer than two '.': GW_CONTINUE,
+ *     untouched (the API-key plugin's business; it leaves everything with two dots or more here);
  *   - a valid token: the tenant is set from its tenant claim and the models narrowed by its
  *     "models" claim, GW_CONTINUE;
  *   - any failure: gw_req_auth_failed(r, reason, NULL) and GW_CONTINUE; the core answers the one
@@ -33,8 +33,8 @@ static void conf_err(void *arg, const char *path, const char *msg)
 static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state)
 {
     *state = NULL;
-    const cJSON *jwt = cJSON_IsObject(config) ? cJSON_GetObjectItemCaseSensitive(config, "jwt")
-                                              : NULL;
+    const cJSON *jwt =
+        cJSON_IsObject(config) ? cJSON_GetObjectItemCaseSensitive(config, "jwt") : NULL;
     if (!jwt) return 0;
     char where[256];
     snprintf(where, sizeof(where), "%s.jwt", path ? path : "$");
@@ -51,9 +51,10 @@ static void release(void *state)
 
 static int request_headers(gw_req_t *r, void *conf, void **ctx)
 {
+    (void)ctx;
     size_t len = 0;
     const char *cred = gw_req_credential(r, &len);
-    if (!conf || !cred || !gwjwt_is_jwt_shaped(cred, len)) return GW_CONTINUE;
+    if (!conf || !cred || gw_req_tenant(r) || !gwjwt_is_jwt_shaped(cred, len)) return GW_CONTINUE;
 
     gwjwt_result_t res;
     int rc = gwjwt_verify(conf, cred, len, time(NULL), &res);

@@ -1,4 +1,5 @@
-/* JWT verification for auth_jwt: the config entries and the token checks, pure and clock-injected. */
+/* JWT verification for auth_jwt: the config entries and the token checks, pure and clock-injected.
+ */
 #ifndef GWJWT_VERIFY_H
 #define GWJWT_VERIFY_H
 
@@ -10,6 +11,8 @@
 #define GWJWT_MAX_TOKEN 8192
 /* Shortest HMAC secret (bytes). */
 #define GWJWT_MIN_SECRET 32
+/* Longest decoded JOSE header accepted (bytes): it is parsed before the signature is checked. */
+#define GWJWT_MAX_HEADER 2048
 /* Longest tenant claim value accepted (bytes). */
 #define GWJWT_MAX_TENANT 256
 
@@ -33,6 +36,7 @@ typedef struct gwjwt_issuer {
     gwjwt_alg_t alg;
     unsigned char *key; /* PEM of the public key (RS/ES), or the secret's bytes (HS): secret */
     size_t key_len;
+    void *pkey_;   /* private: the parsed public key (EVP_PKEY), RS/ES */
     long leeway_s; /* 0..300, default 30 */
 } gwjwt_issuer_t;
 
@@ -78,25 +82,29 @@ void gwjwt_result_free(gwjwt_result_t *res);
 /* Why a token was refused. */
 enum {
     GWJWT_OK = 0,
-    GWJWT_E_MALFORMED = -1,      /* size, segments, base64url, JSON, duplicate keys, "crit" */
-    GWJWT_E_ALG = -2,            /* header "alg" missing or not the configured one ("none"...) */
-    GWJWT_E_SIGNATURE = -3,      /* the signature does not verify with the configured key */
-    GWJWT_E_EXPIRED = -4,        /* now > exp + leeway */
-    GWJWT_E_NOT_YET_VALID = -5,  /* now + leeway < nbf */
-    GWJWT_E_ISSUED_FUTURE = -6,  /* iat > now + leeway */
-    GWJWT_E_ISSUER = -7,         /* no "iss", or no entry for it */
-    GWJWT_E_AUDIENCE = -8,       /* "aud" missing or without our audience */
-    GWJWT_E_TENANT = -9,         /* the tenant claim is missing, empty, too long or not a string */
-    GWJWT_E_NO_EXP = -10,        /* "exp" missing or not a number */
-    GWJWT_E_CLAIM_TYPE = -11,    /* "nbf"/"iat" not numbers, "models" not an array of strings */
-    GWJWT_E_INTERNAL = -12,      /* out of memory or a library failure */
+    GWJWT_E_MALFORMED = -1,     /* size, segments, base64url, JSON, duplicate keys, "crit" */
+    GWJWT_E_ALG = -2,           /* header "alg" missing or not the configured one ("none"...) */
+    GWJWT_E_SIGNATURE = -3,     /* the signature does not verify with the configured key */
+    GWJWT_E_EXPIRED = -4,       /* now > exp + leeway */
+    GWJWT_E_NOT_YET_VALID = -5, /* now + leeway < nbf */
+    GWJWT_E_ISSUED_FUTURE = -6, /* iat > now + leeway */
+    GWJWT_E_ISSUER = -7,        /* no "iss", or no entry for it */
+    GWJWT_E_AUDIENCE = -8,      /* "aud" missing or without our audience */
+    GWJWT_E_TENANT = -9,        /* the tenant claim is missing, empty, too long or not a string */
+    GWJWT_E_NO_EXP = -10,       /* "exp" missing or not a number */
+    GWJWT_E_CLAIM_TYPE = -11,   /* "nbf"/"iat" not numbers, "models" not an array of strings */
+    GWJWT_E_INTERNAL = -12,     /* out of memory or a library failure */
 };
 
 /*
  * Verifies a compact JWS `token` of `len` bytes (need not be NUL-terminated) at time `now`.
- * Order: shape (size, three base64url segments, JSON objects without duplicate keys) →
- * issuer entry by "iss" → header "alg" equal to the entry's → signature (libjwt, with the
- * configured key and algorithm) → exp/nbf/iat with the entry's leeway → aud → tenant → models.
+ * Order: shape (size, three base64url segments, a header of at most GWJWT_MAX_HEADER bytes that
+ * is a JSON object without duplicate keys or "crit") → the signature, checked with the key of
+ * each entry configured for exactly the header's "alg" (never "none", never an alg from the
+ * token) → the payload (a JSON object, no duplicate keys) → the entry named by "iss", which
+ * must be one whose key signed → libjwt's jwt_decode with that key, and jwt_get_alg equal to
+ * the entry's (libjwt issue 33) → exp/nbf/iat with the entry's leeway → aud → tenant → models.
+ * Unauthenticated input thus costs at most a header parse and one signature check per entry.
  * Returns GWJWT_OK with *out filled (free it with gwjwt_result_free), or a GWJWT_E_* code with
  * *out empty. Nothing is fetched: jku, x5u, x5c, jwk and kid are ignored.
  */
@@ -106,7 +114,8 @@ int gwjwt_verify(const gwjwt_conf_t *c, const char *token, size_t len, time_t no
 /* The reason string for the audit log and metrics ("jwt_expired", ...). */
 const char *gwjwt_reason(int rc);
 
-/* 1 when a credential looks like a compact JWS (exactly two '.'), else 0. */
+/* 1 when a credential is JWT territory: two '.' or more (as auth_apikey leaves them; three or
+ * more are then refused as malformed by gwjwt_verify), else 0. */
 int gwjwt_is_jwt_shaped(const char *cred, size_t len);
 
 /*
@@ -117,7 +126,5 @@ int gwjwt_is_jwt_shaped(const char *cred, size_t len);
  * visible ASCII (0x21..0x7e). `is_authorization` picks the header. Returns 0 with *cred and
  * *cred_len pointing into `value`, or -1.
  */
-int gwjwt_credential_from_header(int is_authorization, const char *value, size_t len,
-                                 const char **cred, size_t *cred_len);
 
 #endif
