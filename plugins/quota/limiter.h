@@ -1,0 +1,147 @@
+/* The quota core: per-tenant (and per tenant+model) limits as pure, clock-injected C.
+ *
+ * Four limits per key, each optional (0 = unlimited):
+ *   requests_per_minute  GCRA over one minute, burst = the per-minute amount (or rpm_burst)
+ *   tokens_per_minute    GCRA over one minute, costs the request's token estimate
+ *   tokens_per_day       a budget that resets at 00:00 UTC
+ *   max_concurrent       requests admitted and not yet settled
+ *
+ * GCRA state is kept as a "debt" d (owed amount x 60000) and the time t it was computed at:
+ * d drains by L (the per-minute limit) per millisecond, and an amount c fits when
+ * d + c*60000 <= burst*60000. This is GCRA exactly (TAT = t + d/L), in integers that stay
+ * below 2^53, so the Redis scripts (Lua numbers are doubles) compute the same decisions
+ * bit for bit (scripts.h). Bound: in any window of W ms a key admits at most
+ * burst + L*W/60000 (+1) units; there is no double burst at a minute edge, but a fresh key
+ * saturated for a whole minute admits up to burst + L - 1 in that first minute, then L per
+ * minute.
+ *
+ * Rules common to both stores:
+ *   - A request needs room for max(est, 1) tokens in tpm and tpd.
+ *   - A request whose estimate exceeds a whole limit (est > tpm burst, est > tpd) is admitted
+ *     only when that limit is entirely unused, and charged in full (it never waits forever).
+ *   - Refused: insufficient_quota when any tpd refuses (retry: until 00:00 UTC); otherwise
+ *     rate_limit_exceeded for the refusing limit with the longest retry_after.
+ *   - Settlement adds actual - reserved to tpm (may exceed the burst: later requests wait)
+ *     and to tpd (only if still the same UTC day as the admission), and frees the slot.
+ *
+ * Thread safety: a limiter is built single-threaded (gq_limiter_new/set), then only read;
+ * each key's state has its own lock (4 bytes, spinning then yielding; one cache line per
+ * key). Keys with a tenant-level and a model-level part lock
+ * the tenant first. State is shared with the limiter a reload replaces (gq_limiter_new(prev)),
+ * so a reload neither resets nor leaks counts. A ticket must be settled on the limiter that
+ * admitted it, which must stay alive until then.
+ */
+#ifndef GQ_LIMITER_H
+#define GQ_LIMITER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define GQ_PERIOD_MS 60000
+#define GQ_DAY_MS 86400000LL
+#define GQ_MAX_LIMIT 10000000000LL /* any limit or burst; keeps every value below 2^53 */
+#define GQ_MAX_ID_LEN 128          /* tenant ids and model names */
+#define GQ_CONC_RETRY_MS 1000      /* retry_after for a concurrency refusal */
+
+typedef struct gq_limits {
+    int64_t rpm, rpm_burst; /* burst 0: = rpm */
+    int64_t tpm, tpm_burst; /* burst 0: = tpm */
+    int64_t tpd;
+    int64_t concurrent;
+} gq_limits_t;
+
+typedef enum { GQ_OK = 0, GQ_RPM = 1, GQ_TPM = 2, GQ_TPD = 3, GQ_CONC = 4 } gq_reason_t;
+
+/* "rate_limit_exceeded" (rpm, tpm, concurrency), "insufficient_quota" (tpd), or NULL. */
+const char *gq_reason_code(gq_reason_t why);
+/* A short label for metrics ({kind}): "requests", "tokens", "tokens_per_day", "concurrency". */
+const char *gq_reason_kind(gq_reason_t why);
+
+/* What the x-ratelimit-* headers need, merged over a key's levels (the tighter one wins).
+ * A *_limit of 0 means that limit is not configured (send no header for it). Resets are the
+ * durations until the limit is full again (tokens, requests) or until 00:00 UTC (day). */
+typedef struct gq_state {
+    int64_t req_limit, req_remaining, req_reset_ms;
+    int64_t tok_limit, tok_remaining, tok_reset_ms;
+    int64_t day_limit, day_remaining, day_reset_ms;
+    int64_t conc_limit, conc_in_use;
+} gq_state_t;
+
+typedef struct gq_decision {
+    int allowed;
+    gq_reason_t reason; /* GQ_OK when allowed */
+    int level;          /* refused by the tenant's limits (0) or the model override's (1) */
+    int64_t retry_after_ms;
+    int64_t now_ms;     /* the clock the decision used (Redis: the server's) */
+    gq_state_t state;   /* after the admission (or, refused, as it stands) */
+} gq_decision_t;
+
+typedef struct gq_key gq_key_t;
+
+/* What an admission took, to be given back to gq_settle (or gq_redis_settle_cmd). */
+typedef struct gq_ticket {
+    const gq_key_t *key;
+    int64_t reserved; /* tokens reserved */
+    int64_t day;      /* UTC day (days since the epoch) of the admission */
+    int slot_taken[2];
+    char slot[48]; /* Redis: the concurrency slot id */
+} gq_ticket_t;
+
+/* One level's raw figures; gq_state_merge turns them into a gq_state_t. */
+typedef struct gq_level_fig {
+    int64_t req_remaining, req_reset_ms;
+    int64_t tok_remaining, tok_reset_ms;
+    int64_t day_remaining;
+    int64_t conc_in_use;
+} gq_level_fig_t;
+
+void gq_state_merge(gq_state_t *s, int nlevels, const gq_limits_t *const lim[],
+                    const gq_level_fig_t fig[], int64_t now_ms);
+
+/* Durations as OpenAI writes them in x-ratelimit-reset-* (Go's time.Duration format at
+ * millisecond precision): "0s", "120ms", "1s", "1.5s", "6m0s", "1h2m3s". Returns the length
+ * (snprintf-like; a 32-byte buffer always suffices). */
+int gq_format_duration(char *buf, size_t cap, int64_t ms);
+/* retry-after in whole seconds (rounded up, at least 1 when ms > 0). */
+int64_t gq_retry_after_seconds(int64_t ms);
+int64_t gq_utc_day(int64_t now_ms);
+int64_t gq_until_utc_midnight(int64_t now_ms);
+
+/* 0 if the limits are valid (each in [0, GQ_MAX_LIMIT]), else -1 and *field names the bad
+ * one ("requests_per_minute", ...). */
+int gq_limits_check(const gq_limits_t *l, const char **field);
+
+/* The in-process limiter. */
+typedef struct gq_limiter gq_limiter_t;
+
+/* A new, empty limiter; with prev (the one a reload replaces; it must stay alive until the
+ * gq_limiter_set calls are done), keys that exist in both share their state. */
+gq_limiter_t *gq_limiter_new(const gq_limiter_t *prev);
+/* Limits for a tenant (model NULL) or a model override inside a tenant (its requests are held
+ * to both). Before the limiter is used only. -1: invalid limits or id, or out of memory. */
+int gq_limiter_set(gq_limiter_t *lim, const char *tenant, const char *model,
+                   const gq_limits_t *limits);
+void gq_limiter_free(gq_limiter_t *lim);
+
+/* The key a request is held to: the tenant's, or its override for this model. NULL when the
+ * tenant has no limits. Lock-free; the key lives as long as the limiter. */
+const gq_key_t *gq_find(const gq_limiter_t *lim, const char *tenant, const char *model);
+
+/* The levels of a key: [0] the tenant, [1] the model override if any. Returns 1 or 2. */
+typedef struct gq_level_info {
+    const char *tenant;
+    const char *model; /* NULL at the tenant level */
+    const gq_limits_t *limits;
+} gq_level_info_t;
+int gq_key_levels(const gq_key_t *key, gq_level_info_t out[2]);
+
+/* Admit a request estimated at est_tokens at time now_ms. Allowed: reserves the tokens and a
+ * concurrency slot, fills *t, returns 1. Refused: nothing is taken, returns 0. */
+int gq_admit(const gq_key_t *key, int64_t now_ms, int64_t est_tokens, gq_decision_t *d,
+             gq_ticket_t *t);
+/* Settle an admission: charge actual - reserved, free the slot. Exactly once per ticket. */
+void gq_settle(const gq_ticket_t *t, int64_t now_ms, int64_t actual_tokens);
+/* The key's state now, without taking anything. */
+void gq_state(const gq_key_t *key, int64_t now_ms, gq_state_t *s);
+
+#endif

@@ -1,0 +1,445 @@
+/* The Redis quota scripts (Lua) and the commands around them. The Lua mirrors limiter.c:
+ * same integers (all below 2^53, so exact in Lua's doubles), same order of checks, same
+ * choice of the reported limit; tests/unit/test_quota.c runs one scenario table on both. */
+#include "scripts.h"
+
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+/* Shared by the three scripts. fdiv/cdiv are floor/ceil of a/b, exact for a, b < 2^53. */
+static const char prelude[] =
+    "local P = " STR(GQ_PERIOD_MS) "\n"
+    "local DAY = 86400000\n"
+    "local DMAX = 4503599627370496\n"
+    "local MAXL = 10000000000\n"
+    "local MARGIN = 10000\n"
+    "local CONC_RETRY = " STR(GQ_CONC_RETRY_MS) "\n"
+    "local function fdiv(a, b)\n"
+    "  local q = math.floor(a / b)\n"
+    "  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end\n"
+    "  return q\n"
+    "end\n"
+    "local function cdiv(a, b) return fdiv(a + b - 1, b) end\n"
+    "local function clamp(v, lo, hi)\n"
+    "  if v < lo then return lo elseif v > hi then return hi end\n"
+    "  return v\n"
+    "end\n"
+    "local function fmt(n) return string.format('%d', n) end\n"
+    "local function clock(o)\n"
+    "  local now = tonumber(o)\n"
+    "  if now and now > 0 then return now end\n"
+    "  if redis.replicate_commands then redis.replicate_commands() end\n"
+    "  local t = redis.call('TIME')\n"
+    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "end\n"
+    "local function gload(key, now, L)\n"
+    "  local v = redis.call('HMGET', key, 'd', 't')\n"
+    "  local d, t = tonumber(v[1]) or 0, tonumber(v[2]) or now\n"
+    "  if d == 0 then t = now\n"
+    "  elseif now > t then\n"
+    "    local el = now - t\n"
+    "    if el >= cdiv(d, L) then d = 0 else d = d - el * L end\n"
+    "    t = now\n"
+    "  end\n"
+    "  return d, t\n"
+    "end\n"
+    "local function gsave(key, d, t, L)\n"
+    "  if d <= 0 then redis.call('DEL', key) return end\n"
+    "  redis.call('HSET', key, 'd', fmt(d), 't', fmt(t))\n"
+    "  redis.call('PEXPIRE', key, fmt(cdiv(d, L) + MARGIN))\n"
+    "end\n"
+    "local function gfits(d, L, B, c)\n"
+    "  local cap = B * P\n"
+    "  if c > B then\n"
+    "    if d == 0 then return true, 0 end\n"
+    "    return false, cdiv(d, L)\n"
+    "  end\n"
+    "  local need = d + math.max(c, 1) * P\n"
+    "  if need <= cap then return true, 0 end\n"
+    "  return false, cdiv(need - cap, L)\n"
+    "end\n"
+    "local function grem(d, B)\n"
+    "  local cap = B * P\n"
+    "  if d >= cap then return 0 end\n"
+    "  return fdiv(cap - d, P)\n"
+    "end\n"
+    "local function burst(l, b) if b > 0 then return b end return l end\n"
+    "local function zexpire(key, now)\n"
+    "  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')\n"
+    "  if last[2] then\n"
+    "    redis.call('PEXPIRE', key, fmt(math.max(tonumber(last[2]) - now, 0) + MARGIN))\n"
+    "  else\n"
+    "    redis.call('DEL', key)\n"
+    "  end\n"
+    "end\n";
+
+/* KEYS: rpm, tpm, tpd, conc per level (tenant, then the model override if any).
+ * ARGV: now_override, est, slot, lease_ms, then per level rpm, rpm_burst, tpm, tpm_burst, tpd,
+ * concurrent. Reply: allowed, reason, level, retry_after_ms, now_ms, day, then per level
+ * req_remaining, req_reset_ms, tok_remaining, tok_reset_ms, day_remaining, conc_in_use. */
+static const char admit_body[] =
+    "local now = clock(ARGV[1])\n"
+    "local est = clamp(tonumber(ARGV[2]), 0, MAXL)\n"
+    "local slot, lease = ARGV[3], tonumber(ARGV[4])\n"
+    "local n = #KEYS / 4\n"
+    "local day = fdiv(now, DAY)\n"
+    "local why, wlevel, retry = 0, 0, 0\n"
+    "local S = {}\n"
+    "for i = 1, n do\n"
+    "  local k, a = (i - 1) * 4, 4 + (i - 1) * 6\n"
+    "  local s = {rpm = tonumber(ARGV[a + 1]), tpm = tonumber(ARGV[a + 3]),\n"
+    "             tpd = tonumber(ARGV[a + 5]), conc = tonumber(ARGV[a + 6]),\n"
+    "             rd = 0, rt = now, td = 0, tt = now, day = day, used = 0, inuse = 0}\n"
+    "  s.rpb = burst(s.rpm, tonumber(ARGV[a + 2]))\n"
+    "  s.tpb = burst(s.tpm, tonumber(ARGV[a + 4]))\n"
+    "  S[i] = s\n"
+    "  for which = 0, 3 do\n"
+    "    local w, ok, r = 0, true, 0\n"
+    "    if which == 0 and s.rpm > 0 then\n"
+    "      s.rd, s.rt = gload(KEYS[k + 1], now, s.rpm)\n"
+    "      ok, r = gfits(s.rd, s.rpm, s.rpb, 1)\n"
+    "      if not ok then w = 1 end\n"
+    "    elseif which == 1 and s.tpm > 0 then\n"
+    "      s.td, s.tt = gload(KEYS[k + 2], now, s.tpm)\n"
+    "      ok, r = gfits(s.td, s.tpm, s.tpb, est)\n"
+    "      if not ok then w = 2 end\n"
+    "    elseif which == 2 and s.tpd > 0 then\n"
+    "      local v = redis.call('HMGET', KEYS[k + 3], 'day', 'used')\n"
+    "      local sday = tonumber(v[1])\n"
+    "      if sday and sday >= day then s.day, s.used = sday, tonumber(v[2]) or 0 end\n"
+    "      local fits\n"
+    "      if est > s.tpd then fits = s.used == 0 else fits = s.used + math.max(est, 1) <= s.tpd end\n"
+    "      if not fits then w = 3; r = (day + 1) * DAY - now end\n"
+    "    elseif which == 3 and s.conc > 0 then\n"
+    "      redis.call('ZREMRANGEBYSCORE', KEYS[k + 4], '-inf', fmt(now))\n"
+    "      s.inuse = redis.call('ZCARD', KEYS[k + 4])\n"
+    "      if s.inuse >= s.conc then w = 4; r = CONC_RETRY end\n"
+    "    end\n"
+    "    if w ~= 0 and why ~= 3 then\n"
+    "      if w == 3 or why == 0 or r > retry then why, wlevel, retry = w, i - 1, r end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if why == 0 then\n"
+    "  for i = 1, n do\n"
+    "    local s, k = S[i], (i - 1) * 4\n"
+    "    if s.rpm > 0 then s.rd = clamp(s.rd + P, 0, DMAX); gsave(KEYS[k + 1], s.rd, s.rt, s.rpm) end\n"
+    "    if s.tpm > 0 then s.td = clamp(s.td + est * P, 0, DMAX); gsave(KEYS[k + 2], s.td, s.tt, s.tpm) end\n"
+    "    if s.tpd > 0 then\n"
+    "      s.used = clamp(s.used + est, 0, DMAX)\n"
+    "      redis.call('HSET', KEYS[k + 3], 'day', fmt(s.day), 'used', fmt(s.used))\n"
+    "      redis.call('PEXPIRE', KEYS[k + 3], fmt((s.day + 1) * DAY - now + MARGIN))\n"
+    "    end\n"
+    "    if s.conc > 0 then\n"
+    "      redis.call('ZADD', KEYS[k + 4], fmt(now + lease), slot)\n"
+    "      s.inuse = s.inuse + 1\n"
+    "      zexpire(KEYS[k + 4], now)\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local out = {why == 0 and 1 or 0, why, wlevel, retry, now, day}\n"
+    "for i = 1, n do\n"
+    "  local s = S[i]\n"
+    "  local rr, rs, tr, ts, dr, ci = 0, 0, 0, 0, 0, 0\n"
+    "  if s.rpm > 0 then rr = grem(s.rd, s.rpb); rs = cdiv(s.rd, s.rpm) end\n"
+    "  if s.tpm > 0 then tr = grem(s.td, s.tpb); ts = cdiv(s.td, s.tpm) end\n"
+    "  if s.tpd > 0 then dr = math.max(s.tpd - s.used, 0) end\n"
+    "  if s.conc > 0 then ci = s.inuse end\n"
+    "  for _, x in ipairs({rr, rs, tr, ts, dr, ci}) do out[#out + 1] = x end\n"
+    "end\n"
+    "return out\n";
+
+/* KEYS as admit. ARGV: now_override, reserved, actual, day, slot, then the limits per level. */
+static const char settle_body[] =
+    "local now = clock(ARGV[1])\n"
+    "local reserved = tonumber(ARGV[2])\n"
+    "local actual = clamp(tonumber(ARGV[3]), 0, MAXL)\n"
+    "local tday, slot = tonumber(ARGV[4]), ARGV[5]\n"
+    "local diff = actual - reserved\n"
+    "for i = 1, #KEYS / 4 do\n"
+    "  local k, a = (i - 1) * 4, 5 + (i - 1) * 6\n"
+    "  local tpm, tpd, conc = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])\n"
+    "  if tpm > 0 and diff ~= 0 then\n"
+    "    local d, t = gload(KEYS[k + 2], now, tpm)\n"
+    "    gsave(KEYS[k + 2], clamp(d + diff * P, 0, DMAX), t, tpm)\n"
+    "  end\n"
+    "  if tpd > 0 and diff ~= 0 then\n"
+    "    local v = redis.call('HMGET', KEYS[k + 3], 'day', 'used')\n"
+    "    if tonumber(v[1]) == tday then\n"
+    "      redis.call('HSET', KEYS[k + 3], 'used', fmt(clamp((tonumber(v[2]) or 0) + diff, 0, DMAX)))\n"
+    "    end\n"
+    "  end\n"
+    "  if conc > 0 then\n"
+    "    redis.call('ZREM', KEYS[k + 4], slot)\n"
+    "    zexpire(KEYS[k + 4], now)\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: the conc keys. ARGV: now_override, slot, lease_ms. */
+static const char touch_body[] =
+    "local now = clock(ARGV[1])\n"
+    "local slot, lease = ARGV[2], tonumber(ARGV[3])\n"
+    "local held = 0\n"
+    "for i = 1, #KEYS do\n"
+    "  if redis.call('ZSCORE', KEYS[i], slot) then\n"
+    "    redis.call('ZADD', KEYS[i], 'XX', fmt(now + lease), slot)\n"
+    "    zexpire(KEYS[i], now)\n"
+    "    held = held + 1\n"
+    "  end\n"
+    "end\n"
+    "return held\n";
+
+_Static_assert(sizeof(admit_body) > sizeof(settle_body) && sizeof(admit_body) > sizeof(touch_body),
+               "sources[] is sized by the admit script");
+static char sources[GQ_SCRIPT_COUNT][sizeof(prelude) + sizeof(admit_body)];
+static char shas[GQ_SCRIPT_COUNT][41];
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void init_scripts(void)
+{
+    const char *bodies[GQ_SCRIPT_COUNT] = {admit_body, settle_body, touch_body};
+    for (int i = 0; i < GQ_SCRIPT_COUNT; i++) {
+        snprintf(sources[i], sizeof(sources[i]), "%s%s", prelude, bodies[i]);
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int mdlen = 0;
+        if (!EVP_Digest(sources[i], strlen(sources[i]), md, &mdlen, EVP_sha1(), NULL) ||
+            mdlen != 20) {
+            shas[i][0] = '\0';
+            continue;
+        }
+        for (unsigned j = 0; j < 20; j++) snprintf(&shas[i][2 * j], 3, "%02x", md[j]);
+    }
+}
+
+const char *gq_script_source(gq_script_t s)
+{
+    pthread_once(&once, init_scripts);
+    return s < GQ_SCRIPT_COUNT ? sources[s] : NULL;
+}
+
+const char *gq_script_sha(gq_script_t s)
+{
+    pthread_once(&once, init_scripts);
+    return s < GQ_SCRIPT_COUNT ? shas[s] : NULL;
+}
+
+static int encode(char *out, size_t cap, size_t *pos, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        int plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                    (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '~' || *p == '-';
+        if (*pos + (plain ? 1 : 3) >= cap) return -1;
+        if (plain) {
+            out[(*pos)++] = (char)*p;
+        } else {
+            out[(*pos)++] = '%';
+            out[(*pos)++] = hex[*p >> 4];
+            out[(*pos)++] = hex[*p & 15];
+        }
+    }
+    out[*pos] = '\0';
+    return 0;
+}
+
+static int append(char *out, size_t cap, size_t *pos, const char *s)
+{
+    size_t n = strlen(s);
+    if (*pos + n >= cap) return -1;
+    memcpy(out + *pos, s, n + 1);
+    *pos += n;
+    return 0;
+}
+
+int gq_redis_key(char *out, size_t cap, const char *tenant, const char *model, const char *suffix)
+{
+    size_t pos = 0;
+    if (!cap) return -1;
+    out[0] = '\0';
+    if (append(out, cap, &pos, "gotthard:q:{") || encode(out, cap, &pos, tenant) ||
+        append(out, cap, &pos, "}:"))
+        return -1;
+    if (model && (append(out, cap, &pos, "m:") || encode(out, cap, &pos, model) ||
+                  append(out, cap, &pos, ":")))
+        return -1;
+    if (append(out, cap, &pos, suffix)) return -1;
+    return (int)pos;
+}
+
+void gq_slot_id(char out[48], uint64_t instance, uint64_t seq)
+{
+    snprintf(out, 48, "%016llx:%llx", (unsigned long long)instance, (unsigned long long)seq);
+}
+
+static void cmd_init(gq_redis_cmd_t *c)
+{
+    c->argc = 0;
+    c->used = 0;
+}
+
+static int add_arg(gq_redis_cmd_t *c, const char *s, size_t n)
+{
+    if (c->argc >= GQ_REDIS_MAX_ARGV || c->used + n + 1 > sizeof(c->buf)) return -1;
+    memcpy(c->buf + c->used, s, n);
+    c->buf[c->used + n] = '\0';
+    c->argv[c->argc] = c->buf + c->used;
+    c->argvlen[c->argc] = n;
+    c->argc++;
+    c->used += n + 1;
+    return 0;
+}
+
+static int add_str(gq_redis_cmd_t *c, const char *s)
+{
+    return add_arg(c, s, strlen(s));
+}
+
+static int add_int(gq_redis_cmd_t *c, int64_t v)
+{
+    char b[24];
+    int n = snprintf(b, sizeof(b), "%lld", (long long)v);
+    return add_arg(c, b, (size_t)n);
+}
+
+static int add_keyarg(gq_redis_cmd_t *c, const gq_level_info_t *lv, const char *suffix)
+{
+    if (c->used >= sizeof(c->buf)) return -1;
+    int n = gq_redis_key(c->buf + c->used, sizeof(c->buf) - c->used, lv->tenant, lv->model,
+                         suffix);
+    if (n < 0 || c->argc >= GQ_REDIS_MAX_ARGV) return -1;
+    c->argv[c->argc] = c->buf + c->used;
+    c->argvlen[c->argc] = (size_t)n;
+    c->argc++;
+    c->used += (size_t)n + 1;
+    return 0;
+}
+
+/* EVALSHA sha numkeys <4 keys per level> */
+static int evalsha_head(gq_redis_cmd_t *c, gq_script_t s, const gq_level_info_t lv[], int n)
+{
+    static const char *const suffixes[] = {"rpm", "tpm", "tpd", "conc"};
+    cmd_init(c);
+    if (add_str(c, "EVALSHA") || add_str(c, gq_script_sha(s)) || add_int(c, 4 * n)) return -1;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < 4; j++)
+            if (add_keyarg(c, &lv[i], suffixes[j])) return -1;
+    return 0;
+}
+
+static int add_limits(gq_redis_cmd_t *c, const gq_level_info_t lv[], int n)
+{
+    for (int i = 0; i < n; i++) {
+        const gq_limits_t *l = lv[i].limits;
+        if (add_int(c, l->rpm) || add_int(c, l->rpm_burst) || add_int(c, l->tpm) ||
+            add_int(c, l->tpm_burst) || add_int(c, l->tpd) || add_int(c, l->concurrent))
+            return -1;
+    }
+    return 0;
+}
+
+static int64_t clamp_tokens(int64_t v)
+{
+    return v < 0 ? 0 : v > GQ_MAX_LIMIT ? GQ_MAX_LIMIT : v;
+}
+
+int gq_redis_admit_cmd(gq_redis_cmd_t *c, const gq_key_t *key, int64_t est, const char *slot,
+                       int64_t lease_ms, int64_t now_override)
+{
+    gq_level_info_t lv[2];
+    int n = gq_key_levels(key, lv);
+    if (evalsha_head(c, GQ_SCRIPT_ADMIT, lv, n) || add_int(c, now_override) ||
+        add_int(c, clamp_tokens(est)) || add_str(c, slot ? slot : "") ||
+        add_int(c, lease_ms > 0 ? lease_ms : 1) || add_limits(c, lv, n))
+        return -1;
+    return 0;
+}
+
+int gq_redis_settle_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t actual,
+                        int64_t now_override)
+{
+    gq_level_info_t lv[2];
+    int n = gq_key_levels(t->key, lv);
+    if (evalsha_head(c, GQ_SCRIPT_SETTLE, lv, n) || add_int(c, now_override) ||
+        add_int(c, t->reserved) || add_int(c, clamp_tokens(actual)) || add_int(c, t->day) ||
+        add_str(c, t->slot) || add_limits(c, lv, n))
+        return -1;
+    return 0;
+}
+
+int gq_redis_touch_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t lease_ms,
+                       int64_t now_override)
+{
+    gq_level_info_t lv[2];
+    int n = gq_key_levels(t->key, lv), nk = 0;
+    for (int i = 0; i < n; i++) nk += lv[i].limits->concurrent != 0;
+    cmd_init(c);
+    if (add_str(c, "EVALSHA") || add_str(c, gq_script_sha(GQ_SCRIPT_TOUCH)) || add_int(c, nk))
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (lv[i].limits->concurrent && add_keyarg(c, &lv[i], "conc")) return -1;
+    if (add_int(c, now_override) || add_str(c, t->slot) || add_int(c, lease_ms > 0 ? lease_ms : 1))
+        return -1;
+    return 0;
+}
+
+int gq_redis_load_cmd(gq_redis_cmd_t *c, gq_script_t s)
+{
+    const char *src = gq_script_source(s);
+    cmd_init(c);
+    if (!src || add_str(c, "SCRIPT") || add_str(c, "LOAD")) return -1;
+    /* The source is static: point at it rather than copying it into buf. */
+    if (c->argc >= GQ_REDIS_MAX_ARGV) return -1;
+    c->argv[c->argc] = src;
+    c->argvlen[c->argc] = strlen(src);
+    c->argc++;
+    return 0;
+}
+
+int gq_redis_is_noscript(const struct redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+int gq_redis_admit_parse(const struct redisReply *r, const gq_key_t *key, int64_t est,
+                         const char *slot, gq_decision_t *d, gq_ticket_t *t)
+{
+    gq_level_info_t lv[2];
+    int n = gq_key_levels(key, lv);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)(6 + 6 * n)) return -1;
+    int64_t v[18];
+    for (size_t i = 0; i < r->elements; i++) {
+        if (r->element[i]->type != REDIS_REPLY_INTEGER) return -1;
+        v[i] = r->element[i]->integer;
+    }
+    if (v[1] < GQ_OK || v[1] > GQ_CONC || v[2] < 0 || v[2] >= n) return -1;
+    gq_level_fig_t fig[2];
+    const gq_limits_t *lims[2] = {lv[0].limits, n > 1 ? lv[1].limits : NULL};
+    for (int i = 0; i < n; i++) {
+        const int64_t *f = &v[6 + 6 * i];
+        fig[i] = (gq_level_fig_t){f[0], f[1], f[2], f[3], f[4], f[5]};
+    }
+    memset(d, 0, sizeof(*d));
+    d->allowed = v[0] == 1;
+    d->reason = (gq_reason_t)v[1];
+    d->level = (int)v[2];
+    d->retry_after_ms = v[3];
+    d->now_ms = v[4];
+    gq_state_merge(&d->state, n, lims, fig, v[4]);
+    if (!d->allowed) return 0;
+    if (t) {
+        memset(t, 0, sizeof(*t));
+        t->key = key;
+        t->reserved = clamp_tokens(est);
+        t->day = v[5];
+        for (int i = 0; i < n; i++) t->slot_taken[i] = lv[i].limits->concurrent != 0;
+        snprintf(t->slot, sizeof(t->slot), "%s", slot ? slot : "");
+    }
+    return 1;
+}
