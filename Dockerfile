@@ -12,7 +12,7 @@ COPY plugins plugins
 COPY tools tools
 COPY tests tests
 RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DGW_WERROR=ON \
-    && cmake --build build -j"$(nproc)" --target gotthard gotthard-mock-backend gw_example
+    && cmake --build build -j"$(nproc)" --target gotthard gotthard-keygen gotthard-mock-backend gw_example
 
 FROM debian:12-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
@@ -22,6 +22,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --no-create-home --shell /usr/sbin/nologin gotthard
 COPY --from=build /src/build/gateway/gotthard /usr/local/bin/gotthard
+COPY --from=build /src/build/tools/keygen/gotthard-keygen /usr/local/bin/gotthard-keygen
 COPY --from=build /src/build/tools/mock_backend/gotthard-mock-backend /usr/local/bin/gotthard-mock-backend
 COPY --from=build /src/build/plugins/example/gw_example.so /usr/local/lib/gotthard/gw_example.so
 COPY conf /etc/gotthard
