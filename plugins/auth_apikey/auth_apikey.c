@@ -5,6 +5,7 @@
 #include <hiredis/hiredis.h>
 #include <time.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -33,6 +34,7 @@ typedef struct apikey_conf {
     size_t cap, n;
     int redis;
     long cache_ms;
+    EVP_MD *sha256; /* fetched once: the one-shot SHA256() looks it up on every call */
 } apikey_conf_t;
 
 /* The per-worker cache of Redis answers: positive (a tenant) and negative (no such key). */
@@ -95,11 +97,12 @@ static void release(void *state)
 {
     apikey_conf_t *c = state;
     if (!c) return;
-    for (size_t i = 0; i < c->cap; i++) {
+    for (size_t i = 0; c->slots && i < c->cap; i++) {
         free(c->slots[i].tenant);
         free(c->slots[i].id);
     }
     free(c->slots);
+    EVP_MD_free(c->sha256);
     free(c);
 }
 
@@ -183,8 +186,9 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     c->cap = 16;
     while (c->cap < total * 2) c->cap *= 2;
     c->slots = calloc(c->cap, sizeof(*c->slots));
-    if (!c->slots) {
-        free(c);
+    c->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (!c->slots || !c->sha256) {
+        release(c);
         return -1;
     }
     c->redis = redis;
@@ -362,7 +366,7 @@ static int request_headers(gw_req_t *r, void *conf, void **ctx)
     const char *dot = memchr(key, '.', len);
     if (dot && memchr(dot + 1, '.', len - (size_t)(dot + 1 - key))) return GW_CONTINUE; /* a JWT */
     unsigned char d[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)key, len, d);
+    if (EVP_Digest(key, len, d, NULL, c->sha256, NULL) != 1) return GW_ERROR;
     const key_entry_t *e = find(c, d);
     if (e) {
         if (gw_req_set_tenant(r, e->tenant) < 0) gw_req_auth_failed(r, "unknown_tenant", e->id);

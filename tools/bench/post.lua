@@ -1,8 +1,14 @@
 -- wrk script for tools/bench: POST a small chat completion and print a
 -- machine-readable summary line (latencies in microseconds).
+-- With BENCH_AUTH_KEY set (bench --auth), every request carries
+-- "Authorization: Bearer <key>".
 wrk.method = "POST"
 wrk.body   = '{"model":"bench-model","messages":[{"role":"user","content":"hello"}]}'
 wrk.headers["Content-Type"] = "application/json"
+local auth_key = os.getenv("BENCH_AUTH_KEY")
+if auth_key and auth_key ~= "" then
+   wrk.headers["Authorization"] = "Bearer " .. auth_key
+end
 
 function done(summary, latency, requests)
    local e = summary.errors
