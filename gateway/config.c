@@ -97,6 +97,7 @@ static const gw_conf_key_t tenant_keys[] = {
     {"id", GW_CT_STR, offsetof(gw_tenant_t, id), .max = 128, .flags = GW_CK_REQUIRED},
     {"models", GW_CT_STRS, offsetof(gw_tenant_t, models), 1, 10000, GW_CK_REQUIRED},
     {"api_keys", GW_CT_FN, offsetof(gw_tenant_t, api_keys), .fn = load_node},
+    {"limits", GW_CT_FN, offsetof(gw_tenant_t, limits), .fn = load_node},
     {NULL},
 };
 static const gw_conf_obj_t tenant_obj = {sizeof(gw_tenant_t), tenant_keys, NULL};

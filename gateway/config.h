@@ -52,6 +52,7 @@ typedef struct gw_tenant {
     gw_conf_list_t models; /* char *; "*" is every model */
     int all_models;
     const cJSON *api_keys; /* read by the auth_apikey plugin */
+    const cJSON *limits;   /* read by the quota plugin */
 } gw_tenant_t;
 
 typedef struct gw_plugin_inst {

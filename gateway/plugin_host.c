@@ -5,7 +5,7 @@
 #include <string.h>
 
 /* Built-in plugins, in request order: authentication first. */
-extern const gw_plugin_t gw_plugin_auth_apikey;
+extern const gw_plugin_t gw_plugin_auth_apikey, gw_plugin_quota;
 #ifdef GW_HAVE_AUTH_JWT
 extern const gw_plugin_t gw_plugin_auth_jwt;
 #endif
@@ -14,6 +14,7 @@ static const gw_plugin_t *const builtins[] = {
 #ifdef GW_HAVE_AUTH_JWT
     &gw_plugin_auth_jwt,
 #endif
+    &gw_plugin_quota,
     NULL,
 };
 

@@ -481,6 +481,7 @@ void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out)
 const char *gw_req_id(const gw_req_t *r) { return r->id; }
 const char *gw_req_path(const gw_req_t *r) { return r->path; }
 const cJSON *gw_req_json(const gw_req_t *r) { return r->json; }
+size_t gw_req_body_length(const gw_req_t *r) { return evbuffer_get_length(r->body); }
 const char *gw_req_model(const gw_req_t *r) { return r->model; }
 int gw_req_is_stream(const gw_req_t *r) { return r->stream; }
 int gw_req_status(const gw_req_t *r) { return r->status; }

@@ -76,6 +76,7 @@ const char *gw_req_method(const gw_req_t *r);
 const char *gw_req_path(const gw_req_t *r);
 const char *gw_req_header(const gw_req_t *r, const char *name, size_t *len);
 const cJSON *gw_req_json(const gw_req_t *r); /* NULL before request_body or without a body */
+size_t gw_req_body_length(const gw_req_t *r); /* bytes of the request body as received */
 const char *gw_req_model(const gw_req_t *r);
 int gw_req_is_stream(const gw_req_t *r);
 int gw_req_status(const gw_req_t *r); /* the status answered, for log; 0 before */
