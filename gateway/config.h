@@ -96,6 +96,7 @@ typedef struct gw_config {
     /* derived */
     gw_plugin_inst_t *plugins;
     size_t nplugins;
+    int want_usage; /* a plugin reads the answers' usage */
     gw_backend_t **backends;
     size_t nbackends;
     char *models_json; /* the body of GET /v1/models */

@@ -67,6 +67,7 @@ int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c)
             rc = -1;
         }
     }
+    for (size_t i = 0; i < c->nplugins; i++) c->want_usage |= c->plugins[i].plugin->wants_usage;
     return rc;
 }
 

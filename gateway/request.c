@@ -199,6 +199,7 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
 void gw_req_free(gw_req_t *r)
 {
     if (r->up) gw_upstream_abort(r);
+    if (r->resp_copy) evbuffer_free(r->resp_copy);
     gw_sse_release(&r->sse_framer);
     if (r->json) cJSON_Delete(r->json);
     gw_config_t *cfg = r->cfg;
@@ -605,4 +606,28 @@ void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint)
 {
     r->auth_reason = reason ? gw_arena_strdup(r->arena, reason) : NULL;
     r->auth_hint = key_hint ? gw_arena_strdup(r->arena, key_hint) : NULL;
+}
+
+/* ---- usage ---- */
+
+void gw_req_take_usage(gw_req_t *r, const char *text, size_t len)
+{
+    const cJSON *json = gw_json_parse(r->arena, text, len, NULL);
+    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(json, "usage");
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
+    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
+    if (cJSON_IsNumber(pt) && pt->valuedouble >= 0 && pt->valuedouble < 1e12) {
+        r->usage_prompt = (int64_t)pt->valuedouble;
+        r->usage_completion =
+            cJSON_IsNumber(ct) && ct->valuedouble >= 0 && ct->valuedouble < 1e12 ? (int64_t)ct->valuedouble : 0;
+        r->usage_known = 1;
+    }
+}
+
+int gw_req_usage(const gw_req_t *r, int64_t *prompt_tokens, int64_t *completion_tokens)
+{
+    if (!r->usage_known) return 0;
+    if (prompt_tokens) *prompt_tokens = r->usage_prompt;
+    if (completion_tokens) *completion_tokens = r->usage_completion;
+    return 1;
 }

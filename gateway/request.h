@@ -42,12 +42,15 @@ struct gw_req {
     size_t nnarrow;
     const char *auth_reason, *auth_hint;
     char *credential; /* extracted once, NUL-terminated, in the arena */
+    struct evbuffer *resp_copy; /* a JSON answer kept for its usage (cfg->want_usage) */
+    int64_t usage_prompt, usage_completion;
     int status;
     const char *code;
     int attempts;
     uint64_t start_us;
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
-        json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1;
+        json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1,
+        usage_known : 1;
     gw_sse_t sse_framer;
 };
 
@@ -72,5 +75,7 @@ int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len);
 /* Appends the extra headers of every answer (x-request-id, plugin headers). */
 void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out);
 uint64_t gw_now_us(void);
+/* Reads "usage" from an answer's JSON text (a whole body, or one event's data). */
+void gw_req_take_usage(gw_req_t *r, const char *json, size_t len);
 
 #endif

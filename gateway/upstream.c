@@ -375,12 +375,30 @@ static void client_write(gw_req_t *r, const char *p, size_t n)
     }
 }
 
+#define MAX_USAGE_COPY (1u << 20)
+
 static int on_event(void *arg, const char *ev, size_t len)
 {
     gw_req_t *r = arg;
+    if (r->cfg->want_usage && memmem(ev, len, "\"usage\"", 7)) {
+        const char *data = memmem(ev, len, "data:", 5);
+        if (data) gw_req_take_usage(r, data + 5, len - (size_t)(data + 5 - ev));
+    }
     if (gw_req_run_response_event(r, ev, len) == GW_DROP) return 0;
     client_write(r, ev, len);
     return 0;
+}
+
+/* A JSON answer is kept (up to 1 MiB) when a plugin wants its usage. */
+static void keep_for_usage(gw_req_t *r, const char *p, size_t n)
+{
+    if (!r->resp_copy) return;
+    if (evbuffer_get_length(r->resp_copy) + n > MAX_USAGE_COPY) {
+        evbuffer_free(r->resp_copy);
+        r->resp_copy = NULL;
+        return;
+    }
+    evbuffer_add(r->resp_copy, p, n);
 }
 
 static void on_data(void *arg, const char *p, size_t n)
@@ -389,6 +407,7 @@ static void on_data(void *arg, const char *p, size_t n)
     if (r->sse) {
         if (gw_sse_feed(&r->sse_framer, p, n, on_event, r) < 0) r->code = "upstream_error";
     } else {
+        keep_for_usage(r, p, n);
         client_write(r, p, n);
     }
 }
@@ -428,6 +447,10 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
 
         const gw_header_t *ct = gw_http_find_kind(&h, GW_H_CONTENT_TYPE);
         r->sse = ct && ct->value_len >= 17 && strncasecmp(ct->value, "text/event-stream", 17) == 0;
+        if (r->cfg->want_usage && !r->sse && h.status == 200 && ct && ct->value_len >= 16 &&
+            strncasecmp(ct->value, "application/json", 16) == 0 &&
+            (u->framing != F_LENGTH || u->remaining <= (int64_t)MAX_USAGE_COPY))
+            r->resp_copy = evbuffer_new();
         r->status = h.status;
         if (gw_req_run_response_headers(r) != GW_CONTINUE) return -1;
         int length_known = u->framing == F_NONE || (u->framing == F_LENGTH && !r->sse);
@@ -481,6 +504,20 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
         if (!r->sse) {
             size_t have = evbuffer_get_length(in);
             size_t n = have < (size_t)u->remaining ? have : (size_t)u->remaining;
+            if (r->resp_copy) {
+                struct evbuffer_iovec vs[8];
+                int nv = evbuffer_peek(in, (ssize_t)n, NULL, vs, 8);
+                size_t left = n;
+                for (int i = 0; i < nv && i < 8 && left; i++) {
+                    size_t take = vs[i].iov_len < left ? vs[i].iov_len : left;
+                    keep_for_usage(r, vs[i].iov_base, take);
+                    left -= take;
+                }
+                if (left && r->resp_copy) { /* more pieces than peeked: give up on usage */
+                    evbuffer_free(r->resp_copy);
+                    r->resp_copy = NULL;
+                }
+            }
             evbuffer_remove_buffer(in, gw_io_out(r->conn->io), n);
             u->remaining -= (int64_t)n;
             return u->remaining == 0;
@@ -512,6 +549,12 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
 
 static void complete(gw_req_t *r, gw_upconn_t *u)
 {
+    if (r->resp_copy) {
+        size_t n = evbuffer_get_length(r->resp_copy);
+        gw_req_take_usage(r, (const char *)evbuffer_pullup(r->resp_copy, -1), n);
+        evbuffer_free(r->resp_copy);
+        r->resp_copy = NULL;
+    }
     if (r->sse) {
         gw_sse_finish(&r->sse_framer, on_event, r);
         if (r->sse_framer.len) client_write(r, r->sse_framer.buf, r->sse_framer.len);

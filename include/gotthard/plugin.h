@@ -61,6 +61,9 @@ typedef struct gw_plugin {
     int (*response_headers)(gw_req_t *r, void *conf, void **ctx);
     int (*response_event)(gw_req_t *r, void *conf, void **ctx, const char *event, size_t len);
     void (*log)(gw_req_t *r, void *conf, void **ctx);
+
+    /* Set when the plugin reads gw_req_usage: the core then reads the usage of answers. */
+    int wants_usage;
 } gw_plugin_t;
 
 /* An external plugin (.so) exports its table under this name. */
@@ -81,6 +84,9 @@ const char *gw_req_model(const gw_req_t *r);
 int gw_req_is_stream(const gw_req_t *r);
 int gw_req_status(const gw_req_t *r); /* the status answered, for log; 0 before */
 int gw_req_aborted(const gw_req_t *r);
+/* The backend's usage (a JSON answer's, or a stream's usage chunk): 1 when it gave one.
+ * Read only for plugins with wants_usage. */
+int gw_req_usage(const gw_req_t *r, int64_t *prompt_tokens, int64_t *completion_tokens);
 struct event_base *gw_req_base(gw_req_t *r);
 
 /* Memory that lives as long as the request. */

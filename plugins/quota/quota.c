@@ -21,7 +21,7 @@
  * Tokens: admission reserves an estimate (request body bytes / 4, plus max_tokens or
  * DEFAULT_COMPLETION); the answer's usage settles it. For streams the backend is asked for
  * stream_options.include_usage, and that extra chunk is removed when the client did not
- * ask for it. Without usage from the backend the estimate stands.
+ * ask for it; JSON answers carry theirs. Without usage from the backend the estimate stands.
  */
 #define DEFAULT_COMPLETION 256
 
@@ -31,8 +31,8 @@ typedef struct quota_conf {
 
 typedef struct quota_ctx {
     gq_ticket_t ticket;
-    int admitted, injected_usage, have_usage;
-    int64_t est, actual;
+    int admitted, injected_usage;
+    int64_t est;
 } quota_ctx_t;
 
 static int64_t now_ms(void)
@@ -245,27 +245,20 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     return GW_CONTINUE;
 }
 
-/* The usage of a stream, from its usage chunk. */
+/* Removes the usage chunk the gateway asked for and the client did not (the core has
+ * already read its usage). */
 static int response_event(gw_req_t *r, void *conf, void **ctx, const char *ev, size_t len)
 {
     quota_ctx_t *q = *ctx;
-    if (!q || !q->admitted || !memmem(ev, len, "\"usage\"", 7)) return GW_CONTINUE;
+    if (!q || !q->injected_usage || !memmem(ev, len, "\"usage\"", 7)) return GW_CONTINUE;
     const char *data = memmem(ev, len, "data:", 5);
     if (!data) return GW_CONTINUE;
     data += 5;
-    const cJSON *json = cJSON_ParseWithLength(data, len - (size_t)(data - ev));
-    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(json, "usage");
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
-    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
+    cJSON *json = cJSON_ParseWithLength(data, len - (size_t)(data - ev));
     const cJSON *choices = cJSON_GetObjectItemCaseSensitive(json, "choices");
-    int drop = 0;
-    if (cJSON_IsNumber(pt) && cJSON_IsNumber(ct) && pt->valuedouble >= 0 && ct->valuedouble >= 0) {
-        q->actual = (int64_t)pt->valuedouble + (int64_t)ct->valuedouble;
-        q->have_usage = 1;
-        /* The chunk the client did not ask for carries nothing else. */
-        drop = q->injected_usage && cJSON_IsArray(choices) && cJSON_GetArraySize(choices) == 0;
-    }
-    cJSON_Delete((cJSON *)json);
+    int drop = cJSON_IsArray(choices) && cJSON_GetArraySize(choices) == 0 &&
+               cJSON_GetObjectItemCaseSensitive(json, "usage");
+    cJSON_Delete(json);
     return drop ? GW_DROP : GW_CONTINUE;
 }
 
@@ -273,7 +266,8 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
 {
     quota_ctx_t *q = *ctx;
     if (!q || !q->admitted) return;
-    gq_settle(&q->ticket, now_ms(), q->have_usage ? q->actual : q->est);
+    int64_t p, c;
+    gq_settle(&q->ticket, now_ms(), gw_req_usage(r, &p, &c) ? p + c : q->est);
 }
 
 static const char *const config_keys[] = {NULL};
@@ -287,4 +281,5 @@ const gw_plugin_t gw_plugin_quota = {
     .request_body = request_body,
     .response_event = response_event,
     .log = log_hook,
+    .wants_usage = 1,
 };

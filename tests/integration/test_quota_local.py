@@ -127,6 +127,23 @@ def test_stream_usage_is_asked_for_and_removed():
     assert any("usage" in c and not c.get("choices") for c in chunks), "the usage chunk the client asked for is gone"
 
 
+def test_settled_with_real_usage():
+    """A request reserves its estimate (max_tokens 600 here); the answer's usage (about 20
+    tokens from the mock) settles it, so a second such request fits in 1000 tokens a minute.
+    If the estimate stood, the second would be refused."""
+    mock = Mock()
+    gw = Gateway(config(mock, {"tokens_per_minute": 1000}))
+    for stream in (False, True):
+        r1 = chat(gw, max_tokens=600, stream=stream)
+        assert r1.status == 200, r1.describe()
+        r2 = chat(gw, max_tokens=600, stream=stream)
+        assert r2.status == 200, "stream=%s: the first request was charged its estimate, not its usage: %s" % (
+            stream, r2.describe())
+        remaining = int(r2.header("x-ratelimit-remaining-tokens"))
+        assert remaining < 1000 - 600, r2.describe()
+        time.sleep(1.3)  # let the minute's GCRA give the second request's tokens back
+
+
 def test_no_limits_no_headers():
     mock = Mock()
     cfg = config(mock, {"requests_per_minute": 5})
