@@ -61,8 +61,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
     pending_t *p = priv;
     if (!p) return;
-    redisReply *rr = reply;
-    answer(p, rr && rr->type != REDIS_REPLY_ERROR ? rr : NULL);
+    answer(p, reply); /* an error reply too: the caller may act on it (NOSCRIPT) */
     p->replied = 1;
     pending_free(p);
 }
@@ -215,4 +214,11 @@ int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **
     struct timeval tv = {rd->timeout_ms / 1000, (rd->timeout_ms % 1000) * 1000};
     evtimer_add(p->timer, &tv);
     return 0;
+}
+
+int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *argvlen)
+{
+    gw_redis_t *rd = r->w->redis;
+    if (!rd || !rd->connected || !rd->ac) return -1;
+    return redisAsyncCommandArgv(rd->ac, NULL, NULL, argc, argv, argvlen) == REDIS_OK ? 0 : -1;
 }

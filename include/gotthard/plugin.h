@@ -117,13 +117,16 @@ int gw_req_narrow_models(gw_req_t *r, const char *const *models, size_t n);
 void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint);
 
 /* The shared store (the config's "redis"), for plugins that keep state across instances.
- * Sends one command; cb runs exactly once on the worker's loop with the reply, or with NULL
- * when Redis answered an error, did not answer within redis.timeout_ms, or the connection
- * failed. Returns -1 (and cb never runs) when Redis is not configured or not connected. */
+ * Sends one command; cb runs exactly once on the worker's loop with the reply (possibly an
+ * error reply: check its type), or with NULL when Redis did not answer within
+ * redis.timeout_ms or the connection failed. Returns -1 (and cb never runs) when Redis is
+ * not configured or not connected. */
 struct redisReply;
 typedef void (*gw_redis_cb)(gw_req_t *r, const struct redisReply *reply, void *arg);
 int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **argv,
                  const size_t *argvlen);
+/* Sends one command whose answer nobody waits for (it may outlive the request). */
+int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *argvlen);
 
 /* The audit log: one JSON line {"ts", "event", fields...}. Fields are NULL-terminated name,
  * value pairs of metadata: never request content, credentials or client addresses. */

@@ -6,7 +6,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <hiredis/hiredis.h>
+#include <stdatomic.h>
+#include <sys/random.h>
+
 #include "limiter.h"
+#include "scripts.h"
 
 /*
  * config (inside each tenant):
@@ -15,8 +20,10 @@
  *              "models": {"llama-3-8b": {"requests_per_minute": 60}}}
  * A model override holds that model's requests to both its limits and the tenant's.
  *
- * This version keeps the counts in the process (one instance, or per instance): the Redis
- * scripts with the same rules (scripts.h) are not wired in yet.
+ * Without "redis" the counts live in the process. With it, every admission and settlement
+ * is one EVALSHA (scripts.h) on the worker's Redis connection, so every instance shares them
+ * exactly; when Redis does not answer, redis.on_unavailable decides: "reject" answers 503
+ * quota_unavailable, "local" falls back to the in-process counts.
  *
  * Tokens: admission reserves an estimate (request body bytes / 4, plus max_tokens or
  * DEFAULT_COMPLETION); the answer's usage settles it. For streams the backend is asked for
@@ -24,16 +31,24 @@
  * ask for it; JSON answers carry theirs. Without usage from the backend the estimate stands.
  */
 #define DEFAULT_COMPLETION 256
+#define SLOT_LEASE_MS (15 * 60 * 1000) /* a concurrency slot outlives a dead gateway this long */
 
 typedef struct quota_conf {
     gq_limiter_t *lim;
+    int redis, fallback_local;
 } quota_conf_t;
 
 typedef struct quota_ctx {
     gq_ticket_t ticket;
-    int admitted, injected_usage;
+    const gq_key_t *key;
+    int admitted, injected_usage, in_redis, retried;
     int64_t est;
+    char slot[48];
+    gq_redis_cmd_t *cmd;
 } quota_ctx_t;
+
+static uint64_t instance_id;
+static atomic_uint_fast64_t slot_seq;
 
 static int64_t now_ms(void)
 {
@@ -148,6 +163,14 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         release(c);
         return -1;
     }
+    const cJSON *redis = cJSON_GetObjectItemCaseSensitive(root, "redis");
+    if (c && redis) {
+        const cJSON *ou = cJSON_GetObjectItemCaseSensitive(redis, "on_unavailable");
+        c->redis = 1;
+        c->fallback_local = cJSON_IsString(ou) && strcmp(ou->valuestring, "local") == 0;
+        if (!instance_id && getrandom(&instance_id, sizeof(instance_id), 0) != sizeof(instance_id))
+            instance_id = (uint64_t)time(NULL);
+    }
     *state = c;
     return 0;
 }
@@ -218,6 +241,83 @@ static int ask_for_usage(gw_req_t *r, quota_ctx_t *q)
     return 0;
 }
 
+/* A decision, from either store, turned into headers, a 429, or going on. */
+static int decided(gw_req_t *r, quota_ctx_t *q, int allowed, const gq_decision_t *d)
+{
+    add_headers(r, &d->state);
+    if (!allowed) {
+        add_int_header(r, "retry-after", gq_retry_after_seconds(d->retry_after_ms));
+        add_int_header(r, "retry-after-ms", d->retry_after_ms);
+        gw_req_respond_error(r, 429, gq_reason_code(d->reason),
+                             d->reason == GQ_TPD ? "The tenant's token budget for today is spent."
+                                                 : "Rate limit reached; retry after the indicated time.");
+        return GW_DONE;
+    }
+    q->admitted = 1;
+    if (gw_req_is_stream(r) && ask_for_usage(r, q) < 0) return GW_ERROR;
+    return GW_CONTINUE;
+}
+
+static int admit_local(gw_req_t *r, quota_ctx_t *q)
+{
+    gq_decision_t d;
+    int allowed = gq_admit(q->key, now_ms(), q->est, &d, &q->ticket);
+    return decided(r, q, allowed, &d);
+}
+
+/* Redis did not answer: the configured fallback. */
+static int unavailable(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q)
+{
+    if (c->fallback_local) return admit_local(r, q);
+    gw_req_respond_error(r, 503, "quota_unavailable", "The quota store is unavailable; retry later.");
+    return GW_DONE;
+}
+
+typedef struct admit_arg {
+    quota_conf_t *c;
+    quota_ctx_t *q;
+} admit_arg_t;
+
+static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg);
+
+static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg)
+{
+    admit_arg_t *a = arg;
+    quota_ctx_t *q = a->q;
+    if (gw_req_aborted(r)) {
+        /* Admitted for a client that is gone: give the reservation back at once. */
+        gq_decision_t d;
+        if (reply && gq_redis_admit_parse(reply, q->key, q->est, q->slot, &d, &q->ticket) == 1) {
+            q->admitted = q->in_redis = 1;
+            q->est = 0; /* settled with nothing produced */
+        }
+        gw_req_resume(r, GW_DONE);
+        return;
+    }
+    if (reply && gq_redis_is_noscript(reply) && !q->retried) {
+        /* Redis lost its scripts (restart, SCRIPT FLUSH): load, then ask again, in order. */
+        q->retried = 1;
+        gq_redis_cmd_t *load = gw_req_alloc(r, sizeof(*load));
+        int ok = load != NULL;
+        for (int s = 0; ok && s < GQ_SCRIPT_COUNT; s++)
+            ok = gq_redis_load_cmd(load, (gq_script_t)s) == 0 &&
+                 gw_req_redis_send(r, load->argc, load->argv, load->argvlen) == 0;
+        if (ok && gw_req_redis(r, on_admit, a, q->cmd->argc, q->cmd->argv, q->cmd->argvlen) == 0)
+            return;
+    }
+    gq_decision_t d;
+    int allowed = reply ? gq_redis_admit_parse(reply, q->key, q->est, q->slot, &d, &q->ticket) : -1;
+    int rc;
+    if (allowed < 0) {
+        rc = unavailable(r, a->c, q);
+    } else {
+        q->in_redis = allowed == 1;
+        rc = decided(r, q, allowed, &d);
+    }
+    gw_req_resume(r, rc);
+}
+
+
 static int request_body(gw_req_t *r, void *conf, void **ctx)
 {
     quota_conf_t *c = conf;
@@ -227,22 +327,19 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     quota_ctx_t *q = gw_req_alloc(r, sizeof(*q));
     if (!q) return GW_ERROR;
     *ctx = q;
+    q->key = k;
     q->est = estimate(r);
-    gq_decision_t d;
-    if (!gq_admit(k, now_ms(), q->est, &d, &q->ticket)) {
-        add_headers(r, &d.state);
-        add_int_header(r, "retry-after", gq_retry_after_seconds(d.retry_after_ms));
-        add_int_header(r, "retry-after-ms", d.retry_after_ms);
-        const char *code = gq_reason_code(d.reason);
-        gw_req_respond_error(r, 429, code,
-                             d.reason == GQ_TPD ? "The tenant's token budget for today is spent."
-                                                : "Rate limit reached; retry after the indicated time.");
-        return GW_DONE;
-    }
-    q->admitted = 1;
-    add_headers(r, &d.state);
-    if (gw_req_is_stream(r) && ask_for_usage(r, q) < 0) return GW_ERROR;
-    return GW_CONTINUE;
+    if (!c->redis) return admit_local(r, q);
+    gq_slot_id(q->slot, instance_id, atomic_fetch_add(&slot_seq, 1));
+    q->cmd = gw_req_alloc(r, sizeof(*q->cmd));
+    admit_arg_t *a = gw_req_alloc(r, sizeof(*a));
+    if (!q->cmd || !a || gq_redis_admit_cmd(q->cmd, k, q->est, q->slot, SLOT_LEASE_MS, 0) < 0)
+        return GW_ERROR;
+    a->c = c;
+    a->q = q;
+    if (gw_req_redis(r, on_admit, a, q->cmd->argc, q->cmd->argv, q->cmd->argvlen) < 0)
+        return unavailable(r, c, q);
+    return GW_WAIT;
 }
 
 /* Removes the usage chunk the gateway asked for and the client did not (the core has
@@ -266,8 +363,16 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
 {
     quota_ctx_t *q = *ctx;
     if (!q || !q->admitted) return;
-    int64_t p, c;
-    gq_settle(&q->ticket, now_ms(), gw_req_usage(r, &p, &c) ? p + c : q->est);
+    int64_t p, c, actual = gw_req_usage(r, &p, &c) ? p + c : q->est;
+    if (!q->in_redis) {
+        gq_settle(&q->ticket, now_ms(), actual);
+        return;
+    }
+    /* Nobody waits for the answer; a settlement that cannot be sent leaves the slot to its
+     * lease and the tokens to the reservation. */
+    gq_redis_cmd_t *cmd = gw_req_alloc(r, sizeof(*cmd));
+    if (cmd && gq_redis_settle_cmd(cmd, &q->ticket, actual, 0) == 0)
+        gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen);
 }
 
 static const char *const config_keys[] = {NULL};

@@ -1,0 +1,103 @@
+"""Quotas shared through Redis: exact across instances, hash-tagged keys without content,
+scripts reloaded after SCRIPT FLUSH, and the on_unavailable choices when Redis freezes."""
+import hashlib
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import Gateway, Mock, gateway_config  # noqa: E402
+from redisutil import Redis  # noqa: E402
+
+KEY = "gk_quotaredistestkey0000000000000000000000000"
+
+
+def config(mock, redis, limits, on_unavailable="reject"):
+    return gateway_config(
+        [mock.port], models=("m1", "m2"), workers=2,
+        redis={"url": "redis://127.0.0.1:%d/0" % redis.port, "timeout_ms": 100,
+               "on_unavailable": on_unavailable},
+        tenants=[{"id": "acme", "models": ["*"],
+                  "api_keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+                  "limits": limits}])
+
+
+def chat(gw, **body):
+    b = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    b.update(body)
+    return gwtest.post_json(gw.port, "/v1/chat/completions", b,
+                            headers={"authorization": "Bearer " + KEY}, timeout=10)
+
+
+def wait_connected(gw):
+    gwtest.wait_for(lambda: gw.stderr_text().count("redis connected") >= 2, timeout=5,
+                    what="both workers connected to redis")
+
+
+def test_exact_across_instances():
+    redis, mock = Redis(), Mock()
+    cfg = config(mock, redis, {"requests_per_minute": 20})
+    a, b = Gateway(cfg), Gateway(config(mock, redis, {"requests_per_minute": 20}))
+    wait_connected(a)
+    wait_connected(b)
+    statuses = []
+    lock = threading.Lock()
+
+    def hammer(gw):
+        for _ in range(20):
+            s = chat(gw).status
+            with lock:
+                statuses.append(s)
+
+    threads = [threading.Thread(target=hammer, args=(g,)) for g in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert statuses.count(200) == 20 and statuses.count(429) == 60, \
+        "two instances admitted %d of 80 against one limit of 20 a minute" % statuses.count(200)
+    keys = [k.decode() if isinstance(k, bytes) else k for k in redis.cmd("KEYS", "*")]
+    assert keys and all("{acme}" in k for k in keys), keys
+    for k in keys:
+        ttl = redis.cmd("PTTL", k)
+        assert int(ttl) > 0, "key %s never expires" % k
+
+
+def test_scripts_reloaded_after_flush():
+    redis, mock = Redis(), Mock()
+    gw = Gateway(config(mock, redis, {"requests_per_minute": 100}))
+    wait_connected(gw)
+    assert chat(gw).status == 200
+    redis.cmd("SCRIPT", "FLUSH")
+    r = chat(gw)
+    assert r.status == 200 and r.header("x-ratelimit-limit-requests") == "100", r.describe()
+    assert chat(gw).status == 200
+
+
+def test_frozen_redis_reject_and_local():
+    redis, mock = Redis(), Mock()
+    reject = Gateway(config(mock, redis, {"requests_per_minute": 100}, "reject"))
+    local = Gateway(config(mock, redis, {"requests_per_minute": 100}, "local"))
+    wait_connected(reject)
+    wait_connected(local)
+    assert chat(reject).status == 200 and chat(local).status == 200
+    redis.freeze()
+    try:
+        for gw, want in ((reject, 503), (local, 200)):
+            for _ in range(4):
+                t0 = time.monotonic()
+                r = chat(gw)
+                dt = time.monotonic() - t0
+                assert r.status == want, r.describe()
+                if want == 503:
+                    assert r.error_code() == "quota_unavailable", r.describe()
+                assert dt < 1.0, "a request waited %.2fs on a frozen Redis" % dt
+    finally:
+        redis.thaw()
+    gwtest.wait_for(lambda: chat(reject).status == 200, timeout=10, what="quotas back after SIGCONT")
+
+
+if __name__ == "__main__":
+    gwtest.run(globals())
