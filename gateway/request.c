@@ -631,3 +631,8 @@ int gw_req_usage(const gw_req_t *r, int64_t *prompt_tokens, int64_t *completion_
     if (completion_tokens) *completion_tokens = r->usage_completion;
     return 1;
 }
+
+uint64_t gw_req_events_relayed(const gw_req_t *r)
+{
+    return r->events_relayed;
+}

@@ -44,6 +44,7 @@ struct gw_req {
     char *credential; /* extracted once, NUL-terminated, in the arena */
     struct evbuffer *resp_copy; /* a JSON answer kept for its usage (cfg->want_usage) */
     int64_t usage_prompt, usage_completion;
+    uint64_t events_relayed;
     int status;
     const char *code;
     int attempts;

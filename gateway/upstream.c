@@ -385,6 +385,7 @@ static int on_event(void *arg, const char *ev, size_t len)
         if (data) gw_req_take_usage(r, data + 5, len - (size_t)(data + 5 - ev));
     }
     if (gw_req_run_response_event(r, ev, len) == GW_DROP) return 0;
+    r->events_relayed++;
     client_write(r, ev, len);
     return 0;
 }

@@ -87,6 +87,8 @@ int gw_req_aborted(const gw_req_t *r);
 /* The backend's usage (a JSON answer's, or a stream's usage chunk): 1 when it gave one.
  * Read only for plugins with wants_usage. */
 int gw_req_usage(const gw_req_t *r, int64_t *prompt_tokens, int64_t *completion_tokens);
+/* Server-sent events of the answer relayed to the client so far. */
+uint64_t gw_req_events_relayed(const gw_req_t *r);
 struct event_base *gw_req_base(gw_req_t *r);
 
 /* Memory that lives as long as the request. */

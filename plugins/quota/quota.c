@@ -363,7 +363,14 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
 {
     quota_ctx_t *q = *ctx;
     if (!q || !q->admitted) return;
-    int64_t p, c, actual = gw_req_usage(r, &p, &c) ? p + c : q->est;
+    int64_t p, c, actual = q->est;
+    if (gw_req_usage(r, &p, &c))
+        actual = p + c;
+    else if (gw_req_is_stream(r) && (gw_req_aborted(r) || gw_req_status(r) != 200))
+        /* A stream cut short (the client left, the backend failed) without its usage: the
+         * prompt and about one token per event relayed, never more than the reservation. */
+        actual = (int64_t)gw_req_body_length(r) / 4 + (int64_t)gw_req_events_relayed(r);
+    if (actual > q->est && !gw_req_usage(r, NULL, NULL)) actual = q->est;
     if (!q->in_redis) {
         gq_settle(&q->ticket, now_ms(), actual);
         return;

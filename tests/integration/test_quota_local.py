@@ -144,6 +144,30 @@ def test_settled_with_real_usage():
         time.sleep(1.3)  # let the minute's GCRA give the second request's tokens back
 
 
+def test_client_gone_is_charged_what_was_produced():
+    """A stream the client leaves after a few events has no usage chunk: it is charged its
+    prompt and the events relayed, not its whole reservation, so the next request fits."""
+    import socket
+    mock = Mock()
+    gw = Gateway(config(mock, {"tokens_per_minute": 1000}))
+    body = json.dumps({"model": "m1", "stream": True, "max_tokens": 600,
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()
+    raw = gwtest.http_request("POST", "/v1/chat/completions", body,
+                              [("Content-Type", "application/json"), ("Authorization", "Bearer " + KEY),
+                               ("x-mock-tokens", "200"), ("x-mock-token-ms", "20")])
+    s = socket.create_connection((gwtest.HOST, gw.port), timeout=5)
+    s.sendall(raw)
+    got = b""
+    while got.count(b"data: ") < 3:
+        got += s.recv(4096)
+    s.close()
+    gwtest.wait_for(lambda: mock.api_requests() and mock.api_requests()[-1].get("client_closed"),
+                    timeout=5, what="the backend request closed")
+    time.sleep(0.2)
+    r = chat(gw, max_tokens=600)
+    assert r.status == 200, "the stream left early was charged its whole reservation: " + r.describe()
+
+
 def test_no_limits_no_headers():
     mock = Mock()
     cfg = config(mock, {"requests_per_minute": 5})
