@@ -12,12 +12,20 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "redis.h"
 
 struct gw_admin {
     struct evhttp *http;
     gw_config_t *cfg;
     int draining;
 };
+
+static int quota_store_up(const gw_config_t *cfg)
+{
+    if (!cfg->redis.url) return 1;
+    if (cfg->redis.on_unavailable && strcmp(cfg->redis.on_unavailable, "local") == 0) return 1;
+    return gw_redis_connections_up() > 0;
+}
 
 static void reply_json(struct evhttp_request *req, int status, const char *body)
 {
@@ -30,10 +38,12 @@ static void reply_json(struct evhttp_request *req, int status, const char *body)
     evbuffer_free(out);
 }
 
-/* Ready when not draining and every pool has a backend to send to. */
+/* Ready when not draining, every pool has a backend to send to, and the quota store is
+ * usable: Redis reached by the workers, unless its absence falls back to local counts. */
 static int ready(const gw_admin_t *a)
 {
     if (a->draining) return 0;
+    if (!quota_store_up(a->cfg)) return 0;
     gw_pool_t *pools = a->cfg->pools.items;
     for (size_t i = 0; i < a->cfg->pools.n; i++)
         if (pools[i].backends.n == 0) return 0;
@@ -51,6 +61,9 @@ static void handle(struct evhttp_request *req, void *arg)
         struct evbuffer *out = evbuffer_new();
         if (!out) return;
         gw_metrics_render(out);
+        evbuffer_add_printf(out, "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
+                                 "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
+                            a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
         evhttp_add_header(evhttp_request_get_output_headers(req), "content-type",
                           "text/plain; version=0.0.4; charset=utf-8");
         evhttp_send_reply(req, 200, "OK", out);

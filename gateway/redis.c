@@ -9,6 +9,7 @@
 
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +44,21 @@ struct gw_redis {
 
 static void connect_now(gw_redis_t *rd);
 
+/* Worker connections up now, for /readyz and gotthard_quota_store_up. */
+static atomic_int connections_up;
+
+int gw_redis_connections_up(void)
+{
+    return atomic_load(&connections_up);
+}
+
+static void set_connected(gw_redis_t *rd, int up)
+{
+    if (rd->connected == up) return;
+    rd->connected = up;
+    atomic_fetch_add(&connections_up, up ? 1 : -1);
+}
+
 static void answer(pending_t *p, redisReply *reply)
 {
     if (p->answered) return;
@@ -71,7 +87,7 @@ static void drop_connection(gw_redis_t *rd)
     if (!rd->ac) return;
     redisAsyncContext *ac = rd->ac;
     rd->ac = NULL;
-    rd->connected = 0;
+    set_connected(rd, 0);
     /* Pending commands get their NULL reply from hiredis as it frees them. */
     redisAsyncFree(ac);
 }
@@ -104,11 +120,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
     gw_redis_t *rd = ac->data;
     if (status != REDIS_OK) {
         rd->ac = NULL; /* hiredis frees the context after this callback */
-        rd->connected = 0;
+        set_connected(rd, 0);
         schedule_retry(rd);
         return;
     }
-    rd->connected = 1;
+    set_connected(rd, 1);
     rd->backoff_ms = 0;
     gw_info("worker %d: redis connected", rd->w->id);
 }
@@ -118,7 +134,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     gw_redis_t *rd = ac->data;
     if (rd->ac == ac) {
         rd->ac = NULL;
-        rd->connected = 0;
+        set_connected(rd, 0);
         gw_warn("worker %d: redis connection lost; reconnecting", rd->w->id);
         schedule_retry(rd);
     }

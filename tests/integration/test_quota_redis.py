@@ -99,5 +99,33 @@ def test_frozen_redis_reject_and_local():
     gwtest.wait_for(lambda: chat(reject).status == 200, timeout=10, what="quotas back after SIGCONT")
 
 
+def test_readyz_and_metric_follow_the_store():
+    redis, mock = Redis(), Mock()
+    port = redis.port
+    reject = Gateway(config(mock, redis, {"requests_per_minute": 100}, "reject"))
+    local = Gateway(config(mock, redis, {"requests_per_minute": 100}, "local"))
+    wait_connected(reject)
+    wait_connected(local)
+
+    def readyz(gw):
+        return gwtest.request(gw.admin_port, "GET", "/readyz", timeout=2).status
+
+    def store_up(gw):
+        text = gwtest.request(gw.admin_port, "GET", "/metrics", timeout=2).body.decode()
+        return [l for l in text.splitlines() if l.startswith("gotthard_quota_store_up ")][0].split()[1]
+
+    assert readyz(reject) == 200 and store_up(reject) == "1"
+    redis.stop()
+    gwtest.wait_for(lambda: readyz(reject) == 503, timeout=5, what="/readyz 503 with Redis gone (reject)")
+    assert store_up(reject) == "0"
+    assert readyz(local) == 200, "on_unavailable local: the in-process counts make the gateway ready"
+    assert chat(reject).status == 503 and chat(local).status == 200
+    redis2 = Redis(port=port)
+    gwtest.wait_for(lambda: readyz(reject) == 200 and chat(reject).status == 200, timeout=8,
+                    what="ready again within seconds of Redis returning")
+    assert store_up(reject) == "1"
+    redis2.stop()
+
+
 if __name__ == "__main__":
     gwtest.run(globals())
