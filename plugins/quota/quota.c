@@ -49,6 +49,9 @@ typedef struct quota_ctx {
 
 static uint64_t instance_id;
 static atomic_uint_fast64_t slot_seq;
+/* The limiter of the snapshot serving now: a reload builds the next one on it, so counts
+ * carry over. Configure runs on the main thread, which holds that snapshot meanwhile. */
+static _Atomic(gq_limiter_t *) latest;
 
 static int64_t now_ms(void)
 {
@@ -113,6 +116,8 @@ static void release(void *state)
 {
     quota_conf_t *c = state;
     if (!c) return;
+    gq_limiter_t *mine = c->lim;
+    atomic_compare_exchange_strong(&latest, &mine, NULL);
     gq_limiter_free(c->lim);
     free(c);
 }
@@ -136,7 +141,7 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         }
         if (!c) {
             c = calloc(1, sizeof(*c));
-            if (!c || !(c->lim = gq_limiter_new(NULL))) {
+            if (!c || !(c->lim = gq_limiter_new(atomic_load(&latest)))) {
                 release(c);
                 return -1;
             }
@@ -163,6 +168,7 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         release(c);
         return -1;
     }
+    if (c) atomic_store(&latest, c->lim);
     const cJSON *redis = cJSON_GetObjectItemCaseSensitive(root, "redis");
     if (c && redis) {
         const cJSON *ou = cJSON_GetObjectItemCaseSensitive(redis, "on_unavailable");

@@ -168,6 +168,20 @@ def test_client_gone_is_charged_what_was_produced():
     assert r.status == 200, "the stream left early was charged its whole reservation: " + r.describe()
 
 
+def test_reload_keeps_the_counts():
+    mock = Mock()
+    cfg = config(mock, {"requests_per_minute": 3})
+    gw = Gateway(cfg)
+    for _ in range(3):
+        assert chat(gw).status == 200
+    cfg2 = json.loads(json.dumps(cfg))
+    cfg2["pools"][0]["models"].append("m3")
+    gw.reload(cfg2)
+    gwtest.wait_for(lambda: "configuration reloaded" in gw.stderr_text(), timeout=5, what="the reload")
+    r = chat(gw)
+    assert r.status == 429, "a reload gave the tenant a fresh minute: " + r.describe()
+
+
 def test_no_limits_no_headers():
     mock = Mock()
     cfg = config(mock, {"requests_per_minute": 5})
