@@ -120,7 +120,7 @@ int gq_format_duration(char *buf, size_t cap, int64_t ms)
     if (f) {
         snprintf(frac, sizeof(frac), ".%03lld", f);
         size_t n = strlen(frac);
-        while (frac[n - 1] == '0') frac[--n] = '\0';
+        while (n > 1 && frac[n - 1] == '0') frac[--n] = '\0';
     }
     return snprintf(buf, cap, "%s%lld%ss", hm, s, frac);
 }

@@ -84,7 +84,12 @@ static int parse_limits(gw_conf_ctx_t *cx, const cJSON *o, const char *path, gq_
     int rc = 0;
     for (const cJSON *f = o->child; f; f = f->next) {
         char p[512];
-        snprintf(p, sizeof(p), "%s.%s", path, f->string);
+        int pn = snprintf(p, sizeof(p), "%s.%s", path, f->string);
+        if (pn < 0 || (size_t)pn >= sizeof(p)) {
+            gw_conf_error(cx, path, "has a key name that is too long");
+            rc = -1;
+            continue;
+        }
         if (models && strcmp(f->string, "models") == 0) {
             if (!cJSON_IsObject(f)) {
                 gw_conf_error(cx, p, "must be an object of model name to limits");
@@ -152,7 +157,12 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         }
         for (const cJSON *m = models ? models->child : NULL; m; m = m->next) {
             char mp[512];
-            snprintf(mp, sizeof(mp), "%s.models.%s", p, m->string);
+            int mn = snprintf(mp, sizeof(mp), "%s.models.%s", p, m->string);
+            if (mn < 0 || (size_t)mn >= sizeof(mp)) {
+                gw_conf_error(cx, p, "has a model name that is too long");
+                rc = -1;
+                continue;
+            }
             gq_limits_t ml;
             if (parse_limits(cx, m, mp, &ml, NULL) < 0) {
                 rc = -1;
