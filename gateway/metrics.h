@@ -4,6 +4,8 @@
 
 #include <event2/buffer.h>
 
+#include "gotthard/plugin.h" /* gw_metrics_ratelimited */
+
 /* A failed authentication, by reason (an unknown reason counts as "other"). */
 void gw_metrics_auth_failure(const char *reason);
 /* Appends the exposition of every metric. */

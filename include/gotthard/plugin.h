@@ -130,6 +130,10 @@ int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **
 /* Sends one command whose answer nobody waits for (it may outlive the request). */
 int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *argvlen);
 
+/* Metrics: a request refused by a quota, by tenant (a configured id) and kind ("requests",
+ * "tokens", "tokens_per_day", "concurrency"): gotthard_ratelimited_total{tenant,kind}. */
+void gw_metrics_ratelimited(const char *tenant, const char *kind);
+
 /* The audit log: one JSON line {"ts", "event", fields...}. Fields are NULL-terminated name,
  * value pairs of metadata: never request content, credentials or client addresses. */
 void gw_audit(const char *event, ...) __attribute__((sentinel));

@@ -262,6 +262,7 @@ static int decided(gw_req_t *r, quota_ctx_t *q, int allowed, const gq_decision_t
 {
     add_headers(r, &d->state);
     if (!allowed) {
+        gw_metrics_ratelimited(gw_req_tenant(r), gq_reason_kind(d->reason));
         add_int_header(r, "retry-after", gq_retry_after_seconds(d->retry_after_ms));
         add_int_header(r, "retry-after-ms", d->retry_after_ms);
         gw_req_respond_error(r, 429, gq_reason_code(d->reason),

@@ -44,6 +44,8 @@ def test_requests_per_minute_and_429():
     assert ra and ram and int(ra) >= 1 and 0 < int(ram) <= 60000 and int(ra) * 1000 >= int(ram), r.describe()
     assert r.header("x-ratelimit-remaining-requests") == "0", r.describe()
     assert len(mock.api_requests()) == before, "a refused request reached the backend"
+    metrics = gwtest.request(gw.admin_port, "GET", "/metrics").body.decode()
+    assert 'gotthard_ratelimited_total{tenant="acme",kind="requests"} 1' in metrics, metrics
 
 
 def test_tokens_per_day_is_insufficient_quota():
