@@ -206,11 +206,6 @@ void gw_redis_free(gw_redis_t *rd)
     free(rd);
 }
 
-int gw_redis_up(const gw_redis_t *rd)
-{
-    return rd && rd->connected;
-}
-
 int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **argv,
                  const size_t *argvlen)
 {

@@ -13,7 +13,5 @@ gw_redis_t *gw_redis_new(gw_worker_t *w, const gw_config_t *cfg);
 void gw_redis_free(gw_redis_t *rd);
 /* How many workers' connections are up (all workers, any snapshot). */
 int gw_redis_connections_up(void);
-/* True while connected and answering. */
-int gw_redis_up(const gw_redis_t *rd);
 
 #endif

@@ -34,7 +34,7 @@ struct gw_upconn {
     gw_chunked_t ck;
     uint64_t received;
     uint64_t idle_since_us;
-    unsigned reused : 1, connected : 1, keepalive : 1, paused : 1;
+    unsigned reused : 1, keepalive : 1, paused : 1;
 };
 
 static void up_read_cb(gw_io_t *io, void *arg);
@@ -637,7 +637,6 @@ static void up_event_cb(gw_io_t *io, int what, void *arg)
         return;
     }
     if (what & GW_IO_CONNECTED) {
-        u->connected = 1;
         u->state = UP_WAITING;
         arm(u, r->cfg->timeouts.upstream_first_byte_ms);
         return;
