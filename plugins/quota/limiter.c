@@ -1,5 +1,6 @@
-/* The in-process quota limiter: GCRA per minute, a UTC-day budget and a concurrency count per
- * key, with an injected clock. The arithmetic mirrors the Lua of scripts.c line for line. */
+/* The in-process quota limiter: a sliding window of one-second buckets per minute limit, a
+ * UTC-day budget and a concurrency count per key, with an injected clock; and the leases the
+ * Redis store spends locally. The window arithmetic mirrors the Lua of scripts.c line for line. */
 #include "limiter.h"
 
 #include <sched.h>
@@ -8,14 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define P GQ_PERIOD_MS
-#define D_MAX 4503599627370496LL /* 2^52: debts are clamped here (Lua does the same) */
-
-/* floor and ceil of a / b for a >= 0, b > 0 */
-static int64_t fdiv(int64_t a, int64_t b)
-{
-    return a / b;
-}
+#define D_MAX 4503599627370496LL /* 2^52: counts are clamped here (Lua does the same) */
+#define W GQ_WINDOW_S
 
 static int64_t cdiv(int64_t a, int64_t b)
 {
@@ -27,52 +22,100 @@ static int64_t clamp(int64_t v, int64_t lo, int64_t hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-/* ---- GCRA and day-budget math (see scripts.c for the Lua twin) ---- */
-
-static void g_decay(int64_t *d, int64_t *t, int64_t now, int64_t L)
+static int64_t sec_of(int64_t ms)
 {
-    if (*d == 0) {
-        *t = now;
-    } else if (now > *t) {
-        int64_t el = now - *t;
-        if (el >= cdiv(*d, L))
-            *d = 0;
-        else
-            *d -= el * L;
-        *t = now;
+    return ms >= 0 ? ms / 1000 : -cdiv(-ms, 1000);
+}
+
+/* ---- the sliding window (see scripts.c for the Lua twin) ---- */
+
+typedef struct win {
+    int64_t sum, lo, hi; /* counts live in seconds [lo, hi], hi <= lo + W - 1 */
+    int64_t b[W];        /* second x's count at b[x % W] */
+} win_t;
+
+static int64_t *slot_of(win_t *w, int64_t sec)
+{
+    int64_t i = sec % W;
+    return &w->b[i < 0 ? i + W : i];
+}
+
+/* Forgets what is older than the window ending at sec; returns the second to count in (never
+ * before the newest one counted). */
+static int64_t w_prune(win_t *w, int64_t sec)
+{
+    if (sec < w->hi) sec = w->hi;
+    int64_t first = sec - W + 1;
+    if (w->sum == 0) {
+        w->lo = w->hi = sec;
+    } else if (first > w->hi) {
+        for (int64_t x = w->lo; x <= w->hi; x++) *slot_of(w, x) = 0;
+        w->sum = 0;
+        w->lo = w->hi = sec;
+    } else if (w->lo < first) {
+        for (int64_t x = w->lo; x < first; x++) {
+            w->sum -= *slot_of(w, x);
+            *slot_of(w, x) = 0;
+        }
+        w->lo = first;
+    }
+    return sec;
+}
+
+static void w_add(win_t *w, int64_t sec, int64_t c)
+{
+    int64_t *v = slot_of(w, sec);
+    *v = clamp(*v + c, 0, D_MAX);
+    w->sum = clamp(w->sum + c, 0, D_MAX);
+    w->hi = sec;
+}
+
+/* Adds delta (either sign) to second bsec if the window still holds it; a positive rest for a
+ * forgotten second goes to the current one (sec, after w_prune). */
+static void w_adjust(win_t *w, int64_t bsec, int64_t delta, int64_t sec)
+{
+    if (bsec >= w->lo && bsec <= w->hi) {
+        int64_t *v = slot_of(w, bsec), nv = clamp(*v + delta, 0, D_MAX);
+        w->sum += nv - *v;
+        *v = nv;
+    } else if (delta > 0) {
+        w_add(w, sec, delta);
     }
 }
 
-/* Does cost c fit into a GCRA with debt d, rate L, burst B? If not, *retry. */
-static int g_fits(int64_t d, int64_t L, int64_t B, int64_t c, int64_t *retry)
+static int w_fits(const win_t *w, int64_t N, int64_t c)
 {
-    int64_t cap = B * P;
-    if (c > B) { /* larger than the whole burst: only into an empty bucket */
-        if (d == 0) return 1;
-        *retry = cdiv(d, L);
-        return 0;
-    }
-    int64_t need = d + (c > 1 ? c : 1) * P;
-    if (need <= cap) return 1;
-    *retry = cdiv(need - cap, L);
-    return 0;
+    if (c > N) return w->sum == 0;
+    return w->sum + (c > 1 ? c : 1) <= N;
 }
 
-static int64_t g_remaining(int64_t d, int64_t B)
+/* When a refused cost c fits: the end of the oldest bucket that frees enough. */
+static int64_t w_retry(win_t *w, int64_t N, int64_t c, int64_t now)
 {
-    int64_t cap = B * P;
-    return d >= cap ? 0 : fdiv(cap - d, P);
+    if (c <= N) {
+        int64_t need = w->sum + (c > 1 ? c : 1) - N, freed = 0;
+        for (int64_t x = w->lo; x <= w->hi; x++) {
+            freed += *slot_of(w, x);
+            if (freed >= need) return (x + W) * 1000 - now;
+        }
+    }
+    return (w->hi + W) * 1000 - now;
+}
+
+static int64_t w_remaining(const win_t *w, int64_t N)
+{
+    return w->sum >= N ? 0 : N - w->sum;
+}
+
+static int64_t w_reset(const win_t *w, int64_t now)
+{
+    return w->sum > 0 ? (w->hi + W) * 1000 - now : 0;
 }
 
 static int d_fits(int64_t used, int64_t T, int64_t est)
 {
     if (est > T) return used == 0;
     return used + (est > 1 ? est : 1) <= T;
-}
-
-static int64_t burst(int64_t limit, int64_t b)
-{
-    return b > 0 ? b : limit;
 }
 
 int64_t gq_utc_day(int64_t now_ms)
@@ -132,11 +175,10 @@ int64_t gq_retry_after_seconds(int64_t ms)
 
 int gq_limits_check(const gq_limits_t *l, const char **field)
 {
-    static const char *const names[] = {"requests_per_minute", "requests_burst",
-                                        "tokens_per_minute",   "tokens_burst",
-                                        "tokens_per_day",      "max_concurrent"};
-    const int64_t v[] = {l->rpm, l->rpm_burst, l->tpm, l->tpm_burst, l->tpd, l->concurrent};
-    for (size_t i = 0; i < 6; i++)
+    static const char *const names[] = {"requests_per_minute", "tokens_per_minute",
+                                        "tokens_per_day", "max_concurrent"};
+    const int64_t v[] = {l->rpm, l->tpm, l->tpd, l->concurrent};
+    for (size_t i = 0; i < 4; i++)
         if (v[i] < 0 || v[i] > GQ_MAX_LIMIT) {
             if (field) *field = names[i];
             return -1;
@@ -204,15 +246,26 @@ static void lock_give(lock_t *l)
     atomic_store_explicit(l, 0, memory_order_release);
 }
 
+/* The leases of one key level (Redis store): what is left of each, and the figures of the
+ * call that granted them, for headers. */
+typedef struct lease {
+    int64_t sec, rpm, tpm; /* the bucket they were counted in; what is left */
+    int64_t day, tpd;
+    int64_t deadline; /* monotonic ms; spendable before */
+    int64_t granted;  /* monotonic ms of the grant's call */
+    uint32_t gen;     /* 0: none */
+    gq_level_fig_t fig;
+} lease_t;
+
 typedef struct bucket {
     lock_t mu;
     atomic_int refs;
-    int64_t rd, rt;  /* rpm GCRA: debt, time */
-    int64_t td, tt;  /* tpm GCRA */
+    int renewing; /* a lease renewal is in flight for this key (as the leaf) */
     int64_t day, used; /* tpd */
     int64_t in_use;    /* concurrency */
+    lease_t lease;
+    win_t req, tok; /* rpm, tpm */
 } bucket_t;
-_Static_assert(sizeof(bucket_t) <= 64, "a bucket fits one cache line");
 
 struct gq_key {
     char *tenant, *model;
@@ -256,7 +309,7 @@ static gq_key_t *lookup(const gq_limiter_t *lim, const char *tenant, const char 
 
 static bucket_t *bucket_new(void)
 {
-    size_t size = (sizeof(bucket_t) + 63) / 64 * 64; /* one cache line each, at least */
+    size_t size = (sizeof(bucket_t) + 63) / 64 * 64; /* whole cache lines, not shared */
     bucket_t *b = aligned_alloc(64, size);
     if (!b) return NULL;
     memset(b, 0, size);
@@ -409,19 +462,19 @@ int gq_key_levels(const gq_key_t *key, gq_level_info_t out[2])
     return n;
 }
 
-/* The figures of one level, its state decayed to now (the caller holds the lock). */
-static void figures(const gq_key_t *k, int64_t day, gq_level_fig_t *f)
+/* The figures of one level (the caller holds the lock and has pruned the windows). */
+static void figures(const gq_key_t *k, int64_t now, int64_t day, gq_level_fig_t *f)
 {
     const gq_limits_t *l = &k->limits;
     bucket_t *b = k->b;
     memset(f, 0, sizeof(*f));
     if (l->rpm) {
-        f->req_remaining = g_remaining(b->rd, burst(l->rpm, l->rpm_burst));
-        f->req_reset_ms = cdiv(b->rd, l->rpm);
+        f->req_remaining = w_remaining(&b->req, l->rpm);
+        f->req_reset_ms = w_reset(&b->req, now);
     }
     if (l->tpm) {
-        f->tok_remaining = g_remaining(b->td, burst(l->tpm, l->tpm_burst));
-        f->tok_reset_ms = cdiv(b->td, l->tpm);
+        f->tok_remaining = w_remaining(&b->tok, l->tpm);
+        f->tok_reset_ms = w_reset(&b->tok, now);
     }
     if (l->tpd) {
         int64_t used = b->day >= day ? b->used : 0;
@@ -440,12 +493,27 @@ static void unlock_levels(const gq_key_t *const lv[2], int n)
     for (int i = n - 1; i >= 0; i--) lock_give(&lv[i]->b->mu);
 }
 
+/* Moves a level's windows and day to now; returns the second to count in. */
+static int64_t advance(const gq_key_t *k, int64_t now, int64_t day)
+{
+    const gq_limits_t *l = &k->limits;
+    bucket_t *b = k->b;
+    int64_t sec = sec_of(now), s1 = sec, s2 = sec;
+    if (l->rpm) s1 = w_prune(&b->req, sec);
+    if (l->tpm) s2 = w_prune(&b->tok, sec);
+    if (l->tpd && day > b->day) { /* a new UTC day (never back: a stale clock keeps today) */
+        b->day = day;
+        b->used = 0;
+    }
+    return s1 > s2 ? s1 : s2;
+}
+
 int gq_admit(const gq_key_t *key, int64_t now, int64_t est, gq_decision_t *d, gq_ticket_t *t)
 {
     const gq_key_t *lv[2];
     int n = levels(key, lv);
     est = clamp(est, 0, GQ_MAX_LIMIT);
-    int64_t day = gq_utc_day(now);
+    int64_t day = gq_utc_day(now), sec = sec_of(now);
     gq_reason_t why = GQ_OK;
     int wlevel = 0;
     int64_t retry = 0;
@@ -454,23 +522,26 @@ int gq_admit(const gq_key_t *key, int64_t now, int64_t est, gq_decision_t *d, gq
 
     lock_levels(lv, n);
     for (int i = 0; i < n; i++) {
+        int64_t s = advance(lv[i], now, day);
+        if (s > sec) sec = s;
+    }
+    for (int i = 0; i < n; i++) {
         const gq_limits_t *l = &lv[i]->limits;
         bucket_t *b = lv[i]->b;
-        int64_t r = 0;
-        gq_reason_t w = GQ_OK;
         for (int which = 0; which < 4; which++) {
-            w = GQ_OK;
+            gq_reason_t w = GQ_OK;
+            int64_t r = 0;
             if (which == 0 && l->rpm) {
-                g_decay(&b->rd, &b->rt, now, l->rpm);
-                if (!g_fits(b->rd, l->rpm, burst(l->rpm, l->rpm_burst), 1, &r)) w = GQ_RPM;
-            } else if (which == 1 && l->tpm) {
-                g_decay(&b->td, &b->tt, now, l->tpm);
-                if (!g_fits(b->td, l->tpm, burst(l->tpm, l->tpm_burst), est, &r)) w = GQ_TPM;
-            } else if (which == 2 && l->tpd) {
-                if (day > b->day) { /* a new UTC day (never back: a stale clock keeps today) */
-                    b->day = day;
-                    b->used = 0;
+                if (!w_fits(&b->req, l->rpm, 1)) {
+                    w = GQ_RPM;
+                    r = w_retry(&b->req, l->rpm, 1, now);
                 }
+            } else if (which == 1 && l->tpm) {
+                if (!w_fits(&b->tok, l->tpm, est)) {
+                    w = GQ_TPM;
+                    r = w_retry(&b->tok, l->tpm, est, now);
+                }
+            } else if (which == 2 && l->tpd) {
                 if (!d_fits(b->used, l->tpd, est)) {
                     w = GQ_TPD;
                     r = gq_until_utc_midnight(now);
@@ -493,13 +564,13 @@ int gq_admit(const gq_key_t *key, int64_t now, int64_t est, gq_decision_t *d, gq
         for (int i = 0; i < n; i++) {
             const gq_limits_t *l = &lv[i]->limits;
             bucket_t *b = lv[i]->b;
-            if (l->rpm) b->rd = clamp(b->rd + P, 0, D_MAX);
-            if (l->tpm) b->td = clamp(b->td + est * P, 0, D_MAX);
+            if (l->rpm) w_add(&b->req, sec, 1);
+            if (l->tpm) w_add(&b->tok, sec, est);
             if (l->tpd) b->used = clamp(b->used + est, 0, D_MAX);
             if (l->concurrent) b->in_use++;
         }
     }
-    for (int i = 0; i < n; i++) figures(lv[i], day, &fig[i]);
+    for (int i = 0; i < n; i++) figures(lv[i], now, day, &fig[i]);
     unlock_levels(lv, n);
 
     memset(d, 0, sizeof(*d));
@@ -514,6 +585,7 @@ int gq_admit(const gq_key_t *key, int64_t now, int64_t est, gq_decision_t *d, gq
         memset(t, 0, sizeof(*t));
         t->key = key;
         t->reserved = est;
+        t->sec = sec;
         t->day = day;
         for (int i = 0; i < n; i++) t->slot_taken[i] = lv[i]->limits.concurrent != 0;
     }
@@ -525,15 +597,13 @@ void gq_settle(const gq_ticket_t *t, int64_t now, int64_t actual)
     if (!t || !t->key) return;
     const gq_key_t *lv[2];
     int n = levels(t->key, lv);
-    int64_t diff = clamp(actual, 0, GQ_MAX_LIMIT) - t->reserved;
+    int64_t diff = clamp(actual, 0, GQ_MAX_LIMIT) - t->reserved, day = gq_utc_day(now);
     lock_levels(lv, n);
     for (int i = 0; i < n; i++) {
         const gq_limits_t *l = &lv[i]->limits;
         bucket_t *b = lv[i]->b;
-        if (l->tpm && diff) {
-            g_decay(&b->td, &b->tt, now, l->tpm);
-            b->td = clamp(b->td + diff * P, 0, D_MAX);
-        }
+        int64_t sec = advance(lv[i], now, day);
+        if (l->tpm && diff) w_adjust(&b->tok, t->sec, diff, sec);
         if (l->tpd && diff && b->day == t->day) b->used = clamp(b->used + diff, 0, D_MAX);
         if (t->slot_taken[i] && b->in_use > 0) b->in_use--;
     }
@@ -549,12 +619,157 @@ void gq_state(const gq_key_t *key, int64_t now, gq_state_t *s)
     const gq_limits_t *lims[2] = {&lv[0]->limits, n > 1 ? &lv[1]->limits : NULL};
     lock_levels(lv, n);
     for (int i = 0; i < n; i++) {
-        const gq_limits_t *l = &lv[i]->limits;
-        bucket_t *b = lv[i]->b;
-        if (l->rpm) g_decay(&b->rd, &b->rt, now, l->rpm);
-        if (l->tpm) g_decay(&b->td, &b->tt, now, l->tpm);
-        figures(lv[i], day, &fig[i]);
+        advance(lv[i], now, day);
+        figures(lv[i], now, day, &fig[i]);
     }
     unlock_levels(lv, n);
     gq_state_merge(s, n, lims, fig, now);
+}
+
+/* ---- leases ---- */
+
+static atomic_uint lease_gens = 1;
+
+int gq_leasable(const gq_key_t *key)
+{
+    const gq_key_t *lv[2];
+    int n = levels(key, lv);
+    for (int i = 0; i < n; i++)
+        if (lv[i]->limits.concurrent) return 0;
+    return 1;
+}
+
+static int lease_live(const lease_t *ls, int64_t mono)
+{
+    return ls->gen && mono < ls->deadline;
+}
+
+/* Does level k's lease cover a request of est tokens? */
+static int lease_covers(const gq_key_t *k, int64_t mono, int64_t est)
+{
+    const gq_limits_t *l = &k->limits;
+    const lease_t *ls = &k->b->lease;
+    if (!lease_live(ls, mono)) return 0;
+    int64_t c = est > 1 ? est : 1;
+    if (est > l->tpm && l->tpm) return 0; /* oversize: only Redis can tell the window is empty */
+    if (est > l->tpd && l->tpd) return 0;
+    return (!l->rpm || ls->rpm >= 1) && (!l->tpm || ls->tpm >= c) && (!l->tpd || ls->tpd >= c);
+}
+
+/* Empties a level's lease into what goes back to Redis. */
+static void lease_take_back(lease_t *ls, gq_lease_ret_t *r)
+{
+    memset(r, 0, sizeof(*r));
+    if (ls->gen) {
+        *r = (gq_lease_ret_t){ls->sec, ls->rpm, ls->sec, ls->tpm, ls->day, ls->tpd};
+        ls->rpm = ls->tpm = ls->tpd = 0;
+        ls->gen = 0;
+    }
+}
+
+int gq_lease_admit(const gq_key_t *key, int64_t mono, int64_t est, gq_decision_t *d,
+                   gq_ticket_t *t, int *renew, gq_lease_ret_t ret[2])
+{
+    const gq_key_t *lv[2];
+    int n = levels(key, lv);
+    est = clamp(est, 0, GQ_MAX_LIMIT);
+    *renew = 0;
+    lock_levels(lv, n);
+    int covered = 1;
+    for (int i = 0; i < n && covered; i++) covered = lease_covers(lv[i], mono, est);
+    if (covered) {
+        int64_t c = est > 1 ? est : 1;
+        gq_level_fig_t fig[2];
+        const gq_limits_t *lims[2] = {&lv[0]->limits, n > 1 ? &lv[1]->limits : NULL};
+        memset(t, 0, sizeof(*t));
+        for (int i = 0; i < n; i++) {
+            lease_t *ls = &lv[i]->b->lease;
+            const gq_limits_t *l = &lv[i]->limits;
+            if (l->rpm) ls->rpm--;
+            if (l->tpm) ls->tpm -= c;
+            if (l->tpd) ls->tpd -= c;
+            /* As the tenant sees it: what Redis had left when it granted, plus what is left of
+             * the lease (counted there as used); resets aged since the grant. */
+            int64_t aged = mono - ls->granted;
+            fig[i] = ls->fig;
+            fig[i].req_remaining += ls->rpm;
+            fig[i].tok_remaining += ls->tpm;
+            fig[i].day_remaining += ls->tpd;
+            fig[i].req_reset_ms = clamp(fig[i].req_reset_ms - aged, 0, D_MAX);
+            fig[i].tok_reset_ms = clamp(fig[i].tok_reset_ms - aged, 0, D_MAX);
+            t->lease_gen[i] = ls->gen;
+            t->sec = ls->sec;
+            t->day = ls->day;
+        }
+        unlock_levels(lv, n);
+        memset(d, 0, sizeof(*d));
+        d->allowed = 1;
+        d->now_ms = t->sec * 1000;
+        gq_state_merge(&d->state, n, lims, fig, d->now_ms);
+        d->state.day_reset_ms = 0;
+        t->key = key;
+        t->reserved = est;
+        return 1;
+    }
+    bucket_t *leaf = lv[n - 1]->b;
+    if (!leaf->renewing) {
+        leaf->renewing = 1;
+        *renew = 1;
+        for (int i = 0; i < n; i++) lease_take_back(&lv[i]->b->lease, &ret[i]);
+    }
+    unlock_levels(lv, n);
+    return 0;
+}
+
+void gq_lease_install(const gq_key_t *key, int64_t deadline, const gq_lease_grant_t g[2],
+                      const gq_level_fig_t fig[2], gq_ticket_t *t)
+{
+    const gq_key_t *lv[2];
+    int n = levels(key, lv);
+    lock_levels(lv, n);
+    for (int i = 0; g && i < n; i++) {
+        lease_t *ls = &lv[i]->b->lease;
+        /* A lease another renewal installed meanwhile (a tenant-level lease shared with a
+         * model key) keeps its rest only when it is of the same bucket and day; otherwise its
+         * rest stays counted in Redis until the window forgets it. */
+        if (!(ls->gen && ls->sec == g[i].sec && ls->day == g[i].day)) {
+            ls->rpm = ls->tpm = ls->tpd = 0;
+        }
+        ls->sec = g[i].sec;
+        ls->day = g[i].day;
+        ls->rpm += g[i].rpm;
+        ls->tpm += g[i].tpm;
+        ls->tpd += g[i].tpd;
+        ls->deadline = deadline;
+        ls->granted = deadline - GQ_LEASE_MS;
+        ls->fig = fig[i];
+        ls->gen = atomic_fetch_add(&lease_gens, 1) | 1u; /* never 0 */
+        if (t && t->key == key && t->sec == g[i].sec && t->day == g[i].day)
+            t->lease_gen[i] = ls->gen;
+    }
+    lv[n - 1]->b->renewing = 0;
+    unlock_levels(lv, n);
+}
+
+int gq_lease_settle(const gq_ticket_t *t, int64_t mono, int64_t actual)
+{
+    if (!t || !t->key) return 1;
+    const gq_key_t *lv[2];
+    int n = levels(t->key, lv);
+    int64_t diff = clamp(actual, 0, GQ_MAX_LIMIT) - t->reserved;
+    if (!diff) return 1;
+    lock_levels(lv, n);
+    int ok = 1;
+    for (int i = 0; i < n && ok; i++) {
+        const lease_t *ls = &lv[i]->b->lease;
+        ok = t->lease_gen[i] && ls->gen == t->lease_gen[i] && lease_live(ls, mono);
+    }
+    if (ok)
+        for (int i = 0; i < n; i++) {
+            lease_t *ls = &lv[i]->b->lease;
+            if (lv[i]->limits.tpm) ls->tpm -= diff;
+            if (lv[i]->limits.tpd) ls->tpd -= diff;
+        }
+    unlock_levels(lv, n);
+    return ok;
 }

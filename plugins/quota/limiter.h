@@ -1,35 +1,45 @@
 /* The quota core: per-tenant (and per tenant+model) limits as pure, clock-injected C.
  *
  * Four limits per key, each optional (0 = unlimited):
- *   requests_per_minute  GCRA over one minute, burst = the per-minute amount (or rpm_burst)
- *   tokens_per_minute    GCRA over one minute, costs the request's token estimate
+ *   requests_per_minute  a sliding window of one-second buckets
+ *   tokens_per_minute    the same window, each request weighing its token estimate
  *   tokens_per_day       a budget that resets at 00:00 UTC
  *   max_concurrent       requests admitted and not yet settled
  *
- * GCRA state is kept as a "debt" d (owed amount x 60000) and the time t it was computed at:
- * d drains by L (the per-minute limit) per millisecond, and an amount c fits when
- * d + c*60000 <= burst*60000. This is GCRA exactly (TAT = t + d/L), in integers that stay
- * below 2^53, so the Redis scripts (Lua numbers are doubles) compute the same decisions
- * bit for bit (scripts.h). Bound: in any window of W ms a key admits at most
- * burst + L*W/60000 (+1) units; there is no double burst at a minute edge, but a fresh key
- * saturated for a whole minute admits up to burst + L - 1 in that first minute, then L per
- * minute.
+ * The window: a request admitted in second s counts until second s + W (W = GQ_WINDOW_S, 61,
+ * for the in-process store), that is for more than 60 s and at most 61 s. So in ANY interval of
+ * 60 seconds a key admits at most its per-minute limit: there is no burst at a window edge, and
+ * a fresh tenant saturating its limit gets exactly the limit in its first minute. (The price:
+ * a tenant that saturates its limit for long gets N per 60-61 s, not per 60.) The window keeps a
+ * running sum and the range [lo, hi] of seconds that may hold counts; buckets are forgotten as
+ * the window moves, so each check costs O(1) amortized; only a refusal walks the buckets, to
+ * compute the exact retry time (when enough old buckets have expired).
  *
  * Rules common to both stores:
  *   - A request needs room for max(est, 1) tokens in tpm and tpd.
- *   - A request whose estimate exceeds a whole limit (est > tpm burst, est > tpd) is admitted
- *     only when that limit is entirely unused, and charged in full (it never waits forever).
+ *   - A request whose estimate exceeds a whole limit (est > tpm, est > tpd) is admitted only
+ *     when that limit is entirely unused, and charged in full (it never waits forever).
  *   - Refused: insufficient_quota when any tpd refuses (retry: until 00:00 UTC); otherwise
  *     rate_limit_exceeded for the refusing limit with the longest retry_after.
- *   - Settlement adds actual - reserved to tpm (may exceed the burst: later requests wait)
- *     and to tpd (only if still the same UTC day as the admission), and frees the slot.
+ *   - Settlement adds actual - reserved to the admission's tpm bucket (when it has expired
+ *     meanwhile, a long stream: a positive rest goes to the current bucket) and to tpd (only if
+ *     still the same UTC day as the admission), and frees the slot.
+ *   - The clock never goes back: a key's newest second is the earliest it will count in.
+ *
+ * Leases (the Redis store, scripts.h): a process takes a share of a key's room from Redis in
+ * the same call that admits a request (counted there at once, in the request's bucket), spends
+ * it here without a round trip, and gives back what is left with its next call. Shares are an
+ * eighth of the room left (tpd: also at most 1/256 of the day), so they shrink to nothing near
+ * the limit and each request then goes to Redis: the shared count stays exact. A lease is
+ * spent only until GQ_LEASE_MS after the call that took it was sent, and Redis counts with
+ * W = GQ_WINDOW_S + 1: a lease counted in second s is spent before s + 2, and counts until
+ * s + 62, so the 60-second bound above holds across instances too.
  *
  * Thread safety: a limiter is built single-threaded (gq_limiter_new/set), then only read;
- * each key's state has its own lock (4 bytes, spinning then yielding; one cache line per
- * key). Keys with a tenant-level and a model-level part lock
- * the tenant first. State is shared with the limiter a reload replaces (gq_limiter_new(prev)),
- * so a reload neither resets nor leaks counts. A ticket must be settled on the limiter that
- * admitted it, which must stay alive until then.
+ * each key's state has its own lock (4 bytes, spinning then yielding). Keys with a
+ * tenant-level and a model-level part lock the tenant first. State is shared with the limiter
+ * a reload replaces (gq_limiter_new(prev)), so a reload neither resets nor leaks counts. A
+ * ticket must be settled on the limiter that admitted it, which must stay alive until then.
  */
 #ifndef GQ_LIMITER_H
 #define GQ_LIMITER_H
@@ -38,14 +48,16 @@
 #include <stdint.h>
 
 #define GQ_PERIOD_MS 60000
+#define GQ_WINDOW_S 61   /* the in-process window, in one-second buckets */
+#define GQ_LEASE_MS 1000 /* a lease is spent only this long after its call was sent */
 #define GQ_DAY_MS 86400000LL
 #define GQ_MAX_LIMIT 10000000000LL /* any limit or burst; keeps every value below 2^53 */
 #define GQ_MAX_ID_LEN 128          /* tenant ids and model names */
 #define GQ_CONC_RETRY_MS 1000      /* retry_after for a concurrency refusal */
 
 typedef struct gq_limits {
-    int64_t rpm, rpm_burst; /* burst 0: = rpm */
-    int64_t tpm, tpm_burst; /* burst 0: = tpm */
+    int64_t rpm;
+    int64_t tpm;
     int64_t tpd;
     int64_t concurrent;
 } gq_limits_t;
@@ -82,8 +94,10 @@ typedef struct gq_key gq_key_t;
 typedef struct gq_ticket {
     const gq_key_t *key;
     int64_t reserved; /* tokens reserved */
+    int64_t sec;      /* the second (bucket) the tokens were counted in */
     int64_t day;      /* UTC day (days since the epoch) of the admission */
     int slot_taken[2];
+    uint32_t lease_gen[2]; /* admitted from (or with) these leases; 0: not */
     char slot[48]; /* Redis: the concurrency slot id */
 } gq_ticket_t;
 
@@ -143,5 +157,37 @@ int gq_admit(const gq_key_t *key, int64_t now_ms, int64_t est_tokens, gq_decisio
 void gq_settle(const gq_ticket_t *t, int64_t now_ms, int64_t actual_tokens);
 /* The key's state now, without taking anything. */
 void gq_state(const gq_key_t *key, int64_t now_ms, gq_state_t *s);
+
+/* ---- leases (the Redis store; see the top of this file) ---- */
+
+/* What a renewal gives back to Redis, per level: the unspent rest of each lease (negative: a
+ * settlement charged more than the lease had left) with the bucket or day it was counted in. */
+typedef struct gq_lease_ret {
+    int64_t rpm_sec, rpm, tpm_sec, tpm, day, tpd;
+} gq_lease_ret_t;
+
+/* What an admission with leases granted, per level (scripts.h fills it from the reply). */
+typedef struct gq_lease_grant {
+    int64_t sec, day;
+    int64_t rpm, tpm, tpd;
+} gq_lease_grant_t;
+
+/* Can a key lease at all? (Not with max_concurrent at any level: slots are per request.) */
+int gq_leasable(const gq_key_t *key);
+/* Admit from the leases at mono_ms (a monotonic clock). 1: admitted, *d and *t filled, nothing
+ * to send. 0: not covered; then *renew says whether the caller became the one renewal in
+ * flight for this key (it must send an admission with leases, giving back ret[level], and call
+ * gq_lease_install once it has the answer, or not), else it sends a plain admission. */
+int gq_lease_admit(const gq_key_t *key, int64_t mono_ms, int64_t est, gq_decision_t *d,
+                   gq_ticket_t *t, int *renew, gq_lease_ret_t ret[2]);
+/* The renewal's end: grants (NULL when it failed) become the leases, spendable until
+ * deadline_mono (the monotonic time the call was sent + GQ_LEASE_MS); fig are the reply's
+ * figures, for the headers of requests the leases admit. A ticket the renewal admitted gets
+ * the new leases' generation (so its settlement can fold into them). */
+void gq_lease_install(const gq_key_t *key, int64_t deadline_mono, const gq_lease_grant_t g[2],
+                      const gq_level_fig_t fig[2], gq_ticket_t *t);
+/* Settle a ticket into the leases it came from, when they are all still live: 1 done;
+ * 0 the caller sends a settlement to Redis. */
+int gq_lease_settle(const gq_ticket_t *t, int64_t mono_ms, int64_t actual);
 
 #endif

@@ -20,9 +20,12 @@
  *              "models": {"llama-3-8b": {"requests_per_minute": 60}}}
  * A model override holds that model's requests to both its limits and the tenant's.
  *
- * Without "redis" the counts live in the process. With it, every admission and settlement
- * is one EVALSHA (scripts.h) on the worker's Redis connection, so every instance shares them
- * exactly; when Redis does not answer, redis.on_unavailable decides: "reject" answers 503
+ * Without "redis" the counts live in the process. With it, they live in Redis (scripts.h) and
+ * every instance shares them: a request is admitted from this process's leases when they
+ * cover it (no round trip), else by one EVALSHA on the worker's Redis connection that also
+ * gives back the old leases and takes new ones (limiter.h: leases shrink near the limit, so
+ * the count stays exact). Tenants with max_concurrent take a slot in Redis per request. When
+ * Redis does not answer, redis.on_unavailable decides: "reject" answers 503
  * quota_unavailable, "local" falls back to the in-process counts.
  *
  * Tokens: admission reserves an estimate (request body bytes / 4, plus max_tokens or
@@ -41,8 +44,9 @@ typedef struct quota_conf {
 typedef struct quota_ctx {
     gq_ticket_t ticket;
     const gq_key_t *key;
-    int admitted, injected_usage, in_redis, retried;
+    int admitted, injected_usage, in_redis, retried, renewing;
     int64_t est;
+    int64_t sent; /* monotonic ms the admission was sent (the leases' clock) */
     char slot[48];
     gq_redis_cmd_t *cmd;
 } quota_ctx_t;
@@ -57,6 +61,13 @@ static int64_t now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -295,22 +306,20 @@ typedef struct admit_arg {
     quota_ctx_t *q;
 } admit_arg_t;
 
-static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg);
+/* The end of a lease renewal, whatever its outcome (exactly once per renewal). */
+static void renewed(quota_ctx_t *q, int ok, const gq_lease_grant_t g[2],
+                    const gq_level_fig_t fig[2])
+{
+    if (!q->renewing) return;
+    q->renewing = 0;
+    gq_lease_install(q->key, q->sent + GQ_LEASE_MS, ok ? g : NULL, fig,
+                     q->admitted || q->in_redis ? &q->ticket : NULL);
+}
 
 static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg)
 {
     admit_arg_t *a = arg;
     quota_ctx_t *q = a->q;
-    if (gw_req_aborted(r)) {
-        /* Admitted for a client that is gone: give the reservation back at once. */
-        gq_decision_t d;
-        if (reply && gq_redis_admit_parse(reply, q->key, q->est, q->slot, &d, &q->ticket) == 1) {
-            q->admitted = q->in_redis = 1;
-            q->est = 0; /* settled with nothing produced */
-        }
-        gw_req_resume(r, GW_DONE);
-        return;
-    }
     if (reply && gq_redis_is_noscript(reply) && !q->retried) {
         /* Redis lost its scripts (restart, SCRIPT FLUSH): load, then ask again, in order. */
         q->retried = 1;
@@ -323,17 +332,22 @@ static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg)
             return;
     }
     gq_decision_t d;
-    int allowed = reply ? gq_redis_admit_parse(reply, q->key, q->est, q->slot, &d, &q->ticket) : -1;
-    int rc;
-    if (allowed < 0) {
-        rc = unavailable(r, a->c, q);
-    } else {
-        q->in_redis = allowed == 1;
-        rc = decided(r, q, allowed, &d);
+    gq_lease_grant_t g[2];
+    gq_level_fig_t fig[2];
+    int allowed = reply ? gq_redis_admit_parse(reply, q->key, q->est, q->slot, &d, &q->ticket, g,
+                                               fig)
+                        : -1;
+    q->in_redis = allowed == 1;
+    renewed(q, allowed >= 0, g, fig);
+    if (gw_req_aborted(r)) {
+        /* Admitted for a client that is gone: the reservation goes back (settled at 0). */
+        if (allowed == 1) q->admitted = 1, q->est = 0;
+        gw_req_resume(r, GW_DONE);
+        return;
     }
+    int rc = allowed < 0 ? unavailable(r, a->c, q) : decided(r, q, allowed, &d);
     gw_req_resume(r, rc);
 }
-
 
 static int request_body(gw_req_t *r, void *conf, void **ctx)
 {
@@ -347,15 +361,31 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     q->key = k;
     q->est = estimate(r);
     if (!c->redis) return admit_local(r, q);
-    gq_slot_id(q->slot, instance_id, atomic_fetch_add(&slot_seq, 1));
+    gq_lease_ret_t ret[2];
+    q->sent = mono_ms();
+    if (gq_leasable(k)) {
+        gq_decision_t d;
+        if (gq_lease_admit(k, q->sent, q->est, &d, &q->ticket, &q->renewing, ret)) {
+            q->in_redis = 1;
+            return decided(r, q, 1, &d);
+        }
+    } else {
+        gq_slot_id(q->slot, instance_id, atomic_fetch_add(&slot_seq, 1));
+    }
     q->cmd = gw_req_alloc(r, sizeof(*q->cmd));
     admit_arg_t *a = gw_req_alloc(r, sizeof(*a));
-    if (!q->cmd || !a || gq_redis_admit_cmd(q->cmd, k, q->est, q->slot, SLOT_LEASE_MS, 0) < 0)
+    if (!q->cmd || !a ||
+        gq_redis_admit_cmd(q->cmd, k, q->est, q->slot, SLOT_LEASE_MS, GQ_REDIS_WINDOW_S,
+                           q->renewing, q->renewing ? ret : NULL, 0) < 0) {
+        renewed(q, 0, NULL, NULL);
         return GW_ERROR;
+    }
     a->c = c;
     a->q = q;
-    if (gw_req_redis(r, on_admit, a, q->cmd->argc, q->cmd->argv, q->cmd->argvlen) < 0)
+    if (gw_req_redis(r, on_admit, a, q->cmd->argc, q->cmd->argv, q->cmd->argvlen) < 0) {
+        renewed(q, 0, NULL, NULL);
         return unavailable(r, c, q);
+    }
     return GW_WAIT;
 }
 
@@ -392,10 +422,14 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
         gq_settle(&q->ticket, now_ms(), actual);
         return;
     }
-    /* Nobody waits for the answer; a settlement that cannot be sent leaves the slot to its
-     * lease and the tokens to the reservation. */
+    /* Into the leases it was spent from, while they live; else to Redis. Nobody waits for the
+     * answer; a settlement that cannot be sent leaves the slot to its lease and the tokens to
+     * the reservation. */
+    if (!q->ticket.slot_taken[0] && !q->ticket.slot_taken[1] &&
+        gq_lease_settle(&q->ticket, mono_ms(), actual))
+        return;
     gq_redis_cmd_t *cmd = gw_req_alloc(r, sizeof(*cmd));
-    if (cmd && gq_redis_settle_cmd(cmd, &q->ticket, actual, 0) == 0)
+    if (cmd && gq_redis_settle_cmd(cmd, &q->ticket, actual, GQ_REDIS_WINDOW_S, 0) == 0)
         gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen);
 }
 

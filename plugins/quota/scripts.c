@@ -14,7 +14,6 @@
 
 /* Shared by the three scripts. fdiv/cdiv are floor/ceil of a/b, exact for a, b < 2^53. */
 static const char prelude[] =
-    "local P = " STR(GQ_PERIOD_MS) "\n"
     "local DAY = 86400000\n"
     "local DMAX = 4503599627370496\n"
     "local MAXL = 10000000000\n"
@@ -38,38 +37,78 @@ static const char prelude[] =
     "  local t = redis.call('TIME')\n"
     "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "end\n"
-    "local function gload(key, now, L)\n"
-    "  local v = redis.call('HMGET', key, 'd', 't')\n"
-    "  local d, t = tonumber(v[1]) or 0, tonumber(v[2]) or now\n"
-    "  if d == 0 then t = now\n"
-    "  elseif now > t then\n"
-    "    local el = now - t\n"
-    "    if el >= cdiv(d, L) then d = 0 else d = d - el * L end\n"
-    "    t = now\n"
+    /* The sliding window (limiter.c's w_*): hash fields s (sum), lo, hi, and one per second. */
+    "local function wload(key, sec)\n"
+    "  local v = redis.call('HMGET', key, 's', 'lo', 'hi')\n"
+    "  return {key = key, s = tonumber(v[1]) or 0, lo = tonumber(v[2]) or sec, hi = tonumber(v[3]) or sec}\n"
+    "end\n"
+    "local function wprune(w, sec, W)\n"
+    "  if sec < w.hi then sec = w.hi end\n"
+    "  local first = sec - W + 1\n"
+    "  if w.s == 0 then\n"
+    "    w.lo, w.hi = sec, sec\n"
+    "  elseif first > w.hi then\n"
+    "    redis.call('DEL', w.key)\n"
+    "    w.s, w.lo, w.hi = 0, sec, sec\n"
+    "  elseif w.lo < first then\n"
+    "    for x = w.lo, first - 1 do\n"
+    "      local v = tonumber(redis.call('HGET', w.key, fmt(x)))\n"
+    "      if v then w.s = w.s - v; redis.call('HDEL', w.key, fmt(x)) end\n"
+    "    end\n"
+    "    w.lo = first\n"
     "  end\n"
-    "  return d, t\n"
+    "  return sec\n"
     "end\n"
-    "local function gsave(key, d, t, L)\n"
-    "  if d <= 0 then redis.call('DEL', key) return end\n"
-    "  redis.call('HSET', key, 'd', fmt(d), 't', fmt(t))\n"
-    "  redis.call('PEXPIRE', key, fmt(cdiv(d, L) + MARGIN))\n"
+    "local function wget(w, x) return tonumber(redis.call('HGET', w.key, fmt(x))) or 0 end\n"
+    "local function wset(w, x, v)\n"
+    "  if v == 0 then redis.call('HDEL', w.key, fmt(x)) else redis.call('HSET', w.key, fmt(x), fmt(v)) end\n"
     "end\n"
-    "local function gfits(d, L, B, c)\n"
-    "  local cap = B * P\n"
-    "  if c > B then\n"
-    "    if d == 0 then return true, 0 end\n"
-    "    return false, cdiv(d, L)\n"
+    "local function wadd(w, sec, c)\n"
+    "  wset(w, sec, clamp(wget(w, sec) + c, 0, DMAX))\n"
+    "  w.s = clamp(w.s + c, 0, DMAX)\n"
+    "  w.hi = sec\n"
+    "end\n"
+    "local function wadjust(w, x, delta, sec)\n"
+    "  if x >= w.lo and x <= w.hi then\n"
+    "    local v = wget(w, x)\n"
+    "    local nv = clamp(v + delta, 0, DMAX)\n"
+    "    w.s = w.s + nv - v\n"
+    "    wset(w, x, nv)\n"
+    "  elseif delta > 0 then\n"
+    "    wadd(w, sec, delta)\n"
     "  end\n"
-    "  local need = d + math.max(c, 1) * P\n"
-    "  if need <= cap then return true, 0 end\n"
-    "  return false, cdiv(need - cap, L)\n"
     "end\n"
-    "local function grem(d, B)\n"
-    "  local cap = B * P\n"
-    "  if d >= cap then return 0 end\n"
-    "  return fdiv(cap - d, P)\n"
+    "local function wfits(w, N, c)\n"
+    "  if c > N then return w.s == 0 end\n"
+    "  return w.s + math.max(c, 1) <= N\n"
     "end\n"
-    "local function burst(l, b) if b > 0 then return b end return l end\n"
+    "local function wretry(w, N, c, now, W)\n"
+    "  if c <= N then\n"
+    "    local need, freed = w.s + math.max(c, 1) - N, 0\n"
+    "    for x = w.lo, w.hi do\n"
+    "      freed = freed + wget(w, x)\n"
+    "      if freed >= need then return (x + W) * 1000 - now end\n"
+    "    end\n"
+    "  end\n"
+    "  return (w.hi + W) * 1000 - now\n"
+    "end\n"
+    "local function wrem(w, N) if w.s >= N then return 0 end return N - w.s end\n"
+    "local function wreset(w, now, W) if w.s > 0 then return (w.hi + W) * 1000 - now end return 0 end\n"
+    "local function wsave(w, now, W)\n"
+    "  if w.s <= 0 then redis.call('DEL', w.key) return end\n"
+    "  redis.call('HSET', w.key, 's', fmt(w.s), 'lo', fmt(w.lo), 'hi', fmt(w.hi))\n"
+    "  redis.call('PEXPIRE', w.key, fmt((w.hi + W) * 1000 - now + MARGIN))\n"
+    "end\n"
+    "local function dload(key, day)\n"
+    "  local v = redis.call('HMGET', key, 'day', 'used')\n"
+    "  local sday = tonumber(v[1])\n"
+    "  if sday and sday >= day then return sday, tonumber(v[2]) or 0 end\n"
+    "  return day, 0\n"
+    "end\n"
+    "local function dsave(key, sday, used, now)\n"
+    "  redis.call('HSET', key, 'day', fmt(sday), 'used', fmt(used))\n"
+    "  redis.call('PEXPIRE', key, fmt((sday + 1) * DAY - now + MARGIN))\n"
+    "end\n"
     "local function zexpire(key, now)\n"
     "  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')\n"
     "  if last[2] then\n"
@@ -80,39 +119,56 @@ static const char prelude[] =
     "end\n";
 
 /* KEYS: rpm, tpm, tpd, conc per level (tenant, then the model override if any).
- * ARGV: now_override, est, slot, lease_ms, then per level rpm, rpm_burst, tpm, tpm_burst, tpd,
- * concurrent. Reply: allowed, reason, level, retry_after_ms, now_ms, day, then per level
- * req_remaining, req_reset_ms, tok_remaining, tok_reset_ms, day_remaining, conc_in_use. */
+ * ARGV: now_override, est, slot, slot_lease_ms, window_s, lease (0/1), then per level rpm, tpm,
+ * tpd, concurrent, and what goes back from the previous leases: rpm_sec, rpm, tpm_sec, tpm,
+ * day, tpd.
+ * Reply: allowed, reason, level, retry_after_ms, now_ms, day, sec, then per level
+ * req_remaining, req_reset_ms, tok_remaining, tok_reset_ms, day_remaining, conc_in_use,
+ * grant_rpm, grant_tpm, grant_tpd. */
 static const char admit_body[] =
     "local now = clock(ARGV[1])\n"
     "local est = clamp(tonumber(ARGV[2]), 0, MAXL)\n"
-    "local slot, lease = ARGV[3], tonumber(ARGV[4])\n"
+    "local slot, slease, W, lease = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'\n"
     "local n = #KEYS / 4\n"
     "local day = fdiv(now, DAY)\n"
+    "local sec0 = fdiv(now, 1000)\n"
+    "local sec = sec0\n"
     "local why, wlevel, retry = 0, 0, 0\n"
     "local S = {}\n"
     "for i = 1, n do\n"
-    "  local k, a = (i - 1) * 4, 4 + (i - 1) * 6\n"
-    "  local s = {rpm = tonumber(ARGV[a + 1]), tpm = tonumber(ARGV[a + 3]),\n"
-    "             tpd = tonumber(ARGV[a + 5]), conc = tonumber(ARGV[a + 6]),\n"
-    "             rd = 0, rt = now, td = 0, tt = now, day = day, used = 0, inuse = 0}\n"
-    "  s.rpb = burst(s.rpm, tonumber(ARGV[a + 2]))\n"
-    "  s.tpb = burst(s.tpm, tonumber(ARGV[a + 4]))\n"
+    "  local k, a = (i - 1) * 4, 6 + (i - 1) * 10\n"
+    "  local s = {rpm = tonumber(ARGV[a + 1]), tpm = tonumber(ARGV[a + 2]),\n"
+    "             tpd = tonumber(ARGV[a + 3]), conc = tonumber(ARGV[a + 4]),\n"
+    "             day = day, used = 0, inuse = 0, grpm = 0, gtpm = 0, gtpd = 0}\n"
     "  S[i] = s\n"
+    "  if s.rpm > 0 then\n"
+    "    s.rw = wload(KEYS[k + 1], sec0)\n"
+    "    sec = math.max(sec, wprune(s.rw, sec0, W))\n"
+    "  end\n"
+    "  if s.tpm > 0 then\n"
+    "    s.tw = wload(KEYS[k + 2], sec0)\n"
+    "    sec = math.max(sec, wprune(s.tw, sec0, W))\n"
+    "  end\n"
+    "  if s.tpd > 0 then s.day, s.used = dload(KEYS[k + 3], day) end\n"
+    "end\n"
+    /* The previous leases' rests come back first: they are room again. */
+    "for i = 1, n do\n"
+    "  local s, a = S[i], 6 + (i - 1) * 10\n"
+    "  local rs, rr, ts, tr = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])\n"
+    "  local rd, rt = tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10])\n"
+    "  if s.rpm > 0 and rr ~= 0 then wadjust(s.rw, rs, -rr, sec) end\n"
+    "  if s.tpm > 0 and tr ~= 0 then wadjust(s.tw, ts, -tr, sec) end\n"
+    "  if s.tpd > 0 and rt ~= 0 and rd == s.day then s.used = clamp(s.used - rt, 0, DMAX) end\n"
+    "end\n"
+    "for i = 1, n do\n"
+    "  local s, k = S[i], (i - 1) * 4\n"
     "  for which = 0, 3 do\n"
-    "    local w, ok, r = 0, true, 0\n"
+    "    local w, r = 0, 0\n"
     "    if which == 0 and s.rpm > 0 then\n"
-    "      s.rd, s.rt = gload(KEYS[k + 1], now, s.rpm)\n"
-    "      ok, r = gfits(s.rd, s.rpm, s.rpb, 1)\n"
-    "      if not ok then w = 1 end\n"
+    "      if not wfits(s.rw, s.rpm, 1) then w = 1; r = wretry(s.rw, s.rpm, 1, now, W) end\n"
     "    elseif which == 1 and s.tpm > 0 then\n"
-    "      s.td, s.tt = gload(KEYS[k + 2], now, s.tpm)\n"
-    "      ok, r = gfits(s.td, s.tpm, s.tpb, est)\n"
-    "      if not ok then w = 2 end\n"
+    "      if not wfits(s.tw, s.tpm, est) then w = 2; r = wretry(s.tw, s.tpm, est, now, W) end\n"
     "    elseif which == 2 and s.tpd > 0 then\n"
-    "      local v = redis.call('HMGET', KEYS[k + 3], 'day', 'used')\n"
-    "      local sday = tonumber(v[1])\n"
-    "      if sday and sday >= day then s.day, s.used = sday, tonumber(v[2]) or 0 end\n"
     "      local fits\n"
     "      if est > s.tpd then fits = s.used == 0 else fits = s.used + math.max(est, 1) <= s.tpd end\n"
     "      if not fits then w = 3; r = (day + 1) * DAY - now end\n"
@@ -129,45 +185,53 @@ static const char admit_body[] =
     "if why == 0 then\n"
     "  for i = 1, n do\n"
     "    local s, k = S[i], (i - 1) * 4\n"
-    "    if s.rpm > 0 then s.rd = clamp(s.rd + P, 0, DMAX); gsave(KEYS[k + 1], s.rd, s.rt, s.rpm) end\n"
-    "    if s.tpm > 0 then s.td = clamp(s.td + est * P, 0, DMAX); gsave(KEYS[k + 2], s.td, s.tt, s.tpm) end\n"
+    "    if s.rpm > 0 then\n"
+    "      wadd(s.rw, sec, 1)\n"
+    "      if lease then s.grpm = fdiv(wrem(s.rw, s.rpm), 8); if s.grpm > 0 then wadd(s.rw, sec, s.grpm) end end\n"
+    "    end\n"
+    "    if s.tpm > 0 then\n"
+    "      wadd(s.tw, sec, est)\n"
+    "      if lease then s.gtpm = fdiv(wrem(s.tw, s.tpm), 8); if s.gtpm > 0 then wadd(s.tw, sec, s.gtpm) end end\n"
+    "    end\n"
     "    if s.tpd > 0 then\n"
     "      s.used = clamp(s.used + est, 0, DMAX)\n"
-    "      redis.call('HSET', KEYS[k + 3], 'day', fmt(s.day), 'used', fmt(s.used))\n"
-    "      redis.call('PEXPIRE', KEYS[k + 3], fmt((s.day + 1) * DAY - now + MARGIN))\n"
+    "      if lease and s.used < s.tpd then\n"
+    "        s.gtpd = math.min(fdiv(s.tpd - s.used, 8), fdiv(s.tpd, 256))\n"
+    "        s.used = s.used + s.gtpd\n"
+    "      end\n"
     "    end\n"
     "    if s.conc > 0 then\n"
-    "      redis.call('ZADD', KEYS[k + 4], fmt(now + lease), slot)\n"
+    "      redis.call('ZADD', KEYS[k + 4], fmt(now + slease), slot)\n"
     "      s.inuse = s.inuse + 1\n"
     "      zexpire(KEYS[k + 4], now)\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "local out = {why == 0 and 1 or 0, why, wlevel, retry, now, day}\n"
+    "local out = {why == 0 and 1 or 0, why, wlevel, retry, now, day, sec}\n"
     "for i = 1, n do\n"
-    "  local s = S[i]\n"
+    "  local s, k = S[i], (i - 1) * 4\n"
     "  local rr, rs, tr, ts, dr, ci = 0, 0, 0, 0, 0, 0\n"
-    "  if s.rpm > 0 then rr = grem(s.rd, s.rpb); rs = cdiv(s.rd, s.rpm) end\n"
-    "  if s.tpm > 0 then tr = grem(s.td, s.tpb); ts = cdiv(s.td, s.tpm) end\n"
-    "  if s.tpd > 0 then dr = math.max(s.tpd - s.used, 0) end\n"
+    "  if s.rpm > 0 then rr = wrem(s.rw, s.rpm); rs = wreset(s.rw, now, W); wsave(s.rw, now, W) end\n"
+    "  if s.tpm > 0 then tr = wrem(s.tw, s.tpm); ts = wreset(s.tw, now, W); wsave(s.tw, now, W) end\n"
+    "  if s.tpd > 0 then dr = math.max(s.tpd - s.used, 0); dsave(KEYS[k + 3], s.day, s.used, now) end\n"
     "  if s.conc > 0 then ci = s.inuse end\n"
-    "  for _, x in ipairs({rr, rs, tr, ts, dr, ci}) do out[#out + 1] = x end\n"
+    "  for _, x in ipairs({rr, rs, tr, ts, dr, ci, s.grpm, s.gtpm, s.gtpd}) do out[#out + 1] = x end\n"
     "end\n"
     "return out\n";
 
-/* KEYS as admit. ARGV: now_override, reserved, actual, day, slot, then the limits per level. */
+/* KEYS as admit. ARGV: now_override, window_s, diff (actual - reserved), sec, day, slot, then
+ * per level tpm, tpd, concurrent. */
 static const char settle_body[] =
     "local now = clock(ARGV[1])\n"
-    "local reserved = tonumber(ARGV[2])\n"
-    "local actual = clamp(tonumber(ARGV[3]), 0, MAXL)\n"
-    "local tday, slot = tonumber(ARGV[4]), ARGV[5]\n"
-    "local diff = actual - reserved\n"
+    "local W, diff, tsec, tday, slot = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]\n"
+    "local sec = fdiv(now, 1000)\n"
     "for i = 1, #KEYS / 4 do\n"
-    "  local k, a = (i - 1) * 4, 5 + (i - 1) * 6\n"
-    "  local tpm, tpd, conc = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])\n"
+    "  local k, a = (i - 1) * 4, 6 + (i - 1) * 3\n"
+    "  local tpm, tpd, conc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
     "  if tpm > 0 and diff ~= 0 then\n"
-    "    local d, t = gload(KEYS[k + 2], now, tpm)\n"
-    "    gsave(KEYS[k + 2], clamp(d + diff * P, 0, DMAX), t, tpm)\n"
+    "    local w = wload(KEYS[k + 2], sec)\n"
+    "    wadjust(w, tsec, diff, wprune(w, sec, W))\n"
+    "    wsave(w, now, W)\n"
     "  end\n"
     "  if tpd > 0 and diff ~= 0 then\n"
     "    local v = redis.call('HMGET', KEYS[k + 3], 'day', 'used')\n"
@@ -333,43 +397,46 @@ static int evalsha_head(gq_redis_cmd_t *c, gq_script_t s, const gq_level_info_t 
     return 0;
 }
 
-static int add_limits(gq_redis_cmd_t *c, const gq_level_info_t lv[], int n)
-{
-    for (int i = 0; i < n; i++) {
-        const gq_limits_t *l = lv[i].limits;
-        if (add_int(c, l->rpm) || add_int(c, l->rpm_burst) || add_int(c, l->tpm) ||
-            add_int(c, l->tpm_burst) || add_int(c, l->tpd) || add_int(c, l->concurrent))
-            return -1;
-    }
-    return 0;
-}
-
 static int64_t clamp_tokens(int64_t v)
 {
     return v < 0 ? 0 : v > GQ_MAX_LIMIT ? GQ_MAX_LIMIT : v;
 }
 
 int gq_redis_admit_cmd(gq_redis_cmd_t *c, const gq_key_t *key, int64_t est, const char *slot,
-                       int64_t lease_ms, int64_t now_override)
+                       int64_t lease_ms, int window_s, int lease, const gq_lease_ret_t *ret,
+                       int64_t now_override)
 {
     gq_level_info_t lv[2];
     int n = gq_key_levels(key, lv);
     if (evalsha_head(c, GQ_SCRIPT_ADMIT, lv, n) || add_int(c, now_override) ||
         add_int(c, clamp_tokens(est)) || add_str(c, slot ? slot : "") ||
-        add_int(c, lease_ms > 0 ? lease_ms : 1) || add_limits(c, lv, n))
+        add_int(c, lease_ms > 0 ? lease_ms : 1) || add_int(c, window_s) || add_int(c, lease != 0))
         return -1;
+    for (int i = 0; i < n; i++) {
+        const gq_limits_t *l = lv[i].limits;
+        gq_lease_ret_t r = {0};
+        if (ret) r = ret[i];
+        if (add_int(c, l->rpm) || add_int(c, l->tpm) || add_int(c, l->tpd) ||
+            add_int(c, l->concurrent) || add_int(c, r.rpm_sec) || add_int(c, r.rpm) ||
+            add_int(c, r.tpm_sec) || add_int(c, r.tpm) || add_int(c, r.day) || add_int(c, r.tpd))
+            return -1;
+    }
     return 0;
 }
 
-int gq_redis_settle_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t actual,
+int gq_redis_settle_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t actual, int window_s,
                         int64_t now_override)
 {
     gq_level_info_t lv[2];
     int n = gq_key_levels(t->key, lv);
     if (evalsha_head(c, GQ_SCRIPT_SETTLE, lv, n) || add_int(c, now_override) ||
-        add_int(c, t->reserved) || add_int(c, clamp_tokens(actual)) || add_int(c, t->day) ||
-        add_str(c, t->slot) || add_limits(c, lv, n))
+        add_int(c, window_s) || add_int(c, clamp_tokens(actual) - t->reserved) ||
+        add_int(c, t->sec) || add_int(c, t->day) || add_str(c, t->slot))
         return -1;
+    for (int i = 0; i < n; i++) {
+        const gq_limits_t *l = lv[i].limits;
+        if (add_int(c, l->tpm) || add_int(c, l->tpd) || add_int(c, l->concurrent)) return -1;
+    }
     return 0;
 }
 
@@ -407,13 +474,16 @@ int gq_redis_is_noscript(const struct redisReply *r)
     return r && r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, "NOSCRIPT", 8) == 0;
 }
 
+#define FIGS 9 /* per level in the admit reply */
+
 int gq_redis_admit_parse(const struct redisReply *r, const gq_key_t *key, int64_t est,
-                         const char *slot, gq_decision_t *d, gq_ticket_t *t)
+                         const char *slot, gq_decision_t *d, gq_ticket_t *t,
+                         gq_lease_grant_t grant[2], gq_level_fig_t figs[2])
 {
     gq_level_info_t lv[2];
     int n = gq_key_levels(key, lv);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)(6 + 6 * n)) return -1;
-    int64_t v[18];
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != (size_t)(7 + FIGS * n)) return -1;
+    int64_t v[7 + 2 * FIGS];
     for (size_t i = 0; i < r->elements; i++) {
         if (r->element[i]->type != REDIS_REPLY_INTEGER) return -1;
         v[i] = r->element[i]->integer;
@@ -422,8 +492,10 @@ int gq_redis_admit_parse(const struct redisReply *r, const gq_key_t *key, int64_
     gq_level_fig_t fig[2];
     const gq_limits_t *lims[2] = {lv[0].limits, n > 1 ? lv[1].limits : NULL};
     for (int i = 0; i < n; i++) {
-        const int64_t *f = &v[6 + 6 * i];
+        const int64_t *f = &v[7 + FIGS * i];
         fig[i] = (gq_level_fig_t){f[0], f[1], f[2], f[3], f[4], f[5]};
+        if (grant) grant[i] = (gq_lease_grant_t){v[6], v[5], f[6], f[7], f[8]};
+        if (figs) figs[i] = fig[i];
     }
     memset(d, 0, sizeof(*d));
     d->allowed = v[0] == 1;
@@ -437,6 +509,7 @@ int gq_redis_admit_parse(const struct redisReply *r, const gq_key_t *key, int64_
         memset(t, 0, sizeof(*t));
         t->key = key;
         t->reserved = clamp_tokens(est);
+        t->sec = v[6];
         t->day = v[5];
         for (int i = 0; i < n; i++) t->slot_taken[i] = lv[i].limits->concurrent != 0;
         snprintf(t->slot, sizeof(t->slot), "%s", slot ? slot : "");

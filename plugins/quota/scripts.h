@@ -3,15 +3,16 @@
  *
  * Keys, all hash-tagged by tenant so that one tenant's keys share one Redis Cluster slot
  * (tenant ids and model names come from the config, percent-encoded outside [A-Za-z0-9._~-]):
- *   gotthard:q:{<tenant>}:rpm           hash d, t       GCRA debt and time (requests)
- *   gotthard:q:{<tenant>}:tpm           hash d, t       GCRA debt and time (tokens)
+ *   gotthard:q:{<tenant>}:rpm           hash s, lo, hi, <second>...  the sliding window
+ *                                       (requests): sum, range of seconds, count per second
+ *   gotthard:q:{<tenant>}:tpm           hash s, lo, hi, <second>...  the same for tokens
  *   gotthard:q:{<tenant>}:tpd           hash day, used  the UTC day (days since the epoch)
  *                                                       and the tokens used that day
  *   gotthard:q:{<tenant>}:conc          zset slot id -> expiry (ms): concurrency slots
  * and the same under gotthard:q:{<tenant>}:m:<model>:... for a model override. The day
  * budget is one key holding its day (rather than a key per date) so the scripts touch only
  * the keys they are given (KEYS), as Redis Cluster requires. Every key carries a PEXPIRE:
- * the time until its GCRA is full again, the next 00:00 UTC, or the latest slot's expiry,
+ * the time until its window is empty again, the next 00:00 UTC, or the latest slot's expiry,
  * plus 10 s, so an idle tenant leaves nothing behind. No request content is ever stored:
  * only numbers and slot ids (made by the gateway: gq_slot_id).
  *
@@ -44,7 +45,7 @@ typedef enum { GQ_SCRIPT_ADMIT, GQ_SCRIPT_SETTLE, GQ_SCRIPT_TOUCH, GQ_SCRIPT_COU
 const char *gq_script_source(gq_script_t s);
 const char *gq_script_sha(gq_script_t s); /* 40 lowercase hex digits; thread-safe */
 
-#define GQ_REDIS_MAX_ARGV 32
+#define GQ_REDIS_MAX_ARGV 48
 #define GQ_REDIS_BUF 8192
 
 /* A command ready for redisCommandArgv / gw_req_redis. argv points into buf: do not copy the
@@ -65,16 +66,25 @@ int gq_redis_key(char *out, size_t cap, const char *tenant, const char *model,
 /* A concurrency slot id from an instance id (random at start) and a per-instance counter. */
 void gq_slot_id(char out[48], uint64_t instance, uint64_t seq);
 
-/* EVALSHA admit: est_tokens, the slot id this admission would take, its lease. 0 or -1. */
+/* The window the gateway uses in Redis: one second longer than the in-process one, for the
+ * second a lease may be spent after it was counted (limiter.h). */
+#define GQ_REDIS_WINDOW_S (GQ_WINDOW_S + 1)
+
+/* EVALSHA admit: est_tokens, the slot id this admission would take and its lease (slot_ms),
+ * the window in seconds; with lease set, also take leases for this process and give back ret
+ * (per level; NULL: nothing). 0 or -1. */
 int gq_redis_admit_cmd(gq_redis_cmd_t *c, const gq_key_t *key, int64_t est_tokens,
-                       const char *slot, int64_t lease_ms, int64_t now_override);
-/* The admit script's reply into a decision (and, allowed, a ticket), as gq_admit gives them.
- * Returns 1 allowed, 0 refused, -1 a malformed reply (or an error reply). */
+                       const char *slot, int64_t slot_ms, int window_s, int lease,
+                       const gq_lease_ret_t *ret, int64_t now_override);
+/* The admit script's reply into a decision (and, allowed, a ticket), as gq_admit gives them,
+ * and (when not NULL) the leases granted and each level's figures. Returns 1 allowed,
+ * 0 refused, -1 a malformed reply (or an error reply). */
 int gq_redis_admit_parse(const struct redisReply *r, const gq_key_t *key, int64_t est_tokens,
-                         const char *slot, gq_decision_t *d, gq_ticket_t *t);
+                         const char *slot, gq_decision_t *d, gq_ticket_t *t,
+                         gq_lease_grant_t grant[2], gq_level_fig_t figs[2]);
 /* EVALSHA settle: charge actual - reserved, free the slot. */
 int gq_redis_settle_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t actual_tokens,
-                        int64_t now_override);
+                        int window_s, int64_t now_override);
 /* EVALSHA touch: extend the ticket's slots to now + lease_ms. Replies the number of slots
  * still held (0: they had expired). */
 int gq_redis_touch_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t lease_ms,

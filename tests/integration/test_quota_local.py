@@ -41,7 +41,8 @@ def test_requests_per_minute_and_429():
     r = chat(gw)
     assert r.status == 429 and r.error_code() == "rate_limit_exceeded", r.describe()
     ra, ram = r.header("retry-after"), r.header("retry-after-ms")
-    assert ra and ram and int(ra) >= 1 and 0 < int(ram) <= 60000 and int(ra) * 1000 >= int(ram), r.describe()
+    # The window forgets a request 60-61 s after it was admitted (the three above: just now).
+    assert ra and ram and 59000 < int(ram) <= 61000 and int(ra) * 1000 >= int(ram), r.describe()
     assert r.header("x-ratelimit-remaining-requests") == "0", r.describe()
     assert len(mock.api_requests()) == before, "a refused request reached the backend"
     metrics = gwtest.request(gw.admin_port, "GET", "/metrics").body.decode()

@@ -90,7 +90,18 @@ static int admit(const gq_key_t *k, int64_t now, int64_t est, gq_decision_t *d, 
     return gq_admit(k, now, est, d, t ? t : &scratch);
 }
 
-static void test_gcra_requests(void)
+/* Every admission time in log[0..n): no interval of 60 s holds more than limit. */
+static int max_in_any_minute(const int64_t *log, int n)
+{
+    int best = 0;
+    for (int i = 0, j = 0; i < n; i++) {
+        while (log[i] - log[j] >= 60000) j++;
+        if (i - j + 1 > best) best = i - j + 1;
+    }
+    return best;
+}
+
+static void test_window_requests(void)
 {
     gq_limiter_t *lim = one("a", L(60, 0, 0, 0));
     const gq_key_t *k = gq_find(lim, "a", NULL);
@@ -98,67 +109,91 @@ static void test_gcra_requests(void)
     CHECK(k != NULL, "key");
     CHECK(gq_find(lim, "nobody", NULL) == NULL, "unknown tenant: no key");
 
-    /* A full burst one second before a minute edge... */
+    /* The whole minute's allowance one second before a minute edge... */
     int64_t t = T0 + 59000;
     int ok = 0;
     for (int i = 0; i < 60; i++) ok += admit(k, t, 1, &d, NULL);
-    CHECK(ok == 60, "burst of 60: %d", ok);
-    CHECK(d.state.req_limit == 60 && d.state.req_remaining == 0 && d.state.req_reset_ms == 60000,
-          "state after the burst: %lld %lld %lld", (long long)d.state.req_limit,
+    CHECK(ok == 60, "60 at once: %d", ok);
+    CHECK(d.state.req_limit == 60 && d.state.req_remaining == 0 && d.state.req_reset_ms == 61000,
+          "state after them: %lld %lld %lld", (long long)d.state.req_limit,
           (long long)d.state.req_remaining, (long long)d.state.req_reset_ms);
-    CHECK(!admit(k, t, 1, &d, NULL) && d.reason == GQ_RPM && d.retry_after_ms == 1000,
-          "61st refused, retry 1000: %d %lld", d.reason, (long long)d.retry_after_ms);
-    /* ...and no second burst at the edge: one emission interval (1 s) brings one request. */
+    CHECK(!admit(k, t, 1, &d, NULL) && d.reason == GQ_RPM && d.retry_after_ms == 61000,
+          "61st refused, retry 61 s: %d %lld", d.reason, (long long)d.retry_after_ms);
+    /* ...and nothing more at the edge, nor until the window has moved past them. */
     ok = 0;
     for (int i = 0; i < 60; i++) ok += admit(k, T0 + 60000, 1, &d, NULL);
-    CHECK(ok == 1, "at the minute edge only 1 more: %d", ok);
-    CHECK(!admit(k, T0 + 60500, 1, &d, NULL) && d.retry_after_ms == 500, "retry 500: %lld",
+    CHECK(ok == 0, "at the minute edge nothing more: %d", ok);
+    CHECK(!admit(k, T0 + 119999, 1, &d, NULL) && d.retry_after_ms == 1, "1 ms short: %lld",
           (long long)d.retry_after_ms);
     gq_state_t s;
-    gq_state(k, T0 + 60500, &s);
-    CHECK(s.req_remaining == 0 && s.req_reset_ms == 60000 - 500, "reset: %lld",
+    gq_state(k, T0 + 90500, &s);
+    CHECK(s.req_remaining == 0 && s.req_reset_ms == 29500, "reset: %lld",
           (long long)s.req_reset_ms);
-    gq_state(k, T0 + 90000, &s);
-    CHECK(s.req_remaining == 30 && s.req_reset_ms == 30000, "half refilled: %lld %lld",
-          (long long)s.req_remaining, (long long)s.req_reset_ms);
+    CHECK(admit(k, T0 + 120000, 1, &d, NULL) && d.state.req_remaining == 59, "then a new minute");
     gq_limiter_free(lim);
 
-    /* Saturated from cold for two minutes, one attempt every 100 ms: the first minute admits
-     * the burst plus the refills (2N - 1: the documented bound), every later minute exactly N. */
+    /* Saturated from cold for three minutes, one attempt every 100 ms: exactly the limit in
+     * each of the first minutes, and never more in any 60 s. */
     lim = one("a", L(60, 0, 0, 0));
     k = gq_find(lim, "a", NULL);
-    int first = 0, second = 0, edge = 0;
-    for (int64_t at = T0; at < T0 + 2 * P; at += 100) {
-        int a = admit(k, at, 1, &d, NULL);
-        if (at < T0 + P)
-            first += a;
-        else
-            second += a;
-        if (at >= T0 + P - 1000 && at < T0 + P + 1000) edge += a;
+    static int64_t log[4000];
+    int n = 0, first = 0, second = 0;
+    for (int64_t at = T0; at < T0 + 3 * P; at += 100) {
+        if (!admit(k, at, 1, &d, NULL)) continue;
+        log[n++] = at;
+        first += at < T0 + P;
+        second += at >= T0 + P && at < T0 + 2 * P;
     }
-    CHECK(first == 119 && second == 60, "cold minute %d, steady minute %d", first, second);
-    CHECK(edge == 2, "2 s around a minute edge in steady state: %d (a fixed window: up to 120)",
-          edge);
+    CHECK(first == 60 && second == 60, "first minute %d, second %d", first, second);
+    CHECK(max_in_any_minute(log, n) == 60, "at most 60 in any 60 s: %d", max_in_any_minute(log, n));
     gq_limiter_free(lim);
 
-    /* A burst smaller than the rate. */
-    gq_limits_t b = L(60, 0, 0, 0);
-    b.rpm_burst = 10;
-    lim = one("b", b);
-    k = gq_find(lim, "b", NULL);
-    ok = 0;
-    for (int i = 0; i < 20; i++) ok += admit(k, T0, 1, &d, NULL);
-    CHECK(ok == 10 && d.retry_after_ms == 1000 && d.state.req_limit == 60, "burst 10: %d", ok);
+    /* A random arrival pattern: the same bound, and the refusals' retry times are exact (one
+     * millisecond earlier is still refused, at the time it is admitted). */
+    lim = one("r", L(25, 0, 0, 0));
+    k = gq_find(lim, "r", NULL);
+    n = 0;
+    uint64_t seed = 7;
+    int exact = 0, tried = 0;
+    for (int64_t at = T0; at < T0 + 10 * P && n < 4000;) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        at += (int64_t)(seed >> 33) % 3000;
+        if (admit(k, at, 1, &d, NULL)) {
+            log[n++] = at;
+            continue;
+        }
+        if (tried++ % 10) continue;
+        int64_t when = at + d.retry_after_ms;
+        gq_state_t st;
+        gq_state(k, when - 1, &st);
+        exact += st.req_remaining == 0;
+        if (admit(k, when, 1, &d, NULL)) {
+            log[n++] = when;
+            exact++;
+            at = when;
+        }
+    }
+    CHECK(max_in_any_minute(log, n) <= 25, "random: at most 25 in any 60 s: %d",
+          max_in_any_minute(log, n));
+    CHECK(tried > 20 && exact == 2 * ((tried + 9) / 10), "retry times exact: %d of %d", exact,
+          2 * ((tried + 9) / 10));
     gq_limiter_free(lim);
 
-    /* A rate that does not divide the minute: 7/min, 8571.43 ms apart. */
-    lim = one("c", L(7, 0, 0, 0));
+    /* The retry is when the oldest bucket that frees enough has left the window. */
+    lim = one("c", L(3, 0, 0, 0));
     k = gq_find(lim, "c", NULL);
-    for (int i = 0; i < 7; i++) admit(k, T0, 1, &d, NULL);
-    CHECK(!admit(k, T0, 1, &d, NULL) && d.retry_after_ms == 8572, "ceil(60000/7): %lld",
-          (long long)d.retry_after_ms);
-    CHECK(!admit(k, T0 + 8571, 1, &d, NULL) && d.retry_after_ms == 1, "1 ms short");
-    CHECK(admit(k, T0 + 8572, 1, &d, NULL), "then admitted");
+    admit(k, T0, 1, &d, NULL);
+    admit(k, T0 + 10000, 1, &d, NULL);
+    admit(k, T0 + 20500, 1, &d, NULL);
+    CHECK(!admit(k, T0 + 30000, 1, &d, NULL) && d.retry_after_ms == 31000,
+          "the oldest frees one: %lld", (long long)d.retry_after_ms);
+    CHECK(d.state.req_reset_ms == 81000 - 30000, "reset when the newest leaves: %lld",
+          (long long)d.state.req_reset_ms);
+    CHECK(admit(k, T0 + 61000, 1, &d, NULL) && !admit(k, T0 + 61000, 1, &d, NULL),
+          "one freed at 61 s, one only");
+    CHECK(d.retry_after_ms == 10000, "the next at 71 s: %lld", (long long)d.retry_after_ms);
+    /* The clock going back does not reopen the window. */
+    CHECK(!admit(k, T0 + 1000, 1, &d, NULL), "a clock that went back");
     gq_limiter_free(lim);
 }
 
@@ -167,14 +202,14 @@ static void test_tokens(void)
     gq_limiter_t *lim = one("a", L(0, 1000, 0, 0));
     const gq_key_t *k = gq_find(lim, "a", NULL);
     gq_decision_t d;
-    gq_ticket_t t1, t2, t3;
+    gq_ticket_t t1, t2, t3, t4;
     int64_t t = T0 + 12345;
     CHECK(admit(k, t, 600, &d, &t1) && t1.reserved == 600, "600 of 1000");
-    CHECK(d.state.tok_limit == 1000 && d.state.tok_remaining == 400 && d.state.tok_reset_ms == 36000,
+    CHECK(d.state.tok_limit == 1000 && d.state.tok_remaining == 400 && d.state.tok_reset_ms == 60655,
           "state %lld %lld", (long long)d.state.tok_remaining, (long long)d.state.tok_reset_ms);
     CHECK(d.state.req_limit == 0, "no request limit configured");
-    CHECK(!admit(k, t, 600, &d, NULL) && d.reason == GQ_TPM && d.retry_after_ms == 12000,
-          "600 more refused, retry 12 s: %lld", (long long)d.retry_after_ms);
+    CHECK(!admit(k, t, 600, &d, NULL) && d.reason == GQ_TPM && d.retry_after_ms == 60655,
+          "600 more refused: %lld", (long long)d.retry_after_ms);
     /* Settled down: 500 tokens come back. */
     gq_settle(&t1, t, 100);
     gq_state_t s;
@@ -184,28 +219,42 @@ static void test_tokens(void)
     /* Settled up: 300 more than reserved is charged, beyond the estimate. */
     gq_settle(&t2, t, 900);
     gq_state(k, t, &s);
-    CHECK(s.tok_remaining == 0 && s.tok_reset_ms == 60000, "charged up: %lld %lld",
+    CHECK(s.tok_remaining == 0 && s.tok_reset_ms == 60655, "charged up: %lld %lld",
           (long long)s.tok_remaining, (long long)s.tok_reset_ms);
-    CHECK(!admit(k, t, 1, &d, NULL) && d.retry_after_ms == 60, "one token: 60 ms: %lld",
+    CHECK(!admit(k, t, 1, &d, NULL) && d.retry_after_ms == 60655, "one token waits: %lld",
           (long long)d.retry_after_ms);
-    CHECK(!admit(k, t, 0, &d, NULL) && d.retry_after_ms == 60, "an estimate of 0 needs 1 token");
-    CHECK(admit(k, t + 60, 1, &d, &t3), "after 60 ms");
-    /* Overrun beyond the whole burst: later requests wait for it. */
-    gq_settle(&t3, t + 60, 2001);
-    gq_state(k, t + 60, &s);
-    CHECK(s.tok_remaining == 0 && s.tok_reset_ms == 180000, "debt of 3000: %lld",
+    CHECK(!admit(k, t, 0, &d, NULL) && d.retry_after_ms == 60655, "an estimate of 0 needs 1 token");
+    CHECK(admit(k, t + 60655, 1, &d, &t3), "after the window");
+    /* Overrun beyond the whole limit: later requests wait for it to leave the window. */
+    gq_settle(&t3, t + 60655, 2001);
+    gq_state(k, t + 60655, &s);
+    CHECK(s.tok_remaining == 0 && s.tok_reset_ms == 61000, "overrun: %lld",
           (long long)s.tok_reset_ms);
+    /* A settlement after its bucket left the window (a long stream): the rest is charged
+     * now; a rest in the other direction is dropped. */
+    int64_t later = T0 + 200000;
+    CHECK(admit(k, later, 10, &d, &t4), "admitted at 200 s");
+    gq_ticket_t t5 = t4;
+    gq_settle(&t4, later + 70000, 110);
+    gq_state(k, later + 70000, &s);
+    CHECK(s.tok_remaining == 900, "a long stream's rest charged when it ends: %lld",
+          (long long)s.tok_remaining);
+    t5.reserved = 500;
+    gq_settle(&t5, later + 70000, 0);
+    gq_state(k, later + 70000, &s);
+    CHECK(s.tok_remaining == 900, "a stale credit changes nothing: %lld",
+          (long long)s.tok_remaining);
     gq_limiter_free(lim);
 
-    /* An estimate larger than the whole limit: only into an empty bucket, charged in full. */
+    /* An estimate larger than the whole limit: only into an empty window, charged in full. */
     lim = one("a", L(0, 1000, 0, 0));
     k = gq_find(lim, "a", NULL);
-    CHECK(admit(k, t, 1500, &d, &t1), "oversize admitted when full");
-    CHECK(!admit(k, t, 1, &d, NULL) && d.retry_after_ms == 30060, "then 1 token waits: %lld",
+    CHECK(admit(k, t, 1500, &d, &t1), "oversize admitted when empty");
+    CHECK(!admit(k, t, 1, &d, NULL) && d.retry_after_ms == 60655, "then 1 token waits: %lld",
           (long long)d.retry_after_ms);
-    CHECK(!admit(k, t, 1500, &d, NULL) && d.retry_after_ms == 90000,
+    CHECK(!admit(k, t + 1000, 1500, &d, NULL) && d.retry_after_ms == 59655,
           "oversize waits until empty: %lld", (long long)d.retry_after_ms);
-    CHECK(admit(k, t + 90000, 1500, &d, NULL), "and then fits");
+    CHECK(admit(k, t + 60655, 1500, &d, NULL), "and then fits");
     gq_limiter_free(lim);
 }
 
@@ -285,18 +334,22 @@ static void test_overrides(void)
     CHECK(ko == kt && gq_key_levels(ko, lv) == 1, "a model without override: the tenant key");
     gq_decision_t d;
     int ok = 0;
-    for (int i = 0; i < 5; i++) ok += admit(km, T0, 1, &d, NULL);
-    CHECK(ok == 3 && d.reason == GQ_RPM && d.level == 1 && d.retry_after_ms == 20000,
+    for (int i = 0; i < 2; i++) ok += admit(ko, T0, 1, &d, NULL);
+    for (int i = 0; i < 5; i++) ok += admit(km, T0 + 5000, 1, &d, NULL);
+    CHECK(ok == 5 && d.reason == GQ_RPM && d.level == 1 && d.retry_after_ms == 61000,
           "model limit: %d, level %d, retry %lld", ok, d.level, (long long)d.retry_after_ms);
     CHECK(d.state.req_limit == 3 && d.state.req_remaining == 0, "headers show the tighter limit");
     ok = 0;
-    for (int i = 0; i < 10; i++) ok += admit(ko, T0, 1, &d, NULL);
-    CHECK(ok == 7 && d.level == 0 && d.retry_after_ms == 6000, "the tenant's total: %d", ok);
+    for (int i = 0; i < 10; i++) ok += admit(ko, T0 + 6000, 1, &d, NULL);
+    CHECK(ok == 5 && d.level == 0 && d.retry_after_ms == 55000, "the tenant's total: %d %lld", ok,
+          (long long)d.retry_after_ms);
     /* Both refuse: the longer wait is reported. */
-    CHECK(!admit(km, T0, 1, &d, NULL) && d.level == 1 && d.retry_after_ms == 20000, "both refuse");
-    /* After 6 s the tenant has room but the model not. */
-    CHECK(!admit(km, T0 + 6000, 1, &d, NULL) && d.level == 1 && d.retry_after_ms == 14000,
-          "model still refuses");
+    CHECK(!admit(km, T0 + 6000, 1, &d, NULL) && d.level == 1 && d.retry_after_ms == 60000,
+          "both refuse: %d %lld", d.level, (long long)d.retry_after_ms);
+    /* At 61 s the tenant has room again but the model not. */
+    CHECK(!admit(km, T0 + 61000, 1, &d, NULL) && d.level == 1 && d.retry_after_ms == 5000,
+          "model still refuses: %lld", (long long)d.retry_after_ms);
+    CHECK(admit(ko, T0 + 61000, 1, &d, NULL), "the tenant's other models go on");
     gq_limiter_free(lim);
 
     /* A tenant without limits of its own, with an override: only the override applies. */
@@ -308,16 +361,17 @@ static void test_overrides(void)
 
 static void test_choice(void)
 {
-    /* rpm 2, tpm 100: after two requests of 50, a request of 100 is refused by both; the
-     * tokens wait is longer and is the one reported. With the day spent, the day wins. */
+    /* rpm 2, tpm 100: after requests of 50 at 0 s and 1 s, a request of 100 is refused by
+     * both; the tokens wait is longer and is the one reported. With the day spent, the day
+     * wins. */
     gq_limiter_t *lim = one("a", L(2, 100, 1000000, 0));
     const gq_key_t *k = gq_find(lim, "a", NULL);
     gq_decision_t d;
     admit(k, T0, 50, &d, NULL);
-    admit(k, T0, 50, &d, NULL);
-    CHECK(!admit(k, T0, 100, &d, NULL) && d.reason == GQ_TPM && d.retry_after_ms == 60000,
+    admit(k, T0 + 1000, 50, &d, NULL);
+    CHECK(!admit(k, T0 + 1000, 100, &d, NULL) && d.reason == GQ_TPM && d.retry_after_ms == 61000,
           "tokens: %d %lld", d.reason, (long long)d.retry_after_ms);
-    CHECK(!admit(k, T0, 10, &d, NULL) && d.reason == GQ_RPM && d.retry_after_ms == 30000,
+    CHECK(!admit(k, T0 + 1000, 10, &d, NULL) && d.reason == GQ_RPM && d.retry_after_ms == 60000,
           "requests: %d %lld", d.reason, (long long)d.retry_after_ms);
     gq_limiter_free(lim);
     lim = one("a", L(1, 0, 10, 0));
@@ -589,9 +643,9 @@ static int r_admit(redisContext *c, const gq_key_t *k, int64_t now, int64_t est,
                    int64_t lease, gq_decision_t *d, gq_ticket_t *t)
 {
     static gq_redis_cmd_t cmd; /* main thread only */
-    if (gq_redis_admit_cmd(&cmd, k, est, slot, lease, now) < 0) return -1;
+    if (gq_redis_admit_cmd(&cmd, k, est, slot, lease, GQ_WINDOW_S, 0, NULL, now) < 0) return -1;
     redisReply *r = run(c, &cmd, GQ_SCRIPT_ADMIT);
-    int rc = gq_redis_admit_parse(r, k, est, slot, d, t);
+    int rc = gq_redis_admit_parse(r, k, est, slot, d, t, NULL, NULL);
     freeReplyObject(r);
     return rc;
 }
@@ -599,7 +653,7 @@ static int r_admit(redisContext *c, const gq_key_t *k, int64_t now, int64_t est,
 static int r_settle(redisContext *c, const gq_ticket_t *t, int64_t now, int64_t actual)
 {
     static gq_redis_cmd_t cmd;
-    if (gq_redis_settle_cmd(&cmd, t, actual, now) < 0) return -1;
+    if (gq_redis_settle_cmd(&cmd, t, actual, GQ_WINDOW_S, now) < 0) return -1;
     redisReply *r = run(c, &cmd, GQ_SCRIPT_SETTLE);
     int ok = r && r->type == REDIS_REPLY_INTEGER;
     freeReplyObject(r);
@@ -634,8 +688,6 @@ static gq_limiter_t *scenario_limiter(int walk)
     gq_limits_t acme = L(5, 1000, walk ? 40000 : 3000, walk ? 4 : 2), mix = L(2, 400, 0, 1);
     gq_limits_t beta = L(3, 0, 0, 0), bursty = L(60, 600, 0, 0);
     gq_limits_t odd = L(7, 333, walk ? 9000 : 777, 3), big = L(0, 0, 0, 0);
-    bursty.rpm_burst = 4;
-    bursty.tpm_burst = 100;
     big.tpm = 5000000;
     big.tpd = 50000000;
     gq_limiter_set(lim, "acme", NULL, &acme);
@@ -767,6 +819,94 @@ static size_t random_steps(step_t *out, size_t n, uint64_t seed)
     return n;
 }
 
+/* One attempt of an "instance" with leases, as the plugin does it: from the leases, or one
+ * admit call that gives back the old ones and takes new ones (or a plain admit while another
+ * renewal is in flight, which cannot happen here). Settles with actual (>= 0) at once. */
+static int lease_try(redisContext *c, const gq_key_t *k, int64_t mono, int64_t est,
+                     int64_t actual, int *calls)
+{
+    static gq_redis_cmd_t cmd;
+    gq_decision_t d;
+    gq_ticket_t t;
+    gq_lease_ret_t ret[2];
+    int renew = 0, rc = 1;
+    if (!gq_lease_admit(k, mono, est, &d, &t, &renew, ret)) {
+        gq_redis_admit_cmd(&cmd, k, est, "", 1000, GQ_REDIS_WINDOW_S, renew, renew ? ret : NULL, 0);
+        redisReply *r = run(c, &cmd, GQ_SCRIPT_ADMIT);
+        (*calls)++;
+        gq_lease_grant_t g[2];
+        gq_level_fig_t f[2];
+        rc = gq_redis_admit_parse(r, k, est, "", &d, &t, g, f);
+        freeReplyObject(r);
+        if (renew) gq_lease_install(k, mono + GQ_LEASE_MS, rc >= 0 ? g : NULL, f, rc == 1 ? &t : NULL);
+    }
+    if (rc == 1 && actual >= 0 && !gq_lease_settle(&t, mono, actual)) {
+        gq_redis_settle_cmd(&cmd, &t, actual, GQ_REDIS_WINDOW_S, 0);
+        freeReplyObject(run(c, &cmd, GQ_SCRIPT_SETTLE));
+        (*calls)++;
+    }
+    return rc == 1;
+}
+
+static long long hget(redisContext *c, const char *key, const char *field)
+{
+    redisReply *r = redisCommand(c, "HGET %s %s", key, field);
+    long long v = r && r->type == REDIS_REPLY_STRING ? atoll(r->str) : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+static void test_leases(redisContext *c)
+{
+    /* Three "instances" (limiters of their own, as separate processes have), interleaved,
+     * against 300 requests per minute: exactly 300, with far fewer round trips. */
+    gq_limits_t ll = L(300, 0, 0, 0);
+    gq_limiter_t *inst[3];
+    for (int i = 0; i < 3; i++) {
+        inst[i] = gq_limiter_new(NULL);
+        gq_limiter_set(inst[i], "leased", NULL, &ll);
+    }
+    int adm = 0, calls = 0, calls_at_limit = 0;
+    for (int i = 0; i < 900; i++) {
+        adm += lease_try(c, gq_find(inst[i % 3], "leased", NULL), 1000000, 1, -1, &calls);
+        if (adm == 300 && !calls_at_limit) calls_at_limit = calls;
+    }
+    CHECK(adm == 300, "three instances with leases: %d of 300", adm);
+    CHECK(calls_at_limit > 0 && calls_at_limit < 120, "%d round trips for 300 admissions",
+          calls_at_limit);
+    CHECK(hget(c, "gotthard:q:{leased}:rpm", "s") == 300, "Redis counts 300: %lld",
+          hget(c, "gotthard:q:{leased}:rpm", "s"));
+    for (int i = 0; i < 3; i++) gq_limiter_free(inst[i]);
+
+    /* Tokens: settlements fold into the lease; an expired lease's rest goes back with the next
+     * call, and Redis then holds what was used plus the new lease. */
+    gq_limits_t tl = L(0, 100000, 0, 0);
+    gq_limiter_t *a = gq_limiter_new(NULL);
+    gq_limiter_set(a, "tok", NULL, &tl);
+    const gq_key_t *k = gq_find(a, "tok", NULL);
+    calls = 0;
+    for (int i = 0; i < 3; i++) lease_try(c, k, 5000000, 100, 40, &calls);
+    CHECK(calls == 1, "one call for three admissions and settlements: %d", calls);
+    long long s1 = hget(c, "gotthard:q:{tok}:tpm", "s");
+    CHECK(s1 == 100 + (100000 - 100) / 8, "the first call: 100 and a lease of an eighth: %lld", s1);
+    CHECK(lease_try(c, k, 5000000 + GQ_LEASE_MS, 100, -1, &calls) && calls == 2,
+          "an expired lease renews");
+    long long s2 = hget(c, "gotthard:q:{tok}:tpm", "s");
+    CHECK(s2 == 220 + (100000 - 220) / 8, "used 3 x 40, 100 reserved, the new lease: %lld", s2);
+    gq_limiter_free(a);
+
+    /* Near the limit the leases shrink to nothing: every request asks Redis. */
+    gq_limits_t sl = L(10, 0, 0, 0);
+    a = gq_limiter_new(NULL);
+    gq_limiter_set(a, "small", NULL, &sl);
+    k = gq_find(a, "small", NULL);
+    calls = 0;
+    adm = 0;
+    for (int i = 0; i < 20; i++) adm += lease_try(c, k, 7000000, 1, -1, &calls);
+    CHECK(adm == 10 && calls == 20 - 1, "limit 10: %d admitted, %d calls", adm, calls);
+    gq_limiter_free(a);
+}
+
 typedef struct inst {
     const gq_key_t *k;
     int attempts, admitted, errors;
@@ -784,9 +924,9 @@ static void *instance_run(void *arg)
     for (int i = 0; i < in->attempts; i++) {
         gq_decision_t d;
         gq_ticket_t t;
-        gq_redis_admit_cmd(cmd, in->k, 1, "s", 60000, 0);
+        gq_redis_admit_cmd(cmd, in->k, 1, "s", 60000, GQ_REDIS_WINDOW_S, 0, NULL, 0);
         redisReply *r = redisCommandArgv(c, cmd->argc, cmd->argv, cmd->argvlen);
-        int rc = gq_redis_admit_parse(r, in->k, 1, "s", &d, &t);
+        int rc = gq_redis_admit_parse(r, in->k, 1, "s", &d, &t, NULL, NULL);
         freeReplyObject(r);
         if (rc < 0) in->errors++;
         if (rc == 1) in->admitted++;
@@ -900,7 +1040,7 @@ static void test_redis(void)
     lim = one("ns", L(10, 0, 0, 0));
     k = gq_find(lim, "ns", NULL);
     gq_redis_cmd_t *cmd = malloc(sizeof(*cmd));
-    gq_redis_admit_cmd(cmd, k, 1, "s", 1000, 0);
+    gq_redis_admit_cmd(cmd, k, 1, "s", 1000, GQ_REDIS_WINDOW_S, 0, NULL, 0);
     r = redisCommandArgv(c, cmd->argc, cmd->argv, cmd->argvlen);
     CHECK(gq_redis_is_noscript(r), "NOSCRIPT after SCRIPT FLUSH");
     freeReplyObject(r);
@@ -936,6 +1076,8 @@ static void test_redis(void)
           admitted, errors);
     gq_limiter_free(lim);
 
+    test_leases(c);
+
     redisFree(c);
     redisFree(c2);
     redis_stop();
@@ -945,7 +1087,7 @@ int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     test_format();
-    test_gcra_requests();
+    test_window_requests();
     test_tokens();
     test_day();
     test_concurrency();
