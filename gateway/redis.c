@@ -23,6 +23,7 @@ typedef struct pending {
     gw_redis_t *rd;
     gw_req_t *r;
     gw_redis_cb cb;
+    gw_redis_detached_cb dcb; /* instead of cb: a call not tied to the request */
     void *arg;
     struct event *timer;
     int answered; /* the callback has run */
@@ -64,7 +65,10 @@ static void answer(pending_t *p, redisReply *reply)
     if (p->answered) return;
     p->answered = 1;
     if (p->timer) evtimer_del(p->timer);
-    p->cb(p->r, reply, p->arg);
+    if (p->dcb)
+        p->dcb(reply, p->arg);
+    else
+        p->cb(p->r, reply, p->arg);
 }
 
 static void pending_free(pending_t *p)
@@ -206,16 +210,17 @@ void gw_redis_free(gw_redis_t *rd)
     free(rd);
 }
 
-int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **argv,
-                 const size_t *argvlen)
+static int call(gw_req_t *r, gw_redis_cb cb, gw_redis_detached_cb dcb, void *arg, int argc,
+                const char **argv, const size_t *argvlen)
 {
     gw_redis_t *rd = r->w->redis;
     if (!rd || !rd->connected || !rd->ac) return -1;
     pending_t *p = calloc(1, sizeof(*p));
     if (!p) return -1;
     p->rd = rd;
-    p->r = r;
+    p->r = dcb ? NULL : r;
     p->cb = cb;
+    p->dcb = dcb;
     p->arg = arg;
     p->timer = evtimer_new(r->w->base, on_timeout, p);
     if (!p->timer || redisAsyncCommandArgv(rd->ac, on_reply, p, argc, argv, argvlen) != REDIS_OK) {
@@ -225,6 +230,18 @@ int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **
     struct timeval tv = {rd->timeout_ms / 1000, (rd->timeout_ms % 1000) * 1000};
     evtimer_add(p->timer, &tv);
     return 0;
+}
+
+int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **argv,
+                 const size_t *argvlen)
+{
+    return call(r, cb, NULL, arg, argc, argv, argvlen);
+}
+
+int gw_req_redis_detached(gw_req_t *r, gw_redis_detached_cb cb, void *arg, int argc,
+                          const char **argv, const size_t *argvlen)
+{
+    return call(r, NULL, cb, arg, argc, argv, argvlen);
 }
 
 int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *argvlen)

@@ -127,6 +127,12 @@ struct redisReply;
 typedef void (*gw_redis_cb)(gw_req_t *r, const struct redisReply *reply, void *arg);
 int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **argv,
                  const size_t *argvlen);
+/* Sends one command on the request's worker whose answer does not concern the request: cb runs
+ * exactly once on that worker's loop, with the reply, or NULL as for gw_req_redis, possibly
+ * after the request is gone (arg must live until then). -1 (cb never runs) as gw_req_redis. */
+typedef void (*gw_redis_detached_cb)(const struct redisReply *reply, void *arg);
+int gw_req_redis_detached(gw_req_t *r, gw_redis_detached_cb cb, void *arg, int argc,
+                          const char **argv, const size_t *argvlen);
 /* Sends one command whose answer nobody waits for (it may outlive the request). */
 int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *argvlen);
 

@@ -251,10 +251,12 @@ static void lock_give(lock_t *l)
 typedef struct lease {
     int64_t sec, rpm, tpm; /* the bucket they were counted in; what is left */
     int64_t day, tpd;
+    int64_t g_rpm, g_tpm, g_tpd; /* what was granted */
     int64_t deadline; /* monotonic ms; spendable before */
     int64_t granted;  /* monotonic ms of the grant's call */
     uint32_t gen;     /* 0: none */
     gq_level_fig_t fig;
+    gq_lease_ret_t back; /* the rest of a lease replaced while it lived, for the next call */
 } lease_t;
 
 typedef struct bucket {
@@ -656,15 +658,44 @@ static int lease_covers(const gq_key_t *k, int64_t mono, int64_t est)
     return (!l->rpm || ls->rpm >= 1) && (!l->tpm || ls->tpm >= c) && (!l->tpd || ls->tpd >= c);
 }
 
-/* Empties a level's lease into what goes back to Redis. */
+/* Adds a rest (sec, n) to what goes back: one second per kind is kept; of two different ones
+ * the larger rest goes back and the other stays counted in Redis until its window forgets it
+ * (never too little counted). */
+static void back_add(int64_t *bsec, int64_t *bn, int64_t sec, int64_t n)
+{
+    if (!n) return;
+    if (*bn && *bsec == sec)
+        *bn += n;
+    else if (!*bn || n > *bn)
+        *bsec = sec, *bn = n;
+}
+
+static void lease_to_back(lease_t *ls)
+{
+    if (!ls->gen) return;
+    back_add(&ls->back.rpm_sec, &ls->back.rpm, ls->sec, ls->rpm);
+    back_add(&ls->back.tpm_sec, &ls->back.tpm, ls->sec, ls->tpm);
+    back_add(&ls->back.day, &ls->back.tpd, ls->day, ls->tpd);
+    ls->rpm = ls->tpm = ls->tpd = 0;
+    ls->gen = 0;
+}
+
+/* Empties a level's lease and what waits to go back into what the next call gives back. */
 static void lease_take_back(lease_t *ls, gq_lease_ret_t *r)
 {
-    memset(r, 0, sizeof(*r));
-    if (ls->gen) {
-        *r = (gq_lease_ret_t){ls->sec, ls->rpm, ls->sec, ls->tpm, ls->day, ls->tpd};
-        ls->rpm = ls->tpm = ls->tpd = 0;
-        ls->gen = 0;
-    }
+    lease_to_back(ls);
+    *r = ls->back;
+    memset(&ls->back, 0, sizeof(ls->back));
+}
+
+/* Time to ask for the next lease while this one still serves: its last quarter, in time or
+ * in any amount. */
+static int lease_ageing(const gq_key_t *k, int64_t mono)
+{
+    const gq_limits_t *l = &k->limits;
+    const lease_t *ls = &k->b->lease;
+    return mono >= ls->deadline - GQ_LEASE_MS / 4 || (l->rpm && ls->rpm * 4 < ls->g_rpm) ||
+           (l->tpm && ls->tpm * 4 < ls->g_tpm) || (l->tpd && ls->tpd * 4 < ls->g_tpd);
 }
 
 int gq_lease_admit(const gq_key_t *key, int64_t mono, int64_t est, gq_decision_t *d,
@@ -701,6 +732,19 @@ int gq_lease_admit(const gq_key_t *key, int64_t mono, int64_t est, gq_decision_t
             t->sec = ls->sec;
             t->day = ls->day;
         }
+        /* Renew ahead, in the background: the leases go on serving meanwhile, and what is left
+         * of them when the new ones arrive goes back with the call after. */
+        bucket_t *leaf = lv[n - 1]->b;
+        int ageing = 0;
+        for (int i = 0; i < n && !ageing; i++) ageing = lease_ageing(lv[i], mono);
+        if (ageing && !leaf->renewing) {
+            leaf->renewing = 1;
+            *renew = 1;
+            for (int i = 0; i < n; i++) {
+                ret[i] = lv[i]->b->lease.back;
+                memset(&lv[i]->b->lease.back, 0, sizeof(ret[i]));
+            }
+        }
         unlock_levels(lv, n);
         memset(d, 0, sizeof(*d));
         d->allowed = 1;
@@ -729,12 +773,14 @@ void gq_lease_install(const gq_key_t *key, int64_t deadline, const gq_lease_gran
     lock_levels(lv, n);
     for (int i = 0; g && i < n; i++) {
         lease_t *ls = &lv[i]->b->lease;
-        /* A lease another renewal installed meanwhile (a tenant-level lease shared with a
-         * model key) keeps its rest only when it is of the same bucket and day; otherwise its
-         * rest stays counted in Redis until the window forgets it. */
-        if (!(ls->gen && ls->sec == g[i].sec && ls->day == g[i].day)) {
-            ls->rpm = ls->tpm = ls->tpd = 0;
-        }
+        /* The lease this one replaces (renewed ahead, or installed by another renewal for a
+         * tenant-level lease shared with a model key): its rest joins the new lease when it
+         * was counted in the same second and day, else goes back with the next call. */
+        if (ls->gen && !(ls->sec == g[i].sec && ls->day == g[i].day)) lease_to_back(ls);
+        if (!ls->gen) ls->rpm = ls->tpm = ls->tpd = 0;
+        ls->g_rpm = g[i].rpm;
+        ls->g_tpm = g[i].tpm;
+        ls->g_tpd = g[i].tpd;
         ls->sec = g[i].sec;
         ls->day = g[i].day;
         ls->rpm += g[i].rpm;

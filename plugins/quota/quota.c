@@ -39,6 +39,7 @@
 typedef struct quota_conf {
     gq_limiter_t *lim;
     int redis, fallback_local;
+    atomic_int refs; /* the snapshot's, and one per lease renewal in flight */
 } quota_conf_t;
 
 typedef struct quota_ctx {
@@ -131,7 +132,7 @@ static int parse_limits(gw_conf_ctx_t *cx, const cJSON *o, const char *path, gq_
 static void release(void *state)
 {
     quota_conf_t *c = state;
-    if (!c) return;
+    if (!c || atomic_fetch_sub(&c->refs, 1) != 1) return;
     gq_limiter_t *mine = c->lim;
     atomic_compare_exchange_strong(&latest, &mine, NULL);
     gq_limiter_free(c->lim);
@@ -157,6 +158,7 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         }
         if (!c) {
             c = calloc(1, sizeof(*c));
+            if (c) atomic_init(&c->refs, 1);
             if (!c || !(c->lim = gq_limiter_new(atomic_load(&latest)))) {
                 release(c);
                 return -1;
@@ -349,6 +351,44 @@ static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg)
     gw_req_resume(r, rc);
 }
 
+/* A renewal ahead of time, in the background: the leases serve meanwhile. */
+typedef struct renewal {
+    quota_conf_t *c; /* held: the key lives as long as its limiter */
+    const gq_key_t *key;
+    int64_t sent;
+    gq_redis_cmd_t cmd;
+} renewal_t;
+
+static void on_renewed(const struct redisReply *reply, void *arg)
+{
+    renewal_t *rn = arg;
+    gq_decision_t d;
+    gq_lease_grant_t g[2];
+    gq_level_fig_t fig[2];
+    int rc = reply ? gq_redis_admit_parse(reply, rn->key, 0, "", &d, NULL, g, fig) : -1;
+    gq_lease_install(rn->key, rn->sent + GQ_LEASE_MS, rc >= 0 ? g : NULL, fig, NULL);
+    release(rn->c);
+    free(rn);
+}
+
+static void renew_ahead(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q, const gq_lease_ret_t ret[2])
+{
+    renewal_t *rn = malloc(sizeof(*rn));
+    if (rn && gq_redis_admit_cmd(&rn->cmd, q->key, 0, "", SLOT_LEASE_MS, GQ_REDIS_WINDOW_S, 2,
+                                 ret, 0) == 0) {
+        rn->c = c;
+        rn->key = q->key;
+        rn->sent = q->sent;
+        atomic_fetch_add(&c->refs, 1);
+        if (gw_req_redis_detached(r, on_renewed, rn, rn->cmd.argc, rn->cmd.argv,
+                                  rn->cmd.argvlen) == 0)
+            return;
+        atomic_fetch_sub(&c->refs, 1);
+    }
+    free(rn);
+    gq_lease_install(q->key, 0, NULL, NULL, NULL); /* ends the renewal; the rests stay counted */
+}
+
 static int request_body(gw_req_t *r, void *conf, void **ctx)
 {
     quota_conf_t *c = conf;
@@ -367,6 +407,10 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
         gq_decision_t d;
         if (gq_lease_admit(k, q->sent, q->est, &d, &q->ticket, &q->renewing, ret)) {
             q->in_redis = 1;
+            if (q->renewing) {
+                q->renewing = 0;
+                renew_ahead(r, c, q, ret);
+            }
             return decided(r, q, 1, &d);
         }
     } else {

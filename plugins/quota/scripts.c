@@ -119,7 +119,8 @@ static const char prelude[] =
     "end\n";
 
 /* KEYS: rpm, tpm, tpd, conc per level (tenant, then the model override if any).
- * ARGV: now_override, est, slot, slot_lease_ms, window_s, lease (0/1), then per level rpm, tpm,
+ * ARGV: now_override, est, slot, slot_lease_ms, window_s, lease (0: none, 1: admit and lease,
+ * 2: only lease, admitting nothing: a renewal ahead of time), then per level rpm, tpm,
  * tpd, concurrent, and what goes back from the previous leases: rpm_sec, rpm, tpm_sec, tpm,
  * day, tpd.
  * Reply: allowed, reason, level, retry_after_ms, now_ms, day, sec, then per level
@@ -128,7 +129,8 @@ static const char prelude[] =
 static const char admit_body[] =
     "local now = clock(ARGV[1])\n"
     "local est = clamp(tonumber(ARGV[2]), 0, MAXL)\n"
-    "local slot, slease, W, lease = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'\n"
+    "local slot, slease, W = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "local lease, only = ARGV[6] ~= '0', ARGV[6] == '2'\n"
     "local n = #KEYS / 4\n"
     "local day = fdiv(now, DAY)\n"
     "local sec0 = fdiv(now, 1000)\n"
@@ -162,6 +164,7 @@ static const char admit_body[] =
     "end\n"
     "for i = 1, n do\n"
     "  local s, k = S[i], (i - 1) * 4\n"
+    "  if only then break end\n"
     "  for which = 0, 3 do\n"
     "    local w, r = 0, 0\n"
     "    if which == 0 and s.rpm > 0 then\n"
@@ -186,21 +189,21 @@ static const char admit_body[] =
     "  for i = 1, n do\n"
     "    local s, k = S[i], (i - 1) * 4\n"
     "    if s.rpm > 0 then\n"
-    "      wadd(s.rw, sec, 1)\n"
+    "      if not only then wadd(s.rw, sec, 1) end\n"
     "      if lease then s.grpm = fdiv(wrem(s.rw, s.rpm), 8); if s.grpm > 0 then wadd(s.rw, sec, s.grpm) end end\n"
     "    end\n"
     "    if s.tpm > 0 then\n"
-    "      wadd(s.tw, sec, est)\n"
+    "      if not only then wadd(s.tw, sec, est) end\n"
     "      if lease then s.gtpm = fdiv(wrem(s.tw, s.tpm), 8); if s.gtpm > 0 then wadd(s.tw, sec, s.gtpm) end end\n"
     "    end\n"
     "    if s.tpd > 0 then\n"
-    "      s.used = clamp(s.used + est, 0, DMAX)\n"
+    "      if not only then s.used = clamp(s.used + est, 0, DMAX) end\n"
     "      if lease and s.used < s.tpd then\n"
     "        s.gtpd = math.min(fdiv(s.tpd - s.used, 8), fdiv(s.tpd, 256))\n"
     "        s.used = s.used + s.gtpd\n"
     "      end\n"
     "    end\n"
-    "    if s.conc > 0 then\n"
+    "    if s.conc > 0 and not only then\n"
     "      redis.call('ZADD', KEYS[k + 4], fmt(now + slease), slot)\n"
     "      s.inuse = s.inuse + 1\n"
     "      zexpire(KEYS[k + 4], now)\n"
@@ -410,7 +413,7 @@ int gq_redis_admit_cmd(gq_redis_cmd_t *c, const gq_key_t *key, int64_t est, cons
     int n = gq_key_levels(key, lv);
     if (evalsha_head(c, GQ_SCRIPT_ADMIT, lv, n) || add_int(c, now_override) ||
         add_int(c, clamp_tokens(est)) || add_str(c, slot ? slot : "") ||
-        add_int(c, lease_ms > 0 ? lease_ms : 1) || add_int(c, window_s) || add_int(c, lease != 0))
+        add_int(c, lease_ms > 0 ? lease_ms : 1) || add_int(c, window_s) || add_int(c, lease < 0 ? 0 : lease > 2 ? 2 : lease))
         return -1;
     for (int i = 0; i < n; i++) {
         const gq_limits_t *l = lv[i].limits;

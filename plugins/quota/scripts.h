@@ -71,8 +71,9 @@ void gq_slot_id(char out[48], uint64_t instance, uint64_t seq);
 #define GQ_REDIS_WINDOW_S (GQ_WINDOW_S + 1)
 
 /* EVALSHA admit: est_tokens, the slot id this admission would take and its lease (slot_ms),
- * the window in seconds; with lease set, also take leases for this process and give back ret
- * (per level; NULL: nothing). 0 or -1. */
+ * the window in seconds; lease 1: also take leases for this process and give back ret (per
+ * level; NULL: nothing); lease 2: only that, admitting nothing (a renewal ahead of time; the
+ * reply then says allowed). 0 or -1. */
 int gq_redis_admit_cmd(gq_redis_cmd_t *c, const gq_key_t *key, int64_t est_tokens,
                        const char *slot, int64_t slot_ms, int window_s, int lease,
                        const gq_lease_ret_t *ret, int64_t now_override);

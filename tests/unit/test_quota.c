@@ -840,6 +840,17 @@ static int lease_try(redisContext *c, const gq_key_t *k, int64_t mono, int64_t e
         freeReplyObject(r);
         if (renew) gq_lease_install(k, mono + GQ_LEASE_MS, rc >= 0 ? g : NULL, f, rc == 1 ? &t : NULL);
     }
+    else if (renew) { /* admitted, and the leases are ageing: a renewal that admits nothing */
+        gq_redis_admit_cmd(&cmd, k, 0, "", 1000, GQ_REDIS_WINDOW_S, 2, ret, 0);
+        redisReply *r = run(c, &cmd, GQ_SCRIPT_ADMIT);
+        (*calls)++;
+        gq_decision_t d2;
+        gq_lease_grant_t g[2];
+        gq_level_fig_t f[2];
+        int rc2 = gq_redis_admit_parse(r, k, 0, "", &d2, NULL, g, f);
+        freeReplyObject(r);
+        gq_lease_install(k, mono + GQ_LEASE_MS, rc2 >= 0 ? g : NULL, f, NULL);
+    }
     if (rc == 1 && actual >= 0 && !gq_lease_settle(&t, mono, actual)) {
         gq_redis_settle_cmd(&cmd, &t, actual, GQ_REDIS_WINDOW_S, 0);
         freeReplyObject(run(c, &cmd, GQ_SCRIPT_SETTLE));
@@ -895,6 +906,27 @@ static void test_leases(redisContext *c)
     CHECK(s2 == 220 + (100000 - 220) / 8, "used 3 x 40, 100 reserved, the new lease: %lld", s2);
     gq_limiter_free(a);
 
+    /* Renewed ahead: in a lease's last quarter a request is admitted from it and a renewal that
+     * admits nothing takes the next lease; the rest of the old one goes back later. */
+    gq_limits_t al = L(800, 0, 0, 0);
+    a = gq_limiter_new(NULL);
+    gq_limiter_set(a, "ahead", NULL, &al);
+    k = gq_find(a, "ahead", NULL);
+    calls = 0;
+    int64_t m0 = 9000000;
+    CHECK(lease_try(c, k, m0, 1, -1, &calls) && calls == 1, "first: admitted with a lease");
+    CHECK(hget(c, "gotthard:q:{ahead}:rpm", "s") == 1 + 799 / 8, "1 and a lease of 99");
+    CHECK(lease_try(c, k, m0 + 100, 1, -1, &calls) && calls == 1, "from the lease");
+    CHECK(lease_try(c, k, m0 + 800, 1, -1, &calls) && calls == 2, "ageing: renewed ahead");
+    CHECK(hget(c, "gotthard:q:{ahead}:rpm", "s") == 100 + 700 / 8,
+          "the renewal admitted nothing, leased 87: %lld", hget(c, "gotthard:q:{ahead}:rpm", "s"));
+    CHECK(lease_try(c, k, m0 + 900, 1, -1, &calls) && calls == 2, "from the new lease");
+    CHECK(lease_try(c, k, m0 + 2000, 1, -1, &calls) && calls == 3, "expired: renewed in line");
+    CHECK(hget(c, "gotthard:q:{ahead}:rpm", "s") == 5 + (800 - 5) / 8,
+          "every rest came back: 5 admitted and the new lease: %lld",
+          hget(c, "gotthard:q:{ahead}:rpm", "s"));
+    gq_limiter_free(a);
+
     /* Near the limit the leases shrink to nothing: every request asks Redis. */
     gq_limits_t sl = L(10, 0, 0, 0);
     a = gq_limiter_new(NULL);
@@ -903,7 +935,8 @@ static void test_leases(redisContext *c)
     calls = 0;
     adm = 0;
     for (int i = 0; i < 20; i++) adm += lease_try(c, k, 7000000, 1, -1, &calls);
-    CHECK(adm == 10 && calls == 20 - 1, "limit 10: %d admitted, %d calls", adm, calls);
+    /* (the first call leases 1 = floor(9/8); spending it renews ahead: 20 calls in all) */
+    CHECK(adm == 10 && calls == 20, "limit 10: %d admitted, %d calls", adm, calls);
     gq_limiter_free(a);
 }
 
