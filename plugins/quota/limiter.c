@@ -263,6 +263,8 @@ typedef struct bucket {
     lock_t mu;
     atomic_int refs;
     int renewing; /* a lease renewal is in flight for this key (as the leaf) */
+    int64_t closed_at, closed_until; /* a refusal from Redis, repeated here (as the leaf) */
+    gq_decision_t closed;
     int64_t day, used; /* tpd */
     int64_t in_use;    /* concurrency */
     lease_t lease;
@@ -706,6 +708,17 @@ int gq_lease_admit(const gq_key_t *key, int64_t mono, int64_t est, gq_decision_t
     est = clamp(est, 0, GQ_MAX_LIMIT);
     *renew = 0;
     lock_levels(lv, n);
+    bucket_t *lb = lv[n - 1]->b;
+    if (mono < lb->closed_until) {
+        int64_t aged = mono - lb->closed_at;
+        *d = lb->closed;
+        unlock_levels(lv, n);
+        d->retry_after_ms = clamp(d->retry_after_ms - aged, 1, D_MAX);
+        d->state.req_reset_ms = clamp(d->state.req_reset_ms - aged, 0, D_MAX);
+        d->state.tok_reset_ms = clamp(d->state.tok_reset_ms - aged, 0, D_MAX);
+        d->state.day_reset_ms = clamp(d->state.day_reset_ms - aged, 0, D_MAX);
+        return -1;
+    }
     int covered = 1;
     for (int i = 0; i < n && covered; i++) covered = lease_covers(lv[i], mono, est);
     if (covered) {
@@ -794,6 +807,20 @@ void gq_lease_install(const gq_key_t *key, int64_t deadline, const gq_lease_gran
             t->lease_gen[i] = ls->gen;
     }
     lv[n - 1]->b->renewing = 0;
+    unlock_levels(lv, n);
+}
+
+void gq_lease_refused(const gq_key_t *key, int64_t mono_sent, const gq_decision_t *d)
+{
+    if (d->allowed || d->reason == GQ_CONC) return;
+    const gq_key_t *lv[2];
+    int n = levels(key, lv);
+    int64_t hold = d->retry_after_ms < GQ_REFUSAL_MS ? d->retry_after_ms : GQ_REFUSAL_MS;
+    lock_levels(lv, n);
+    bucket_t *lb = lv[n - 1]->b;
+    lb->closed = *d;
+    lb->closed_at = mono_sent;
+    lb->closed_until = mono_sent + hold;
     unlock_levels(lv, n);
 }
 

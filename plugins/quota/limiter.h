@@ -50,6 +50,7 @@
 #define GQ_PERIOD_MS 60000
 #define GQ_WINDOW_S 61   /* the in-process window, in one-second buckets */
 #define GQ_LEASE_MS 1000 /* a lease is spent only this long after its call was sent */
+#define GQ_REFUSAL_MS 100 /* a refusal from Redis is repeated here this long, at most */
 #define GQ_DAY_MS 86400000LL
 #define GQ_MAX_LIMIT 10000000000LL /* any limit or burst; keeps every value below 2^53 */
 #define GQ_MAX_ID_LEN 128          /* tenant ids and model names */
@@ -175,8 +176,12 @@ typedef struct gq_lease_grant {
 /* Can a key lease at all? (Not with max_concurrent at any level: slots are per request.) */
 int gq_leasable(const gq_key_t *key);
 /* Admit from the leases at mono_ms (a monotonic clock). 1: admitted, *d and *t filled, nothing
- * to send. 0: not covered; then *renew says whether the caller became the one renewal in
- * flight for this key (it must send an admission with leases, giving back ret[level], and call
+ * to send; if *renew is set the leases are ageing and the caller sends a renewal that admits
+ * nothing (lease 2), giving back ret[level], and calls gq_lease_install with its answer.
+ * -1: refused here, *d filled: Redis refused this key less than GQ_REFUSAL_MS ago and its
+ * retry time has not come (so a flood of refused requests does not become a flood of calls).
+ * 0: not covered; then *renew says whether the caller became the one renewal in flight for
+ * this key (it sends an admission with leases, giving back ret[level], and calls
  * gq_lease_install once it has the answer, or not), else it sends a plain admission. */
 int gq_lease_admit(const gq_key_t *key, int64_t mono_ms, int64_t est, gq_decision_t *d,
                    gq_ticket_t *t, int *renew, gq_lease_ret_t ret[2]);
@@ -186,6 +191,9 @@ int gq_lease_admit(const gq_key_t *key, int64_t mono_ms, int64_t est, gq_decisio
  * the new leases' generation (so its settlement can fold into them). */
 void gq_lease_install(const gq_key_t *key, int64_t deadline_mono, const gq_lease_grant_t g[2],
                       const gq_level_fig_t fig[2], gq_ticket_t *t);
+/* Redis refused a request of this key (sent at mono_sent): repeat the refusal here for a while
+ * (not for concurrency, whose slots free at any moment). */
+void gq_lease_refused(const gq_key_t *key, int64_t mono_sent, const gq_decision_t *d);
 /* Settle a ticket into the leases it came from, when they are all still live: 1 done;
  * 0 the caller sends a settlement to Redis. */
 int gq_lease_settle(const gq_ticket_t *t, int64_t mono_ms, int64_t actual);

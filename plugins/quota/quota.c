@@ -341,6 +341,7 @@ static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg)
                         : -1;
     q->in_redis = allowed == 1;
     renewed(q, allowed >= 0, g, fig);
+    if (allowed == 0 && gq_leasable(q->key)) gq_lease_refused(q->key, q->sent, &d);
     if (gw_req_aborted(r)) {
         /* Admitted for a client that is gone: the reservation goes back (settled at 0). */
         if (allowed == 1) q->admitted = 1, q->est = 0;
@@ -405,7 +406,9 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     q->sent = mono_ms();
     if (gq_leasable(k)) {
         gq_decision_t d;
-        if (gq_lease_admit(k, q->sent, q->est, &d, &q->ticket, &q->renewing, ret)) {
+        int got = gq_lease_admit(k, q->sent, q->est, &d, &q->ticket, &q->renewing, ret);
+        if (got < 0) return decided(r, q, 0, &d);
+        if (got) {
             q->in_redis = 1;
             if (q->renewing) {
                 q->renewing = 0;

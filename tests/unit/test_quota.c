@@ -819,6 +819,8 @@ static size_t random_steps(step_t *out, size_t n, uint64_t seed)
     return n;
 }
 
+static int local_refusals; /* refusals repeated from a recent refusal of Redis */
+
 /* One attempt of an "instance" with leases, as the plugin does it: from the leases, or one
  * admit call that gives back the old ones and takes new ones (or a plain admit while another
  * renewal is in flight, which cannot happen here). Settles with actual (>= 0) at once. */
@@ -830,7 +832,12 @@ static int lease_try(redisContext *c, const gq_key_t *k, int64_t mono, int64_t e
     gq_ticket_t t;
     gq_lease_ret_t ret[2];
     int renew = 0, rc = 1;
-    if (!gq_lease_admit(k, mono, est, &d, &t, &renew, ret)) {
+    int got = gq_lease_admit(k, mono, est, &d, &t, &renew, ret);
+    if (got < 0) {
+        local_refusals++;
+        return 0;
+    }
+    if (!got) {
         gq_redis_admit_cmd(&cmd, k, est, "", 1000, GQ_REDIS_WINDOW_S, renew, renew ? ret : NULL, 0);
         redisReply *r = run(c, &cmd, GQ_SCRIPT_ADMIT);
         (*calls)++;
@@ -839,6 +846,7 @@ static int lease_try(redisContext *c, const gq_key_t *k, int64_t mono, int64_t e
         rc = gq_redis_admit_parse(r, k, est, "", &d, &t, g, f);
         freeReplyObject(r);
         if (renew) gq_lease_install(k, mono + GQ_LEASE_MS, rc >= 0 ? g : NULL, f, rc == 1 ? &t : NULL);
+        if (rc == 0) gq_lease_refused(k, mono, &d);
     }
     else if (renew) { /* admitted, and the leases are ageing: a renewal that admits nothing */
         gq_redis_admit_cmd(&cmd, k, 0, "", 1000, GQ_REDIS_WINDOW_S, 2, ret, 0);
@@ -934,9 +942,12 @@ static void test_leases(redisContext *c)
     k = gq_find(a, "small", NULL);
     calls = 0;
     adm = 0;
+    local_refusals = 0;
     for (int i = 0; i < 20; i++) adm += lease_try(c, k, 7000000, 1, -1, &calls);
-    /* (the first call leases 1 = floor(9/8); spending it renews ahead: 20 calls in all) */
-    CHECK(adm == 10 && calls == 20, "limit 10: %d admitted, %d calls", adm, calls);
+    CHECK(adm == 10 && calls == 11 && local_refusals == 9,
+          "limit 10: %d admitted, %d calls, %d refusals repeated here", adm, calls, local_refusals);
+    /* A refusal is repeated only GQ_REFUSAL_MS, then Redis is asked again. */
+    CHECK(!lease_try(c, k, 7000000 + GQ_REFUSAL_MS, 1, -1, &calls) && calls == 12, "asked again");
     gq_limiter_free(a);
 }
 
