@@ -7,12 +7,17 @@
 #include <event2/keyvalq_struct.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "access_log.h"
 #include "log.h"
 #include "metrics.h"
+#include "privacy.h"
 #include "redis.h"
+#include "residency.h"
 
 struct gw_admin {
     struct evhttp *http;
@@ -46,8 +51,50 @@ static int ready(const gw_admin_t *a)
     if (!quota_store_up(a->cfg)) return 0;
     gw_pool_t *pools = a->cfg->pools.items;
     for (size_t i = 0; i < a->cfg->pools.n; i++)
-        if (pools[i].backends.n == 0) return 0;
+        if (pools[i].backends.n == 0 || !gw_residency_pool_ok(a->cfg, &pools[i])) return 0;
     return 1;
+}
+
+/* GET /privacy: the effective privacy settings, for auditors (docs/privacy.md). */
+static char *privacy_report(const gw_config_t *cfg)
+{
+    const void *state = NULL;
+    for (size_t i = 0; i < cfg->nplugins; i++)
+        if (cfg->plugins[i].plugin == &gw_plugin_privacy) state = cfg->plugins[i].state;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON *p = gw_privacy_report(state);
+    if (p) {
+        cJSON_AddBoolToObject(p, "enabled", state != NULL);
+        cJSON_AddBoolToObject(p, "client_credentials_forwarded", 0);
+    }
+    cJSON_AddItemToObject(o, "privacy", p);
+    cJSON *al = cJSON_AddObjectToObject(o, "access_log");
+    if (al) {
+        cJSON_AddBoolToObject(al, "enabled", cfg->access_log.path != NULL);
+        if (cfg->access_log.path) cJSON_AddStringToObject(al, "path", cfg->access_log.path);
+        static const char *const fields[] = {
+            "ts", "request_id", "tenant", "model", "pool", "backend", "status", "code",
+            "prompt_tokens", "completion_tokens", "tokens_estimated", "ttft_ms", "duration_ms",
+            "bytes_in", "bytes_out", NULL};
+        cJSON *f = cJSON_AddArrayToObject(al, "fields");
+        for (size_t i = 0; f && fields[i]; i++) cJSON_AddItemToArray(f, cJSON_CreateString(fields[i]));
+        cJSON_AddStringToObject(al, "unknown_model", "<unknown>");
+        cJSON_AddNumberToObject(al, "dropped_lines", (double)gw_access_log_dropped());
+    }
+    cJSON_AddBoolToObject(o, "audit_log", cfg->audit_log.path != NULL);
+    struct rlimit rl;
+    cJSON *proc = cJSON_AddObjectToObject(o, "process");
+    if (proc) {
+        cJSON_AddBoolToObject(proc, "core_dumps",
+                              !(getrlimit(RLIMIT_CORE, &rl) == 0 && rl.rlim_cur == 0));
+        cJSON_AddBoolToObject(proc, "dumpable", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0);
+        cJSON_AddBoolToObject(proc, "bodies_on_disk", 0);
+    }
+    cJSON_AddBoolToObject(o, "content_in_logs", 0);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
 }
 
 static void handle(struct evhttp_request *req, void *arg)
@@ -64,10 +111,27 @@ static void handle(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(out, "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
                                  "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
                             a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
+        evbuffer_add_printf(out, "# HELP gotthard_access_log_dropped_total Access log lines dropped "
+                                 "(a full buffer or a failed write).\n"
+                                 "# TYPE gotthard_access_log_dropped_total counter\n"
+                                 "gotthard_access_log_dropped_total %llu\n",
+                            (unsigned long long)gw_access_log_dropped());
         evhttp_add_header(evhttp_request_get_output_headers(req), "content-type",
                           "text/plain; version=0.0.4; charset=utf-8");
         evhttp_send_reply(req, 200, "OK", out);
         evbuffer_free(out);
+    } else if (get && path && strcmp(path, "/privacy") == 0) {
+        char *body = privacy_report(a->cfg);
+        if (body) reply_json(req, 200, body);
+        else reply_json(req, 503, "{\"error\":{\"message\":\"Out of memory.\",\"type\":\"server_error\","
+                                  "\"param\":null,\"code\":\"internal_error\"}}");
+        cJSON_free(body);
+    } else if (get && path && strcmp(path, "/residency") == 0) {
+        char *body = gw_residency_report_json(a->cfg);
+        if (body) reply_json(req, 200, body);
+        else reply_json(req, 503, "{\"error\":{\"message\":\"The report could not be made.\","
+                                  "\"type\":\"server_error\",\"param\":null,\"code\":\"internal_error\"}}");
+        cJSON_free(body);
     } else if (get && path && strcmp(path, "/readyz") == 0) {
         if (ready(a)) reply_json(req, 200, "{\"status\":\"ready\"}");
         else reply_json(req, 503, "{\"status\":\"not ready\"}");

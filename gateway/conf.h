@@ -45,6 +45,7 @@ struct gw_conf_ctx {
     char *errors; /* lines "path: message\n" */
     size_t errors_len, errors_cap;
     int nerrors;
+    void *config; /* the gw_config_t being loaded, when there is one */
 };
 
 void gw_conf_ctx_init(gw_conf_ctx_t *cx, gw_arena_t *arena);

@@ -12,6 +12,7 @@
 
 #include "plugin_host.h"
 #include "redis_url.h"
+#include "residency.h"
 #include "tls.h"
 
 #define MAX_CONFIG_BYTES (16u << 20)
@@ -98,6 +99,8 @@ static const gw_conf_key_t tenant_keys[] = {
     {"models", GW_CT_STRS, offsetof(gw_tenant_t, models), 1, 10000, GW_CK_REQUIRED},
     {"api_keys", GW_CT_FN, offsetof(gw_tenant_t, api_keys), .fn = load_node},
     {"limits", GW_CT_FN, offsetof(gw_tenant_t, limits), .fn = load_node},
+    {"residency", GW_CT_FN, offsetof(gw_tenant_t, residency), .fn = load_node},
+    {"client_countries", GW_CT_FN, offsetof(gw_tenant_t, client_countries), .fn = load_node},
     {NULL},
 };
 static const gw_conf_obj_t tenant_obj = {sizeof(gw_tenant_t), tenant_keys, NULL};
@@ -115,6 +118,12 @@ static const gw_conf_key_t audit_keys[] = {
 };
 static const gw_conf_obj_t audit_obj = {0, audit_keys, NULL};
 
+static const gw_conf_key_t access_log_keys[] = {
+    {"path", GW_CT_STR, offsetof(gw_config_t, access_log.path), .max = 4096, .flags = GW_CK_REQUIRED},
+    {NULL},
+};
+static const gw_conf_obj_t access_log_obj = {0, access_log_keys, NULL};
+
 static const gw_conf_key_t redis_keys[] = {
     {"url", GW_CT_STR, offsetof(gw_config_t, redis.url), .max = 1024, .flags = GW_CK_REQUIRED},
     {"timeout_ms", GW_CT_INT, offsetof(gw_config_t, redis.timeout_ms), 1, 60000},
@@ -122,6 +131,13 @@ static const gw_conf_key_t redis_keys[] = {
     {NULL},
 };
 static const gw_conf_obj_t redis_obj = {0, redis_keys, NULL};
+
+static const gw_conf_key_t resolver_keys[] = {
+    {"refresh_ms", GW_CT_INT, offsetof(gw_config_t, resolver.refresh_ms), 100, INT_MAX_MS},
+    {"hosts_file", GW_CT_STR, offsetof(gw_config_t, resolver.hosts_file), .max = 4096},
+    {NULL},
+};
+static const gw_conf_obj_t resolver_obj = {0, resolver_keys, NULL};
 
 static const gw_conf_key_t top_keys[] = {
     {"listen", GW_CT_OBJS, offsetof(gw_config_t, listen), 1, 64, GW_CK_REQUIRED, &listen_obj},
@@ -132,8 +148,10 @@ static const gw_conf_key_t top_keys[] = {
     {"pools", GW_CT_OBJS, offsetof(gw_config_t, pools), 1, 10000, GW_CK_REQUIRED, &pool_obj},
     {"tenants", GW_CT_OBJS, offsetof(gw_config_t, tenants), 0, 100000, 0, &tenant_obj},
     {"audit_log", GW_CT_OBJ, 0, .obj = &audit_obj},
+    {"access_log", GW_CT_OBJ, 0, .obj = &access_log_obj},
     {"redis", GW_CT_OBJ, 0, .obj = &redis_obj},
     {"plugins", GW_CT_OBJS, offsetof(gw_config_t, plugin_entries), 0, 64, 0, &plugin_obj},
+    {"resolver", GW_CT_OBJ, 0, .obj = &resolver_obj},
     {NULL},
 };
 static const gw_conf_obj_t top_obj = {sizeof(gw_config_t), top_keys, NULL, gw_plugins_own_key};
@@ -165,6 +183,7 @@ static void defaults(gw_config_t *c)
     c->timeouts.upstream_idle_ms = 60000;
     c->timeouts.drain_ms = 30000;
     c->redis.timeout_ms = 100;
+    c->resolver.refresh_ms = 30000;
 }
 
 static int derive_redis(gw_conf_ctx_t *cx, gw_config_t *c)
@@ -304,17 +323,13 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
             gw_conf_error(cx, upath, "has a bad host");
             return -1;
         }
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    struct addrinfo *res;
-    int rc = getaddrinfo(host, port, &hints, &res);
-    if (rc != 0) {
-        gw_conf_error(cx, upath, "cannot be resolved: %s", gai_strerror(rc));
+    b->host = gw_arena_strdup(cx->arena, host);
+    b->port = gw_arena_strdup(cx->arena, port);
+    /* Every address (A and AAAA); resolved again by the resolver thread (residency.c). */
+    if (!b->host || !b->port || gw_residency_resolve_backend(cx, c, b, path, err, sizeof(err)) < 0) {
+        gw_conf_error(cx, upath, "%s", b->host && b->port ? err : "out of memory");
         return -1;
     }
-    memcpy(&b->ss, res->ai_addr, res->ai_addrlen);
-    b->sslen = res->ai_addrlen;
-    freeaddrinfo(res);
-    b->host = gw_arena_strdup(cx->arena, host);
     int v6 = strchr(host, ':') != NULL;
     char buf[320];
     snprintf(buf, sizeof(buf), v6 ? "[%s]:%s" : "%s:%s", host, port);
@@ -596,11 +611,14 @@ gw_config_t *gw_config_load(const char *file, char **errors)
     defaults(c);
     gw_conf_ctx_t cx;
     gw_conf_ctx_init(&cx, arena);
+    cx.config = c;
     int rc = gw_conf_load_obj(&cx, json, "$", &top_obj, c);
     if (rc == 0) rc = derive(&cx, c);
     if (rc == 0) rc = derive_tenants(&cx, c);
     if (rc == 0) rc = derive_redis(&cx, c);
     if (rc == 0) rc = gw_plugins_configure(&cx, c);
+    if (c->access_log.path) c->want_usage = 1; /* the access log carries the tokens */
+    if (rc == 0) rc = gw_residency_derive(&cx, c);
     if (rc == 0 && build_models_json(c) < 0) {
         gw_conf_error(&cx, "$", "out of memory");
         rc = -1;

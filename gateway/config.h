@@ -39,6 +39,10 @@ typedef struct gw_backend {
     size_t index; /* in the snapshot's backends */
     gw_pool_t *pool;
     atomic_int inflight;
+    char *port; /* for re-resolution */
+    /* Every address the host resolves to, each with its residency verdict: replaced (never
+     * changed) by the resolver thread; the old ones live as long as the snapshot. */
+    _Atomic(struct gw_resolved *) res;
 } gw_backend_t;
 
 struct gw_pool {
@@ -53,6 +57,7 @@ typedef struct gw_tenant {
     int all_models;
     const cJSON *api_keys; /* read by the auth_apikey plugin */
     const cJSON *limits;   /* read by the quota plugin */
+    const cJSON *residency, *client_countries; /* read by the residency plugin */
 } gw_tenant_t;
 
 typedef struct gw_plugin_inst {
@@ -86,6 +91,9 @@ typedef struct gw_config {
         char *path;
     } audit_log;
     struct {
+        char *path; /* NULL: no access log */
+    } access_log;
+    struct {
         char *url, *on_unavailable;
         int64_t timeout_ms;
         /* derived from url */
@@ -93,6 +101,11 @@ typedef struct gw_config {
         int port, db;
     } redis;
     gw_conf_list_t plugin_entries; /* gw_plugin_entry_t */
+    struct {
+        int64_t refresh_ms; /* backend hosts are resolved again this often */
+        char *hosts_file;   /* names found here are resolved from it, not from DNS */
+    } resolver;
+    struct gw_residency *residency; /* the policy handed over by the residency plugin, or NULL */
     /* derived */
     gw_plugin_inst_t *plugins;
     size_t nplugins;

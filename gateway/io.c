@@ -304,6 +304,7 @@ void gw_io_setcb(gw_io_t *io, const gw_io_cbs_t *cbs, void *arg)
 struct evbuffer *gw_io_in(gw_io_t *io) { return io->in; }
 struct evbuffer *gw_io_out(gw_io_t *io) { return io->out; }
 int gw_io_is_tls(const gw_io_t *io) { return io->bev != NULL; }
+int gw_io_fd(const gw_io_t *io) { return io->bev ? bufferevent_getfd(io->bev) : io->fd; }
 
 void gw_io_flush(gw_io_t *io)
 {

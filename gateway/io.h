@@ -40,6 +40,7 @@ void gw_io_set_eager(gw_io_t *io, int on);
 void gw_io_input_consumed(gw_io_t *io);
 int gw_io_shutdown_write(gw_io_t *io); /* plain sockets only; -1 for TLS */
 int gw_io_is_tls(const gw_io_t *io);
+int gw_io_fd(const gw_io_t *io); /* the socket, for getpeername; -1 if none yet */
 void gw_io_free(gw_io_t *io);
 
 #endif

@@ -8,12 +8,14 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
+#include "access_log.h"
 #include "admin.h"
 #include "arena.h"
 #include "audit.h"
 #include "config.h"
 #include "json.h"
 #include "log.h"
+#include "residency.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -28,7 +30,7 @@ typedef struct gw_main {
     gw_worker_t *workers;
     size_t nworkers;
     gw_admin_t *admin;
-    struct event *sigterm, *sigint, *sighup, *tick;
+    struct event *sigterm, *sigint, *sighup, *sigusr1, *tick;
     uint64_t drain_deadline_ms;
     int draining, forced;
 } gw_main_t;
@@ -37,6 +39,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: gotthard -c FILE      run in the foreground\n"
                "       gotthard -t -c FILE   check the config and exit\n"
+               "       gotthard --residency-report -c FILE [--json]\n"
+               "                             verify every backend's residency; exit 0 if all are approved\n"
                "       gotthard -v           print the version\n");
 }
 
@@ -121,8 +125,15 @@ static void reload(gw_main_t *m)
         gw_config_unref(next);
         return;
     }
+    if (gw_access_log_open(next->access_log.path) < 0) {
+        gw_error("reload refused: the access log cannot be opened");
+        gw_config_unref(next);
+        return;
+    }
     for (size_t i = 0; i < m->nworkers; i++) gw_worker_reload(&m->workers[i], gw_config_ref(next));
     gw_admin_set_config(m->admin, next);
+    gw_resolver_set_config(next);
+    gw_residency_audit_loaded(next);
     gw_config_unref(m->cfg);
     m->cfg = next;
     gw_info("configuration reloaded");
@@ -132,6 +143,12 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
     gw_main_t *m = arg;
     if (!m->draining) reload(m);
+}
+
+/* Log rotation: the access log's path is opened again (the old file was renamed). */
+static void usr1_cb(evutil_socket_t sig, short what, void *arg)
+{
+    if (gw_access_log_reopen() == 0) gw_info("access log reopened");
 }
 
 /* Loads FILE, or prints its problems ("FILE: $.path: what") and returns NULL. */
@@ -162,6 +179,8 @@ static int run(const char *file)
     }
     if (gw_workers_bind(m.workers, m.nworkers, cfg) < 0) goto fail;
     if (gw_audit_open(cfg->audit_log.path) < 0) goto fail;
+    gw_residency_audit_loaded(cfg);
+    if (gw_access_log_open(cfg->access_log.path) < 0) goto fail;
     m.admin = gw_admin_start(m.base, cfg);
     if (!m.admin) goto fail;
     for (; started < m.nworkers; started++)
@@ -169,32 +188,42 @@ static int run(const char *file)
             gw_error("cannot start worker %zu", started);
             goto fail;
         }
+    if (gw_resolver_start(cfg) < 0) {
+        gw_error("cannot start the resolver thread");
+        goto fail;
+    }
     m.sigterm = evsignal_new(m.base, SIGTERM, stop_cb, &m);
     m.sigint = evsignal_new(m.base, SIGINT, stop_cb, &m);
     m.sighup = evsignal_new(m.base, SIGHUP, hup_cb, &m);
+    m.sigusr1 = evsignal_new(m.base, SIGUSR1, usr1_cb, &m);
     m.tick = event_new(m.base, -1, EV_PERSIST, tick_cb, &m);
     event_add(m.sigterm, NULL);
     event_add(m.sigint, NULL);
     event_add(m.sighup, NULL);
+    event_add(m.sigusr1, NULL);
     gw_info("gotthard %s: %zu workers, %zu listeners, admin on %s", GW_VERSION, m.nworkers,
             cfg->listen.n, cfg->admin.address);
     event_base_dispatch(m.base);
     for (size_t i = 0; i < m.nworkers; i++) gw_worker_join(&m.workers[i]);
+    gw_resolver_stop();
     gw_admin_free(m.admin);
     event_free(m.sigterm);
     event_free(m.sigint);
     event_free(m.sighup);
+    event_free(m.sigusr1);
     event_free(m.tick);
     event_base_free(m.base);
     free(m.workers);
     gw_config_unref(m.cfg);
     gw_audit_close();
+    gw_access_log_close();
     gw_arena_thread_cleanup();
     gw_info("stopped");
     return 0;
 
 fail:
     /* Start-up failed: stop what started, close what was opened. */
+    gw_resolver_stop();
     for (size_t i = 0; i < started; i++) gw_worker_signal(&m.workers[i], 's');
     for (size_t i = 0; i < started; i++) gw_worker_join(&m.workers[i]);
     for (size_t i = started; m.workers && i < m.nworkers; i++) gw_worker_discard(&m.workers[i]);
@@ -203,19 +232,42 @@ fail:
     free(m.workers);
     gw_config_unref(cfg);
     gw_audit_close();
+    gw_access_log_close();
     return 1;
+}
+
+/* --residency-report: every backend resolved and verified; exit 0 only if all are approved. */
+static int residency_report(const char *file, int json)
+{
+    gw_residency_report_mode = 1; /* unknown addresses are verdicts to show, not errors */
+    gw_config_t *cfg = load_or_report(file);
+    if (!cfg) return 1;
+    int ok = gw_residency_all_approved(cfg);
+    if (json) {
+        char *s = gw_residency_report_json(cfg);
+        if (s) printf("%s\n", s);
+        cJSON_free(s);
+    } else {
+        gw_residency_report_table(cfg, stdout);
+    }
+    gw_config_unref(cfg);
+    return ok ? 0 : 1;
 }
 
 int main(int argc, char **argv)
 {
     const char *file = NULL;
-    int test = 0;
+    int test = 0, report = 0, json = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0) {
             printf("gotthard %s\n", GW_VERSION);
             return 0;
         } else if (strcmp(argv[i], "-t") == 0) {
             test = 1;
+        } else if (strcmp(argv[i], "--residency-report") == 0) {
+            report = 1;
+        } else if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
         } else if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             file = argv[++i];
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -226,7 +278,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!file) {
+    if (!file || (json && !report) || (test && report)) {
         usage(stderr);
         return 2;
     }
@@ -235,8 +287,10 @@ int main(int argc, char **argv)
     setrlimit(RLIMIT_CORE, &no_core);
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN); /* a log rotation before the loop runs must not kill us */
     gw_tls_init();
     gw_json_init();
+    if (report) return residency_report(file, json);
     if (test) {
         gw_config_t *cfg = load_or_report(file);
         if (!cfg) return 1;

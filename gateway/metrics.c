@@ -51,8 +51,68 @@ void gw_metrics_ratelimited(const char *tenant, const char *kind)
     pthread_mutex_unlock(&rl_lock);
 }
 
+/* Residency blocks, by pool and backend (names from the config). Hit on the request path
+ * whenever a backend is kept out, so lookups take no lock: entries are appended under the
+ * lock and published by the count; they are never removed (bounded). */
+#define MAX_RESIDENCY_ENTRIES 4096
+typedef struct rb_entry {
+    char *pool, *backend;
+    atomic_ulong count;
+} rb_entry_t;
+static rb_entry_t rb_table[MAX_RESIDENCY_ENTRIES];
+static atomic_size_t rb_n;
+static pthread_mutex_t rb_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static rb_entry_t *rb_find(const char *pool, const char *backend, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rb_table[i].backend, backend) == 0 && strcmp(rb_table[i].pool, pool) == 0)
+            return &rb_table[i];
+    return NULL;
+}
+
+void gw_metrics_residency_blocked(const char *pool, const char *backend)
+{
+    if (!pool || !backend) return;
+    rb_entry_t *e = rb_find(pool, backend, atomic_load_explicit(&rb_n, memory_order_acquire));
+    if (!e) {
+        pthread_mutex_lock(&rb_lock);
+        size_t n = atomic_load_explicit(&rb_n, memory_order_relaxed);
+        e = rb_find(pool, backend, n);
+        if (!e && n < MAX_RESIDENCY_ENTRIES && (rb_table[n].pool = strdup(pool)) &&
+            (rb_table[n].backend = strdup(backend))) {
+            e = &rb_table[n];
+            atomic_store_explicit(&rb_n, n + 1, memory_order_release);
+        }
+        pthread_mutex_unlock(&rb_lock);
+        if (!e) return;
+    }
+    atomic_fetch_add_explicit(&e->count, 1, memory_order_relaxed);
+}
+
+static void render_residency(struct evbuffer *out)
+{
+    evbuffer_add_printf(out, "# HELP gotthard_residency_blocked_total Requests and connections the "
+                             "residency policy kept from a backend.\n"
+                             "# TYPE gotthard_residency_blocked_total counter\n");
+    size_t n = atomic_load_explicit(&rb_n, memory_order_acquire);
+    for (size_t i = 0; i < n; i++) {
+        /* Pool names are free text in the config: escape them as Prometheus label values. */
+        char pool[2 * 128 + 1], *q = pool;
+        for (const char *p = rb_table[i].pool; *p && q < pool + sizeof(pool) - 2; p++) {
+            if (*p == '"' || *p == '\\') *q++ = '\\';
+            *q++ = *p == '\n' ? ' ' : *p;
+        }
+        *q = '\0';
+        evbuffer_add_printf(out, "gotthard_residency_blocked_total{pool=\"%s\",backend=\"%s\"} %lu\n",
+                            pool, rb_table[i].backend,
+                            atomic_load_explicit(&rb_table[i].count, memory_order_relaxed));
+    }
+}
+
 void gw_metrics_render(struct evbuffer *out)
 {
+    render_residency(out);
     evbuffer_add_printf(out, "# HELP gotthard_ratelimited_total Requests refused by a quota.\n"
                              "# TYPE gotthard_ratelimited_total counter\n");
     pthread_mutex_lock(&rl_lock);

@@ -6,6 +6,8 @@
 
 /* Built-in plugins, in request order: authentication first. */
 extern const gw_plugin_t gw_plugin_auth_apikey, gw_plugin_quota;
+extern const gw_plugin_t gw_plugin_residency;
+extern const gw_plugin_t gw_plugin_privacy;
 #ifdef GW_HAVE_AUTH_JWT
 extern const gw_plugin_t gw_plugin_auth_jwt;
 #endif
@@ -15,6 +17,8 @@ static const gw_plugin_t *const builtins[] = {
     &gw_plugin_auth_jwt,
 #endif
     &gw_plugin_quota,
+    &gw_plugin_residency,
+    &gw_plugin_privacy, /* always on: privacy is a property, not an option */
     NULL,
 };
 

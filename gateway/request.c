@@ -6,7 +6,10 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
 
+#include "access_log.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -38,6 +41,7 @@ static void add_tail_headers(struct evbuffer *out, const char *id, gw_req_t *r, 
     evbuffer_add(out, id, strlen(id));
     evbuffer_add(out, "\r\n", 2);
     for (gw_hdr_edit_t *h = r ? r->resp_headers : NULL; h; h = h->next) {
+        if (!h->value) continue; /* a backend header removed */
         evbuffer_add(out, h->name, strlen(h->name));
         evbuffer_add(out, ": ", 2);
         evbuffer_add(out, h->value, strlen(h->value));
@@ -145,6 +149,20 @@ static void free_evbuffer(void *p)
     evbuffer_free(p);
 }
 
+/* With an access log: counts what is queued for the client while the request lives. */
+static void count_out(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    ((gw_req_t *)arg)->bytes_out += info->n_added;
+}
+
+static void stop_counting(gw_req_t *r)
+{
+    if (!r->out_cb) return;
+    evbuffer_remove_cb_entry(r->out_counted, r->out_cb);
+    r->out_cb = NULL;
+    r->out_counted = NULL;
+}
+
 gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
 {
     gw_config_t *cfg = c->w->cfg;
@@ -178,6 +196,12 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
     r->w = c->w;
     r->cfg = gw_config_ref(cfg);
     r->start_us = gw_now_us();
+    r->head_len = head_len;
+    if (cfg->access_log.path) {
+        r->out_counted = gw_io_out(c->io);
+        r->out_cb = evbuffer_add_cb(r->out_counted, count_out, r);
+        if (!r->out_cb) r->out_counted = NULL;
+    }
     size_t plen = strcspn(r->head.target, "?");
     if (plen > r->head.target_len) plen = r->head.target_len;
     r->path = gw_arena_strndup(a, r->head.target, plen);
@@ -198,6 +222,7 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
 
 void gw_req_free(gw_req_t *r)
 {
+    stop_counting(r);
     if (r->up) gw_upstream_abort(r);
     if (r->resp_copy) evbuffer_free(r->resp_copy);
     gw_sse_release(&r->sse_framer);
@@ -212,6 +237,7 @@ static void run_log(gw_req_t *r)
     if (r->logged) return;
     r->logged = 1;
     gw_config_t *cfg = r->cfg;
+    if (cfg->access_log.path) gw_access_log_request(r);
     for (size_t i = 0; i < cfg->nplugins; i++)
         if (cfg->plugins[i].plugin->log)
             cfg->plugins[i].plugin->log(r, cfg->plugins[i].state, &r->ctx[i]);
@@ -233,6 +259,7 @@ void gw_req_finish(gw_req_t *r, int close)
 
 void gw_req_abort(gw_req_t *r)
 {
+    stop_counting(r); /* the connection's buffers go now */
     r->aborted = 1;
     r->conn = NULL;
     if (r->up) gw_upstream_abort(r);
@@ -535,8 +562,99 @@ int gw_req_set_upstream_header(gw_req_t *r, const char *name, const char *value)
 
 int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value)
 {
-    if (!value) return -1;
     return add_edit(r, &r->resp_headers, name, value);
+}
+
+int gw_req_response_header_removed(const gw_req_t *r, const char *name, size_t len)
+{
+    for (const gw_hdr_edit_t *e = r->resp_headers; e; e = e->next)
+        if (!e->value && gw_http_name_eq(name, len, e->name)) return 1;
+    return 0;
+}
+
+size_t gw_req_header_count(const gw_req_t *r) { return r->head.nheaders; }
+
+const char *gw_req_header_at(const gw_req_t *r, size_t i, size_t *name_len, const char **value,
+                             size_t *value_len)
+{
+    if (i >= r->head.nheaders) return NULL;
+    const gw_header_t *h = &r->head.headers[i];
+    if (name_len) *name_len = h->name_len;
+    if (value) *value = h->value;
+    if (value_len) *value_len = h->value_len;
+    return h->name;
+}
+
+int gw_req_client_address(const gw_req_t *r, char *buf, size_t len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = r->conn ? gw_io_fd(r->conn->io) : -1;
+    if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) return -1;
+    const void *a;
+    int af = ss.ss_family;
+    if (af == AF_INET) {
+        a = &((struct sockaddr_in *)&ss)->sin_addr;
+    } else if (af == AF_INET6) {
+        const struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        a = a6;
+        if (IN6_IS_ADDR_V4MAPPED(a6)) {
+            a = &a6->s6_addr[12];
+            af = AF_INET;
+        }
+    } else {
+        return -1;
+    }
+    return inet_ntop(af, a, buf, (socklen_t)len) ? 0 : -1;
+}
+
+size_t gw_req_response_header_count(const gw_req_t *r)
+{
+    return r->resp_head ? r->resp_head->nheaders : 0;
+}
+
+const char *gw_req_response_header_at(const gw_req_t *r, size_t i, size_t *name_len,
+                                      const char **value, size_t *value_len)
+{
+    if (!r->resp_head || i >= r->resp_head->nheaders) return NULL;
+    const gw_header_t *h = &r->resp_head->headers[i];
+    if (name_len) *name_len = h->name_len;
+    if (value) *value = h->value;
+    if (value_len) *value_len = h->value_len;
+    return h->name;
+}
+
+void gw_req_own_error_body(gw_req_t *r)
+{
+    r->own_error = 1;
+}
+
+/* OpenAI's error codes that say something to a client and never carry content: a backend's
+ * error answer keeps its code when it is one of these. */
+static const char *const known_codes[] = {
+    "context_length_exceeded", "model_not_found", "invalid_api_key", "rate_limit_exceeded",
+    "insufficient_quota", "invalid_request_error", "invalid_value", "invalid_type",
+    "missing_required_parameter", "unsupported_parameter", "unsupported_value",
+    "string_above_max_length", "array_above_max_length", "invalid_json", "server_error",
+    "server_overloaded", "model_overloaded", "content_filter", "content_policy_violation", NULL};
+
+void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len)
+{
+    const char *code = NULL, *message;
+    /* The backend refused the gateway's own credentials: not the client's affair. */
+    if (status == 401 || status == 403 || status == 407) status = 502;
+    const cJSON *json = body && len ? gw_json_parse(r->arena, body, len, NULL) : NULL;
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(json, "error"), "code");
+    for (size_t i = 0; cJSON_IsString(c) && known_codes[i] && !code; i++)
+        if (strcmp(c->valuestring, known_codes[i]) == 0) code = known_codes[i];
+    if (json) cJSON_Delete((cJSON *)json);
+    if (!code) code = status == 404   ? "not_found"
+                      : status == 413 ? "request_too_large"
+                      : status == 429 ? "rate_limit_exceeded"
+                      : status >= 500 ? "upstream_error"
+                                      : "bad_request";
+    message = status >= 500 ? "The backend failed." : "The backend refused the request.";
+    gw_req_error(r, status, code, message);
 }
 
 int gw_req_replace_json(gw_req_t *r, cJSON *json)
@@ -610,10 +728,26 @@ void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint)
 
 /* ---- usage ---- */
 
+static int json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Only the usage object is parsed, not the whole answer (a third of the access log's cost
+ * per request): the last key "usage" whose value is an object. A string cannot hold the
+ * bytes "usage" with both quotes unescaped, so no text of the answer can pose as it. */
 void gw_req_take_usage(gw_req_t *r, const char *text, size_t len)
 {
-    const cJSON *json = gw_json_parse(r->arena, text, len, NULL);
-    const cJSON *usage = cJSON_GetObjectItemCaseSensitive(json, "usage");
+    const char *end = text + len, *obj = NULL;
+    for (const char *p = text; (p = memmem(p, (size_t)(end - p), "\"usage\"", 7)); p += 7) {
+        const char *q = p + 7;
+        while (q < end && json_ws(*q)) q++;
+        if (q == end || *q != ':') continue;
+        for (q++; q < end && json_ws(*q);) q++;
+        if (q < end && *q == '{') obj = q;
+    }
+    if (!obj) return;
+    const cJSON *usage = gw_json_parse(r->arena, obj, (size_t)(end - obj), NULL);
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
     if (cJSON_IsNumber(pt) && pt->valuedouble >= 0 && pt->valuedouble < 1e12) {

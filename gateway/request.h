@@ -49,9 +49,15 @@ struct gw_req {
     const char *code;
     int attempts;
     uint64_t start_us;
+    uint64_t ttft_us;   /* the answer's head (JSON) or first event (SSE) reached the client */
+    size_t head_len;    /* bytes of the request head */
+    uint64_t bytes_out; /* bytes queued for the client (counted only with an access log) */
+    struct evbuffer *out_counted; /* the client output counted into bytes_out, or NULL */
+    struct evbuffer_cb_entry *out_cb;
+    const gw_http_head_t *resp_head; /* the backend's head, during response_headers only */
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
         json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1,
-        usage_known : 1;
+        usage_known : 1, own_error : 1;
     gw_sse_t sse_framer;
 };
 
@@ -78,5 +84,12 @@ void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out);
 uint64_t gw_now_us(void);
 /* Reads "usage" from an answer's JSON text (a whole body, or one event's data). */
 void gw_req_take_usage(gw_req_t *r, const char *json, size_t len);
+/* A backend's error answer (own_error set by a plugin): answers the client with the
+ * gateway's own OpenAI-shaped error instead; `body` is the backend's (or NULL), read only
+ * for a known OpenAI error code. */
+void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len);
+/* Is this backend answer header one that a plugin removed (gw_req_add_response_header with
+ * a NULL value)? */
+int gw_req_response_header_removed(const gw_req_t *r, const char *name, size_t len);
 
 #endif

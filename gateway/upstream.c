@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "residency.h"
 #include "tls.h"
 
 #define CLIENT_HIGH (256 * 1024) /* stop reading the backend past this much unsent */
@@ -35,6 +36,7 @@ struct gw_upconn {
     uint64_t received;
     uint64_t idle_since_us;
     unsigned reused : 1, keepalive : 1, paused : 1;
+    const gw_resolved_t *res; /* the verified addresses it was connected under */
 };
 
 static void up_read_cb(gw_io_t *io, void *arg);
@@ -215,11 +217,20 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
     gw_io_flush(u->io);
 }
 
-static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b)
+/* Connects to a verified address of b; NULL with *refused set when the residency policy
+ * does not let b be connected to now. */
+static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b, int *refused)
 {
     gw_worker_t *w = r->w;
+    const gw_resolved_t *rs = gw_backend_resolved(b);
+    const gw_addr_t *addr = gw_residency_connect_addr(r->cfg, rs);
+    if (!addr) {
+        *refused = 1;
+        return NULL;
+    }
     gw_upconn_t *u = calloc(1, sizeof(*u));
     if (!u) return NULL;
+    u->res = rs;
     u->w = w;
     u->be = b;
     u->cfg = r->cfg;
@@ -229,7 +240,8 @@ static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b)
         return NULL;
     }
     u->timer = evtimer_new(w->base, up_timer_cb, u);
-    u->io = u->timer ? gw_io_connect(w->base, (struct sockaddr *)&b->ss, b->sslen, ssl, &up_cbs, u)
+    u->io = u->timer ? gw_io_connect(w->base, (const struct sockaddr *)&addr->ss, addr->len, ssl,
+                                     &up_cbs, u)
                      : NULL;
     if (!u->io) {
         if (u->timer) event_free(u->timer);
@@ -253,25 +265,59 @@ static gw_upconn_t *take_idle(gw_req_t *r, gw_backend_t *b)
     while (w->idle[b->index]) {
         gw_upconn_t *u = w->idle[b->index];
         idle_remove(u);
-        if (now - u->idle_since_us < IDLE_UPSTREAM_S * 1000000ull) return u;
+        /* Re-resolved since: its address may no longer be a verified one. */
+        if (now - u->idle_since_us < IDLE_UPSTREAM_S * 1000000ull && u->res == gw_backend_resolved(b))
+            return u;
         up_free(u);
     }
     return NULL;
+}
+
+#define VETO_RESIDENCY 3 /* r->vetoed: refused on the connect path (1: a plugin, 2: failed) */
+
+/* The residency policy refused b for this request on the connect path (its host re-resolved
+ * abroad after the request chose it, or the peer is not a verified address): nothing is sent
+ * to it; the request may go on only to another backend the plugins let through. */
+static void residency_refused(gw_req_t *r, gw_backend_t *b, const char *reason)
+{
+    r->vetoed[b - (gw_backend_t *)r->pool->backends.items] = VETO_RESIDENCY;
+    gw_metrics_residency_blocked(r->pool->name, b->name);
+    gw_audit("residency_block", "request_id", r->id, "pool", r->pool->name, "backend", b->name,
+             "reason", reason, NULL);
+}
+
+static void no_backend(gw_req_t *r)
+{
+    int residency = 0, other = 0;
+    for (size_t i = 0; i < r->pool->backends.n; i++) {
+        residency |= r->vetoed[i] == VETO_RESIDENCY;
+        other |= r->vetoed[i] != 1 && r->vetoed[i] != VETO_RESIDENCY;
+    }
+    if (residency && !other)
+        gw_req_error(r, 503, "residency_unavailable",
+                     "No backend of this model's pool is approved by the residency policy.");
+    else gw_req_error(r, 503, "no_backend_available", "No backend can take the request now.");
+    gw_req_finish(r, 0);
 }
 
 static void try_backend(gw_req_t *r)
 {
     gw_backend_t *b = pick(r);
     if (!b) {
-        gw_req_error(r, 503, "no_backend_available", "No backend can take the request now.");
-        gw_req_finish(r, 0);
+        no_backend(r);
         return;
     }
     gw_upconn_t *u = take_idle(r, b);
     if (u) {
         u->reused = 1;
     } else {
-        u = connect_backend(r, b);
+        int refused = 0;
+        u = connect_backend(r, b, &refused);
+        if (refused) {
+            residency_refused(r, b, "backend_not_approved");
+            try_backend(r);
+            return;
+        }
         if (!u) {
             /* Refused at once: a connect failure like any other, retried by the same rule. */
             r->attempts++;
@@ -291,6 +337,11 @@ static void try_backend(gw_req_t *r)
     gw_io_set_eager(u->io, 1);
     if (u->reused) arm(u, r->cfg->timeouts.upstream_first_byte_ms);
     write_request(r, u);
+}
+
+const gw_resolved_t *gw_upstream_resolved(const gw_req_t *r)
+{
+    return r->up ? r->up->res : NULL;
 }
 
 void gw_upstream_start(gw_req_t *r)
@@ -385,6 +436,7 @@ static int on_event(void *arg, const char *ev, size_t len)
         if (data) gw_req_take_usage(r, data + 5, len - (size_t)(data + 5 - ev));
     }
     if (gw_req_run_response_event(r, ev, len) == GW_DROP) return 0;
+    if (!r->events_relayed) r->ttft_us = gw_now_us();
     r->events_relayed++;
     client_write(r, ev, len);
     return 0;
@@ -409,7 +461,7 @@ static void on_data(void *arg, const char *p, size_t n)
         if (gw_sse_feed(&r->sse_framer, p, n, on_event, r) < 0) r->code = "upstream_error";
     } else {
         keep_for_usage(r, p, n);
-        client_write(r, p, n);
+        if (!r->own_error) client_write(r, p, n);
     }
 }
 
@@ -453,7 +505,20 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
             (u->framing != F_LENGTH || u->remaining <= (int64_t)MAX_USAGE_COPY))
             r->resp_copy = evbuffer_new();
         r->status = h.status;
-        if (gw_req_run_response_headers(r) != GW_CONTINUE) return -1;
+        r->resp_head = &h;
+        int hooks = gw_req_run_response_headers(r);
+        r->resp_head = NULL;
+        if (hooks != GW_CONTINUE) return -1;
+        if (r->own_error && h.status >= 400) {
+            /* A plugin answers with the gateway's own error: the backend's body is read
+             * (a copy of at most MAX_USAGE_COPY for its error code), never relayed. */
+            r->sse = 0;
+            if (!r->resp_copy) r->resp_copy = evbuffer_new();
+            evbuffer_drain(in, (size_t)hl);
+            u->head_scanned = 0;
+            return 1;
+        }
+        r->own_error = 0;
         int length_known = u->framing == F_NONE || (u->framing == F_LENGTH && !r->sse);
         if (length_known) r->client_chunked = 0;
         else if (!r->client_chunked) r->close = 1; /* HTTP/1.0: the end of the answer is the close */
@@ -467,6 +532,8 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         for (size_t i = 0; i < h.nheaders; i++) {
             const gw_header_t *hd = &h.headers[i];
             if (GW_H_IS_HOP(kinds[i]) || kinds[i] == GW_H_X_REQUEST_ID) continue;
+            if (r->resp_headers && gw_req_response_header_removed(r, hd->name, hd->name_len))
+                continue;
             p = gw_put(p, hd->name, hd->name_len);
             p = gw_put(p, ": ", 2);
             p = gw_put(p, hd->value, hd->value_len);
@@ -490,6 +557,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         evbuffer_drain(in, (size_t)hl);
         u->head_scanned = 0;
         r->head_sent = 1;
+        if (!r->sse) r->ttft_us = gw_now_us();
         return 1;
     }
 }
@@ -519,7 +587,8 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
                     r->resp_copy = NULL;
                 }
             }
-            evbuffer_remove_buffer(in, gw_io_out(r->conn->io), n);
+            if (r->own_error) evbuffer_drain(in, n);
+            else evbuffer_remove_buffer(in, gw_io_out(r->conn->io), n);
             u->remaining -= (int64_t)n;
             return u->remaining == 0;
         }
@@ -550,6 +619,17 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
 
 static void complete(gw_req_t *r, gw_upconn_t *u)
 {
+    if (r->own_error) {
+        size_t n = r->resp_copy ? evbuffer_get_length(r->resp_copy) : 0;
+        const char *body = n ? (const char *)evbuffer_pullup(r->resp_copy, -1) : NULL;
+        gw_req_backend_error(r, r->status, body, n);
+        if (r->resp_copy) evbuffer_free(r->resp_copy);
+        r->resp_copy = NULL;
+        detach(r);
+        release(u, u->keepalive && u->framing != F_EOF);
+        gw_req_finish(r, 0);
+        return;
+    }
     if (r->resp_copy) {
         size_t n = evbuffer_get_length(r->resp_copy);
         gw_req_take_usage(r, (const char *)evbuffer_pullup(r->resp_copy, -1), n);
@@ -637,6 +717,14 @@ static void up_event_cb(gw_io_t *io, int what, void *arg)
         return;
     }
     if (what & GW_IO_CONNECTED) {
+        if (!gw_residency_peer_ok(u->cfg, u->res, gw_io_fd(io))) {
+            /* Not one of the verified addresses: close before a byte of the request goes. */
+            gw_backend_t *b = u->be;
+            up_free(detach(r));
+            residency_refused(r, b, "peer_not_verified");
+            try_backend(r);
+            return;
+        }
         u->state = UP_WAITING;
         arm(u, r->cfg->timeouts.upstream_first_byte_ms);
         return;

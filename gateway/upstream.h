@@ -13,5 +13,7 @@ void gw_upstream_abort(gw_req_t *r);
 void gw_upstream_client_drained(gw_req_t *r);
 /* Closes a worker's idle connections (drain, snapshot change). */
 void gw_upstream_close_idle(gw_worker_t *w);
+/* The verified addresses the request's backend connection was made under, or NULL. */
+const struct gw_resolved *gw_upstream_resolved(const gw_req_t *r);
 
 #endif

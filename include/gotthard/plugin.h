@@ -78,6 +78,14 @@ const char *gw_req_id(const gw_req_t *r);
 const char *gw_req_method(const gw_req_t *r);
 const char *gw_req_path(const gw_req_t *r);
 const char *gw_req_header(const gw_req_t *r, const char *name, size_t *len);
+/* Every header of the request, in order: the i-th name (not NUL-terminated; NULL past the
+ * end), its length, and its value and length. */
+size_t gw_req_header_count(const gw_req_t *r);
+const char *gw_req_header_at(const gw_req_t *r, size_t i, size_t *name_len, const char **value,
+                             size_t *value_len);
+/* The client's address as text ("192.0.2.1", "2001:db8::1"), for a plugin configured to
+ * forward it: 0, or -1 when it is not known. Never log it. */
+int gw_req_client_address(const gw_req_t *r, char *buf, size_t len);
 const cJSON *gw_req_json(const gw_req_t *r); /* NULL before request_body or without a body */
 size_t gw_req_body_length(const gw_req_t *r); /* bytes of the request body as received */
 const char *gw_req_model(const gw_req_t *r);
@@ -96,7 +104,8 @@ void *gw_req_alloc(gw_req_t *r, size_t size);
 
 /* Change what goes upstream: set (or, with value NULL, remove) a header. */
 int gw_req_set_upstream_header(gw_req_t *r, const char *name, const char *value);
-/* Replace the body sent upstream by this JSON (the gateway takes ownership). */
+/* Replace the body sent upstream by this JSON (the gateway takes ownership). `json` may be
+ * gw_req_json(r) itself, changed in place: the body is then written from it. */
 int gw_req_replace_json(gw_req_t *r, cJSON *json);
 
 /* Backends of the chosen pool, for upstream_select. */
@@ -140,12 +149,52 @@ int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *ar
  * "tokens", "tokens_per_day", "concurrency"): gotthard_ratelimited_total{tenant,kind}. */
 void gw_metrics_ratelimited(const char *tenant, const char *kind);
 
+/* Residency (the built-in residency plugin; docs/residency.md).
+ *
+ * configure hands the core the global policy with gw_conf_residency: the core opens the
+ * databases, resolves every backend host (A and AAAA) at load and every resolver.refresh_ms,
+ * looks each address up, and connects only to verified addresses of approved backends. */
+typedef struct gw_residency_policy {
+    const char *const *databases; /* MaxMind DB files, looked up in order */
+    size_t ndatabases;
+    const char *const *allowed; /* ISO 3166 alpha-2 codes; never empty */
+    size_t nallowed;
+    const char *canonical; /* the whole policy as text, digested for the audit log */
+} gw_residency_policy_t;
+int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_policy_t *policy);
+/* The pool chosen for the request (upstream_select on), or NULL. */
+const char *gw_req_pool(const gw_req_t *r);
+/* The countries behind backend i of the pool now: its declared country first, then the others
+ * that its addresses map to, comma-separated ("CH", "CH,LI"); NULL when the global policy does
+ * not approve the backend (or there is no policy). */
+const char *gw_req_backend_countries(const gw_req_t *r, size_t i);
+/* The index (in the pool) of the backend the answer comes from; -1 before one is chosen. */
+long gw_req_backend_index(const gw_req_t *r);
+/* The country of the client's address in the residency databases: 1 and cc set, 0 when no
+ * database knows it, -1 on error. The address itself is never handed out. */
+int gw_req_client_country(const gw_req_t *r, char cc[3]);
+/* A request or connection kept from a backend by the residency policy:
+ * gotthard_residency_blocked_total{pool,backend} (names from the config). */
+void gw_metrics_residency_blocked(const char *pool, const char *backend);
+
 /* The audit log: one JSON line {"ts", "event", fields...}. Fields are NULL-terminated name,
  * value pairs of metadata: never request content, credentials or client addresses. */
 void gw_audit(const char *event, ...) __attribute__((sentinel));
 
 /* Answers. */
+/* Adds a header to the answer; with value NULL (response_headers), removes the backend's
+ * header of that name from it instead. */
 int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value);
+/* The backend's answer headers, during response_headers only (0 / NULL otherwise); as
+ * gw_req_header_at. */
+size_t gw_req_response_header_count(const gw_req_t *r);
+const char *gw_req_response_header_at(const gw_req_t *r, size_t i, size_t *name_len,
+                                      const char **value, size_t *value_len);
+/* response_headers, on a backend error (gw_req_status(r) >= 400): the client gets the
+ * gateway's own OpenAI-shaped error with the same status (502 for a backend's 401, 403 or
+ * 407) instead of the backend's body, which is read but never relayed. The backend's error
+ * code is kept only when it is one of OpenAI's known codes. */
+void gw_req_own_error_body(gw_req_t *r);
 /* An OpenAI-shaped error; `message` must never contain request content. */
 void gw_req_respond_error(gw_req_t *r, int status, const char *code, const char *message);
 void gw_req_resume(gw_req_t *r, int result);

@@ -312,11 +312,12 @@ def test_http10_stream_is_close_delimited():
 
 
 def test_stream_error_status_from_backend_is_not_sse():
-    """A backend that refuses a stream (x-mock-status 429) gives the client that status and body."""
+    """A backend that refuses a stream (x-mock-status 429) gives the client that status, with the
+    gateway's own error body (privacy.backend_errors "replace")."""
     mock, gw = ENV.get()
     r = post_json(gw.port, "/v1/chat/completions", chat("m1", stream=True), headers=_hdr(status=429))
     assert r.status == 429, r.describe()
-    assert r.json()["error"]["code"] == "mock_error", r.describe()
+    assert r.json()["error"]["code"] == "rate_limit_exceeded", r.describe()
 
 
 if __name__ == "__main__":

@@ -605,6 +605,11 @@ static void write_head(struct conn *c, int status, const char *ctype, long conte
     evbuffer_add_printf(o, "X-Mock-Backend: %s\r\n", G.name);
     if (c->rec && c->rec->seq)
         evbuffer_add_printf(o, "X-Mock-Seq: %" PRIu64 "\r\n", c->rec->seq);
+    if (c->rec && rec_header(c->rec, "x-mock-reveal"))
+        /* What inference servers tell about themselves (for the gateway's privacy tests). */
+        evbuffer_add_printf(o, "Server: uvicorn\r\nX-Powered-By: mock/1.0\r\nX-Request-Id: mock-%" PRIu64
+                               "\r\nSet-Cookie: backend-node=gpu-7\r\nRetry-After: 7\r\n",
+                            c->rec->seq);
     if (!c->keepalive)
         evbuffer_add_printf(o, "Connection: close\r\n\r\n");
     else if (c->http10)
@@ -1567,7 +1572,7 @@ static void usage(FILE *f)
           "  --help            this text\n"
           "\n"
           "Per-request headers: x-mock-status, x-mock-delay-ms, x-mock-ttft-ms,\n"
-          "x-mock-token-ms, x-mock-tokens, x-mock-reset-after, x-mock-close.\n"
+          "x-mock-token-ms, x-mock-tokens, x-mock-reset-after, x-mock-close, x-mock-reveal.\n"
           "Test endpoints: GET /_mock/requests[?since=SEQ], POST /_mock/reset, GET /_mock/stats.\n",
           f);
 }

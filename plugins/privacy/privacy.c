@@ -1,0 +1,507 @@
+/* Privacy: what a backend learns of the client, and what a client learns of the backend.
+ *
+ * Always in the chain, with its defaults when the config has no "privacy" key: privacy is
+ * a property of the gateway, not an option. The config can only choose among documented
+ * behaviours (docs/privacy.md):
+ *
+ *   "privacy": {
+ *     "strip_request_headers": ["cookie", "openai-organization", "x-stainless-*", ...],
+ *     "forward_client_ip": false,
+ *     "user_field": "drop",            keep | drop | hash
+ *     "user_hash_salt_file": "...",    or "user_hash_salt_env": "NAME"; else a random salt
+ *     "hide_response_headers": ["server", "x-powered-by", ...],
+ *     "backend_errors": "replace"      replace | pass
+ *   }
+ *
+ * Request headers: every header named in strip_request_headers (a trailing '*' matches a
+ * prefix) is removed before the request goes upstream, and so are the client-address
+ * headers (X-Forwarded-For, Forwarded, X-Real-IP, True-Client-IP, ...) whatever the list
+ * says: a client can forge them, and they name a person. forward_client_ip sets
+ * X-Forwarded-For to the address the connection comes from, nothing else. The client's
+ * credentials are never forwarded (the core's rule).
+ *
+ * The user field (OpenAI's "user" and its successor "safety_identifier"): kept, dropped,
+ * or replaced by HMAC-SHA256(salt, tenant "\n" value) in hex, so a backend can still tell
+ * one end user from another within a tenant without learning who they are, and the same
+ * user in two tenants looks like two.
+ *
+ * Answers: headers in hide_response_headers are not passed back (the backend's own
+ * x-request-id never is: the core sets the gateway's). With backend_errors "replace", a
+ * backend's error answer (status >= 400) reaches the client as the gateway's own
+ * OpenAI-shaped error: inference servers quote the request in their errors (vLLM names the
+ * unknown model, pydantic repeats the offending input).
+ */
+#include "privacy.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+
+#define MIN_SALT 16
+#define MAX_SALT 4096
+#define MAX_NAMES 256
+#define MAX_NAME_LEN 128
+
+enum { USER_KEEP, USER_DROP, USER_HASH };
+enum { SALT_RANDOM, SALT_FILE, SALT_ENV };
+
+typedef struct pattern {
+    char *name; /* lowercase, without the '*' */
+    size_t len;
+    int prefix;
+} pattern_t;
+
+typedef struct plist {
+    pattern_t *items;
+    size_t n;
+} plist_t;
+
+typedef struct privacy_conf {
+    plist_t strip, hide;
+    int forward_client_ip, user_field, salt_source, replace_errors;
+    unsigned char salt[MAX_SALT];
+    size_t salt_len;
+} privacy_conf_t;
+
+static const char *const default_strip[] = {"cookie", "openai-organization", "openai-project",
+                                            NULL};
+/* Removed whatever strip_request_headers says: they carry (or forge) the client's address. */
+static const char *const address_headers[] = {"forwarded",
+                                              "x-forwarded-for",
+                                              "x-real-ip",
+                                              "true-client-ip",
+                                              "cf-connecting-ip",
+                                              "x-client-ip",
+                                              "x-cluster-client-ip",
+                                              "fastly-client-ip",
+                                              "x-original-forwarded-for",
+                                              NULL};
+static const char *const default_hide[] = {"server",
+                                           "x-powered-by",
+                                           "via",
+                                           "set-cookie",
+                                           "request-id",
+                                           "x-amzn-*",
+                                           "x-envoy-*",
+                                           "x-compute-*",
+                                           "x-total-time",
+                                           "x-validation-time",
+                                           "x-queue-time",
+                                           "x-inference-time",
+                                           "x-time-per-token",
+                                           "x-prompt-tokens",
+                                           "x-generated-tokens",
+                                           "openai-organization",
+                                           "openai-project",
+                                           "openai-processing-ms",
+                                           "openai-version",
+                                           NULL};
+static const char *const user_fields[] = {"user", "safety_identifier", NULL};
+
+static const char *const user_names[] = {"keep", "drop", "hash"};
+static const char *const salt_names[] = {"random", "file", "env"};
+
+/* One salt per process for user_field "hash" without a configured one: stable across
+ * reloads, different on every start and on every instance. */
+static unsigned char process_salt[32];
+static int process_salt_ready;
+
+static void plist_free(plist_t *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->items[i].name);
+    free(l->items);
+    l->items = NULL;
+    l->n = 0;
+}
+
+static void release(void *state)
+{
+    privacy_conf_t *c = state;
+    if (!c) return;
+    plist_free(&c->strip);
+    plist_free(&c->hide);
+    explicit_bzero(c->salt, sizeof(c->salt));
+    free(c);
+}
+
+static int match(const plist_t *l, const char *name, size_t len)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        const pattern_t *p = &l->items[i];
+        if (p->prefix ? len >= p->len && strncasecmp(name, p->name, p->len) == 0
+                      : len == p->len && strncasecmp(name, p->name, len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* A header name pattern: token characters, optionally ending with '*'. */
+static int valid_pattern(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > MAX_NAME_LEN) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '*' && i == n - 1 && n > 1) continue;
+        if (!(isalnum(ch) || strchr("!#$%&'+-.^_`|~", ch))) return 0;
+    }
+    return 1;
+}
+
+static int plist_add(plist_t *l, const char *s)
+{
+    size_t n = strlen(s);
+    int prefix = n && s[n - 1] == '*';
+    if (prefix) n--;
+    for (size_t i = 0; i < l->n; i++)
+        if (l->items[i].len == n && l->items[i].prefix == prefix &&
+            strncasecmp(l->items[i].name, s, n) == 0)
+            return 0;
+    pattern_t *items = realloc(l->items, (l->n + 1) * sizeof(*items));
+    if (!items) return -1;
+    l->items = items;
+    char *name = malloc(n + 1);
+    if (!name) return -1;
+    for (size_t i = 0; i < n; i++)
+        name[i] = (char)tolower((unsigned char)s[i]);
+    name[n] = '\0';
+    l->items[l->n++] = (pattern_t){name, n, prefix};
+    return 0;
+}
+
+static int plist_add_all(plist_t *l, const char *const *names)
+{
+    for (; *names; names++)
+        if (plist_add(l, *names) < 0) return -1;
+    return 0;
+}
+
+/* A list of header name patterns from the config, or the defaults when absent. */
+static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const char *path,
+                     const char *const *defaults, plist_t *l)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
+    char p[160];
+    snprintf(p, sizeof(p), "%s.%s", path, key);
+    if (!a) return plist_add_all(l, defaults);
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) > MAX_NAMES) {
+        gw_conf_error(cx, p, "must be an array of at most %d header names", MAX_NAMES);
+        return -1;
+    }
+    int rc = 0, i = 0;
+    for (const cJSON *e = a->child; e; e = e->next, i++) {
+        if (!cJSON_IsString(e) || !valid_pattern(e->valuestring)) {
+            char ep[180];
+            snprintf(ep, sizeof(ep), "%s[%d]", p, i);
+            gw_conf_error(cx, ep, "must be a header name (a trailing * matches a prefix)");
+            rc = -1;
+        } else if (plist_add(l, e->valuestring) < 0) {
+            return -1;
+        }
+    }
+    return rc;
+}
+
+static int load_salt_bytes(gw_conf_ctx_t *cx, privacy_conf_t *c, const char *path,
+                           const unsigned char *s, size_t n)
+{
+    while (n && isspace(s[n - 1]))
+        n--;
+    if (n < MIN_SALT || n > MAX_SALT) {
+        gw_conf_error(cx, path, "the salt must have between %d and %d bytes", MIN_SALT, MAX_SALT);
+        return -1;
+    }
+    memcpy(c->salt, s, n);
+    c->salt_len = n;
+    return 0;
+}
+
+static int load_salt(gw_conf_ctx_t *cx, const cJSON *o, const char *path, privacy_conf_t *c)
+{
+    const cJSON *file = cJSON_GetObjectItemCaseSensitive(o, "user_hash_salt_file");
+    const cJSON *env = cJSON_GetObjectItemCaseSensitive(o, "user_hash_salt_env");
+    char p[160];
+    if (file && env) {
+        gw_conf_error(cx, path, "user_hash_salt_file and user_hash_salt_env exclude each other");
+        return -1;
+    }
+    if (file) {
+        snprintf(p, sizeof(p), "%s.user_hash_salt_file", path);
+        if (!cJSON_IsString(file) || !file->valuestring[0]) {
+            gw_conf_error(cx, p, "must be a file name");
+            return -1;
+        }
+        FILE *f = fopen(file->valuestring, "rb");
+        if (!f) {
+            gw_conf_error(cx, p, "cannot read the salt file: %s", strerror(errno));
+            return -1;
+        }
+        unsigned char buf[MAX_SALT + 1];
+        size_t n = fread(buf, 1, sizeof(buf), f);
+        fclose(f);
+        int rc = load_salt_bytes(cx, c, p, buf, n);
+        explicit_bzero(buf, sizeof(buf));
+        c->salt_source = SALT_FILE;
+        return rc;
+    }
+    if (env) {
+        snprintf(p, sizeof(p), "%s.user_hash_salt_env", path);
+        if (!cJSON_IsString(env) || !env->valuestring[0]) {
+            gw_conf_error(cx, p, "must be the name of an environment variable");
+            return -1;
+        }
+        const char *v = getenv(env->valuestring);
+        if (!v) {
+            gw_conf_error(cx, p, "the environment variable is not set");
+            return -1;
+        }
+        c->salt_source = SALT_ENV;
+        return load_salt_bytes(cx, c, p, (const unsigned char *)v, strlen(v));
+    }
+    if (!process_salt_ready) {
+        if (getrandom(process_salt, sizeof(process_salt), 0) != (ssize_t)sizeof(process_salt)) {
+            gw_conf_error(cx, path, "cannot get random bytes for the user hash salt");
+            return -1;
+        }
+        process_salt_ready = 1;
+    }
+    memcpy(c->salt, process_salt, sizeof(process_salt));
+    c->salt_len = sizeof(process_salt);
+    c->salt_source = SALT_RANDOM;
+    return 0;
+}
+
+static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *rootpath, void **state)
+{
+    static const char *const keys[] = {
+        "strip_request_headers", "forward_client_ip",     "user_field",     "user_hash_salt_file",
+        "user_hash_salt_env",    "hide_response_headers", "backend_errors", NULL};
+    const char *path = "$.privacy";
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "privacy");
+    int rc = 0;
+    if (o && !cJSON_IsObject(o)) {
+        gw_conf_error(cx, path, "must be an object");
+        return -1;
+    }
+    for (const cJSON *k = o ? o->child : NULL; k; k = k->next) {
+        size_t i = 0;
+        while (keys[i] && strcmp(keys[i], k->string) != 0)
+            i++;
+        if (!keys[i]) {
+            char p[160];
+            snprintf(p, sizeof(p), "%s.%.100s", path, k->string);
+            gw_conf_error(cx, p, "unknown key");
+            rc = -1;
+        }
+    }
+    privacy_conf_t *c = calloc(1, sizeof(*c));
+    if (!c) return -1;
+    c->user_field = USER_DROP;
+    c->replace_errors = 1;
+    if (load_list(cx, o, "strip_request_headers", path, default_strip, &c->strip) < 0) rc = -1;
+    if (plist_add_all(&c->strip, address_headers) < 0) rc = -1;
+    if (load_list(cx, o, "hide_response_headers", path, default_hide, &c->hide) < 0) rc = -1;
+    const cJSON *fwd = cJSON_GetObjectItemCaseSensitive(o, "forward_client_ip");
+    if (fwd && !cJSON_IsBool(fwd)) {
+        gw_conf_error(cx, "$.privacy.forward_client_ip", "must be true or false");
+        rc = -1;
+    }
+    c->forward_client_ip = cJSON_IsTrue(fwd);
+    const cJSON *uf = cJSON_GetObjectItemCaseSensitive(o, "user_field");
+    if (uf) {
+        int m = -1;
+        for (int i = 0; i < 3 && cJSON_IsString(uf); i++)
+            if (strcmp(uf->valuestring, user_names[i]) == 0) m = i;
+        if (m < 0) {
+            gw_conf_error(cx, "$.privacy.user_field", "must be keep, drop or hash");
+            rc = -1;
+        } else {
+            c->user_field = m;
+        }
+    }
+    const cJSON *be = cJSON_GetObjectItemCaseSensitive(o, "backend_errors");
+    if (be) {
+        if (cJSON_IsString(be) && strcmp(be->valuestring, "replace") == 0)
+            c->replace_errors = 1;
+        else if (cJSON_IsString(be) && strcmp(be->valuestring, "pass") == 0)
+            c->replace_errors = 0;
+        else {
+            gw_conf_error(cx, "$.privacy.backend_errors", "must be replace or pass");
+            rc = -1;
+        }
+    }
+    if (load_salt(cx, o, path, c) < 0) rc = -1;
+    if (rc < 0) {
+        release(c);
+        return -1;
+    }
+    (void)rootpath;
+    *state = c;
+    return 0;
+}
+
+/* A header name as a NUL-terminated string in the request's memory. */
+static char *name_copy(gw_req_t *r, const char *name, size_t len)
+{
+    char *s = gw_req_alloc(r, len + 1);
+    if (s) {
+        memcpy(s, name, len);
+        s[len] = '\0';
+    }
+    return s;
+}
+
+static int on_request_headers(gw_req_t *r, void *conf, void **ctx)
+{
+    privacy_conf_t *c = conf;
+    size_t n = gw_req_header_count(r);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *name = gw_req_header_at(r, i, &len, NULL, NULL);
+        if (!name || !match(&c->strip, name, len)) continue;
+        char *s = name_copy(r, name, len);
+        if (!s || gw_req_set_upstream_header(r, s, NULL) < 0) return GW_ERROR;
+    }
+    if (c->forward_client_ip) {
+        char addr[64];
+        if (gw_req_client_address(r, addr, sizeof(addr)) == 0 &&
+            gw_req_set_upstream_header(r, "x-forwarded-for", addr) < 0)
+            return GW_ERROR;
+    }
+    return GW_CONTINUE;
+}
+
+int gw_privacy_hash_user(const void *state, const char *tenant, const char *user, char out[65])
+{
+    static const char hex[] = "0123456789abcdef";
+    const privacy_conf_t *c = state;
+    size_t tl = strlen(tenant), ul = strlen(user);
+    unsigned char *msg = malloc(tl + 1 + ul), mac[EVP_MAX_MD_SIZE];
+    unsigned int maclen = 0;
+    if (!msg) return -1;
+    memcpy(msg, tenant, tl);
+    msg[tl] = '\n';
+    memcpy(msg + tl + 1, user, ul);
+    unsigned char *ok =
+        HMAC(EVP_sha256(), c->salt, (int)c->salt_len, msg, tl + 1 + ul, mac, &maclen);
+    explicit_bzero(msg, tl + 1 + ul);
+    free(msg);
+    if (!ok || maclen != 32) return -1;
+    for (unsigned i = 0; i < 32; i++) {
+        out[2 * i] = hex[mac[i] >> 4];
+        out[2 * i + 1] = hex[mac[i] & 15];
+    }
+    out[64] = '\0';
+    explicit_bzero(mac, sizeof(mac));
+    return 0;
+}
+
+static int on_request_body(gw_req_t *r, void *conf, void **ctx)
+{
+    privacy_conf_t *c = conf;
+    if (c->user_field == USER_KEEP) return GW_CONTINUE;
+    cJSON *json = (cJSON *)gw_req_json(r); /* changed in place, then handed back */
+    int changed = 0;
+    for (const char *const *f = user_fields; *f && json; f++) {
+        cJSON *u = cJSON_GetObjectItemCaseSensitive(json, *f);
+        if (!u) continue;
+        changed = 1;
+        if (c->user_field == USER_DROP || !cJSON_IsString(u)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(json, *f);
+            continue;
+        }
+        const char *tenant = gw_req_tenant(r);
+        char hexmac[65];
+        if (gw_privacy_hash_user(c, tenant ? tenant : "", u->valuestring, hexmac) < 0)
+            return GW_ERROR;
+        cJSON *h = cJSON_CreateString(hexmac);
+        if (!h || !cJSON_ReplaceItemInObjectCaseSensitive(json, *f, h)) {
+            cJSON_Delete(h);
+            return GW_ERROR;
+        }
+    }
+    if (changed && gw_req_replace_json(r, json) < 0) return GW_ERROR;
+    return GW_CONTINUE;
+}
+
+static int on_response_headers(gw_req_t *r, void *conf, void **ctx)
+{
+    privacy_conf_t *c = conf;
+    size_t n = gw_req_response_header_count(r);
+    int error = c->replace_errors && gw_req_status(r) >= 400;
+    for (size_t i = 0; i < n; i++) {
+        size_t len, vlen;
+        const char *value;
+        const char *name = gw_req_response_header_at(r, i, &len, &value, &vlen);
+        if (!name) continue;
+        if (match(&c->hide, name, len)) {
+            char *s = name_copy(r, name, len);
+            if (!s || gw_req_add_response_header(r, s, NULL) < 0) return GW_ERROR;
+        } else if (error && vlen < 32 &&
+                   ((len == 11 && strncasecmp(name, "retry-after", 11) == 0) ||
+                    (len == 14 && strncasecmp(name, "retry-after-ms", 14) == 0))) {
+            /* The gateway's own error keeps the backend's advice on when to retry. */
+            char v[32];
+            memcpy(v, value, vlen);
+            v[vlen] = '\0';
+            char *s = name_copy(r, name, len);
+            if (!s || gw_req_add_response_header(r, s, v) < 0) return GW_ERROR;
+        }
+    }
+    if (error) gw_req_own_error_body(r);
+    return GW_CONTINUE;
+}
+
+static cJSON *list_json(const plist_t *l)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; a && i < l->n; i++) {
+        char buf[MAX_NAME_LEN + 2];
+        snprintf(buf, sizeof(buf), "%s%s", l->items[i].name, l->items[i].prefix ? "*" : "");
+        cJSON_AddItemToArray(a, cJSON_CreateString(buf));
+    }
+    return a;
+}
+
+cJSON *gw_privacy_report(const void *state)
+{
+    const privacy_conf_t *c = state;
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !c) return o;
+    cJSON_AddItemToObject(o, "strip_request_headers", list_json(&c->strip));
+    cJSON_AddBoolToObject(o, "forward_client_ip", c->forward_client_ip);
+    cJSON_AddStringToObject(o, "user_field", user_names[c->user_field]);
+    cJSON *uf = cJSON_AddArrayToObject(o, "user_field_names");
+    for (const char *const *f = user_fields; uf && *f; f++)
+        cJSON_AddItemToArray(uf, cJSON_CreateString(*f));
+    if (c->user_field == USER_HASH) {
+        cJSON_AddStringToObject(o, "user_hash", "hmac-sha256(salt, tenant \"\\n\" user), hex");
+        cJSON_AddStringToObject(o, "user_hash_salt", salt_names[c->salt_source]);
+    }
+    cJSON_AddItemToObject(o, "hide_response_headers", list_json(&c->hide));
+    cJSON_AddStringToObject(o, "backend_errors", c->replace_errors ? "replace" : "pass");
+    return o;
+}
+
+static const char *const config_keys[] = {"privacy", NULL};
+
+const gw_plugin_t gw_plugin_privacy = {
+    .name = "privacy",
+    .abi = GW_PLUGIN_ABI,
+    .config_keys = config_keys,
+    .configure = configure,
+    .release = release,
+    .request_headers = on_request_headers,
+    .request_body = on_request_body,
+    .upstream_select = NULL,
+    .response_headers = on_response_headers,
+    .response_event = NULL,
+    .log = NULL,
+};

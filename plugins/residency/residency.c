@@ -1,0 +1,421 @@
+/* Residency: requests reach only backends in the countries the policy allows, and a tenant's
+ * clients only from the countries it allows. */
+#include <gotthard/plugin.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * config (top level, owned here):
+ *   "geoip": {"databases": ["conf/geoip/site.mmdb", "/var/lib/GeoIP/GeoLite2-Country.mmdb"]}
+ *   "residency": {"allowed_countries": ["CH"]}
+ * and in each tenant (both optional):
+ *   "residency": {"allowed_countries": ["CH"]}   narrows the global policy for its requests
+ *   "client_countries": ["CH", "LI"]              where its clients' addresses must be
+ *
+ * The plugin checks the policy and hands it to the core (gw_conf_residency), which resolves
+ * and verifies every backend and refuses, on the connect path, any address it did not verify.
+ * Here, per request:
+ *   request_headers   a tenant with client_countries: the client's address must map to one of
+ *                     them, else 403 residency_denied (unknown addresses too: fail closed).
+ *   upstream_select   every backend whose countries (declared and of each address) are not all
+ *                     in the policy that applies (the tenant's, else the global one) is vetoed;
+ *                     none left: 503 residency_unavailable. Retries stay within what is left.
+ *   response_headers  x-gotthard-residency: the country of the backend that answers.
+ * Refusals go to the audit log (residency_block) and the metrics, never with a client address.
+ */
+
+#define MAX_COUNTRIES 300
+#define MAX_DATABASES 16
+
+typedef struct policy {
+    char (*cc)[3];
+    size_t n;
+} policy_t;
+
+typedef struct tenant_policy {
+    char *id;
+    int narrowed, geofenced;
+    policy_t allowed, clients;
+} tenant_policy_t;
+
+typedef struct residency_conf {
+    policy_t global;
+    tenant_policy_t *tenants; /* only those with their own residency or client_countries */
+    size_t ntenants;
+    size_t *index; /* open addressing over tenants by id; nindex slots, SIZE_MAX empty */
+    size_t nindex;
+} residency_conf_t;
+
+static int in_policy(const policy_t *p, const char *cc)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->cc[i][0] == cc[0] && p->cc[i][1] == cc[1]) return 1;
+    return 0;
+}
+
+/* "CH" or "CH,LI": every country in the policy. */
+static int all_in_policy(const policy_t *p, const char *list)
+{
+    for (const char *s = list; s[0] && s[1]; s += s[2] == ',' ? 3 : 2) {
+        if (!in_policy(p, s)) return 0;
+        if (s[2] != ',') break;
+    }
+    return 1;
+}
+
+static size_t hash(const char *s)
+{
+    size_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static const tenant_policy_t *tenant_policy(const residency_conf_t *c, const char *id)
+{
+    if (!id || !c->nindex) return NULL;
+    for (size_t i = hash(id) & (c->nindex - 1);; i = (i + 1) & (c->nindex - 1)) {
+        if (c->index[i] == SIZE_MAX) return NULL;
+        if (strcmp(c->tenants[c->index[i]].id, id) == 0) return &c->tenants[c->index[i]];
+    }
+}
+
+static void release(void *state)
+{
+    residency_conf_t *c = state;
+    if (!c) return;
+    free(c->global.cc);
+    for (size_t i = 0; i < c->ntenants; i++) {
+        free(c->tenants[i].id);
+        free(c->tenants[i].allowed.cc);
+        free(c->tenants[i].clients.cc);
+    }
+    free(c->tenants);
+    free(c->index);
+    free(c);
+}
+
+/* ---------------------------------------------------------------- config */
+
+static char *path_of(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static char *path_of(char *buf, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, cap, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+/* Only these keys in an object. */
+static int only_keys(gw_conf_ctx_t *cx, const cJSON *o, const char *path, const char *const *keys)
+{
+    int rc = 0;
+    char p[512];
+    for (const cJSON *k = o->child; k; k = k->next) {
+        int known = 0;
+        for (const char *const *n = keys; *n && !known; n++) known = strcmp(*n, k->string) == 0;
+        if (!known) {
+            gw_conf_error(cx, path_of(p, sizeof(p), "%s.%s", path, k->string), "unknown key");
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+/* A non-empty array of ISO 3166 alpha-2 codes. */
+static int parse_countries(gw_conf_ctx_t *cx, const cJSON *a, const char *path, policy_t *out)
+{
+    if (!cJSON_IsArray(a)) {
+        gw_conf_error(cx, path, "must be an array of ISO 3166 alpha-2 codes such as [\"CH\"]");
+        return -1;
+    }
+    int n = cJSON_GetArraySize(a);
+    if (n == 0) {
+        gw_conf_error(cx, path, "is empty: a policy that allows no country refuses everything");
+        return -1;
+    }
+    if (n > MAX_COUNTRIES) {
+        gw_conf_error(cx, path, "has more than %d countries", MAX_COUNTRIES);
+        return -1;
+    }
+    out->cc = calloc((size_t)n, sizeof(*out->cc));
+    if (!out->cc) {
+        gw_conf_error(cx, path, "out of memory");
+        return -1;
+    }
+    out->n = 0;
+    int i = 0, rc = 0;
+    char p[512];
+    for (const cJSON *e = a->child; e; e = e->next, i++) {
+        const char *s = cJSON_IsString(e) ? e->valuestring : NULL;
+        if (!s || strlen(s) != 2 || s[0] < 'A' || s[0] > 'Z' || s[1] < 'A' || s[1] > 'Z') {
+            gw_conf_error(cx, path_of(p, sizeof(p), "%s[%d]", path, i),
+                          "must be an ISO 3166 alpha-2 code in capitals, such as CH");
+            rc = -1;
+            continue;
+        }
+        if (!in_policy(out, s)) memcpy(out->cc[out->n++], s, 3);
+    }
+    return rc;
+}
+
+static int cmp_cc(const void *a, const void *b)
+{
+    return memcmp(a, b, 2);
+}
+
+/* The policy as text, in a fixed order: its SHA-256 goes into the audit log. */
+static void canon_policy(char **buf, size_t *len, size_t *cap, const char *label, policy_t *p)
+{
+    if (p->n) qsort(p->cc, p->n, sizeof(*p->cc), cmp_cc);
+    size_t need = strlen(label) + p->n * 3 + 4;
+    if (*len + need >= *cap) {
+        size_t ncap = (*cap + need) * 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb) return;
+        *buf = nb;
+        *cap = ncap;
+    }
+    *len += (size_t)snprintf(*buf + *len, *cap - *len, "%s", label);
+    for (size_t i = 0; i < p->n; i++)
+        *len += (size_t)snprintf(*buf + *len, *cap - *len, "%s%s", i ? "," : " ", p->cc[i]);
+    *len += (size_t)snprintf(*buf + *len, *cap - *len, "\n");
+}
+
+static int build_index(residency_conf_t *c)
+{
+    size_t slots = 8;
+    while (slots < c->ntenants * 2) slots *= 2;
+    c->index = malloc(slots * sizeof(*c->index));
+    if (!c->index) return -1;
+    c->nindex = slots;
+    for (size_t i = 0; i < slots; i++) c->index[i] = SIZE_MAX;
+    for (size_t t = 0; t < c->ntenants; t++) {
+        size_t i = hash(c->tenants[t].id) & (slots - 1);
+        while (c->index[i] != SIZE_MAX) i = (i + 1) & (slots - 1);
+        c->index[i] = t;
+    }
+    return 0;
+}
+
+static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
+{
+    *state = NULL;
+    const cJSON *geoip = cJSON_GetObjectItemCaseSensitive(root, "geoip");
+    const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "residency");
+    const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
+    char p[512];
+    int rc = 0;
+    if (!geoip && !res) {
+        /* No policy: tenants may not have one of their own either. */
+        int i = 0;
+        for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, i++)
+            for (const char *const *k = (const char *const[]){"residency", "client_countries", NULL}; *k; k++)
+                if (cJSON_GetObjectItemCaseSensitive(t, *k)) {
+                    gw_conf_error(cx, path_of(p, sizeof(p), "$.tenants[%d].%s", i, *k),
+                                  "needs the global \"residency\" policy and \"geoip\" databases");
+                    rc = -1;
+                }
+        return rc;
+    }
+    if (!res || !cJSON_IsObject(res)) {
+        gw_conf_error(cx, "$.residency",
+                      res ? "must be an object" : "is required with geoip: {\"allowed_countries\": [\"CH\"]}");
+        return -1;
+    }
+    if (!geoip || !cJSON_IsObject(geoip)) {
+        gw_conf_error(cx, "$.geoip",
+                      geoip ? "must be an object"
+                            : "is required with residency: {\"databases\": [\"conf/geoip/site.mmdb\"]}");
+        return -1;
+    }
+    if (only_keys(cx, geoip, "$.geoip", (const char *const[]){"databases", NULL}) < 0 ||
+        only_keys(cx, res, "$.residency", (const char *const[]){"allowed_countries", NULL}) < 0)
+        return -1;
+    const cJSON *dbs = cJSON_GetObjectItemCaseSensitive(geoip, "databases");
+    const char *paths[MAX_DATABASES];
+    size_t ndb = 0;
+    if (!cJSON_IsArray(dbs) || cJSON_GetArraySize(dbs) < 1 || cJSON_GetArraySize(dbs) > MAX_DATABASES) {
+        gw_conf_error(cx, "$.geoip.databases", "must list 1 to %d MaxMind DB files", MAX_DATABASES);
+        return -1;
+    }
+    for (const cJSON *d = dbs->child; d; d = d->next, ndb++) {
+        if (!cJSON_IsString(d) || !d->valuestring[0] || strlen(d->valuestring) > 4096) {
+            gw_conf_error(cx, path_of(p, sizeof(p), "$.geoip.databases[%zu]", ndb),
+                          "must be the path of a MaxMind DB file");
+            return -1;
+        }
+        paths[ndb] = d->valuestring;
+    }
+    residency_conf_t *c = calloc(1, sizeof(*c));
+    if (!c) {
+        gw_conf_error(cx, path, "out of memory");
+        return -1;
+    }
+    if (parse_countries(cx, cJSON_GetObjectItemCaseSensitive(res, "allowed_countries"),
+                        "$.residency.allowed_countries", &c->global) < 0) {
+        release(c);
+        return -1;
+    }
+    size_t nt = cJSON_IsArray(tenants) ? (size_t)cJSON_GetArraySize(tenants) : 0;
+    c->tenants = calloc(nt ? nt : 1, sizeof(*c->tenants));
+    if (!c->tenants) rc = -1;
+    int i = 0;
+    for (const cJSON *t = nt ? tenants->child : NULL; t && c->tenants; t = t->next, i++) {
+        const cJSON *tr = cJSON_GetObjectItemCaseSensitive(t, "residency");
+        const cJSON *cl = cJSON_GetObjectItemCaseSensitive(t, "client_countries");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
+        if ((!tr && !cl) || !cJSON_IsString(id)) continue; /* the core reports a missing id */
+        tenant_policy_t *tp = &c->tenants[c->ntenants++];
+        tp->id = strdup(id->valuestring);
+        if (!tp->id) rc = -1;
+        if (tr) {
+            char *tpath = path_of(p, sizeof(p), "$.tenants[%d].residency", i);
+            if (!cJSON_IsObject(tr)) {
+                gw_conf_error(cx, tpath, "must be an object: {\"allowed_countries\": [\"CH\"]}");
+                rc = -1;
+            } else if (only_keys(cx, tr, tpath, (const char *const[]){"allowed_countries", NULL}) < 0) {
+                rc = -1;
+            } else {
+                char apath[600];
+                snprintf(apath, sizeof(apath), "%s.allowed_countries", tpath);
+                if (parse_countries(cx, cJSON_GetObjectItemCaseSensitive(tr, "allowed_countries"), apath,
+                                    &tp->allowed) < 0)
+                    rc = -1;
+                tp->narrowed = 1;
+                for (size_t k = 0; k < tp->allowed.n; k++)
+                    if (!in_policy(&c->global, tp->allowed.cc[k])) {
+                        gw_conf_error(cx, apath,
+                                      "%s is not allowed by the global policy: a tenant's policy "
+                                      "can only narrow it",
+                                      tp->allowed.cc[k]);
+                        rc = -1;
+                    }
+            }
+        }
+        if (cl) {
+            if (parse_countries(cx, cl, path_of(p, sizeof(p), "$.tenants[%d].client_countries", i),
+                                &tp->clients) < 0)
+                rc = -1;
+            tp->geofenced = 1;
+        }
+    }
+    if (rc == 0 && build_index(c) < 0) rc = -1;
+    if (rc < 0) {
+        release(c);
+        return -1;
+    }
+    /* The digest covers the allowed countries, every tenant's, and the databases. */
+    size_t len = 0, cap = 256;
+    char *canon = malloc(cap);
+    if (canon) {
+        canon[0] = '\0';
+        canon_policy(&canon, &len, &cap, "allowed", &c->global);
+        for (size_t k = 0; k < ndb; k++) {
+            char line[4200];
+            snprintf(line, sizeof(line), "database %s", paths[k]);
+            policy_t none = {0};
+            canon_policy(&canon, &len, &cap, line, &none);
+        }
+        for (size_t k = 0; k < c->ntenants; k++) {
+            char line[300];
+            tenant_policy_t *tp = &c->tenants[k];
+            if (tp->narrowed) {
+                snprintf(line, sizeof(line), "tenant %s allowed", tp->id);
+                canon_policy(&canon, &len, &cap, line, &tp->allowed);
+            }
+            if (tp->geofenced) {
+                snprintf(line, sizeof(line), "tenant %s clients", tp->id);
+                canon_policy(&canon, &len, &cap, line, &tp->clients);
+            }
+        }
+    }
+    const char *allowed[MAX_COUNTRIES];
+    for (size_t k = 0; k < c->global.n; k++) allowed[k] = c->global.cc[k];
+    gw_residency_policy_t pol = {paths, ndb, allowed, c->global.n, canon};
+    rc = canon ? gw_conf_residency(cx, "$.residency", &pol) : -1;
+    if (!canon) gw_conf_error(cx, path, "out of memory");
+    free(canon);
+    if (rc < 0) {
+        release(c);
+        return -1;
+    }
+    *state = c;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- hooks */
+
+static int request_headers(gw_req_t *r, void *conf, void **ctx)
+{
+    const tenant_policy_t *tp = tenant_policy(conf, gw_req_tenant(r));
+    if (!tp || !tp->geofenced) return GW_CONTINUE;
+    char cc[3];
+    int rc = gw_req_client_country(r, cc);
+    if (rc == 1 && in_policy(&tp->clients, cc)) return GW_CONTINUE;
+    /* Neither the address nor its country is written anywhere. */
+    gw_audit("residency_block", "request_id", gw_req_id(r), "tenant", tp->id, "reason",
+             rc == 1 ? "client_country_not_allowed" : rc == 0 ? "client_country_unknown"
+                                                    : "client_country_lookup_failed",
+             NULL);
+    gw_req_respond_error(r, 403, "residency_denied",
+                         "Requests from this location are not allowed for this tenant.");
+    return GW_DONE;
+}
+
+static int upstream_select(gw_req_t *r, void *conf, void **ctx)
+{
+    const residency_conf_t *c = conf;
+    const char *tenant = gw_req_tenant(r);
+    const tenant_policy_t *tp = tenant_policy(c, tenant);
+    const policy_t *pol = tp && tp->narrowed ? &tp->allowed : &c->global;
+    const char *pool = gw_req_pool(r);
+    size_t n = gw_req_backend_count(r), left = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *countries = gw_req_backend_countries(r, i);
+        if (countries && all_in_policy(pol, countries)) {
+            left++;
+            continue;
+        }
+        gw_req_backend_veto(r, i);
+        gw_metrics_residency_blocked(pool, gw_req_backend_name(r, i));
+    }
+    if (left) return GW_CONTINUE;
+    gw_audit("residency_block", "request_id", gw_req_id(r), "tenant", tenant ? tenant : "-", "pool",
+             pool ? pool : "-", "reason", tp && tp->narrowed ? "no_backend_approved_for_tenant"
+                                                            : "no_backend_approved",
+             NULL);
+    gw_req_respond_error(r, 503, "residency_unavailable",
+                         "No backend of this model's pool is approved by the residency policy.");
+    return GW_DONE;
+}
+
+static int response_headers(gw_req_t *r, void *conf, void **ctx)
+{
+    long i = gw_req_backend_index(r);
+    const char *countries = i >= 0 ? gw_req_backend_countries(r, (size_t)i) : NULL;
+    if (countries) {
+        char cc[3] = {countries[0], countries[1], '\0'}; /* the declared country */
+        gw_req_add_response_header(r, "x-gotthard-residency", cc);
+    }
+    return GW_CONTINUE;
+}
+
+static const char *const config_keys[] = {"geoip", "residency", NULL};
+
+const gw_plugin_t gw_plugin_residency = {
+    .name = "residency",
+    .abi = GW_PLUGIN_ABI,
+    .config_keys = config_keys,
+    .configure = configure,
+    .release = release,
+    .request_headers = request_headers,
+    .request_body = NULL,
+    .upstream_select = upstream_select,
+    .response_headers = response_headers,
+    .response_event = NULL,
+    .log = NULL,
+};
