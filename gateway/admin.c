@@ -16,6 +16,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "privacy.h"
+#include "quota.h"
 #include "redis.h"
 #include "residency.h"
 
@@ -53,6 +54,30 @@ static int ready(const gw_admin_t *a)
     for (size_t i = 0; i < a->cfg->pools.n; i++)
         if (pools[i].backends.n == 0 || !gw_residency_pool_ok(a->cfg, &pools[i])) return 0;
     return 1;
+}
+
+/* GET /usage[?days=N]: requests and tokens per tenant and UTC day (plugins/quota/quota.h),
+ * today first, 1 <= N <= 40 days (default 1). With Redis this blocks the admin loop (never
+ * a worker's) for at most a few redis.timeout_ms. */
+static char *usage_report(const gw_config_t *cfg, const struct evhttp_uri *uri)
+{
+    const void *state = NULL;
+    for (size_t i = 0; i < cfg->nplugins; i++)
+        if (cfg->plugins[i].plugin == &gw_plugin_quota) state = cfg->plugins[i].state;
+    int days = 1;
+    struct evkeyvalq q;
+    const char *query = evhttp_uri_get_query(uri);
+    if (query && evhttp_parse_query_str(query, &q) == 0) {
+        const char *d = evhttp_find_header(&q, "days");
+        if (d) days = atoi(d);
+        evhttp_clear_headers(&q);
+    }
+    if (days < 1) days = 1;
+    if (days > 40) days = 40;
+    cJSON *o = gw_quota_usage_report(state, days);
+    char *body = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    return body;
 }
 
 /* GET /privacy: the effective privacy settings, for auditors (docs/privacy.md). */
@@ -122,6 +147,12 @@ static void handle(struct evhttp_request *req, void *arg)
         evbuffer_free(out);
     } else if (get && path && strcmp(path, "/privacy") == 0) {
         char *body = privacy_report(a->cfg);
+        if (body) reply_json(req, 200, body);
+        else reply_json(req, 503, "{\"error\":{\"message\":\"Out of memory.\",\"type\":\"server_error\","
+                                  "\"param\":null,\"code\":\"internal_error\"}}");
+        cJSON_free(body);
+    } else if (get && path && strcmp(path, "/usage") == 0) {
+        char *body = usage_report(a->cfg, evhttp_request_get_evhttp_uri(req));
         if (body) reply_json(req, 200, body);
         else reply_json(req, 503, "{\"error\":{\"message\":\"Out of memory.\",\"type\":\"server_error\","
                                   "\"param\":null,\"code\":\"internal_error\"}}");

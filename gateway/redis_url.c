@@ -1,8 +1,11 @@
 /* Parsing redis://[:password@]host[:port][/db], for the gateway and its tools. */
 #include "redis_url.h"
 
+#include <hiredis/hiredis.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 int gw_redis_url_parse(const char *u, gw_redis_url_t *out)
 {
@@ -36,4 +39,41 @@ int gw_redis_url_parse(const char *u, gw_redis_url_t *out)
         u = end;
     }
     return *u ? -1 : 0;
+}
+
+redisContext *gw_redis_url_connect(const char *url, int timeout_ms, char *err, size_t errlen)
+{
+    gw_redis_url_t u;
+    if (gw_redis_url_parse(url, &u) < 0) {
+        snprintf(err, errlen, "not a redis://host:port/db URL");
+        return NULL;
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    redisContext *rc = redisConnectWithTimeout(u.host, u.port, tv);
+    if (!rc || rc->err) {
+        snprintf(err, errlen, "cannot connect to redis: %s", rc ? rc->errstr : "out of memory");
+        if (rc) redisFree(rc);
+        explicit_bzero(u.password, sizeof(u.password));
+        return NULL;
+    }
+    redisSetTimeout(rc, tv);
+    redisReply *r = NULL;
+    int ok = 1;
+    if (u.password[0]) {
+        r = redisCommand(rc, "AUTH %s", u.password);
+        ok = r && r->type != REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+    }
+    explicit_bzero(u.password, sizeof(u.password));
+    if (ok) {
+        r = redisCommand(rc, "SELECT %d", u.db);
+        ok = r && r->type != REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+    }
+    if (!ok) {
+        snprintf(err, errlen, "redis refused AUTH or SELECT");
+        redisFree(rc);
+        return NULL;
+    }
+    return rc;
 }

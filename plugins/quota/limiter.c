@@ -269,6 +269,9 @@ typedef struct bucket {
     int64_t in_use;    /* concurrency */
     lease_t lease;
     win_t req, tok; /* rpm, tpm */
+    gq_usage_t days[GQ_USAGE_DAYS]; /* usage by day % GQ_USAGE_DAYS (tenant level) */
+    gq_usage_t pending;             /* not yet sent to Redis */
+    int64_t pending_since;          /* monotonic ms of its first request; 0: empty */
 } bucket_t;
 
 struct gq_key {
@@ -628,6 +631,87 @@ void gq_state(const gq_key_t *key, int64_t now, gq_state_t *s)
     }
     unlock_levels(lv, n);
     gq_state_merge(s, n, lims, fig, now);
+}
+
+/* ---- usage ---- */
+
+const gq_key_t *gq_find_tenant(const gq_limiter_t *lim, const char *tenant)
+{
+    return tenant ? lookup(lim, tenant, NULL) : NULL;
+}
+
+int gq_key_limited(const gq_key_t *key)
+{
+    return key && (!limits_empty(&key->limits) || (key->parent && !limits_empty(&key->parent->limits)));
+}
+
+const char *gq_tenant_at(const gq_limiter_t *lim, size_t i)
+{
+    for (size_t j = 0; lim && j < lim->cap; j++) {
+        const gq_key_t *k = lim->slots[j];
+        if (k && !k->model && i-- == 0) return k->tenant;
+    }
+    return NULL;
+}
+
+int gq_usage_add(const gq_key_t *key, int64_t now, int64_t prompt, int64_t completion,
+                 gq_usage_t *flush)
+{
+    const gq_key_t *t = key->parent ? key->parent : key;
+    bucket_t *b = t->b;
+    int64_t day = gq_utc_day(now);
+    int out = 0;
+    prompt = clamp(prompt, 0, GQ_MAX_LIMIT);
+    completion = clamp(completion, 0, GQ_MAX_LIMIT);
+    lock_take(&b->mu);
+    gq_usage_t *u = &b->days[day % GQ_USAGE_DAYS];
+    if (u->day != day) *u = (gq_usage_t){.day = day};
+    u->requests++;
+    u->prompt_tokens = clamp(u->prompt_tokens + prompt, 0, D_MAX);
+    u->completion_tokens = clamp(u->completion_tokens + completion, 0, D_MAX);
+    if (b->pending.requests && b->pending.day != day) {
+        *flush = b->pending;
+        out = 1;
+        memset(&b->pending, 0, sizeof(b->pending));
+        b->pending_since = 0;
+    }
+    if (!b->pending.requests) b->pending.day = day;
+    b->pending.requests++;
+    b->pending.prompt_tokens = clamp(b->pending.prompt_tokens + prompt, 0, D_MAX);
+    b->pending.completion_tokens = clamp(b->pending.completion_tokens + completion, 0, D_MAX);
+    lock_give(&b->mu);
+    return out;
+}
+
+int gq_usage_take(const gq_key_t *key, int64_t mono, int force, gq_usage_t *out)
+{
+    const gq_key_t *t = key->parent ? key->parent : key;
+    bucket_t *b = t->b;
+    int got = 0;
+    lock_take(&b->mu);
+    if (b->pending.requests && !b->pending_since) b->pending_since = mono;
+    if (b->pending.requests && (force || mono - b->pending_since >= GQ_USAGE_FLUSH_MS)) {
+        *out = b->pending;
+        memset(&b->pending, 0, sizeof(b->pending));
+        b->pending_since = 0;
+        got = 1;
+    }
+    lock_give(&b->mu);
+    return got;
+}
+
+int gq_usage_get(const gq_limiter_t *lim, const char *tenant, int64_t day, gq_usage_t *out)
+{
+    const gq_key_t *t = gq_find_tenant(lim, tenant);
+    memset(out, 0, sizeof(*out));
+    out->day = day;
+    if (!t) return 0;
+    lock_take(&t->b->mu);
+    const gq_usage_t *u = &t->b->days[day % GQ_USAGE_DAYS];
+    int have = u->day == day && u->requests;
+    if (have) *out = *u;
+    lock_give(&t->b->mu);
+    return have;
 }
 
 /* ---- leases ---- */

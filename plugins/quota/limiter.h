@@ -159,6 +159,33 @@ void gq_settle(const gq_ticket_t *t, int64_t now_ms, int64_t actual_tokens);
 /* The key's state now, without taking anything. */
 void gq_state(const gq_key_t *key, int64_t now_ms, gq_state_t *s);
 
+/* ---- usage: per tenant and UTC day, what its served requests used ---- */
+
+#define GQ_USAGE_DAYS 8        /* days kept in the process */
+#define GQ_USAGE_FLUSH_MS 1000 /* Redis store: a process sends its counts at least this often */
+
+typedef struct gq_usage {
+    int64_t day; /* days since the epoch (UTC) */
+    int64_t requests, prompt_tokens, completion_tokens;
+} gq_usage_t;
+
+/* Counts a served request at the tenant level of key: in the process's days, and (pending)
+ * in what goes to Redis next. When the pending counts are of an earlier day, they are moved
+ * to *flush first and 1 is returned: send them. */
+int gq_usage_add(const gq_key_t *key, int64_t now_ms, int64_t prompt, int64_t completion,
+                 gq_usage_t *flush);
+/* The pending counts, when the oldest is GQ_USAGE_FLUSH_MS old (mono, a monotonic clock) or
+ * force is set: moved to *out, 1. Else 0. */
+int gq_usage_take(const gq_key_t *key, int64_t mono, int force, gq_usage_t *out);
+/* This process's counts of a tenant on a day: 1 if it has them (zeros otherwise). */
+int gq_usage_get(const gq_limiter_t *lim, const char *tenant, int64_t day, gq_usage_t *out);
+/* The tenants a limiter knows, for reports: the i-th tenant id, NULL past the end. */
+const char *gq_tenant_at(const gq_limiter_t *lim, size_t i);
+/* The tenant-level key of a tenant (with or without limits); NULL if unknown. */
+const gq_key_t *gq_find_tenant(const gq_limiter_t *lim, const char *tenant);
+/* Has the key (and its tenant) any limit at all? */
+int gq_key_limited(const gq_key_t *key);
+
 /* ---- leases (the Redis store; see the top of this file) ---- */
 
 /* What a renewal gives back to Redis, per level: the unspent rest of each lease (negative: a

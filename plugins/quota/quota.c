@@ -11,6 +11,8 @@
 #include <sys/random.h>
 
 #include "limiter.h"
+#include "quota.h"
+#include "redis_url.h"
 #include "scripts.h"
 
 /*
@@ -39,6 +41,8 @@
 typedef struct quota_conf {
     gq_limiter_t *lim;
     int redis, fallback_local;
+    char url[512]; /* redis.url, for the usage report */
+    int timeout_ms;
     atomic_int refs; /* the snapshot's, and one per lease renewal in flight */
 } quota_conf_t;
 
@@ -46,6 +50,7 @@ typedef struct quota_ctx {
     gq_ticket_t ticket;
     const gq_key_t *key;
     int admitted, injected_usage, in_redis, retried, renewing;
+    int count_only; /* a tenant without limits: only its usage is counted */
     int64_t est;
     int64_t sent; /* monotonic ms the admission was sent (the leases' clock) */
     char slot[48];
@@ -142,28 +147,27 @@ static void release(void *state)
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
 {
     const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
-    quota_conf_t *c = NULL;
+    if (!cJSON_IsArray(tenants) || !tenants->child) return 0; /* no tenants: nothing to count */
+    quota_conf_t *c = calloc(1, sizeof(*c));
+    if (c) atomic_init(&c->refs, 1);
+    if (!c || !(c->lim = gq_limiter_new(atomic_load(&latest)))) {
+        free(c);
+        return -1;
+    }
     int rc = 0, ti = 0;
-    for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, ti++) {
+    for (const cJSON *t = tenants->child; t; t = t->next, ti++) {
         const cJSON *limits = cJSON_GetObjectItemCaseSensitive(t, "limits");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
-        if (!limits) continue;
+        if (!cJSON_IsString(id)) continue; /* the core reports it */
         char p[128];
         snprintf(p, sizeof(p), "$.tenants[%d].limits", ti);
-        gq_limits_t l;
+        gq_limits_t l = {0};
         const cJSON *models = NULL;
-        if (parse_limits(cx, limits, p, &l, &models) < 0 || !cJSON_IsString(id)) {
+        if (limits && parse_limits(cx, limits, p, &l, &models) < 0) {
             rc = -1;
             continue;
         }
-        if (!c) {
-            c = calloc(1, sizeof(*c));
-            if (c) atomic_init(&c->refs, 1);
-            if (!c || !(c->lim = gq_limiter_new(atomic_load(&latest)))) {
-                release(c);
-                return -1;
-            }
-        }
+        /* Every tenant has a key, limited or not: its usage is counted. */
         if (gq_limiter_set(c->lim, id->valuestring, NULL, &l) < 0) {
             gw_conf_error(cx, p, "cannot be used (tenant id too long?)");
             rc = -1;
@@ -191,12 +195,16 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         release(c);
         return -1;
     }
-    if (c) atomic_store(&latest, c->lim);
+    atomic_store(&latest, c->lim);
     const cJSON *redis = cJSON_GetObjectItemCaseSensitive(root, "redis");
-    if (c && redis) {
+    if (redis) {
         const cJSON *ou = cJSON_GetObjectItemCaseSensitive(redis, "on_unavailable");
+        const cJSON *url = cJSON_GetObjectItemCaseSensitive(redis, "url");
+        const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(redis, "timeout_ms");
         c->redis = 1;
         c->fallback_local = cJSON_IsString(ou) && strcmp(ou->valuestring, "local") == 0;
+        if (cJSON_IsString(url)) snprintf(c->url, sizeof(c->url), "%s", url->valuestring);
+        c->timeout_ms = cJSON_IsNumber(tmo) && tmo->valuedouble > 0 ? (int)tmo->valuedouble : 100;
         if (!instance_id && getrandom(&instance_id, sizeof(instance_id), 0) != sizeof(instance_id))
             instance_id = (uint64_t)time(NULL);
     }
@@ -395,12 +403,17 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     quota_conf_t *c = conf;
     const char *tenant = gw_req_tenant(r), *model = gw_req_model(r);
     const gq_key_t *k = tenant && model ? gq_find(c->lim, tenant, model) : NULL;
-    if (!k) return GW_CONTINUE;
+    const gq_key_t *tk = k ? k : gq_find_tenant(c->lim, tenant);
+    if (!tk) return GW_CONTINUE;
     quota_ctx_t *q = gw_req_alloc(r, sizeof(*q));
     if (!q) return GW_ERROR;
     *ctx = q;
-    q->key = k;
+    q->key = tk;
     q->est = estimate(r);
+    if (!k) { /* not limited: counted only */
+        q->count_only = 1;
+        return gw_req_is_stream(r) && ask_for_usage(r, q) < 0 ? GW_ERROR : GW_CONTINUE;
+    }
     if (!c->redis) return admit_local(r, q);
     gq_lease_ret_t ret[2];
     q->sent = mono_ms();
@@ -453,10 +466,40 @@ static int response_event(gw_req_t *r, void *conf, void **ctx, const char *ev, s
     return drop ? GW_DROP : GW_CONTINUE;
 }
 
+static void send_usage(gw_req_t *r, const gq_key_t *key, const gq_usage_t *u)
+{
+    gq_level_info_t lv[2];
+    gq_key_levels(key, lv);
+    gq_redis_cmd_t *cmd = gw_req_alloc(r, sizeof(*cmd));
+    for (int step = 0; cmd && step < 4; step++)
+        if (gq_redis_usage_cmd(cmd, step, lv[0].tenant, u) < 0 ||
+            gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen) < 0)
+            return; /* Redis away: these counts are lost (the process keeps its own) */
+}
+
+/* Usage: a request served (2xx, or a stream the client left), with what it used. */
+static void count_usage(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q, int64_t actual)
+{
+    int st = gw_req_status(r);
+    if (!((st >= 200 && st < 300) || (gw_req_is_stream(r) && gw_req_aborted(r) && st))) return;
+    int64_t p, cp, prompt;
+    if (gw_req_usage(r, &p, &cp)) {
+        prompt = p;
+    } else {
+        prompt = (int64_t)gw_req_body_length(r) / 4;
+        if (prompt > actual) prompt = actual;
+        cp = actual - prompt;
+    }
+    gq_usage_t u;
+    int64_t now = now_ms();
+    if (gq_usage_add(q->key, now, prompt, cp, &u) && c->redis) send_usage(r, q->key, &u);
+    if (c->redis && gq_usage_take(q->key, mono_ms(), 0, &u)) send_usage(r, q->key, &u);
+}
+
 static void log_hook(gw_req_t *r, void *conf, void **ctx)
 {
     quota_ctx_t *q = *ctx;
-    if (!q || !q->admitted) return;
+    if (!q || (!q->admitted && !q->count_only)) return;
     int64_t p, c, actual = q->est;
     if (gw_req_usage(r, &p, &c))
         actual = p + c;
@@ -465,6 +508,8 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
          * prompt and about one token per event relayed, never more than the reservation. */
         actual = (int64_t)gw_req_body_length(r) / 4 + (int64_t)gw_req_events_relayed(r);
     if (actual > q->est && !gw_req_usage(r, NULL, NULL)) actual = q->est;
+    count_usage(r, conf, q, actual);
+    if (q->count_only) return;
     if (!q->in_redis) {
         gq_settle(&q->ticket, now_ms(), actual);
         return;
@@ -478,6 +523,80 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
     gq_redis_cmd_t *cmd = gw_req_alloc(r, sizeof(*cmd));
     if (cmd && gq_redis_settle_cmd(cmd, &q->ticket, actual, GQ_REDIS_WINDOW_S, 0) == 0)
         gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen);
+}
+
+/* One day's counts of every tenant, from Redis (pipelined HMGETs) or this process. */
+static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t day, cJSON *tenants)
+{
+    size_t n = 0;
+    while (gq_tenant_at(c->lim, n)) n++;
+    for (size_t i = 0; rc && i < n; i++) {
+        char key[512];
+        if (gq_usage_key(key, sizeof(key), gq_tenant_at(c->lim, i), day) < 0 ||
+            redisAppendCommand(rc, "HMGET %s requests prompt_tokens completion_tokens", key) !=
+                REDIS_OK)
+            return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        gq_usage_t u = {0};
+        int have = 0;
+        if (rc) {
+            void *reply = NULL;
+            if (redisGetReply(rc, &reply) != REDIS_OK) return -1;
+            redisReply *r = reply;
+            if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+                int64_t *f[3] = {&u.requests, &u.prompt_tokens, &u.completion_tokens};
+                for (size_t j = 0; j < 3; j++)
+                    if (r->element[j]->type == REDIS_REPLY_STRING) {
+                        *f[j] = strtoll(r->element[j]->str, NULL, 10);
+                        have = 1;
+                    }
+            }
+            freeReplyObject(reply);
+        } else {
+            have = gq_usage_get(c->lim, gq_tenant_at(c->lim, i), day, &u);
+        }
+        if (!have) continue;
+        cJSON *t = cJSON_AddObjectToObject(tenants, gq_tenant_at(c->lim, i));
+        if (!t) return -1;
+        cJSON_AddNumberToObject(t, "requests", (double)u.requests);
+        cJSON_AddNumberToObject(t, "prompt_tokens", (double)u.prompt_tokens);
+        cJSON_AddNumberToObject(t, "completion_tokens", (double)u.completion_tokens);
+    }
+    return 0;
+}
+
+cJSON *gw_quota_usage_report(const void *state, int days)
+{
+    const quota_conf_t *c = state;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddStringToObject(o, "store", c && c->redis ? "redis" : "process");
+    cJSON *arr = cJSON_AddArrayToObject(o, "days");
+    if (!c || !arr) return o;
+    redisContext *rc = NULL;
+    if (c->redis) {
+        char err[256];
+        rc = gw_redis_url_connect(c->url, c->timeout_ms, err, sizeof(err));
+        if (!rc)
+            cJSON_AddStringToObject(o, "error", "the quota store did not answer: these are this "
+                                                "instance's own counts");
+    }
+    int64_t today = gq_utc_day(now_ms());
+    for (int d = 0; d < days; d++) {
+        cJSON *day = cJSON_CreateObject();
+        char date[11];
+        gq_day_string(date, today - d);
+        cJSON_AddStringToObject(day, "date", date);
+        cJSON *tenants = cJSON_AddObjectToObject(day, "tenants");
+        cJSON_AddItemToArray(arr, day);
+        if (!tenants || usage_day(c, rc, today - d, tenants) < 0) {
+            cJSON_AddStringToObject(o, "error", "the quota store failed while answering");
+            break;
+        }
+    }
+    if (rc) redisFree(rc);
+    return o;
 }
 
 static const char *const config_keys[] = {NULL};

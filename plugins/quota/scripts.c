@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
@@ -457,6 +458,61 @@ int gq_redis_touch_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t lease_ms
     if (add_int(c, now_override) || add_str(c, t->slot) || add_int(c, lease_ms > 0 ? lease_ms : 1))
         return -1;
     return 0;
+}
+
+void gq_day_string(char out[11], int64_t day)
+{
+    time_t t = (time_t)(day * 86400);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    unsigned y = (unsigned)(tm.tm_year + 1900) % 10000u, m = (unsigned)(tm.tm_mon + 1) % 13u,
+             d = (unsigned)tm.tm_mday % 32u;
+    snprintf(out, 11, "%04u-%02u-%02u", y, m, d);
+}
+
+int64_t gq_day_parse(const char *s)
+{
+    int y, m, d, n = 0;
+    if (!s || sscanf(s, "%4d-%2d-%2d%n", &y, &m, &d, &n) != 3 || s[n] || m < 1 || m > 12 ||
+        d < 1 || d > 31 || y < 1970)
+        return -1;
+    struct tm tm = {.tm_year = y - 1900, .tm_mon = m - 1, .tm_mday = d};
+    time_t t = timegm(&tm);
+    char back[11];
+    gq_day_string(back, (int64_t)t / 86400);
+    return t >= 0 && strcmp(back, s) == 0 ? (int64_t)t / 86400 : -1;
+}
+
+int gq_usage_key(char *out, size_t cap, const char *tenant, int64_t day)
+{
+    size_t pos = 0;
+    char date[11];
+    gq_day_string(date, day);
+    if (!cap) return -1;
+    out[0] = '\0';
+    if (append(out, cap, &pos, "gotthard:u:{") || encode(out, cap, &pos, tenant) ||
+        append(out, cap, &pos, "}:") || append(out, cap, &pos, date))
+        return -1;
+    return (int)pos;
+}
+
+int gq_redis_usage_cmd(gq_redis_cmd_t *c, int step, const char *tenant, const gq_usage_t *u)
+{
+    static const char *const fields[] = {"requests", "prompt_tokens", "completion_tokens"};
+    const int64_t v[] = {u->requests, u->prompt_tokens, u->completion_tokens};
+    char key[512];
+    int n = gq_usage_key(key, sizeof(key), tenant, u->day);
+    cmd_init(c);
+    if (n < 0 || step < 0 || step > 3) return -1;
+    if (step == 3)
+        return add_str(c, "EXPIRE") || add_arg(c, key, (size_t)n) ||
+                       add_int(c, (int64_t)GQ_USAGE_KEEP_DAYS * 86400)
+                   ? -1
+                   : 0;
+    return add_str(c, "HINCRBY") || add_arg(c, key, (size_t)n) || add_str(c, fields[step]) ||
+                   add_int(c, v[step])
+               ? -1
+               : 0;
 }
 
 int gq_redis_load_cmd(gq_redis_cmd_t *c, gq_script_t s)

@@ -90,6 +90,17 @@ int gq_redis_settle_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t actual_
  * still held (0: they had expired). */
 int gq_redis_touch_cmd(gq_redis_cmd_t *c, const gq_ticket_t *t, int64_t lease_ms,
                        int64_t now_override);
+/* Usage, per tenant and UTC day: hash gotthard:u:{<tenant>}:<YYYY-MM-DD> with fields requests,
+ * prompt_tokens and completion_tokens, kept GQ_USAGE_KEEP_DAYS. Each process adds its counts
+ * at most every GQ_USAGE_FLUSH_MS (limiter.h), with HINCRBY (exact, whatever the order). */
+#define GQ_USAGE_KEEP_DAYS 40
+int gq_usage_key(char *out, size_t cap, const char *tenant, int64_t day);
+/* Step i (0..3) of adding u to a tenant's day: three HINCRBY, then EXPIRE. -1 on error. */
+int gq_redis_usage_cmd(gq_redis_cmd_t *c, int step, const char *tenant, const gq_usage_t *u);
+/* YYYY-MM-DD of a UTC day (11 bytes with the NUL); and back: -1 if not such a date. */
+void gq_day_string(char out[11], int64_t day);
+int64_t gq_day_parse(const char *s);
+
 /* SCRIPT LOAD <source>: its reply is the script's SHA. */
 int gq_redis_load_cmd(gq_redis_cmd_t *c, gq_script_t s);
 /* Is this reply a NOSCRIPT error? */

@@ -1,6 +1,7 @@
 """Quotas shared through Redis: exact across instances, hash-tagged keys without content,
 scripts reloaded after SCRIPT FLUSH, and the on_unavailable choices when Redis freezes."""
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -100,6 +101,37 @@ def test_frozen_redis_reject_and_local():
     finally:
         redis.thaw()
     gwtest.wait_for(lambda: chat(reject).status == 200, timeout=10, what="quotas back after SIGCONT")
+
+
+def test_usage_shared_across_instances():
+    """Each instance sends its usage counts to Redis at most every second (with a later
+    request); the admin /usage of any instance and gotthard-usage --redis show the sum."""
+    import subprocess
+    from test_quota_local import usage_bin
+    redis, mock = Redis(), Mock()
+    a = Gateway(config(mock, redis, {"requests_per_minute": 100}))
+    b = Gateway(config(mock, redis, {"requests_per_minute": 100}))
+    wait_connected(a)
+    wait_connected(b)
+    for gw in (a, b, a, b, a, b):
+        assert chat(gw).status == 200  # prompt 1 word, 4 tokens each
+    time.sleep(1.1)
+    assert chat(a).status == 200 and chat(b).status == 200  # these send what is pending
+    want = {"acme": {"requests": 8, "prompt_tokens": 8, "completion_tokens": 32}}
+    gwtest.wait_for(lambda: json.loads(gwtest.get(a.admin_port, "/usage").body)["days"][0]["tenants"] == want,
+                    timeout=3, what="both instances' usage in Redis")
+    rep = json.loads(gwtest.get(b.admin_port, "/usage?days=2").body)
+    assert rep["store"] == "redis" and len(rep["days"]) == 2 and rep["days"][0]["tenants"] == want, rep
+    keys = [k.decode() if isinstance(k, bytes) else k for k in redis.cmd("KEYS", "gotthard:u:*")]
+    assert keys == ["gotthard:u:{acme}:" + time.strftime("%Y-%m-%d", time.gmtime())], keys
+    assert 0 < int(redis.cmd("TTL", keys[0])) <= 40 * 86400
+    out = subprocess.run([usage_bin(), "--redis", "redis://127.0.0.1:%d/0" % redis.port, "--json"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["days"][0]["tenants"] == want, out.stdout
+    redis.stop()
+    r = json.loads(gwtest.get(a.admin_port, "/usage").body)
+    assert "error" in r and r["days"][0]["tenants"]["acme"]["requests"] >= 4, r
 
 
 def test_readyz_and_metric_follow_the_store():

@@ -25,31 +25,10 @@ static void usage(FILE *f)
 
 static redisContext *redis_open(const char *url)
 {
-    gw_redis_url_t u;
-    if (gw_redis_url_parse(url, &u) < 0) {
-        fprintf(stderr, "gotthard-keygen: --redis must look like redis://host:6379/0\n");
-        return NULL;
-    }
-    struct timeval tv = {2, 0};
-    redisContext *rc = redisConnectWithTimeout(u.host, u.port, tv);
-    if (!rc || rc->err) {
-        fprintf(stderr, "gotthard-keygen: cannot connect to redis: %s\n", rc ? rc->errstr : "no memory");
-        if (rc) redisFree(rc);
-        return NULL;
-    }
-    redisReply *r = NULL;
-    if (u.password[0]) r = redisCommand(rc, "AUTH %s", u.password);
-    if (u.password[0] && (!r || r->type == REDIS_REPLY_ERROR)) goto fail;
-    freeReplyObject(r);
-    r = redisCommand(rc, "SELECT %d", u.db);
-    if (!r || r->type == REDIS_REPLY_ERROR) goto fail;
-    freeReplyObject(r);
+    char err[256];
+    redisContext *rc = gw_redis_url_connect(url, 2000, err, sizeof(err));
+    if (!rc) fprintf(stderr, "gotthard-keygen: --redis %s\n", err);
     return rc;
-fail:
-    fprintf(stderr, "gotthard-keygen: redis refused AUTH or SELECT\n");
-    freeReplyObject(r);
-    redisFree(rc);
-    return NULL;
 }
 
 static int ok_reply(redisReply *r)

@@ -1,0 +1,16 @@
+/* The quota plugin's usage report, for the admin GET /usage (the core links it in). */
+#ifndef GW_QUOTA_H
+#define GW_QUOTA_H
+
+#include <gotthard/plugin.h>
+
+extern const gw_plugin_t gw_plugin_quota;
+
+/* Usage per tenant and UTC day, the last `days` days (today first), as a new JSON object:
+ * {"store": "redis"|"process", "days": [{"date", "tenants": {id: {requests, prompt_tokens,
+ * completion_tokens}}}]}. With Redis the counts are every instance's (read with a blocking
+ * connection bounded by redis.timeout_ms: call it off the workers' loops); when Redis does
+ * not answer, this process's own counts, with "error". NULL when out of memory. */
+cJSON *gw_quota_usage_report(const void *state, int days);
+
+#endif

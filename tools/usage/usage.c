@@ -1,0 +1,221 @@
+/* gotthard-usage: requests and tokens per tenant and UTC day, as the quota plugin keeps them:
+ * from a gateway's admin listener (GET /usage) or straight from the shared Redis. */
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <hiredis/hiredis.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "redis_url.h"
+#include "scripts.h"
+
+static void usage_text(FILE *f)
+{
+    fputs("usage: gotthard-usage (--admin HOST:PORT | --redis URL) [--days N] [--json]\n"
+          "Requests, prompt and completion tokens per tenant and UTC day (today first, N days,\n"
+          "default 1). --admin asks a gateway's admin listener (GET /usage): with Redis every\n"
+          "instance's counts, without it that instance's own. --redis reads the shared store\n"
+          "directly (keys gotthard:u:{tenant}:YYYY-MM-DD).\n", f);
+}
+
+/* GET path from host:port over HTTP/1.0; the body, or NULL. */
+static char *http_get(const char *hostport, const char *path)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    if (!colon || (size_t)(colon - hostport) >= sizeof(host)) return NULL;
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = '\0';
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0) return NULL;
+    int fd = socket(ai->ai_family, SOCK_STREAM, 0);
+    struct timeval tv = {10, 0};
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    }
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+        if (fd >= 0) close(fd);
+        freeaddrinfo(ai);
+        return NULL;
+    }
+    freeaddrinfo(ai);
+    char req[512];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, hostport);
+    if (n < 0 || (size_t)n >= sizeof(req) || write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return NULL;
+    }
+    size_t len = 0, cap = 65536;
+    char *buf = malloc(cap + 1);
+    ssize_t got;
+    while (buf && (got = read(fd, buf + len, cap - len)) > 0) {
+        len += (size_t)got;
+        if (len == cap) {
+            char *nb = cap < (64u << 20) ? realloc(buf, 2 * cap + 1) : NULL;
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    close(fd);
+    if (!buf) return NULL;
+    buf[len] = '\0';
+    char *body = strstr(buf, "\r\n\r\n");
+    if (strncmp(buf, "HTTP/1.", 7) != 0 || strncmp(buf + 8, " 200", 4) != 0 || !body) {
+        free(buf);
+        return NULL;
+    }
+    memmove(buf, body + 4, strlen(body + 4) + 1);
+    return buf;
+}
+
+/* Undo the key's percent-encoding of a tenant id. */
+static void decode(char *s)
+{
+    char *o = s;
+    for (; *s; s++) {
+        unsigned v;
+        if (*s == '%' && sscanf(s + 1, "%2x", &v) == 1) {
+            *o++ = (char)v;
+            s += 2;
+        } else {
+            *o++ = *s;
+        }
+    }
+    *o = '\0';
+}
+
+/* The same report as GET /usage, from Redis: every tenant that has a key for the day. */
+static cJSON *from_redis(const char *url, int days)
+{
+    char err[256];
+    redisContext *rc = gw_redis_url_connect(url, 5000, err, sizeof(err));
+    if (!rc) {
+        fprintf(stderr, "gotthard-usage: --redis %s\n", err);
+        return NULL;
+    }
+    cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "days");
+    cJSON_AddStringToObject(o, "store", "redis");
+    int64_t today = (int64_t)time(NULL) / 86400;
+    for (int d = 0; d < days; d++) {
+        char date[11], match[64];
+        gq_day_string(date, today - d);
+        snprintf(match, sizeof(match), "gotthard:u:{*}:%s", date);
+        cJSON *day = cJSON_CreateObject(), *tenants = cJSON_AddObjectToObject(day, "tenants");
+        cJSON_AddStringToObject(day, "date", date);
+        cJSON_AddItemToArray(arr, day);
+        char cursor[32] = "0";
+        int rounds = 0;
+        do {
+            redisReply *r = redisCommand(rc, "SCAN %s MATCH %s COUNT 1000", cursor, match);
+            if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+                fprintf(stderr, "gotthard-usage: SCAN failed\n");
+                freeReplyObject(r);
+                redisFree(rc);
+                cJSON_Delete(o);
+                return NULL;
+            }
+            snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+            for (size_t i = 0; i < r->element[1]->elements; i++) {
+                const char *key = r->element[1]->element[i]->str;
+                const char *a = strchr(key, '{'), *b = strrchr(key, '}');
+                redisReply *h = redisCommand(rc, "HMGET %s requests prompt_tokens completion_tokens", key);
+                if (a && b && b > a && h && h->type == REDIS_REPLY_ARRAY && h->elements == 3) {
+                    char id[512];
+                    snprintf(id, sizeof(id), "%.*s", (int)(b - a - 1), a + 1);
+                    decode(id);
+                    cJSON *t = cJSON_AddObjectToObject(tenants, id);
+                    static const char *const f[] = {"requests", "prompt_tokens", "completion_tokens"};
+                    for (size_t j = 0; t && j < 3; j++)
+                        cJSON_AddNumberToObject(t, f[j], h->element[j]->type == REDIS_REPLY_STRING
+                                                             ? strtod(h->element[j]->str, NULL)
+                                                             : 0);
+                }
+                freeReplyObject(h);
+            }
+            freeReplyObject(r);
+        } while (strcmp(cursor, "0") != 0 && ++rounds < 100000);
+    }
+    redisFree(rc);
+    return o;
+}
+
+static void print_table(const cJSON *o)
+{
+    printf("%-10s  %-24s %12s %16s %18s\n", "date", "tenant", "requests", "prompt_tokens",
+           "completion_tokens");
+    const cJSON *day;
+    cJSON_ArrayForEach(day, cJSON_GetObjectItemCaseSensitive(o, "days"))
+    {
+        const cJSON *date = cJSON_GetObjectItemCaseSensitive(day, "date"), *t;
+        cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(day, "tenants"))
+        {
+            printf("%-10s  %-24s %12.0f %16.0f %18.0f\n",
+                   cJSON_IsString(date) ? date->valuestring : "?", t->string,
+                   cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(t, "requests")),
+                   cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(t, "prompt_tokens")),
+                   cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(t, "completion_tokens")));
+        }
+    }
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
+    if (cJSON_IsString(err)) printf("note: %s\n", err->valuestring);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"admin", required_argument, NULL, 'a'},
+                                         {"redis", required_argument, NULL, 'r'},
+                                         {"days", required_argument, NULL, 'd'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *admin = NULL, *redis = NULL;
+    int days = 1, json = 0, c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': admin = optarg; break;
+        case 'r': redis = optarg; break;
+        case 'd': days = atoi(optarg); break;
+        case 'j': json = 1; break;
+        case 'h': usage_text(stdout); return 0;
+        default: usage_text(stderr); return 2;
+        }
+    }
+    if (optind != argc || !admin == !redis || days < 1 || days > 40) {
+        usage_text(stderr);
+        return 2;
+    }
+    cJSON *o = NULL;
+    if (admin) {
+        char path[64];
+        snprintf(path, sizeof(path), "/usage?days=%d", days);
+        char *body = http_get(admin, path);
+        o = body ? cJSON_Parse(body) : NULL;
+        free(body);
+        if (!o) fprintf(stderr, "gotthard-usage: no usage report from %s/usage\n", admin);
+    } else {
+        o = from_redis(redis, days);
+    }
+    if (!o) return 1;
+    if (json) {
+        char *s = cJSON_Print(o);
+        if (s) puts(s);
+        free(s);
+    } else {
+        print_table(o);
+    }
+    cJSON_Delete(o);
+    return 0;
+}
