@@ -19,12 +19,16 @@
 #include "log.h"
 
 static atomic_int audit_fd = -1;
+static int parked = -1; /* a number kept open on /dev/null while the log is off (main only) */
 
+/* Opening again (a reload, a rotation) never changes the descriptor number workers write to:
+ * the new file is dup3'ed onto it, atomically. Closing it instead would let a worker's
+ * write land on whatever reuses the number next, a client socket say. */
 int gw_audit_open(const char *path)
 {
     int fd = -1;
     if (path && strcmp(path, "-") == 0) {
-        fd = dup(STDOUT_FILENO);
+        fd = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 0);
     } else if (path) {
         fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
         if (fd < 0) {
@@ -32,8 +36,26 @@ int gw_audit_open(const char *path)
             return -1;
         }
     }
-    int old = atomic_exchange(&audit_fd, fd);
-    if (old >= 0) close(old);
+    int cur = atomic_load(&audit_fd), target = cur >= 0 ? cur : parked;
+    if (target < 0) {
+        atomic_store(&audit_fd, fd);
+        return 0;
+    }
+    if (fd < 0) { /* off: writes stop; the number stays, on /dev/null, for the next open */
+        atomic_store(&audit_fd, -1);
+        fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (fd >= 0 && dup3(fd, target, O_CLOEXEC) >= 0) parked = target;
+        if (fd >= 0) close(fd);
+        return 0;
+    }
+    if (dup3(fd, target, O_CLOEXEC) < 0) {
+        gw_error("cannot switch the audit log: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    parked = -1;
+    atomic_store(&audit_fd, target);
     return 0;
 }
 
@@ -41,6 +63,8 @@ void gw_audit_close(void)
 {
     int old = atomic_exchange(&audit_fd, -1);
     if (old >= 0) close(old);
+    if (parked >= 0) close(parked);
+    parked = -1;
 }
 
 void gw_audit(const char *event, ...)

@@ -145,10 +145,14 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
     if (!m->draining) reload(m);
 }
 
-/* Log rotation: the access log's path is opened again (the old file was renamed). */
+/* Log rotation: the access and audit logs' paths are opened again (the old files were
+ * renamed). */
 static void usr1_cb(evutil_socket_t sig, short what, void *arg)
 {
+    gw_main_t *m = arg;
     if (gw_access_log_reopen() == 0) gw_info("access log reopened");
+    if (m->cfg->audit_log.path && gw_audit_open(m->cfg->audit_log.path) == 0)
+        gw_info("audit log reopened");
 }
 
 /* Loads FILE, or prints its problems ("FILE: $.path: what") and returns NULL. */

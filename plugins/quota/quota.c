@@ -52,7 +52,8 @@ typedef struct quota_ctx {
     int admitted, injected_usage, in_redis, retried, renewing;
     int count_only; /* a tenant without limits: only its usage is counted */
     int64_t est;
-    int64_t sent; /* monotonic ms the admission was sent (the leases' clock) */
+    int64_t sent;    /* monotonic ms the admission was sent (the leases' clock) */
+    int64_t touched; /* monotonic ms the concurrency slot was last extended */
     char slot[48];
     gq_redis_cmd_t *cmd;
 } quota_ctx_t;
@@ -416,7 +417,7 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     }
     if (!c->redis) return admit_local(r, q);
     gq_lease_ret_t ret[2];
-    q->sent = mono_ms();
+    q->sent = q->touched = mono_ms();
     if (gq_leasable(k)) {
         gq_decision_t d;
         int got = gq_lease_admit(k, q->sent, q->est, &d, &q->ticket, &q->renewing, ret);
@@ -451,9 +452,23 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
 
 /* Removes the usage chunk the gateway asked for and the client did not (the core has
  * already read its usage). */
+/* A stream holding a concurrency slot in Redis keeps it: the slot's lease (SLOT_LEASE_MS) is
+ * extended every third of it while events flow, so a stream longer than the lease is not
+ * forgotten (and a gateway that dies frees its slots within the lease). */
+static void keep_slot(gw_req_t *r, quota_ctx_t *q)
+{
+    int64_t now = mono_ms();
+    if (now - q->touched < SLOT_LEASE_MS / 3) return;
+    q->touched = now;
+    gq_redis_cmd_t *cmd = gw_req_alloc(r, sizeof(*cmd));
+    if (cmd && gq_redis_touch_cmd(cmd, &q->ticket, SLOT_LEASE_MS, 0) == 0)
+        gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen);
+}
+
 static int response_event(gw_req_t *r, void *conf, void **ctx, const char *ev, size_t len)
 {
     quota_ctx_t *q = *ctx;
+    if (q && q->in_redis && (q->ticket.slot_taken[0] || q->ticket.slot_taken[1])) keep_slot(r, q);
     if (!q || !q->injected_usage || !memmem(ev, len, "\"usage\"", 7)) return GW_CONTINUE;
     const char *data = memmem(ev, len, "data:", 5);
     if (!data) return GW_CONTINUE;

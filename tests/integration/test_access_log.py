@@ -218,6 +218,39 @@ def test_sigusr1_reopens():
     assert gw.alive()
 
 
+def test_sigusr1_reopens_the_audit_log_too():
+    """The audit log rotates the same way; its descriptor number never changes (the new file is
+    put in its place), so no event can land in a descriptor reused by something else."""
+    mock = Mock()
+    gw = Gateway(config(mock, audit_log={"path": "audit.log"}))
+    audit = os.path.join(gw.dir, "audit.log")
+    bad = {"Authorization": "Bearer gk_not_a_key"}
+    assert post_json(gw.port, "/v1/chat/completions", chat("m1"), headers=bad).status == 401
+    wait_for(lambda: any(l.get("event") == "auth_failure" for l in lines(audit)), 5, what="audit line")
+    os.rename(audit, audit + ".1")
+    os.kill(gw.pid, signal.SIGUSR1)
+    wait_for(lambda: "audit log reopened" in gw.stderr_text(), 5, what="the audit reopen")
+    assert post_json(gw.port, "/v1/chat/completions", chat("m1"), headers=bad).status == 401
+    wait_for(lambda: any(l.get("event") == "auth_failure" for l in lines(audit)), 5,
+             what="the event in the new file")
+    old = [l["event"] for l in lines(audit + ".1")]
+    assert old.count("auth_failure") == 1, old
+    # a reload that turns the audit log off and on again keeps writing to the right file
+    cfg = gw.config
+    gw.reload(gwtest.deep_merge(cfg, {"audit_log": None}))
+    wait_for(lambda: gw.stderr_text().count("configuration reloaded") >= 1, 5,
+             what="reload without audit log")
+    assert post_json(gw.port, "/v1/chat/completions", chat("m1"), headers=bad).status == 401
+    gw.reload(gwtest.deep_merge(cfg, {"audit_log": {"path": "audit2.log"}}))
+    wait_for(lambda: gw.stderr_text().count("configuration reloaded") >= 2, 5,
+             what="reload with audit2.log")
+    assert post_json(gw.port, "/v1/chat/completions", chat("m1"), headers=bad).status == 401
+    audit2 = os.path.join(gw.dir, "audit2.log")
+    wait_for(lambda: any(l.get("event") == "auth_failure" for l in lines(audit2)), 5, what="audit2")
+    assert [l["event"] for l in lines(audit)].count("auth_failure") == 1, lines(audit)
+    assert gw.alive()
+
+
 def test_reload_moves_the_log():
     mock = Mock()
     cfg = config(mock)
