@@ -454,6 +454,7 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
         for (size_t j = 0; j < p->backends.n; j++) {
             bs[j].pool = p;
             bs[j].index = c->nbackends;
+            atomic_init(&bs[j].healthy, 1);
             c->backends[c->nbackends++] = &bs[j];
             if (bs[j].url && bs[j].country &&
                 derive_backend(cx, c, &bs[j], gw_conf_path_index(cx, bp, j)) < 0)

@@ -39,6 +39,9 @@ typedef struct gw_backend {
     size_t index; /* in the snapshot's backends */
     gw_pool_t *pool;
     atomic_int inflight;
+    /* 1 while the backend may be chosen as far as its health goes (active checks, passive
+     * ejection: issue 7); 1 from the start. Residency approval is separate (res). */
+    atomic_int healthy;
     char *port; /* for re-resolution */
     /* Every address the host resolves to, each with its residency verdict: replaced (never
      * changed) by the resolver thread; the old ones live as long as the snapshot. */
