@@ -388,6 +388,27 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
     return 0;
 }
 
+/* Same port, and the same address or a wildcard on either side. */
+static int addresses_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family == AF_INET && b->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port &&
+               (x->sin_addr.s_addr == y->sin_addr.s_addr || x->sin_addr.s_addr == INADDR_ANY ||
+                y->sin_addr.s_addr == INADDR_ANY);
+    }
+    if (a->ss_family == AF_INET6 && b->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               (memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0 ||
+                IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr));
+    }
+    const struct sockaddr_in *v4 = (const void *)(a->ss_family == AF_INET ? a : b);
+    const struct sockaddr_in6 *v6 = (const void *)(a->ss_family == AF_INET ? b : a);
+    return (a->ss_family == AF_INET || b->ss_family == AF_INET) && v4->sin_port == v6->sin6_port &&
+           IN6_IS_ADDR_UNSPECIFIED(&v6->sin6_addr); /* [::] also takes IPv4 by default */
+}
+
 static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
 {
     int rc = 0;
@@ -415,6 +436,15 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
     if (parse_address(c->admin.address, &c->admin.ss, &c->admin.sslen) < 0) {
         gw_conf_error(cx, "$.admin.address", "must be a numeric host:port such as 127.0.0.1:9090");
         rc = -1;
+    } else {
+        /* The admin listener shows verdicts, usage and metrics and takes reloads: never on a
+         * public listener's port (SO_REUSEPORT would otherwise let both bind). */
+        for (size_t i = 0; i < c->listen.n; i++)
+            if (addresses_overlap(&c->admin.ss, &ls[i].ss)) {
+                gw_conf_error(cx, "$.admin.address", "must not be a public listener's address (%s)",
+                              ls[i].address);
+                rc = -1;
+            }
     }
     gw_pool_t *pools = c->pools.items;
     size_t nb = 0;

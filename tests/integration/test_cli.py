@@ -112,6 +112,22 @@ def test_check_workers_not_integer():
     expect_problem(gateway_config(pools=good_config()["pools"], workers="two"), "$.workers")
 
 
+def test_check_admin_never_on_a_public_port():
+    for listen, admin in (("127.0.0.1:%d", "127.0.0.1:%d"), ("0.0.0.0:%d", "127.0.0.1:%d"),
+                          ("127.0.0.1:%d", "0.0.0.0:%d"), ("[::]:%d", "127.0.0.1:%d")):
+        port = free_port()
+        cfg = good_config()
+        cfg["listen"] = [{"address": listen % port}]
+        cfg["admin"] = {"address": admin % port}
+        expect_problem(cfg, "$.admin.address")
+    cfg = good_config()  # same port on two distinct addresses is fine
+    port = free_port()
+    cfg["listen"] = [{"address": "127.0.0.1:%d" % port}]
+    cfg["admin"] = {"address": "127.0.0.2:%d" % port}
+    rc, path, lines, out, err = check(cfg)
+    assert rc == 0, lines
+
+
 def test_check_bad_backend_url():
     cfg = good_config()
     cfg["pools"][0]["backends"][0]["url"] = "not a url"
