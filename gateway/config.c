@@ -388,9 +388,13 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
     return 0;
 }
 
-/* Same port, and the same address or a wildcard on either side. */
+/* Same port (not 0: each gets its own), and the same address or a wildcard on either side. */
 static int addresses_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
+    for (const struct sockaddr_storage *x = a; x; x = x == a ? b : NULL)
+        if ((x->ss_family == AF_INET && ((const struct sockaddr_in *)(const void *)x)->sin_port == 0) ||
+            (x->ss_family == AF_INET6 && ((const struct sockaddr_in6 *)(const void *)x)->sin6_port == 0))
+            return 0;
     if (a->ss_family == AF_INET && b->ss_family == AF_INET) {
         const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
         return x->sin_port == y->sin_port &&
