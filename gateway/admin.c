@@ -1,4 +1,5 @@
-/* The admin listener: health, readiness (and later metrics and reports), never public. */
+/* The admin listener: health, readiness, metrics, reports, reload and the status page; never
+ * public. Every answer is JSON (errors OpenAI-shaped), Prometheus text, or the page. */
 #include "admin.h"
 
 #include <errno.h>
@@ -10,20 +11,26 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "access_log.h"
+#include "audit.h"
 #include "log.h"
 #include "metrics.h"
 #include "privacy.h"
 #include "quota.h"
 #include "redis.h"
 #include "residency.h"
+#include "status_page.h"
 
 struct gw_admin {
     struct evhttp *http;
     gw_config_t *cfg;
     int draining;
+    gw_admin_reload_fn reload;
+    void *reload_arg;
+    time_t started;
 };
 
 static int quota_store_up(const gw_config_t *cfg)
@@ -33,26 +40,77 @@ static int quota_store_up(const gw_config_t *cfg)
     return gw_redis_connections_up() > 0;
 }
 
-static void reply_json(struct evhttp_request *req, int status, const char *body)
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 422: return "Unprocessable Content";
+    case 500: return "Internal Server Error";
+    default: return "Service Unavailable";
+    }
+}
+
+static void reply(struct evhttp_request *req, int status, const char *type, const void *body,
+                 size_t len)
 {
     struct evbuffer *out = evbuffer_new();
-    if (!out) return;
-    evbuffer_add(out, body, strlen(body));
-    evhttp_add_header(evhttp_request_get_output_headers(req), "content-type", "application/json");
-    evhttp_send_reply(req, status, status == 200 ? "OK" : status == 404 ? "Not Found"
-                                                          : "Service Unavailable", out);
+    if (!out) {
+        evhttp_send_error(req, 500, NULL);
+        return;
+    }
+    evbuffer_add(out, body, len);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "content-type", type);
+    evhttp_add_header(h, "cache-control", "no-store");
+    evhttp_add_header(h, "x-content-type-options", "nosniff");
+    evhttp_send_reply(req, status, reason_phrase(status), out);
     evbuffer_free(out);
 }
 
-/* Ready when not draining, every pool has a backend to send to, and the quota store is
- * usable: Redis reached by the workers, unless its absence falls back to local counts. */
+static void reply_json(struct evhttp_request *req, int status, const char *body)
+{
+    reply(req, status, "application/json", body, strlen(body));
+}
+
+/* An OpenAI-shaped error; message and code are the admin's own constants. */
+static void reply_error(struct evhttp_request *req, int status, const char *code, const char *message)
+{
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
+             message, status >= 500 ? "server_error" : "invalid_request_error", code);
+    reply_json(req, status, body);
+}
+
+/* A JSON document (free it with cJSON_free), or a 500 when it could not be made. */
+static void reply_doc(struct evhttp_request *req, char *body)
+{
+    if (body) reply_json(req, 200, body);
+    else reply_error(req, 500, "internal_error", "The report could not be made.");
+    cJSON_free(body);
+}
+
+/* A pool has a backend to send to: approved by residency (or no policy) and healthy. */
+static int pool_up(const gw_config_t *cfg, const gw_pool_t *p)
+{
+    const gw_backend_t *bs = p->backends.items;
+    for (size_t i = 0; i < p->backends.n; i++)
+        if (gw_metrics_backend_up(cfg, &bs[i])) return 1;
+    return 0;
+}
+
+/* Ready when not draining, every pool has an approved healthy backend, and the quota store
+ * is usable: Redis reached by the workers, unless its absence falls back to local counts. */
 static int ready(const gw_admin_t *a)
 {
     if (a->draining) return 0;
     if (!quota_store_up(a->cfg)) return 0;
     gw_pool_t *pools = a->cfg->pools.items;
     for (size_t i = 0; i < a->cfg->pools.n; i++)
-        if (pools[i].backends.n == 0 || !gw_residency_pool_ok(a->cfg, &pools[i])) return 0;
+        if (!pool_up(a->cfg, &pools[i])) return 0;
     return 1;
 }
 
@@ -122,17 +180,180 @@ static char *privacy_report(const gw_config_t *cfg)
     return s;
 }
 
+/* GET /status: what the status page shows besides /usage and /audit/recent: pools and
+ * backends (health, load, residency verdict), tenants and their limits, the process. Names
+ * and numbers from the config and the counters only; never API keys or request content. */
+static char *status_report(const gw_admin_t *a)
+{
+    const gw_config_t *cfg = a->cfg;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddStringToObject(o, "version", GW_VERSION);
+    cJSON_AddNumberToObject(o, "uptime_s", (double)(time(NULL) - a->started));
+    cJSON_AddBoolToObject(o, "ready", ready(a));
+    cJSON_AddBoolToObject(o, "draining", a->draining);
+    unsigned long ok = 0, refused = 0;
+    gw_metrics_reloads(&ok, &refused);
+    cJSON *rl = cJSON_AddObjectToObject(o, "reloads");
+    if (rl) {
+        cJSON_AddNumberToObject(rl, "ok", (double)ok);
+        cJSON_AddNumberToObject(rl, "refused", (double)refused);
+    }
+    cJSON *qs = cJSON_AddObjectToObject(o, "quota_store");
+    if (qs) {
+        cJSON_AddStringToObject(qs, "kind", cfg->redis.url ? "redis" : "process");
+        cJSON_AddBoolToObject(qs, "usable", quota_store_up(cfg));
+        if (cfg->redis.url) cJSON_AddNumberToObject(qs, "connections_up", gw_redis_connections_up());
+    }
+    cJSON_AddBoolToObject(o, "residency_policy", cfg->residency != NULL);
+    cJSON *pools = cJSON_AddArrayToObject(o, "pools");
+    gw_pool_t *ps = cfg->pools.items;
+    for (size_t i = 0; pools && i < cfg->pools.n; i++) {
+        cJSON *p = cJSON_CreateObject();
+        if (!p) break;
+        cJSON_AddItemToArray(pools, p);
+        cJSON_AddStringToObject(p, "name", ps[i].name);
+        cJSON_AddStringToObject(p, "balance", ps[i].balance ? ps[i].balance : "least_outstanding");
+        cJSON_AddBoolToObject(p, "up", pool_up(cfg, &ps[i]));
+        cJSON *models = cJSON_AddArrayToObject(p, "models");
+        char **ms = ps[i].models.items;
+        for (size_t m = 0; models && m < ps[i].models.n; m++)
+            cJSON_AddItemToArray(models, cJSON_CreateString(ms[m]));
+        cJSON *bl = cJSON_AddArrayToObject(p, "backends");
+        gw_backend_t *bs = ps[i].backends.items;
+        for (size_t k = 0; bl && k < ps[i].backends.n; k++) {
+            gw_backend_t *b = &bs[k];
+            const gw_resolved_t *rs = gw_backend_resolved(b);
+            cJSON *e = cJSON_CreateObject();
+            if (!e) break;
+            cJSON_AddItemToArray(bl, e);
+            cJSON_AddStringToObject(e, "name", b->name);
+            cJSON_AddStringToObject(e, "country", b->country ? b->country : "");
+            cJSON_AddBoolToObject(e, "up", gw_metrics_backend_up(cfg, b));
+            cJSON_AddBoolToObject(e, "healthy", atomic_load(&b->healthy) != 0);
+            cJSON_AddNumberToObject(e, "inflight", atomic_load(&b->inflight));
+            cJSON_AddNumberToObject(e, "max_concurrent", (double)b->max_concurrent);
+            cJSON_AddNumberToObject(e, "weight", (double)b->weight);
+            const char *verdict = !cfg->residency ? "unverified"
+                                  : rs && rs->approved ? "approved"
+                                                       : "refused";
+            cJSON_AddStringToObject(e, "verdict", verdict);
+            if (rs) {
+                cJSON_AddStringToObject(e, "countries", rs->countries);
+                if (rs->reason[0]) cJSON_AddStringToObject(e, "reason", rs->reason);
+                cJSON_AddStringToObject(e, "resolved_at", rs->when);
+            }
+        }
+    }
+    cJSON *tenants = cJSON_AddArrayToObject(o, "tenants");
+    gw_tenant_t *ts = cfg->tenants.items;
+    for (size_t i = 0; tenants && i < cfg->tenants.n; i++) {
+        cJSON *t = cJSON_CreateObject();
+        if (!t) break;
+        cJSON_AddItemToArray(tenants, t);
+        cJSON_AddStringToObject(t, "id", ts[i].id);
+        cJSON *models = cJSON_AddArrayToObject(t, "models");
+        char **ms = ts[i].models.items;
+        for (size_t m = 0; models && m < ts[i].models.n; m++)
+            cJSON_AddItemToArray(models, cJSON_CreateString(ms[m]));
+        /* limits hold numbers only (and per-model limits): safe to show as they are */
+        if (ts[i].limits) cJSON_AddItemToObject(t, "limits", cJSON_Duplicate(ts[i].limits, 1));
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* POST /reload: the same whole-config check as SIGHUP. A browser on another site can send a
+ * POST to 127.0.0.1 too: a request whose Origin is not this listener is refused. */
+static void handle_reload(gw_admin_t *a, struct evhttp_request *req)
+{
+    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    const char *origin = evhttp_find_header(in, "origin");
+    const char *host = evhttp_find_header(in, "host");
+    if (origin && (!host || strncmp(origin, "http://", 7) != 0 || strcmp(origin + 7, host) != 0)) {
+        reply_error(req, 403, "forbidden_origin", "A reload may not come from another origin.");
+        return;
+    }
+    if (!a->reload) {
+        reply_error(req, 503, "reload_unavailable", "Reloading is not available.");
+        return;
+    }
+    char *why = NULL;
+    if (a->reload(a->reload_arg, &why) == 0) {
+        free(why);
+        reply_json(req, 200, "{\"status\":\"reloaded\"}");
+        return;
+    }
+    int draining = a->draining;
+    cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
+    if (e) {
+        cJSON_AddStringToObject(e, "message", draining ? "The gateway is draining."
+                                                       : "The new configuration was refused; the "
+                                                         "old one keeps serving.");
+        cJSON_AddStringToObject(e, "type", draining ? "server_error" : "invalid_request_error");
+        cJSON_AddNullToObject(e, "param");
+        cJSON_AddStringToObject(e, "code", draining ? "draining" : "config_invalid");
+    }
+    cJSON *problems = cJSON_AddArrayToObject(o, "problems");
+    for (const char *p = why; problems && p && *p;) { /* one problem a line */
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        char *line = strndup(p, n);
+        if (line && n) cJSON_AddItemToArray(problems, cJSON_CreateString(line));
+        free(line);
+        p = nl ? nl + 1 : p + n;
+    }
+    free(why);
+    char *body = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (body) reply_json(req, draining ? 503 : 422, body);
+    else reply_error(req, 500, "internal_error", "The answer could not be made.");
+    cJSON_free(body);
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
     gw_admin_t *a = arg;
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    int get = evhttp_request_get_command(req) == EVHTTP_REQ_GET;
-    if (get && path && strcmp(path, "/healthz") == 0) {
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    int get = cmd == EVHTTP_REQ_GET;
+    if (!path) path = "";
+    if (strcmp(path, "/reload") == 0) {
+        if (cmd == EVHTTP_REQ_POST) handle_reload(a, req);
+        else reply_error(req, 405, "method_not_allowed", "Use POST for /reload.");
+        return;
+    }
+    static const char *const gets[] = {"/", "/healthz", "/readyz", "/metrics", "/privacy",
+                                       "/usage", "/residency", "/status", "/audit/recent", NULL};
+    size_t known = 0;
+    while (gets[known] && strcmp(gets[known], path) != 0) known++;
+    if (!gets[known]) {
+        reply_error(req, 404, "not_found", "There is nothing at this path.");
+        return;
+    }
+    if (!get) {
+        reply_error(req, 405, "method_not_allowed", "Use GET for this path.");
+        return;
+    }
+    if (strcmp(path, "/") == 0) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        /* Self-contained: inline script and style, data only from this origin. */
+        evhttp_add_header(h, "content-security-policy",
+                          "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                          "'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; "
+                          "form-action 'none'; frame-ancestors 'none'");
+        evhttp_add_header(h, "referrer-policy", "no-referrer");
+        reply(req, 200, "text/html; charset=utf-8", gw_status_page_html, gw_status_page_html_len);
+    } else if (strcmp(path, "/healthz") == 0) {
         reply_json(req, 200, "{\"status\":\"ok\"}");
-    } else if (get && path && strcmp(path, "/metrics") == 0) {
+    } else if (strcmp(path, "/metrics") == 0) {
         struct evbuffer *out = evbuffer_new();
-        if (!out) return;
-        gw_metrics_render(out);
+        if (!out) {
+            reply_error(req, 500, "internal_error", "Out of memory.");
+            return;
+        }
+        gw_metrics_render(out, a->cfg);
         evbuffer_add_printf(out, "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
                                  "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
                             a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
@@ -141,34 +362,35 @@ static void handle(struct evhttp_request *req, void *arg)
                                  "# TYPE gotthard_access_log_dropped_total counter\n"
                                  "gotthard_access_log_dropped_total %llu\n",
                             (unsigned long long)gw_access_log_dropped());
-        evhttp_add_header(evhttp_request_get_output_headers(req), "content-type",
-                          "text/plain; version=0.0.4; charset=utf-8");
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        evhttp_add_header(h, "content-type", "text/plain; version=0.0.4; charset=utf-8");
+        evhttp_add_header(h, "cache-control", "no-store");
         evhttp_send_reply(req, 200, "OK", out);
         evbuffer_free(out);
-    } else if (get && path && strcmp(path, "/privacy") == 0) {
-        char *body = privacy_report(a->cfg);
+    } else if (strcmp(path, "/privacy") == 0) {
+        reply_doc(req, privacy_report(a->cfg));
+    } else if (strcmp(path, "/usage") == 0) {
+        reply_doc(req, usage_report(a->cfg, evhttp_request_get_evhttp_uri(req)));
+    } else if (strcmp(path, "/residency") == 0) {
+        reply_doc(req, gw_residency_report_json(a->cfg));
+    } else if (strcmp(path, "/status") == 0) {
+        reply_doc(req, status_report(a));
+    } else if (strcmp(path, "/audit/recent") == 0) {
+        size_t n = 50;
+        struct evkeyvalq q;
+        const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+        if (query && evhttp_parse_query_str(query, &q) == 0) {
+            const char *v = evhttp_find_header(&q, "n");
+            if (v) n = (size_t)strtoul(v, NULL, 10);
+            evhttp_clear_headers(&q);
+        }
+        char *body = gw_audit_recent_json(n);
         if (body) reply_json(req, 200, body);
-        else reply_json(req, 503, "{\"error\":{\"message\":\"Out of memory.\",\"type\":\"server_error\","
-                                  "\"param\":null,\"code\":\"internal_error\"}}");
-        cJSON_free(body);
-    } else if (get && path && strcmp(path, "/usage") == 0) {
-        char *body = usage_report(a->cfg, evhttp_request_get_evhttp_uri(req));
-        if (body) reply_json(req, 200, body);
-        else reply_json(req, 503, "{\"error\":{\"message\":\"Out of memory.\",\"type\":\"server_error\","
-                                  "\"param\":null,\"code\":\"internal_error\"}}");
-        cJSON_free(body);
-    } else if (get && path && strcmp(path, "/residency") == 0) {
-        char *body = gw_residency_report_json(a->cfg);
-        if (body) reply_json(req, 200, body);
-        else reply_json(req, 503, "{\"error\":{\"message\":\"The report could not be made.\","
-                                  "\"type\":\"server_error\",\"param\":null,\"code\":\"internal_error\"}}");
-        cJSON_free(body);
-    } else if (get && path && strcmp(path, "/readyz") == 0) {
+        else reply_error(req, 500, "internal_error", "Out of memory.");
+        free(body);
+    } else { /* "/readyz" */
         if (ready(a)) reply_json(req, 200, "{\"status\":\"ready\"}");
         else reply_json(req, 503, "{\"status\":\"not ready\"}");
-    } else {
-        reply_json(req, 404, "{\"error\":{\"message\":\"There is nothing at this path.\","
-                             "\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"not_found\"}}");
     }
 }
 
@@ -190,12 +412,22 @@ gw_admin_t *gw_admin_start(struct event_base *base, gw_config_t *cfg)
         free(a);
         return NULL;
     }
-    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+    /* Every method reaches handle(), which answers 405 in JSON (not libevent's HTML). */
+    evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     evhttp_set_max_headers_size(a->http, 16384);
     evhttp_set_max_body_size(a->http, 65536);
     evhttp_set_timeout(a->http, 10);
     evhttp_set_gencb(a->http, handle, a);
+    a->started = time(NULL);
     return a;
+}
+
+void gw_admin_set_reload(gw_admin_t *a, gw_admin_reload_fn fn, void *arg)
+{
+    a->reload = fn;
+    a->reload_arg = arg;
 }
 
 void gw_admin_set_draining(gw_admin_t *a)

@@ -2,15 +2,18 @@
  *
  * Each event is one write(2) of one line to a file opened with O_APPEND, so lines from
  * several workers never interleave. Events are rare (a failed authentication, a residency
- * decision, a reload): they do not need the access log's buffering. */
+ * decision, a reload): they do not need the access log's buffering. The last events are also
+ * kept in memory (metadata only, as in the file) for the admin listener. */
 #include "audit.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -67,10 +70,53 @@ void gw_audit_close(void)
     parked = -1;
 }
 
+/* The last RECENT_LINES events, in memory for the admin GET /audit/recent and the status
+ * page: the same metadata lines as the file, kept whether or not the file is on. */
+#define RECENT_LINES 200
+static struct {
+    pthread_mutex_t lock;
+    char *line[RECENT_LINES];
+    uint64_t next; /* events seen since start; line[next % RECENT_LINES] is the oldest */
+} recent = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void remember(char *line)
+{
+    pthread_mutex_lock(&recent.lock);
+    char **slot = &recent.line[recent.next % RECENT_LINES];
+    free(*slot);
+    *slot = line;
+    recent.next++;
+    pthread_mutex_unlock(&recent.lock);
+}
+
+char *gw_audit_recent_json(size_t max)
+{
+    if (max > RECENT_LINES) max = RECENT_LINES;
+    pthread_mutex_lock(&recent.lock);
+    uint64_t have = recent.next < RECENT_LINES ? recent.next : RECENT_LINES;
+    if (max > have) max = (size_t)have;
+    size_t len = 64;
+    for (uint64_t i = recent.next - max; i < recent.next; i++)
+        len += strlen(recent.line[i % RECENT_LINES]) + 1;
+    char *out = malloc(len), *p = out;
+    if (out) {
+        p += sprintf(p, "{\"total\":%llu,\"events\":[", (unsigned long long)recent.next);
+        for (uint64_t i = recent.next - max; i < recent.next; i++) {
+            const char *l = recent.line[i % RECENT_LINES];
+            size_t n = strlen(l);
+            memcpy(p, l, n);
+            p += n;
+            if (i + 1 < recent.next) *p++ = ',';
+        }
+        memcpy(p, "]}", 3);
+    }
+    pthread_mutex_unlock(&recent.lock);
+    return out;
+}
+
 void gw_audit(const char *event, ...)
 {
     int fd = atomic_load(&audit_fd);
-    if (fd < 0) return;
     cJSON *o = cJSON_CreateObject();
     if (!o) return;
     char ts[40];
@@ -97,8 +143,10 @@ void gw_audit(const char *event, ...)
     if (buf) {
         memcpy(buf, line, len);
         buf[len] = '\n';
-        if (write(fd, buf, len + 1) < 0) gw_warn("cannot write the audit log: %s", strerror(errno));
-        free(buf);
+        if (fd >= 0 && write(fd, buf, len + 1) < 0)
+            gw_warn("cannot write the audit log: %s", strerror(errno));
+        buf[len] = '\0';
+        remember(buf);
     }
     cJSON_free(line);
 }

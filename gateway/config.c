@@ -20,6 +20,7 @@
 
 static int load_tls(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst);
 static int load_plugin_config(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst);
+static int derive_pool_balance(gw_conf_ctx_t *cx, gw_pool_t *p, const char *pp);
 
 static const gw_conf_key_t tls_keys[] = {
     {"cert", GW_CT_STR, offsetof(gw_tls_conf_t, cert), .max = 4096, .flags = GW_CK_REQUIRED},
@@ -78,21 +79,69 @@ static const gw_conf_key_t backend_keys[] = {
 };
 static const gw_conf_obj_t backend_obj = {sizeof(gw_backend_t), backend_keys, backend_init};
 
+static int load_node(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
+{
+    *(const cJSON **)dst = n; /* checked by the plugin that reads it */
+    return 0;
+}
+
+/* Balancing (issue 7, docs/balancing.md): health checks, the metrics of queue_aware, the queue. */
+#define POOL_MS(o, k, lo) {#k, GW_CT_INT, offsetof(gw_pool_t, o.k), lo, INT_MAX_MS}
+static const gw_conf_key_t health_keys[] = {
+    {"path", GW_CT_STR, offsetof(gw_pool_t, health.path), .max = 1024},
+    POOL_MS(health, interval_ms, 50),
+    POOL_MS(health, timeout_ms, 10),
+    {"healthy_threshold", GW_CT_INT, offsetof(gw_pool_t, health.healthy_threshold), 1, 100},
+    {"unhealthy_threshold", GW_CT_INT, offsetof(gw_pool_t, health.unhealthy_threshold), 1, 100},
+    {"max_fails", GW_CT_INT, offsetof(gw_pool_t, health.max_fails), 0, 1000},
+    POOL_MS(health, fail_timeout_ms, 10),
+    POOL_MS(health, slow_start_ms, 0),
+    {NULL},
+};
+static const gw_conf_key_t metrics_keys[] = {
+    {"path", GW_CT_STR, offsetof(gw_pool_t, metrics.path), .max = 1024},
+    POOL_MS(metrics, interval_ms, 50),
+    {NULL},
+};
+static const gw_conf_key_t queue_keys[] = {
+    {"max", GW_CT_INT, offsetof(gw_pool_t, queue.max), 0, 1000000},
+    POOL_MS(queue, timeout_ms, 1),
+    {NULL},
+};
+/* Offsets are relative to the pool. */
+static const gw_conf_obj_t health_obj = {0, health_keys, NULL};
+static const gw_conf_obj_t metrics_obj = {0, metrics_keys, NULL};
+static const gw_conf_obj_t queue_obj = {0, queue_keys, NULL};
+
+static void pool_init(void *p)
+{
+    gw_pool_t *o = p;
+    o->health.interval_ms = 2000;
+    o->health.timeout_ms = 1000;
+    o->health.healthy_threshold = 2;
+    o->health.unhealthy_threshold = 2;
+    o->health.max_fails = 0; /* passive ejection is opted into (docs/balancing.md) */
+    o->health.fail_timeout_ms = 10000;
+    o->health.slow_start_ms = 10000;
+    o->metrics.interval_ms = 500;
+    o->queue.max = 1024;
+    o->queue.timeout_ms = 30000;
+}
+
 static const gw_conf_key_t pool_keys[] = {
     {"name", GW_CT_STR, offsetof(gw_pool_t, name), .max = 128, .flags = GW_CK_REQUIRED},
     {"models", GW_CT_STRS, offsetof(gw_pool_t, models), 1, 10000, GW_CK_REQUIRED},
     {"balance", GW_CT_STR, offsetof(gw_pool_t, balance), .max = 64},
     {"backends", GW_CT_OBJS, offsetof(gw_pool_t, backends), 1, 10000, GW_CK_REQUIRED,
      &backend_obj},
+    {"aliases", GW_CT_FN, offsetof(gw_pool_t, aliases), .fn = load_node},
+    {"health", GW_CT_OBJ, 0, .obj = &health_obj},
+    {"metrics", GW_CT_OBJ, 0, .obj = &metrics_obj},
+    {"queue", GW_CT_OBJ, 0, .obj = &queue_obj},
+    {"affinity", GW_CT_STR, offsetof(gw_pool_t, affinity), .max = 16},
     {NULL},
 };
-static const gw_conf_obj_t pool_obj = {sizeof(gw_pool_t), pool_keys, NULL};
-
-static int load_node(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
-{
-    *(const cJSON **)dst = n; /* checked by the plugin that reads it */
-    return 0;
-}
+static const gw_conf_obj_t pool_obj = {sizeof(gw_pool_t), pool_keys, pool_init};
 
 static const gw_conf_key_t tenant_keys[] = {
     {"id", GW_CT_STR, offsetof(gw_tenant_t, id), .max = 128, .flags = GW_CK_REQUIRED},
@@ -462,11 +511,7 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
                 gw_conf_error(cx, gw_conf_path_key(cx, pp, "name"), "is used by another pool");
                 rc = -1;
             }
-        if (p->balance && strcmp(p->balance, "least_outstanding") != 0) {
-            gw_conf_error(cx, gw_conf_path_key(cx, pp, "balance"),
-                          "must be least_outstanding");
-            rc = -1;
-        }
+        if (derive_pool_balance(cx, p, pp) < 0) rc = -1;
         char **models = p->models.items;
         for (size_t m = 0; m < p->models.n; m++) {
             if (!models[m]) continue;
@@ -495,6 +540,97 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
                 rc = -1;
         }
     }
+    return rc;
+}
+
+/* Balancing (issue 7): the algorithm, affinity, aliases; then no alias may shadow a model. */
+static int derive_pool_balance(gw_conf_ctx_t *cx, gw_pool_t *p, const char *pp)
+{
+    static const char *const algos[] = {"least_outstanding", "power_of_two",
+                                        "weighted_round_robin", "queue_aware", NULL};
+    int rc = 0;
+    p->algo = GW_BAL_LEAST_OUTSTANDING;
+    if (p->balance) {
+        int k = 0;
+        while (algos[k] && strcmp(algos[k], p->balance) != 0) k++;
+        if (!algos[k]) {
+            gw_conf_error(cx, gw_conf_path_key(cx, pp, "balance"),
+                          "must be least_outstanding, power_of_two, weighted_round_robin or "
+                          "queue_aware");
+            rc = -1;
+        }
+        p->algo = k;
+    }
+    if (!p->metrics.path) p->metrics.path = "/metrics";
+    if (p->affinity && strcmp(p->affinity, "none") != 0 && strcmp(p->affinity, "session") != 0) {
+        gw_conf_error(cx, gw_conf_path_key(cx, pp, "affinity"), "must be none or session");
+        rc = -1;
+    }
+    p->affine = p->affinity && strcmp(p->affinity, "session") == 0;
+    if (p->health.path && p->health.path[0] != '/') {
+        gw_conf_error(cx, gw_conf_path_key(cx, gw_conf_path_key(cx, pp, "health"), "path"),
+                      "must begin with /");
+        rc = -1;
+    }
+    if (p->metrics.path[0] != '/') {
+        gw_conf_error(cx, gw_conf_path_key(cx, gw_conf_path_key(cx, pp, "metrics"), "path"),
+                      "must begin with /");
+        rc = -1;
+    }
+    const char *ap = gw_conf_path_key(cx, pp, "aliases");
+    if (p->aliases && !cJSON_IsObject(p->aliases)) {
+        gw_conf_error(cx, ap, "must be an object of model names");
+        return -1;
+    }
+    size_t n = p->aliases ? (size_t)cJSON_GetArraySize(p->aliases) : 0;
+    p->alias_from = gw_arena_calloc(cx->arena, (n + 1) * sizeof(char *));
+    p->alias_to = gw_arena_calloc(cx->arena, (n + 1) * sizeof(char *));
+    if (!p->alias_from || !p->alias_to) return -1;
+    for (const cJSON *a = p->aliases ? p->aliases->child : NULL; a; a = a->next) {
+        const char *kp = gw_conf_path_key(cx, ap, a->string);
+        if (!cJSON_IsString(a) || !a->valuestring[0] || strlen(a->valuestring) > 256 ||
+            !a->string[0] || strlen(a->string) > 256) {
+            gw_conf_error(cx, kp, "must be a model name (1 to 256 characters)");
+            rc = -1;
+            continue;
+        }
+        for (size_t k = 0; k < p->naliases; k++)
+            if (strcmp(p->alias_from[k], a->string) == 0) {
+                gw_conf_error(cx, kp, "duplicate alias");
+                rc = -1;
+            }
+        p->alias_from[p->naliases] = a->string;
+        p->alias_to[p->naliases++] = a->valuestring;
+    }
+    return rc;
+}
+
+/* An alias names no model of any pool, nor another pool's alias. */
+static int check_aliases(gw_conf_ctx_t *cx, gw_config_t *c)
+{
+    int rc = 0;
+    gw_pool_t *pools = c->pools.items;
+    for (size_t i = 0; i < c->pools.n; i++)
+        for (size_t a = 0; a < pools[i].naliases; a++) {
+            const char *name = pools[i].alias_from[a];
+            for (size_t j = 0; j < c->pools.n; j++) {
+                char **models = pools[j].models.items;
+                int clash = 0;
+                for (size_t m = 0; m < pools[j].models.n; m++)
+                    clash |= models[m] && strcmp(models[m], name) == 0;
+                for (size_t b = 0; j < i && b < pools[j].naliases; b++)
+                    clash |= strcmp(pools[j].alias_from[b], name) == 0;
+                if (clash) {
+                    gw_conf_error(cx,
+                                  gw_conf_path_key(cx, gw_conf_path_key(cx, gw_conf_path_index(
+                                                                                cx, "$.pools", i),
+                                                                        "aliases"),
+                                                   name),
+                                  "is already a model of pool %s", pools[j].name);
+                    rc = -1;
+                }
+            }
+        }
     return rc;
 }
 
@@ -563,9 +699,11 @@ static int build_models_json(gw_config_t *c)
     gw_pool_t *pools = c->pools.items;
     for (size_t i = 0; i < c->pools.n; i++) {
         char **models = pools[i].models.items;
-        for (size_t m = 0; m < pools[i].models.n; m++) {
+        for (size_t m = 0; m < pools[i].models.n + pools[i].naliases; m++) {
             cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "id", models[m]);
+            cJSON_AddStringToObject(o, "id", m < pools[i].models.n
+                                                 ? models[m]
+                                                 : pools[i].alias_from[m - pools[i].models.n]);
             cJSON_AddStringToObject(o, "object", "model");
             cJSON_AddNumberToObject(o, "created", 0);
             cJSON_AddStringToObject(o, "owned_by", "gotthard");
@@ -649,6 +787,7 @@ gw_config_t *gw_config_load(const char *file, char **errors)
     cx.config = c;
     int rc = gw_conf_load_obj(&cx, json, "$", &top_obj, c);
     if (rc == 0) rc = derive(&cx, c);
+    if (rc == 0) rc = check_aliases(&cx, c);
     if (rc == 0) rc = derive_tenants(&cx, c);
     if (rc == 0) rc = derive_redis(&cx, c);
     if (rc == 0) rc = gw_plugins_configure(&cx, c);
@@ -695,6 +834,8 @@ gw_pool_t *gw_config_pool_for_model(const gw_config_t *c, const char *model)
         char **models = pools[i].models.items;
         for (size_t m = 0; m < pools[i].models.n; m++)
             if (strcmp(models[m], model) == 0) return &pools[i];
+        for (size_t a = 0; a < pools[i].naliases; a++)
+            if (strcmp(pools[i].alias_from[a], model) == 0) return &pools[i];
     }
     return NULL;
 }

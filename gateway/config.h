@@ -24,6 +24,17 @@ typedef struct gw_listen {
     SSL_CTX *ssl;
 } gw_listen_t;
 
+/* What balancing and health checks know of a backend: shared by the workers (atomics), never
+ * locked. Written by requests (passive failures) and by worker 0's health loop (health.c). */
+typedef struct gw_backend_lb {
+    atomic_int fails;                  /* consecutive failures of requests (passive checks) */
+    _Atomic uint64_t down_until_us;    /* ejected: not re-admitted before this */
+    _Atomic uint64_t slow_from_us, slow_until_us; /* slow start after re-admission */
+    atomic_int m_waiting, m_running, m_cache_pm, m_cap; /* scraped metrics (queue_aware) */
+    atomic_int m_inflight;             /* the gateway's inflight when they were scraped */
+    _Atomic uint64_t m_at_us;          /* when they were scraped; 0: never */
+} gw_backend_lb_t;
+
 typedef struct gw_backend {
     char *url, *country, *api_key_env, *api_key_file, *ca_file;
     int64_t weight, max_concurrent;
@@ -42,16 +53,39 @@ typedef struct gw_backend {
     /* 1 while the backend may be chosen as far as its health goes (active checks, passive
      * ejection: issue 7); 1 from the start. Residency approval is separate (res). */
     atomic_int healthy;
+    gw_backend_lb_t lb; /* balancing and health state (issue 7: balance.c, health.c) */
     char *port; /* for re-resolution */
     /* Every address the host resolves to, each with its residency verdict: replaced (never
      * changed) by the resolver thread; the old ones live as long as the snapshot. */
     _Atomic(struct gw_resolved *) res;
 } gw_backend_t;
 
+enum { GW_BAL_LEAST_OUTSTANDING, GW_BAL_POWER_OF_TWO, GW_BAL_WRR, GW_BAL_QUEUE_AWARE };
+
 struct gw_pool {
     char *name, *balance;
     gw_conf_list_t models;   /* char * */
     gw_conf_list_t backends; /* gw_backend_t */
+    /* issue 7: balancing (docs/balancing.md) */
+    const cJSON *aliases;    /* {"client name": "backend name"} */
+    struct {
+        char *path; /* NULL: no active checks */
+        int64_t interval_ms, timeout_ms, healthy_threshold, unhealthy_threshold;
+        int64_t max_fails, fail_timeout_ms, slow_start_ms; /* passive ejection, re-admission */
+    } health;
+    struct {
+        char *path;
+        int64_t interval_ms;
+    } metrics; /* queue_aware: the backends' vLLM-style metrics */
+    struct {
+        int64_t max, timeout_ms; /* max 0: no queue, 503 at once when every backend is full */
+    } queue;
+    char *affinity; /* "none", "session" (x-session-id, else the user field) */
+    /* derived */
+    int algo, affine;
+    char **alias_from, **alias_to;
+    size_t naliases;
+    atomic_int queued; /* requests waiting for a slot, every worker */
 };
 
 typedef struct gw_tenant {

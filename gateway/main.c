@@ -15,6 +15,7 @@
 #include "config.h"
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "residency.h"
 #include "tls.h"
 #include "worker.h"
@@ -105,30 +106,47 @@ static int same_sockets(const gw_config_t *a, const gw_config_t *b)
     return 1;
 }
 
-static void reload(gw_main_t *m)
+/* Refuses a reload: logs why, counts it, audits it; *why (if asked) gets the reason. */
+static int refuse(const char *source, const char *reason, char **why)
+{
+    /* The log line and the audit event hold the first problem; *why holds them all. */
+    size_t n = strcspn(reason, "\n");
+    char *first = strndup(reason, n);
+    int more = reason[n] && reason[n + 1];
+    gw_error("reload refused (%s): %s%s; still serving the old configuration", source,
+             first ? first : "", more ? " (and more)" : "");
+    gw_metrics_reload(0);
+    gw_audit("config_refused", "source", source, "reason", first ? first : "", NULL);
+    free(first);
+    if (why) *why = strdup(reason);
+    return -1;
+}
+
+/* Loads the file again, checks it whole and switches to it: 0, or -1 with the old
+ * configuration still serving and *why (if asked, free it) saying why: the config's
+ * problems, one "$.path: message" a line. source: "SIGHUP" or "POST /reload". */
+static int reload(gw_main_t *m, const char *source, char **why)
 {
     char *errors = NULL;
     gw_config_t *next = gw_config_load(m->file, &errors);
     if (!next) {
         gw_error("reload refused, still serving the old configuration:");
         print_errors(m->file, errors);
+        int rc = refuse(source, errors ? errors : "the configuration is invalid", why);
+        free(errors);
+        return rc;
     }
     free(errors);
-    if (!next) return;
-    if (!same_sockets(m->cfg, next)) {
-        gw_error("reload refused: listen addresses, TLS on/off, admin and workers need a restart");
+    const char *bad = NULL;
+    if (!same_sockets(m->cfg, next))
+        bad = "listen addresses, TLS on/off, admin and workers need a restart";
+    else if (gw_audit_open(next->audit_log.path) < 0)
+        bad = "the audit log cannot be opened";
+    else if (gw_access_log_open(next->access_log.path) < 0)
+        bad = "the access log cannot be opened";
+    if (bad) {
         gw_config_unref(next);
-        return;
-    }
-    if (gw_audit_open(next->audit_log.path) < 0) {
-        gw_error("reload refused: the audit log cannot be opened");
-        gw_config_unref(next);
-        return;
-    }
-    if (gw_access_log_open(next->access_log.path) < 0) {
-        gw_error("reload refused: the access log cannot be opened");
-        gw_config_unref(next);
-        return;
+        return refuse(source, bad, why);
     }
     for (size_t i = 0; i < m->nworkers; i++) gw_worker_reload(&m->workers[i], gw_config_ref(next));
     gw_admin_set_config(m->admin, next);
@@ -136,13 +154,26 @@ static void reload(gw_main_t *m)
     gw_residency_audit_loaded(next);
     gw_config_unref(m->cfg);
     m->cfg = next;
-    gw_info("configuration reloaded");
+    gw_metrics_reload(1);
+    gw_info("configuration reloaded (%s)", source);
+    return 0;
 }
 
 static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
     gw_main_t *m = arg;
-    if (!m->draining) reload(m);
+    if (!m->draining) reload(m, "SIGHUP", NULL);
+}
+
+/* POST /reload on the admin listener (the same loop as the signals). */
+static int admin_reload(void *arg, char **why)
+{
+    gw_main_t *m = arg;
+    if (m->draining) {
+        if (why) *why = strdup("the gateway is draining");
+        return -1;
+    }
+    return reload(m, "POST /reload", why);
 }
 
 /* Log rotation: the access and audit logs' paths are opened again (the old files were
@@ -187,6 +218,7 @@ static int run(const char *file)
     if (gw_access_log_open(cfg->access_log.path) < 0) goto fail;
     m.admin = gw_admin_start(m.base, cfg);
     if (!m.admin) goto fail;
+    gw_admin_set_reload(m.admin, admin_reload, &m);
     for (; started < m.nworkers; started++)
         if (gw_worker_start(&m.workers[started]) < 0) {
             gw_error("cannot start worker %zu", started);

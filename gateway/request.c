@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "access_log.h"
+#include "balance.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -223,6 +224,7 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
 void gw_req_free(gw_req_t *r)
 {
     stop_counting(r);
+    if (r->queued) gw_balance_dequeue(r);
     if (r->up) gw_upstream_abort(r);
     if (r->resp_copy) evbuffer_free(r->resp_copy);
     gw_sse_release(&r->sse_framer);
@@ -237,6 +239,7 @@ static void run_log(gw_req_t *r)
     if (r->logged) return;
     r->logged = 1;
     gw_config_t *cfg = r->cfg;
+    gw_metrics_request(r);
     if (cfg->access_log.path) gw_access_log_request(r);
     for (size_t i = 0; i < cfg->nplugins; i++)
         if (cfg->plugins[i].plugin->log)
@@ -390,6 +393,12 @@ static int inspect_body(gw_req_t *r)
     r->pool = gw_config_pool_for_model(r->cfg, r->model);
     if (!r->pool) {
         gw_req_error(r, 404, "model_not_found", "The model does not exist or is not served here.");
+        return -1;
+    }
+    /* A pool alias: the backend gets its own name for the model (docs/balancing.md). */
+    if (r->pool->affine) gw_balance_affinity_key(r); /* before a plugin drops the user field */
+    if (r->pool->naliases && gw_balance_apply_alias(r) < 0) {
+        gw_req_error(r, 500, "internal_error", "Out of memory.");
         return -1;
     }
     return 0;

@@ -55,6 +55,10 @@ struct gw_req {
     struct evbuffer *out_counted; /* the client output counted into bytes_out, or NULL */
     struct evbuffer_cb_entry *out_cb;
     const gw_http_head_t *resp_head; /* the backend's head, during response_headers only */
+    gw_req_t *q_next;   /* in its pool and tenant's wait queue (balance.c) */
+    uint64_t q_until_us; /* waits for a backend slot until then */
+    uint64_t affinity;   /* hash of the session key (pool affinity), read before the plugins */
+    unsigned queued : 1, affine : 1;
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
         json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1,
         usage_known : 1, own_error : 1;

@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include "balance.h"
 #include "log.h"
 #include "residency.h"
 #include "tls.h"
@@ -103,6 +104,7 @@ static gw_upconn_t *detach(gw_req_t *r)
     r->up = NULL;
     u->req = NULL;
     atomic_fetch_sub_explicit(&u->be->inflight, 1, memory_order_relaxed);
+    gw_balance_kick(r->w); /* a slot is free: a waiting request may take it */
     return u;
 }
 
@@ -121,26 +123,6 @@ void gw_upstream_close_idle(gw_worker_t *w)
             idle_remove(u);
             up_free(u);
         }
-}
-
-static gw_backend_t *pick(gw_req_t *r)
-{
-    gw_pool_t *p = r->pool;
-    gw_backend_t *bs = p->backends.items, *best = NULL;
-    size_t n = p->backends.n;
-    int best_load = 0;
-    size_t start = r->w->rr++ % n;
-    for (size_t k = 0; k < n; k++) {
-        size_t i = (start + k) % n;
-        if (r->vetoed[i]) continue;
-        int load = atomic_load_explicit(&bs[i].inflight, memory_order_relaxed);
-        if (bs[i].max_concurrent && load >= bs[i].max_concurrent) continue;
-        if (!best || load < best_load) {
-            best = &bs[i];
-            best_load = load;
-        }
-    }
-    return best;
 }
 
 static void write_request(gw_req_t *r, gw_upconn_t *u)
@@ -293,16 +275,25 @@ static void no_backend(gw_req_t *r)
         residency |= r->vetoed[i] == VETO_RESIDENCY;
         other |= r->vetoed[i] != 1 && r->vetoed[i] != VETO_RESIDENCY;
     }
-    if (residency && !other)
+    if (residency && !other) {
         gw_req_error(r, 503, "residency_unavailable",
                      "No backend of this model's pool is approved by the residency policy.");
-    else gw_req_error(r, 503, "no_backend_available", "No backend can take the request now.");
+    } else {
+        gw_req_add_response_header(r, "retry-after", "1");
+        gw_req_error(r, 503, "no_backend_available", "No backend can take the request now.");
+    }
     gw_req_finish(r, 0);
 }
 
-static void try_backend(gw_req_t *r)
+/* Sends r to b, or to the backend the pool's balancing picks (b NULL); waits in the pool's
+ * queue when every eligible backend is full. */
+static void try_backend_on(gw_req_t *r, gw_backend_t *b)
 {
-    gw_backend_t *b = pick(r);
+    if (!b) {
+        int full = 0;
+        b = gw_balance_pick(r, &full);
+        if (!b && full && gw_balance_enqueue(r) == 0) return;
+    }
     if (!b) {
         no_backend(r);
         return;
@@ -339,6 +330,17 @@ static void try_backend(gw_req_t *r)
     write_request(r, u);
 }
 
+static void try_backend(gw_req_t *r)
+{
+    try_backend_on(r, NULL);
+}
+
+void gw_upstream_dispatch(gw_req_t *r, gw_backend_t *b)
+{
+    if (b) try_backend_on(r, b);
+    else no_backend(r);
+}
+
 const gw_resolved_t *gw_upstream_resolved(const gw_req_t *r)
 {
     return r->up ? r->up->res : NULL;
@@ -371,10 +373,12 @@ static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int status, const c
                     int retryable)
 {
     size_t idx = (size_t)(b - (gw_backend_t *)r->pool->backends.items);
+    if (!stale) gw_balance_failed(b); /* passive health */
     if (!r->head_sent && retryable) {
         /* Nothing reached the client: a kept-alive connection that the backend had closed is
          * retried as is; a fresh failure once more on another backend. */
         if (stale) {
+            r->attempts--; /* not an attempt: the next one may still be retried */
             try_backend(r);
             return;
         }
@@ -504,6 +508,8 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
             strncasecmp(ct->value, "application/json", 16) == 0 &&
             (u->framing != F_LENGTH || u->remaining <= (int64_t)MAX_USAGE_COPY))
             r->resp_copy = evbuffer_new();
+        if (h.status >= 500) gw_balance_failed(u->be);
+        else gw_balance_succeeded(u->be);
         r->status = h.status;
         r->resp_head = &h;
         int hooks = gw_req_run_response_headers(r);

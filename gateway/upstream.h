@@ -4,9 +4,12 @@
 
 #include "request.h"
 
-/* Picks a backend of r->pool (least outstanding, not vetoed, with room) and sends the
- * request; answers 503 itself when none can take it. */
+/* Picks a backend of r->pool (balance.c: the pool's algorithm, not vetoed, healthy, with
+ * room) and sends the request; waits in the pool's queue when all are full; answers 503
+ * itself when none can take it. */
 void gw_upstream_start(gw_req_t *r);
+/* Sends a request that waited in its pool's queue to b; b NULL: 503 no_backend_available. */
+void gw_upstream_dispatch(gw_req_t *r, gw_backend_t *b);
 /* The client went away or the request is being torn down: drop the backend request. */
 void gw_upstream_abort(gw_req_t *r);
 /* The client's output drained: resume reading the backend. */

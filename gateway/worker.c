@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "arena.h"
+#include "balance.h"
 #include "conn.h"
 #include "log.h"
 #include "redis.h"
@@ -101,6 +102,7 @@ static void start_drain(gw_worker_t *w)
     if (w->draining) return;
     w->draining = 1;
     free_listeners(w);
+    gw_balance_worker_drain(w);
     gw_upstream_close_idle(w);
     gw_conn_t *c = w->conns;
     while (c) {
@@ -145,6 +147,7 @@ static void take_reload(gw_worker_t *w)
     gw_config_unref(w->cfg);
     w->cfg = next;
     w->idle_cfg = next;
+    gw_balance_worker_reload(w);
 }
 
 void gw_worker_reload(gw_worker_t *w, gw_config_t *cfg)
@@ -173,6 +176,7 @@ static void *run(void *arg)
     /* Stopped: whatever is still open is closed now. */
     while (w->conns) gw_conn_close(w->conns);
     gw_upstream_close_idle(w);
+    gw_balance_worker_free(w);
     gw_redis_free(w->redis); /* answers what still waits on it */
     w->redis = NULL;
     gw_arena_thread_cleanup();
@@ -215,6 +219,7 @@ int gw_worker_start(gw_worker_t *w)
     w->nidle = calloc(w->cfg->nbackends + 1, sizeof(*w->nidle));
     if (!w->idle || !w->nidle) return -1;
     w->lctx = lcs;
+    if (gw_balance_worker_init(w) < 0) return -1;
     w->redis = gw_redis_new(w, w->cfg);
     return pthread_create(&w->thread, NULL, run, w) == 0 ? 0 : -1;
 }
@@ -232,6 +237,7 @@ void gw_worker_join(gw_worker_t *w)
 
 void gw_worker_discard(gw_worker_t *w)
 {
+    gw_balance_worker_free(w); /* before its event base */
     for (size_t i = 0; w->fds && i < w->nlisteners; i++)
         if (w->fds[i] >= 0) close(w->fds[i]);
     free_listeners(w);

@@ -37,6 +37,7 @@ typedef struct gw_worker {
     size_t rr;
     void *lctx;
     struct gw_redis *redis; /* this worker's connection to the shared store, or NULL */
+    struct gw_balance_worker *bal; /* balancing state, wait queues, health loop (balance.c) */
 } gw_worker_t;
 
 /* Opens the listening sockets of every worker (SO_REUSEPORT) so that errors show at start. */

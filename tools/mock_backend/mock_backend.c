@@ -58,7 +58,8 @@
 
 struct model {
     char *id;
-    long running;              /* requests for this model in progress */
+    long running;              /* requests for this model in progress (slot or queue) */
+    long waiting;              /* of those, waiting for a slot (--slots) */
     uint64_t requests_total;   /* answered completely */
     uint64_t prompt_tokens_total;
     uint64_t generation_tokens_total;
@@ -88,6 +89,9 @@ static struct {
     const char *api_key;
     const char *name;
     long ttft_ms, token_ms, tokens, keepalive_ms;
+    long slots, prompt_us; /* capacity model: concurrent slots (0: any), prefill per token */
+    long busy;             /* slots taken */
+    struct conn *wait_head, *wait_tail; /* requests waiting for a slot, oldest first */
     struct model *models;
     size_t nmodels;
 
@@ -409,7 +413,7 @@ enum cstate {
     C_CLOSING,     /* the last answer is being flushed; input is discarded */
 };
 
-enum phase { P_NONE, P_IDLE, P_RESUME, P_DELAY, P_WAIT, P_STREAM, P_CLOSE };
+enum phase { P_NONE, P_IDLE, P_RESUME, P_DELAY, P_WAIT, P_STREAM, P_CLOSE, P_START };
 
 /* What to do once the output buffer drains; only set while it holds data (EV_WRITE on). */
 enum drain { D_NONE, D_CLOSE, D_RESET, D_STREAM };
@@ -436,6 +440,7 @@ struct job {
     char *body;        /* a precomputed answer body (embeddings) */
     size_t body_len;
     int64_t first_us;  /* when the first stream event is due */
+    bool slot, queued; /* holds one of the --slots; waits for one */
 };
 
 struct conn {
@@ -451,10 +456,12 @@ struct conn {
     bool http10, keepalive, chunked_out;
     struct rec *rec; /* the request being read or answered */
     struct job job;
+    struct conn *wnext, *wprev; /* in G.wait_* while job.queued */
 };
 
 static void process_input(struct conn *c);
 static void stream_tick(struct conn *c);
+static void run_job(struct conn *c);
 
 /*
  * Writes what is queued straight to the socket. EV_WRITE stays off while the
@@ -488,6 +495,34 @@ static void disarm(struct conn *c)
     c->phase = P_NONE;
 }
 
+static void wait_remove(struct conn *c)
+{
+    if (c->wprev)
+        c->wprev->wnext = c->wnext;
+    else
+        G.wait_head = c->wnext;
+    if (c->wnext)
+        c->wnext->wprev = c->wprev;
+    else
+        G.wait_tail = c->wprev;
+    c->wnext = c->wprev = NULL;
+    c->job.queued = false;
+    G.models[c->job.model].waiting--;
+}
+
+/* A slot is free: the oldest waiting request takes it (started from the loop). */
+static void slot_freed(void)
+{
+    G.busy--;
+    if (G.wait_head && G.busy < G.slots) {
+        struct conn *c = G.wait_head;
+        wait_remove(c);
+        c->job.slot = true;
+        G.busy++;
+        arm(c, P_START, 0);
+    }
+}
+
 /* Ends the current job: fills in its record entry, releases what it holds. */
 static void job_end(struct conn *c, bool completed, bool client_closed)
 {
@@ -495,6 +530,12 @@ static void job_end(struct conn *c, bool completed, bool client_closed)
     if (!j->active)
         return;
     j->active = false;
+    if (j->queued)
+        wait_remove(c);
+    if (j->slot) {
+        j->slot = false;
+        slot_freed();
+    }
     if (c->rec) {
         c->rec->completed = completed;
         c->rec->client_closed = client_closed;
@@ -927,11 +968,14 @@ static void answer_metrics(struct conn *c)
                             fams[f].name, fams[f].type);
         for (size_t i = 0; i < G.nmodels; i++) {
             const struct model *m = &G.models[i];
-            double usage = m->running * 0.01 > 1.0 ? 1.0 : m->running * 0.01;
+            long run = m->running - m->waiting;
+            double usage = G.slots ? (double)G.busy / (double)G.slots : run * 0.01;
+            if (usage > 1.0)
+                usage = 1.0;
             evbuffer_add_printf(b, "%s{model_name=\"%s\"} ", fams[f].name, m->id);
             switch (f) {
-            case 0: evbuffer_add_printf(b, "%ld\n", m->running); break;
-            case 1: evbuffer_add_printf(b, "0\n"); break;
+            case 0: evbuffer_add_printf(b, "%ld\n", run); break;
+            case 1: evbuffer_add_printf(b, "%ld\n", m->waiting); break;
             case 2: evbuffer_add_printf(b, "%.4f\n", usage); break;
             case 3: evbuffer_add_printf(b, "%" PRIu64 "\n", m->requests_total); break;
             case 4: evbuffer_add_printf(b, "%" PRIu64 "\n", m->prompt_tokens_total); break;
@@ -1099,6 +1143,32 @@ static void dispatch(struct conn *c)
         send_error(c, j->err_status, "invalid_request_error", j->err_code, j->err_msg);
         return;
     }
+    /* The capacity model: an inference request needs one of the --slots; it waits for one. */
+    if (G.slots && j->running && !j->slot) {
+        if (G.busy >= G.slots) {
+            j->queued = true;
+            G.models[j->model].waiting++;
+            c->wnext = NULL;
+            c->wprev = G.wait_tail;
+            if (G.wait_tail)
+                G.wait_tail->wnext = c;
+            else
+                G.wait_head = c;
+            G.wait_tail = c;
+            return;
+        }
+        j->slot = true;
+        G.busy++;
+    }
+    run_job(c);
+}
+
+/* Answers an inference request that has its slot (or any other request). May free c. */
+static void run_job(struct conn *c)
+{
+    struct job *j = &c->job;
+    if (j->running && G.prompt_us > 0 && (j->kind == K_CHAT || j->kind == K_COMPL))
+        j->ttft_ms += j->prompt_tokens * G.prompt_us / 1000; /* prefill */
     switch (j->kind) {
     case K_HEALTH:
         send_body(c, 200, "application/json", OK_BODY, sizeof OK_BODY - 1);
@@ -1437,6 +1507,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     case P_CLOSE: conn_free(c, false); return;
     case P_RESUME: process_input(c); return;
     case P_DELAY: dispatch(c); return;
+    case P_START: run_job(c); return;
     case P_WAIT:
         if (c->job.kind == K_EMBED)
             send_body(c, 200, "application/json", c->job.body, c->job.body_len);
@@ -1569,6 +1640,10 @@ static void usage(FILE *f)
           "  --api-key KEY     require 'Authorization: Bearer KEY' on /v1/\n"
           "  --name NAME       this backend's name, in X-Mock-Backend and owned_by (default mock)\n"
           "  --keepalive-ms N  close idle keep-alive connections after N ms (default 0: never)\n"
+          "  --slots N         run at most N inference requests at once; the rest wait in\n"
+          "                    a FIFO queue (vllm:num_requests_waiting); 0: no limit (default)\n"
+          "  --prompt-us N     prefill: N microseconds per prompt token before the first\n"
+          "                    token (default 0)\n"
           "  --help            this text\n"
           "\n"
           "Per-request headers: x-mock-status, x-mock-delay-ms, x-mock-ttft-ms,\n"
@@ -1600,7 +1675,8 @@ static int parse_models(const char *list)
 
 static int parse_args(int argc, char **argv)
 {
-    enum { O_PORT = 1, O_HOST, O_MODELS, O_TTFT, O_TOKEN, O_TOKENS, O_KEY, O_NAME, O_KA, O_HELP };
+    enum { O_PORT = 1, O_HOST, O_MODELS, O_TTFT, O_TOKEN, O_TOKENS, O_KEY, O_NAME, O_KA, O_SLOTS,
+           O_PROMPT, O_HELP };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, O_PORT},
         {"host", required_argument, NULL, O_HOST},
@@ -1611,6 +1687,8 @@ static int parse_args(int argc, char **argv)
         {"api-key", required_argument, NULL, O_KEY},
         {"name", required_argument, NULL, O_NAME},
         {"keepalive-ms", required_argument, NULL, O_KA},
+        {"slots", required_argument, NULL, O_SLOTS},
+        {"prompt-us", required_argument, NULL, O_PROMPT},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -1633,6 +1711,8 @@ static int parse_args(int argc, char **argv)
         case O_KEY: G.api_key = optarg; break;
         case O_NAME: G.name = optarg; break;
         case O_KA: num = &G.keepalive_ms; break;
+        case O_SLOTS: num = &G.slots, max = 1000000; break;
+        case O_PROMPT: num = &G.prompt_us; break;
         case 'h':
         case O_HELP: usage(stdout); exit(0);
         default: usage(stderr); return -1;
