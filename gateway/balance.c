@@ -64,6 +64,14 @@ static inline uint64_t scaled(int load, unsigned share)
     return ((uint64_t)(load < 0 ? 0 : load) + 1) * 1024 * 1024 / share;
 }
 
+/* The load that least_outstanding and power_of_two compare: in flight (plus the one to come)
+ * per unit of weight, as nginx's least_conn takes weights into account; equal weights keep
+ * plain least outstanding. */
+static inline uint64_t weighted(const gw_backend_t *b, int load, unsigned share)
+{
+    return scaled(load, share) / (uint64_t)(b->weight > 0 ? b->weight : 1);
+}
+
 static gw_backend_t *least_outstanding(gw_req_t *r, uint64_t now, int *full)
 {
     gw_pool_t *p = r->pool;
@@ -80,7 +88,7 @@ static gw_backend_t *least_outstanding(gw_req_t *r, uint64_t now, int *full)
             *full |= c == C_FULL;
             continue;
         }
-        uint64_t l = share == 1024 ? (uint64_t)load : scaled(load, share);
+        uint64_t l = weighted(&bs[i], load, share);
         if (!best || l < best_load) {
             best = &bs[i];
             best_load = l;
@@ -104,7 +112,7 @@ static gw_backend_t *power_of_two(gw_req_t *r, uint64_t now, int *full)
             *full |= c == C_FULL;
             continue;
         }
-        uint64_t l = scaled(load, share);
+        uint64_t l = weighted(&bs[i], load, share);
         seen++;
         if (seen == 1) a = &bs[i], la = l;
         else if (seen == 2) b = &bs[i], lb = l;
@@ -178,6 +186,8 @@ static gw_backend_t *queue_aware(gw_req_t *r, uint64_t now, int *full)
         uint64_t score = (uint64_t)((est + 1) * 1000 / cap) +
                          (uint64_t)atomic_load_explicit(&lb->m_cache_pm, memory_order_relaxed) / 4;
         if (share != 1024) score = score * 1024 / share;
+        /* Slots are not speed: the operator's weight says how much faster a backend is. */
+        score /= (uint64_t)(bs[i].weight > 0 ? bs[i].weight : 1);
         if (!best || score < best_score || (score == best_score && load < best_load)) {
             best = &bs[i];
             best_score = score;

@@ -118,6 +118,15 @@ def test_least_outstanding_spreads_concurrent_requests():
     assert counts(out) == {"a": 3, "b": 3, "c": 3}, out
 
 
+def test_least_outstanding_counts_per_unit_of_weight():
+    """As nginx's least_conn: in flight per unit of weight. With weights 1 and 3, twelve slow
+    requests in flight together split 3 / 9; with equal weights they would split 6 / 6."""
+    ms = [mock("a"), mock("b")]
+    gw = gw_for([backend(m.port, weight=w) for m, w in zip(ms, (1, 3))])
+    out = parallel(12, lambda i: who(send(gw, {"x-mock-delay-ms": "800"})))
+    assert counts(out) == {"a": 3, "b": 9}, out
+
+
 def test_power_of_two_spreads_and_avoids_the_busy_one():
     ms = [mock("a"), mock("b"), mock("c")]
     gw = gw_for([m.port for m in ms], "power_of_two")
