@@ -3,7 +3,7 @@
  * Every command has a deadline (redis.timeout_ms): its callback runs exactly once, with the
  * reply, or with NULL when the deadline passes or the connection fails, so a request waiting
  * on Redis never hangs. A command that times out marks the connection down and drops it;
- * the worker reconnects with backoff (100 ms doubling to 5 s). Keys and values never hold
+ * the worker reconnects with backoff (100 ms doubling to 2 s). Keys and values never hold
  * request content. */
 #include "redis.h"
 
@@ -17,7 +17,7 @@
 #include "request.h"
 
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
+#define BACKOFF_MAX_MS 2000 /* a Redis that returns is used again within about this */
 
 typedef struct pending {
     gw_redis_t *rd;
