@@ -21,6 +21,7 @@
 #include "privacy.h"
 #include "quota.h"
 #include "redis.h"
+#include "request.h"
 #include "residency.h"
 #include "status_page.h"
 
@@ -79,9 +80,7 @@ static void reply_json(struct evhttp_request *req, int status, const char *body)
 static void reply_error(struct evhttp_request *req, int status, const char *code, const char *message)
 {
     char body[512];
-    snprintf(body, sizeof(body),
-             "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
-             message, status >= 500 ? "server_error" : "invalid_request_error", code);
+    gw_error_json(body, sizeof(body), status, code, message);
     reply_json(req, status, body);
 }
 

@@ -58,6 +58,16 @@ static inline int candidate(const gw_req_t *r, gw_backend_t *b, size_t i, uint64
     return C_ROOM;
 }
 
+/* candidate() for the algorithms that take only backends with room: notes a full one in
+ * *full (so the request may wait in the queue). */
+static inline int has_room(const gw_req_t *r, gw_backend_t *b, size_t i, uint64_t now, int *load,
+                           unsigned *share, int *full)
+{
+    int c = candidate(r, b, i, now, load, share);
+    *full |= c == C_FULL;
+    return c == C_ROOM;
+}
+
 /* Load scaled by the share: a backend at half its slow start looks twice as loaded. */
 static inline uint64_t scaled(int load, unsigned share)
 {
@@ -83,11 +93,7 @@ static gw_backend_t *least_outstanding(gw_req_t *r, uint64_t now, int *full)
         size_t i = start + k < n ? start + k : start + k - n;
         int load;
         unsigned share;
-        int c = candidate(r, &bs[i], i, now, &load, &share);
-        if (c != C_ROOM) {
-            *full |= c == C_FULL;
-            continue;
-        }
+        if (!has_room(r, &bs[i], i, now, &load, &share, full)) continue;
         uint64_t l = weighted(&bs[i], load, share);
         if (!best || l < best_load) {
             best = &bs[i];
@@ -107,11 +113,7 @@ static gw_backend_t *power_of_two(gw_req_t *r, uint64_t now, int *full)
     for (size_t i = 0; i < p->backends.n; i++) {
         int load;
         unsigned share;
-        int c = candidate(r, &bs[i], i, now, &load, &share);
-        if (c != C_ROOM) {
-            *full |= c == C_FULL;
-            continue;
-        }
+        if (!has_room(r, &bs[i], i, now, &load, &share, full)) continue;
         uint64_t l = weighted(&bs[i], load, share);
         seen++;
         if (seen == 1) a = &bs[i], la = l;
@@ -138,11 +140,7 @@ static gw_backend_t *weighted_round_robin(gw_req_t *r, uint64_t now, int *full)
     for (size_t i = 0; i < p->backends.n; i++) {
         int load;
         unsigned share;
-        int c = candidate(r, &bs[i], i, now, &load, &share);
-        if (c != C_ROOM) {
-            *full |= c == C_FULL;
-            continue;
-        }
+        if (!has_room(r, &bs[i], i, now, &load, &share, full)) continue;
         int64_t w = bs[i].weight * (int64_t)share / 1024;
         if (w < 1) w = 1;
         int64_t *cur = &bw->wrr[bs[i].index];
@@ -166,11 +164,7 @@ static gw_backend_t *queue_aware(gw_req_t *r, uint64_t now, int *full)
     for (size_t i = 0; i < p->backends.n; i++) {
         int load;
         unsigned share;
-        int c = candidate(r, &bs[i], i, now, &load, &share);
-        if (c != C_ROOM) {
-            *full |= c == C_FULL;
-            continue;
-        }
+        if (!has_room(r, &bs[i], i, now, &load, &share, full)) continue;
         gw_backend_lb_t *lb = &bs[i].lb;
         uint64_t at = atomic_load_explicit(&lb->m_at_us, memory_order_acquire);
         /* No recent metrics from a backend with room: least outstanding for this pick. */

@@ -65,16 +65,23 @@ static void write_json(struct evbuffer *out, int status, const char *body, size_
     evbuffer_add(out, "\r\n", 2);
 }
 
+size_t gw_error_json(char *buf, size_t cap, int status, const char *code, const char *message)
+{
+    int n = snprintf(buf, cap,
+                     "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
+                     message, error_type(status), code);
+    if (n < 0 || (size_t)n >= cap) n = 0;
+    if (cap) buf[n] = '\0';
+    return (size_t)n;
+}
+
 /* Messages are the gateway's own constants: they never hold request content. */
 static void write_error(struct evbuffer *out, int status, const char *code, const char *message,
                         const char *id, gw_req_t *r, int close, int minor)
 {
     char body[512];
-    int n = snprintf(body, sizeof(body),
-                     "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
-                     message, error_type(status), code);
-    if (n < 0 || (size_t)n >= sizeof(body)) n = 0;
-    write_json(out, status, body, (size_t)n, id, r, close, minor);
+    size_t n = gw_error_json(body, sizeof(body), status, code, message);
+    write_json(out, status, body, n, id, r, close, minor);
     evbuffer_add(out, body, (size_t)n);
 }
 

@@ -645,13 +645,17 @@ int gq_key_limited(const gq_key_t *key)
     return key && (!limits_empty(&key->limits) || (key->parent && !limits_empty(&key->parent->limits)));
 }
 
-const char *gq_tenant_at(const gq_limiter_t *lim, size_t i)
+size_t gq_tenants(const gq_limiter_t *lim, const char **out, size_t max)
 {
-    for (size_t j = 0; lim && j < lim->cap; j++) {
+    size_t n = 0;
+    for (size_t j = 0; lim && j < lim->cap && (!out || n < max); j++) {
         const gq_key_t *k = lim->slots[j];
-        if (k && !k->model && i-- == 0) return k->tenant;
+        if (k && !k->model) {
+            if (out) out[n] = k->tenant;
+            n++;
+        }
     }
-    return NULL;
+    return n;
 }
 
 int gq_usage_add(const gq_key_t *key, int64_t now, int64_t prompt, int64_t completion,

@@ -179,8 +179,9 @@ int gq_usage_add(const gq_key_t *key, int64_t now_ms, int64_t prompt, int64_t co
 int gq_usage_take(const gq_key_t *key, int64_t mono, int force, gq_usage_t *out);
 /* This process's counts of a tenant on a day: 1 if it has them (zeros otherwise). */
 int gq_usage_get(const gq_limiter_t *lim, const char *tenant, int64_t day, gq_usage_t *out);
-/* The tenants a limiter knows, for reports: the i-th tenant id, NULL past the end. */
-const char *gq_tenant_at(const gq_limiter_t *lim, size_t i);
+/* The tenants a limiter knows, for reports: up to max ids into out; how many (out NULL: how
+ * many there are). */
+size_t gq_tenants(const gq_limiter_t *lim, const char **out, size_t max);
 /* The tenant-level key of a tenant (with or without limits); NULL if unknown. */
 const gq_key_t *gq_find_tenant(const gq_limiter_t *lim, const char *tenant);
 /* Has the key (and its tenant) any limit at all? */

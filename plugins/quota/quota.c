@@ -541,13 +541,12 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
 }
 
 /* One day's counts of every tenant, from Redis (pipelined HMGETs) or this process. */
-static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t day, cJSON *tenants)
+static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t day, const char *const *ids,
+                     size_t n, cJSON *tenants)
 {
-    size_t n = 0;
-    while (gq_tenant_at(c->lim, n)) n++;
     for (size_t i = 0; rc && i < n; i++) {
         char key[512];
-        if (gq_usage_key(key, sizeof(key), gq_tenant_at(c->lim, i), day) < 0 ||
+        if (gq_usage_key(key, sizeof(key), ids[i], day) < 0 ||
             redisAppendCommand(rc, "HMGET %s requests prompt_tokens completion_tokens", key) !=
                 REDIS_OK)
             return -1;
@@ -569,10 +568,10 @@ static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t day, cJSON
             }
             freeReplyObject(reply);
         } else {
-            have = gq_usage_get(c->lim, gq_tenant_at(c->lim, i), day, &u);
+            have = gq_usage_get(c->lim, ids[i], day, &u);
         }
         if (!have) continue;
-        cJSON *t = cJSON_AddObjectToObject(tenants, gq_tenant_at(c->lim, i));
+        cJSON *t = cJSON_AddObjectToObject(tenants, ids[i]);
         if (!t) return -1;
         cJSON_AddNumberToObject(t, "requests", (double)u.requests);
         cJSON_AddNumberToObject(t, "prompt_tokens", (double)u.prompt_tokens);
@@ -598,6 +597,10 @@ cJSON *gw_quota_usage_report(const void *state, int days)
                                                 "instance's own counts");
     }
     int64_t today = gq_utc_day(now_ms());
+    size_t n = gq_tenants(c->lim, NULL, 0);
+    const char **ids = malloc((n ? n : 1) * sizeof(*ids));
+    if (!ids) days = 0;
+    else n = gq_tenants(c->lim, ids, n);
     for (int d = 0; d < days; d++) {
         cJSON *day = cJSON_CreateObject();
         char date[11];
@@ -605,11 +608,12 @@ cJSON *gw_quota_usage_report(const void *state, int days)
         cJSON_AddStringToObject(day, "date", date);
         cJSON *tenants = cJSON_AddObjectToObject(day, "tenants");
         cJSON_AddItemToArray(arr, day);
-        if (!tenants || usage_day(c, rc, today - d, tenants) < 0) {
+        if (!tenants || usage_day(c, rc, today - d, ids, n, tenants) < 0) {
             cJSON_AddStringToObject(o, "error", "the quota store failed while answering");
             break;
         }
     }
+    free(ids);
     if (rc) redisFree(rc);
     return o;
 }
