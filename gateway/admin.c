@@ -17,7 +17,9 @@
 #include "access_log.h"
 #include "audit.h"
 #include "log.h"
+#include "accept_guard.h"
 #include "metrics.h"
+#include "overload.h"
 #include "privacy.h"
 #include "quota.h"
 #include "redis.h"
@@ -27,6 +29,7 @@
 
 struct gw_admin {
     struct evhttp *http;
+    gw_accept_guard_t *guard;
     gw_config_t *cfg;
     int draining;
     gw_admin_reload_fn reload;
@@ -353,6 +356,7 @@ static void handle(struct evhttp_request *req, void *arg)
             return;
         }
         gw_metrics_render(out, a->cfg);
+        gw_overload_render(out);
         evbuffer_add_printf(out, "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
                                  "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
                             a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
@@ -401,11 +405,15 @@ gw_admin_t *gw_admin_start(struct event_base *base, gw_config_t *cfg)
     a->http = evhttp_new(base);
     int fd = socket(cfg->admin.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
+    struct evhttp_bound_socket *bound = NULL;
     if (!a->http || fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         bind(fd, (struct sockaddr *)&cfg->admin.ss, cfg->admin.sslen) < 0 || listen(fd, 128) < 0 ||
-        evhttp_accept_socket(a->http, fd) < 0) {
+        !(bound = evhttp_accept_socket_with_handle(a->http, fd)) ||
+        !(a->guard = gw_accept_guard_new(base, "admin")) ||
+        gw_accept_guard_add(a->guard, evhttp_bound_socket_get_listener(bound)) < 0) {
         gw_error("cannot listen on the admin address %s: %s", cfg->admin.address, strerror(errno));
-        if (fd >= 0) close(fd);
+        if (fd >= 0 && !bound) close(fd);
+        gw_accept_guard_free(a->guard);
         if (a->http) evhttp_free(a->http);
         gw_config_unref(a->cfg);
         free(a);
@@ -443,6 +451,7 @@ void gw_admin_set_config(gw_admin_t *a, gw_config_t *cfg)
 void gw_admin_free(gw_admin_t *a)
 {
     if (!a) return;
+    gw_accept_guard_free(a->guard);
     evhttp_free(a->http);
     gw_config_unref(a->cfg);
     free(a);

@@ -47,6 +47,7 @@ static const gw_conf_key_t limits_keys[] = {
     LIMIT(max_header_bytes, 1024, 1 << 20),
     LIMIT(max_headers, 8, 1000),
     LIMIT(max_body_bytes, 1024, 1LL << 30),
+    LIMIT(max_memory_bytes, 0, 1LL << 50), /* 0: no ceiling (overload.c) */
     {NULL},
 };
 #define TIMEOUT(k) {#k, GW_CT_INT, offsetof(gw_config_t, timeouts.k), 1, INT_MAX_MS}

@@ -117,6 +117,7 @@ typedef struct gw_config {
     int64_t workers;
     struct {
         int64_t max_header_bytes, max_headers, max_body_bytes;
+        int64_t max_memory_bytes; /* resident memory over which new requests get 503 */
     } limits;
     struct {
         int64_t client_header_ms, client_body_ms, keepalive_ms, upstream_connect_ms,

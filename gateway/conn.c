@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "overload.h"
 #include "request.h"
 #include "upstream.h"
 
@@ -304,6 +305,15 @@ static void process(gw_conn_t *c)
             c->req = r;
             c->state = CONN_BUSY;
             evtimer_del(c->timer);
+            if (gw_overload_memory()) {
+                /* Short of memory: running requests go on, this one is refused cheaply. */
+                r->close = 1;
+                gw_req_add_response_header(r, "retry-after", "1");
+                gw_req_error(r, 503, "server_overloaded",
+                             "The gateway is short of memory; try again shortly.");
+                gw_req_finish(r, 1);
+                break;
+            }
             if (r->head.content_length > r->cfg->limits.max_body_bytes) {
                 r->close = 1;
                 gw_req_error(r, 413, "request_too_large", "The request body is too large.");

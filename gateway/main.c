@@ -17,6 +17,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "residency.h"
+#include "overload.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -151,6 +152,7 @@ static int reload(gw_main_t *m, const char *source, char **why)
     for (size_t i = 0; i < m->nworkers; i++) gw_worker_reload(&m->workers[i], gw_config_ref(next));
     gw_admin_set_config(m->admin, next);
     gw_resolver_set_config(next);
+    gw_overload_set_limit(next->limits.max_memory_bytes);
     gw_residency_audit_loaded(next);
     gw_config_unref(m->cfg);
     m->cfg = next;
@@ -228,6 +230,8 @@ static int run(const char *file)
         gw_error("cannot start the resolver thread");
         goto fail;
     }
+    if (gw_overload_start(m.base, cfg->limits.max_memory_bytes) < 0 && cfg->limits.max_memory_bytes)
+        gw_warn("cannot read /proc/self/statm: limits.max_memory_bytes is not enforced");
     m.sigterm = evsignal_new(m.base, SIGTERM, stop_cb, &m);
     m.sigint = evsignal_new(m.base, SIGINT, stop_cb, &m);
     m.sighup = evsignal_new(m.base, SIGHUP, hup_cb, &m);
@@ -242,6 +246,7 @@ static int run(const char *file)
     event_base_dispatch(m.base);
     for (size_t i = 0; i < m.nworkers; i++) gw_worker_join(&m.workers[i]);
     gw_resolver_stop();
+    gw_overload_stop();
     gw_admin_free(m.admin);
     event_free(m.sigterm);
     event_free(m.sigint);

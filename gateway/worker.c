@@ -12,6 +12,7 @@
 #include "arena.h"
 #include "balance.h"
 #include "conn.h"
+#include "accept_guard.h"
 #include "log.h"
 #include "redis.h"
 #include "upstream.h"
@@ -65,31 +66,10 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     gw_conn_accept(lc->w, fd, &ls[lc->index]);
 }
 
-static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
-{
-    gw_worker_t *w = arg;
-    if (w->draining) return;
-    for (size_t i = 0; i < w->nlisteners; i++)
-        if (w->listeners[i]) evconnlistener_enable(w->listeners[i]);
-}
-
-static void accept_error_cb(struct evconnlistener *l, void *arg)
-{
-    listen_ctx_t *lc = arg;
-    gw_worker_t *w = lc->w;
-    int err = EVUTIL_SOCKET_ERROR();
-    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-        /* Out of descriptors: pause accepting for a moment instead of spinning. */
-        gw_warn("worker %d: cannot accept (%s); pausing accept for 100 ms", w->id, strerror(err));
-        for (size_t i = 0; i < w->nlisteners; i++)
-            if (w->listeners[i]) evconnlistener_disable(w->listeners[i]);
-        struct timeval tv = {0, 100000};
-        evtimer_add(w->accept_retry, &tv);
-    }
-}
-
 static void free_listeners(gw_worker_t *w)
 {
+    gw_accept_guard_free(w->accept_guard);
+    w->accept_guard = NULL;
     for (size_t i = 0; i < w->nlisteners; i++)
         if (w->listeners && w->listeners[i]) {
             evconnlistener_free(w->listeners[i]); /* closes the socket */
@@ -198,7 +178,10 @@ int gw_worker_start(gw_worker_t *w)
     w->rng = seed | 1;
     w->listeners = calloc(w->nlisteners, sizeof(*w->listeners));
     listen_ctx_t *lcs = calloc(w->nlisteners, sizeof(*lcs));
-    if (!w->listeners || !lcs) return -1;
+    char who[32];
+    snprintf(who, sizeof(who), "worker %d", w->id);
+    w->accept_guard = gw_accept_guard_new(w->base, who);
+    if (!w->listeners || !lcs || !w->accept_guard) return -1;
     for (size_t i = 0; i < w->nlisteners; i++) {
         lcs[i].w = w;
         lcs[i].index = i;
@@ -206,14 +189,13 @@ int gw_worker_start(gw_worker_t *w)
                                              w->fds[i]);
         if (!w->listeners[i]) return -1;
         w->fds[i] = -1; /* the listener owns it now */
-        evconnlistener_set_error_cb(w->listeners[i], accept_error_cb);
+        if (gw_accept_guard_add(w->accept_guard, w->listeners[i]) < 0) return -1;
     }
     int pfd[2];
     if (pipe2(pfd, O_NONBLOCK | O_CLOEXEC) < 0) return -1;
     w->wake_fd = pfd[1];
     w->wake = event_new(w->base, pfd[0], EV_READ | EV_PERSIST, wake_cb, w);
-    w->accept_retry = evtimer_new(w->base, accept_retry_cb, w);
-    if (!w->wake || !w->accept_retry || event_add(w->wake, NULL) < 0) return -1;
+    if (!w->wake || event_add(w->wake, NULL) < 0) return -1;
     w->idle_cfg = w->cfg;
     w->idle = calloc(w->cfg->nbackends + 1, sizeof(*w->idle));
     w->nidle = calloc(w->cfg->nbackends + 1, sizeof(*w->nidle));
@@ -246,7 +228,6 @@ void gw_worker_discard(gw_worker_t *w)
         close(w->wake_fd);
         event_free(w->wake);
     }
-    if (w->accept_retry) event_free(w->accept_retry);
     if (w->base) event_base_free(w->base);
     free(w->listeners);
     free(w->lctx);

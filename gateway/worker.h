@@ -22,7 +22,7 @@ typedef struct gw_worker {
     int *fds; /* bound sockets, handed to the listeners */
     int wake_fd;
     struct event *wake;
-    struct event *accept_retry;
+    struct gw_accept_guard *accept_guard; /* pauses the listeners out of descriptors */
     gw_conn_t *conns; /* every open client connection */
     size_t nconns;
     int draining;
