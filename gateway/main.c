@@ -1,12 +1,14 @@
 /* gotthard: the command line, start-up, signals and the drain. */
 #include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "access_log.h"
 #include "admin.h"
@@ -16,8 +18,8 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
-#include "residency.h"
 #include "overload.h"
+#include "residency.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -123,6 +125,17 @@ static int refuse(const char *source, const char *reason, char **why)
     return -1;
 }
 
+/* Whether a log file can be opened for appending (none and "-" can): both logs are checked
+ * before either is switched, so that a refused reload leaves both where they were. */
+static int log_path_ok(const char *path)
+{
+    if (!path || strcmp(path, "-") == 0) return 1;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0) return 0;
+    close(fd);
+    return 1;
+}
+
 /* Loads the file again, checks it whole and switches to it: 0, or -1 with the old
  * configuration still serving and *why (if asked, free it) saying why: the config's
  * problems, one "$.path: message" a line. source: "SIGHUP" or "POST /reload". */
@@ -141,6 +154,10 @@ static int reload(gw_main_t *m, const char *source, char **why)
     const char *bad = NULL;
     if (!same_sockets(m->cfg, next))
         bad = "listen addresses, TLS on/off, admin and workers need a restart";
+    else if (!log_path_ok(next->audit_log.path))
+        bad = "the audit log cannot be opened";
+    else if (!log_path_ok(next->access_log.path)) /* before the audit log moves */
+        bad = "the access log cannot be opened";
     else if (gw_audit_open(next->audit_log.path) < 0)
         bad = "the audit log cannot be opened";
     else if (gw_access_log_open(next->access_log.path) < 0)

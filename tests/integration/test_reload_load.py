@@ -217,6 +217,27 @@ def test_post_reload_refused_with_reasons_and_audited():
     assert rec["events"][-1]["event"] in ("config_loaded", "backend_verdict"), rec
 
 
+def test_refused_reload_moves_neither_log():
+    """A reload that would move both logs, the access log into a folder that does not exist, is
+    refused, and neither log moves: the next audit event is in the old audit log, the next
+    request in the old access log (the audit log used to move before the access log failed)."""
+    mock = Mock()
+    base = gateway_config([mock.port], audit_log={"path": "audit.log"}, access_log={"path": "access.log"})
+    gw = Gateway(base)
+    write(gw, dict(base, audit_log={"path": "audit2.log"}, access_log={"path": "missing/access.log"}))
+    r = post_reload(gw)
+    assert r.status == 422 and "access log" in r.text(), r.describe()
+    write(gw, dict(base, bogus_key=1))
+    assert post_reload(gw).status == 422  # audited: config_refused
+    r = gwtest.post_json(gw.port, "/v1/chat/completions", gwtest.chat("m1"))
+    assert r.status == 200, r.describe()
+    gwtest.wait_for(lambda: os.path.getsize(os.path.join(gw.dir, "access.log")) > 0, 3, what="the access log line")
+    with open(os.path.join(gw.dir, "audit.log")) as f:
+        assert f.read().count('"event":"config_refused"') == 2, "the refusals are not in the old audit log"
+    moved = os.path.join(gw.dir, "audit2.log")
+    assert not os.path.exists(moved) or os.path.getsize(moved) == 0, "the audit log moved on a refused reload"
+
+
 def test_reload_method_and_origin():
     mock = Mock()
     gw = Gateway(gateway_config([mock.port]))
