@@ -283,6 +283,13 @@ int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_he
     return parse_headers(p, end, h, headers, kind, max_headers, 0);
 }
 
+int gw_http_response_start_ok(const char *buf, size_t len)
+{
+    static const char prefix[] = "HTTP/1.";
+    size_t n = len < sizeof(prefix) - 1 ? len : sizeof(prefix) - 1;
+    return n == 0 || memcmp(buf, prefix, n) == 0;
+}
+
 const char *gw_http_reason(int status)
 {
     switch (status) {

@@ -67,6 +67,9 @@ int gw_http_parse_request(const char *buf, size_t len, gw_http_head_t *h, gw_hea
                           uint8_t *kind, size_t max_headers);
 int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_header_t *headers,
                            uint8_t *kind, size_t max_headers);
+/* Can buf[0..len), the first bytes of an answer, still begin an "HTTP/1.x" status line? Lets
+ * an answer in another protocol fail at its first byte, not at the first-byte timeout. */
+int gw_http_response_start_ok(const char *buf, size_t len);
 
 /* The kind of a header name (case-insensitive). */
 int gw_http_header_kind(const char *name, size_t len);

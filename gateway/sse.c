@@ -109,3 +109,50 @@ int gw_sse_at_boundary(const gw_sse_t *s)
 {
     return s->len == 0 && s->state == LINE_START;
 }
+
+static const char *skip_blanks(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t')) p++;
+    return p;
+}
+
+/* The field's value when the line [p, end) is "name:value" (one leading space dropped, as the
+ * SSE rules say), else NULL. */
+static const char *field_value(const char *p, const char *end, const char *name, size_t n)
+{
+    if ((size_t)(end - p) < n + 1 || memcmp(p, name, n) != 0 || p[n] != ':') return NULL;
+    p += n + 1;
+    return p < end && *p == ' ' ? p + 1 : p;
+}
+
+/* Does the JSON text [p, end) open an object whose first member is "error", not null? */
+static int json_opens_with_error(const char *p, const char *end)
+{
+    p = skip_blanks(p, end);
+    if (p == end || *p != '{') return 0;
+    p = skip_blanks(p + 1, end);
+    if ((size_t)(end - p) < 7 || memcmp(p, "\"error\"", 7) != 0) return 0;
+    p = skip_blanks(p + 7, end);
+    if (p == end || *p != ':') return 0;
+    p = skip_blanks(p + 1, end);
+    return p < end && !((size_t)(end - p) >= 4 && memcmp(p, "null", 4) == 0);
+}
+
+int gw_sse_is_error_event(const char *ev, size_t len)
+{
+    const char *p = ev, *end = ev + len;
+    int data_seen = 0;
+    while (p < end) {
+        const char *eol = p;
+        while (eol < end && *eol != '\r' && *eol != '\n') eol++;
+        const char *v = field_value(p, eol, "event", 5);
+        if (v && eol - v == 5 && memcmp(v, "error", 5) == 0) return 1;
+        v = data_seen ? NULL : field_value(p, eol, "data", 4);
+        if (v) {
+            if (json_opens_with_error(v, eol)) return 1;
+            data_seen = 1;
+        }
+        p = eol < end && *eol == '\r' && eol + 1 < end && eol[1] == '\n' ? eol + 2 : eol + 1;
+    }
+    return 0;
+}

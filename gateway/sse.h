@@ -26,5 +26,9 @@ int gw_sse_feed(gw_sse_t *s, const char *data, size_t len, gw_sse_event_fn fn, v
 size_t gw_sse_finish(gw_sse_t *s, gw_sse_event_fn fn, void *arg);
 /* True between events (nothing held back). */
 int gw_sse_at_boundary(const gw_sse_t *s);
+/* Does this whole event (as handed to a gw_sse_event_fn) report a failure: its type is "error",
+ * or its first data line is a JSON object whose first member is "error" (OpenAI and vLLM:
+ * {"error": {...}}; TGI: {"error": "...", "error_type": ...})? No allocation, no full parse. */
+int gw_sse_is_error_event(const char *event, size_t len);
 
 #endif

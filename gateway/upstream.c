@@ -36,7 +36,11 @@ struct gw_upconn {
     gw_chunked_t ck;
     uint64_t received;
     uint64_t idle_since_us;
+    struct evbuffer *held; /* the client's head while held back (see release_head) */
     unsigned reused : 1, keepalive : 1, paused : 1;
+    unsigned head_held : 1;   /* the client's head is in `held`: nothing reached the client yet */
+    unsigned broken : 1;      /* the answer's body is unusable: end the request as failed */
+    unsigned health_told : 1; /* passive health was told how this request went */
     const gw_resolved_t *res; /* the verified addresses it was connected under */
 };
 
@@ -50,6 +54,7 @@ static void up_free(gw_upconn_t *u)
 {
     gw_io_free(u->io);
     event_free(u->timer);
+    evbuffer_free(u->held);
     free(u);
 }
 
@@ -222,11 +227,16 @@ static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b, int *refused)
         return NULL;
     }
     u->timer = evtimer_new(w->base, up_timer_cb, u);
-    u->io = u->timer ? gw_io_connect(w->base, (const struct sockaddr *)&addr->ss, addr->len, ssl,
-                                     &up_cbs, u)
-                     : NULL;
+    u->held = evbuffer_new();
+    if (!u->timer || !u->held) {
+        if (ssl) SSL_free(ssl); /* gw_io_connect would own it, even when it fails */
+    } else {
+        u->io = gw_io_connect(w->base, (const struct sockaddr *)&addr->ss, addr->len, ssl,
+                              &up_cbs, u);
+    }
     if (!u->io) {
         if (u->timer) event_free(u->timer);
+        if (u->held) evbuffer_free(u->held);
         free(u);
         return NULL;
     }
@@ -286,8 +296,8 @@ static void no_backend(gw_req_t *r)
 }
 
 /* Sends r to b, or to the backend the pool's balancing picks (b NULL); waits in the pool's
- * queue when every eligible backend is full. */
-static void try_backend_on(gw_req_t *r, gw_backend_t *b)
+ * queue when every eligible backend is full. `fresh`: on a new connection, never a pooled one. */
+static void try_backend_on(gw_req_t *r, gw_backend_t *b, int fresh)
 {
     if (!b) {
         int full = 0;
@@ -298,7 +308,7 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b)
         no_backend(r);
         return;
     }
-    gw_upconn_t *u = take_idle(r, b);
+    gw_upconn_t *u = fresh ? NULL : take_idle(r, b);
     if (u) {
         u->reused = 1;
     } else {
@@ -324,6 +334,7 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b)
     u->state = u->reused ? UP_WAITING : UP_CONNECTING;
     u->head_scanned = 0;
     u->received = 0;
+    u->head_held = u->broken = u->health_told = 0;
     atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
     gw_io_set_eager(u->io, 1);
     if (u->reused) arm(u, r->cfg->timeouts.upstream_first_byte_ms);
@@ -332,12 +343,12 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b)
 
 static void try_backend(gw_req_t *r)
 {
-    try_backend_on(r, NULL);
+    try_backend_on(r, NULL, 0);
 }
 
 void gw_upstream_dispatch(gw_req_t *r, gw_backend_t *b)
 {
-    if (b) try_backend_on(r, b);
+    if (b) try_backend_on(r, b, 0);
     else no_backend(r);
 }
 
@@ -355,11 +366,16 @@ void gw_upstream_start(gw_req_t *r)
 static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int status, const char *code,
                     int retryable);
 
+/* A head still held goes with the connection: nothing reached the client, which gets a whole
+ * error answer instead. */
 static void fail(gw_req_t *r, int status, const char *code, int retryable)
 {
     gw_upconn_t *u = detach(r);
     gw_backend_t *b = u ? u->be : r->backend;
-    int stale = u && u->reused && u->received == 0;
+    /* Stale: a pooled connection closed or reset before a byte of the answer came. The backend
+     * most likely closed it as idle while the request was on its way, and did not take the
+     * request. A timeout is never stale: the backend has the request. */
+    int stale = retryable && u && u->reused && u->received == 0;
     if (u) up_free(u);
     fail_on(r, b, stale, status, code, retryable);
 }
@@ -376,10 +392,13 @@ static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int status, const c
     if (!stale) gw_balance_failed(b); /* passive health */
     if (!r->head_sent && retryable) {
         /* Nothing reached the client: a kept-alive connection that the backend had closed is
-         * retried as is; a fresh failure once more on another backend. */
+         * retried on the same backend, on a new connection; a fresh failure once more on
+         * another backend. A new connection is never stale, so this happens at most once per
+         * attempt: the request is never walked through every pooled connection (each would
+         * carry it to the backend once more). */
         if (stale) {
             r->attempts--; /* not an attempt: the next one may still be retried */
-            try_backend(r);
+            try_backend_on(r, b, 1);
             return;
         }
         r->vetoed[idx] = 2;
@@ -415,9 +434,29 @@ static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int status, const c
     gw_req_finish(r, 1);
 }
 
+/* The client's head is held back until the first byte of the answer's body goes to the client
+ * (for a stream, its first event), or the answer ends. Until then nothing has reached the
+ * client, so an answer that turns out broken (a bad first chunk, a stream whose first event is
+ * an error, a close before the body) is answered with a whole 502 instead of a 200 cut short:
+ * a status a client can act on (the OpenAI SDKs retry a 502; they do not retry a failed 200
+ * stream). This is called before every write of the body to the client. */
+static void release_head(gw_req_t *r, gw_upconn_t *u)
+{
+    if (!u->head_held) return;
+    u->head_held = 0;
+    if (!r->conn || r->head_sent) { /* gone, or answered meanwhile: one head only */
+        evbuffer_drain(u->held, evbuffer_get_length(u->held));
+        return;
+    }
+    evbuffer_add_buffer(gw_io_out(r->conn->io), u->held);
+    r->head_sent = 1;
+    if (!r->sse) r->ttft_us = gw_now_us();
+}
+
 static void client_write(gw_req_t *r, const char *p, size_t n)
 {
     if (!r->conn || n == 0) return;
+    if (r->up) release_head(r, r->up);
     struct evbuffer *out = gw_io_out(r->conn->io);
     if (r->client_chunked) {
         char hdr[24];
@@ -432,9 +471,29 @@ static void client_write(gw_req_t *r, const char *p, size_t n)
 
 #define MAX_USAGE_COPY (1u << 20)
 
+/* The backend reported in its stream that the generation failed. Before anything reached the
+ * client, the whole answer becomes a 502 (returns -1: stop the stream); after, the event is
+ * relayed with the rest of the stream, and the request still counts as failed, in the logs
+ * and metrics (502 upstream_error) and for passive health. */
+static int stream_error_event(gw_req_t *r, gw_upconn_t *u)
+{
+    if (u->head_held) {
+        u->broken = 1;
+        return -1;
+    }
+    r->status = 502;
+    r->code = "upstream_error";
+    if (!u->health_told) gw_balance_failed(u->be);
+    u->health_told = 1;
+    return 0;
+}
+
 static int on_event(void *arg, const char *ev, size_t len)
 {
     gw_req_t *r = arg;
+    /* Only a successful stream's: an error status already says the answer failed. */
+    if (r->status < 300 && gw_sse_is_error_event(ev, len) && stream_error_event(r, r->up) < 0)
+        return -1;
     if (r->cfg->want_usage && memmem(ev, len, "\"usage\"", 7)) {
         const char *data = memmem(ev, len, "data:", 5);
         if (data) gw_req_take_usage(r, data + 5, len - (size_t)(data + 5 - ev));
@@ -461,15 +520,29 @@ static void keep_for_usage(gw_req_t *r, const char *p, size_t n)
 static void on_data(void *arg, const char *p, size_t n)
 {
     gw_req_t *r = arg;
+    gw_upconn_t *u = r->up;
+    if (u->broken) return; /* what follows a failure is dropped: the request ends as failed */
     if (r->sse) {
-        if (gw_sse_feed(&r->sse_framer, p, n, on_event, r) < 0) r->code = "upstream_error";
+        /* An event over the framer's limit, or an error event while the head is held. */
+        if (gw_sse_feed(&r->sse_framer, p, n, on_event, r) < 0) u->broken = 1;
     } else {
         keep_for_usage(r, p, n);
         if (!r->own_error) client_write(r, p, n);
     }
 }
 
-/* Parses the backend's head and writes the client's. Returns 1 when done, 0 for more, -1. */
+/* Passive health hears of an answer by its head, except a successful stream's: it may still
+ * report a failure in its events, so it is judged by its first error event or by its end. */
+static void judge_head(gw_req_t *r, gw_upconn_t *u, int status)
+{
+    if (r->sse && status < 300) return; /* see stream_error_event and complete */
+    if (status >= 500) gw_balance_failed(u->be);
+    else gw_balance_succeeded(u->be);
+    u->health_told = 1;
+}
+
+/* Parses the backend's head and prepares the client's (held, see release_head). Returns 1 when
+ * done, 0 for more, -1. */
 static int on_head(gw_req_t *r, gw_upconn_t *u)
 {
     struct evbuffer *in = gw_io_in(u->io);
@@ -477,6 +550,8 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         size_t len = evbuffer_get_length(in);
         size_t look = len < MAX_RESPONSE_HEAD ? len : MAX_RESPONSE_HEAD;
         const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)look);
+        /* Another protocol (an SSH banner, HTTP/2): fail now, not at the first-byte timeout. */
+        if (!gw_http_response_start_ok(buf, look)) return -1;
         long hl = gw_http_find_head_end(buf, look, &u->head_scanned);
         if (hl == GW_HTTP_INCOMPLETE) return look >= MAX_RESPONSE_HEAD ? -1 : 0;
         if (hl < 0) return -1;
@@ -508,8 +583,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
             strncasecmp(ct->value, "application/json", 16) == 0 &&
             (u->framing != F_LENGTH || u->remaining <= (int64_t)MAX_USAGE_COPY))
             r->resp_copy = evbuffer_new();
-        if (h.status >= 500) gw_balance_failed(u->be);
-        else gw_balance_succeeded(u->be);
+        judge_head(r, u, h.status);
         r->status = h.status;
         r->resp_head = &h;
         int hooks = gw_req_run_response_headers(r);
@@ -530,7 +604,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         else if (!r->client_chunked) r->close = 1; /* HTTP/1.0: the end of the answer is the close */
         if (r->w->draining) r->close = 1;
 
-        struct evbuffer *out = gw_io_out(r->conn->io);
+        struct evbuffer *out = u->held;
         size_t cap = (size_t)hl + 160;
         struct evbuffer_iovec v;
         if (evbuffer_reserve_space(out, (ssize_t)cap, &v, 1) < 1) return -1;
@@ -562,8 +636,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         evbuffer_add(out, "\r\n", 2);
         evbuffer_drain(in, (size_t)hl);
         u->head_scanned = 0;
-        r->head_sent = 1;
-        if (!r->sse) r->ttft_us = gw_now_us();
+        u->head_held = 1;
         return 1;
     }
 }
@@ -593,8 +666,12 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
                     r->resp_copy = NULL;
                 }
             }
-            if (r->own_error) evbuffer_drain(in, n);
-            else evbuffer_remove_buffer(in, gw_io_out(r->conn->io), n);
+            if (r->own_error) {
+                evbuffer_drain(in, n);
+            } else {
+                if (n) release_head(r, u);
+                evbuffer_remove_buffer(in, gw_io_out(r->conn->io), n);
+            }
             u->remaining -= (int64_t)n;
             return u->remaining == 0;
         }
@@ -616,7 +693,7 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
                 if (u->framing == F_LENGTH && (u->remaining -= (int64_t)used) == 0) rc = GW_CHUNKED_DONE;
             }
             evbuffer_drain(in, used);
-            if (rc == GW_CHUNKED_BAD || (r->code && strcmp(r->code, "upstream_error") == 0)) return -1;
+            if (rc == GW_CHUNKED_BAD || u->broken) return -1;
             if (rc == GW_CHUNKED_DONE) return 1;
         }
     }
@@ -644,9 +721,15 @@ static void complete(gw_req_t *r, gw_upconn_t *u)
     }
     if (r->sse) {
         gw_sse_finish(&r->sse_framer, on_event, r);
+        if (u->broken) { /* the last event, ended by the close, was an error */
+            fail(r, 502, "upstream_error", 0);
+            return;
+        }
         if (r->sse_framer.len) client_write(r, r->sse_framer.buf, r->sse_framer.len);
         r->sse_framer.len = 0;
+        if (!u->health_told) gw_balance_succeeded(u->be); /* a stream without an error event */
     }
+    release_head(r, u); /* an answer without a body byte (204, an empty body or stream) */
     if (r->client_chunked && r->conn) evbuffer_add(gw_io_out(r->conn->io), "0\r\n\r\n", 5);
     detach(r);
     release(u, u->keepalive && u->framing != F_EOF);

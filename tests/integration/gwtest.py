@@ -31,6 +31,7 @@ Environment:
   GWTEST_TEST_TIMEOUT  seconds one test may take before it is failed (default 120)
   GWTEST_START_TIMEOUT seconds a service may take to start (default 10)
   GWTEST_VERBOSE=1     print the stderr of services when a test fails
+  GWTEST_CHECK_FDS=0   do not check the gateway's descriptors after each test
 
 Run one file: `python3 tests/integration/test_x.py [test_name ...]`.
 """
@@ -61,6 +62,9 @@ BUILD = os.path.join(REPO, "build")
 START_TIMEOUT = float(os.environ.get("GWTEST_START_TIMEOUT", "10"))
 TEST_TIMEOUT = float(os.environ.get("GWTEST_TEST_TIMEOUT", "120"))
 VERBOSE = os.environ.get("GWTEST_VERBOSE", "") not in ("", "0")
+# After each test (and each file's shared services), a gateway still running must be back to the
+# descriptors it had at start-up, with no client connection open (fd_census).
+CHECK_FDS = os.environ.get("GWTEST_CHECK_FDS", "1") not in ("", "0")
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                      "WARNING: ThreadSanitizer", "ERROR: UndefinedBehaviorSanitizer")
@@ -296,6 +300,52 @@ class Service:
     def _closed(self):
         pass
 
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+def _tcp_sockets():
+    """{socket inode: (local port, state)} of every TCP socket on this host (one network namespace)."""
+    out = {}
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    p = line.split()
+                    out[p[9]] = (int(p[1].rsplit(":", 1)[1], 16), p[3])
+        except OSError:
+            pass
+    return out
+
+
+def fd_census(pid, own_ports):
+    """The descriptors of process `pid` in three kinds: (own, clients, upstream). `clients` are TCP
+    connections accepted on one of `own_ports` (listeners and admin); `upstream` are the other
+    connected TCP sockets (backends, Redis: pools that come and go); `own` is everything else
+    (listening sockets, files, pipes, eventfds), as {fd: link target}. None if the process is gone."""
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return None
+    tcp = _tcp_sockets()
+    own, clients, upstream = {}, 0, 0
+    for fd in fds:
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue  # closed meanwhile
+        m = re.match(r"socket:\[(\d+)\]$", target)
+        info = tcp.get(m.group(1)) if m else None
+        if info and info[1] != "0A":  # 0A: LISTEN
+            if info[0] in own_ports:
+                clients += 1
+            else:
+                upstream += 1
+        else:
+            own[int(fd)] = target
+    return own, clients, upstream
 
 # --------------------------------------------------------------------------- mock backend
 
@@ -560,6 +610,7 @@ class Gateway(Service):
                 try:
                     r = request(self.admin_port, "GET", "/healthz", timeout=1.0)
                     if r.status == 200:
+                        self.fd_baseline = self.fds()
                         return
                     last = "HTTP %d" % r.status
                 except (OSError, http.client.HTTPException) as ex:
@@ -569,6 +620,32 @@ class Gateway(Service):
                 raise AssertionError("gateway admin /healthz not 200 within %.0fs (last: %s); output:\n%s"
                                      % (timeout, last, _head_tail(self.stderr_text())))
             time.sleep(0.05)
+
+    def fds(self):
+        """fd_census() of the gateway: (own, clients, upstream), or None if it is gone."""
+        ports = set(p for p in self.ports if p) | ({self.admin_port} if self.admin_port else set())
+        return fd_census(self.proc.pid, ports)
+
+    def fd_leaks(self, timeout=3.0):
+        """'' when the gateway's own descriptors are back to their number at start-up and no client
+        connection is left open; else what is left over. Waits up to `timeout` for closes in flight."""
+        base = getattr(self, "fd_baseline", None)
+        if base is None or not self.alive():
+            return ""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self.fds()
+            if now is None:
+                return ""
+            own, clients, _ = now
+            if len(own) <= len(base[0]) and clients == 0:
+                return ""
+            if time.monotonic() >= deadline:
+                extra = sorted(set(own.items()) - set(base[0].items()))
+                return ("%d own descriptors (%d at start-up; new: %s), %d client connections still open"
+                        % (len(own), len(base[0]), ", ".join("%d -> %s" % e for e in extra[:10]) or "-",
+                           clients))
+            time.sleep(0.1)
 
     def reload(self, config=None):
         """Write `config` (if given) and send SIGHUP."""
@@ -1215,6 +1292,12 @@ def _indent(t, p="    "):
 def _stop_scope(scope):
     """Stop the services of a scope; returns messages about sanitizer reports found in their output."""
     msgs = []
+    for s in list(_services):
+        if s.scope == scope and isinstance(s, Gateway) and not s.death_reported and CHECK_FDS:
+            leak = s.fd_leaks()
+            if leak:
+                msgs.append("gateway (pid %d) descriptors not back to their baseline after the test: %s"
+                            % (s.proc.pid, leak))
     for s in list(_services):
         if s.scope == scope:
             rc = s.stop(timeout=5.0)

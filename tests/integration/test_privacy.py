@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import sys
 import time
 
@@ -104,7 +105,8 @@ def find_secrets(where, blob, found):
 
 
 def open_files(pid):
-    """Regular files the process holds open (their paths), beyond its stdout and stderr."""
+    """Files the process holds open for writing (their paths), beyond its stdout and stderr; its
+    /proc/self/statm (read for the memory ceiling, limits.max_memory_bytes) is read-only."""
     out = []
     d = "/proc/%d/fd" % pid
     for fd in os.listdir(d):
@@ -113,6 +115,11 @@ def open_files(pid):
         try:
             t = os.readlink(os.path.join(d, fd))
         except OSError:
+            continue
+        if t == "/proc/%d/statm" % pid:
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as f:
+                flags = int(re.search(r"flags:\s*(\d+)", f.read()).group(1), 8)
+            assert flags & os.O_ACCMODE == os.O_RDONLY, "statm open for writing: %o" % flags
             continue
         if t.startswith("/") and not t.startswith("/dev/") and os.path.isfile(t.split(" (deleted)")[0]):
             out.append(t)

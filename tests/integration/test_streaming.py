@@ -219,13 +219,16 @@ def _slow_socket_stream(port, body, headers, rcvbuf=4096):
 
 
 def test_slow_client_backpressure_bounded_memory():
-    """250,000 token events (~40 MB) with token-ms 0 to a client with a 4 KiB receive buffer that
+    """600,000 token events (~96 MB) with token-ms 0 to a client with a 4 KiB receive buffer that
     reads 1 KiB every 100 ms for 4 s: the gateway must stop reading from the backend (the mock's
     tokens_sent stays far below the total), its RSS must grow < 32 MiB, and once the client reads at
-    full speed the whole stream arrives in order with [DONE] and the terminating chunk."""
+    full speed the whole stream arrives in order with [DONE] and the terminating chunk. The total
+    is well above what the kernel may buffer on the way: with tcp_rmem's maximum at 32 MiB, the
+    gateway's receive queue from the backend alone was seen holding 16.7 MB (~105,000 events)
+    while the gateway read nothing."""
     mock = Mock()
     gw = Gateway(gateway_config([mock.port], timeouts={"drain_ms": 2000}))
-    total = 250000
+    total = 600000
     # warm up (pools, buffers) so the baseline is fair
     su.assert_clean_stream(su.stream(gw.port, chat("m1", stream=True), _hdr(tokens=2000)), 2000)
     time.sleep(0.3)

@@ -427,8 +427,9 @@ struct job {
     int model;         /* index into G.models, or -1 */
     bool running;      /* counted in G.models[model].running */
     bool stream, include_usage;
-    long delay_ms, ttft_ms, token_ms, ntokens, reset_after, mock_status;
+    long delay_ms, ttft_ms, token_ms, ntokens, reset_after, error_after, mock_status;
     bool mock_close;
+    bool failed;       /* ended by an injected error event (x-mock-error-after) */
     long prompt_tokens, sent;
     int err_status;    /* a request error to answer after the delay, or 0 */
     const char *err_code;
@@ -546,7 +547,7 @@ static void job_end(struct conn *c, bool completed, bool client_closed)
         struct model *m = &G.models[j->model];
         m->running--;
         if (completed && (j->kind == K_CHAT || j->kind == K_COMPL || j->kind == K_EMBED) &&
-            !j->err_status && !j->mock_status) {
+            !j->err_status && !j->mock_status && !j->failed) {
             m->requests_total++;
             m->prompt_tokens_total += (uint64_t)j->prompt_tokens;
             m->generation_tokens_total += (uint64_t)j->sent;
@@ -890,6 +891,7 @@ static void analyze(struct conn *c)
     j->token_ms = G.token_ms;
     j->ntokens = G.tokens;
     j->reset_after = -1;
+    j->error_after = -1;
     if ((v = parse_num(rec_header(r, "x-mock-delay-ms"), MAX_MS)) >= 0)
         j->delay_ms = v;
     if ((v = parse_num(rec_header(r, "x-mock-ttft-ms"), MAX_MS)) >= 0)
@@ -900,6 +902,8 @@ static void analyze(struct conn *c)
         j->ntokens = v;
     if ((v = parse_num(rec_header(r, "x-mock-reset-after"), MAX_TOKENS)) >= 0)
         j->reset_after = v;
+    if ((v = parse_num(rec_header(r, "x-mock-error-after"), MAX_TOKENS)) >= 0)
+        j->error_after = v;
     if ((v = parse_num(rec_header(r, "x-mock-status"), 599)) >= 200)
         j->mock_status = v;
     j->mock_close = parse_num(rec_header(r, "x-mock-close"), LONG_MAX) > 0;
@@ -1036,6 +1040,17 @@ static void answer_completion(struct conn *c)
     evbuffer_free(b);
 }
 
+/* [DONE] and the last chunk. */
+static void stream_done(struct conn *c)
+{
+    struct evbuffer *o = bufferevent_get_output(c->bev);
+    if (c->chunked_out)
+        ADD_LIT(o, "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n");
+    else
+        ADD_LIT(o, "data: [DONE]\n\n");
+    respond_done(c);
+}
+
 /* The end of a stream: the finish chunk, usage, [DONE], the last chunk. */
 static void stream_tail(struct conn *c)
 {
@@ -1055,14 +1070,19 @@ static void stream_tail(struct conn *c)
                      j->prompt_tokens, j->sent, j->prompt_tokens + j->sent);
         sse_write(c, j->prefix, j->prefix_len, buf, (size_t)n);
     }
-    {
-        struct evbuffer *o = bufferevent_get_output(c->bev);
-        if (c->chunked_out)
-            ADD_LIT(o, "e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n");
-        else
-            ADD_LIT(o, "data: [DONE]\n\n");
-    }
-    respond_done(c);
+    stream_done(c);
+}
+
+/* x-mock-error-after: the generation fails. vLLM says so in the stream, with an error event
+ * (create_streaming_error_response), and then ends it as usual. */
+static void stream_error(struct conn *c)
+{
+    static const char ev[] = "{\"error\":{\"object\":\"error\",\"message\":\"Injected generation "
+                             "failure.\",\"type\":\"InternalServerError\",\"param\":null,"
+                             "\"code\":500}}";
+    sse_write(c, ev, sizeof ev - 1, "", 0);
+    c->job.failed = true;
+    stream_done(c);
 }
 
 /* One step of a stream: the next token event, the end, or the injected reset. May free c. */
@@ -1076,6 +1096,10 @@ static void stream_tick(struct conn *c)
     for (;;) {
         if (j->reset_after >= 0 && j->sent == j->reset_after) {
             start_reset(c);
+            return;
+        }
+        if (j->error_after >= 0 && j->sent == j->error_after) {
+            stream_error(c);
             return;
         }
         if (j->sent >= j->ntokens) { /* no tokens at all: a role-only event, then the end */
@@ -1098,7 +1122,7 @@ static void stream_tick(struct conn *c)
         sse_write(c, j->prefix, j->prefix_len, buf, (size_t)n);
         j->sent++;
         c->rec->tokens_sent = j->sent;
-        if (j->sent == j->ntokens && j->reset_after != j->sent) {
+        if (j->sent == j->ntokens && j->reset_after != j->sent && j->error_after != j->sent) {
             stream_tail(c);
             return;
         }
@@ -1647,7 +1671,8 @@ static void usage(FILE *f)
           "  --help            this text\n"
           "\n"
           "Per-request headers: x-mock-status, x-mock-delay-ms, x-mock-ttft-ms,\n"
-          "x-mock-token-ms, x-mock-tokens, x-mock-reset-after, x-mock-close, x-mock-reveal.\n"
+          "x-mock-token-ms, x-mock-tokens, x-mock-reset-after, x-mock-error-after,\n"
+          "x-mock-close, x-mock-reveal.\n"
           "Test endpoints: GET /_mock/requests[?since=SEQ], POST /_mock/reset, GET /_mock/stats.\n",
           f);
 }
