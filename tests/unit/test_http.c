@@ -195,8 +195,24 @@ static void test_chunked(void)
     }
 }
 
+/* An answer in another protocol fails at its first byte (upstream.c), an HTTP/1.x one never. */
+static void test_response_start(void)
+{
+    const char *ok = "HTTP/1.1 200 OK\r\n";
+    for (size_t n = 0; n <= strlen(ok); n++)
+        CHECK(gw_http_response_start_ok(ok, n), "HTTP/1.1 prefix of %zu bytes", n);
+    CHECK(gw_http_response_start_ok("HTTP/1.0 200", 12), "HTTP/1.0");
+    static const char *const bad[] = {"SSH-2.0-OpenSSH_9.2\r\n", "HTTP/2 200", "http/1.1 200",
+                                      "\x00\x00\x12\x04", "ICY 200 OK", " HTTP/1.1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CHECK(!gw_http_response_start_ok(bad[i], strlen(bad[i]) ? strlen(bad[i]) : 4),
+              "not HTTP/1.x: %zu", i);
+    CHECK(!gw_http_response_start_ok("X", 1), "a first byte that cannot start HTTP/1.x");
+}
+
 int main(void)
 {
+    test_response_start();
     test_valid();
     test_rejects();
     test_kinds();

@@ -74,5 +74,34 @@ int main(void)
     memset(big, 'x', sizeof(big));
     CHECK(gw_sse_feed(&s, big, sizeof(big), on_event, &g) == GW_SSE_TOO_LARGE, "too large");
     gw_sse_release(&s);
+
+    /* error events: what backends send when a generation fails (upstream.c counts them) */
+    static const struct {
+        const char *ev;
+        int error;
+    } errs[] = {
+        {"data: {\"error\": {\"message\": \"x\", \"code\": 400}}\n\n", 1}, /* OpenAI, vLLM */
+        {"data:{\"error\":\"x\",\"error_type\":\"generation\"}\r\n\r\n", 1}, /* TGI */
+        {"event: error\ndata: {}\n\n", 1},
+        {"event: error\r\n\r\n", 1},
+        {"data:  { \"error\" :\t{}}\n\n", 1},
+        {"data: {\"error\": null, \"x\": 1}\n\n", 0},
+        {"data: {\"choices\": [{\"delta\": {\"content\": \"\\\"error\\\": 1\"}}]}\n\n", 0},
+        {"data: {\"id\": \"1\", \"error\": {}}\n\n", 0}, /* not the first member */
+        {"data: [DONE]\n\n", 0},
+        {": ping\n\n", 0},
+        {"event: errors\ndata: {}\n\n", 0},
+        {"data: {}\ndata: {\"error\": {}}\n\n", 0}, /* only the first data line */
+        {"data: {\"error\"", 0},                     /* cut short: nothing after the key */
+        {"data: {\"err", 0},
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof(errs) / sizeof(errs[0]); i++)
+        CHECK(gw_sse_is_error_event(errs[i].ev, strlen(errs[i].ev)) == errs[i].error,
+              "error event %zu: %s", i, errs[i].ev);
+    /* never reads past its length: an error key just beyond it does not count */
+    const char *cut = "data: {\"error\": {}}\n\n";
+    for (size_t n = 0; n < 15; n++)
+        CHECK(!gw_sse_is_error_event(cut, n), "error event cut at %zu", n);
     return check_done();
 }
