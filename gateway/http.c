@@ -272,7 +272,7 @@ int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_he
     for (int i = 1; i <= 3; i++)
         if (p[i] < '0' || p[i] > '9') return GW_HTTP_BAD;
     h->status = (p[1] - '0') * 100 + (p[2] - '0') * 10 + (p[3] - '0');
-    if (h->status < 100) return GW_HTTP_BAD;
+    if (h->status < 100 || h->status > 599) return GW_HTTP_BAD; /* RFC 9110 15 */
     p += 4;
     if (*p == ' ') {
         p++;
