@@ -280,7 +280,10 @@ int gw_http_parse_response(const char *buf, size_t len, gw_http_head_t *h, gw_he
     }
     if (end - p < 2 || p[0] != '\r' || p[1] != '\n') return GW_HTTP_BAD;
     p += 2;
-    return parse_headers(p, end, h, headers, kind, max_headers, 0);
+    int rc = parse_headers(p, end, h, headers, kind, max_headers, 0);
+    /* RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding is faulty framing, as for requests. */
+    if (rc >= 0 && h->minor == 0 && h->chunked) return GW_HTTP_BAD;
+    return rc;
 }
 
 int gw_http_response_start_ok(const char *buf, size_t len)

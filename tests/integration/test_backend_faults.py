@@ -345,6 +345,7 @@ MALFORMED = {
     "status_http09": b"HTTP/0.9 200 OK\r\nContent-Length: 2\r\n\r\nhi",
     "status_icy": b"ICY 200 OK\r\nContent-Length: 2\r\n\r\nhi",
     "status_over_599": b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nhi",
+    "http10_chunked": b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     "status_two_digits": b"HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nhi",
     "status_not_a_number": b"HTTP/1.1 abc OK\r\nContent-Length: 2\r\n\r\nhi",
     "switching_protocols": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",

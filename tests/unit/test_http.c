@@ -136,6 +136,8 @@ static void test_response(void)
     CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "CL+TE response");
     s = "HTTP/1.1 2000 OK\r\n\r\n";
     CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "bad status");
+    s = "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "1.0 chunked response");
     s = "HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n";
     CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "status over 599");
     s = "HTTP/1.1 599 Odd\r\nContent-Length: 0\r\n\r\n";
