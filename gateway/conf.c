@@ -34,8 +34,11 @@ void gw_conf_error(gw_conf_ctx_t *cx, const char *path, const char *fmt, ...)
         cx->errors = e;
         cx->errors_cap = cap;
     }
-    cx->errors_len += (size_t)snprintf(cx->errors + cx->errors_len,
-                                       cx->errors_cap - cx->errors_len, "%s: %s\n", path, msg);
+    char *line = cx->errors + cx->errors_len;
+    cx->errors_len += (size_t)snprintf(line, cx->errors_cap - cx->errors_len, "%s: %s\n", path, msg);
+    /* One line per error: a key or value from the config may hold a line break. */
+    for (char *p = line; p < cx->errors + cx->errors_len - 1; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
     cx->nerrors++;
 }
 
@@ -72,11 +75,13 @@ static int load_value(gw_conf_ctx_t *cx, const cJSON *n, const char *path, const
     switch (k->type) {
     case GW_CT_INT: {
         double d = n->valuedouble;
-        if (!cJSON_IsNumber(n) || d != (double)(int64_t)d) {
+        /* Beyond 2^63 (1e300, an overflow to inf) a cast is undefined: out of bounds anyway. */
+        int in64 = d > -0x1p63 && d < 0x1p63;
+        if (!cJSON_IsNumber(n) || (in64 && d != (double)(int64_t)d)) {
             gw_conf_error(cx, path, "must be an integer, not %s", type_name(n));
             return -1;
         }
-        if ((int64_t)d < k->min || (int64_t)d > k->max) {
+        if (!in64 || (int64_t)d < k->min || (int64_t)d > k->max) {
             gw_conf_error(cx, path, "must be between %lld and %lld", (long long)k->min,
                           (long long)k->max);
             return -1;

@@ -397,7 +397,8 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
         gw_conf_error(cx, path, "api_key_env and api_key_file exclude each other");
         return -1;
     }
-    if (b->api_key_env) {
+    int offline = c->flags & GW_CONFIG_OFFLINE; /* no key read, no TLS context made */
+    if (b->api_key_env && !offline) {
         const char *v = getenv(b->api_key_env);
         if (!v || !*v) {
             gw_conf_error(cx, gw_conf_path_key(cx, path, "api_key_env"),
@@ -405,7 +406,7 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
             return -1;
         }
         key = strdup(v);
-    } else if (b->api_key_file) {
+    } else if (b->api_key_file && !offline) {
         key = read_secret_file(b->api_key_file, err, sizeof(err));
         if (!key) {
             gw_conf_error(cx, gw_conf_path_key(cx, path, "api_key_file"), "%s", err);
@@ -424,14 +425,14 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
         explicit_bzero(key, strlen(key));
         free(key);
     }
-    if (b->tls) {
+    if (b->tls && !offline) {
         b->ssl = gw_tls_client_ctx(b->ca_file, err, sizeof(err));
         if (!b->ssl) {
             gw_conf_error(cx, gw_conf_path_key(cx, path, b->ca_file ? "ca_file" : "url"), "%s",
                           err);
             return -1;
         }
-    } else if (b->ca_file) {
+    } else if (b->ca_file && !b->tls) {
         gw_conf_error(cx, gw_conf_path_key(cx, path, "ca_file"), "is only for https backends");
         return -1;
     }
@@ -479,7 +480,7 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
                           "must be a numeric host:port such as 127.0.0.1:8080");
             rc = -1;
         }
-        if (ls[i].tls) {
+        if (ls[i].tls && !(c->flags & GW_CONFIG_OFFLINE)) {
             ls[i].ssl = gw_tls_server_ctx(ls[i].tls->cert, ls[i].tls->key, err, sizeof(err));
             if (!ls[i].ssl) {
                 gw_conf_error(cx, gw_conf_path_key(cx, p, "tls"), "%s", err);
@@ -757,6 +758,14 @@ gw_config_t *gw_config_load(const char *file, char **errors)
         if (*errors) sprintf(*errors, "$: %s\n", err);
         return NULL;
     }
+    gw_config_t *c = gw_config_load_text(text, len, 0, errors);
+    free(text);
+    return c;
+}
+
+gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, char **errors)
+{
+    *errors = NULL;
     const char *end = NULL;
     cJSON *json = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!json) {
@@ -764,12 +773,10 @@ gw_config_t *gw_config_load(const char *file, char **errors)
         const char *stop = end ? end : cJSON_GetErrorPtr();
         if (!stop || stop < text || stop > text + len) stop = text;
         for (const char *p = text; p < stop; p++) line += *p == '\n';
-        free(text);
         *errors = malloc(64);
         if (*errors) snprintf(*errors, 64, "$: invalid JSON near line %d\n", line);
         return NULL;
     }
-    free(text);
     gw_arena_t *arena = gw_arena_new(16384);
     gw_config_t *c = arena ? gw_arena_calloc(arena, sizeof(*c)) : NULL;
     if (!c) {
@@ -780,6 +787,7 @@ gw_config_t *gw_config_load(const char *file, char **errors)
     }
     c->arena = arena;
     c->json = json;
+    c->flags = flags;
     gw_arena_cleanup(arena, free_json, json);
     atomic_init(&c->refs, 1);
     defaults(c);
@@ -791,7 +799,11 @@ gw_config_t *gw_config_load(const char *file, char **errors)
     if (rc == 0) rc = check_aliases(&cx, c);
     if (rc == 0) rc = derive_tenants(&cx, c);
     if (rc == 0) rc = derive_redis(&cx, c);
+    /* Offline, external plugins are not loaded: their entries are checked, not their configs. */
+    size_t nexternal = c->plugin_entries.n;
+    if (flags & GW_CONFIG_OFFLINE) c->plugin_entries.n = 0;
     if (rc == 0) rc = gw_plugins_configure(&cx, c);
+    c->plugin_entries.n = nexternal;
     if (c->access_log.path) c->want_usage = 1; /* the access log carries the tokens */
     if (rc == 0) rc = gw_residency_derive(&cx, c);
     if (rc == 0 && build_models_json(c) < 0) {

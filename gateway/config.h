@@ -112,6 +112,7 @@ typedef struct gw_config {
     atomic_int refs;
     gw_arena_t *arena;
     cJSON *json; /* the parsed file, alive as long as the snapshot */
+    unsigned flags; /* as loaded: GW_CONFIG_OFFLINE */
     gw_conf_list_t listen; /* gw_listen_t */
     gw_listen_t admin;
     int64_t workers;
@@ -157,6 +158,16 @@ typedef struct gw_config {
 /* Loads and checks FILE. On failure returns NULL and *errors holds lines
  * "$.path: message\n" (free it). */
 gw_config_t *gw_config_load(const char *file, char **errors);
+
+/* Checks a config without the world beyond its text: backend host names are not resolved (the
+ * backends get no addresses), no backend key is read (file or environment), no TLS context is
+ * made (no certificate, key or CA file read), the GeoIP databases are not opened, external
+ * plugins are not loaded (their entries are checked, their configs not). Built-in plugins are
+ * configured as always. A snapshot loaded so is for checking only, never for serving. */
+enum { GW_CONFIG_OFFLINE = 1 };
+
+/* As gw_config_load, from the len bytes of text (no NUL needed); flags: GW_CONFIG_OFFLINE or 0. */
+gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, char **errors);
 gw_config_t *gw_config_ref(gw_config_t *c);
 void gw_config_unref(gw_config_t *c);
 gw_pool_t *gw_config_pool_for_model(const gw_config_t *c, const char *model);

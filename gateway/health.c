@@ -11,6 +11,7 @@
 #include "request.h"
 #include "residency.h"
 #include "tls.h"
+#include "vllm_metrics.h"
 
 #define TICK_US 50000            /* the loop looks at every backend this often */
 #define MAX_PROBE_ANSWER (1u << 20)
@@ -81,54 +82,10 @@ static void health_result(gw_health_t *h, bstate_t *st, int ok)
     }
 }
 
-int gw_health_parse_metrics(const char *text, size_t len, int *waiting, int *running,
-                            int *cache_pm)
-{
-    int found = 0;
-    double w = 0, r = 0, c = 0;
-    const char *p = text, *end = text + len;
-    while (p < end) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        if (!eol) eol = end;
-        size_t n = (size_t)(eol - p);
-        if (n && p[0] != '#') {
-            const char *val = p + n;
-            while (val > p && val[-1] != ' ' && val[-1] != '\t') val--; /* the last field */
-            char num[64];
-            size_t vn = (size_t)(p + n - val);
-            double v = 0;
-            int have = 0;
-            if (vn && vn < sizeof(num)) {
-                memcpy(num, val, vn);
-                num[vn] = '\0';
-                char *e;
-                v = strtod(num, &e);
-                have = e != num && (*e == '\0' || *e == '\r');
-            }
-#define IS(name) (n > sizeof(name) - 1 && memcmp(p, name, sizeof(name) - 1) == 0 && \
-                  (p[sizeof(name) - 1] == '{' || p[sizeof(name) - 1] == ' '))
-            if (have && v >= 0 && v < 1e9) {
-                if (IS("vllm:num_requests_waiting")) w += v, found++;
-                else if (IS("vllm:num_requests_running")) r += v, found++;
-                else if (IS("vllm:gpu_cache_usage_perc")) {
-                    if (v > c) c = v;
-                    found++;
-                }
-            }
-#undef IS
-        }
-        p = eol + 1;
-    }
-    *waiting = (int)w;
-    *running = (int)r;
-    *cache_pm = c > 1 ? 1000 : (int)(c * 1000);
-    return found;
-}
-
 static void metrics_result(bstate_t *st, const char *body, size_t len)
 {
     int w, r, c;
-    if (gw_health_parse_metrics(body, len, &w, &r, &c) < 2) return; /* missing: fall back */
+    if (gw_vllm_metrics_parse(body, len, &w, &r, &c) < 2) return; /* missing: fall back */
     gw_backend_lb_t *lb = &st->b->lb;
     /* What the backend has shown it can run at once: all it runs while others wait. */
     int cap = atomic_load(&lb->m_cap);

@@ -15,9 +15,5 @@ gw_health_t *gw_health_new(struct event_base *base, gw_config_t *cfg);
 /* A new snapshot: its backends take over the health of the same (pool, url) in the old one. */
 void gw_health_set_config(gw_health_t *h, gw_config_t *cfg);
 void gw_health_free(gw_health_t *h);
-/* Sums (waiting, running) and takes the largest cache usage (per mille) of a vLLM-style
- * Prometheus text. Returns the number of those samples found. */
-int gw_health_parse_metrics(const char *text, size_t len, int *waiting, int *running,
-                            int *cache_pm);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "access_log.h"
 #include "balance.h"
+#include "body.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -361,42 +362,35 @@ static int inspect_body(gw_req_t *r)
 {
     size_t len = evbuffer_get_length(r->body);
     const char *p = (const char *)evbuffer_pullup(r->body, -1);
-    const char *end = NULL;
-    r->json = len ? gw_json_parse(r->arena, p, len, &end) : NULL;
-    if (r->json && end)
-        for (; end < p + len; end++)
-            if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
-                cJSON_Delete(r->json);
-                r->json = NULL;
-                break;
-            }
-    if (!r->json || !cJSON_IsObject(r->json)) {
+    gw_body_t b;
+    int rc = gw_body_inspect(r->arena, p, len, &b);
+    r->json = b.json;
+    if (rc == GW_BODY_NOT_OBJECT) {
         gw_req_error(r, 400, "invalid_json", "The request body is not a JSON object.");
         return -1;
     }
-    /* A key twice is read differently by different parsers: refuse it. */
-    for (const cJSON *a = r->json->child; a; a = a->next)
-        for (const cJSON *b = a->next; b; b = b->next)
-            if (strcmp(a->string, b->string) == 0) {
-                gw_req_error(r, 400, "invalid_json", "The request body has a duplicate key.");
-                return -1;
-            }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(r->json, "model");
-    if (!cJSON_IsString(model) || model->valuestring[0] == '\0') {
+    if (rc == GW_BODY_NUL) {
+        gw_req_error(r, 400, "invalid_json", "The request body holds a NUL character (\\u0000).");
+        return -1;
+    }
+    if (rc == GW_BODY_DUPLICATE_KEY) { /* read differently by different parsers: refused */
+        gw_req_error(r, 400, "invalid_json", "The request body has a duplicate key.");
+        return -1;
+    }
+    if (rc == GW_BODY_NO_MODEL) {
         gw_req_error(r, 400, "missing_model", "The request body has no model.");
         return -1;
     }
-    if (!model_allowed(r, model->valuestring)) {
+    if (!model_allowed(r, b.model)) {
         gw_req_error(r, 403, "model_not_allowed", "This key may not use the model.");
         return -1;
     }
-    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(r->json, "stream");
-    if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) {
+    if (rc == GW_BODY_BAD_STREAM) {
         gw_req_error(r, 400, "bad_request", "The stream field must be a boolean.");
         return -1;
     }
-    r->stream = cJSON_IsTrue(stream);
-    r->model = model->valuestring;
+    r->stream = b.stream;
+    r->model = b.model;
     r->pool = gw_config_pool_for_model(r->cfg, r->model);
     if (!r->pool) {
         gw_req_error(r, 404, "model_not_found", "The model does not exist or is not served here.");
@@ -744,34 +738,14 @@ void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint)
 
 /* ---- usage ---- */
 
-static int json_ws(char c)
-{
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
-
-/* Only the usage object is parsed, not the whole answer (a third of the access log's cost
- * per request): the last key "usage" whose value is an object. A string cannot hold the
- * bytes "usage" with both quotes unescaped, so no text of the answer can pose as it. */
+/* Reads "usage" from an answer's JSON text (gw_body_usage). */
 void gw_req_take_usage(gw_req_t *r, const char *text, size_t len)
 {
-    const char *end = text + len, *obj = NULL;
-    for (const char *p = text; (p = memmem(p, (size_t)(end - p), "\"usage\"", 7)); p += 7) {
-        const char *q = p + 7;
-        while (q < end && json_ws(*q)) q++;
-        if (q == end || *q != ':') continue;
-        for (q++; q < end && json_ws(*q);) q++;
-        if (q < end && *q == '{') obj = q;
-    }
-    if (!obj) return;
-    const cJSON *usage = gw_json_parse(r->arena, obj, (size_t)(end - obj), NULL);
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
-    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
-    if (cJSON_IsNumber(pt) && pt->valuedouble >= 0 && pt->valuedouble < 1e12) {
-        r->usage_prompt = (int64_t)pt->valuedouble;
-        r->usage_completion =
-            cJSON_IsNumber(ct) && ct->valuedouble >= 0 && ct->valuedouble < 1e12 ? (int64_t)ct->valuedouble : 0;
-        r->usage_known = 1;
-    }
+    int64_t prompt, completion;
+    if (!gw_body_usage(r->arena, text, len, &prompt, &completion, NULL)) return;
+    r->usage_prompt = prompt;
+    r->usage_completion = completion;
+    r->usage_known = 1;
 }
 
 int gw_req_usage(const gw_req_t *r, int64_t *prompt_tokens, int64_t *completion_tokens)

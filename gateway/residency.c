@@ -254,6 +254,7 @@ int gw_residency_resolve_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t
 {
     struct sockaddr_storage *v;
     size_t n;
+    if (c->flags & GW_CONFIG_OFFLINE) return 0; /* not resolved: no addresses, no verdict */
     if (gw_resolve_host(b->host, b->port, c->resolver.hosts_file, &v, &n, err, errlen) < 0)
         return -1;
     /* Verified once the plugins are configured (the policy is not known yet). */
@@ -339,6 +340,10 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
         memcpy(p->allowed[i], a, 3);
     }
     p->nallowed = pol->nallowed;
+    if (c->flags & GW_CONFIG_OFFLINE) { /* the databases are neither opened nor digested */
+        c->residency = p;
+        return 0;
+    }
     char err[512];
     size_t bad = 0;
     p->geoip = gw_geoip_open(pol->databases, pol->ndatabases, &bad, err, sizeof(err));

@@ -254,8 +254,8 @@ static int parse_entry(errs_t *e, const char *base, const cJSON *o, gwjwt_issuer
                "must be one of RS256, RS384, RS512, ES256, ES384, HS256, HS384, HS512");
     long leeway = 30;
     if (lw) {
-        if (!cJSON_IsNumber(lw) || lw->valuedouble != (double)(long)lw->valuedouble ||
-            lw->valuedouble < 0 || lw->valuedouble > 300)
+        if (!cJSON_IsNumber(lw) || lw->valuedouble < 0 || lw->valuedouble > 300 ||
+            lw->valuedouble != (double)(long)lw->valuedouble) /* the cast within range only */
             report(e, base, "leeway_s", "must be an integer between 0 and 300");
         else
             leeway = (long)lw->valuedouble;

@@ -403,11 +403,10 @@ int gw_privacy_hash_user(const void *state, const char *tenant, const char *user
     return 0;
 }
 
-static int on_request_body(gw_req_t *r, void *conf, void **ctx)
+int gw_privacy_user_field(const void *state, const char *tenant, cJSON *json)
 {
-    privacy_conf_t *c = conf;
-    if (c->user_field == USER_KEEP) return GW_CONTINUE;
-    cJSON *json = (cJSON *)gw_req_json(r); /* changed in place, then handed back */
+    const privacy_conf_t *c = state;
+    if (c->user_field == USER_KEEP) return 0;
     int changed = 0;
     for (const char *const *f = user_fields; *f && json; f++) {
         cJSON *u = cJSON_GetObjectItemCaseSensitive(json, *f);
@@ -417,16 +416,22 @@ static int on_request_body(gw_req_t *r, void *conf, void **ctx)
             cJSON_DeleteItemFromObjectCaseSensitive(json, *f);
             continue;
         }
-        const char *tenant = gw_req_tenant(r);
         char hexmac[65];
-        if (gw_privacy_hash_user(c, tenant ? tenant : "", u->valuestring, hexmac) < 0)
-            return GW_ERROR;
+        if (gw_privacy_hash_user(c, tenant ? tenant : "", u->valuestring, hexmac) < 0) return -1;
         cJSON *h = cJSON_CreateString(hexmac);
         if (!h || !cJSON_ReplaceItemInObjectCaseSensitive(json, *f, h)) {
             cJSON_Delete(h);
-            return GW_ERROR;
+            return -1;
         }
     }
+    return changed;
+}
+
+static int on_request_body(gw_req_t *r, void *conf, void **ctx)
+{
+    cJSON *json = (cJSON *)gw_req_json(r); /* changed in place, then handed back */
+    int changed = gw_privacy_user_field(conf, gw_req_tenant(r), json);
+    if (changed < 0) return GW_ERROR;
     if (changed && gw_req_replace_json(r, json) < 0) return GW_ERROR;
     return GW_CONTINUE;
 }

@@ -213,18 +213,23 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     return 0;
 }
 
-static int64_t estimate(gw_req_t *r)
+int64_t gw_quota_estimate_tokens(size_t body_len, const cJSON *json, int embeddings)
 {
-    int64_t est = (int64_t)gw_req_body_length(r) / 4;
-    const cJSON *json = gw_req_json(r);
+    int64_t est = (int64_t)body_len / 4;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(json, "max_completion_tokens");
     if (!cJSON_IsNumber(mt)) mt = cJSON_GetObjectItemCaseSensitive(json, "max_tokens");
-    if (strcmp(gw_req_path(r), "/v1/embeddings") == 0) return est > 0 ? est : 1;
+    if (embeddings) return est > 0 ? est : 1;
     if (cJSON_IsNumber(mt) && mt->valuedouble >= 0 && mt->valuedouble < 1e9)
         est += (int64_t)mt->valuedouble;
     else
         est += DEFAULT_COMPLETION;
     return est > 0 ? est : 1;
+}
+
+static int64_t estimate(gw_req_t *r)
+{
+    return gw_quota_estimate_tokens(gw_req_body_length(r), gw_req_json(r),
+                                    strcmp(gw_req_path(r), "/v1/embeddings") == 0);
 }
 
 static void add_duration_header(gw_req_t *r, const char *name, int64_t ms)

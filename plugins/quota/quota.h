@@ -13,4 +13,9 @@ extern const gw_plugin_t gw_plugin_quota;
  * not answer, this process's own counts, with "error". NULL when out of memory. */
 cJSON *gw_quota_usage_report(const void *state, int days);
 
+/* The tokens a request reserves at admission: its body's bytes / 4, plus max_completion_tokens
+ * (else max_tokens) when a count below 1e9, else 256; only the bytes / 4 for embeddings. At
+ * least 1. json is the request body (may be NULL). */
+int64_t gw_quota_estimate_tokens(size_t body_len, const cJSON *json, int embeddings);
+
 #endif

@@ -26,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "site_csv.h"
+
 #define PROG "gotthard-mmdb"
 #define MAX_ERRORS 50
 
@@ -96,6 +98,7 @@ static int32_t country_index(const char *cc)
     return (int32_t)ncountries++;
 }
 
+static void line_error(long line, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void line_error(long line, const char *fmt, ...)
 {
     va_list ap;
@@ -137,111 +140,29 @@ static int32_t insert(const uint8_t addr[16], int plen, int32_t cc, long line)
 
 /* ---------------------------------------------------------------- input */
 
-static char *trim(char *s)
+/* Inserts a checked network (site_csv.c) from input line `line`. */
+static void add_network(const site_net_t *n, long line)
 {
-    while (*s == ' ' || *s == '\t')
-        s++;
-    size_t n = strlen(s);
-    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
-        s[--n] = '\0';
-    return s;
-}
-
-static void format_net(char *out, size_t outsz, int v4, const uint8_t *addr, int plen)
-{
-    char buf[INET6_ADDRSTRLEN];
-    if (!inet_ntop(v4 ? AF_INET : AF_INET6, addr, buf, sizeof buf))
-        snprintf(buf, sizeof buf, "?");
-    snprintf(out, outsz, "%s/%d", buf, plen);
-}
-
-/* Parses and checks one data line; on success inserts its network(s). */
-static void parse_line(char *text, long line)
-{
-    char *comma = strchr(text, ',');
-    if (!comma) {
-        line_error(line, "expected 'cidr,country' (e.g. 10.1.0.0/16,CH), got '%s'", text);
-        return;
-    }
-    *comma = '\0';
-    char *cidr = trim(text);
-    char *cc = trim(comma + 1);
-    if (strchr(cc, ',')) {
-        line_error(line, "expected 'cidr,country' (two fields), got more fields");
-        return;
-    }
-    if (!*cidr) {
-        line_error(line, "missing network before the comma");
-        return;
-    }
-
-    char *slash = strchr(cidr, '/');
-    if (!slash) {
-        line_error(line, "'%s' has no prefix length (for one address write %s/%d)", cidr, cidr,
-                   strchr(cidr, ':') ? 128 : 32);
-        return;
-    }
-    *slash = '\0';
-    const char *addr_s = cidr, *plen_s = slash + 1;
-    int v4 = strchr(addr_s, ':') == NULL;
-    int maxlen = v4 ? 32 : 128;
-
-    uint8_t a[16];
-    memset(a, 0, sizeof a);
-    if (inet_pton(v4 ? AF_INET : AF_INET6, addr_s, a) != 1) {
-        line_error(line, "'%s' is not a valid %s address", addr_s, v4 ? "IPv4" : "IPv6");
-        return;
-    }
-
-    long plen = -1;
-    size_t pl = strlen(plen_s);
-    if (pl >= 1 && pl <= 3 && strspn(plen_s, "0123456789") == pl && !(pl > 1 && plen_s[0] == '0'))
-        plen = strtol(plen_s, NULL, 10);
-    if (plen < 0 || plen > maxlen) {
-        line_error(line, "bad prefix length '/%s' for an %s network (0 to %d)", plen_s,
-                   v4 ? "IPv4" : "IPv6", maxlen);
-        return;
-    }
-
-    /* Host bits must be zero. */
-    int bytes = v4 ? 4 : 16;
-    uint8_t net[16];
-    memcpy(net, a, sizeof net);
-    for (int i = (int)plen; i < bytes * 8; i++)
-        net[i / 8] &= (uint8_t) ~(0x80u >> (i % 8));
-    if (memcmp(net, a, (size_t)bytes) != 0) {
-        char want[64];
-        format_net(want, sizeof want, v4, net, (int)plen);
-        line_error(line, "host bits set in %s/%ld (the network is %s)", addr_s, plen, want);
-        return;
-    }
-
-    if (strlen(cc) != 2 || cc[0] < 'A' || cc[0] > 'Z' || cc[1] < 'A' || cc[1] > 'Z') {
-        line_error(line, "country '%s' is not an ISO 3166-1 alpha-2 code (two uppercase letters)",
-                   cc);
-        return;
-    }
-    int32_t ci = country_index(cc);
-
+    int32_t ci = country_index(n->cc);
     char shown[64];
-    format_net(shown, sizeof shown, v4, a, (int)plen);
-    for (int k = 0; k < (v4 ? 2 : 1); k++) {
+    site_csv_format(shown, sizeof shown, n->v4, n->addr, n->plen);
+    for (int k = 0; k < (n->v4 ? 2 : 1); k++) {
         uint8_t m[16];
-        int mlen = (int)plen;
-        if (v4) {
+        int mlen = n->plen;
+        if (n->v4) {
             /* ::a.b.c.d/96+n, then the IPv4-mapped ::ffff:a.b.c.d/96+n. */
             memset(m, 0, sizeof m);
             if (k == 1)
                 m[10] = m[11] = 0xff;
-            memcpy(m + 12, a, 4);
+            memcpy(m + 12, n->addr, 4);
             mlen += 96;
         } else {
-            memcpy(m, a, sizeof m);
+            memcpy(m, n->addr, sizeof m);
         }
         int32_t prev = insert(m, mlen, ci, line);
         if (prev >= 0) {
             line_error(line, "%s is %s here but already %s on line %ld (the same network)", shown,
-                       cc, countries[nodes[prev].country], (long)nodes[prev].line);
+                       n->cc, countries[nodes[prev].country], (long)nodes[prev].line);
             return;
         }
     }
@@ -256,14 +177,17 @@ static void read_input(FILE *f)
     long line = 0;
     while ((n = getline(&buf, &cap, f)) >= 0) {
         line++;
-        if ((size_t)n != strlen(buf)) {
-            line_error(line, "NUL byte in line");
-            continue;
+        site_net_t net;
+        char *err;
+        int rc = site_csv_line(buf, (size_t)n, &net, &err);
+        if (rc == SITE_CSV_NET) {
+            add_network(&net, line);
+        } else if (rc == SITE_CSV_BAD) {
+            if (!err)
+                die_oom();
+            line_error(line, "%s", err);
+            free(err);
         }
-        char *t = trim(buf);
-        if (!*t || *t == '#')
-            continue;
-        parse_line(t, line);
     }
     free(buf);
 }

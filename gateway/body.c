@@ -1,0 +1,119 @@
+/* The JSON the gateway reads from bodies, as pure functions of bytes: a request body's model and
+ * stream, and an answer's usage. */
+#include "body.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+
+static int json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static int by_key(const void *a, const void *b)
+{
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* A key twice among an object's members. Sorted when there are many: a body of a few MiB can
+ * hold a few hundred thousand keys, which compared pairwise would hold the worker for minutes. */
+static int has_duplicate_key(gw_arena_t *arena, const cJSON *o)
+{
+    size_t n = 0;
+    for (const cJSON *a = o->child; a; a = a->next) n++;
+    const cJSON **v = n > 16 ? (arena ? gw_arena_alloc(arena, n * sizeof(*v))
+                                      : malloc(n * sizeof(*v)))
+                             : NULL;
+    int dup = 0;
+    if (!v) { /* few keys (or no memory for the list): pairwise */
+        for (const cJSON *a = o->child; a && !dup; a = a->next)
+            for (const cJSON *b = a->next; b && !dup; b = b->next)
+                dup = strcmp(a->string, b->string) == 0;
+        return dup;
+    }
+    size_t i = 0;
+    for (const cJSON *a = o->child; a; a = a->next) v[i++] = a;
+    qsort(v, n, sizeof(*v), by_key);
+    for (i = 1; i < n && !dup; i++) dup = strcmp(v[i - 1]->string, v[i]->string) == 0;
+    if (!arena) free(v);
+    return dup;
+}
+
+/* Is the character at p escaped: after an odd number of backslashes? */
+static int escaped(const char *text, const char *p)
+{
+    size_t n = 0;
+    while (p > text && *--p == '\\') n++;
+    return n % 2;
+}
+
+/* A \u0000 escape anywhere. cJSON decodes it into a NUL that ends its C string, so a key
+ * "model\u0000x" would be read here as "model" and routed on, while the backend sees another
+ * key; the same for a model name. Refused whole: the gateway must read what the backend reads. */
+static int has_nul_escape(const char *p, size_t len)
+{
+    const char *end = p + len;
+    for (const char *q = p; (q = memmem(q, (size_t)(end - q), "\\u0000", 6)); q += 6)
+        if (!escaped(p, q)) return 1;
+    return 0;
+}
+
+int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    const char *end = NULL;
+    cJSON *json = len ? gw_json_parse(arena, p, len, &end) : NULL;
+    if (json && end)
+        for (; end < p + len; end++)
+            if (!json_ws(*end)) {
+                cJSON_Delete(json);
+                json = NULL;
+                break;
+            }
+    out->json = json;
+    if (!json || !cJSON_IsObject(json)) return GW_BODY_NOT_OBJECT;
+    if (has_nul_escape(p, len)) return GW_BODY_NUL;
+    if (has_duplicate_key(arena, json)) return GW_BODY_DUPLICATE_KEY;
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(json, "model");
+    if (!cJSON_IsString(model) || model->valuestring[0] == '\0') return GW_BODY_NO_MODEL;
+    out->model = model->valuestring;
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(json, "stream");
+    if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) return GW_BODY_BAD_STREAM;
+    out->stream = cJSON_IsTrue(stream);
+    return GW_BODY_OK;
+}
+
+/* Only the usage object is parsed, not the whole answer (a third of the access log's cost
+ * per request): the last key "usage" whose value is an object. A string cannot hold the
+ * bytes "usage" with both quotes unescaped, so no text of the answer can pose as it; but the
+ * end of a key can (`{"a\"usage": {...}}`): the opening quote must not be escaped. */
+int gw_body_usage(gw_arena_t *arena, const char *text, size_t len, int64_t *prompt,
+                  int64_t *completion, size_t *at)
+{
+    const char *end = text + len, *obj = NULL;
+    for (const char *p = text; (p = memmem(p, (size_t)(end - p), "\"usage\"", 7)); p += 7) {
+        if (escaped(text, p)) continue;
+        const char *q = p + 7;
+        while (q < end && json_ws(*q)) q++;
+        if (q == end || *q != ':') continue;
+        for (q++; q < end && json_ws(*q);) q++;
+        if (q < end && *q == '{') obj = q;
+    }
+    if (!obj) return 0;
+    cJSON *usage = gw_json_parse(arena, obj, (size_t)(end - obj), NULL);
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
+    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
+    int found = 0;
+    if (cJSON_IsNumber(pt) && pt->valuedouble >= 0 && pt->valuedouble < 1e12) {
+        *prompt = (int64_t)pt->valuedouble;
+        *completion = cJSON_IsNumber(ct) && ct->valuedouble >= 0 && ct->valuedouble < 1e12
+                          ? (int64_t)ct->valuedouble
+                          : 0;
+        if (at) *at = (size_t)(obj - text);
+        found = 1;
+    }
+    cJSON_Delete(usage); /* nothing for nodes from the arena */
+    return found;
+}

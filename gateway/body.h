@@ -1,0 +1,41 @@
+/* The JSON the gateway reads from bodies, as pure functions of bytes: a request body's model and
+ * stream, and an answer's usage. The request (request.c) calls them; so does tests/fuzz. */
+#ifndef GW_BODY_H
+#define GW_BODY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+#include "arena.h"
+
+/* What gw_body_inspect says of a request body, in the order the request answers them. */
+enum {
+    GW_BODY_OK = 0,
+    GW_BODY_NOT_OBJECT = -1,    /* not JSON, bytes after the JSON, or not an object */
+    GW_BODY_DUPLICATE_KEY = -2, /* a top-level key twice: parsers disagree on which one wins */
+    GW_BODY_NO_MODEL = -3,      /* model missing, not a string, or empty */
+    GW_BODY_BAD_STREAM = -4,    /* stream neither a boolean nor null; model is set */
+    GW_BODY_NUL = -5,           /* a \u0000 escape: cJSON's strings end at it, the backend's not */
+};
+
+typedef struct gw_body {
+    cJSON *json;       /* the parsed value (also when refused, unless it did not parse whole) */
+    const char *model; /* json's model (non-empty); set for GW_BODY_OK and GW_BODY_BAD_STREAM */
+    int stream;        /* stream is true */
+} gw_body_t;
+
+/* Parses the len bytes at p (no NUL needed, none read past len) into nodes from arena (NULL:
+ * the heap; free out->json with cJSON_Delete either way) and checks the keys the gateway routes
+ * on. Returns GW_BODY_OK or one of the errors above. */
+int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out);
+
+/* An answer's usage, from its JSON text (a whole body, or one event's data; len bytes, no NUL
+ * needed): the last key "usage" whose value is an object. Returns 1 with its prompt_tokens and
+ * completion_tokens (0 when absent or not a count), each in [0, 1e12), and, when at is not
+ * NULL, the offset of the object in text; 0 when there is none or its prompt_tokens is not a
+ * count. The object is parsed into arena (NULL: the heap) and not kept. */
+int gw_body_usage(gw_arena_t *arena, const char *text, size_t len, int64_t *prompt,
+                  int64_t *completion, size_t *at);
+
+#endif

@@ -1,0 +1,369 @@
+/* libFuzzer target for the JSON the gateway reads from bodies (gateway/body.c): the request
+ * body's model and stream, what the quota plugin estimates from it, what the privacy plugin makes
+ * of its user fields; and the usage of backends' answers.
+ *
+ * Every text is placed against an unreadable page, so that a read past its length (cJSON's too,
+ * which is not instrumented) crashes. The first input byte picks the mode (byte % 3):
+ *   0  a request body. Inspected into an arena and into the heap, with the same verdict. An
+ *      accepted body is an object without a duplicate key, with a non-empty model string and a
+ *      boolean or null (or no) stream, read as the JSON says; a refused one is refused for a
+ *      reason that holds. Of an accepted body: the quota estimate is at least 1 and bytes / 4,
+ *      and bytes / 4 + max_tokens exactly when that is the only count; the privacy plugin
+ *      leaves no user field when dropping, a 64-hex-digit hash for each string when hashing,
+ *      touches no other key, and the body it leaves is accepted again with the same model.
+ *   1  an answer (a whole body or one event's data). A usage found has counts in [0, 1e12),
+ *      sits at an object after a key "usage", reads the same again from there, into an arena or
+ *      the heap; and when the answer is valid JSON, it is one of its "usage" objects.
+ *   2  an answer the harness writes around counts taken from the data, with decoys (an earlier
+ *      usage, a content holding the text of one, odd spacing): the usage found is exactly the
+ *      one written last.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "guarded.h"
+#include "body.h"
+#include "conf.h"
+#include "json.h"
+#include "privacy.h"
+#include "quota.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+extern const gw_plugin_t gw_plugin_privacy;
+
+static void *priv_drop, *priv_hash;
+
+static void check(int ok)
+{
+    if (!ok) abort();
+}
+
+static void *privacy_state(const char *conf)
+{
+    cJSON *j = cJSON_Parse(conf);
+    gw_arena_t *a = gw_arena_new(1024);
+    gw_conf_ctx_t cx;
+    gw_conf_ctx_init(&cx, a);
+    void *state = NULL;
+    check(j && gw_plugin_privacy.configure(&cx, j, "$", &state) == 0 && state && !cx.nerrors);
+    gw_conf_ctx_release(&cx);
+    gw_arena_free(a);
+    cJSON_Delete(j);
+    return state;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    gw_json_init();
+    gw_fuzz_guard_init();
+    setenv("FUZZ_JSON_SALT", "fuzz-json-salt-0123456789abcdef", 1);
+    priv_drop = privacy_state("{\"privacy\":{\"user_field\":\"drop\"}}");
+    priv_hash = privacy_state(
+        "{\"privacy\":{\"user_field\":\"hash\",\"user_hash_salt_env\":\"FUZZ_JSON_SALT\"}}");
+    return 0;
+}
+
+
+/* ------------------------------------------------------------------ request bodies */
+
+static int has_duplicate(const cJSON *o)
+{
+    for (const cJSON *a = o->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (strcmp(a->string, b->string) == 0) return 1;
+    return 0;
+}
+
+static int valid_model(const cJSON *o)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "model");
+    return cJSON_IsString(m) && m->valuestring[0];
+}
+
+/* Why a body is refused, found again from its tree. */
+static void check_verdict(const char *p, size_t n, int rc, const gw_body_t *b)
+{
+    if (rc == GW_BODY_NOT_OBJECT) {
+        check(!b->json || !cJSON_IsObject(b->json));
+        check(!b->model);
+        return;
+    }
+    if (rc == GW_BODY_NUL) { /* a \u0000 escape, its backslash not escaped itself */
+        check(!b->model && memmem(p, n, "\\u0000", 6) != NULL);
+        return;
+    }
+    check(cJSON_IsObject(b->json));
+    check(has_duplicate(b->json) == (rc == GW_BODY_DUPLICATE_KEY));
+    if (rc == GW_BODY_DUPLICATE_KEY) return;
+    check(valid_model(b->json) == (rc != GW_BODY_NO_MODEL));
+    if (rc == GW_BODY_NO_MODEL) {
+        check(!b->model);
+        return;
+    }
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(b->json, "model");
+    check(b->model == m->valuestring && b->model[0]);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(b->json, "stream");
+    int stream_ok = !s || cJSON_IsBool(s) || cJSON_IsNull(s);
+    check(stream_ok == (rc == GW_BODY_OK));
+    if (rc == GW_BODY_OK) check(b->stream == cJSON_IsTrue(s));
+    /* An accepted body is the whole text: after its JSON only white space. */
+    const char *end = NULL;
+    cJSON *again = cJSON_ParseWithLengthOpts(gw_fuzz_guarded(p, n), n, &end, 0);
+    check(again != NULL);
+    cJSON_Delete(again);
+}
+
+static void check_estimate(size_t n, const cJSON *json)
+{
+    int64_t e = gw_quota_estimate_tokens(n, json, 1), q = (int64_t)n / 4;
+    check(e == (q > 0 ? q : 1));
+    e = gw_quota_estimate_tokens(n, json, 0);
+    check(e >= 1 && e >= q && e <= q + 1000000000);
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(json, "max_tokens");
+    if (!cJSON_GetObjectItemCaseSensitive(json, "max_completion_tokens") && cJSON_IsNumber(mt) &&
+        mt->valuedouble >= 0 && mt->valuedouble < 1e9 && mt->valuedouble == floor(mt->valuedouble)) {
+        int64_t want = q + (int64_t)mt->valuedouble;
+        check(e == (want > 0 ? want : 1));
+    }
+}
+
+static int is_hash(const cJSON *v)
+{
+    if (!cJSON_IsString(v) || strlen(v->valuestring) != 64) return 0;
+    for (const char *s = v->valuestring; *s; s++)
+        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f'))) return 0;
+    return 1;
+}
+
+static int user_key(const char *k)
+{
+    return strcmp(k, "user") == 0 || strcmp(k, "safety_identifier") == 0;
+}
+
+/* The privacy plugin on a copy of an accepted body, then that body read again. */
+static void check_privacy(const cJSON *json, void *state, int hash)
+{
+    cJSON *copy = cJSON_Duplicate(json, 1);
+    check(copy != NULL);
+    int had = 0, other = 0, strings = 0;
+    for (const cJSON *e = json->child; e; e = e->next) {
+        if (user_key(e->string)) had++, strings += cJSON_IsString(e);
+        else other++;
+    }
+    int rc = gw_privacy_user_field(state, hash ? "tenant-a" : NULL, copy);
+    check(rc == (had > 0));
+    int left = 0, others = 0;
+    const cJSON *o = json->child;
+    for (const cJSON *e = copy->child; e; e = e->next) {
+        if (user_key(e->string)) {
+            check(hash && is_hash(e));
+            left++;
+            continue;
+        }
+        while (o && user_key(o->string)) o = o->next;
+        check(o && strcmp(o->string, e->string) == 0); /* the others, in their order */
+        o = o->next;
+        others++;
+    }
+    check(others == other && left == (hash ? strings : 0));
+    char *text = cJSON_PrintUnformatted(copy);
+    check(text != NULL);
+    size_t n = strlen(text);
+    gw_body_t b;
+    int again = gw_body_inspect(NULL, gw_fuzz_guarded(text, n), n, &b);
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(json, "model");
+    check(again == GW_BODY_OK && strcmp(b.model, m->valuestring) == 0);
+    cJSON_Delete(b.json);
+    cJSON_free(text);
+    cJSON_Delete(copy);
+}
+
+static void body_mode(const char *p, size_t n)
+{
+    gw_arena_t *a = gw_arena_new(4096);
+    check(a != NULL);
+    gw_body_t b, h;
+    int rc = gw_body_inspect(a, gw_fuzz_guarded(p, n), n, &b);
+    int rh = gw_body_inspect(NULL, gw_fuzz_guarded(p, n), n, &h);
+    check(rc == rh);
+    check(rc == GW_BODY_OK || rc == GW_BODY_NOT_OBJECT || rc == GW_BODY_DUPLICATE_KEY ||
+          rc == GW_BODY_NO_MODEL || rc == GW_BODY_BAD_STREAM || rc == GW_BODY_NUL);
+    check(!b.model == !h.model && (!b.model || strcmp(b.model, h.model) == 0));
+    check(b.stream == h.stream);
+    check_verdict(p, n, rc, &b);
+    if (rc == GW_BODY_OK) {
+        check_estimate(n, b.json);
+        check_privacy(b.json, priv_drop, 0);
+        check_privacy(b.json, priv_hash, 1);
+    }
+    cJSON_Delete(h.json);
+    cJSON_Delete(b.json); /* nothing for nodes from the arena */
+    gw_arena_free(a);
+}
+
+/* ------------------------------------------------------------------ usage */
+
+static int json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static int count(const cJSON *v, int64_t *out)
+{
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 1e12)) return 0;
+    *out = (int64_t)v->valuedouble;
+    return 1;
+}
+
+/* Is (prompt, completion) the reading of some "usage" object in the tree? */
+static int in_tree(const cJSON *j, int64_t prompt, int64_t completion)
+{
+    for (const cJSON *e = j ? j->child : NULL; e; e = e->next) {
+        if (e->string && strcmp(e->string, "usage") == 0 && cJSON_IsObject(e)) {
+            int64_t p = -1, c = 0;
+            if (count(cJSON_GetObjectItemCaseSensitive(e, "prompt_tokens"), &p) && p == prompt) {
+                if (!count(cJSON_GetObjectItemCaseSensitive(e, "completion_tokens"), &c)) c = 0;
+                if (c == completion) return 1;
+            }
+        }
+        if (in_tree(e, prompt, completion)) return 1;
+    }
+    return 0;
+}
+
+static void usage_mode(const char *p, size_t n)
+{
+    gw_arena_t *a = gw_arena_new(1024);
+    check(a != NULL);
+    int64_t pt = -1, ct = -1, pt2 = -1, ct2 = -1;
+    size_t at = n, at2 = n;
+    const char *g = gw_fuzz_guarded(p, n);
+    int found = gw_body_usage(a, g, n, &pt, &ct, &at);
+    int found2 = gw_body_usage(NULL, gw_fuzz_guarded(p, n), n, &pt2, &ct2, &at2);
+    gw_arena_free(a);
+    check(found == found2);
+    if (!found) return;
+    check(pt == pt2 && ct == ct2 && at == at2);
+    check(pt >= 0 && pt < 1000000000000 && ct >= 0 && ct < 1000000000000);
+    /* At an object, after "usage" and a colon. */
+    check(at < n && p[at] == '{');
+    size_t k = at;
+    while (k > 0 && json_ws(p[k - 1])) k--;
+    check(k > 0 && p[--k] == ':');
+    while (k > 0 && json_ws(p[k - 1])) k--;
+    check(k >= 7 && memcmp(p + k - 7, "\"usage\"", 7) == 0);
+    /* Read again from there. */
+    cJSON *u = cJSON_ParseWithLengthOpts(gw_fuzz_guarded(p + at, n - at), n - at, NULL, 0);
+    int64_t rp = -1, rc = 0;
+    check(count(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens"), &rp) && rp == pt);
+    if (!count(cJSON_GetObjectItemCaseSensitive(u, "completion_tokens"), &rc)) rc = 0;
+    check(rc == ct);
+    cJSON_Delete(u);
+    /* A valid answer: the usage is one of its own. */
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(gw_fuzz_guarded(p, n), n, &end, 0);
+    if (j && end) {
+        size_t e = (size_t)(end - (gw_fuzz_guard_end() - n));
+        while (e < n && json_ws(p[e])) e++;
+        if (e == n) check(in_tree(j, pt, ct));
+    }
+    cJSON_Delete(j);
+}
+
+typedef struct text {
+    char *p;
+    size_t len, cap;
+} text_t;
+
+static void put(text_t *t, const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0) return;
+    if (t->len + n > t->cap) {
+        t->cap = (t->len + n) * 2 + 64;
+        t->p = realloc(t->p, t->cap);
+        check(t->p != NULL);
+    }
+    memcpy(t->p + t->len, s, n);
+    t->len += n;
+}
+
+static uint64_t take(const uint8_t **d, size_t *n, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) {
+        v = v << 8 | (*n ? **d : 0);
+        if (*n) (*d)++, (*n)--;
+    }
+    return v;
+}
+
+/* An answer with a usage written last, among decoys the data chooses. */
+static void written_mode(const uint8_t *d, size_t n)
+{
+    static const char *const ws[] = {"", " ", "\n  ", "\t", "\r\n"};
+    unsigned how = (unsigned)take(&d, &n, 2);
+    uint64_t prompt = take(&d, &n, 5), completion = take(&d, &n, 5), decoy = take(&d, &n, 2);
+    int bad_completion = how & 1, big = how & 2;
+    if (big) prompt = prompt * 1000 + 999; /* may pass 1e12: then no usage at all */
+    const char *w1 = ws[(how >> 2) % 5], *w2 = ws[(how >> 5) % 5];
+    text_t t = {0};
+    char num[160];
+    put(&t, how & 0x100 ? " " : "");
+    put(&t, "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,");
+    if (how & 0x200) { /* an earlier usage, in a place no backend puts one */
+        snprintf(num, sizeof(num), "\"usage\":{\"prompt_tokens\":%" PRIu64 "},", decoy);
+        put(&t, num);
+    }
+    put(&t, "\"message\":{\"role\":\"assistant\",\"content\":\"");
+    if (how & 0x400) /* a content holding the text of a usage */
+        put(&t, "say \\\"usage\\\": {\\\"prompt_tokens\\\": 1} \\\\\\\"usage\\\\\\\":{}");
+    /* the rest of the content: the data, as a JSON string's characters */
+    for (size_t i = 0; i < n && i < 64; i++) {
+        char c[8];
+        if (d[i] == '"' || d[i] == '\\') snprintf(c, sizeof(c), "\\%c", d[i]);
+        else if (d[i] < 0x20 || d[i] >= 0x7f) snprintf(c, sizeof(c), "\\u%04x", d[i]);
+        else snprintf(c, sizeof(c), "%c", d[i]);
+        put(&t, c);
+    }
+    put(&t, "\"},\"finish_reason\":\"stop\"}],");
+    snprintf(num, sizeof(num), "\"usage\"%s:%s{\"prompt_tokens\":%" PRIu64 ",", w1, w2, prompt);
+    put(&t, num);
+    if (bad_completion) put(&t, "\"completion_tokens\":-1}}");
+    else {
+        snprintf(num, sizeof(num), "\"completion_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64 "}}",
+                 completion, prompt + completion);
+        put(&t, num);
+    }
+    int64_t pt = -1, ct = -1;
+    int found = gw_body_usage(NULL, gw_fuzz_guarded(t.p, t.len), t.len, &pt, &ct, NULL);
+    check(found == ((double)prompt < 1e12));
+    if (found) {
+        check(pt == (int64_t)prompt);
+        check(ct == (bad_completion || (double)completion >= 1e12 ? 0 : (int64_t)completion));
+    }
+    usage_mode(t.p, t.len);
+    free(t.p);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1 || size - 1 > GW_FUZZ_AREA / 2) return 0;
+    const char *p = (const char *)data + 1;
+    size_t n = size - 1;
+    switch (data[0] % 3) {
+    case 0: body_mode(p, n); break;
+    case 1: usage_mode(p, n); break;
+    default: written_mode(data + 1, n); break;
+    }
+    return 0;
+}
