@@ -54,6 +54,7 @@ static const gw_conf_key_t limits_keys[] = {
 static const gw_conf_key_t timeouts_keys[] = {
     TIMEOUT(client_header_ms), TIMEOUT(client_body_ms), TIMEOUT(keepalive_ms),
     TIMEOUT(upstream_connect_ms), TIMEOUT(upstream_first_byte_ms), TIMEOUT(upstream_idle_ms),
+    TIMEOUT(upstream_keepalive_ms),
     {"drain_ms", GW_CT_INT, offsetof(gw_config_t, timeouts.drain_ms), 0, INT_MAX_MS},
     {NULL},
 };
@@ -231,6 +232,7 @@ static void defaults(gw_config_t *c)
     c->timeouts.upstream_connect_ms = 2000;
     c->timeouts.upstream_first_byte_ms = 120000;
     c->timeouts.upstream_idle_ms = 60000;
+    c->timeouts.upstream_keepalive_ms = 30000;
     c->timeouts.drain_ms = 30000;
     c->redis.timeout_ms = 100;
     c->resolver.refresh_ms = 30000;

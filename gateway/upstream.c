@@ -17,7 +17,6 @@
 #define MAX_RESPONSE_HEAD (64 * 1024)
 #define MAX_RESPONSE_HEADERS 256
 #define MAX_IDLE_PER_BACKEND 1024
-#define IDLE_UPSTREAM_S 30
 
 enum { UP_CONNECTING, UP_WAITING, UP_BODY, UP_IDLE };
 enum { F_NONE, F_LENGTH, F_CHUNKED, F_EOF };
@@ -90,9 +89,9 @@ static void release(gw_upconn_t *u, int reusable)
     gw_io_set_eager(u->io, 0);
     if (u->paused) gw_io_read_enable(u->io, 1);
     u->paused = 0;
-    /* No timer while idle: a backend that closes is seen at once (EOF), and a connection
-     * idle too long is dropped when it would be taken (see take_idle). */
-    evtimer_del(u->timer);
+    /* A backend that closes is seen at once (EOF); one that keeps the connection open is left
+     * after timeouts.upstream_keepalive_ms (up_timer_cb), as nginx's keepalive_timeout. */
+    arm(u, u->cfg->timeouts.upstream_keepalive_ms);
     u->idle_since_us = gw_now_us();
     u->prev = NULL;
     u->next = w->idle[i];
@@ -258,7 +257,8 @@ static gw_upconn_t *take_idle(gw_req_t *r, gw_backend_t *b)
         gw_upconn_t *u = w->idle[b->index];
         idle_remove(u);
         /* Re-resolved since: its address may no longer be a verified one. */
-        if (now - u->idle_since_us < IDLE_UPSTREAM_S * 1000000ull && u->res == gw_backend_resolved(b))
+        if (now - u->idle_since_us < (uint64_t)u->cfg->timeouts.upstream_keepalive_ms * 1000u &&
+            u->res == gw_backend_resolved(b))
             return u;
         up_free(u);
     }
@@ -789,7 +789,11 @@ static void up_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     gw_upconn_t *u = arg;
     gw_req_t *r = u->req;
-    if (!r) { /* not armed while idle; nothing to do */
+    if (!r) { /* idle in the pool for upstream_keepalive_ms: closed */
+        if (u->state == UP_IDLE) {
+            idle_remove(u);
+            up_free(u);
+        }
         return;
     }
     /* Not connected in time: a connect failure (retryable); else no answer in time. */

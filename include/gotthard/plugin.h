@@ -6,7 +6,9 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 
-#define GW_PLUGIN_ABI 1
+/* Raised whenever gw_plugin_t changes: a plugin built against another table is refused at
+ * load instead of having its hooks read from the wrong slots. 2: upstream_select, wants_usage. */
+#define GW_PLUGIN_ABI 2
 
 typedef struct gw_req gw_req_t;
 typedef struct gw_conf_ctx gw_conf_ctx_t;

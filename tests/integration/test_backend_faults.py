@@ -250,6 +250,7 @@ def _close_fakes():
 def _gw(port, first_byte_ms=3000, **over):
     """A gateway (one worker) with one pool p1 of the fake backend, and an access log."""
     t = dict(gwtest.default_timeouts(), drain_ms=2000, upstream_first_byte_ms=first_byte_ms)
+    t.update(over.pop("timeouts", {}))
     pools = over.pop("pools", None) or [pool("p1", ["m1", "m2"], [backend(port)], **over.pop("pool_kw", {}))]
     return Gateway(gateway_config(pools=pools, timeouts=t, access_log={"path": "access.log"}, **over))
 
@@ -605,6 +606,24 @@ def test_idle_pooled_connection_closed_by_the_backend_is_closed_at_once():
     gone = wait_for(lambda: not backend_sockets(gw.pid, fake.port) and time.monotonic(), 2, interval=0.01,
                     what="the gateway's socket to the backend to go")
     assert gone - closed_at < 0.5, "the gateway closed its side %.2fs after the backend" % (gone - closed_at)
+    r = post_json(gw.port, "/v1/chat/completions", chat("m1"))
+    assert r.status == 200, r.describe()
+    assert [(q.conn, q.nth) for q in fake.requests()] == [(1, 1), (2, 1)]
+
+
+def test_idle_pooled_connection_is_closed_after_upstream_keepalive_ms():
+    """A backend that keeps an idle connection open: the gateway closes its side after
+    timeouts.upstream_keepalive_ms (400 ms here), not later, and the next request opens a new
+    connection and is served."""
+    fake = RawBackend(lambda req, fake: [json_answer()])
+    gw = _gw(fake.port, timeouts={"upstream_keepalive_ms": 400})
+    r = post_json(gw.port, "/v1/chat/completions", chat("m1"))
+    assert r.status == 200, r.describe()
+    t0 = time.monotonic()
+    assert len(backend_sockets(gw.pid, fake.port)) == 1, "no pooled connection after the answer"
+    gone = wait_for(lambda: not backend_sockets(gw.pid, fake.port) and time.monotonic(), 3, interval=0.02,
+                    what="the idle connection to be closed")
+    assert 0.3 <= gone - t0 < 1.0, "the idle connection was closed %.2fs after the answer" % (gone - t0)
     r = post_json(gw.port, "/v1/chat/completions", chat("m1"))
     assert r.status == 200, r.describe()
     assert [(q.conn, q.nth) for q in fake.requests()] == [(1, 1), (2, 1)]
