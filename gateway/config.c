@@ -306,6 +306,7 @@ static char *read_secret_file(const char *path, char *err, size_t errlen)
     }
     char *s = strdup(buf);
     explicit_bzero(buf, sizeof(buf));
+    if (!s) snprintf(err, errlen, "out of memory");
     return s;
 }
 
@@ -408,6 +409,10 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
             return -1;
         }
         key = strdup(v);
+        if (!key) {
+            gw_conf_error(cx, path, "out of memory");
+            return -1;
+        }
     } else if (b->api_key_file && !offline) {
         key = read_secret_file(b->api_key_file, err, sizeof(err));
         if (!key) {
@@ -423,9 +428,14 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
         }
         size_t n = strlen(key) + 32;
         b->auth_line = gw_arena_alloc(c->arena, n);
-        b->auth_line_len = (size_t)snprintf(b->auth_line, n, "authorization: Bearer %s\r\n", key);
+        if (b->auth_line)
+            b->auth_line_len = (size_t)snprintf(b->auth_line, n, "authorization: Bearer %s\r\n", key);
         explicit_bzero(key, strlen(key));
         free(key);
+        if (!b->auth_line) {
+            gw_conf_error(cx, path, "out of memory");
+            return -1;
+        }
     }
     if (b->tls && !offline) {
         b->ssl = gw_tls_client_ctx(b->ca_file, err, sizeof(err));
