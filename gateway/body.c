@@ -27,7 +27,8 @@ static int has_duplicate_key(gw_arena_t *arena, const cJSON *o)
                                       : malloc(n * sizeof(*v)))
                              : NULL;
     int dup = 0;
-    if (!v) { /* few keys (or no memory for the list): pairwise */
+    if (n > 16 && !v) return 1; /* no memory to sort: refused rather than minutes pairwise */
+    if (!v) { /* few keys: pairwise */
         for (const cJSON *a = o->child; a && !dup; a = a->next)
             for (const cJSON *b = a->next; b && !dup; b = b->next)
                 dup = strcmp(a->string, b->string) == 0;
@@ -54,6 +55,7 @@ static int escaped(const char *text, const char *p)
  * key; the same for a model name. Refused whole: the gateway must read what the backend reads. */
 static int has_nul_escape(const char *p, size_t len)
 {
+    if (memchr(p, '\0', len)) return 1; /* a raw NUL (never valid JSON, but cJSON takes it) */
     const char *end = p + len;
     for (const char *q = p; (q = memmem(q, (size_t)(end - q), "\\u0000", 6)); q += 6)
         if (!escaped(p, q)) return 1;

@@ -16,7 +16,7 @@ enum {
     GW_BODY_DUPLICATE_KEY = -2, /* a top-level key twice: parsers disagree on which one wins */
     GW_BODY_NO_MODEL = -3,      /* model missing, not a string, or empty */
     GW_BODY_BAD_STREAM = -4,    /* stream neither a boolean nor null; model is set */
-    GW_BODY_NUL = -5,           /* a \u0000 escape: cJSON's strings end at it, the backend's not */
+    GW_BODY_NUL = -5,           /* a NUL, raw or \u0000: cJSON's strings end at it, the backend's not */
 };
 
 typedef struct gw_body {

@@ -232,7 +232,7 @@ static void defaults(gw_config_t *c)
     c->timeouts.upstream_connect_ms = 2000;
     c->timeouts.upstream_first_byte_ms = 120000;
     c->timeouts.upstream_idle_ms = 60000;
-    c->timeouts.upstream_keepalive_ms = 30000;
+    c->timeouts.upstream_keepalive_ms = 4000; /* under uvicorn's (vLLM's) 5 s keep-alive */
     c->timeouts.drain_ms = 30000;
     c->redis.timeout_ms = 100;
     c->resolver.refresh_ms = 30000;

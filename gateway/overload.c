@@ -50,7 +50,7 @@ static void sample(void)
     if (now && ov.over_samples++ % TRIM_EVERY == 0) {
         malloc_trim(0); /* give freed memory back before judging again */
         rss = read_rss();
-        if (rss >= 0 && rss < limit - limit / 20) now = 0;
+        if (rss >= 0 && (was ? rss < limit - limit / 20 : rss < limit)) now = 0;
     }
     if (!now) ov.over_samples = 0;
     if (now == was) return;
@@ -76,10 +76,12 @@ int gw_overload_start(struct event_base *base, int64_t max_memory_bytes)
 {
     ov.page = sysconf(_SC_PAGESIZE);
     ov.statm = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-    if (ov.statm < 0 || ov.page <= 0) return -1;
-    ov.timer = event_new(base, -1, EV_PERSIST, sample_cb, NULL);
+    if (ov.statm >= 0 && ov.page > 0) ov.timer = event_new(base, -1, EV_PERSIST, sample_cb, NULL);
     struct timeval tv = {0, SAMPLE_MS * 1000};
-    if (!ov.timer || event_add(ov.timer, &tv) < 0) return -1;
+    if (!ov.timer || event_add(ov.timer, &tv) < 0) {
+        gw_overload_stop(); /* no sampling at all: never a flag that cannot clear */
+        return -1;
+    }
     gw_overload_set_limit(max_memory_bytes);
     return 0;
 }
@@ -87,7 +89,8 @@ int gw_overload_start(struct event_base *base, int64_t max_memory_bytes)
 void gw_overload_set_limit(int64_t max_memory_bytes)
 {
     atomic_store(&ov.limit, max_memory_bytes);
-    if (ov.statm >= 0) sample();
+    if (ov.timer) sample();
+    else if (max_memory_bytes) gw_warn("limits.max_memory_bytes is not enforced: /proc/self/statm cannot be read");
 }
 
 void gw_overload_stop(void)

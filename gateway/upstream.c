@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include "balance.h"
+#include "json.h"
 #include "log.h"
 #include "residency.h"
 #include "tls.h"
@@ -34,12 +35,17 @@ struct gw_upconn {
     int64_t remaining;
     gw_chunked_t ck;
     uint64_t received;
+    uint64_t sent_us; /* when the request went (a stale connection fails at once) */
+    /* The backend refused the request in its stream's first event (a 4xx error event) */
+    const char *refusal; /* that event's data, in the request's memory */
+    size_t refusal_len;
+    int refusal_status;
     uint64_t idle_since_us;
     struct evbuffer *held; /* the client's head while held back (see release_head) */
     unsigned reused : 1, keepalive : 1, paused : 1;
     unsigned head_held : 1;   /* the client's head is in `held`: nothing reached the client yet */
     unsigned broken : 1;      /* the answer's body is unusable: end the request as failed */
-    unsigned health_told : 1; /* passive health was told how this request went */
+    unsigned health_told : 2; /* passive health was told: HEALTH_OK or HEALTH_FAILED */
     const gw_resolved_t *res; /* the verified addresses it was connected under */
 };
 
@@ -48,6 +54,9 @@ static void up_event_cb(gw_io_t *io, int what, void *arg);
 static void up_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void try_backend(gw_req_t *r);
 static const gw_io_cbs_t up_cbs = {up_read_cb, NULL, up_event_cb};
+
+enum { HEALTH_OK = 1, HEALTH_FAILED = 2 };
+#define STALE_WINDOW_US 1000000 /* an idle close races a request by milliseconds, not seconds */
 
 static void up_free(gw_upconn_t *u)
 {
@@ -335,6 +344,8 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b, int fresh)
     u->head_scanned = 0;
     u->received = 0;
     u->head_held = u->broken = u->health_told = 0;
+    u->refusal_status = 0;
+    u->sent_us = gw_now_us();
     atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
     gw_io_set_eager(u->io, 1);
     if (u->reused) arm(u, r->cfg->timeouts.upstream_first_byte_ms);
@@ -363,33 +374,55 @@ void gw_upstream_start(gw_req_t *r)
 }
 
 /* Fails the request on the backend side: retry, an error answer, or a broken stream. */
-static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int status, const char *code,
-                    int retryable);
+static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int counted, int status,
+                    const char *code, int retryable);
+
+/* The backend refused the request in its stream's first event, before anything reached the
+ * client: answered as its error answer to a plain request would be (gw_req_backend_error), and
+ * not held against the backend, which did its job. */
+static void refused_in_stream(gw_req_t *r, gw_upconn_t *u)
+{
+    int status = u->refusal_status;
+    const char *body = u->refusal;
+    size_t len = u->refusal_len;
+    gw_balance_succeeded(u->be);
+    up_free(u); /* the rest of the stream is not read: the connection goes */
+    r->sse = 0;
+    gw_req_backend_error(r, status, body, len);
+    gw_req_finish(r, 0);
+}
 
 /* A head still held goes with the connection: nothing reached the client, which gets a whole
  * error answer instead. */
 static void fail(gw_req_t *r, int status, const char *code, int retryable)
 {
     gw_upconn_t *u = detach(r);
+    if (u && u->refusal_status && !r->head_sent) {
+        refused_in_stream(r, u);
+        return;
+    }
     gw_backend_t *b = u ? u->be : r->backend;
-    /* Stale: a pooled connection closed or reset before a byte of the answer came. The backend
-     * most likely closed it as idle while the request was on its way, and did not take the
-     * request. A timeout is never stale: the backend has the request. */
-    int stale = retryable && u && u->reused && u->received == 0;
+    /* Stale: a pooled connection closed or reset before a byte of the answer came, at once.
+     * The backend most likely closed it as idle while the request was on its way, and did not
+     * take the request. A timeout is never stale, nor a close long after the request went: the
+     * backend had it (a crash during prefill), and that is a failure. */
+    int stale = retryable && u && u->reused && u->received == 0 &&
+                gw_now_us() - u->sent_us < STALE_WINDOW_US;
+    int counted = u && u->health_told == HEALTH_FAILED; /* one failure per request */
     if (u) up_free(u);
-    fail_on(r, b, stale, status, code, retryable);
+    fail_on(r, b, stale, counted, status, code, retryable);
 }
 
 static void connect_failed(gw_req_t *r, gw_backend_t *b)
 {
-    fail_on(r, b, 0, 502, "upstream_error", 1);
+    fail_on(r, b, 0, 0, 502, "upstream_error", 1);
 }
 
-static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int status, const char *code,
-                    int retryable)
+static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int counted, int status,
+                    const char *code, int retryable)
 {
     size_t idx = (size_t)(b - (gw_backend_t *)r->pool->backends.items);
-    if (!stale) gw_balance_failed(b); /* passive health */
+    if (!stale && !counted) gw_balance_failed(b); /* passive health */
     if (!r->head_sent && retryable) {
         /* Nothing reached the client: a kept-alive connection that the backend had closed is
          * retried on the same backend, on a new connection; a fresh failure once more on
@@ -471,20 +504,65 @@ static void client_write(gw_req_t *r, const char *p, size_t n)
 
 #define MAX_USAGE_COPY (1u << 20)
 
+/* The status an error event gives the request itself (400-499: its error.code, vLLM's
+ * BadRequestError, OpenAI's invalid_request_error, TGI's validation error), or 0 when the
+ * backend failed. A request that the backend refuses is the client's doing, not the backend's:
+ * counted against the backend, a client could get healthy backends ejected. */
+static int refusal_status(gw_req_t *r, const char *ev, size_t len)
+{
+    const char *data = memmem(ev, len, "data:", 5);
+    if (!data) return 0;
+    data += 5;
+    const char *eol = data;
+    while (eol < ev + len && *eol != '\n' && *eol != '\r') eol++;
+    cJSON *j = gw_json_parse(r->arena, data, (size_t)(eol - data), NULL);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(e, "type");
+    const cJSON *tgi = cJSON_GetObjectItemCaseSensitive(j, "error_type");
+    int status = 0;
+    if (cJSON_IsNumber(code) && code->valuedouble >= 400 && code->valuedouble < 500)
+        status = (int)code->valuedouble;
+    else if (!cJSON_IsNumber(code) && cJSON_IsString(type) &&
+             (strcmp(type->valuestring, "invalid_request_error") == 0 ||
+              strcmp(type->valuestring, "BadRequestError") == 0))
+        status = 400;
+    else if (cJSON_IsString(e) && cJSON_IsString(tgi) && strcmp(tgi->valuestring, "validation") == 0)
+        status = 400;
+    cJSON_Delete(j); /* nothing for nodes from the arena */
+    return status;
+}
+
 /* The backend reported in its stream that the generation failed. Before anything reached the
  * client, the whole answer becomes a 502 (returns -1: stop the stream); after, the event is
  * relayed with the rest of the stream, and the request still counts as failed, in the logs
- * and metrics (502 upstream_error) and for passive health. */
-static int stream_error_event(gw_req_t *r, gw_upconn_t *u)
+ * and metrics (502 upstream_error) and for passive health. An event that refuses the request
+ * itself (refusal_status) is the backend's answer: before anything reached the client it is
+ * answered as a plain error answer with its status (refused_in_stream), after it is relayed;
+ * neither counts against the backend. */
+static int stream_error_event(gw_req_t *r, gw_upconn_t *u, const char *ev, size_t len)
 {
+    int refused = refusal_status(r, ev, len);
+    if (refused && !u->head_held) return 0;
     if (u->head_held) {
+        if (refused) {
+            char *copy = gw_req_alloc(r, len + 1);
+            const char *data = memmem(ev, len, "data:", 5);
+            if (copy && data) {
+                size_t n = len - (size_t)(data + 5 - ev);
+                memcpy(copy, data + 5, n);
+                u->refusal = copy;
+                u->refusal_len = n;
+                u->refusal_status = refused;
+            }
+        }
         u->broken = 1;
         return -1;
     }
     r->status = 502;
     r->code = "upstream_error";
-    if (!u->health_told) gw_balance_failed(u->be);
-    u->health_told = 1;
+    if (u->health_told != HEALTH_FAILED) gw_balance_failed(u->be);
+    u->health_told = HEALTH_FAILED;
     return 0;
 }
 
@@ -492,7 +570,7 @@ static int on_event(void *arg, const char *ev, size_t len)
 {
     gw_req_t *r = arg;
     /* Only a successful stream's: an error status already says the answer failed. */
-    if (r->status < 300 && gw_sse_is_error_event(ev, len) && stream_error_event(r, r->up) < 0)
+    if (r->status < 300 && gw_sse_is_error_event(ev, len) && stream_error_event(r, r->up, ev, len) < 0)
         return -1;
     if (r->cfg->want_usage && memmem(ev, len, "\"usage\"", 7)) {
         const char *data = memmem(ev, len, "data:", 5);
@@ -538,7 +616,7 @@ static void judge_head(gw_req_t *r, gw_upconn_t *u, int status)
     if (r->sse && status < 300) return; /* see stream_error_event and complete */
     if (status >= 500) gw_balance_failed(u->be);
     else gw_balance_succeeded(u->be);
-    u->health_told = 1;
+    u->health_told = status >= 500 ? HEALTH_FAILED : HEALTH_OK;
 }
 
 /* Parses the backend's head and prepares the client's (held, see release_head). Returns 1 when

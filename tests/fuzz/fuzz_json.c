@@ -97,8 +97,8 @@ static void check_verdict(const char *p, size_t n, int rc, const gw_body_t *b)
         check(!b->model);
         return;
     }
-    if (rc == GW_BODY_NUL) { /* a \u0000 escape, its backslash not escaped itself */
-        check(!b->model && memmem(p, n, "\\u0000", 6) != NULL);
+    if (rc == GW_BODY_NUL) { /* a raw NUL, or a \u0000 escape whose backslash is not escaped */
+        check(!b->model && (memchr(p, 0, n) || memmem(p, n, "\\u0000", 6)));
         return;
     }
     check(cJSON_IsObject(b->json));

@@ -59,6 +59,9 @@ TOKEN_EVENT = (b'data: {"id":"x","object":"chat.completion.chunk","model":"m1","
 ERROR_EVENT = (b'data: {"error": {"object": "error", "message": "engine failed", "type": "InternalServerError",'
                b' "param": null, "code": 500}}\n\n')
 DONE_EVENT = b"data: [DONE]\n\n"
+# What vLLM sends when the request itself is at fault (a prompt over the context length).
+REFUSAL_EVENT = (b'data: {"error": {"object": "error", "message": "This model\'s maximum context length is '
+                 b'4096 tokens", "type": "BadRequestError", "param": null, "code": 400}}\n\n')
 
 
 def chunk(data):
@@ -640,6 +643,10 @@ def _event_script(req, fake):
         return [SSE_HEAD, ("sleep", 0.2), chunk(ERROR_EVENT) + chunk(DONE_EVENT) + SSE_END]
     if name == "error_after_token":
         return [SSE_HEAD + chunk(TOKEN_EVENT), ("sleep", 0.1), chunk(ERROR_EVENT) + chunk(DONE_EVENT) + SSE_END]
+    if name == "refused_first":        # the backend refuses the request in its first event
+        return [SSE_HEAD + chunk(REFUSAL_EVENT) + chunk(DONE_EVENT) + SSE_END]
+    if name == "refused_after_token":
+        return [SSE_HEAD + chunk(TOKEN_EVENT), ("sleep", 0.1), chunk(REFUSAL_EVENT) + chunk(DONE_EVENT) + SSE_END]
     if name == "error_after_comment":  # a keep-alive comment, then the error as the first data event
         return [SSE_HEAD + chunk(b": ping\n\n"), ("sleep", 0.1), chunk(ERROR_EVENT) + chunk(DONE_EVENT) + SSE_END]
     return [SSE_HEAD + chunk(TOKEN_EVENT) + chunk(DONE_EVENT) + SSE_END]
@@ -698,6 +705,28 @@ def test_error_event_after_the_head_went_out_is_relayed_and_counted():
         _assert_ejected(gw, name)
         gw.stop()
         fake.close()
+
+
+def test_refusal_event_is_the_clients_error_not_the_backends():
+    """An error event that refuses the request itself (vLLM's BadRequestError, code 400: a prompt
+    over the context length), as a stream's first event: the client gets a 400 (the gateway's
+    own OpenAI-shaped error, as for a backend's 400 to a plain request), logged 400; after a
+    token it is relayed and the stream ends cleanly. Neither counts against the backend: five in
+    a row (max_fails 2) and it still serves. Counted, any client could get healthy backends
+    ejected by sending requests they refuse."""
+    fake = RawBackend(_event_script)
+    gw = _event_gw(fake)
+    for i in range(5):
+        rid = "refused-%d" % i
+        r = post_json(gw.port, "/v1/chat/completions", chat("m1", stream=True),
+                      headers=_fault("refused_first", **{"x-request-id": rid}))
+        assert r.status == 400 and r.json()["error"]["type"] == "invalid_request_error", r.describe()
+        assert b"context length" not in r.body, "the backend's message was relayed: %s" % r.describe()
+        assert access_line(gw, rid)["status"] == 400
+    res = su.stream(gw.port, chat("m1", stream=True), _fault("refused_after_token"), timeout=10)
+    assert res.resp.status == 200 and len(res.error_events()) == 1 and res.complete, res.describe()
+    res = su.stream(gw.port, chat("m1", stream=True), _fault("ok"), timeout=10)
+    assert res.resp.status == 200 and res.complete, "the backend was ejected: %s" % res.describe()
 
 
 def test_mock_error_event():

@@ -57,6 +57,14 @@ static void test_inspect(void)
     expect_body("{\"model\":\"m\",\"x\":\"\\\\u0000\"}", GW_BODY_OK, "m", 0); /* the text \u0000 */
     expect_body("{\"model\":\"m\",\"x\":\"\\\\\\u0000\"}", GW_BODY_NUL, NULL, 0); /* \\ then \u0000 */
     expect_body("{\"model\":\"m\",\"x\":\"\\u0001\"}", GW_BODY_OK, "m", 0);
+    /* a raw NUL: not JSON, but cJSON takes it and ends the string there */
+    {
+        const char raw[] = "{\"model\":\"allowed\0evil\",\"mo\0del\":1}";
+        gw_body_t b;
+        int rc = gw_body_inspect(NULL, raw, sizeof(raw) - 1, &b);
+        CHECK(rc == GW_BODY_NUL, "a raw NUL: %d", rc);
+        cJSON_Delete(b.json);
+    }
     /* The body ends at its length: what follows in memory is not read. */
     {
         const char text[] = "{\"model\":\"m\"}, trailing bytes that are not the body's";
