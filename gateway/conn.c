@@ -256,6 +256,15 @@ static void head_error(gw_conn_t *c, int rc)
         gw_conn_error_reply(c, 400, "bad_request", "The request is malformed.", 1);
 }
 
+/* Answers a request refused before its body is read; the connection closes after it (the body
+ * would otherwise be taken for the next request). */
+static void refuse_unread(gw_req_t *r, int status, const char *code, const char *message)
+{
+    r->close = 1;
+    gw_req_error(r, status, code, message);
+    gw_req_finish(r, 1);
+}
+
 /* Parses as many requests as the input holds, one at a time. */
 static void process(gw_conn_t *c)
 {
@@ -307,17 +316,13 @@ static void process(gw_conn_t *c)
             evtimer_del(c->timer);
             if (gw_overload_memory()) {
                 /* Short of memory: running requests go on, this one is refused cheaply. */
-                r->close = 1;
                 gw_req_add_response_header(r, "retry-after", "1");
-                gw_req_error(r, 503, "server_overloaded",
-                             "The gateway is short of memory; try again shortly.");
-                gw_req_finish(r, 1);
+                refuse_unread(r, 503, "server_overloaded",
+                              "The gateway is short of memory; try again shortly.");
                 break;
             }
             if (r->head.content_length > r->cfg->limits.max_body_bytes) {
-                r->close = 1;
-                gw_req_error(r, 413, "request_too_large", "The request body is too large.");
-                gw_req_finish(r, 1);
+                refuse_unread(r, 413, "request_too_large", "The request body is too large.");
                 break;
             }
             gw_req_headers_ready(r);

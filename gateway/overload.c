@@ -24,7 +24,7 @@ static struct {
     long page;
     struct event *timer;
     unsigned over_samples;
-    _Atomic int64_t limit, rss;
+    _Atomic int64_t limit;
     atomic_int over;
 } ov = {.statm = -1};
 
@@ -44,7 +44,6 @@ static void sample(void)
 {
     int64_t rss = read_rss(), limit = atomic_load(&ov.limit);
     if (rss < 0) return;
-    atomic_store_explicit(&ov.rss, rss, memory_order_relaxed);
     int was = atomic_load_explicit(&ov.over, memory_order_relaxed);
     int now = limit > 0 && (was ? rss >= limit - limit / 20 : rss >= limit);
     if (now && ov.over_samples++ % TRIM_EVERY == 0) {

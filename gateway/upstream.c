@@ -506,16 +506,19 @@ static void client_write(gw_req_t *r, const char *p, size_t n)
 
 /* The status an error event gives the request itself (400-499: its error.code, vLLM's
  * BadRequestError, OpenAI's invalid_request_error, TGI's validation error), or 0 when the
- * backend failed. A request that the backend refuses is the client's doing, not the backend's:
- * counted against the backend, a client could get healthy backends ejected. */
-static int refusal_status(gw_req_t *r, const char *ev, size_t len)
+ * backend failed; *data and *n: the event's first data line. A request that the backend
+ * refuses is the client's doing, not the backend's: counted against the backend, a client
+ * could get healthy backends ejected. */
+static int refusal_status(gw_req_t *r, const char *ev, size_t len, const char **data, size_t *n)
 {
-    const char *data = memmem(ev, len, "data:", 5);
-    if (!data) return 0;
-    data += 5;
-    const char *eol = data;
+    const char *d = memmem(ev, len, "data:", 5);
+    if (!d) return 0;
+    d += 5;
+    const char *eol = d;
     while (eol < ev + len && *eol != '\n' && *eol != '\r') eol++;
-    cJSON *j = gw_json_parse(r->arena, data, (size_t)(eol - data), NULL);
+    *data = d;
+    *n = (size_t)(eol - d);
+    cJSON *j = gw_json_parse(r->arena, d, *n, NULL);
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
     const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(e, "type");
@@ -542,19 +545,17 @@ static int refusal_status(gw_req_t *r, const char *ev, size_t len)
  * neither counts against the backend. */
 static int stream_error_event(gw_req_t *r, gw_upconn_t *u, const char *ev, size_t len)
 {
-    int refused = refusal_status(r, ev, len);
+    const char *data = NULL;
+    size_t n = 0;
+    int refused = refusal_status(r, ev, len, &data, &n);
     if (refused && !u->head_held) return 0;
     if (u->head_held) {
-        if (refused) {
-            char *copy = gw_req_alloc(r, len + 1);
-            const char *data = memmem(ev, len, "data:", 5);
-            if (copy && data) {
-                size_t n = len - (size_t)(data + 5 - ev);
-                memcpy(copy, data + 5, n);
-                u->refusal = copy;
-                u->refusal_len = n;
-                u->refusal_status = refused;
-            }
+        char *copy = refused ? gw_req_alloc(r, n) : NULL; /* kept until refused_in_stream */
+        if (copy) {
+            memcpy(copy, data, n);
+            u->refusal = copy;
+            u->refusal_len = n;
+            u->refusal_status = refused;
         }
         u->broken = 1;
         return -1;

@@ -305,8 +305,9 @@ class Service:
 # --------------------------------------------------------------------------- descriptors
 
 
-def _tcp_sockets():
-    """{socket inode: (local port, state)} of every TCP socket on this host (one network namespace)."""
+def tcp_sockets():
+    """{socket inode: (local port, remote port, state)} of every TCP socket on this host (one
+    network namespace); state as in /proc/net/tcp ("01" established, "08" CLOSE_WAIT, "0A" LISTEN)."""
     out = {}
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -314,10 +315,32 @@ def _tcp_sockets():
                 next(f)
                 for line in f:
                     p = line.split()
-                    out[p[9]] = (int(p[1].rsplit(":", 1)[1], 16), p[3])
+                    out[p[9]] = (int(p[1].rsplit(":", 1)[1], 16), int(p[2].rsplit(":", 1)[1], 16), p[3])
         except OSError:
             pass
     return out
+
+
+def fd_targets(pid):
+    """{fd: link target} of process `pid` ("socket:[inode]", a path, "pipe:[...]"), or None if it
+    is gone."""
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return None
+    out = {}
+    for fd in fds:
+        try:
+            out[int(fd)] = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            pass  # closed meanwhile
+    return out
+
+
+def socket_inode(target):
+    """The inode of an fd_targets() target that is a socket, else None."""
+    m = re.match(r"socket:\[(\d+)\]$", target)
+    return m.group(1) if m else None
 
 
 def fd_census(pid, own_ports):
@@ -325,26 +348,20 @@ def fd_census(pid, own_ports):
     connections accepted on one of `own_ports` (listeners and admin); `upstream` are the other
     connected TCP sockets (backends, Redis: pools that come and go); `own` is everything else
     (listening sockets, files, pipes, eventfds), as {fd: link target}. None if the process is gone."""
-    try:
-        fds = os.listdir("/proc/%d/fd" % pid)
-    except OSError:
+    targets = fd_targets(pid)
+    if targets is None:
         return None
-    tcp = _tcp_sockets()
+    tcp = tcp_sockets()
     own, clients, upstream = {}, 0, 0
-    for fd in fds:
-        try:
-            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue  # closed meanwhile
-        m = re.match(r"socket:\[(\d+)\]$", target)
-        info = tcp.get(m.group(1)) if m else None
-        if info and info[1] != "0A":  # 0A: LISTEN
+    for fd, target in targets.items():
+        info = tcp.get(socket_inode(target))
+        if info and info[2] != "0A":  # 0A: LISTEN
             if info[0] in own_ports:
                 clients += 1
             else:
                 upstream += 1
         else:
-            own[int(fd)] = target
+            own[fd] = target
     return own, clients, upstream
 
 # --------------------------------------------------------------------------- mock backend

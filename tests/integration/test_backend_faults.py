@@ -293,29 +293,12 @@ def requests_total(gw, code):
 def backend_sockets(pid, port):
     """The gateway's TCP sockets whose peer is 127.0.0.1:port: a list of (inode, state), state as in
     /proc/net/tcp ("01" established, "08" CLOSE_WAIT, ...)."""
-    inodes = set()
-    fd_dir = "/proc/%d/fd" % pid
-    for fd in os.listdir(fd_dir):
-        try:
-            link = os.readlink(os.path.join(fd_dir, fd))
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
+    tcp = gwtest.tcp_sockets()
     out = []
-    for table in ("tcp", "tcp6"):
-        try:
-            with open("/proc/%d/net/%s" % (pid, table)) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) < 10:
-                continue
-            rem_port = int(cols[2].rsplit(":", 1)[1], 16)
-            if rem_port == port and cols[9] in inodes:
-                out.append((cols[9], cols[3]))
+    for target in (gwtest.fd_targets(pid) or {}).values():
+        ino = gwtest.socket_inode(target)
+        if ino in tcp and tcp[ino][1] == port:
+            out.append((ino, tcp[ino][2]))
     return out
 
 
@@ -663,6 +646,16 @@ def _assert_ejected(gw, what):
     assert r.status == 503, "%s: two failures in a row did not eject the backend" % what
 
 
+def _assert_counted_failures(gw, name, rids):
+    """Each request logged 502 upstream_error, counted 502 (never 200) in the metrics, and two such
+    failures in a row ejected the backend."""
+    for rid in rids:
+        ln = access_line(gw, rid)
+        assert (ln["status"], ln["code"]) == (502, "upstream_error"), ln
+    assert requests_total(gw, 502) == len(rids) and requests_total(gw, 200) == 0, "%s: metrics" % name
+    _assert_ejected(gw, name)
+
+
 def test_error_as_first_event_is_502():
     """The first event of a 200 stream is an error (at once, or 200 ms after the head): the client
     gets 502 upstream_error, OpenAI-shaped, not a 200; the access log says 502 upstream_error,
@@ -671,15 +664,12 @@ def test_error_as_first_event_is_502():
     for name in ("error_first", "error_first_later"):
         fake = RawBackend(_event_script)
         gw = _event_gw(fake)
-        for i in range(2):
-            rid = "%s-%d" % (name, i)
+        rids = ["%s-%d" % (name, i) for i in range(2)]
+        for rid in rids:
             r = post_json(gw.port, "/v1/chat/completions", chat("m1", stream=True),
                           headers=_fault(name, **{"x-request-id": rid}))
             assert_error(r, 502, "upstream_error")
-            ln = access_line(gw, rid)
-            assert (ln["status"], ln["code"]) == (502, "upstream_error"), ln
-        assert requests_total(gw, 502) == 2 and requests_total(gw, 200) == 0, "%s: metrics" % name
-        _assert_ejected(gw, name)
+        _assert_counted_failures(gw, name, rids)
         gw.stop()
         fake.close()
 
@@ -692,17 +682,14 @@ def test_error_event_after_the_head_went_out_is_relayed_and_counted():
     for name in ("error_after_token", "error_after_comment"):
         fake = RawBackend(_event_script)
         gw = _event_gw(fake)
-        for i in range(2):
-            rid = "%s-%d" % (name, i)
+        rids = ["%s-%d" % (name, i) for i in range(2)]
+        for rid in rids:
             res = su.stream(gw.port, chat("m1", stream=True), _fault(name, **{"x-request-id": rid}), timeout=10)
             assert res.resp.status == 200, res.describe()
             errs = res.error_events()
             assert len(errs) == 1 and errs[0]["error"]["message"] == "engine failed", res.describe()
             assert res.events[-1] == "[DONE]" and res.complete, res.describe()
-            ln = access_line(gw, rid)
-            assert (ln["status"], ln["code"]) == (502, "upstream_error"), ln
-        assert requests_total(gw, 502) == 2 and requests_total(gw, 200) == 0, "%s: metrics" % name
-        _assert_ejected(gw, name)
+        _assert_counted_failures(gw, name, rids)
         gw.stop()
         fake.close()
 

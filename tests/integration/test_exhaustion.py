@@ -5,7 +5,6 @@ instead of spinning, and the gateway serves again once descriptors are back; a m
 
 import json
 import os
-import re
 import resource
 import selectors
 import socket
@@ -16,14 +15,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
 from gwtest import HOST, Mock, Gateway, Conn, gateway_config, chat, post_json, assert_error  # noqa: E402
+import promtext  # noqa: E402
 import streamutil as su  # noqa: E402
 
 
-def _metric(gw, name):
-    """The value of one unlabelled (or fully labelled) sample on /metrics, or None."""
-    text = gwtest.get(gw.admin_port, "/metrics").text()
-    m = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
-    return float(m.group(1)) if m else None
+def _metric(gw, name, **labels):
+    """A sample's value on /metrics (0 when absent), read by the strict exposition parser."""
+    return promtext.value(promtext.parse(gwtest.get(gw.admin_port, "/metrics").text()), name, **labels)
 
 
 def _cpu_seconds(pid):
@@ -225,7 +223,7 @@ def test_memory_ceiling_refuses_new_requests_while_streams_go_on():
         t.join(30)
     for i, res in enumerate(results):
         su.assert_clean_stream(res, 30, "stream %d running when the ceiling was crossed" % i)
-    assert _metric(gw, 'gotthard_rejected_total{reason="server_overloaded"}') >= 2
+    assert _metric(gw, "gotthard_rejected_total", reason="server_overloaded") >= 2
     assert _metric(gw, "process_resident_memory_bytes") > 1 << 20
     gw.reload(gwtest.deep_merge(cfg, {"limits": {"max_memory_bytes": 0}}))
     gwtest.wait_for(lambda: _metric(gw, "gotthard_overloaded") == 0, 3, what="gotthard_overloaded 0")
