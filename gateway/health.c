@@ -85,7 +85,8 @@ static void health_result(gw_health_t *h, bstate_t *st, int ok)
 static void metrics_result(bstate_t *st, const char *body, size_t len)
 {
     int w, r, c;
-    if (gw_vllm_metrics_parse(body, len, &w, &r, &c) < 2) return; /* missing: fall back */
+    const int need = GW_VLLM_WAITING | GW_VLLM_RUNNING; /* missing either: fall back */
+    if ((gw_vllm_metrics_parse(body, len, &w, &r, &c) & need) != need) return;
     gw_backend_lb_t *lb = &st->b->lb;
     /* What the backend has shown it can run at once: all it runs while others wait. */
     int cap = atomic_load(&lb->m_cap);

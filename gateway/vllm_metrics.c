@@ -33,12 +33,12 @@ int gw_vllm_metrics_parse(const char *text, size_t len, int *waiting, int *runni
                   (p[sizeof(name) - 1] == '{' || p[sizeof(name) - 1] == ' ' ||          \
                    p[sizeof(name) - 1] == '\t'))
             if (have && v >= 0 && v < 1e9) {
-                if (IS("vllm:num_requests_waiting")) w += v, found++;
-                else if (IS("vllm:num_requests_running")) r += v, found++;
+                if (IS("vllm:num_requests_waiting")) w += v, found |= GW_VLLM_WAITING;
+                else if (IS("vllm:num_requests_running")) r += v, found |= GW_VLLM_RUNNING;
                 else if (IS("vllm:kv_cache_usage_perc") || IS("vllm:gpu_cache_usage_perc")) {
                     /* the first name since vLLM 0.10, the second before */
                     if (v > c) c = v;
-                    found++;
+                    found |= GW_VLLM_CACHE;
                 }
             }
 #undef IS

@@ -6,7 +6,7 @@
  *   0  the data is a metrics page as a backend sends it. Besides "no crash, no undefined
  *      behaviour, nothing read past its length" (the page sits against an unreadable page):
  *      the counts are never negative, the cache usage is within 0..1000 per mille; and cut at
- *      any line end into two pages, the samples found add up, the cache usage is the larger of
+ *      any line end into two pages, the kinds of sample found unite, the cache usage is the larger of
  *      the two and the sums the same to within the rounding of each part.
  *   1  the data is a list of samples the harness writes as a vLLM page (names, labels, comments,
  *      other metrics, LF or CRLF): what is parsed is exactly what was written.
@@ -47,7 +47,7 @@ static result_t parse(const char *p, size_t n)
 {
     result_t r;
     r.found = gw_vllm_metrics_parse(gw_fuzz_guarded(p, n), n, &r.waiting, &r.running, &r.cache);
-    check(r.found >= 0);
+    check(r.found >= 0 && r.found <= (GW_VLLM_WAITING | GW_VLLM_RUNNING | GW_VLLM_CACHE));
     check(r.waiting >= 0 && r.running >= 0);
     check(r.cache >= 0 && r.cache <= 1000);
     return r;
@@ -69,7 +69,7 @@ static void page_mode(const char *p, size_t n)
     if (!nl) return;
     size_t cut = (size_t)(nl - p) + 1;
     result_t a = parse(p, cut), b = parse(p + cut, n - cut);
-    check(all.found == a.found + b.found);
+    check(all.found == (a.found | b.found));
     check(all.cache == (a.cache > b.cache ? a.cache : b.cache));
     check(near(all.waiting, a.waiting, b.waiting));
     check(near(all.running, a.running, b.running));
@@ -138,7 +138,7 @@ static void sample_mode(const uint8_t *d, size_t n)
             x = kind == 2 ? 0 : (double)v;
             add(&pg, "%s%s %u.0%s", names[kind], label, (unsigned)x, eol);
         }
-        found++;
+        found |= kind == 0 ? GW_VLLM_WAITING : kind == 1 ? GW_VLLM_RUNNING : GW_VLLM_CACHE;
         if (kind == 0) waiting += x;
         else if (kind == 1) running += x;
         else if (x > cache) cache = x;

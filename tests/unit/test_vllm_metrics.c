@@ -9,7 +9,7 @@
 
 typedef struct expect {
     const char *name, *text;
-    int found, waiting, running, cache_pm;
+    int found, waiting, running, cache_pm; /* found: the GW_VLLM_* bits */
 } expect_t;
 
 #define M "{model_name=\"meta-llama/Llama-3.1-8B-Instruct\"}"
@@ -55,26 +55,28 @@ static const char vllm_v1[] =
     "vllm:time_to_first_token_seconds_bucket{engine=\"0\",le=\"+Inf\",model_name=\"m\"} 42.0\n"
     "vllm:time_to_first_token_seconds_count{engine=\"0\",model_name=\"m\"} 42.0\n";
 
+enum { W = GW_VLLM_WAITING, R = GW_VLLM_RUNNING, C = GW_VLLM_CACHE };
+
 static const expect_t cases[] = {
-    {"vLLM 0.6 page", vllm_v0, 3, 1, 3, 452},
-    {"vLLM V1, two engines (both cache names: the largest)", vllm_v1, 7, 4, 22, 990},
+    {"vLLM 0.6 page", vllm_v0, W | R | C, 1, 3, 452},
+    {"vLLM V1, two engines (both cache names: the largest)", vllm_v1, W | R | C, 4, 22, 990},
     {"CRLF line ends",
      "vllm:num_requests_waiting 2.0\r\nvllm:num_requests_running 5.0\r\n"
      "vllm:gpu_cache_usage_perc 0.5\r\n",
-     3, 2, 5, 500},
-    {"no labels, no final line end", "vllm:num_requests_waiting 2\nvllm:num_requests_running 5", 2,
-     2, 5, 0},
+     W | R | C, 2, 5, 500},
+    {"no labels, no final line end", "vllm:num_requests_waiting 2\nvllm:num_requests_running 5",
+     W | R, 2, 5, 0},
     {"a tab before the value (the text format allows it)",
-     "vllm:num_requests_waiting\t2\nvllm:num_requests_running\t7.0\n", 2, 2, 7, 0},
+     "vllm:num_requests_waiting\t2\nvllm:num_requests_running\t7.0\n", W | R, 2, 7, 0},
     {"a label value with a space and a quote",
-     "vllm:num_requests_running{model_name=\"a b\\\"c\"} 6\n", 1, 0, 6, 0},
-    {"exponents", "vllm:num_requests_waiting 1e2\nvllm:num_requests_running 2.5E+01\n", 2, 100, 25,
-     0},
-    {"fractions are cut", "vllm:num_requests_waiting 0.5\nvllm:num_requests_waiting 0.7\n", 2, 1,
+     "vllm:num_requests_running{model_name=\"a b\\\"c\"} 6\n", R, 0, 6, 0},
+    {"exponents", "vllm:num_requests_waiting 1e2\nvllm:num_requests_running 2.5E+01\n", W | R, 100,
+     25, 0},
+    {"fractions are cut", "vllm:num_requests_waiting 0.5\nvllm:num_requests_waiting 0.7\n", W, 1,
      0, 0},
-    {"cache usage above 1 counts as full", "vllm:gpu_cache_usage_perc 1.5\n", 1, 0, 0, 1000},
+    {"cache usage above 1 counts as full", "vllm:gpu_cache_usage_perc 1.5\n", C, 0, 0, 1000},
     {"vLLM 0.10 and later: kv_cache_usage_perc", "vllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\n",
-     1, 0, 0, 250},
+     C, 0, 0, 250},
     /* broken or hostile */
     {"empty", "", 0, 0, 0, 0},
     {"an HTML error page", "<html><body><h1>502 Bad Gateway</h1></body></html>\n", 0, 0, 0, 0},
@@ -84,11 +86,11 @@ static const expect_t cases[] = {
      "vllm:num_requests_running +Inf\nvllm:gpu_cache_usage_perc -0.5\n",
      0, 0, 0, 0},
     {"a value of 1e9 or more is ignored",
-     "vllm:num_requests_waiting 1e9\nvllm:num_requests_running 999999999\n", 1, 0, 999999999, 0},
+     "vllm:num_requests_waiting 1e9\nvllm:num_requests_running 999999999\n", R, 0, 999999999, 0},
     {"sums beyond an int stop at INT_MAX (they were an undefined conversion)",
      "vllm:num_requests_waiting 999999999\nvllm:num_requests_waiting 999999999\n"
      "vllm:num_requests_waiting 999999999\nvllm:num_requests_running 1\n",
-     4, INT_MAX, 1, 0},
+     W | R, INT_MAX, 1, 0},
     {"names that only begin like ours",
      "vllm:num_requests_waiting_total 9\nvllm:num_requests_runningx 9\n"
      "vllm:gpu_cache_usage_perc_max 1\n",
@@ -102,6 +104,8 @@ static const expect_t cases[] = {
      0, 0, 0, 0},
     {"a timestamp after the value (vLLM never sends one): the sample is not misread",
      "vllm:num_requests_waiting 3 1700000000000\n", 0, 0, 0, 0},
+    {"data parallel, two waiting samples and no running one: running is missing, not 0",
+     "vllm:num_requests_waiting" E0 " 4.0\nvllm:num_requests_waiting" E1 " 2.0\n", W, 6, 0, 0},
     {"a line without a value", "vllm:num_requests_waiting\nvllm:num_requests_running \n", 0, 0, 0,
      0},
 };
@@ -117,7 +121,7 @@ int main(void)
         int w = -1, r = -1, c = -1;
         int found = gw_vllm_metrics_parse(copy, len, &w, &r, &c);
         CHECK(found == e->found && w == e->waiting && r == e->running && c == e->cache_pm,
-              "%s: found %d waiting %d running %d cache %d, want %d %d %d %d", e->name, found, w,
+              "%s: found %#x waiting %d running %d cache %d, want %#x %d %d %d", e->name, found, w,
               r, c, e->found, e->waiting, e->running, e->cache_pm);
         free(copy);
     }
