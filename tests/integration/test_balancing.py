@@ -218,22 +218,50 @@ def test_queue_bound_and_timeout_answer_503_with_retry_after():
     first = threading.Thread(target=send, args=(gw, {"x-mock-delay-ms": "1500"}), daemon=True)
     first.start()
     wait_for(lambda: m.api_requests(), 5, what="the first request at the mock")
-    t0 = time.monotonic()
-    out = parallel(3, lambda i: (send(gw, body=chat("m1")), time.monotonic() - t0))
+
+    def timed(i):
+        t = time.monotonic()
+        return send(gw, body=chat("m1")), time.monotonic() - t
+    out = parallel(3, timed)
     for r, dt in out:
         assert_error(r, 503, "no_backend_available")
         assert r.header("retry-after") == "1", r.describe()
-        assert dt < 1.2, "a 503 after %.2fs" % dt
-    # two waited ~400 ms (timeout), one was refused at once (bound)
+        assert dt < 1.2, "a 503 after %.2fs (the slot frees after 1.5 s)" % dt
+    # two waited ~400 ms (timeout), one was refused at once (bound); each timed on its own
     waits = sorted(dt for _r, dt in out)
-    assert waits[0] < 0.3 and waits[2] >= 0.35, waits
+    assert waits[0] < 0.3 and waits[1] >= 0.35 and waits[2] >= 0.35, waits
     first.join(10)
     assert len(m.api_requests()) == 1
 
 
+def _flood(port, key, clients, stop, done):
+    """Tenant A's flood, in a process of its own (so that B's clock never waits for this
+    process's interpreter lock): `clients` clients, each one request after another, until stop.
+    Their requests last 60 to 140 ms (100 on average), as generations differ in length: requests
+    all of one length would run in lockstep and free the slots in bursts."""
+    def one(i):
+        hdr = {"x-mock-delay-ms": str(60 + (i * 37) % 81), "authorization": "Bearer " + key}
+        while not stop.is_set():
+            try:
+                r = post_json(port, "/v1/chat/completions", chat("m1"), headers=hdr, timeout=30)
+            except OSError:
+                continue
+            if r.status == 200:
+                with done.get_lock():
+                    done.value += 1
+    ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(35)
+
+
 def test_fairness_a_flood_does_not_starve_another_tenant():
+    """Tenant A floods a saturated pool from 24 clients (over 20x B's rate); B's p99 latency
+    stays within 2x of what it is without A (the bar of issue 7)."""
     keys = {"a": "gk_" + "a" * 43, "b": "gk_" + "b" * 43}
     import hashlib
+    import multiprocessing
 
     def tenant(tid):
         return {"id": tid, "models": ["*"],
@@ -245,7 +273,7 @@ def test_fairness_a_flood_does_not_starve_another_tenant():
     gw = Gateway(cfg)
     hdr = {"x-mock-delay-ms": "100"}
 
-    def b_run(n=12):
+    def b_run(n=16):
         lat = []
         for _ in range(n):
             t = time.monotonic()
@@ -256,27 +284,23 @@ def test_fairness_a_flood_does_not_starve_another_tenant():
             time.sleep(0.3)
         return lat
     alone = b_run()
-    stop = threading.Event()
-    a_done = [0]
-
-    def a_client(i):
-        while not stop.is_set():
-            r = post_json(gw.port, "/v1/chat/completions", chat("m1"),
-                          headers=dict(hdr, authorization="Bearer " + keys["a"]), timeout=30)
-            if r.status == 200:
-                a_done[0] += 1
-    ts = [threading.Thread(target=a_client, args=(i,), daemon=True) for i in range(24)]
-    for t in ts:
-        t.start()
-    time.sleep(0.5)  # the pool is saturated, A's queue is long
-    t0 = time.monotonic()
-    flooded = b_run()
-    a_rate = a_done[0]
-    stop.set()
-    for t in ts:
-        t.join(30)
-    elapsed = time.monotonic() - t0
-    a_per_s, b_per_s = a_rate / (elapsed + 0.5), len(flooded) / elapsed
+    ctx = multiprocessing.get_context("spawn")
+    stop, a_done = ctx.Event(), ctx.Value("l", 0)
+    flood = ctx.Process(target=_flood, args=(gw.port, keys["a"], 24, stop, a_done), daemon=True)
+    flood.start()
+    try:
+        wait_for(lambda: a_done.value >= 40, 10, what="A's flood under way")
+        time.sleep(0.5)  # the pool is saturated, A's queue is long
+        a0, t0 = a_done.value, time.monotonic()
+        flooded = b_run()
+        elapsed = time.monotonic() - t0
+        a_rate = a_done.value - a0
+    finally:
+        stop.set()
+        flood.join(40)
+        if flood.is_alive():
+            flood.kill()
+    a_per_s, b_per_s = a_rate / elapsed, len(flooded) / elapsed
     assert a_per_s >= 20 * b_per_s, "A did not send 20x B's rate: %.1f/s vs %.1f/s" % (a_per_s, b_per_s)
     assert p99(flooded) <= 2 * p99(alone) + 0.02, \
         "B's p99 %.3fs with A's flood, %.3fs alone (A sent %.0f/s, B %.1f/s)" % (

@@ -66,7 +66,8 @@ def _open_slow(port, n):
 def test_slowloris_thousands_get_408_without_starving_others():
     """2,000 connections trickle a request head, one byte each per 250 ms, and never finish it.
     Every one gets 408 request_timeout between 0.8x and client_header_ms + 2 s after it opened;
-    meanwhile a client sending normal requests is served every time, none slower than 1 s."""
+    meanwhile a client sending normal requests is served every time, 90% of them within 0.5 s
+    and none slower than 2 s."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < SLOW + 256:
         gwtest.skip("RLIMIT_NOFILE hard limit %d is below %d" % (hard, SLOW + 256))
@@ -140,9 +141,12 @@ def test_slowloris_thousands_get_408_without_starving_others():
     assert not failures, "the normal client failed %d times under the slowloris, e.g. %s" % (
         len(failures), failures[0])
     assert len(latencies) >= 20, "the normal client got only %d requests through" % len(latencies)
-    worst = max(latencies)
-    assert worst < 1.0, "a normal request took %.3fs under the slowloris (median %.3fs)" % (
-        worst, sorted(latencies)[len(latencies) // 2])
+    # Starved, it would wait for the 408s (seconds) or time out (5 s). Its clock also runs while
+    # this process's other thread reads 2,000 sockets, hence a bound on the 90th percentile.
+    lat = sorted(latencies)
+    worst, p90 = lat[-1], lat[int(0.9 * (len(lat) - 1))]
+    assert p90 < 0.5 and worst < 2.0, "normal requests under the slowloris: p90 %.3fs, slowest %.3fs" % (
+        p90, worst)
 
 
 # --------------------------------------------------------------------------- descriptors
@@ -154,7 +158,9 @@ def test_descriptor_exhaustion_pauses_accept_and_recovers():
     (a listener that spins on EMFILE burns 100%); the admin listener too. A client connected before
     is still served. When the limit is raised again, every waiting client is served."""
     mock = Mock()
-    gw = Gateway(gateway_config([mock.port]))
+    # The early client's pooled backend connection must outlive the 2.5 s below: once out of
+    # descriptors, a new one could not be opened.
+    gw = Gateway(gateway_config([mock.port], timeouts=dict(gwtest.default_timeouts(), upstream_keepalive_ms=60000)))
     early = Conn(gw.port)
     early.send(_chat_bytes())
     assert early.read_response().status == 200
@@ -217,7 +223,7 @@ def test_memory_ceiling_refuses_new_requests_while_streams_go_on():
     cfg = gateway_config([mock.port])
     gw = Gateway(cfg)
     threads, results = _streams(gw.port, 3, 30, 50)
-    time.sleep(0.3)
+    mock.wait_requests(3)  # all three admitted before the ceiling
     gw.reload(gwtest.deep_merge(cfg, {"limits": {"max_memory_bytes": 1 << 20}}))
     gwtest.wait_for(lambda: _metric(gw, "gotthard_overloaded") == 1, 3, what="gotthard_overloaded 1")
     r = post_json(gw.port, "/v1/chat/completions", chat("m1"))
@@ -252,7 +258,7 @@ def test_memory_growth_trips_the_ceiling_and_clears():
     gw.reload(gwtest.deep_merge(cfg, {"limits": {"max_memory_bytes": limit}}))
     gwtest.wait_for(lambda: _metric(gw, "gotthard_memory_limit_bytes") == limit, 3, what="the new ceiling")
     threads, results = _streams(gw.port, 1, 40, 100)
-    time.sleep(0.3)
+    mock.wait_requests(2)  # the warm-up and the stream: admitted before the ceiling
     size = 4 << 20
     body = b'{"model":"m1","messages":[],"pad":"' + b"a" * (size - 40)
     holders = []

@@ -122,7 +122,8 @@ def check_minute(what, results, limit, t0):
         assert n == limit, "%s: %d admitted in the minute, the limit is %d" % (what, n, limit)
     else:
         assert abs(n - limit) <= limit // 100, "%s: %d admitted, limit %d (1%%)" % (what, n, limit)
-    first = min(r[2] for r in ok)
+    first = min(r[2] for r in ok)        # sent: the first admission was counted after this
+    first_done = min(r[3] for r in ok)   # answered: ... and before this
     for st, h, t, done, payload in refused:
         assert st == 429, "%s: %d %s" % (what, st, payload[:200])
         err = json.loads(payload)["error"]
@@ -133,7 +134,7 @@ def check_minute(what, results, limit, t0):
         assert h["x-ratelimit-remaining-requests"] == "0", (what, h)
         # the admissions of this minute leave the window 60-62 s after they were counted:
         # a retry time earlier than that would be a lie, much later a needless wait
-        assert first + 59.0 <= done + ms / 1000 <= first + 62.5 + (done - t), \
+        assert first + 59.0 <= done + ms / 1000 <= first_done + 62.5 + (done - t), \
             "%s: retry-after-ms %d at +%.2f s" % (what, ms, done - first)
     for st, h, t, done, payload in ok:
         assert h["x-ratelimit-limit-requests"] == str(limit), (what, h)
@@ -278,6 +279,7 @@ def test_redis_frozen_killed_restarted_under_load():
     marks["kill"] = time.monotonic()
     redis.stop(signal_kill())
     time.sleep(3)
+    marks["gone_end"] = time.monotonic()  # a worker may reconnect before Redis() has seen PING
     redis2 = Redis(port=port)
     marks["back"] = time.monotonic()
     # recovery: within 5 s of Redis returning every worker serves the limited tenant again
@@ -293,10 +295,11 @@ def test_redis_frozen_killed_restarted_under_load():
     def phase(a, b):
         return [e for e in log if a + 1.2 <= e[4] and e[5] <= b]  # 1.2 s: leases run out
 
-    slow = [e for e in log if e[5] - e[4] > 1.0]
-    assert not slow, "requests waited more than 1 s: %s" % slow[:3]
+    # A request held by the 3 s freeze would wait seconds; 2 s leaves room for a noisy machine.
+    slow = [e for e in log if e[5] - e[4] > 2.0]
+    assert not slow, "requests waited more than 2 s: %s" % slow[:3]
     for name, a, b in (("frozen", marks["freeze"], marks["thaw"]),
-                       ("gone", marks["kill"], marks["back"])):
+                       ("gone", marks["kill"], marks["gone_end"])):
         out = phase(a, b)
         rl = [e for e in out if e[0] == "reject" and e[1] == "lim"]
         assert rl and all(e[2] == 503 and e[3] == "quota_unavailable" for e in rl), \

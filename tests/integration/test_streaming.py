@@ -50,13 +50,14 @@ def test_stream_is_relayed_unbuffered():
     su.assert_clean_stream(res, 8)
     first = res.times[0] - res.t0
     last_tok = res.times[7] - res.t0
-    assert first < 0.6, "first event took %.2fs (backend sent it at once): gateway buffers? %s" % (first, res.describe())
+    assert first < 1.0, "first event took %.2fs (backend sent it at once): gateway buffers? %s" % (first, res.describe())
     assert last_tok >= 1.3, "last token arrived at %.2fs, before the backend could produce it?" % last_tok
-    # each token i arrives no earlier than the backend made it, and not much later (no batching)
+    # each token i arrives about i * 200 ms after the first, not much later (no batching); timed
+    # from the first event, so that a slow connect or first token does not count
     for i in range(8):
-        at = res.times[i] - res.t0
-        assert at < i * 0.2 + 0.45, "token %d arrived at %.2fs, expected about %.2fs: events are batched; times %r" % (
-            i, at, i * 0.2, [round(t - res.t0, 2) for t in res.times])
+        at = res.times[i] - res.times[0]
+        assert at < i * 0.2 + 0.35, "token %d arrived %.2fs after the first, expected about %.2fs: events are " \
+            "batched; times %r" % (i, at, i * 0.2, [round(t - res.t0, 2) for t in res.times])
 
 
 def test_stream_event_per_chunk_granularity():
@@ -142,7 +143,7 @@ def test_client_disconnect_cancels_backend_request():
     rec = gwtest.wait_for(closed, timeout=3.0, interval=0.02,
                           what="the mock to see the backend request closed after the client left")
     dt = time.monotonic() - t_close
-    assert dt <= 1.0, "backend request closed %.2fs after the client disconnected (limit 1 s); record %r" % (dt, rec)
+    assert dt <= 1.5, "backend request closed %.2fs after the client disconnected (limit 1.5 s); record %r" % (dt, rec)
     assert not rec.get("completed"), "mock record says completed: %r" % rec
     assert rec.get("tokens_sent", 0) < 60, "backend kept generating: tokens_sent=%r of 200" % rec.get("tokens_sent")
     # and the gateway serves on
@@ -161,7 +162,7 @@ def test_client_disconnect_before_first_token():
     rec = gwtest.wait_for(lambda: (mock.api_requests() or [{}])[-1].get("client_closed") and mock.api_requests()[-1],
                           timeout=3.0, interval=0.02, what="client_closed on the mock")
     dt = time.monotonic() - t_close
-    assert dt <= 1.0, "backend request closed %.2fs after the client left (limit 1 s): %r" % (dt, rec)
+    assert dt <= 1.5, "backend request closed %.2fs after the client left (limit 1.5 s): %r" % (dt, rec)
     assert rec.get("tokens_sent", 0) == 0, rec
 
 
