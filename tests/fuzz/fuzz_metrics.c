@@ -6,8 +6,8 @@
  *   0  the data is a metrics page as a backend sends it. Besides "no crash, no undefined
  *      behaviour, nothing read past its length" (the page sits against an unreadable page):
  *      the counts are never negative, the cache usage is within 0..1000 per mille; and cut at
- *      any line end into two pages, the kinds of sample found unite, the cache usage is the larger of
- *      the two and the sums the same to within the rounding of each part.
+ *      any line end into two pages, the kinds of sample found unite, the cache usage is the
+ *      larger of the two and the sums the same to within the rounding of each part.
  *   1  the data is a list of samples the harness writes as a vLLM page (names, labels, comments,
  *      other metrics, LF or CRLF): what is parsed is exactly what was written.
  */
