@@ -2,12 +2,14 @@
  * public. Every answer is JSON (errors OpenAI-shaped), Prometheus text, or the page. */
 #include "admin.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -51,6 +53,7 @@ static const char *reason_phrase(int status)
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 421: return "Misdirected Request";
     case 422: return "Unprocessable Content";
     case 500: return "Internal Server Error";
     default: return "Service Unavailable";
@@ -314,6 +317,39 @@ static void handle_reload(gw_admin_t *a, struct evhttp_request *req)
     cJSON_free(body);
 }
 
+/* Whether the Host a request names is one this listener answers to: an IP literal, localhost,
+ * or a name in admin.allowed_hosts. A page that rebinds its own DNS name to this address sends
+ * that name as Host: without this, it could read every admin page and POST /reload (its Origin
+ * matches its Host). A request without Host (HTTP/1.0) comes from no browser. */
+static int host_allowed(const gw_config_t *cfg, const char *host)
+{
+    if (!host) return 1;
+    char name[256];
+    size_t n;
+    if (host[0] == '[') { /* [v6]:port */
+        const char *end = strchr(host, ']');
+        if (!end || (end[1] && end[1] != ':')) return 0;
+        n = (size_t)(end - host - 1);
+        if (n >= sizeof(name)) return 0;
+        memcpy(name, host + 1, n);
+        name[n] = '\0';
+        struct in6_addr a6;
+        return inet_pton(AF_INET6, name, &a6) == 1;
+    }
+    const char *colon = strchr(host, ':');
+    n = colon ? (size_t)(colon - host) : strlen(host);
+    if (n == 0 || n >= sizeof(name)) return 0;
+    memcpy(name, host, n);
+    name[n] = '\0';
+    if (n > 1 && name[n - 1] == '.') name[--n] = '\0'; /* a fully qualified name's last dot */
+    struct in_addr a4;
+    if (inet_pton(AF_INET, name, &a4) == 1 || strcasecmp(name, "localhost") == 0) return 1;
+    char **allowed = cfg->admin.allowed_hosts.items;
+    for (size_t i = 0; i < cfg->admin.allowed_hosts.n; i++)
+        if (strcasecmp(name, allowed[i]) == 0) return 1;
+    return 0;
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
     gw_admin_t *a = arg;
@@ -321,6 +357,14 @@ static void handle(struct evhttp_request *req, void *arg)
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     int get = cmd == EVHTTP_REQ_GET;
     if (!path) path = "";
+    /* Probes only learn up or not: they answer to any host name (load balancers' checks). */
+    if (strcmp(path, "/healthz") != 0 && strcmp(path, "/readyz") != 0 &&
+        !host_allowed(a->cfg, evhttp_find_header(evhttp_request_get_input_headers(req), "host"))) {
+        reply_error(req, 421, "misdirected_request",
+                    "This admin listener does not answer to that host name; list it in "
+                    "admin.allowed_hosts.");
+        return;
+    }
     if (strcmp(path, "/reload") == 0) {
         if (cmd == EVHTTP_REQ_POST) handle_reload(a, req);
         else reply_error(req, 405, "method_not_allowed", "Use POST for /reload.");

@@ -38,6 +38,7 @@ static const gw_conf_obj_t listen_obj = {sizeof(gw_listen_t), listen_keys, NULL}
 
 static const gw_conf_key_t admin_keys[] = {
     {"address", GW_CT_STR, offsetof(gw_listen_t, address), .max = 256, .flags = GW_CK_REQUIRED},
+    {"allowed_hosts", GW_CT_STRS, offsetof(gw_listen_t, allowed_hosts), 0, 100},
     {NULL},
 };
 static const gw_conf_obj_t admin_obj = {sizeof(gw_listen_t), admin_keys, NULL};
@@ -512,6 +513,16 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
                               ls[i].address);
                 rc = -1;
             }
+    }
+    char **hosts = c->admin.allowed_hosts.items;
+    for (size_t i = 0; i < c->admin.allowed_hosts.n; i++) {
+        size_t n = strlen(hosts[i]);
+        if (n == 0 || n > 253 || strspn(hosts[i], "abcdefghijklmnopqrstuvwxyz"
+                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != n) {
+            gw_conf_error(cx, gw_conf_path_index(cx, "$.admin.allowed_hosts", i),
+                          "must be a host name without a port, such as gotthard-1.mgmt.example");
+            rc = -1;
+        }
     }
     gw_pool_t *pools = c->pools.items;
     size_t nb = 0;

@@ -19,6 +19,7 @@ typedef struct gw_tls_conf {
 typedef struct gw_listen {
     char *address;
     gw_tls_conf_t *tls;
+    gw_conf_list_t allowed_hosts; /* the admin's only: host names it answers to (char *) */
     struct sockaddr_storage ss;
     socklen_t sslen;
     SSL_CTX *ssl;

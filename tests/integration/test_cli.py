@@ -128,6 +128,23 @@ def test_check_admin_never_on_a_public_port():
     assert rc == 0, lines
 
 
+def test_check_admin_allowed_hosts():
+    for bad in ("gw1.mgmt.example:9090", "http://gw1", "", "gw1 mgmt", "a" * 254):
+        cfg = good_config()
+        cfg["admin"]["allowed_hosts"] = ["ok.example", bad]
+        expect_problem(cfg, "$.admin.allowed_hosts[1]")
+    cfg = good_config()
+    cfg["admin"]["allowed_hosts"] = "gw1.mgmt.example"
+    expect_problem(cfg, "$.admin.allowed_hosts")
+    cfg = good_config()  # the public listeners have no such key
+    cfg["listen"][0]["allowed_hosts"] = ["gw1.mgmt.example"]
+    expect_problem(cfg, "$.listen[0].allowed_hosts")
+    cfg = good_config()
+    cfg["admin"]["allowed_hosts"] = ["gw1.mgmt.example", "GW-2.example."]
+    rc, path, lines, out, err = check(cfg)
+    assert rc == 0, lines
+
+
 def test_check_bad_backend_url():
     cfg = good_config()
     cfg["pools"][0]["backends"][0]["url"] = "not a url"

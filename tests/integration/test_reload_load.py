@@ -257,6 +257,40 @@ def test_reload_method_and_origin():
     assert r.status == 404 and r.json()["error"]["code"] == "not_found", r.describe()
 
 
+def test_admin_answers_only_to_its_host_names():
+    """DNS rebinding: a page whose own name is made to resolve to the admin address sends that name
+    as Host (and as Origin, so the Origin check alone lets its POST /reload through). The admin
+    answers 421 misdirected_request to a Host that is not an IP literal, localhost or a name of
+    admin.allowed_hosts, except on /healthz and /readyz; the answer never echoes the name."""
+    mock = Mock()
+    gw = Gateway(gateway_config([mock.port], admin={"allowed_hosts": ["gw-admin.mgmt.example"]}))
+    port = gw.admin_port
+
+    def get(path, host):
+        return gwtest.request(port, "GET", path, headers={"host": host})
+    for path in ("/", "/metrics", "/status", "/residency", "/privacy", "/usage", "/audit/recent"):
+        r = get(path, "rebind.evil.example:%d" % port)
+        assert r.status == 421 and r.json()["error"]["code"] == "misdirected_request", (path, r.describe())
+        assert "evil" not in r.text(), r.describe()
+    evil = "rebind.evil.example:%d" % port
+    r = post_reload(gw, headers={"host": evil, "origin": "http://" + evil})
+    assert r.status == 421, r.describe()
+    assert reloads(gw) == (0, 0), "a rebinding page's reload went through"
+    for path in ("/healthz", "/readyz"):
+        assert get(path, evil).status == 200, path
+    for host in ("127.0.0.1:%d" % port, "127.0.0.1", "localhost:%d" % port, "LocalHost", "[::1]:%d" % port,
+                 "gw-admin.mgmt.example:%d" % port, "GW-Admin.Mgmt.Example.", "gw-admin.mgmt.example"):
+        r = get("/metrics", host)
+        assert r.status == 200, (host, r.describe())
+    for host in ("[::1", "[::1]x", "127.0.0.1.evil.example", "gw-admin.mgmt.example.evil", "", "[evil]:1"):
+        r = get("/metrics", host)
+        assert r.status == 421, (host, r.describe())
+    c = gwtest.Conn(port)  # HTTP/1.0 without Host: no browser sends that
+    c.send(b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert c.read_response().status == 200
+    c.close()
+
+
 def test_production_example_config_passes_check():
     """conf/production.json passes `gotthard -t` where conf/README.md says it runs: in
     /etc/gotthard (here a temp dir) with the site GeoIP database, the TLS files and the backend
