@@ -8,8 +8,9 @@
  *      the counts are never negative, the cache usage is within 0..1000 per mille; and cut at
  *      any line end into two pages, the kinds of sample found unite, the cache usage is the
  *      larger of the two and the sums the same to within the rounding of each part.
- *   1  the data is a list of samples the harness writes as a vLLM page (names, labels, comments,
- *      other metrics, LF or CRLF): what is parsed is exactly what was written.
+ *   1  the data is a list of samples the harness writes as a vLLM page (names, labels with
+ *      braces and escapes in their values, comments, other metrics, timestamps, LF or CRLF):
+ *      what is parsed is exactly what was written.
  */
 #include <limits.h>
 #include <stdarg.h>
@@ -106,7 +107,8 @@ static void sample_mode(const uint8_t *d, size_t n)
     static const char *const names[] = {"vllm:num_requests_waiting", "vllm:num_requests_running",
                                         "vllm:gpu_cache_usage_perc"};
     static const char *const labels[] = {"", "{model_name=\"m\"}",
-                                         "{engine=\"0\",model_name=\"llama 3\"}", "{}"};
+                                         "{engine=\"0\",model_name=\"llama 3\"}",
+                                         "{a=\"} {\\\" \\\\\"}", "{}"};
     page_t pg = {malloc(256), 0, 256};
     check(pg.p != NULL);
     const char *eol = n && (d[0] & 1) ? "\r\n" : "\n";
@@ -117,7 +119,7 @@ static void sample_mode(const uint8_t *d, size_t n)
     for (size_t i = 2; i + 4 <= n && i < 4 * 200; i += 4) {
         int kind = d[i] % 5, how = d[i + 3];
         unsigned v = (unsigned)d[i + 1] << 8 | d[i + 2];
-        const char *label = labels[how % 4];
+        const char *label = labels[how % 5];
         if (kind == 3) { /* another metric, or a comment: never counted */
             add(&pg, "%svllm:num_requests_waiting_total%s %u%s", how & 4 ? "# " : "", label, v,
                 eol);
@@ -128,15 +130,18 @@ static void sample_mode(const uint8_t *d, size_t n)
             continue;
         }
         double x;
+        /* after the value: a timestamp (ms, may be negative), whitespace, both or nothing */
+        static const char *const tails[] = {"", " 1700000000000", "\t", " -42 "};
+        const char *tail = tails[(how >> 5) % 4];
         if (how & 8) { /* any double, printed so that it reads back the same */
             x = kind == 2 ? v / 65536.0 : (double)v;
-            add(&pg, "%s%s %.17g%s", names[kind], label, x, eol);
+            add(&pg, "%s%s %.17g%s%s", names[kind], label, x, tail, eol);
         } else if (how & 16) { /* a tab before the value; a cache usage above 1 */
             x = (double)(v % 1000);
-            add(&pg, "%s%s\t%.1f%s", names[kind], label, x, eol);
+            add(&pg, "%s%s\t%.1f%s%s", names[kind], label, x, tail, eol);
         } else { /* as vLLM writes its gauges */
             x = kind == 2 ? 0 : (double)v;
-            add(&pg, "%s%s %u.0%s", names[kind], label, (unsigned)x, eol);
+            add(&pg, "%s%s %u.0%s%s", names[kind], label, (unsigned)x, tail, eol);
         }
         found |= kind == 0 ? GW_VLLM_WAITING : kind == 1 ? GW_VLLM_RUNNING : GW_VLLM_CACHE;
         if (kind == 0) waiting += x;
