@@ -33,11 +33,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int loading; /* a config is being loaded: the outside is closed */
 
-static void check(int ok)
-{
-    if (!ok) abort();
-}
-
 /* ------------------------------------------------------------------ the outside, wrapped */
 
 FILE *__real_fopen(const char *path, const char *mode);
@@ -109,7 +104,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     gw_json_init();
-    gw_fuzz_guard_init();
     setenv("FUZZ_CONFIG_SALT", "fuzz-config-salt-0123456789abcdef", 1); /* privacy's hash salt */
     return 0;
 }

@@ -17,17 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "guarded.h"
 #include "http.h"
 #include "sse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MAX_HEADERS 100
-
-static void check(int ok)
-{
-    if (!ok) abort();
-}
 
 static int inside(const char *p, size_t n, const char *buf, size_t len)
 {

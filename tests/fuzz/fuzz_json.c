@@ -40,11 +40,6 @@ extern const gw_plugin_t gw_plugin_privacy;
 
 static void *priv_drop, *priv_hash;
 
-static void check(int ok)
-{
-    if (!ok) abort();
-}
-
 static void *privacy_state(const char *conf)
 {
     cJSON *j = cJSON_Parse(conf);
@@ -64,7 +59,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     gw_json_init();
-    gw_fuzz_guard_init();
     setenv("FUZZ_JSON_SALT", "fuzz-json-salt-0123456789abcdef", 1);
     priv_drop = privacy_state("{\"privacy\":{\"user_field\":\"drop\"}}");
     priv_hash = privacy_state(

@@ -23,22 +23,7 @@
 #include "guarded.h"
 #include "vllm_metrics.h"
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void check(int ok)
-{
-    if (!ok) abort();
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    gw_fuzz_guard_init();
-    return 0;
-}
-
 
 typedef struct result {
     int found, waiting, running, cache;

@@ -18,21 +18,7 @@
 #include "guarded.h"
 #include "site_csv.h"
 
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void check(int ok)
-{
-    if (!ok) abort();
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    gw_fuzz_guard_init();
-    return 0;
-}
 
 /* Reads the n bytes at p, placed so that they end where the readable memory ends. */
 static int line(const char *p, size_t n, site_net_t *net, char **err)

@@ -8,7 +8,8 @@
 
 static char *area; /* GW_FUZZ_AREA readable bytes, then a page that is not */
 
-void gw_fuzz_guard_init(void)
+/* Maps the area and the page behind it; aborts if it cannot. */
+static void guard_init(void)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     char *m = mmap(NULL, GW_FUZZ_AREA + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -20,6 +21,7 @@ void gw_fuzz_guard_init(void)
 char *gw_fuzz_guarded(const char *p, size_t n)
 {
     if (n > GW_FUZZ_AREA) abort();
+    if (!area) guard_init();
     char *at = area + GW_FUZZ_AREA - n;
     memmove(at, p, n);
     return at;
@@ -27,5 +29,6 @@ char *gw_fuzz_guarded(const char *p, size_t n)
 
 const char *gw_fuzz_guard_end(void)
 {
+    if (!area) guard_init();
     return area + GW_FUZZ_AREA;
 }
