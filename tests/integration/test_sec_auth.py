@@ -162,12 +162,12 @@ def _two_issuers(rs_tenants=("acme",), hs_tenants=("globex",)):
     return [rs, hs]
 
 
-def _jwt_gateway(entries):
+def _jwt_gateway(entries, **over):
     mock = Mock()
     cfg = gateway_config([], tenants=[{"id": "acme", "models": ["*"]}, {"id": "globex", "models": ["*"]},
                                       {"id": "initech", "models": ["*"]}],
                          jwt=entries, audit_log={"path": "audit.log"},
-                         pools=[pool("p1", ["m1"], [mock.port])])
+                         pools=[pool("p1", ["m1"], [mock.port])], **over)
     return mock, Gateway(cfg, files=tj.KEYS.get().files())
 
 
@@ -338,6 +338,21 @@ def test_limiter_is_per_address_and_recovers():
     # the budget refills at the rate
     time.sleep(1.0)
     assert one(gw.port, "127.0.0.4", new_key())[0] == 401
+
+
+def test_jwt_failures_are_limited_too():
+    """Bad tokens (a forged signature, a tenant not bound) count like bad keys; a good token from
+    the same address is still served: it needs no lookup."""
+    mock, gw = _jwt_gateway(_two_issuers(), auth={"failure_rate": 1, "failure_burst": 4})
+    forged = tj.rs()[:-6] + "AAAAAA"
+    unbound = tj.rs(tj.claims(tenant="globex"))
+    got = [one(gw.port, "127.0.0.9", forged if i % 2 else unbound)[0] for i in range(20)]
+    assert got.count(401) <= 6 and got.count(429) >= 14, got
+    assert got[:4] == [401] * 4, got
+    assert one(gw.port, "127.0.0.9", tj.rs(tj.claims(tenant="acme")))[0] == 200
+    assert one(gw.port, "127.0.0.10", forged)[0] == 401
+    evs, _ = audit(gw, "auth_failure")
+    assert len(evs) == got.count(401) + 1, (len(evs), got)
 
 
 def test_failure_limiter_defaults_on():
