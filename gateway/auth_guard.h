@@ -32,10 +32,10 @@ int gw_auth_guard_reserve(gw_req_t *r);
 void gw_auth_guard_success(gw_req_t *r);
 
 /* Authentication failed. Returns 0 when the failure is within the rate, or was paid for by
- * its lookup (answer 401 and audit it as always), or the seconds a client should wait (retry-after) when it is over: answer
- * 429 and write no audit line; refusals are counted, and at most one summary audit line
- * (auth_failures_limited) per slot and auth.failure_summary_ms says how many, with the
- * address's digest, never the address. */
+ * its lookup (answer 401 and audit it as always), or the seconds a client should wait (retry-after)
+ * when it is over: answer 429 and write no audit line; refusals are counted, and at most one
+ * summary audit line (auth_failures_limited) per slot and auth.failure_summary_ms says how many,
+ * with the address's digest, never the address. */
 int64_t gw_auth_guard_failure(gw_req_t *r);
 
 /* Pure GCRA arithmetic (unit-tested): one event at `now` against a slot whose theoretical
