@@ -184,6 +184,15 @@ static const gw_conf_key_t redis_keys[] = {
 };
 static const gw_conf_obj_t redis_obj = {0, redis_keys, NULL};
 
+/* Failed authentications per client address (auth_guard.c). */
+static const gw_conf_key_t auth_keys[] = {
+    {"failure_rate", GW_CT_INT, offsetof(gw_config_t, auth.failure_rate), 0, 1000000},
+    {"failure_burst", GW_CT_INT, offsetof(gw_config_t, auth.failure_burst), 1, 1000000},
+    {"failure_summary_ms", GW_CT_INT, offsetof(gw_config_t, auth.failure_summary_ms), 1000, INT_MAX_MS},
+    {NULL},
+};
+static const gw_conf_obj_t auth_obj = {0, auth_keys, NULL};
+
 static const gw_conf_key_t resolver_keys[] = {
     {"refresh_ms", GW_CT_INT, offsetof(gw_config_t, resolver.refresh_ms), 100, INT_MAX_MS},
     {"hosts_file", GW_CT_STR, offsetof(gw_config_t, resolver.hosts_file), .max = 4096},
@@ -199,6 +208,7 @@ static const gw_conf_key_t top_keys[] = {
     {"timeouts", GW_CT_OBJ, 0, .obj = &timeouts_obj},
     {"pools", GW_CT_OBJS, offsetof(gw_config_t, pools), 1, 10000, GW_CK_REQUIRED, &pool_obj},
     {"tenants", GW_CT_OBJS, offsetof(gw_config_t, tenants), 0, 100000, 0, &tenant_obj},
+    {"auth", GW_CT_OBJ, 0, .obj = &auth_obj},
     {"audit_log", GW_CT_OBJ, 0, .obj = &audit_obj},
     {"access_log", GW_CT_OBJ, 0, .obj = &access_log_obj},
     {"redis", GW_CT_OBJ, 0, .obj = &redis_obj},
@@ -237,6 +247,9 @@ static void defaults(gw_config_t *c)
     c->timeouts.drain_ms = 30000;
     c->redis.timeout_ms = 100;
     c->resolver.refresh_ms = 30000;
+    c->auth.failure_rate = 10;
+    c->auth.failure_burst = 100;
+    c->auth.failure_summary_ms = 60000;
 }
 
 static int derive_redis(gw_conf_ctx_t *cx, gw_config_t *c)

@@ -128,6 +128,10 @@ typedef struct gw_config {
     gw_conf_list_t pools;          /* gw_pool_t */
     gw_conf_list_t tenants;        /* gw_tenant_t; none: no authentication */
     struct {
+        int64_t failure_rate, failure_burst; /* failed authentications per address (0: off) */
+        int64_t failure_summary_ms;          /* one auth_failures_limited line per this */
+    } auth;
+    struct {
         char *path;
     } audit_log;
     struct {

@@ -249,7 +249,8 @@ void gw_metrics_request(const gw_req_t *r)
 static const char *const auth_reasons[] = {
     "no_credentials", "unknown_key", "unknown_tenant", "revoked_key", "key_store_unavailable",
     "jwt_malformed", "jwt_alg", "jwt_signature", "jwt_expired", "jwt_not_yet_valid",
-    "jwt_issuer", "jwt_audience", "jwt_tenant", "other", NULL};
+    "jwt_issuer", "jwt_audience", "jwt_tenant", "jwt_tenant_not_bound", "rate_limited", "other",
+    NULL};
 #define N_AUTH_REASONS (sizeof(auth_reasons) / sizeof(auth_reasons[0]) - 1)
 static atomic_ulong auth_failures[N_AUTH_REASONS];
 

@@ -4,6 +4,7 @@
 
 #include <event2/buffer.h>
 
+#include "auth_guard.h"
 #include "conn.h"
 #include "sse.h"
 
@@ -41,6 +42,7 @@ struct gw_req {
     char **narrow; /* models a credential narrowed the tenant's to, or NULL */
     size_t nnarrow;
     const char *auth_reason, *auth_hint;
+    gw_auth_guard_req_t guard; /* the client's failed-authentication budget (auth_guard.c) */
     char *credential; /* extracted once, NUL-terminated, in the arena */
     struct evbuffer *resp_copy; /* a JSON answer kept for its usage (cfg->want_usage) */
     int64_t usage_prompt, usage_completion;

@@ -128,6 +128,12 @@ int gw_req_narrow_models(gw_req_t *r, const char *const *models, size_t n);
  * always gets the same 401): a short reason such as "unknown_key" or "jwt_expired", and at
  * most a key id or a digest prefix. */
 void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint);
+/* Call right before asking a store (Redis) about a credential the plugin does not know.
+ * 1: go ahead; the lookup is charged to the client address's budget of failed authentications
+ * (auth.failure_rate, auth.failure_burst) and given back if the request authenticates.
+ * 0: the address is over its budget: do not look up, leave the request without a tenant (it
+ * gets 429 rate_limit_exceeded, and no audit line of its own). */
+int gw_req_auth_lookup(gw_req_t *r);
 
 /* The shared store (the config's "redis"), for plugins that keep state across instances.
  * Sends one command; cb runs exactly once on the worker's loop with the reply (possibly an

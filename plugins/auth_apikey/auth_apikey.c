@@ -18,6 +18,9 @@
  * "api_keys": {"redis": true, "cache_ms": 5000}. A digest not in the config is then looked up
  * as the Redis hash gotthard:apikey:<sha256 hex> with fields tenant and id; the answer, found
  * or not, is cached per worker for cache_ms, so a revoked key (DEL) stops within that time.
+ * Found and not found are cached apart: random keys fill only the (smaller) negative cache and
+ * never evict a real key's entry. A lookup is charged to the client address's failure budget
+ * (gw_req_auth_lookup): over it, a key that neither the config nor a cache knows is not looked up.
  * A key is sent as "Authorization: Bearer <key>" or "api-key: <key>". Credentials shaped like
  * a JWT (two dots) are left to auth_jwt. An unknown key is reported to the core with the
  * first 8 hex digits of its digest (never the key); the core answers the same 401 for
@@ -37,15 +40,26 @@ typedef struct apikey_conf {
     EVP_MD *sha256; /* fetched once: the one-shot SHA256() looks it up on every call */
 } apikey_conf_t;
 
-/* The per-worker cache of Redis answers: positive (a tenant) and negative (no such key). */
+/* The per-worker caches of Redis answers, direct-mapped: positive (a tenant) and, apart, negative
+ * (no such key), so that unknown keys, which anyone can send, only ever displace each other. */
 #define CACHE_SLOTS 4096
+#define NEG_CACHE_SLOTS 1024
 typedef struct cache_entry {
     unsigned char digest[SHA256_DIGEST_LENGTH];
-    char tenant[129], id[129]; /* tenant "" : known not to exist */
+    char tenant[129], id[129];
     long long expires_ms;
     int used;
 } cache_entry_t;
-static pthread_key_t cache_key; /* one cache per worker thread, freed when it exits */
+typedef struct neg_entry {
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    long long expires_ms;
+    int used;
+} neg_entry_t;
+typedef struct caches {
+    cache_entry_t pos[CACHE_SLOTS];
+    neg_entry_t neg[NEG_CACHE_SLOTS];
+} caches_t;
+static pthread_key_t cache_key; /* one caches_t per worker thread, freed when it exits */
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
 static void cache_key_init(void)
@@ -268,17 +282,32 @@ static void fail_unknown(gw_req_t *r, const unsigned char *d)
     gw_req_auth_failed(r, "unknown_key", hint);
 }
 
-static cache_entry_t *cache_slot(const unsigned char *d)
+static caches_t *caches(void)
 {
     pthread_once(&cache_once, cache_key_init);
-    cache_entry_t *cache = pthread_getspecific(cache_key);
-    if (!cache) {
-        if (!(cache = calloc(CACHE_SLOTS, sizeof(*cache)))) return NULL;
-        pthread_setspecific(cache_key, cache);
+    caches_t *c = pthread_getspecific(cache_key);
+    if (!c) {
+        if (!(c = calloc(1, sizeof(*c)))) return NULL;
+        pthread_setspecific(cache_key, c);
     }
-    size_t h;
-    memcpy(&h, d, sizeof(h));
-    return &cache[h & (CACHE_SLOTS - 1)];
+    return c;
+}
+
+static cache_entry_t *cache_slot(const unsigned char *d)
+{
+    caches_t *c = caches();
+    return c ? &c->pos[slot_of(d, CACHE_SLOTS)] : NULL;
+}
+
+static neg_entry_t *neg_slot(const unsigned char *d)
+{
+    caches_t *c = caches();
+    return c ? &c->neg[slot_of(d, NEG_CACHE_SLOTS)] : NULL;
+}
+
+static int fresh(int used, long long expires_ms, const unsigned char *have, const unsigned char *d)
+{
+    return used && expires_ms > now_ms() && CRYPTO_memcmp(have, d, SHA256_DIGEST_LENGTH) == 0;
 }
 
 /* Applies a known answer: a tenant, or none. */
@@ -313,7 +342,6 @@ static void on_redis(gw_req_t *r, const struct redisReply *reply, void *arg)
         return;
     }
     const redisReply *t = reply->element[0], *i = reply->element[1];
-    cache_entry_t *e = cache_slot(l->digest);
     char tenant[129] = "", id[129] = "-";
     if (string_ok(t)) {
         memcpy(tenant, t->str, t->len);
@@ -323,12 +351,25 @@ static void on_redis(gw_req_t *r, const struct redisReply *reply, void *arg)
             id[i->len] = '\0';
         }
     }
-    if (e && l->c->cache_ms > 0) {
-        memcpy(e->digest, l->digest, sizeof(e->digest));
-        memcpy(e->tenant, tenant, sizeof(tenant));
-        memcpy(e->id, id, sizeof(id));
-        e->expires_ms = now_ms() + l->c->cache_ms;
-        e->used = 1;
+    if (l->c->cache_ms > 0 && tenant[0]) {
+        cache_entry_t *e = cache_slot(l->digest);
+        if (e) {
+            memcpy(e->digest, l->digest, sizeof(e->digest));
+            memcpy(e->tenant, tenant, sizeof(tenant));
+            memcpy(e->id, id, sizeof(id));
+            e->expires_ms = now_ms() + l->c->cache_ms;
+            e->used = 1;
+        }
+    } else if (l->c->cache_ms > 0) { /* not found: the negative cache only */
+        neg_entry_t *n = neg_slot(l->digest);
+        cache_entry_t *e = cache_slot(l->digest);
+        if (e && e->used && CRYPTO_memcmp(e->digest, l->digest, sizeof(e->digest)) == 0)
+            e->used = 0; /* revoked: its stale positive entry goes */
+        if (n) {
+            memcpy(n->digest, l->digest, sizeof(n->digest));
+            n->expires_ms = now_ms() + l->c->cache_ms;
+            n->used = 1;
+        }
     }
     apply(r, l->digest, tenant, id);
     gw_req_resume(r, GW_CONTINUE);
@@ -337,9 +378,13 @@ static void on_redis(gw_req_t *r, const struct redisReply *reply, void *arg)
 static int redis_lookup(gw_req_t *r, apikey_conf_t *c, const unsigned char *d)
 {
     cache_entry_t *e = cache_slot(d);
-    if (e && e->used && e->expires_ms > now_ms() &&
-        CRYPTO_memcmp(e->digest, d, SHA256_DIGEST_LENGTH) == 0) {
+    if (e && fresh(e->used, e->expires_ms, e->digest, d)) {
         apply(r, d, e->tenant, e->id);
+        return GW_CONTINUE;
+    }
+    neg_entry_t *n = neg_slot(d);
+    if ((n && fresh(n->used, n->expires_ms, n->digest, d)) || !gw_req_auth_lookup(r)) {
+        fail_unknown(r, d);
         return GW_CONTINUE;
     }
     lookup_t *l = gw_req_alloc(r, sizeof(*l));

@@ -2,6 +2,7 @@
 #include <gotthard/plugin.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "jwt_verify.h"
@@ -9,7 +10,10 @@
 /*
  * Config ("jwt" at the top level; built-in, so configure sees the whole config object):
  *   "jwt": [{"issuer": "https://idp.example.ch", "audience": "gotthard", "algorithm": "RS256",
- *            "key_file": "conf/keys/idp.pub.pem", "tenant_claim": "tenant", "leeway_s": 30}]
+ *            "key_file": "conf/keys/idp.pub.pem", "tenant_claim": "tenant", "leeway_s": 30,
+ *            "tenants": ["acme"]}]
+ * "tenants" binds the issuer to the tenants it may name (required with more than one issuer;
+ * each must be a configured tenant); a token naming another is refused (jwt_tenant_not_bound).
  * No "jwt" key: the plugin stays off (*state NULL).
  *
  * request_headers:
@@ -30,6 +34,35 @@ static void conf_err(void *arg, const char *path, const char *msg)
     gw_conf_error(arg, path, "%s", msg);
 }
 
+static int tenant_configured(const cJSON *config, const char *id)
+{
+    const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(config, "tenants");
+    for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next) {
+        const cJSON *tid = cJSON_GetObjectItemCaseSensitive(t, "id");
+        if (cJSON_IsString(tid) && strcmp(tid->valuestring, id) == 0) return 1;
+    }
+    return 0;
+}
+
+/* Every tenant an issuer is bound to is one of the config's. */
+static int check_bound_tenants(gw_conf_ctx_t *cx, const cJSON *config, const cJSON *jwt,
+                               const char *where)
+{
+    int rc = 0, i = 0;
+    for (const cJSON *e = jwt->child; e; e = e->next, i++) {
+        const cJSON *list = cJSON_GetObjectItemCaseSensitive(e, "tenants");
+        int j = 0;
+        for (const cJSON *t = list ? list->child : NULL; t; t = t->next, j++)
+            if (!tenant_configured(config, t->valuestring)) {
+                char p[320];
+                snprintf(p, sizeof(p), "%s[%d].tenants[%d]", where, i, j);
+                gw_conf_error(cx, p, "is not the id of a tenant in $.tenants");
+                rc = -1;
+            }
+    }
+    return rc;
+}
+
 static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state)
 {
     *state = NULL;
@@ -40,6 +73,10 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, v
     snprintf(where, sizeof(where), "%s.jwt", path ? path : "$");
     gwjwt_conf_t *c = NULL;
     if (gwjwt_conf_parse(jwt, where, conf_err, cx, &c) < 0) return -1;
+    if (check_bound_tenants(cx, config, jwt, where) < 0) {
+        gwjwt_conf_free(c);
+        return -1;
+    }
     *state = c;
     return 0;
 }

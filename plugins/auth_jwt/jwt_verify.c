@@ -209,8 +209,8 @@ static size_t secret_length(const unsigned char *s, size_t n)
 
 static int is_key(const char *k)
 {
-    static const char *const keys[] = {"issuer",   "audience",     "algorithm",
-                                       "key_file", "tenant_claim", "leeway_s"};
+    static const char *const keys[] = {"issuer",       "audience", "algorithm", "key_file",
+                                       "tenant_claim", "leeway_s", "tenants"};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         if (strcmp(k, keys[i]) == 0) return 1;
     return 0;
@@ -231,6 +231,49 @@ static const char *str_item(errs_t *e, const char *base, const cJSON *obj, const
     return v->valuestring;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* "tenants": the tenants the entry's tokens may name, kept sorted for bsearch. */
+static int parse_tenants(errs_t *e, const char *base, const cJSON *t, gwjwt_issuer_t *is)
+{
+    int n = cJSON_IsArray(t) ? cJSON_GetArraySize(t) : -1;
+    if (n < 1 || n > 100000) {
+        report(e, base, "tenants", "must be an array of 1 to 100000 tenant ids");
+        return -1;
+    }
+    if (!(is->tenants = calloc((size_t)n, sizeof(*is->tenants)))) {
+        report(e, base, "tenants", "out of memory");
+        return -1;
+    }
+    int i = 0;
+    for (const cJSON *x = t->child; x; x = x->next, i++) {
+        if (!cJSON_IsString(x) || !x->valuestring[0] ||
+            strlen(x->valuestring) > GWJWT_MAX_TENANT) {
+            char key[48];
+            snprintf(key, sizeof(key), "tenants[%d]", i);
+            report(e, base, key, "must be a tenant id (a non-empty string of at most %d bytes)",
+                   GWJWT_MAX_TENANT);
+            return -1;
+        }
+        if (!(is->tenants[is->ntenants] = strdup(x->valuestring))) {
+            report(e, base, "tenants", "out of memory");
+            return -1;
+        }
+        is->ntenants++;
+    }
+    qsort(is->tenants, is->ntenants, sizeof(*is->tenants), cmp_str);
+    return 0;
+}
+
+static int tenant_bound(const gwjwt_issuer_t *is, const char *tenant)
+{
+    if (!is->tenants) return 1;
+    return bsearch(&tenant, is->tenants, is->ntenants, sizeof(*is->tenants), cmp_str) != NULL;
+}
+
 static int parse_entry(errs_t *e, const char *base, const cJSON *o, gwjwt_issuer_t *is)
 {
     int before = e->n;
@@ -247,6 +290,8 @@ static int parse_entry(errs_t *e, const char *base, const cJSON *o, gwjwt_issuer
     const char *key_file = str_item(e, base, o, "key_file", 1);
     const char *tclaim = str_item(e, base, o, "tenant_claim", 1);
     const cJSON *lw = cJSON_GetObjectItemCaseSensitive(o, "leeway_s");
+    const cJSON *tl = cJSON_GetObjectItemCaseSensitive(o, "tenants");
+    if (tl) parse_tenants(e, base, tl, is); /* freed with the entry on any error */
 
     gwjwt_alg_t alg = 0;
     if (algname && !(alg = gwjwt_alg_parse(algname)))
@@ -305,6 +350,9 @@ static void issuer_free(gwjwt_issuer_t *is)
     free(is->issuer);
     free(is->audience);
     free(is->tenant_claim);
+    for (size_t i = 0; i < is->ntenants; i++)
+        free(is->tenants[i]);
+    free(is->tenants);
     wipe_free(is->key, is->key_len);
     EVP_PKEY_free(is->pkey_);
     memset(is, 0, sizeof(*is));
@@ -343,6 +391,9 @@ int gwjwt_conf_parse(const cJSON *jwt, const char *path, gwjwt_err_fn err, void 
     for (const cJSON *o = jwt->child; o; o = o->next, i++) {
         char base[256];
         snprintf(base, sizeof(base), "%s[%d]", path, i);
+        /* Several identity providers: each names the tenants it speaks for. */
+        if (n > 1 && cJSON_IsObject(o) && !cJSON_GetObjectItemCaseSensitive(o, "tenants"))
+            report(&e, base, "tenants", "is required when more than one issuer is configured");
         if (parse_entry(&e, base, o, &c->issuers[c->n]) < 0) {
             issuer_free(&c->issuers[c->n]);
             continue;
@@ -502,6 +553,7 @@ static int check_claims(const gwjwt_issuer_t *is, const cJSON *claims, time_t no
     const cJSON *ten = cJSON_GetObjectItemCaseSensitive(claims, is->tenant_claim);
     if (!cJSON_IsString(ten) || !ten->valuestring[0] || strlen(ten->valuestring) > GWJWT_MAX_TENANT)
         return GWJWT_E_TENANT;
+    if (!tenant_bound(is, ten->valuestring)) return GWJWT_E_TENANT_NOT_BOUND;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(claims, "models");
     if (m) {
         if (!cJSON_IsArray(m)) return GWJWT_E_CLAIM_TYPE;
@@ -754,6 +806,8 @@ const char *gwjwt_reason(int rc)
         return "jwt_audience";
     case GWJWT_E_TENANT:
         return "jwt_tenant";
+    case GWJWT_E_TENANT_NOT_BOUND:
+        return "jwt_tenant_not_bound";
     case GWJWT_E_NO_EXP:
         return "jwt_malformed"; /* a required claim is missing */
     case GWJWT_E_CLAIM_TYPE:

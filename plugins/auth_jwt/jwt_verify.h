@@ -38,6 +38,8 @@ typedef struct gwjwt_issuer {
     size_t key_len;
     void *pkey_;   /* private: the parsed public key (EVP_PKEY), RS/ES */
     long leeway_s; /* 0..300, default 30 */
+    char **tenants; /* the tenants this issuer may name ("tenants"); NULL: any (one issuer only) */
+    size_t ntenants;
 } gwjwt_issuer_t;
 
 typedef struct gwjwt_conf {
@@ -56,6 +58,9 @@ typedef void (*gwjwt_err_fn)(void *arg, const char *path, const char *msg);
  *   ES256/ES384:   a PEM public key on P-256 / P-384.
  *   HS256/384/512: the secret's bytes, at least 32; if the file is text (printable ASCII) one
  *                  trailing newline ("\n" or "\r\n") is not part of the secret.
+ * "tenants" (an array of 1..100000 distinct non-empty strings) binds the entry to the tenants
+ * its tokens may name; it is required when more than one entry is configured, so that one
+ * identity provider can never speak for another's tenants.
  * Returns 0 with *out set, or -1 after reporting every problem through err.
  */
 int gwjwt_conf_parse(const cJSON *jwt, const char *path, gwjwt_err_fn err, void *err_arg,
@@ -94,6 +99,7 @@ enum {
     GWJWT_E_NO_EXP = -10,       /* "exp" missing or not a number */
     GWJWT_E_CLAIM_TYPE = -11,   /* "nbf"/"iat" not numbers, "models" not an array of strings */
     GWJWT_E_INTERNAL = -12,     /* out of memory or a library failure */
+    GWJWT_E_TENANT_NOT_BOUND = -13, /* the tenant claim names a tenant not in the entry's tenants */
 };
 
 /*
@@ -103,7 +109,8 @@ enum {
  * each entry configured for exactly the header's "alg" (never "none", never an alg from the
  * token) → the payload (a JSON object, no duplicate keys) → the entry named by "iss", which
  * must be one whose key signed → libjwt's jwt_decode with that key, and jwt_get_alg equal to
- * the entry's (libjwt issue 33) → exp/nbf/iat with the entry's leeway → aud → tenant → models.
+ * the entry's (libjwt issue 33) → exp/nbf/iat with the entry's leeway → aud → tenant (one of
+ * the entry's tenants when it lists them) → models.
  * Unauthenticated input thus costs at most a header parse and one signature check per entry.
  * Returns GWJWT_OK with *out filled (free it with gwjwt_result_free), or a GWJWT_E_* code with
  * *out empty. Nothing is fetched: jku, x5u, x5c, jwk and kid are ignored.

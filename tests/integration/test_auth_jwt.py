@@ -120,13 +120,15 @@ def hs(payload=None, header=None, secret=None):
 
 
 def jwt_entries():
+    # Several issuers: each must name the tenants it may speak for (test_sec_auth.py).
+    t = ["acme", "globex"]
     return [
         {"issuer": ISS_RS, "audience": AUD, "algorithm": "RS256", "key_file": "keys/rsa.pub.pem",
-         "tenant_claim": "tenant"},
+         "tenant_claim": "tenant", "tenants": t},
         {"issuer": ISS_ES, "audience": AUD, "algorithm": "ES256", "key_file": "keys/ec.pub.pem",
-         "tenant_claim": "tenant", "leeway_s": 0},
+         "tenant_claim": "tenant", "leeway_s": 0, "tenants": t},
         {"issuer": ISS_HS, "audience": AUD, "algorithm": "HS256", "key_file": "keys/hs.secret",
-         "tenant_claim": "tenant", "leeway_s": 30},
+         "tenant_claim": "tenant", "leeway_s": 30, "tenants": t},
     ]
 
 
@@ -303,7 +305,8 @@ def test_audit_names_reason_never_token():
         (rs(claims(iss="https://evil.example")), "jwt_issuer"),
         (rs(claims(aud="x")), "jwt_audience"),
         (rs(claims(tenant=None)), "jwt_tenant"),
-        (rs(claims(tenant=CANARY_TENANT)), "unknown_tenant"),
+        # not one of the issuer's tenants (jwt[].tenants, which names configured tenants only)
+        (rs(claims(tenant=CANARY_TENANT)), "jwt_tenant_not_bound"),
         ("a.b", None),  # not a JWT: left to the API-key plugin
     ]
     def failures():
@@ -372,14 +375,20 @@ def test_unknown_tenant():
     assert mock.api_requests() == []
 
 
-def test_config_errors_name_the_path():
-    k = KEYS.get()
-    d = gwtest.tempdir("gwtest-jwt-conf-")
-    for name, content in k.files().items():
+def key_dir(prefix):
+    """A new directory holding the key files (keys/...), for `gotthard -t` runs from it."""
+    d = gwtest.tempdir(prefix)
+    for name, content in KEYS.get().files().items():
         p = os.path.join(d, name)
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "wb") as f:
             f.write(content)
+    return d
+
+
+def test_config_errors_name_the_path():
+    k = KEYS.get()
+    d = key_dir("gwtest-jwt-conf-")
     with open(os.path.join(d, "keys/short.secret"), "wb") as f:
         f.write(b"too-short-secret\n")
 

@@ -703,15 +703,17 @@ static void test_iss_aud_tenant_models(void)
     gwjwt_conf_free(c);
 }
 
+static int conf_fails(const char *json, const char *want_path);
+
 static void test_several_issuers(void)
 {
     char *j =
         fmt("[{\"issuer\":\"https://a.example\",\"audience\":\"gw-a\",\"algorithm\":\"RS256\","
-            "\"key_file\":\"%s\",\"tenant_claim\":\"tenant\"},"
+            "\"key_file\":\"%s\",\"tenant_claim\":\"tenant\",\"tenants\":[\"acme\",\"initech\"]},"
             "{\"issuer\":\"https://b.example\",\"audience\":\"gw-b\",\"algorithm\":\"ES256\","
-            "\"key_file\":\"%s\",\"tenant_claim\":\"org\"},"
+            "\"key_file\":\"%s\",\"tenant_claim\":\"org\",\"tenants\":[\"globex\"]},"
             "{\"issuer\":\"https://c.example\",\"audience\":\"gw-c\",\"algorithm\":\"RS256\","
-            "\"key_file\":\"%s\",\"tenant_claim\":\"tenant\"}]",
+            "\"key_file\":\"%s\",\"tenant_claim\":\"tenant\",\"tenants\":[\"acme\"]}]",
             rsa_pub, ec256_pub, rsa2_pub);
     gwjwt_conf_t *c = conf_of(j);
     CHECK(c && c->n == 3, "three issuers: %s", errbuf);
@@ -764,8 +766,51 @@ static void test_several_issuers(void)
               &rs);
     CHECK(verify(c, t, NOW) == GWJWT_E_SIGNATURE, "RSA-length signature on ES256");
     free(t);
+    /* Each issuer names only its own tenants (issue 14). */
+    const struct {
+        const char *alg, *payload;
+        const signer_t *by;
+        int want;
+        const char *what;
+    } bound[] = {
+        {"RS256", "\"iss\":\"https://a.example\",\"aud\":\"gw-a\",\"tenant\":\"initech\"", &rs,
+         GWJWT_OK, "a names its second tenant"},
+        {"RS256", "\"iss\":\"https://a.example\",\"aud\":\"gw-a\",\"tenant\":\"globex\"", &rs,
+         GWJWT_E_TENANT_NOT_BOUND, "a names b's tenant"},
+        {"ES256", "\"iss\":\"https://b.example\",\"aud\":\"gw-b\",\"org\":\"acme\"", &es,
+         GWJWT_E_TENANT_NOT_BOUND, "b names a's tenant"},
+        {"RS256", "\"iss\":\"https://c.example\",\"aud\":\"gw-c\",\"tenant\":\"acmE\"", &rs2,
+         GWJWT_E_TENANT_NOT_BOUND, "tenants compare exactly"},
+    };
+    for (size_t i = 0; i < sizeof(bound) / sizeof(bound[0]); i++) {
+        char *h = fmt("{\"alg\":\"%s\"}", bound[i].alg);
+        char *pl = fmt("{\"exp\":1700000600,%s}", bound[i].payload);
+        t = token(h, pl, bound[i].by);
+        CHECK(verify(c, t, NOW) == bound[i].want, "%s", bound[i].what);
+        free(t);
+        free(pl);
+        free(h);
+    }
+    CHECK(strcmp(gwjwt_reason(GWJWT_E_TENANT_NOT_BOUND), "jwt_tenant_not_bound") == 0, "reason");
     free(j);
     gwjwt_conf_free(c);
+    /* Several issuers must each list their tenants; one may go without. */
+    j = fmt("[{\"issuer\":\"https://a.example\",\"audience\":\"a\",\"algorithm\":\"RS256\","
+            "\"key_file\":\"%s\",\"tenant_claim\":\"tenant\",\"tenants\":[\"acme\"]},"
+            "{\"issuer\":\"https://b.example\",\"audience\":\"b\",\"algorithm\":\"ES256\","
+            "\"key_file\":\"%s\",\"tenant_claim\":\"org\"}]",
+            rsa_pub, ec256_pub);
+    CHECK(conf_fails(j, "$.jwt[1].tenants: is required") && !strstr(errbuf, "$.jwt[0].tenants"),
+          "tenants required with two issuers: %s", errbuf);
+    free(j);
+    const char *bad_lists[] = {"[]", "\"acme\"", "[\"\"]", "[1]", "{}"};
+    for (size_t i = 0; i < sizeof(bad_lists) / sizeof(bad_lists[0]); i++) {
+        j = fmt("[{\"issuer\":\"https://a.example\",\"audience\":\"a\",\"algorithm\":\"RS256\","
+                "\"key_file\":\"%s\",\"tenant_claim\":\"tenant\",\"tenants\":%s}]",
+                rsa_pub, bad_lists[i]);
+        CHECK(conf_fails(j, "$.jwt[0].tenants"), "bad tenants %s: %s", bad_lists[i], errbuf);
+        free(j);
+    }
 }
 
 static int conf_fails(const char *json, const char *want_path)
