@@ -273,7 +273,7 @@ def test_proxy_listener_closes_what_is_not_a_header():
 
 
 def test_without_proxy_protocol_a_proxy_line_is_400():
-    ch, keys, cfg, files = config(proxy_protocol=False)
+    ch, keys, cfg, files = config()  # proxy_protocol off by default
     gw = Gateway(cfg, files=files)
     for hdr in (v1(LI_V4), b"PROXY UNKNOWN\r\n"):
         r = answer(exchange(gw.port, hdr + request_bytes(keys["li"])))
