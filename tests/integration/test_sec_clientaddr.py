@@ -357,6 +357,22 @@ def test_forward_client_ip_sends_the_real_client():
     no_address_in_logs(gw, LI_V4, LI_V6)
 
 
+def test_reload_turns_both_on_for_new_connections():
+    ch, keys, cfg, files = config()
+    gw = Gateway(cfg, files=files)
+    denied(exchange(gw.port, request_bytes(keys["li"], xff(LI_V4))))
+    cfg2 = json.loads(json.dumps(cfg))
+    cfg2["listen"][0]["proxy_protocol"] = True
+    cfg2["trusted_proxies"] = ["10.0.0.0/8"]
+    r = gwtest.request(gw.admin_port, "POST", "/reload")
+    assert r.status == 200, r.describe()  # the same file: nothing changes yet
+    gw.write_config(cfg2)
+    r = gwtest.request(gw.admin_port, "POST", "/reload")
+    assert r.status == 200, r.describe()
+    served(exchange(gw.port, v1("10.1.1.1") + request_bytes(keys["li"], xff(LI_V4))))
+    closed_silently(gw.port, request_bytes(keys["li"]))
+
+
 # --------------------------------------------------------------------------- config
 
 
