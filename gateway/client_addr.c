@@ -59,7 +59,8 @@ int gw_cidr_parse(const char *s, gw_cidr_t *out)
     if (slash) {
         const char *b = slash + 1;
         size_t bl = strlen(b);
-        if (bl == 0 || bl > 3 || strspn(b, "0123456789") != bl || (bl > 1 && b[0] == '0')) return -1;
+        if (bl == 0 || bl > 3 || strspn(b, "0123456789") != bl || (bl > 1 && b[0] == '0'))
+            return -1;
         bits = (unsigned)atoi(b);
         if (bits > max) return -1;
     }

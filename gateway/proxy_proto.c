@@ -1,5 +1,5 @@
 /* HAProxy's PROXY protocol, versions 1 (text) and 2 (binary): a pure parser of the header a load
- * balancer sends before the client's bytes (https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt).
+ * balancer sends before the client's bytes (HAProxy's doc/proxy-protocol.txt).
  *
  * Strict, as HAProxy is: v1 is "PROXY TCP4|TCP6 src dst sport dport\r\n" with single spaces,
  * numeric addresses of the named family and decimal ports without leading zeros, or
@@ -13,7 +13,8 @@
 #include <netinet/in.h>
 #include <string.h>
 
-static const uint8_t v2_sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+static const uint8_t v2_sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                   0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A}; /* "\r\n\r\n\0\r\nQUIT\n" */
 static const char v1_sig[] = "PROXY ";
 
 enum { V2_LOCAL = 0, V2_PROXY = 1 };
@@ -129,8 +130,7 @@ static long parse_v2(const uint8_t *buf, size_t len, gw_proxy_hdr_t *out)
     int fam = buf[13] >> 4, tp = buf[13] & 0x0f;
     /* LOCAL (the balancer's own health check): the family is not looked at. A PROXY header of
      * a TCP listener names a stream, or says nothing (UNSPEC). */
-    if (cmd == V2_PROXY && fam != AF2_UNSPEC &&
-        (fam > AF2_UNIX || tp != TP2_STREAM))
+    if (cmd == V2_PROXY && fam != AF2_UNSPEC && (fam > AF2_UNIX || tp != TP2_STREAM))
         return GW_PROXY_BAD;
     if (cmd == V2_PROXY && fam == AF2_UNSPEC && tp > TP2_DGRAM) return GW_PROXY_BAD;
     if (len < 16) return GW_PROXY_INCOMPLETE;

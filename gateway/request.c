@@ -192,19 +192,19 @@ static void find_client(gw_req_t *r, const gw_conn_t *c)
     if (!cfg->ntrusted_nets || !c->client_len ||
         !gw_cidr_match(cfg->trusted_nets, cfg->ntrusted_nets, (const struct sockaddr *)&c->client))
         return;
+    const gw_header_t *hs = r->head.headers;
     size_t n = 0, nh = r->head.nheaders;
     for (size_t i = 0; i < nh; i++)
-        if (gw_http_name_eq(r->head.headers[i].name, r->head.headers[i].name_len, "x-forwarded-for")) n++;
+        if (gw_http_name_eq(hs[i].name, hs[i].name_len, "x-forwarded-for")) n++;
     if (n == 0) return;
     const char **vals = gw_arena_alloc(r->arena, n * sizeof(*vals));
     size_t *lens = gw_arena_alloc(r->arena, n * sizeof(*lens));
     if (!vals || !lens) return;
     n = 0;
     for (size_t i = 0; i < nh; i++) {
-        const gw_header_t *h = &r->head.headers[i];
-        if (!gw_http_name_eq(h->name, h->name_len, "x-forwarded-for")) continue;
-        vals[n] = h->value;
-        lens[n++] = h->value_len;
+        if (!gw_http_name_eq(hs[i].name, hs[i].name_len, "x-forwarded-for")) continue;
+        vals[n] = hs[i].value;
+        lens[n++] = hs[i].value_len;
     }
     struct sockaddr_storage ss;
     socklen_t sl = 0;
@@ -282,6 +282,7 @@ void gw_req_free(gw_req_t *r)
     gw_sse_release(&r->sse_framer);
     if (r->json) cJSON_Delete(r->json);
     gw_config_t *cfg = r->cfg;
+    explicit_bzero(&r->client, sizeof(r->client)); /* arena blocks are reused */
     gw_arena_free(r->arena);
     gw_config_unref(cfg);
 }

@@ -749,6 +749,7 @@ int gw_req_client_country(const gw_req_t *r, char cc[3])
     /* The client's address stored once per request (the peer, PROXY's, or X-Forwarded-For's
      * from a trusted proxy): never the balancer's own. */
     char err[256];
-    int rc = gw_geoip_lookup(p->geoip, (const struct sockaddr *)&r->client, cc, NULL, err, sizeof(err));
+    const struct sockaddr *client = (const struct sockaddr *)&r->client;
+    int rc = gw_geoip_lookup(p->geoip, client, cc, NULL, err, sizeof(err));
     return rc == GW_GEOIP_FOUND ? 1 : rc == GW_GEOIP_UNKNOWN ? 0 : -1;
 }

@@ -50,7 +50,8 @@ static void raw_mode(const uint8_t *p, size_t n)
     long rc = parse(p, n, &h);
     if (rc > 0) {
         check(parse(p, (size_t)rc, &h2) == rc);
-        check(h2.has_addr == h.has_addr && (!h.has_addr || memcmp(&h.src, &h2.src, h.src_len) == 0));
+        check(h2.has_addr == h.has_addr);
+        check(!h.has_addr || memcmp(&h.src, &h2.src, h.src_len) == 0);
         check(parse(p, (size_t)rc - 1, &h2) == GW_PROXY_INCOMPLETE);
     }
     size_t cut = n ? (size_t)p[n - 1] * n / 256 : 0;
@@ -60,7 +61,8 @@ static void raw_mode(const uint8_t *p, size_t n)
     if (rc == GW_PROXY_INCOMPLETE) check(pre == GW_PROXY_INCOMPLETE);
 }
 
-static const uint8_t SIG[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+static const uint8_t SIG[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
 
 static size_t take(const uint8_t **p, size_t *n, void *out, size_t k)
 {
