@@ -214,6 +214,9 @@ static void proxy_cb(evutil_socket_t fd, short what, void *arg)
                 if (what & EV_CLOSED) break;
                 return;
             }
+            /* No larger than a request head may be (limits.max_header_bytes): a v2 header
+             * may declare 64 KiB, a connection does not get to hold that much for nothing. */
+            if (total > (size_t)c->w->cfg->limits.max_header_bytes) break;
             p->buf = malloc(total);
             if (!p->buf) break;
             p->total = total;

@@ -253,6 +253,9 @@ def test_proxy_listener_closes_what_is_not_a_header():
     for data in bad:
         took = closed_silently(gw.port, data + request_bytes(keys["li"]))
         assert took < 1.2, "closed only after %.1fs (the header timeout?) for %r" % (took, data[:60])
+    # A v2 header longer than limits.max_header_bytes (32768 here): refused before it is read.
+    took = closed_silently(gw.port, v2(LI_V4, tlvs=tlv(0xE0, b"x" * 40000)))
+    assert took < 1.2, "closed only after %.1fs" % took
     # Incomplete headers: closed without an answer once client_header_ms has passed.
     for part in (b"PROXY TCP4 198.51.", v2(LI_V4)[:20], V2_SIG[:5]):
         took = closed_silently(gw.port, part)
