@@ -368,8 +368,8 @@ void gw_conn_request_done(gw_conn_t *c, int close)
 
 void gw_conn_drain(gw_conn_t *c)
 {
-    if (c->state == CONN_IDLE || c->state == CONN_PROXY || (c->state == CONN_HEAD && !c->req &&
-                                  evbuffer_get_length(gw_io_in(c->io)) == 0))
+    if (c->state == CONN_IDLE || c->state == CONN_PROXY ||
+        (c->state == CONN_HEAD && !c->req && evbuffer_get_length(gw_io_in(c->io)) == 0))
         gw_conn_close(c);
 }
 

@@ -275,6 +275,19 @@ def test_proxy_listener_closes_what_is_not_a_header():
     served(exchange(gw.port, v1(LI_V4) + request_bytes(keys["li"])))
 
 
+def test_drain_closes_connections_still_in_their_header():
+    ch, keys, cfg, files = config(proxy_protocol=True, timeouts={"drain_ms": 20000})
+    gw = Gateway(cfg, files=files)
+    c = gwtest.Conn(gw.port, timeout=10)
+    c.send(b"PROXY TCP4 198.51.")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert gw.stop(timeout=8.0) == 0, "no clean exit on SIGTERM"
+    assert time.monotonic() - t0 < 5.0, "waited for a connection still reading its PROXY header"
+    assert c.wait_closed(2) and c.buf == b""
+    c.close()
+
+
 def test_without_proxy_protocol_a_proxy_line_is_400():
     ch, keys, cfg, files = config()  # proxy_protocol off by default
     gw = Gateway(cfg, files=files)
