@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "client_addr.h"
 #include "plugin_host.h"
 #include "redis_url.h"
 #include "residency.h"
@@ -32,6 +33,7 @@ static const gw_conf_obj_t tls_obj = {sizeof(gw_tls_conf_t), tls_keys, NULL};
 static const gw_conf_key_t listen_keys[] = {
     {"address", GW_CT_STR, offsetof(gw_listen_t, address), .max = 256, .flags = GW_CK_REQUIRED},
     {"tls", GW_CT_FN, offsetof(gw_listen_t, tls), .fn = load_tls},
+    {"proxy_protocol", GW_CT_BOOL, offsetof(gw_listen_t, proxy_protocol)},
     {NULL},
 };
 static const gw_conf_obj_t listen_obj = {sizeof(gw_listen_t), listen_keys, NULL};
@@ -214,6 +216,7 @@ static const gw_conf_key_t top_keys[] = {
     {"redis", GW_CT_OBJ, 0, .obj = &redis_obj},
     {"plugins", GW_CT_OBJS, offsetof(gw_config_t, plugin_entries), 0, 64, 0, &plugin_obj},
     {"resolver", GW_CT_OBJ, 0, .obj = &resolver_obj},
+    {"trusted_proxies", GW_CT_STRS, offsetof(gw_config_t, trusted_proxies), 0, 1000},
     {NULL},
 };
 static const gw_conf_obj_t top_obj = {sizeof(gw_config_t), top_keys, NULL, gw_plugins_own_key};
@@ -488,6 +491,23 @@ static int addresses_overlap(const struct sockaddr_storage *a, const struct sock
     const struct sockaddr_in6 *v6 = (const void *)(a->ss_family == AF_INET ? b : a);
     return (a->ss_family == AF_INET || b->ss_family == AF_INET) && v4->sin_port == v6->sin6_port &&
            IN6_IS_ADDR_UNSPECIFIED(&v6->sin6_addr); /* [::] also takes IPv4 by default */
+}
+
+/* trusted_proxies: CIDRs (or single addresses) whose X-Forwarded-For names the client. */
+static int derive_trusted_proxies(gw_conf_ctx_t *cx, gw_config_t *c)
+{
+    int rc = 0;
+    char **s = c->trusted_proxies.items;
+    size_t n = c->trusted_proxies.n;
+    c->trusted_nets = gw_arena_calloc(c->arena, (n ? n : 1) * sizeof(*c->trusted_nets));
+    for (size_t i = 0; i < n; i++)
+        if (gw_cidr_parse(s[i], &c->trusted_nets[i]) < 0) {
+            gw_conf_error(cx, gw_conf_path_index(cx, "$.trusted_proxies", i),
+                          "must be a network such as 10.0.0.0/8 or fd00::/8, or one address");
+            rc = -1;
+        }
+    c->ntrusted_nets = rc == 0 ? n : 0;
+    return rc;
 }
 
 static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
@@ -835,6 +855,7 @@ gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, c
     if (rc == 0) rc = check_aliases(&cx, c);
     if (rc == 0) rc = derive_tenants(&cx, c);
     if (rc == 0) rc = derive_redis(&cx, c);
+    if (rc == 0) rc = derive_trusted_proxies(&cx, c);
     /* Offline, external plugins are not loaded: their entries are checked, not their configs. */
     size_t nexternal = c->plugin_entries.n;
     if (flags & GW_CONFIG_OFFLINE) c->plugin_entries.n = 0;

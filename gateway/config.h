@@ -23,6 +23,7 @@ typedef struct gw_listen {
     struct sockaddr_storage ss;
     socklen_t sslen;
     SSL_CTX *ssl;
+    int proxy_protocol; /* every connection starts with a PROXY header (v1 or v2): conn.c */
 } gw_listen_t;
 
 /* What balancing and health checks know of a backend: shared by the workers (atomics), never
@@ -150,6 +151,10 @@ typedef struct gw_config {
         char *hosts_file;   /* names found here are resolved from it, not from DNS */
     } resolver;
     struct gw_residency *residency; /* the policy handed over by the residency plugin, or NULL */
+    /* Peers whose X-Forwarded-For names the client (issue 14): as written, and parsed. */
+    gw_conf_list_t trusted_proxies; /* char * */
+    struct gw_cidr *trusted_nets;
+    size_t ntrusted_nets;
     /* derived */
     gw_plugin_inst_t *plugins;
     size_t nplugins;

@@ -10,13 +10,35 @@
 
 #include "log.h"
 #include "overload.h"
+#include "proxy_proto.h"
 #include "request.h"
 #include "upstream.h"
 
 #define CLIENT_WRITE_LOW (64 * 1024)
 #define LINGER_MS 2000
+#define PROXY_PEEK 256 /* a v1 line (107 bytes at most), or a v2 header's fixed part and more */
+
+/* Reading the PROXY header (listen[].proxy_protocol), before the connection's io exists, so that
+ * a TLS listener's handshake starts after it: from the socket itself, peeked until its length
+ * is known, then taken exactly, never a byte of what follows. */
+struct proxy_wait {
+    int fd;
+    SSL *ssl; /* the TLS listener's, handed to the io once the header is read */
+    struct event *ev;
+    uint8_t *buf; /* a v2 header longer than PROXY_PEEK, being taken: total bytes */
+    size_t have, total;
+};
 
 static void process(gw_conn_t *c);
+
+static void proxy_wait_free(struct proxy_wait *p)
+{
+    if (p->ev) event_free(p->ev);
+    if (p->ssl) SSL_free(p->ssl);
+    if (p->fd >= 0) close(p->fd);
+    free(p->buf);
+    free(p);
+}
 
 static void arm(gw_conn_t *c, int64_t ms)
 {
@@ -52,7 +74,9 @@ void gw_conn_close(gw_conn_t *c)
     gw_worker_t *w = c->w;
     unlink_conn(c);
     event_free(c->timer);
-    gw_io_free(c->io); /* closes the socket */
+    if (c->pp) proxy_wait_free(c->pp); /* closes the socket */
+    if (c->io) gw_io_free(c->io);      /* closes the socket */
+    explicit_bzero(&c->client, sizeof(c->client));
     free(c);
     gw_worker_conn_gone(w);
 }
@@ -99,6 +123,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
             gw_conn_close(c);
         }
         break;
+    case CONN_PROXY: /* no PROXY header in time: closed without an answer, like HAProxy */
     case CONN_CLOSING:
     case CONN_IDLE:
     default:
@@ -138,7 +163,81 @@ static void event_cb(gw_io_t *io, int what, void *arg)
 
 static const gw_io_cbs_t conn_cbs = {read_cb, write_cb, event_cb};
 
-void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l)
+/* The header is whole: the client is the address it names (the peer for LOCAL and UNKNOWN),
+ * and the connection goes on as any other (TLS, then HTTP). */
+static void proxy_done(gw_conn_t *c, const gw_proxy_hdr_t *h)
+{
+    struct proxy_wait *p = c->pp;
+    if (h->has_addr) {
+        c->client = h->src;
+        c->client_len = h->src_len;
+    }
+    int fd = p->fd;
+    SSL *ssl = p->ssl;
+    p->fd = -1;
+    p->ssl = NULL;
+    c->pp = NULL;
+    proxy_wait_free(p);
+    c->state = CONN_HEAD; /* the timer armed at accept goes on: header and head share it */
+    c->io = gw_io_new(c->w->base, fd, ssl, ssl ? GW_IO_TLS_ACCEPT : GW_IO_PLAIN, &conn_cbs, c);
+    if (!c->io) { /* fd and ssl are freed */
+        gw_conn_close(c);
+        return;
+    }
+    gw_io_set_limits(c->io, (size_t)c->w->cfg->limits.max_header_bytes + 65536, CLIENT_WRITE_LOW);
+}
+
+/* Edge-triggered: a new edge comes with every new byte, so a header still short waits for it. */
+static void proxy_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_conn_t *c = arg;
+    struct proxy_wait *p = c->pp;
+    gw_proxy_hdr_t h;
+    for (;;) {
+        if (p->total == 0) {
+            uint8_t peek[PROXY_PEEK];
+            ssize_t n = recv(fd, peek, sizeof(peek), MSG_PEEK);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+            if (n <= 0) break; /* gone, or an error */
+            long hl = gw_proxy_parse(peek, (size_t)n, &h);
+            if (hl > 0) {
+                /* Peeked, so in the socket: taken whole. */
+                if (recv(fd, peek, (size_t)hl, 0) != hl) break;
+                proxy_done(c, &h);
+                return;
+            }
+            if (hl < 0) break;
+            size_t total = gw_proxy_v2_length(peek, (size_t)n);
+            if (total == 0) {
+                /* A v1 line, or a v2 fixed part, still short: more comes with the next edge,
+                 * unless the peer has closed its side. */
+                if (what & EV_CLOSED) break;
+                return;
+            }
+            /* No larger than a request head may be (limits.max_header_bytes): a v2 header
+             * may declare 64 KiB, a connection does not get to hold that much for nothing. */
+            if (total > (size_t)c->w->cfg->limits.max_header_bytes) break;
+            p->buf = malloc(total);
+            if (!p->buf) break;
+            p->total = total;
+            continue;
+        }
+        /* A v2 header of known length: every byte of it is the header's, read them. */
+        ssize_t n = recv(fd, p->buf + p->have, p->total - p->have, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+        if (n <= 0) break;
+        p->have += (size_t)n;
+        if (p->have < p->total) continue;
+        if (gw_proxy_parse(p->buf, p->total, &h) != (long)p->total) break;
+        proxy_done(c, &h);
+        return;
+    }
+    /* Not a PROXY header, or the peer left: closed without a byte of answer. */
+    gw_conn_close(c);
+}
+
+void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l, const struct sockaddr *sa,
+                    socklen_t salen)
 {
     gw_conn_t *c = calloc(1, sizeof(*c));
     SSL *ssl = l->ssl ? SSL_new(l->ssl) : NULL;
@@ -149,19 +248,47 @@ void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l)
     }
     c->w = w;
     c->tls = ssl != NULL;
-    c->io = gw_io_new(w->base, fd, ssl, ssl ? GW_IO_TLS_ACCEPT : GW_IO_PLAIN, &conn_cbs, c);
-    c->timer = c->io ? evtimer_new(w->base, timer_cb, c) : NULL;
-    if (!c->io || !c->timer) {
-        if (c->io) gw_io_free(c->io);
-        free(c);
-        return;
+    if (sa && salen > 0 && (size_t)salen <= sizeof(c->client)) {
+        memcpy(&c->client, sa, (size_t)salen);
+        c->client_len = salen;
+    }
+    if (l->proxy_protocol) {
+        c->pp = calloc(1, sizeof(*c->pp));
+        if (c->pp) {
+            c->pp->fd = fd;
+            c->pp->ssl = ssl;
+            evutil_make_socket_nonblocking(fd);
+            c->pp->ev =
+                event_new(w->base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET, proxy_cb, c);
+        }
+        c->timer = c->pp && c->pp->ev ? evtimer_new(w->base, timer_cb, c) : NULL;
+        if (!c->timer || event_add(c->pp->ev, NULL) < 0) {
+            if (c->timer) event_free(c->timer);
+            if (c->pp) {
+                proxy_wait_free(c->pp); /* closes fd, frees ssl */
+            } else {
+                if (ssl) SSL_free(ssl);
+                close(fd);
+            }
+            free(c);
+            return;
+        }
+        c->state = CONN_PROXY;
+    } else {
+        c->io = gw_io_new(w->base, fd, ssl, ssl ? GW_IO_TLS_ACCEPT : GW_IO_PLAIN, &conn_cbs, c);
+        c->timer = c->io ? evtimer_new(w->base, timer_cb, c) : NULL;
+        if (!c->io || !c->timer) {
+            if (c->io) gw_io_free(c->io);
+            free(c);
+            return;
+        }
+        gw_io_set_limits(c->io, (size_t)w->cfg->limits.max_header_bytes + 65536, CLIENT_WRITE_LOW);
+        c->state = CONN_HEAD;
     }
     c->next = w->conns;
     if (w->conns) w->conns->prev = c;
     w->conns = c;
     w->nconns++;
-    gw_io_set_limits(c->io, (size_t)w->cfg->limits.max_header_bytes + 65536, CLIENT_WRITE_LOW);
-    c->state = CONN_HEAD;
     arm(c, w->cfg->timeouts.client_header_ms);
 }
 
@@ -241,8 +368,8 @@ void gw_conn_request_done(gw_conn_t *c, int close)
 
 void gw_conn_drain(gw_conn_t *c)
 {
-    if (c->state == CONN_IDLE || (c->state == CONN_HEAD && !c->req &&
-                                  evbuffer_get_length(gw_io_in(c->io)) == 0))
+    if (c->state == CONN_IDLE || c->state == CONN_PROXY ||
+        (c->state == CONN_HEAD && !c->req && evbuffer_get_length(gw_io_in(c->io)) == 0))
         gw_conn_close(c);
 }
 

@@ -12,6 +12,7 @@
 #include "access_log.h"
 #include "balance.h"
 #include "body.h"
+#include "client_addr.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -181,6 +182,39 @@ static void stop_counting(gw_req_t *r)
     r->out_counted = NULL;
 }
 
+/* The request's client: the connection's, unless that is a trusted proxy whose
+ * X-Forwarded-For headers (taken together, in order) name another. */
+static void find_client(gw_req_t *r, const gw_conn_t *c)
+{
+    r->client = c->client;
+    r->client_len = c->client_len;
+    const gw_config_t *cfg = r->cfg;
+    if (!cfg->ntrusted_nets || !c->client_len ||
+        !gw_cidr_match(cfg->trusted_nets, cfg->ntrusted_nets, (const struct sockaddr *)&c->client))
+        return;
+    const gw_header_t *hs = r->head.headers;
+    size_t n = 0, nh = r->head.nheaders;
+    for (size_t i = 0; i < nh; i++)
+        if (gw_http_name_eq(hs[i].name, hs[i].name_len, "x-forwarded-for")) n++;
+    if (n == 0) return;
+    const char **vals = gw_arena_alloc(r->arena, n * sizeof(*vals));
+    size_t *lens = gw_arena_alloc(r->arena, n * sizeof(*lens));
+    if (!vals || !lens) return;
+    n = 0;
+    for (size_t i = 0; i < nh; i++) {
+        if (!gw_http_name_eq(hs[i].name, hs[i].name_len, "x-forwarded-for")) continue;
+        vals[n] = hs[i].value;
+        lens[n++] = hs[i].value_len;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = 0;
+    if (gw_xff_client(cfg->trusted_nets, cfg->ntrusted_nets, vals, lens, n, &ss, &sl) == 1) {
+        r->client = ss;
+        r->client_len = sl;
+    }
+    explicit_bzero(&ss, sizeof(ss));
+}
+
 gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
 {
     gw_config_t *cfg = c->w->cfg;
@@ -235,6 +269,7 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
     }
     r->ctx = gw_arena_calloc(a, (cfg->nplugins + 1) * sizeof(void *));
     gw_sse_init(&r->sse_framer, 1u << 20);
+    find_client(r, c);
     return r;
 }
 
@@ -247,6 +282,7 @@ void gw_req_free(gw_req_t *r)
     gw_sse_release(&r->sse_framer);
     if (r->json) cJSON_Delete(r->json);
     gw_config_t *cfg = r->cfg;
+    explicit_bzero(&r->client, sizeof(r->client)); /* arena blocks are reused */
     gw_arena_free(r->arena);
     gw_config_unref(cfg);
 }
@@ -616,16 +652,14 @@ const char *gw_req_header_at(const gw_req_t *r, size_t i, size_t *name_len, cons
 
 int gw_req_client_address(const gw_req_t *r, char *buf, size_t len)
 {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    int fd = r->conn ? gw_io_fd(r->conn->io) : -1;
-    if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) return -1;
+    const struct sockaddr_storage *ss = &r->client;
+    if (!r->client_len) return -1;
     const void *a;
-    int af = ss.ss_family;
+    int af = ss->ss_family;
     if (af == AF_INET) {
-        a = &((struct sockaddr_in *)&ss)->sin_addr;
+        a = &((const struct sockaddr_in *)ss)->sin_addr;
     } else if (af == AF_INET6) {
-        const struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)ss)->sin6_addr;
         a = a6;
         if (IN6_IS_ADDR_V4MAPPED(a6)) {
             a = &a6->s6_addr[12];

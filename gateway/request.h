@@ -60,6 +60,10 @@ struct gw_req {
     gw_req_t *q_next;   /* in its pool and tenant's wait queue (balance.c) */
     uint64_t q_until_us; /* waits for a backend slot until then */
     uint64_t affinity;   /* hash of the session key (pool affinity), read before the plugins */
+    /* The client's address: the connection's, or from a trusted proxy the one its
+     * X-Forwarded-For names (issue 14). Never logged; client_len 0: not known. */
+    struct sockaddr_storage client;
+    socklen_t client_len;
     unsigned queued : 1, affine : 1;
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
         json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1,

@@ -745,12 +745,11 @@ int gw_req_client_country(const gw_req_t *r, char cc[3])
 {
     cc[0] = '\0';
     const gw_residency_t *p = r->cfg->residency;
-    if (!p || !r->conn) return -1;
-    struct sockaddr_storage peer = {0};
-    socklen_t len = sizeof(peer);
-    if (getpeername(gw_io_fd(r->conn->io), (struct sockaddr *)&peer, &len) < 0) return -1;
+    if (!p || !r->client_len) return -1;
+    /* The client's address stored once per request (the peer, PROXY's, or X-Forwarded-For's
+     * from a trusted proxy): never the balancer's own. */
     char err[256];
-    int rc = gw_geoip_lookup(p->geoip, (struct sockaddr *)&peer, cc, NULL, err, sizeof(err));
-    explicit_bzero(&peer, sizeof(peer));
+    const struct sockaddr *client = (const struct sockaddr *)&r->client;
+    int rc = gw_geoip_lookup(p->geoip, client, cc, NULL, err, sizeof(err));
     return rc == GW_GEOIP_FOUND ? 1 : rc == GW_GEOIP_UNKNOWN ? 0 : -1;
 }

@@ -63,7 +63,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 {
     listen_ctx_t *lc = arg;
     gw_listen_t *ls = lc->w->cfg->listen.items;
-    gw_conn_accept(lc->w, fd, &ls[lc->index]);
+    gw_conn_accept(lc->w, fd, &ls[lc->index], sa, (socklen_t)len);
 }
 
 static void free_listeners(gw_worker_t *w)

@@ -86,7 +86,9 @@ size_t gw_req_header_count(const gw_req_t *r);
 const char *gw_req_header_at(const gw_req_t *r, size_t i, size_t *name_len, const char **value,
                              size_t *value_len);
 /* The client's address as text ("192.0.2.1", "2001:db8::1"), for a plugin configured to
- * forward it: 0, or -1 when it is not known. Never log it. */
+ * forward it: 0, or -1 when it is not known. Behind a balancer, the one its PROXY header or a
+ * trusted proxy's X-Forwarded-For names (listen[].proxy_protocol, trusted_proxies). Never log
+ * it. */
 int gw_req_client_address(const gw_req_t *r, char *buf, size_t len);
 const cJSON *gw_req_json(const gw_req_t *r); /* NULL before request_body or without a body */
 size_t gw_req_body_length(const gw_req_t *r); /* bytes of the request body as received */
