@@ -61,7 +61,9 @@ typedef struct quota_ctx {
 static uint64_t instance_id;
 static atomic_uint_fast64_t slot_seq;
 /* The limiter of the snapshot serving now: a reload builds the next one on it, so counts
- * carry over. Configure runs on the main thread, which holds that snapshot meanwhile. */
+ * carry over. Configure runs on the main thread, which holds that snapshot meanwhile. Only
+ * activate moves it (the config passed every check): a refused config's limiter never
+ * becomes the base of the next one, and its release leaves this one alone. */
 static _Atomic(gq_limiter_t *) latest;
 
 static int64_t now_ms(void)
@@ -196,7 +198,6 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         release(c);
         return -1;
     }
-    atomic_store(&latest, c->lim);
     const cJSON *redis = cJSON_GetObjectItemCaseSensitive(root, "redis");
     if (redis) {
         const cJSON *ou = cJSON_GetObjectItemCaseSensitive(redis, "on_unavailable");
@@ -211,6 +212,13 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     }
     *state = c;
     return 0;
+}
+
+/* The config is kept: the next one builds on this limiter. */
+static void activate(void *state)
+{
+    quota_conf_t *c = state;
+    atomic_store(&latest, c->lim);
 }
 
 int64_t gw_quota_estimate_tokens(size_t body_len, const cJSON *json, int embeddings)
@@ -635,4 +643,5 @@ const gw_plugin_t gw_plugin_quota = {
     .response_event = response_event,
     .log = log_hook,
     .wants_usage = 1,
+    .activate = activate,
 };
