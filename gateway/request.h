@@ -57,6 +57,7 @@ struct gw_req {
     const gw_http_head_t *resp_head; /* the backend's head, during response_headers only */
     gw_req_t *q_next;   /* in its pool and tenant's wait queue (balance.c) */
     uint64_t q_until_us; /* waits for a backend slot until then */
+    uint64_t q_bytes;    /* the body bytes its place in the queue holds (balance.c) */
     uint64_t affinity;   /* hash of the session key (pool affinity), read before the plugins */
     unsigned queued : 1, affine : 1;
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
