@@ -133,20 +133,6 @@ def stream(gw, results, i, headers=None, tokens=15, token_ms=100):
         results[i] = ("error", repr(ex))
 
 
-def max_overlap(records):
-    """The most requests the backend ran at once, from its start and end times."""
-    ev = []
-    for rec in records:
-        ev.append((rec["started_ms"], 1))
-        ev.append((rec.get("ended_ms", 1 << 62), -1))
-    ev.sort(key=lambda e: (e[0], e[1]))
-    cur = best = 0
-    for _, d in ev:
-        cur += d
-        best = max(best, cur)
-    return best
-
-
 def test_reload_keeps_backend_inflight():
     """Two streams, a reload, two more: the backend (max_concurrent 2) never runs more than two; the
     later ones wait in the queue and are served."""
@@ -168,8 +154,8 @@ def test_reload_keeps_backend_inflight():
         t.join(90)
     assert all(r == (200, "[DONE]") for r in results), results
     recs = mock.wait_requests(4, completed=True, timeout=10)
-    assert max_overlap(recs) <= 2, "the backend ran %d requests at once (max_concurrent 2): %s" % (
-        max_overlap(recs), [(x["started_ms"], x.get("ended_ms")) for x in recs])
+    assert gwtest.max_overlap(recs) <= 2, "the backend ran %d requests at once (max_concurrent 2): %s" % (
+        gwtest.max_overlap(recs), [(x["started_ms"], x.get("ended_ms")) for x in recs])
 
 
 def test_reload_keeps_the_queue_count():
