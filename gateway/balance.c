@@ -466,7 +466,8 @@ void gw_balance_failed(gw_backend_t *b)
     if (!p->health.max_fails || n < p->health.max_fails) return;
     int up = 1;
     if (!atomic_compare_exchange_strong(&b->live->healthy, &up, 0)) return;
-    atomic_store(&b->live->lb.down_until_us, gw_now_us() + (uint64_t)p->health.fail_timeout_ms * 1000);
+    atomic_store(&b->live->lb.down_until_us,
+                 gw_now_us() + (uint64_t)p->health.fail_timeout_ms * 1000);
     gw_warn("pool %s: backend %s ejected after %d failures in a row", p->name, b->name, n);
 }
 

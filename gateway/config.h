@@ -55,9 +55,9 @@ typedef struct gw_queue_share {
 
 /* A pool's wait queue, every worker and every snapshot together (live.h, balance.c). */
 typedef struct gw_pool_live {
-    atomic_int queued;    /* requests waiting for a slot; read without the lock */
-    pthread_mutex_t lock; /* the rest: taken only when a request queues or leaves the queue */
-    int64_t bytes;        /* their bodies */
+    atomic_int queued;         /* requests waiting for a slot; read without the lock */
+    pthread_mutex_t lock;      /* the rest: taken only when a request queues or leaves the queue */
+    int64_t bytes;             /* their bodies */
     gw_queue_share_t *tenants; /* tenants with waiters */
     size_t ntenants, captenants;
 } gw_pool_live_t;

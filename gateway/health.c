@@ -206,7 +206,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                 st->next_health_us = now + (uint64_t)p->health.interval_ms * 1000;
                 probe_start(h, st, K_HEALTH);
             }
-        } else if (!atomic_load(&b->live->healthy) && now >= atomic_load(&b->live->lb.down_until_us)) {
+        } else if (!atomic_load(&b->live->healthy) &&
+                   now >= atomic_load(&b->live->lb.down_until_us)) {
             gw_balance_readmit(b, now); /* passive only: back after fail_timeout_ms */
         }
         if (p->algo == GW_BAL_QUEUE_AWARE && !st->probe[K_METRICS] && now >= st->next_metrics_us) {

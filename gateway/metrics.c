@@ -404,7 +404,9 @@ static void render_backends(struct evbuffer *out, const gw_config_t *cfg)
                 long v = 0;
                 switch (f) {
                 case 0: v = gw_metrics_backend_up(cfg, b); break;
-                case 1: v = atomic_load_explicit(&b->live->healthy, memory_order_relaxed) != 0; break;
+                case 1:
+                    v = atomic_load_explicit(&b->live->healthy, memory_order_relaxed) != 0;
+                    break;
                 case 2: v = rs && (!cfg->residency || rs->approved); break;
                 default: v = atomic_load_explicit(&b->live->inflight, memory_order_relaxed); break;
                 }
