@@ -220,6 +220,7 @@ static char *status_report(const gw_admin_t *a)
         cJSON_AddStringToObject(p, "name", ps[i].name);
         cJSON_AddStringToObject(p, "balance", ps[i].balance ? ps[i].balance : "least_outstanding");
         cJSON_AddBoolToObject(p, "up", pool_up(cfg, &ps[i]));
+        cJSON_AddNumberToObject(p, "queued", atomic_load(&ps[i].live->queued));
         cJSON *models = cJSON_AddArrayToObject(p, "models");
         char **ms = ps[i].models.items;
         for (size_t m = 0; models && m < ps[i].models.n; m++)
@@ -235,8 +236,8 @@ static char *status_report(const gw_admin_t *a)
             cJSON_AddStringToObject(e, "name", b->name);
             cJSON_AddStringToObject(e, "country", b->country ? b->country : "");
             cJSON_AddBoolToObject(e, "up", gw_metrics_backend_up(cfg, b));
-            cJSON_AddBoolToObject(e, "healthy", atomic_load(&b->healthy) != 0);
-            cJSON_AddNumberToObject(e, "inflight", atomic_load(&b->inflight));
+            cJSON_AddBoolToObject(e, "healthy", atomic_load(&b->live->healthy) != 0);
+            cJSON_AddNumberToObject(e, "inflight", atomic_load(&b->live->inflight));
             cJSON_AddNumberToObject(e, "max_concurrent", (double)b->max_concurrent);
             cJSON_AddNumberToObject(e, "weight", (double)b->weight);
             const char *verdict = !cfg->residency ? "unverified"

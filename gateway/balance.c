@@ -11,10 +11,11 @@
 #define QUEUE_TICK_US 5000 /* waiters look for a slot freed by another worker this often */
 #define SLOW_MIN 64        /* of 1024: the smallest share a slow-starting backend gets */
 
-/* The requests of one tenant waiting for one pool, oldest first. */
+/* The requests of one tenant waiting for one pool, oldest first. The pool is its live state
+ * and the tenant its id (the head's), so that the requests of an old snapshot and of the new
+ * one wait in one line after a reload. */
 typedef struct tq {
-    gw_pool_t *pool;
-    const gw_tenant_t *tenant;
+    gw_pool_live_t *pool;
     gw_req_t *head, *tail;
 } tq_t;
 
@@ -33,7 +34,7 @@ struct gw_balance_worker {
 /* The share (of 1024) a backend in slow start gets, growing linearly to 1024. */
 static unsigned slow_share(const gw_backend_t *b, uint64_t until, uint64_t now)
 {
-    uint64_t from = atomic_load_explicit(&((gw_backend_t *)b)->lb.slow_from_us, memory_order_relaxed);
+    uint64_t from = atomic_load_explicit(&b->live->lb.slow_from_us, memory_order_relaxed);
     if (until <= from || now <= from) return SLOW_MIN;
     uint64_t s = (now - from) * 1024 / (until - from);
     return s < SLOW_MIN ? SLOW_MIN : (unsigned)s;
@@ -45,10 +46,10 @@ enum { C_NO, C_FULL, C_ROOM };
 static inline int candidate(const gw_req_t *r, gw_backend_t *b, size_t i, uint64_t now, int *load,
                             unsigned *share)
 {
-    if (r->vetoed[i] || !atomic_load_explicit(&b->healthy, memory_order_relaxed)) return C_NO;
-    *load = atomic_load_explicit(&b->inflight, memory_order_relaxed);
+    if (r->vetoed[i] || !atomic_load_explicit(&b->live->healthy, memory_order_relaxed)) return C_NO;
+    *load = atomic_load_explicit(&b->live->inflight, memory_order_relaxed);
     *share = 1024;
-    uint64_t su = atomic_load_explicit(&b->lb.slow_until_us, memory_order_relaxed);
+    uint64_t su = atomic_load_explicit(&b->live->lb.slow_until_us, memory_order_relaxed);
     if (su > now) *share = slow_share(b, su, now);
     if (b->max_concurrent) {
         int64_t cap = b->max_concurrent * (int64_t)*share / 1024;
@@ -165,7 +166,7 @@ static gw_backend_t *queue_aware(gw_req_t *r, uint64_t now, int *full)
         int load;
         unsigned share;
         if (!has_room(r, &bs[i], i, now, &load, &share, full)) continue;
-        gw_backend_lb_t *lb = &bs[i].lb;
+        gw_backend_lb_t *lb = &bs[i].live->lb;
         uint64_t at = atomic_load_explicit(&lb->m_at_us, memory_order_acquire);
         /* No recent metrics from a backend with room: least outstanding for this pick. */
         if (!at || (now > at && now - at > stale)) return least_outstanding(r, now, full);
@@ -265,7 +266,8 @@ gw_backend_t *gw_balance_pick(gw_req_t *r, int *full)
 {
     *full = 0;
     /* Others wait already: a new request queues behind them (fairness), never jumps ahead. */
-    if (r->pool->queue.max && atomic_load_explicit(&r->pool->queued, memory_order_relaxed) > 0) {
+    if (r->pool->queue.max &&
+        atomic_load_explicit(&r->pool->live->queued, memory_order_relaxed) > 0) {
         *full = 1;
         return NULL;
     }
@@ -280,32 +282,107 @@ static void arm_tick(struct gw_balance_worker *bw)
     if (bw->waiting) evtimer_add(bw->tick, &tv);
 }
 
+static const char *tenant_id(const gw_req_t *r)
+{
+    return r->tenant ? r->tenant->id : "";
+}
+
+/* Is r's FIFO q? The same pool (live) and tenant (by id: the head may be of another snapshot). */
+static int is_fifo(const tq_t *q, const gw_req_t *r)
+{
+    return q->pool == r->pool->live && strcmp(tenant_id(q->head), tenant_id(r)) == 0;
+}
+
+/*
+ * Takes a place for r in its pool's queue (every worker and snapshot together), or -1:
+ *   - at most queue.max places, and at most queue.max_bytes of bodies held;
+ *   - with tenants, a tenant holds at most its fair share: max(1, queue.max / (n + 1)) places
+ *     with n the tenants waiting (itself included), the + 1 keeping room for a tenant yet to
+ *     come; and at most queue.max_per_tenant when set. So a tenant flooding the queue is
+ *     refused while a quiet one still finds a place. Without tenants, the whole queue.max.
+ */
+static int queue_take(gw_req_t *r, uint64_t bytes)
+{
+    gw_pool_t *p = r->pool;
+    gw_pool_live_t *pl = p->live;
+    const char *id = tenant_id(r);
+    int rc = -1;
+    pthread_mutex_lock(&pl->lock);
+    size_t t = 0;
+    while (t < pl->ntenants && strcmp(pl->tenants[t].id, id) != 0) t++;
+    int64_t mine = t < pl->ntenants ? pl->tenants[t].n : 0;
+    int64_t share = p->queue.max;
+    if (r->tenant) {
+        size_t waiting = pl->ntenants + (t == pl->ntenants);
+        share = p->queue.max / (int64_t)(waiting + 1);
+        if (share < 1) share = 1;
+        if (p->queue.max_per_tenant && share > p->queue.max_per_tenant)
+            share = p->queue.max_per_tenant;
+    }
+    if (atomic_load(&pl->queued) >= p->queue.max || mine >= share ||
+        (uint64_t)pl->bytes + bytes > (uint64_t)p->queue.max_bytes)
+        goto out;
+    if (t == pl->ntenants) {
+        if (pl->ntenants == pl->captenants) {
+            size_t cap = pl->captenants ? pl->captenants * 2 : 8;
+            gw_queue_share_t *a = realloc(pl->tenants, cap * sizeof(*a));
+            if (!a) goto out;
+            pl->tenants = a;
+            pl->captenants = cap;
+        }
+        pl->tenants[t] = (gw_queue_share_t){strdup(id), 0};
+        if (!pl->tenants[t].id) goto out;
+        pl->ntenants++;
+    }
+    pl->tenants[t].n++;
+    pl->bytes += (int64_t)bytes;
+    atomic_fetch_add(&pl->queued, 1);
+    rc = 0;
+out:
+    pthread_mutex_unlock(&pl->lock);
+    return rc;
+}
+
+/* Gives r's place back (queue_take's). */
+static void queue_give(gw_req_t *r, uint64_t bytes)
+{
+    gw_pool_live_t *pl = r->pool->live;
+    const char *id = tenant_id(r);
+    pthread_mutex_lock(&pl->lock);
+    for (size_t t = 0; t < pl->ntenants; t++) {
+        if (strcmp(pl->tenants[t].id, id) != 0) continue;
+        if (--pl->tenants[t].n == 0) {
+            free(pl->tenants[t].id);
+            pl->tenants[t] = pl->tenants[--pl->ntenants];
+        }
+        break;
+    }
+    pl->bytes -= (int64_t)bytes;
+    atomic_fetch_sub(&pl->queued, 1);
+    pthread_mutex_unlock(&pl->lock);
+}
+
 int gw_balance_enqueue(gw_req_t *r)
 {
     struct gw_balance_worker *bw = r->w->bal;
     gw_pool_t *p = r->pool;
     if (!bw || !p->queue.max || r->w->draining) return -1;
-    if (atomic_fetch_add_explicit(&p->queued, 1, memory_order_relaxed) >= p->queue.max) {
-        atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
-        return -1;
-    }
     size_t i = 0;
-    while (i < bw->nq && (bw->q[i].pool != p || bw->q[i].tenant != r->tenant)) i++;
-    if (i == bw->nq) {
-        if (bw->nq == bw->capq) {
-            size_t cap = bw->capq ? bw->capq * 2 : 8;
-            tq_t *q = realloc(bw->q, cap * sizeof(*q));
-            if (!q) {
-                atomic_fetch_sub_explicit(&p->queued, 1, memory_order_relaxed);
-                return -1;
-            }
-            bw->q = q;
-            bw->capq = cap;
-        }
-        bw->q[bw->nq++] = (tq_t){p, r->tenant, NULL, NULL};
+    while (i < bw->nq && !is_fifo(&bw->q[i], r)) i++;
+    if (i == bw->nq && bw->nq == bw->capq) {
+        size_t cap = bw->capq ? bw->capq * 2 : 8;
+        tq_t *q = realloc(bw->q, cap * sizeof(*q));
+        if (!q) return -1;
+        bw->q = q;
+        bw->capq = cap;
     }
+    /* What a waiting request holds: its body as received (and the parsed tree beside it). */
+    uint64_t bytes = gw_req_body_length(r);
+    if (queue_take(r, bytes) < 0) return -1;
+    if (i == bw->nq) bw->q[bw->nq++] = (tq_t){p->live, NULL, NULL};
     tq_t *q = &bw->q[i];
     if (!r->q_until_us) r->q_until_us = gw_now_us() + (uint64_t)p->queue.timeout_ms * 1000;
+    r->q_bytes = bytes;
     r->q_next = NULL;
     if (q->tail) q->tail->q_next = r;
     else q->head = r;
@@ -329,7 +406,7 @@ void gw_balance_dequeue(gw_req_t *r)
     if (!r->queued || !bw) return;
     for (size_t i = 0; i < bw->nq; i++) {
         tq_t *q = &bw->q[i];
-        if (q->pool != r->pool || q->tenant != r->tenant) continue;
+        if (!is_fifo(q, r)) continue;
         gw_req_t **pp = &q->head, *prev = NULL;
         while (*pp && *pp != r) {
             prev = *pp;
@@ -344,7 +421,7 @@ void gw_balance_dequeue(gw_req_t *r)
     r->queued = 0;
     r->q_next = NULL;
     bw->waiting--;
-    atomic_fetch_sub_explicit(&r->pool->queued, 1, memory_order_relaxed);
+    queue_give(r, r->q_bytes);
 }
 
 /* Serves the waiters: one request per (pool, tenant) FIFO in turn while slots are free; a
@@ -385,29 +462,30 @@ void gw_balance_kick(gw_worker_t *w)
 void gw_balance_failed(gw_backend_t *b)
 {
     gw_pool_t *p = b->pool;
-    int n = atomic_fetch_add_explicit(&b->lb.fails, 1, memory_order_relaxed) + 1;
+    int n = atomic_fetch_add_explicit(&b->live->lb.fails, 1, memory_order_relaxed) + 1;
     if (!p->health.max_fails || n < p->health.max_fails) return;
     int up = 1;
-    if (!atomic_compare_exchange_strong(&b->healthy, &up, 0)) return;
-    atomic_store(&b->lb.down_until_us, gw_now_us() + (uint64_t)p->health.fail_timeout_ms * 1000);
+    if (!atomic_compare_exchange_strong(&b->live->healthy, &up, 0)) return;
+    atomic_store(&b->live->lb.down_until_us,
+                 gw_now_us() + (uint64_t)p->health.fail_timeout_ms * 1000);
     gw_warn("pool %s: backend %s ejected after %d failures in a row", p->name, b->name, n);
 }
 
 void gw_balance_succeeded(gw_backend_t *b)
 {
-    if (atomic_load_explicit(&b->lb.fails, memory_order_relaxed))
-        atomic_store_explicit(&b->lb.fails, 0, memory_order_relaxed);
+    if (atomic_load_explicit(&b->live->lb.fails, memory_order_relaxed))
+        atomic_store_explicit(&b->live->lb.fails, 0, memory_order_relaxed);
 }
 
 void gw_balance_readmit(gw_backend_t *b, uint64_t now)
 {
     gw_pool_t *p = b->pool;
-    atomic_store(&b->lb.fails, 0);
+    atomic_store(&b->live->lb.fails, 0);
     if (p->health.slow_start_ms) {
-        atomic_store(&b->lb.slow_from_us, now);
-        atomic_store(&b->lb.slow_until_us, now + (uint64_t)p->health.slow_start_ms * 1000);
+        atomic_store(&b->live->lb.slow_from_us, now);
+        atomic_store(&b->live->lb.slow_until_us, now + (uint64_t)p->health.slow_start_ms * 1000);
     }
-    if (!atomic_exchange(&b->healthy, 1))
+    if (!atomic_exchange(&b->live->healthy, 1))
         gw_info("pool %s: backend %s re-admitted", p->name, b->name);
 }
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "client_addr.h"
+#include "live.h"
 #include "plugin_host.h"
 #include "redis_url.h"
 #include "residency.h"
@@ -111,6 +112,8 @@ static const gw_conf_key_t metrics_keys[] = {
 static const gw_conf_key_t queue_keys[] = {
     {"max", GW_CT_INT, offsetof(gw_pool_t, queue.max), 0, 1000000},
     POOL_MS(queue, timeout_ms, 1),
+    {"max_per_tenant", GW_CT_INT, offsetof(gw_pool_t, queue.max_per_tenant), 0, 1000000},
+    {"max_bytes", GW_CT_INT, offsetof(gw_pool_t, queue.max_bytes), 0, 1LL << 40},
     {NULL},
 };
 /* Offsets are relative to the pool. */
@@ -131,6 +134,7 @@ static void pool_init(void *p)
     o->metrics.interval_ms = 500;
     o->queue.max = 1024;
     o->queue.timeout_ms = 30000;
+    o->queue.max_bytes = 64LL << 20;
 }
 
 static const gw_conf_key_t pool_keys[] = {
@@ -591,7 +595,6 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
         for (size_t j = 0; j < p->backends.n; j++) {
             bs[j].pool = p;
             bs[j].index = c->nbackends;
-            atomic_init(&bs[j].healthy, 1);
             c->backends[c->nbackends++] = &bs[j];
             if (bs[j].url && bs[j].country &&
                 derive_backend(cx, c, &bs[j], gw_conf_path_index(cx, bp, j)) < 0)
@@ -863,6 +866,10 @@ gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, c
     c->plugin_entries.n = nexternal;
     if (c->access_log.path) c->want_usage = 1; /* the access log carries the tokens */
     if (rc == 0) rc = gw_residency_derive(&cx, c);
+    if (rc == 0 && gw_live_attach(c) < 0) { /* in-flight, health, queues carry over */
+        gw_conf_error(&cx, "$", "out of memory");
+        rc = -1;
+    }
     if (rc == 0 && build_models_json(c) < 0) {
         gw_conf_error(&cx, "$", "out of memory");
         rc = -1;
@@ -887,6 +894,7 @@ void gw_config_unref(gw_config_t *c)
 {
     if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) return;
     gw_plugins_release(c);
+    gw_live_detach(c);
     gw_listen_t *ls = c->listen.items;
     for (size_t i = 0; i < c->listen.n; i++) SSL_CTX_free(ls[i].ssl);
     for (size_t i = 0; i < c->nbackends; i++) {

@@ -4,6 +4,7 @@
 
 #include <netinet/in.h>
 #include <openssl/ssl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
 
@@ -37,6 +38,31 @@ typedef struct gw_backend_lb {
     _Atomic uint64_t m_at_us;          /* when they were scraped; 0: never */
 } gw_backend_lb_t;
 
+/* A backend's counters that outlive a snapshot (live.h): the requests of every snapshot count
+ * in them, and the next config with the same pool name and url finds them again. */
+typedef struct gw_backend_live {
+    atomic_int inflight;
+    /* 1 while the backend may be chosen as far as its health goes (active checks, passive
+     * ejection: issue 7); 1 from the start. Residency approval is separate (res). */
+    atomic_int healthy;
+    gw_backend_lb_t lb; /* balancing and health state (issue 7: balance.c, health.c) */
+} gw_backend_live_t;
+
+/* A tenant's places in a pool's wait queue (balance.c). */
+typedef struct gw_queue_share {
+    char *id; /* the tenant's id; "" without tenants */
+    int64_t n;
+} gw_queue_share_t;
+
+/* A pool's wait queue, every worker and every snapshot together (live.h, balance.c). */
+typedef struct gw_pool_live {
+    atomic_int queued;         /* requests waiting for a slot; read without the lock */
+    pthread_mutex_t lock;      /* the rest: taken only when a request queues or leaves the queue */
+    int64_t bytes;             /* their bodies */
+    gw_queue_share_t *tenants; /* tenants with waiters */
+    size_t ntenants, captenants;
+} gw_pool_live_t;
+
 typedef struct gw_backend {
     char *url, *country, *api_key_env, *api_key_file, *ca_file;
     int64_t weight, max_concurrent;
@@ -51,11 +77,7 @@ typedef struct gw_backend {
     SSL_CTX *ssl;
     size_t index; /* in the snapshot's backends */
     gw_pool_t *pool;
-    atomic_int inflight;
-    /* 1 while the backend may be chosen as far as its health goes (active checks, passive
-     * ejection: issue 7); 1 from the start. Residency approval is separate (res). */
-    atomic_int healthy;
-    gw_backend_lb_t lb; /* balancing and health state (issue 7: balance.c, health.c) */
+    gw_backend_live_t *live; /* in-flight, health: owned by the process (live.h) */
     char *port; /* for re-resolution */
     /* Every address the host resolves to, each with its residency verdict: replaced (never
      * changed) by the resolver thread; the old ones live as long as the snapshot. */
@@ -81,13 +103,15 @@ struct gw_pool {
     } metrics; /* queue_aware: the backends' vLLM-style metrics */
     struct {
         int64_t max, timeout_ms; /* max 0: no queue, 503 at once when every backend is full */
+        int64_t max_per_tenant;  /* 0: the fair share only (balance.c) */
+        int64_t max_bytes;       /* the queued requests' bodies together */
     } queue;
     char *affinity; /* "none", "session" (x-session-id, else the user field) */
     /* derived */
     int algo, affine;
     char **alias_from, **alias_to;
     size_t naliases;
-    atomic_int queued; /* requests waiting for a slot, every worker */
+    gw_pool_live_t *live; /* its wait queue: owned by the process (live.h) */
 };
 
 typedef struct gw_tenant {

@@ -68,14 +68,14 @@ static void health_result(gw_health_t *h, bstate_t *st, int ok)
     if (ok) {
         st->bad = 0;
         st->ok++;
-        if (!atomic_load(&b->healthy) && st->ok >= p->health.healthy_threshold &&
-            now >= atomic_load(&b->lb.down_until_us))
+        if (!atomic_load(&b->live->healthy) && st->ok >= p->health.healthy_threshold &&
+            now >= atomic_load(&b->live->lb.down_until_us))
             gw_balance_readmit(b, now);
     } else {
         st->ok = 0;
         st->bad++;
-        if (st->bad >= p->health.unhealthy_threshold && atomic_exchange(&b->healthy, 0)) {
-            atomic_store(&b->lb.down_until_us, now);
+        if (st->bad >= p->health.unhealthy_threshold && atomic_exchange(&b->live->healthy, 0)) {
+            atomic_store(&b->live->lb.down_until_us, now);
             gw_warn("pool %s: backend %s failed %d health checks in a row", p->name, b->name,
                     st->bad);
         }
@@ -87,7 +87,7 @@ static void metrics_result(bstate_t *st, const char *body, size_t len)
     int w, r, c;
     const int need = GW_VLLM_WAITING | GW_VLLM_RUNNING; /* missing either: fall back */
     if ((gw_vllm_metrics_parse(body, len, &w, &r, &c) & need) != need) return;
-    gw_backend_lb_t *lb = &st->b->lb;
+    gw_backend_lb_t *lb = &st->b->live->lb;
     /* What the backend has shown it can run at once: all it runs while others wait. */
     int cap = atomic_load(&lb->m_cap);
     if (w > 0 && r > 0) cap = r;
@@ -97,7 +97,7 @@ static void metrics_result(bstate_t *st, const char *body, size_t len)
     atomic_store(&lb->m_waiting, w);
     atomic_store(&lb->m_running, r);
     atomic_store(&lb->m_cache_pm, c);
-    atomic_store(&lb->m_inflight, atomic_load(&st->b->inflight));
+    atomic_store(&lb->m_inflight, atomic_load(&st->b->live->inflight));
     atomic_store_explicit(&lb->m_at_us, gw_now_us(), memory_order_release);
 }
 
@@ -206,7 +206,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                 st->next_health_us = now + (uint64_t)p->health.interval_ms * 1000;
                 probe_start(h, st, K_HEALTH);
             }
-        } else if (!atomic_load(&b->healthy) && now >= atomic_load(&b->lb.down_until_us)) {
+        } else if (!atomic_load(&b->live->healthy) &&
+                   now >= atomic_load(&b->live->lb.down_until_us)) {
             gw_balance_readmit(b, now); /* passive only: back after fail_timeout_ms */
         }
         if (p->algo == GW_BAL_QUEUE_AWARE && !st->probe[K_METRICS] && now >= st->next_metrics_us) {
@@ -237,15 +238,10 @@ void gw_health_set_config(gw_health_t *h, gw_config_t *cfg)
     for (size_t i = 0; i < cfg->nbackends; i++) {
         gw_backend_t *b = cfg->backends[i];
         bs[i].b = b;
-        /* The same backend in the old snapshot: its health carries over. */
+        /* The same backend in the old snapshot (the same live state: live.h): its health is
+         * shared already; the checks' run of results carries over too. */
         for (size_t j = 0; h->cfg && j < h->n; j++) {
-            gw_backend_t *o = h->bs[j].b;
-            if (strcmp(o->url, b->url) != 0 || strcmp(o->pool->name, b->pool->name) != 0) continue;
-            atomic_store(&b->healthy, atomic_load(&o->healthy));
-            atomic_store(&b->lb.fails, atomic_load(&o->lb.fails));
-            atomic_store(&b->lb.down_until_us, atomic_load(&o->lb.down_until_us));
-            atomic_store(&b->lb.slow_from_us, atomic_load(&o->lb.slow_from_us));
-            atomic_store(&b->lb.slow_until_us, atomic_load(&o->lb.slow_until_us));
+            if (h->bs[j].b->live != b->live) continue;
             bs[i].ok = h->bs[j].ok;
             bs[i].bad = h->bs[j].bad;
             break;

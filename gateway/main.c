@@ -19,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "overload.h"
+#include "plugin_host.h"
 #include "residency.h"
 #include "tls.h"
 #include "worker.h"
@@ -160,12 +161,18 @@ static int reload(gw_main_t *m, const char *source, char **why)
         bad = "the access log cannot be opened";
     else if (gw_audit_open(next->audit_log.path) < 0)
         bad = "the audit log cannot be opened";
-    else if (gw_access_log_open(next->access_log.path) < 0)
+    else if (gw_access_log_open(next->access_log.path) < 0) {
+        /* The audit log has moved already: back to where it was, so the refusal leaves both. */
+        if (gw_audit_open(m->cfg->audit_log.path) < 0) gw_warn("the audit log cannot be reopened");
         bad = "the access log cannot be opened";
+    }
     if (bad) {
-        gw_config_unref(next);
+        gw_config_unref(next); /* its plugins' state never served: nothing was published */
         return refuse(source, bad, why);
     }
+    /* Every check has passed: from here on the new config is taken whole. Plugins publish what
+     * outlives the snapshot (the quota counts) only now (plugin.h: activate). */
+    gw_plugins_activate(next);
     for (size_t i = 0; i < m->nworkers; i++) gw_worker_reload(&m->workers[i], gw_config_ref(next));
     gw_admin_set_config(m->admin, next);
     gw_resolver_set_config(next);
@@ -219,6 +226,7 @@ static int run(const char *file)
 {
     gw_config_t *cfg = load_or_report(file);
     if (!cfg) return 1;
+    gw_plugins_activate(cfg);
     gw_main_t m = {0};
     m.file = file;
     m.cfg = cfg;

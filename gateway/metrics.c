@@ -379,7 +379,7 @@ int gw_metrics_backend_up(const gw_config_t *cfg, const gw_backend_t *b)
 {
     const gw_resolved_t *rs = gw_backend_resolved(b);
     int approved = rs && rs->n > 0 && (!cfg->residency || rs->approved);
-    return approved && atomic_load_explicit(&((gw_backend_t *)b)->healthy, memory_order_relaxed);
+    return approved && atomic_load_explicit(&b->live->healthy, memory_order_relaxed);
 }
 
 static void render_backends(struct evbuffer *out, const gw_config_t *cfg)
@@ -405,9 +405,11 @@ static void render_backends(struct evbuffer *out, const gw_config_t *cfg)
                 long v = 0;
                 switch (f) {
                 case 0: v = gw_metrics_backend_up(cfg, b); break;
-                case 1: v = atomic_load_explicit(&b->healthy, memory_order_relaxed) != 0; break;
+                case 1:
+                    v = atomic_load_explicit(&b->live->healthy, memory_order_relaxed) != 0;
+                    break;
                 case 2: v = rs && (!cfg->residency || rs->approved); break;
-                default: v = atomic_load_explicit(&b->inflight, memory_order_relaxed); break;
+                default: v = atomic_load_explicit(&b->live->inflight, memory_order_relaxed); break;
                 }
                 sample_start(out, fams[f].name, "pool", pools[p].name, "backend", b->name);
                 evbuffer_add_printf(out, "} %ld\n", v);

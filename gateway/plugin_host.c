@@ -75,6 +75,14 @@ int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c)
     return rc;
 }
 
+void gw_plugins_activate(gw_config_t *c)
+{
+    for (size_t i = 0; i < c->nplugins; i++) {
+        gw_plugin_inst_t *inst = &c->plugins[i];
+        if (inst->plugin->activate) inst->plugin->activate(inst->state);
+    }
+}
+
 void gw_plugins_release(gw_config_t *c)
 {
     for (size_t i = c->nplugins; i-- > 0;) {

@@ -116,7 +116,7 @@ static gw_upconn_t *detach(gw_req_t *r)
     if (!u) return NULL;
     r->up = NULL;
     u->req = NULL;
-    atomic_fetch_sub_explicit(&u->be->inflight, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&u->be->live->inflight, 1, memory_order_relaxed);
     gw_balance_kick(r->w); /* a slot is free: a waiting request may take it */
     return u;
 }
@@ -346,7 +346,7 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b, int fresh)
     u->head_held = u->broken = u->health_told = 0;
     u->refusal_status = 0;
     u->sent_us = gw_now_us();
-    atomic_fetch_add_explicit(&b->inflight, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->live->inflight, 1, memory_order_relaxed);
     gw_io_set_eager(u->io, 1);
     if (u->reused) arm(u, r->cfg->timeouts.upstream_first_byte_ms);
     write_request(r, u);

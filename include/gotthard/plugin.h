@@ -7,8 +7,9 @@
 #include <cjson/cJSON.h>
 
 /* Raised whenever gw_plugin_t changes: a plugin built against another table is refused at
- * load instead of having its hooks read from the wrong slots. 2: upstream_select, wants_usage. */
-#define GW_PLUGIN_ABI 2
+ * load instead of having its hooks read from the wrong slots. 2: upstream_select, wants_usage.
+ * 3: activate. */
+#define GW_PLUGIN_ABI 3
 
 typedef struct gw_req gw_req_t;
 typedef struct gw_conf_ctx gw_conf_ctx_t;
@@ -53,7 +54,15 @@ typedef struct gw_plugin {
     const char *const *config_keys;
 
     /* configure: read this plugin's JSON config (may be NULL when absent) into *state.
-     * Report problems with gw_conf_error(cx, path, ...) and return -1. */
+     * Report problems with gw_conf_error(cx, path, ...) and return -1.
+     *
+     * A config is a transaction (a reload, or a check on the admin listener): configure builds
+     * its state privately and publishes nothing process-wide, because a later check may still
+     * refuse the config; release then gets the state that never served. What must outlive the
+     * snapshot (counts carried from one config to the next) is published by activate, called
+     * once the config has passed every check and is about to serve, on the thread that
+     * configured it, before any request sees the state. Never called for a refused config or a
+     * check (-t, --residency-report). */
     int (*configure)(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state);
     void (*release)(void *state);
 
@@ -66,6 +75,9 @@ typedef struct gw_plugin {
 
     /* Set when the plugin reads gw_req_usage: the core then reads the usage of answers. */
     int wants_usage;
+
+    /* activate: the config of state is kept (see configure); may be NULL. */
+    void (*activate)(void *state);
 } gw_plugin_t;
 
 /* An external plugin (.so) exports its table under this name. */

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <sys/random.h>
 
@@ -60,9 +61,14 @@ typedef struct quota_ctx {
 
 static uint64_t instance_id;
 static atomic_uint_fast64_t slot_seq;
-/* The limiter of the snapshot serving now: a reload builds the next one on it, so counts
- * carry over. Configure runs on the main thread, which holds that snapshot meanwhile. */
-static _Atomic(gq_limiter_t *) latest;
+/* The quota state of the last config kept: a reload builds the next limiter on its limiter, so
+ * counts carry over. Only activate moves it (the config passed every check): a refused
+ * config's limiter never becomes the base of the next one, and its release leaves this one
+ * alone. Under latest_lock, because the snapshot holding it may be released on a worker while
+ * the main thread configures (a config without tenants may serve in between): configure takes
+ * a reference (latest_ref), a release to zero clears it first. */
+static pthread_mutex_t latest_lock = PTHREAD_MUTEX_INITIALIZER;
+static quota_conf_t *latest;
 
 static int64_t now_ms(void)
 {
@@ -139,10 +145,23 @@ static void release(void *state)
 {
     quota_conf_t *c = state;
     if (!c || atomic_fetch_sub(&c->refs, 1) != 1) return;
-    gq_limiter_t *mine = c->lim;
-    atomic_compare_exchange_strong(&latest, &mine, NULL);
+    pthread_mutex_lock(&latest_lock);
+    if (latest == c) latest = NULL;
+    pthread_mutex_unlock(&latest_lock);
     gq_limiter_free(c->lim);
     free(c);
+}
+
+/* A reference to latest, or NULL (none, or being released). */
+static quota_conf_t *latest_ref(void)
+{
+    pthread_mutex_lock(&latest_lock);
+    quota_conf_t *c = latest;
+    int n = c ? atomic_load(&c->refs) : 0;
+    while (n > 0 && !atomic_compare_exchange_weak(&c->refs, &n, n + 1)) {
+    }
+    pthread_mutex_unlock(&latest_lock);
+    return n > 0 ? c : NULL;
 }
 
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
@@ -151,7 +170,9 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     if (!cJSON_IsArray(tenants) || !tenants->child) return 0; /* no tenants: nothing to count */
     quota_conf_t *c = calloc(1, sizeof(*c));
     if (c) atomic_init(&c->refs, 1);
-    if (!c || !(c->lim = gq_limiter_new(atomic_load(&latest)))) {
+    quota_conf_t *prev = latest_ref(); /* held until the new limiter is built on it */
+    if (!c || !(c->lim = gq_limiter_new(prev ? prev->lim : NULL))) {
+        release(prev);
         free(c);
         return -1;
     }
@@ -192,11 +213,11 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
             }
         }
     }
+    release(prev);
     if (rc < 0) {
         release(c);
         return -1;
     }
-    atomic_store(&latest, c->lim);
     const cJSON *redis = cJSON_GetObjectItemCaseSensitive(root, "redis");
     if (redis) {
         const cJSON *ou = cJSON_GetObjectItemCaseSensitive(redis, "on_unavailable");
@@ -211,6 +232,14 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     }
     *state = c;
     return 0;
+}
+
+/* The config is kept: the next one builds on this limiter. */
+static void activate(void *state)
+{
+    pthread_mutex_lock(&latest_lock);
+    latest = state;
+    pthread_mutex_unlock(&latest_lock);
 }
 
 int64_t gw_quota_estimate_tokens(size_t body_len, const cJSON *json, int embeddings)
@@ -635,4 +664,5 @@ const gw_plugin_t gw_plugin_quota = {
     .response_event = response_event,
     .log = log_hook,
     .wants_usage = 1,
+    .activate = activate,
 };

@@ -489,6 +489,18 @@ def header_names(record):
     return [k.lower() for (k, _v) in record.get("headers", [])]
 
 
+def max_overlap(records):
+    """The most requests a mock ran at once, from its records' started_ms and ended_ms (an end and
+    a start in the same millisecond do not overlap; a request still running counts to the end)."""
+    ev = sorted([(rec["started_ms"], 1) for rec in records] +
+                [(rec.get("ended_ms", 1 << 62), -1) for rec in records])
+    cur = best = 0
+    for _, d in ev:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
 def record_json(record):
     """The JSON body of a mock record, parsed."""
     b = record.get("body")

@@ -8,10 +8,16 @@ What is checked:
   config's problems ("$.path: message"); the reason is logged and audited (config_refused);
   the old configuration keeps serving;
 - /reload takes POST only (405 in JSON otherwise), and a POST from another origin (a web page
-  in a browser) is refused with 403 and reloads nothing.
+  in a browser) is refused with 403 and reloads nothing;
+- (issue 22) 50 reloads, 20 of them refused at every kind of check, under traffic of a tenant
+  with quotas through a backend with max_concurrent: zero failed requests or broken streams,
+  the backend never runs more than max_concurrent, a tenant at its per-minute limit stays there
+  across every reload, /usage counts exactly the requests served, and the in-flight and queued
+  counts are back to zero at the end.
 """
 
 import http.client
+import hashlib
 import json
 import os
 import signal
@@ -68,8 +74,9 @@ def post_reload(gw, headers=None):
 class Load:
     """Keep-alive clients and streamers, until stop() or LOAD_SECONDS_MAX."""
 
-    def __init__(self, gw):
+    def __init__(self, gw, headers=None):
         self.gw = gw
+        self.headers = headers or {}
         self.stop_ev = threading.Event()
         self.deadline = time.monotonic() + LOAD_SECONDS_MAX
         self.lock = threading.Lock()
@@ -103,7 +110,7 @@ class Load:
             n += 1
             try:
                 conn.request("POST", "/v1/chat/completions", body=body,
-                             headers={"content-type": "application/json"})
+                             headers=dict(self.headers, **{"content-type": "application/json"}))
                 r = conn.getresponse()
                 data = r.read()
                 ok = r.status == 200 and b'"choices"' in data
@@ -123,7 +130,8 @@ class Load:
             n += 1
             try:
                 c, r = gwtest.open_stream(self.gw.port, "/v1/chat/completions", body,
-                                          headers={"x-mock-tokens": "10", "x-mock-token-ms": "20"})
+                                          headers=dict(self.headers, **{"x-mock-tokens": "10",
+                                                                        "x-mock-token-ms": "20"}))
                 try:
                     evs = list(gwtest.iter_sse(c, r)) if r.status == 200 else []
                 finally:
@@ -185,6 +193,89 @@ def test_twenty_reloads_under_load_drop_nothing():
     err = gw.stderr_text()
     assert err.count("reload refused") >= 10, err[-3000:]
     print("    load: %d requests, %d streams, 0 failed, 20 reloads" % (load.ok, load.streams_ok))
+
+
+LOAD_KEY = "gk_reload_load_tenant_000000000000000000000000"
+CAPPED_KEY = "gk_reload_capped_tenant_0000000000000000000000"
+
+
+def quota_config(mock):
+    def tenant(tid, key, limits):
+        return {"id": tid, "models": ["*"], "limits": limits,
+                "api_keys": [{"id": tid + "-1", "sha256": hashlib.sha256(key.encode()).hexdigest()}]}
+    return gateway_config([], workers=2, tenants=[
+        tenant("load", LOAD_KEY, {"requests_per_minute": 1000000, "tokens_per_day": 10 ** 9,
+                                  "max_concurrent": CLIENTS + STREAMERS}),
+        tenant("capped", CAPPED_KEY, {"requests_per_minute": 3})],
+        pools=[pool("p1", ["m1", "m2"], [gwtest.backend(mock.port, max_concurrent=3)],
+                    queue={"max": 64, "timeout_ms": 30000})])
+
+
+def refused_after_configure(base):
+    """Configs refused after every plugin has configured, one per kind of check."""
+    other_admin = json.loads(json.dumps(base))
+    other_admin["admin"]["address"] = "127.0.0.1:%d" % gwtest.free_port()
+    return [other_admin,
+            dict(base, access_log={"path": "no/such/dir/access.log"}),
+            dict(base, plugins=[{"path": "/nonexistent/gotthard-plugin.so"}]),
+            dict(base, residency={"databases": ["/nonexistent/geo.mmdb"], "allowed_countries": ["CH"]}),
+            dict(base, bogus_key=1)]
+
+
+def test_fifty_reloads_keep_every_counter():
+    t0 = time.monotonic()
+    mock = Mock()
+    base = quota_config(mock)
+    gw = Gateway(base)
+    capped = {"authorization": "Bearer " + CAPPED_KEY}
+    for _ in range(3):
+        r = gwtest.post_json(gw.port, "/v1/chat/completions", gwtest.chat("m1"), headers=capped)
+        assert r.status == 200, r.describe()
+    changed = json.loads(json.dumps(base))
+    changed["timeouts"]["upstream_idle_ms"] = 30000
+    good, bad = [base, changed], refused_after_configure(base)
+    load = Load(gw, headers={"authorization": "Bearer " + LOAD_KEY})
+    capped_refused = 0
+    try:
+        wait_for(lambda: load.ok > 10 and load.streams_ok > 2, timeout=20, what="the load to run")
+        for i in range(50):
+            valid = i % 5 not in (1, 3)  # 30 kept, 20 refused
+            cfg = good[i % 2] if valid else bad[(i // 2) % len(bad)]
+            write(gw, cfg)
+            r = post_reload(gw)
+            assert r.status == (200 if valid else 422), (i, r.describe())
+            r = gwtest.post_json(gw.port, "/v1/chat/completions", gwtest.chat("m1"), headers=capped)
+            assert r.status == 429 and r.error_code() == "rate_limit_exceeded", \
+                "reload %d (%s) gave the capped tenant a fresh minute: %s" % (
+                    i, "kept" if valid else "refused", r.describe())
+            capped_refused += 1
+            time.sleep(0.05)  # let the load run across each snapshot
+    finally:
+        load.stop()
+    assert load.failed == 0, "%d of %d requests failed: %s" % (load.failed, load.ok + load.failed, load.failures)
+    assert load.streams_broken == 0, "%d of %d streams broken: %s" % (
+        load.streams_broken, load.streams_ok + load.streams_broken, load.failures)
+    assert reloads(gw) == (30, 20), reloads(gw)
+    recs = mock.wait_requests(3, completed=True, timeout=20)
+    assert gwtest.max_overlap(recs) <= 3, "the backend ran %d at once (max_concurrent 3)" % gwtest.max_overlap(recs)
+    served = load.ok + load.streams_ok
+
+    def usage():
+        return gwtest.get(gw.admin_port, "/usage").json()["days"][0]["tenants"]
+    # the log hook counts a request just after its answer: give the last ones a moment
+    wait_for(lambda: usage()["load"]["requests"] >= served, timeout=5, what="the last requests counted")
+    tenants = usage()
+    assert tenants["capped"]["requests"] == 3, tenants
+    assert tenants["load"]["requests"] == served, (tenants, served)
+    st = gwtest.get(gw.admin_port, "/status").json()
+    for p in st["pools"]:
+        assert p["queued"] == 0, p
+        for b in p["backends"]:
+            assert b["inflight"] == 0, b
+    elapsed = time.monotonic() - t0
+    assert elapsed < 90, "took %.0f s" % elapsed
+    print("    load: %d requests, %d streams, 0 failed, 50 reloads (20 refused), %.0f s" % (
+        load.ok, load.streams_ok, elapsed))
 
 
 def test_post_reload_refused_with_reasons_and_audited():
