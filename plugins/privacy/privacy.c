@@ -61,6 +61,7 @@ typedef struct pattern {
     int prefix;
 } pattern_t;
 
+/* Kept in order of the names' first characters: a name is compared with its own letter's only. */
 typedef struct plist {
     pattern_t *items;
     size_t n;
@@ -149,9 +150,24 @@ static void release(void *state)
     free(c);
 }
 
+/* The first pattern whose name begins with ch or a later character (names are tchar). */
+static size_t first_at(const plist_t *l, unsigned ch)
+{
+    size_t lo = 0, hi = l->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if ((unsigned char)l->items[mid].name[0] < ch)
+            lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 static int match(const plist_t *l, const char *name, size_t len)
 {
-    for (size_t i = 0; i < l->n; i++) {
+    if (len == 0) return 0;
+    unsigned char ch = (unsigned char)tolower((unsigned char)name[0]);
+    for (size_t i = first_at(l, ch); i < l->n && (unsigned char)l->items[i].name[0] == ch; i++) {
         const pattern_t *p = &l->items[i];
         if (p->prefix ? len >= p->len && strncasecmp(name, p->name, p->len) == 0
                       : len == p->len && strncasecmp(name, p->name, len) == 0)
@@ -190,7 +206,10 @@ static int plist_add(plist_t *l, const char *s)
     for (size_t i = 0; i < n; i++)
         name[i] = (char)tolower((unsigned char)s[i]);
     name[n] = '\0';
-    l->items[l->n++] = (pattern_t){name, n, prefix};
+    size_t at = first_at(l, (unsigned char)name[0] + 1u); /* after its letter's others */
+    memmove(&l->items[at + 1], &l->items[at], (l->n - at) * sizeof(*items));
+    l->items[at] = (pattern_t){name, n, prefix};
+    l->n++;
     return 0;
 }
 
