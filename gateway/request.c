@@ -56,7 +56,8 @@ static void add_tail_headers(struct evbuffer *out, const char *id, gw_req_t *r, 
         p = gw_put(p, "\r\n", 2);
     }
     for (gw_hdr_edit_t *h = r ? r->resp_headers : NULL; h; h = h->next) {
-        if (!h->value) continue; /* a backend header removed */
+        /* a backend header removed; framing, ids and the like are the gateway's */
+        if (!h->value || gw_http_header_kind(h->name, strlen(h->name)) != GW_H_OTHER) continue;
         p = gw_put_str(p, h->name);
         p = gw_put(p, ": ", 2);
         p = gw_put_str(p, h->value);

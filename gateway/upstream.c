@@ -184,7 +184,9 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
         p = gw_put(p, "\r\n", 2);
     }
     for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next) {
-        if (!e->value) continue;
+        /* a plugin sets what a client may send, no more (the kinds above are the gateway's) */
+        int kind = e->value ? gw_http_header_kind(e->name, strlen(e->name)) : GW_H_OTHER;
+        if (!e->value || (kind != GW_H_OTHER && kind != GW_H_CONTENT_TYPE)) continue;
         /* the newest edit of a name wins */
         int shadowed = 0;
         for (gw_hdr_edit_t *f = r->up_edits; f != e && !shadowed; f = f->next)

@@ -392,5 +392,31 @@ def test_forward_request_headers_cannot_name_an_address_header():
         assert rc != 0, "accepted forward_request_headers %r" % bad
         assert "$.privacy.forward_request_headers[1]" in out + err, out + err
 
+def test_a_plugin_cannot_set_the_headers_the_gateway_owns():
+    """A plugin's gw_req_set_upstream_header / gw_req_add_response_header (the example plugin,
+    configured to stamp a header both ways) cannot add a second framing, host, credential, id or
+    coding line to what the backend gets, nor to the client's answer: each comes once, the
+    gateway's."""
+    def one(name):
+        mock = Mock()
+        gw = Gateway(gateway_config([mock.port], plugins=[{"path": gwtest.example_plugin(),
+                                                            "config": {"header": name, "value": "7"}}]))
+        r = post_json(gw.port, "/v1/chat/completions", chat("m1"))
+        assert r.status == 200, r.describe()
+        rec = mock.wait_requests(1)[0]
+        body_len = str(len(rec["body"].encode()))
+        want = {"content-length": [body_len], "x-request-id": [r.header("x-request-id")],
+                "accept-encoding": ["identity"], "host": ["127.0.0.1:%d" % mock.port],
+                "transfer-encoding": [], "x-client-request-id": [], "authorization": [],
+                "content-encoding": [], "connection": []}
+        got = {k: header_values(rec, k) for k in want}
+        assert got == want, "backend got %s, expected %s" % (got, want)
+        # nor to the client's answer (the plugin stamps it too)
+        assert "7" not in r.header_all(name), r.describe()
+        assert r.header_all("content-length") == [str(len(r.body))], r.describe()
+    gwtest.check_all(["content-length", "x-request-id", "accept-encoding", "Host", "transfer-encoding",
+                      "x-client-request-id", "authorization", "content-encoding", "connection"], one)
+
+
 if __name__ == "__main__":
     gwtest.run(globals())
