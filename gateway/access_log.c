@@ -176,6 +176,8 @@ size_t gw_access_log_format(const gw_req_t *r, char *buf, size_t cap)
     put_ts(&o);
     PUT_LIT(&o, ",\"request_id\":");
     put_str(&o, r->id);
+    PUT_LIT(&o, ",\"client_request_id\":");
+    put_str(&o, r->client_id);
     PUT_LIT(&o, ",\"tenant\":");
     put_str(&o, r->tenant ? r->tenant->id : NULL);
     PUT_LIT(&o, ",\"model\":");

@@ -162,8 +162,8 @@ static char *privacy_report(const gw_config_t *cfg)
         cJSON_AddBoolToObject(al, "enabled", cfg->access_log.path != NULL);
         if (cfg->access_log.path) cJSON_AddStringToObject(al, "path", cfg->access_log.path);
         static const char *const fields[] = {
-            "ts", "request_id", "tenant", "model", "pool", "backend", "status", "code",
-            "prompt_tokens", "completion_tokens", "tokens_estimated", "ttft_ms", "duration_ms",
+            "ts", "request_id", "client_request_id", "tenant", "model", "pool", "backend", "status",
+            "code", "prompt_tokens", "completion_tokens", "tokens_estimated", "ttft_ms", "duration_ms",
             "bytes_in", "bytes_out", NULL};
         cJSON *f = cJSON_AddArrayToObject(al, "fields");
         for (size_t i = 0; f && fields[i]; i++) cJSON_AddItemToArray(f, cJSON_CreateString(fields[i]));

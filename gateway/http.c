@@ -108,10 +108,17 @@ int gw_http_header_kind(const char *n, size_t len)
         break;
     case 13: IS("authorization", GW_H_AUTHORIZATION); break;
     case 14: IS("content-length", GW_H_CONTENT_LENGTH); break;
-    case 16: IS("proxy-connection", GW_H_PROXY_CONNECTION); break;
+    case 15: IS("accept-encoding", GW_H_ACCEPT_ENCODING); break;
+    case 16:
+        IS("proxy-connection", GW_H_PROXY_CONNECTION);
+        IS("content-encoding", GW_H_CONTENT_ENCODING);
+        break;
     case 17: IS("transfer-encoding", GW_H_TRANSFER_ENCODING); break;
     case 18: IS("proxy-authenticate", GW_H_PROXY_AUTHENTICATE); break;
-    case 19: IS("proxy-authorization", GW_H_PROXY_AUTHORIZATION); break;
+    case 19:
+        IS("proxy-authorization", GW_H_PROXY_AUTHORIZATION);
+        IS("x-client-request-id", GW_H_X_CLIENT_REQUEST_ID);
+        break;
     }
 #undef IS
     return GW_H_OTHER;
@@ -293,6 +300,28 @@ int gw_http_response_start_ok(const char *buf, size_t len)
     return n == 0 || memcmp(buf, prefix, n) == 0;
 }
 
+/* A Content-Encoding value made only of "identity" elements (empty list elements allowed)? */
+static int identity_only(const char *v, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+        size_t s = i;
+        while (i < n && v[i] != ',' && v[i] != ' ' && v[i] != '\t') i++;
+        if (i > s && !gw_http_name_eq(v + s, i - s, "identity")) return 0;
+    }
+    return 1;
+}
+
+int gw_http_content_coded(const gw_http_head_t *h)
+{
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (gw_http_name_eq(h->headers[i].name, h->headers[i].name_len, "content-encoding") &&
+            !identity_only(h->headers[i].value, h->headers[i].value_len))
+            return 1;
+    return 0;
+}
+
 const char *gw_http_reason(int status)
 {
     switch (status) {
@@ -309,6 +338,7 @@ const char *gw_http_reason(int status)
     case 408: return "Request Timeout";
     case 409: return "Conflict";
     case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";

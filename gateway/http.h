@@ -13,6 +13,9 @@ enum gw_header_kind {
     GW_H_X_REQUEST_ID,
     GW_H_CONTENT_TYPE,
     GW_H_EXPECT,
+    GW_H_X_CLIENT_REQUEST_ID, /* the client's own id: echoed to it, never forwarded */
+    GW_H_ACCEPT_ENCODING,     /* the backend gets "identity" */
+    GW_H_CONTENT_ENCODING,    /* anything but identity refused (gw_http_content_coded) */
     GW_H_HOP_FIRST,
     GW_H_HOST = GW_H_HOP_FIRST,
     GW_H_CONTENT_LENGTH,
@@ -77,6 +80,9 @@ int gw_http_name_eq(const char *a, size_t alen, const char *lit);
 const gw_header_t *gw_http_find(const gw_http_head_t *h, const char *name);
 const gw_header_t *gw_http_find_kind(const gw_http_head_t *h, int kind);
 const char *gw_http_reason(int status);
+/* Does the head declare a content coding other than identity, in any Content-Encoding line
+ * (whatever Connection says of it)? Such a body is not the one the gateway could read. */
+int gw_http_content_coded(const gw_http_head_t *h);
 
 /* The credential in an "Authorization: Bearer X" (is_authorization) or "api-key: X" value:
  * visible ASCII only, surrounding white space trimmed. Returns 0, or -1 when there is none. */

@@ -41,7 +41,8 @@ static const char *error_type(int status)
  * space reserved once (one evbuffer call, not four per line). */
 static void add_tail_headers(struct evbuffer *out, const char *id, gw_req_t *r, int close, int minor)
 {
-    size_t idn = strlen(id), cap = 14 + idn + 2 + 24;
+    const char *cid = r ? r->client_id : NULL;
+    size_t idn = strlen(id), cidn = cid ? strlen(cid) : 0, cap = 14 + idn + 2 + 24 + 21 + cidn + 2;
     for (gw_hdr_edit_t *h = r ? r->resp_headers : NULL; h; h = h->next)
         if (h->value) cap += strlen(h->name) + strlen(h->value) + 4;
     struct evbuffer_iovec v;
@@ -50,8 +51,14 @@ static void add_tail_headers(struct evbuffer *out, const char *id, gw_req_t *r, 
     p = gw_put(p, "x-request-id: ", 14);
     p = gw_put(p, id, idn);
     p = gw_put(p, "\r\n", 2);
+    if (cid) {
+        p = gw_put(p, "x-client-request-id: ", 21);
+        p = gw_put(p, cid, cidn);
+        p = gw_put(p, "\r\n", 2);
+    }
     for (gw_hdr_edit_t *h = r ? r->resp_headers : NULL; h; h = h->next) {
-        if (!h->value) continue; /* a backend header removed */
+        /* a backend header removed; framing, ids and the like are the gateway's */
+        if (!h->value || gw_http_header_kind(h->name, strlen(h->name)) != GW_H_OTHER) continue;
         p = gw_put_str(p, h->name);
         p = gw_put(p, ": ", 2);
         p = gw_put_str(p, h->value);
@@ -96,21 +103,29 @@ static void write_error(struct evbuffer *out, int status, const char *code, cons
     evbuffer_add(out, body, (size_t)n);
 }
 
-static void make_id(gw_worker_t *w, char *id)
+/* The gateway's id for a request: 128 bits from the CSPRNG in 32 hex digits, so that no
+ * client can choose or foresee the id another's request carries to a shared backend. -1 (and a
+ * placeholder) if the CSPRNG failed. */
+static int make_id(gw_worker_t *w, char *id)
 {
     static const char hex[] = "0123456789abcdef";
-    uint64_t a = gw_worker_random(w), b = gw_worker_random(w);
+    unsigned char b[16];
+    if (gw_worker_random_bytes(w, b, sizeof(b)) < 0) {
+        memcpy(id, "unavailable", 12);
+        return -1;
+    }
     for (int i = 0; i < 16; i++) {
-        id[i] = hex[(a >> (i * 4)) & 15];
-        id[16 + i] = hex[(b >> (i * 4)) & 15];
+        id[2 * i] = hex[b[i] >> 4];
+        id[2 * i + 1] = hex[b[i] & 15];
     }
     id[32] = '\0';
+    return 0;
 }
 
 void gw_conn_error_reply(gw_conn_t *c, int status, const char *code, const char *message,
                          int close)
 {
-    char id[48];
+    char id[33];
     make_id(c->w, id);
     write_error(gw_io_out(c->io), status, code, message, id, NULL, close, 1);
     gw_io_flush(c->io);
@@ -150,6 +165,16 @@ static int sane_request_id(const char *v, size_t n)
             return 0;
     }
     return 1;
+}
+
+/* The client's own id: x-client-request-id (OpenAI's name for it), else x-request-id, kept
+ * only when sane. Echoed to that client and logged, never forwarded. */
+static const char *client_id(gw_arena_t *a, const gw_http_head_t *h)
+{
+    const gw_header_t *x = gw_http_find_kind(h, GW_H_X_CLIENT_REQUEST_ID);
+    if (!x) x = gw_http_find_kind(h, GW_H_X_REQUEST_ID);
+    if (!x || !sane_request_id(x->value, x->value_len)) return NULL;
+    return gw_arena_strndup(a, x->value, x->value_len);
 }
 
 static int endpoint_of(const gw_http_head_t *h, const char *path)
@@ -260,13 +285,8 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
     r->endpoint = endpoint_of(&r->head, r->path);
     r->close = r->head.conn_close || (r->head.minor == 0 && !r->head.conn_keepalive);
     r->client_chunked = r->head.minor >= 1;
-    const gw_header_t *xid = gw_http_find_kind(&r->head, GW_H_X_REQUEST_ID);
-    if (xid && sane_request_id(xid->value, xid->value_len)) {
-        memcpy(r->id, xid->value, xid->value_len);
-        r->id[xid->value_len] = '\0';
-    } else {
-        make_id(c->w, r->id);
-    }
+    r->no_id = make_id(c->w, r->id) < 0;
+    r->client_id = client_id(a, &r->head);
     r->ctx = gw_arena_calloc(a, (cfg->nplugins + 1) * sizeof(void *));
     gw_sse_init(&r->sse_framer, 1u << 20);
     find_client(r, c);
@@ -481,6 +501,13 @@ static void advance(gw_req_t *r)
                 respond_models(r);
                 goto done;
             }
+            if (gw_http_content_coded(&r->head)) {
+                /* The body checked here would not be the one the backend decodes: refused
+                 * before it is read (the connection closes: the body is left unread). */
+                gw_req_error(r, 415, "unsupported_content_encoding",
+                             "Request bodies with a Content-Encoding are not supported.");
+                goto done;
+            }
             r->phase = PH_READ_BODY;
             gw_conn_read_body(r->conn); /* calls gw_req_body_ready when whole */
             return;
@@ -512,6 +539,12 @@ done:
 
 void gw_req_headers_ready(gw_req_t *r)
 {
+    if (r->no_id) { /* no CSPRNG: nothing goes upstream under a guessable id */
+        gw_req_error(r, 500, "internal_error", "The gateway failed to handle the request.");
+        r->phase = PH_DONE;
+        gw_req_finish(r, 1);
+        return;
+    }
     r->phase = PH_HEADERS;
     advance(r);
 }

@@ -24,7 +24,8 @@ struct gw_req {
     gw_config_t *cfg;
     gw_arena_t *arena;
     gw_http_head_t head;
-    char id[129]; /* a sane client x-request-id (1..128 token chars), or 32 hex */
+    char id[33]; /* the gateway's: 32 hex digits from the CSPRNG; what the backend gets */
+    const char *client_id; /* the client's own (a token of 1..128 chars), echoed to it only */
     const char *path; /* the target without its query, NUL-terminated */
     int endpoint;
     int phase;
@@ -68,7 +69,7 @@ struct gw_req {
     unsigned queued : 1, affine : 1;
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
         json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1,
-        usage_known : 1, own_error : 1;
+        usage_known : 1, own_error : 1, no_id : 1;
     gw_sse_t sse_framer;
 };
 

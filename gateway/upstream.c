@@ -151,7 +151,7 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
     } else {
         body_len = evbuffer_get_length(r->body);
     }
-    size_t cap = 128 + h->target_len + h->method_len + strlen(b->host_header) + strlen(r->id) +
+    size_t cap = 160 + h->target_len + h->method_len + strlen(b->host_header) + strlen(r->id) +
                  b->auth_line_len;
     for (size_t i = 0; i < h->nheaders; i++) cap += h->headers[i].name_len + h->headers[i].value_len + 4;
     for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next)
@@ -171,7 +171,8 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
     for (size_t i = 0; i < h->nheaders; i++) {
         const gw_header_t *hd = &h->headers[i];
         int kind = h->kind[i];
-        /* framing and hop-by-hop are the gateway's; credentials never leave; the id is ours */
+        /* framing and hop-by-hop are the gateway's; credentials never leave; the ids are ours
+         * (the client's own is for the client only); codings: the body is identity both ways */
         if (kind != GW_H_OTHER && kind != GW_H_CONTENT_TYPE) continue;
         int edited = 0;
         for (gw_hdr_edit_t *e = r->up_edits; e && !edited; e = e->next)
@@ -183,7 +184,9 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
         p = gw_put(p, "\r\n", 2);
     }
     for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next) {
-        if (!e->value) continue;
+        /* a plugin sets what a client may send, no more (the kinds above are the gateway's) */
+        int kind = e->value ? gw_http_header_kind(e->name, strlen(e->name)) : GW_H_OTHER;
+        if (!e->value || (kind != GW_H_OTHER && kind != GW_H_CONTENT_TYPE)) continue;
         /* the newest edit of a name wins */
         int shadowed = 0;
         for (gw_hdr_edit_t *f = r->up_edits; f != e && !shadowed; f = f->next)
@@ -194,7 +197,7 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
         p = gw_put_str(p, e->value);
         p = gw_put(p, "\r\n", 2);
     }
-    p = gw_put(p, "x-request-id: ", 14);
+    p = gw_put(p, "accept-encoding: identity\r\nx-request-id: ", 41);
     p = gw_put_str(p, r->id);
     p = gw_put(p, "\r\ncontent-length: ", 18);
     p = gw_put_u64(p, body_len);
@@ -646,6 +649,8 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
             u->head_scanned = 0;
             continue; /* an interim answer: the real one follows */
         }
+        /* Asked for identity: a coded body can be neither read for usage nor framed. */
+        if (gw_http_content_coded(&h)) return -1;
         u->keepalive = h.minor >= 1 ? !h.conn_close : h.conn_keepalive;
         if (h.status == 204 || h.status == 304) u->framing = F_NONE;
         else if (h.chunked) u->framing = F_CHUNKED;
@@ -690,7 +695,9 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         char *p = gw_put_status_line(v.iov_base, h.status);
         for (size_t i = 0; i < h.nheaders; i++) {
             const gw_header_t *hd = &h.headers[i];
-            if (GW_H_IS_HOP(kinds[i]) || kinds[i] == GW_H_X_REQUEST_ID) continue;
+            if (GW_H_IS_HOP(kinds[i]) || kinds[i] == GW_H_X_REQUEST_ID ||
+                kinds[i] == GW_H_X_CLIENT_REQUEST_ID)
+                continue;
             if (r->resp_headers && gw_req_response_header_removed(r, hd->name, hd->name_len))
                 continue;
             p = gw_put(p, hd->name, hd->name_len);

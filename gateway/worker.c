@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -49,13 +50,28 @@ int gw_workers_bind(gw_worker_t *ws, size_t n, gw_config_t *cfg)
 
 uint64_t gw_worker_random(gw_worker_t *w)
 {
-    /* xorshift64*: request ids and tie-breaks, not secrets */
+    /* xorshift64*: tie-breaks, not secrets (its next output follows from the last) */
     uint64_t x = w->rng;
     x ^= x >> 12;
     x ^= x << 25;
     x ^= x >> 27;
     w->rng = x;
     return x * 0x2545F4914F6CDD1DULL;
+}
+
+int gw_worker_random_bytes(gw_worker_t *w, void *out, size_t n)
+{
+    if (n > sizeof(w->rand_buf)) return -1;
+    if (w->rand_left < n) {
+        w->rand_left = 0;
+        if (RAND_bytes(w->rand_buf, (int)sizeof(w->rand_buf)) != 1) return -1;
+        w->rand_left = sizeof(w->rand_buf);
+    }
+    unsigned char *p = w->rand_buf + sizeof(w->rand_buf) - w->rand_left;
+    memcpy(out, p, n);
+    explicit_bzero(p, n); /* handed out once */
+    w->rand_left -= n;
+    return 0;
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
@@ -176,6 +192,11 @@ int gw_worker_start(gw_worker_t *w)
     if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed) || seed == 0)
         seed = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)w;
     w->rng = seed | 1;
+    unsigned char probe[16];
+    if (gw_worker_random_bytes(w, probe, sizeof(probe)) < 0) {
+        gw_error("worker %d: no random bytes for request ids", w->id);
+        return -1;
+    }
     w->listeners = calloc(w->nlisteners, sizeof(*w->listeners));
     listen_ctx_t *lcs = calloc(w->nlisteners, sizeof(*lcs));
     char who[32];

@@ -33,7 +33,9 @@ typedef struct gw_worker {
     gw_upconn_t **idle;
     size_t *nidle;
     gw_config_t *idle_cfg;
-    uint64_t rng;
+    uint64_t rng; /* tie-breaks only (gw_worker_random) */
+    unsigned char rand_buf[512]; /* CSPRNG bytes for request ids (gw_worker_random_bytes) */
+    size_t rand_left;
     size_t rr;
     void *lctx;
     struct gw_redis *redis; /* this worker's connection to the shared store, or NULL */
@@ -51,6 +53,9 @@ void gw_worker_join(gw_worker_t *w);
 /* Releases a worker that never started (bound sockets, its snapshot reference). */
 void gw_worker_discard(gw_worker_t *w);
 uint64_t gw_worker_random(gw_worker_t *w);
+/* n (at most 512) bytes from the CSPRNG (OpenSSL's), drawn a buffer at a time so that a
+ * request id costs a copy, not a call into the DRBG. 0, or -1 if the CSPRNG failed. */
+int gw_worker_random_bytes(gw_worker_t *w, void *out, size_t n);
 /* A connection closed: the worker may be done draining. */
 void gw_worker_conn_gone(gw_worker_t *w);
 

@@ -118,7 +118,10 @@ struct event_base *gw_req_base(gw_req_t *r);
 /* Memory that lives as long as the request. */
 void *gw_req_alloc(gw_req_t *r, size_t size);
 
-/* Change what goes upstream: set (or, with value NULL, remove) a header. */
+/* Change what goes upstream: set (or, with value NULL, remove) a header. The headers the
+ * gateway writes itself (Host, framing and hop-by-hop, credentials, x-request-id,
+ * x-client-request-id, Accept-Encoding, Content-Encoding; see gateway/http.h) are not set by
+ * it: such a value is left out. */
 int gw_req_set_upstream_header(gw_req_t *r, const char *name, const char *value);
 /* Replace the body sent upstream by this JSON (the gateway takes ownership). `json` may be
  * gw_req_json(r) itself, changed in place: the body is then written from it. */
@@ -205,7 +208,8 @@ void gw_audit(const char *event, ...) __attribute__((sentinel));
 
 /* Answers. */
 /* Adds a header to the answer; with value NULL (response_headers), removes the backend's
- * header of that name from it instead. */
+ * header of that name from it instead. Only headers the gateway does not write itself are
+ * added (not framing, hop-by-hop, Content-Type or the request ids). */
 int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value);
 /* The backend's answer headers, during response_headers only (0 / NULL otherwise); as
  * gw_req_header_at. */

@@ -5,7 +5,8 @@
  * behaviours (docs/privacy.md):
  *
  *   "privacy": {
- *     "strip_request_headers": ["cookie", "openai-organization", "x-stainless-*", ...],
+ *     "strip_request_headers": ["x-stainless-*", ...],   added to the default list
+ *     "forward_request_headers": ["x-session-id"],      defaults let through, by name
  *     "forward_client_ip": false,
  *     "user_field": "drop",            keep | drop | hash
  *     "user_hash_salt_file": "...",    or "user_hash_salt_env": "NAME"; else a random salt
@@ -13,12 +14,15 @@
  *     "backend_errors": "replace"      replace | pass
  *   }
  *
- * Request headers: every header named in strip_request_headers (a trailing '*' matches a
- * prefix) is removed before the request goes upstream, and so are the client-address
- * headers (X-Forwarded-For, Forwarded, X-Real-IP, True-Client-IP, ...) whatever the list
- * says: a client can forge them, and they name a person. forward_client_ip sets
- * X-Forwarded-For to the address the connection comes from, nothing else. The client's
- * credentials are never forwarded (the core's rule).
+ * Request headers: every header of the default list (cookie, openai-organization,
+ * openai-project, x-session-id) and of strip_request_headers (a trailing '*' matches a
+ * prefix) is removed before the request goes upstream, unless forward_request_headers names
+ * it; the client-address headers of the common proxies and CDNs (X-Forwarded-For,
+ * Forwarded, X-Real-IP, True-Client-IP, CF-Connecting-IP, ... and the location a CDN derives
+ * from the address) are removed whatever the lists say: a client can forge them, and they
+ * name a person. forward_client_ip sets X-Forwarded-For to the address the connection comes
+ * from, nothing else. The client's credentials, the client's own request id and any content
+ * coding are never forwarded (the core's rules).
  *
  * The user field (OpenAI's "user" and its successor "safety_identifier"): kept, dropped,
  * or replaced by HMAC-SHA256(salt, tenant "\n" value) in hex, so a backend can still tell
@@ -57,31 +61,44 @@ typedef struct pattern {
     int prefix;
 } pattern_t;
 
+/* Kept in order of the names' first characters: a name is compared with its own letter's only. */
 typedef struct plist {
     pattern_t *items;
     size_t n;
 } plist_t;
 
 typedef struct privacy_conf {
-    plist_t strip, hide;
+    plist_t strip, forward, address, hide;
     int forward_client_ip, user_field, salt_source, replace_errors;
     unsigned char salt[MAX_SALT];
     size_t salt_len;
 } privacy_conf_t;
 
+/* x-session-id steers affinity (read from the head before the plugins), and is not the
+ * backend's business. */
 static const char *const default_strip[] = {"cookie", "openai-organization", "openai-project",
-                                            NULL};
-/* Removed whatever strip_request_headers says: they carry (or forge) the client's address. */
-static const char *const address_headers[] = {"forwarded",
-                                              "x-forwarded-for",
-                                              "x-real-ip",
-                                              "true-client-ip",
-                                              "cf-connecting-ip",
-                                              "x-client-ip",
-                                              "x-cluster-client-ip",
-                                              "fastly-client-ip",
-                                              "x-original-forwarded-for",
-                                              NULL};
+                                            "x-session-id", NULL};
+/* Removed whatever the lists say: they carry (or forge) the client's address, or where the
+ * address places the client. */
+static const char *const address_headers[] = {
+    "forwarded", "x-forwarded-for", "x-forwarded", "x-forwarded-*", /* RFC 7239, de facto */
+    "x-original-forwarded-for",                                    /* ingress-nginx */
+    "x-real-ip", "x-client-ip", "client-ip", "x-remote-ip", "x-remote-addr", /* nginx, generic */
+    "x-cluster-client-ip", "x-originating-ip", "x-proxyuser-ip",   /* Rackspace, Microsoft, Google */
+    "wl-proxy-client-ip", "proxy-client-ip",                       /* WebLogic, Apache plugins */
+    "true-client-ip", "x-akamai-edgescape",                        /* Akamai, Cloudflare */
+    "cf-connecting-ip", "cf-connecting-ipv6", "cf-pseudo-ipv4", "cf-ip*", /* Cloudflare */
+    "fastly-client-ip",                                            /* Fastly */
+    "cloudfront-viewer-*",                                         /* AWS CloudFront */
+    "x-envoy-external-address",                                    /* Envoy, Istio */
+    "x-azure-clientip", "x-azure-socketip",                        /* Azure Front Door */
+    "x-appengine-*",                                               /* Google App Engine */
+    "fly-client-ip",                                               /* Fly.io */
+    "x-vercel-forwarded-for", "x-vercel-ip-*",                     /* Vercel */
+    "x-nf-client-connection-ip",                                   /* Netlify */
+    "do-connecting-ip",                                            /* DigitalOcean */
+    "incap-client-ip", "x-sucuri-clientip",                        /* Imperva, Sucuri */
+    NULL};
 static const char *const default_hide[] = {"server",
                                            "x-powered-by",
                                            "via",
@@ -126,14 +143,31 @@ static void release(void *state)
     privacy_conf_t *c = state;
     if (!c) return;
     plist_free(&c->strip);
+    plist_free(&c->forward);
+    plist_free(&c->address);
     plist_free(&c->hide);
     explicit_bzero(c->salt, sizeof(c->salt));
     free(c);
 }
 
+/* The first pattern whose name begins with ch or a later character (names are tchar). */
+static size_t first_at(const plist_t *l, unsigned ch)
+{
+    size_t lo = 0, hi = l->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if ((unsigned char)l->items[mid].name[0] < ch)
+            lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
 static int match(const plist_t *l, const char *name, size_t len)
 {
-    for (size_t i = 0; i < l->n; i++) {
+    if (len == 0) return 0;
+    unsigned char ch = (unsigned char)tolower((unsigned char)name[0]);
+    for (size_t i = first_at(l, ch); i < l->n && (unsigned char)l->items[i].name[0] == ch; i++) {
         const pattern_t *p = &l->items[i];
         if (p->prefix ? len >= p->len && strncasecmp(name, p->name, p->len) == 0
                       : len == p->len && strncasecmp(name, p->name, len) == 0)
@@ -172,7 +206,10 @@ static int plist_add(plist_t *l, const char *s)
     for (size_t i = 0; i < n; i++)
         name[i] = (char)tolower((unsigned char)s[i]);
     name[n] = '\0';
-    l->items[l->n++] = (pattern_t){name, n, prefix};
+    size_t at = first_at(l, (unsigned char)name[0] + 1u); /* after its letter's others */
+    memmove(&l->items[at + 1], &l->items[at], (l->n - at) * sizeof(*items));
+    l->items[at] = (pattern_t){name, n, prefix};
+    l->n++;
     return 0;
 }
 
@@ -183,24 +220,33 @@ static int plist_add_all(plist_t *l, const char *const *names)
     return 0;
 }
 
-/* A list of header name patterns from the config, or the defaults when absent. */
+/* A list of header name patterns from the config: it replaces `defaults` (`add` 0), or adds to
+ * them (`add` 1). With `never`, a list of names one by one (no prefix), none matched by never. */
 static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const char *path,
-                     const char *const *defaults, plist_t *l)
+                     const char *const *defaults, int add, const plist_t *never, plist_t *l)
 {
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
     char p[160];
     snprintf(p, sizeof(p), "%s.%s", path, key);
-    if (!a) return plist_add_all(l, defaults);
+    if ((!a || add) && defaults && plist_add_all(l, defaults) < 0) return -1;
+    if (!a) return 0;
     if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) > MAX_NAMES) {
         gw_conf_error(cx, p, "must be an array of at most %d header names", MAX_NAMES);
         return -1;
     }
     int rc = 0, i = 0;
     for (const cJSON *e = a->child; e; e = e->next, i++) {
+        char ep[180];
+        snprintf(ep, sizeof(ep), "%s[%d]", p, i);
+        size_t n = cJSON_IsString(e) ? strlen(e->valuestring) : 0;
         if (!cJSON_IsString(e) || !valid_pattern(e->valuestring)) {
-            char ep[180];
-            snprintf(ep, sizeof(ep), "%s[%d]", p, i);
             gw_conf_error(cx, ep, "must be a header name (a trailing * matches a prefix)");
+            rc = -1;
+        } else if (never && e->valuestring[n - 1] == '*') {
+            gw_conf_error(cx, ep, "must be one header name, not a prefix");
+            rc = -1;
+        } else if (never && match(never, e->valuestring, n)) {
+            gw_conf_error(cx, ep, "is a client-address header: never forwarded (see forward_client_ip)");
             rc = -1;
         } else if (plist_add(l, e->valuestring) < 0) {
             return -1;
@@ -280,9 +326,11 @@ static int load_salt(gw_conf_ctx_t *cx, const cJSON *o, const char *path, privac
 
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *rootpath, void **state)
 {
-    static const char *const keys[] = {
-        "strip_request_headers", "forward_client_ip",     "user_field",     "user_hash_salt_file",
-        "user_hash_salt_env",    "hide_response_headers", "backend_errors", NULL};
+    static const char *const keys[] = {"strip_request_headers", "forward_request_headers",
+                                       "forward_client_ip",     "user_field",
+                                       "user_hash_salt_file",   "user_hash_salt_env",
+                                       "hide_response_headers", "backend_errors",
+                                       NULL};
     const char *path = "$.privacy";
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "privacy");
     int rc = 0;
@@ -305,9 +353,13 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *rootpath,
     if (!c) return -1;
     c->user_field = USER_DROP;
     c->replace_errors = 1;
-    if (load_list(cx, o, "strip_request_headers", path, default_strip, &c->strip) < 0) rc = -1;
-    if (plist_add_all(&c->strip, address_headers) < 0) rc = -1;
-    if (load_list(cx, o, "hide_response_headers", path, default_hide, &c->hide) < 0) rc = -1;
+    if (load_list(cx, o, "strip_request_headers", path, default_strip, 1, NULL, &c->strip) < 0)
+        rc = -1;
+    if (plist_add_all(&c->address, address_headers) < 0) rc = -1;
+    if (load_list(cx, o, "forward_request_headers", path, NULL, 0, &c->address, &c->forward) < 0)
+        rc = -1;
+    if (load_list(cx, o, "hide_response_headers", path, default_hide, 0, NULL, &c->hide) < 0)
+        rc = -1;
     const cJSON *fwd = cJSON_GetObjectItemCaseSensitive(o, "forward_client_ip");
     if (fwd && !cJSON_IsBool(fwd)) {
         gw_conf_error(cx, "$.privacy.forward_client_ip", "must be true or false");
@@ -365,7 +417,9 @@ static int on_request_headers(gw_req_t *r, void *conf, void **ctx)
     for (size_t i = 0; i < n; i++) {
         size_t len;
         const char *name = gw_req_header_at(r, i, &len, NULL, NULL);
-        if (!name || !match(&c->strip, name, len)) continue;
+        if (!name || !(match(&c->address, name, len) ||
+                       (match(&c->strip, name, len) && !match(&c->forward, name, len))))
+            continue;
         char *s = name_copy(r, name, len);
         if (!s || gw_req_set_upstream_header(r, s, NULL) < 0) return GW_ERROR;
     }
@@ -464,13 +518,19 @@ static int on_response_headers(gw_req_t *r, void *conf, void **ctx)
     return GW_CONTINUE;
 }
 
-static cJSON *list_json(const plist_t *l)
+static cJSON *list_json(const plist_t *l, const plist_t *more)
 {
     cJSON *a = cJSON_CreateArray();
     for (size_t i = 0; a && i < l->n; i++) {
         char buf[MAX_NAME_LEN + 2];
         snprintf(buf, sizeof(buf), "%s%s", l->items[i].name, l->items[i].prefix ? "*" : "");
         cJSON_AddItemToArray(a, cJSON_CreateString(buf));
+    }
+    if (a && more) {
+        cJSON *b = list_json(more, NULL);
+        for (cJSON *e = b ? b->child : NULL; e; e = b->child)
+            cJSON_AddItemToArray(a, cJSON_DetachItemViaPointer(b, e));
+        cJSON_Delete(b);
     }
     return a;
 }
@@ -480,7 +540,9 @@ cJSON *gw_privacy_report(const void *state)
     const privacy_conf_t *c = state;
     cJSON *o = cJSON_CreateObject();
     if (!o || !c) return o;
-    cJSON_AddItemToObject(o, "strip_request_headers", list_json(&c->strip));
+    /* everything removed: the lists, then the client-address headers */
+    cJSON_AddItemToObject(o, "strip_request_headers", list_json(&c->strip, &c->address));
+    cJSON_AddItemToObject(o, "forward_request_headers", list_json(&c->forward, NULL));
     cJSON_AddBoolToObject(o, "forward_client_ip", c->forward_client_ip);
     cJSON_AddStringToObject(o, "user_field", user_names[c->user_field]);
     cJSON *uf = cJSON_AddArrayToObject(o, "user_field_names");
@@ -490,7 +552,7 @@ cJSON *gw_privacy_report(const void *state)
         cJSON_AddStringToObject(o, "user_hash", "hmac-sha256(salt, tenant \"\\n\" user), hex");
         cJSON_AddStringToObject(o, "user_hash_salt", salt_names[c->salt_source]);
     }
-    cJSON_AddItemToObject(o, "hide_response_headers", list_json(&c->hide));
+    cJSON_AddItemToObject(o, "hide_response_headers", list_json(&c->hide, NULL));
     cJSON_AddStringToObject(o, "backend_errors", c->replace_errors ? "replace" : "pass");
     return o;
 }

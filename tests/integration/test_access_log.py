@@ -53,13 +53,13 @@ def lines(path):
 def line_for(path, rid, timeout=5.0):
     def find():
         for ln in lines(path):
-            if ln.get("request_id") == rid:
+            if ln.get("client_request_id") == rid:
                 return ln
         return None
     return wait_for(find, timeout, what="access log line for %s in %s" % (rid, path))
 
 
-FIELDS = ["ts", "request_id", "tenant", "model", "pool", "backend", "status", "code",
+FIELDS = ["ts", "request_id", "client_request_id", "tenant", "model", "pool", "backend", "status", "code",
           "prompt_tokens", "completion_tokens", "tokens_estimated", "ttft_ms", "duration_ms",
           "bytes_in", "bytes_out"]
 
@@ -191,7 +191,7 @@ def test_stdout():
 
     def found():
         for ln in gw.stderr_text().splitlines():
-            if '"request_id":"al-stdout"' in ln:
+            if '"client_request_id":"al-stdout"' in ln:
                 return json.loads(ln)
         return None
     ln = wait_for(found, 5, what="the access log line on standard output")
@@ -213,8 +213,8 @@ def test_sigusr1_reopens():
     assert post_json(gw.port, "/v1/chat/completions", chat("m1"),
                      headers=dict(hdr, **{"x-request-id": "al-after"})).status == 200
     line_for(log, "al-after")
-    assert [ln["request_id"] for ln in lines(log)] == ["al-after"], lines(log)
-    assert [ln["request_id"] for ln in lines(log + ".1")] == ["al-before"], lines(log + ".1")
+    assert [ln["client_request_id"] for ln in lines(log)] == ["al-after"], lines(log)
+    assert [ln["client_request_id"] for ln in lines(log + ".1")] == ["al-before"], lines(log + ".1")
     assert gw.alive()
 
 

@@ -274,7 +274,7 @@ def access_line(gw, rid, timeout=5.0):
                 for ln in f:
                     if ln.strip():
                         j = json.loads(ln)
-                        if j.get("request_id") == rid:
+                        if j.get("client_request_id") == rid:
                             return j
         except FileNotFoundError:
             pass

@@ -52,9 +52,10 @@ def read_in_order(c, rids, statuses, timeout=10):
             r = c.read_response(timeout=timeout)
         except IncompleteResponse as ex:
             raise AssertionError("answer %d of %d (%s) missing: %s; answers so far: %r"
-                                 % (i + 1, len(rids), rid, ex, [x.header("x-request-id") for x in rs]))
-        got = r.header("x-request-id")
-        assert got == rid, "answer %d has x-request-id %r, expected %r (out of order?): %s" % (i + 1, got, rid, r.describe())
+                                 % (i + 1, len(rids), rid, ex, [x.header("x-client-request-id") for x in rs]))
+        got = r.header("x-client-request-id")  # the client's own id comes back under this name
+        assert got == rid, "answer %d has x-client-request-id %r, expected %r (out of order?): %s" % (
+            i + 1, got, rid, r.describe())
         assert r.status == st, "answer %d (%s): expected %d, got %s" % (i + 1, rid, st, r.describe())
         rs.append(r)
     return rs

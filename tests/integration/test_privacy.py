@@ -335,8 +335,8 @@ def test_forward_client_ip():
 def test_configured_lists_and_pass():
     mock = Mock()
     gw = Gateway(gateway_config([mock.port], models=("m1", "m4"), privacy={
-        "strip_request_headers": ["x-stainless-*"], "hide_response_headers": ["x-mock-*"],
-        "backend_errors": "pass"}))
+        "strip_request_headers": ["x-stainless-*"], "forward_request_headers": ["cookie"],
+        "hide_response_headers": ["x-mock-*"], "backend_errors": "pass"}))
     r = post_json(gw.port, "/v1/chat/completions", chat("m1"),
                   headers={"x-stainless-os": "Linux", "x-stainless-arch": "x64", "cookie": "a=b",
                            "x-forwarded-for": "203.0.113.5", "x-mock-reveal": "1"})
@@ -346,7 +346,7 @@ def test_configured_lists_and_pass():
     q = mock.wait_requests(1)[0]
     names = header_names(q)
     assert "x-stainless-os" not in names and "x-stainless-arch" not in names, names
-    assert header_values(q, "cookie") == ["a=b"], "the configured list replaces the default one"
+    assert header_values(q, "cookie") == ["a=b"], "forward_request_headers lets a default one through"
     assert "x-forwarded-for" not in names, "client address headers go whatever the list says"
     # backend_errors pass: the backend's own error body reaches the client as it is.
     r = post_json(gw.port, "/v1/chat/completions", chat("m4"))

@@ -109,6 +109,38 @@ static void test_kinds(void)
     CHECK(gw_http_header_kind("Host2", 5) == GW_H_OTHER, "length");
     CHECK(gw_http_header_kind("Proxy-Authorization", 19) == GW_H_PROXY_AUTHORIZATION, "proxy-auth");
     CHECK(gw_http_header_kind("T^", 2) == GW_H_OTHER, "^ does not fold onto ~ or e");
+    CHECK(gw_http_header_kind("Accept-Encoding", 15) == GW_H_ACCEPT_ENCODING, "accept-encoding");
+    CHECK(gw_http_header_kind("CONTENT-ENCODING", 16) == GW_H_CONTENT_ENCODING, "content-encoding");
+    CHECK(gw_http_header_kind("X-Client-Request-Id", 19) == GW_H_X_CLIENT_REQUEST_ID,
+          "x-client-request-id");
+}
+
+/* Content codings: only identity (in any spelling, any list of it) is no coding. */
+static void test_content_coded(void)
+{
+    static const struct {
+        const char *head;
+        int coded;
+    } cases[] = {
+        {"POST / HTTP/1.1\r\nHost: a\r\n\r\n", 0},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: identity\r\n\r\n", 0},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: IDENTITY , identity\r\n\r\n", 0},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding:\r\n\r\n", 0},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: gzip\r\n\r\n", 1},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: identity, br\r\n\r\n", 1},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: identityx\r\n\r\n", 1},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: identity;q=1\r\n\r\n", 1},
+        {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: identity\r\n"
+         "content-encoding: zstd\r\n\r\n", 1},
+        {"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-encoding\r\n"
+         "Content-Encoding: gzip\r\n\r\n", 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        gw_http_head_t h;
+        CHECK(req(cases[i].head, &h) == 0, "case %zu parses", i);
+        CHECK(gw_http_content_coded(&h) == cases[i].coded, "case %zu: coded %d", i,
+              gw_http_content_coded(&h));
+    }
 }
 
 static void test_incremental_end(void)
@@ -222,6 +254,7 @@ int main(void)
     test_valid();
     test_rejects();
     test_kinds();
+    test_content_coded();
     test_incremental_end();
     test_response();
     test_chunked();
