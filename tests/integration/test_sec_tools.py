@@ -401,6 +401,58 @@ def test_handshake_without_answer_is_not_ready():
         fake.close()
 
 
+# --------------------------------------------------------------------------- TLS ticket keys
+
+
+def tls_fetch(port, ctx, session=None):
+    """GET /v1/models over a fresh TLS connection offering `session`: (resumed?, its session)."""
+    raw = socket.create_connection((HOST, port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    try:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        assert data.startswith(b"HTTP/1.1 200"), data[:200]
+        return s.session_reused, s.session
+    finally:
+        s.close()
+
+
+def test_tls_ticket_keys_rotate():
+    """listen[].tls.ticket_key_rotate_s 2: a ticket resumes under the current and the previous
+    key, and no longer once its key is 2 intervals old (OpenSSL's own key would live until the
+    next reload). TLS 1.2 and 1.3."""
+    import ssl
+    import streamutil as su
+    cert, key = gwtest.self_signed_cert()
+    mock = Mock()
+    cfg = gateway_config([mock.port], timeouts={"drain_ms": 2000})
+    cfg["listen"].append({"address": "127.0.0.1:%d" % gwtest.free_port(),
+                          "tls": {"cert": "cert.pem", "key": "key.pem", "ticket_key_rotate_s": 2}})
+    gw = Gateway(cfg, files={"cert.pem": cert, "key.pem": key})
+    ctxs = {v: su.tls_client_context(cert, minimum=v, maximum=v)
+            for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)}
+    t0 = time.monotonic()
+    first = {v: tls_fetch(gw.tls_port, c) for v, c in ctxs.items()}
+    for v, c in ctxs.items():
+        assert first[v][1] is not None and first[v][1].has_ticket, "%s: no ticket" % v
+        assert tls_fetch(gw.tls_port, c, first[v][1])[0], "%s: the ticket did not resume at once" % v
+    time.sleep(max(0, t0 + 2.4 - time.monotonic()))
+    for v, c in ctxs.items():
+        assert tls_fetch(gw.tls_port, c, first[v][1])[0], "%s: not resumed under the previous key" % v
+    time.sleep(max(0, t0 + 6.5 - time.monotonic()))
+    for v, c in ctxs.items():
+        assert not tls_fetch(gw.tls_port, c, first[v][1])[0], "%s: a ticket outlived its key" % v
+        # and a new ticket works again
+        reused, sess = tls_fetch(gw.tls_port, c)
+        assert tls_fetch(gw.tls_port, c, sess)[0], "%s: a fresh ticket did not resume" % v
+    mock.stop()
+
+
 # --------------------------------------------------------------------------- signals
 
 
