@@ -406,20 +406,15 @@ def test_handshake_without_answer_is_not_ready():
 
 def tls_fetch(port, ctx, session=None):
     """GET /v1/models over a fresh TLS connection offering `session`: (resumed?, its session)."""
-    raw = socket.create_connection((HOST, port), timeout=5)
-    s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    c = gwtest.Conn(port)
     try:
-        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            data += b
-        assert data.startswith(b"HTTP/1.1 200"), data[:200]
-        return s.session_reused, s.session
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="localhost", session=session)
+        c.send(gwtest.http_request("GET", "/v1/models", host="localhost"))
+        r = c.read_response()
+        assert r.status == 200, r.describe()
+        return c.sock.session_reused, c.sock.session
     finally:
-        s.close()
+        c.close()
 
 
 def test_tls_ticket_keys_rotate():
