@@ -243,6 +243,23 @@ def test_keygen_unexpected_replies_are_errors():
             fake.close()
 
 
+def test_tools_refuse_a_handshake_that_is_not_ok():
+    """SELECT (or AUTH) answered with anything but OK: both tools stop there, saying which."""
+    for name, bad in (("SELECT", b":1\r\n"), ("SELECT", b"-ERR DB index is out of range\r\n"),
+                      ("AUTH", b"$2\r\nOK\r\n"), ("AUTH", b"-WRONGPASS no\r\n")):
+        fake = FakeRedis(lambda argv, name=name, bad=bad: bad if argv[0].upper() == name.encode() else b"*0\r\n")
+        try:
+            url = fake.url(2) if name == "SELECT" else "redis://:Zq9-secret@%s:%d/0" % (HOST, fake.port)
+            for args in (("gotthard-keygen", "--redis", url, "--tenant", "acme"),
+                         ("gotthard-usage", "--redis", url)):
+                rc, out, err = run_tool(*args)
+                no_crash(rc, err, "%s with %s answered %r" % (args[0], name, bad))
+                assert name in err and "Zq9-secret" not in err, (args[0], name, bad, err)
+            assert not [a for a in fake.commands if a[0].upper() not in (b"AUTH", b"SELECT")], fake.commands
+        finally:
+            fake.close()
+
+
 # --------------------------------------------------------------------------- usage
 
 
