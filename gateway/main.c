@@ -209,8 +209,9 @@ static void usr1_cb(evutil_socket_t sig, short what, void *arg)
  * main's first statement until run() has their handlers on the loop they are blocked, so one
  * that arrives meanwhile waits instead of killing the process: the loop then sees it once (any
  * number of SIGHUPs: one reload; SIGTERM: a drain; SIGUSR1: logs reopened). Threads started in
- * between inherit the mask and leave these signals to the main thread. SIGINT (an interactive
- * ^C) still stops a start-up at once. */
+ * between inherit the mask and leave these signals to the main thread. They are blocked again
+ * when the loop ends, for the tear-down. SIGINT (an interactive ^C) still stops a start-up at
+ * once. */
 static void async_signals(int how)
 {
     sigset_t set;
@@ -278,6 +279,7 @@ static int run(const char *file)
     gw_info("gotthard %s: %zu workers, %zu listeners, admin on %s", GW_VERSION, m.nworkers,
             cfg->listen.n, cfg->admin.address);
     event_base_dispatch(m.base);
+    async_signals(SIG_BLOCK); /* the handlers go with the loop: nothing may kill the exit */
     for (size_t i = 0; i < m.nworkers; i++) gw_worker_join(&m.workers[i]);
     gw_resolver_stop();
     gw_overload_stop();

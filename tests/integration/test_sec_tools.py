@@ -529,5 +529,26 @@ def test_sigterm_during_startup_drains_once_running():
     mock.stop()
 
 
+def test_sighup_storm_during_shutdown_exits_cleanly():
+    """SIGTERM, then SIGHUPs as fast as they go until the process is gone: the loop ignores
+    them while draining, and after it (the handlers freed, the process tearing down) they stay
+    blocked: the exit status is 0, never death by SIGHUP."""
+    for _ in range(3):
+        mock = Mock()
+        gw = Gateway(gateway_config([mock.port], workers=2, timeouts={"drain_ms": 300}))
+        os.kill(gw.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while gw.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                os.kill(gw.pid, signal.SIGHUP)
+            except ProcessLookupError:
+                break
+            time.sleep(0.0005)
+        rc = gw.proc.wait(5)
+        gw.stop()
+        assert rc == 0, "exit %s with SIGHUPs during shutdown\n%s" % (rc, gw.stderr_text()[-1500:])
+        mock.stop()
+
+
 if __name__ == "__main__":
     gwtest.run(globals())
