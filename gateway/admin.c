@@ -152,7 +152,8 @@ static void reply_readyz(struct evhttp_request *req, const gw_admin_t *a)
     if (pool) snprintf(line, sizeof(line), "pool %s: %s", pool, why);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "status", "not ready");
-    cJSON *reasons = cJSON_AddArrayToObject(o, "reasons"), *r = cJSON_CreateString(pool ? line : why);
+    cJSON *reasons = cJSON_AddArrayToObject(o, "reasons"),
+          *r = cJSON_CreateString(pool ? line : why);
     if (!cJSON_AddItemToArray(reasons, r)) cJSON_Delete(r);
     char *body = o ? cJSON_PrintUnformatted(o) : NULL;
     reply_json(req, 503, body ? body : "{\"status\":\"not ready\"}");

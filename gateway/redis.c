@@ -77,14 +77,20 @@ gw_redis_problem_t gw_redis_problem(void)
 const char *gw_redis_problem_text(gw_redis_problem_t p)
 {
     switch (p) {
-    case GW_REDIS_OK: return NULL;
-    case GW_REDIS_UNREACHABLE: return "redis: cannot connect to redis.url's host and port";
-    case GW_REDIS_AUTH_REFUSED: return "redis: the server refused AUTH (the password in redis.url is wrong or missing)";
+    case GW_REDIS_OK:
+        return NULL;
+    case GW_REDIS_UNREACHABLE:
+        return "redis: cannot connect to redis.url's host and port";
+    case GW_REDIS_AUTH_REFUSED:
+        return "redis: the server refused AUTH (the password in redis.url is wrong or missing)";
     case GW_REDIS_SELECT_REFUSED:
         return "redis: the server refused SELECT (it has no such database: the /db of redis.url)";
-    case GW_REDIS_NO_ANSWER: return "redis: no answer to AUTH/SELECT within the connection deadline";
-    case GW_REDIS_UNEXPECTED: return "redis: an unexpected answer to AUTH/SELECT (not a redis server?)";
-    case GW_REDIS_CONNECTING: break;
+    case GW_REDIS_NO_ANSWER:
+        return "redis: no answer to AUTH/SELECT within the connection deadline";
+    case GW_REDIS_UNEXPECTED:
+        return "redis: an unexpected answer to AUTH/SELECT (not a redis server?)";
+    case GW_REDIS_CONNECTING:
+        break;
     }
     return "redis: connecting";
 }
@@ -183,8 +189,10 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     if (rd->ac == ac) {
         rd->ac = NULL;
         evtimer_del(rd->handshake);
-        if (rd->connected) gw_warn("worker %d: redis connection lost; reconnecting", rd->w->id);
-        else set_problem(rd, GW_REDIS_UNEXPECTED); /* closed during AUTH/SELECT */
+        if (rd->connected)
+            gw_warn("worker %d: redis connection lost; reconnecting", rd->w->id);
+        else
+            set_problem(rd, GW_REDIS_UNEXPECTED); /* closed during AUTH/SELECT */
         set_connected(rd, 0);
         schedule_retry(rd);
     }
@@ -212,7 +220,8 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *priv)
     if (!rd || rd->ac != ac || !r) return; /* dropped meanwhile; on_disconnect retries */
     if (r->type == REDIS_REPLY_ERROR) {
         int noauth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
-        handshake_failed(rd, priv == &hs_auth || noauth ? GW_REDIS_AUTH_REFUSED : GW_REDIS_SELECT_REFUSED);
+        handshake_failed(rd, priv == &hs_auth || noauth ? GW_REDIS_AUTH_REFUSED
+                                                        : GW_REDIS_SELECT_REFUSED);
         return;
     }
     if (!is_ok(r)) {
@@ -262,7 +271,8 @@ static void connect_now(gw_redis_t *rd)
     char db[16];
     snprintf(db, sizeof(db), "%d", rd->db);
     const char *auth[] = {"AUTH", rd->password}, *select[] = {"SELECT", db};
-    if ((rd->password && redisAsyncCommandArgv(ac, on_handshake, &hs_auth, 2, auth, NULL) != REDIS_OK) ||
+    if ((rd->password &&
+         redisAsyncCommandArgv(ac, on_handshake, &hs_auth, 2, auth, NULL) != REDIS_OK) ||
         redisAsyncCommandArgv(ac, on_handshake, &hs_select, 2, select, NULL) != REDIS_OK) {
         drop_connection(rd);
         set_problem(rd, GW_REDIS_UNEXPECTED);

@@ -63,7 +63,8 @@ redisContext *gw_redis_url_connect(const char *url, int timeout_ms, char *err, s
     if (u.password[0]) {
         r = redisCommand(rc, "AUTH %s", u.password);
         if (!r || r->type != REDIS_REPLY_STATUS || strcmp(r->str, "OK") != 0)
-            refused = "redis refused AUTH (the password in the URL is wrong, or the server has none)";
+            refused =
+                "redis refused AUTH (the password in the URL is wrong, or the server has none)";
         freeReplyObject(r);
     }
     explicit_bzero(u.password, sizeof(u.password));

@@ -71,7 +71,8 @@ static int ring_rotate(ticket_ring_t *r, int64_t now)
         r->cur = k;
         OPENSSL_cleanse(&k, sizeof(k));
     }
-    if (r->prev.set && now - r->prev.born_ms >= 2 * r->rotate_ms) OPENSSL_cleanse(&r->prev, sizeof(r->prev));
+    if (r->prev.set && now - r->prev.born_ms >= 2 * r->rotate_ms)
+        OPENSSL_cleanse(&r->prev, sizeof(r->prev));
     return 0;
 }
 
@@ -91,16 +92,17 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char *iv, EVP_CIPH
         memcpy(name, k->name, sizeof(k->name));
         rc = RAND_bytes(iv, EVP_CIPHER_get_iv_length(EVP_aes_256_cbc())) == 1 ? 1 : -1;
     } else if (rc == 0) {
-        if (r->cur.set && CRYPTO_memcmp(name, r->cur.name, sizeof(r->cur.name)) == 0) k = &r->cur, rc = 1;
+        if (r->cur.set && CRYPTO_memcmp(name, r->cur.name, sizeof(r->cur.name)) == 0)
+            k = &r->cur, rc = 1;
         else if (r->prev.set && CRYPTO_memcmp(name, r->prev.name, sizeof(r->prev.name)) == 0)
             k = &r->prev, rc = 2;
     }
     if (rc > 0) {
         char digest[] = "SHA256";
-        OSSL_PARAM params[] = {OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)k->hmac,
-                                                                 sizeof(k->hmac)),
-                               OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                               OSSL_PARAM_construct_end()};
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)k->hmac, sizeof(k->hmac)),
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+            OSSL_PARAM_construct_end()};
         int ok = EVP_MAC_CTX_set_params(hctx, params) == 1 &&
                  (enc ? EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv)
                       : EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv)) == 1;

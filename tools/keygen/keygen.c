@@ -13,16 +13,18 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: gotthard-keygen [--tenant ID] [--id KEY_ID]\n"
-               "       gotthard-keygen --redis URL --tenant ID [--id KEY_ID [--replace]]\n"
-               "       gotthard-keygen --redis URL --revoke KEY_ID\n"
-               "Prints a new API key (gk_ + 32 random bytes, base64url) on the first line and the\n"
-               "entry for the tenant's \"api_keys\" on the second. Only the digest goes in the config.\n"
-               "With --redis the key is stored instead as gotthard:apikey:<sha256> {tenant, id}\n"
-               "(and gotthard:apikey-id:<id> -> <sha256>), for \"api_keys\": {\"redis\": true};\n"
-               "--revoke deletes both, and gateways refuse the key within their cache_ms.\n"
-               "An id that exists is refused; --replace revokes its key and stores the new one in\n"
-               "one step, and only for the tenant that holds the id.\n");
+    fprintf(
+        f,
+        "usage: gotthard-keygen [--tenant ID] [--id KEY_ID]\n"
+        "       gotthard-keygen --redis URL --tenant ID [--id KEY_ID [--replace]]\n"
+        "       gotthard-keygen --redis URL --revoke KEY_ID\n"
+        "Prints a new API key (gk_ + 32 random bytes, base64url) on the first line and the\n"
+        "entry for the tenant's \"api_keys\" on the second. Only the digest goes in the config.\n"
+        "With --redis the key is stored instead as gotthard:apikey:<sha256> {tenant, id}\n"
+        "(and gotthard:apikey-id:<id> -> <sha256>), for \"api_keys\": {\"redis\": true};\n"
+        "--revoke deletes both, and gateways refuse the key within their cache_ms.\n"
+        "An id that exists is refused; --replace revokes its key and stores the new one in\n"
+        "one step, and only for the tenant that holds the id.\n");
 }
 
 static redisContext *redis_open(const char *url)
@@ -62,11 +64,16 @@ static const char revoke_script[] = "local h = redis.call('GET', KEYS[1])\n"
 static int unexpected(const redisContext *rc, const redisReply *r)
 {
     if (!r)
-        fprintf(stderr, "gotthard-keygen: no reply from redis (%s)\n", rc->errstr[0] ? rc->errstr : "closed");
+        fprintf(stderr, "gotthard-keygen: no reply from redis (%s)\n",
+                rc->errstr[0] ? rc->errstr : "closed");
     else if (r->type == REDIS_REPLY_ERROR)
-        fprintf(stderr, "gotthard-keygen: redis answered with an error (scripting disabled, or not redis?)\n");
+        fprintf(
+            stderr,
+            "gotthard-keygen: redis answered with an error (scripting disabled, or not redis?)\n");
     else
-        fprintf(stderr, "gotthard-keygen: unexpected reply from redis (type %d); nothing is known to be stored\n",
+        fprintf(stderr,
+                "gotthard-keygen: unexpected reply from redis (type %d); nothing is known to be "
+                "stored\n",
                 r->type);
     return 1;
 }
@@ -102,8 +109,8 @@ static int store(const char *url, const char *tenant, const char *kid, const cha
     char idkey[160], hkey[96];
     snprintf(idkey, sizeof(idkey), "gotthard:apikey-id:%s", kid);
     snprintf(hkey, sizeof(hkey), "gotthard:apikey:%s", hex);
-    redisReply *r = redisCommand(rc, "EVAL %s 2 %s %s %s %s %s %s", store_script, idkey, hkey, tenant,
-                                 kid, hex, replace ? "1" : "0");
+    redisReply *r = redisCommand(rc, "EVAL %s 2 %s %s %s %s %s %s", store_script, idkey, hkey,
+                                 tenant, kid, hex, replace ? "1" : "0");
     int ret = 1;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
         r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_STRING ||
@@ -116,8 +123,10 @@ static int store(const char *url, const char *tenant, const char *kid, const cha
             ret = 0;
             break;
         case 1:
-            fprintf(stderr, "gotthard-keygen: id %s exists; --replace revokes its key and stores a new "
-                            "one (for the same tenant only)\n", kid);
+            fprintf(stderr,
+                    "gotthard-keygen: id %s exists; --replace revokes its key and stores a new "
+                    "one (for the same tenant only)\n",
+                    kid);
             break;
         case 2:
             fprintf(stderr, "gotthard-keygen: id %s belongs to another tenant; refused\n", kid);
@@ -125,7 +134,9 @@ static int store(const char *url, const char *tenant, const char *kid, const cha
         case 3:
             fprintf(stderr, "gotthard-keygen: the new key's digest exists already; run again\n");
             break;
-        default: ret = unexpected(rc, r); break;
+        default:
+            ret = unexpected(rc, r);
+            break;
         }
     }
     freeReplyObject(r);

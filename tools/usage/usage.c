@@ -134,7 +134,8 @@ static int scan_reply_ok(const redisReply *r, char *cursor, size_t cap)
 {
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) return 0;
     const redisReply *c = r->element[0], *keys = r->element[1];
-    if (c->type != REDIS_REPLY_STRING || c->len == 0 || c->len >= cap || keys->type != REDIS_REPLY_ARRAY)
+    if (c->type != REDIS_REPLY_STRING || c->len == 0 || c->len >= cap ||
+        keys->type != REDIS_REPLY_ARRAY)
         return 0;
     for (size_t i = 0; i < c->len; i++)
         if (c->str[i] < '0' || c->str[i] > '9') return 0;
@@ -148,10 +149,12 @@ static int add_tenant(redisContext *rc, cJSON *tenants, const redisReply *key, i
 {
     char id[512];
     if (key_tenant(key, day, id, sizeof(id)) < 0) {
-        fprintf(stderr, "gotthard-usage: SCAN returned something that is not a usage key of that day\n");
+        fprintf(stderr,
+                "gotthard-usage: SCAN returned something that is not a usage key of that day\n");
         return -1;
     }
-    redisReply *h = redisCommand(rc, "HMGET %b requests prompt_tokens completion_tokens", key->str, key->len);
+    redisReply *h =
+        redisCommand(rc, "HMGET %b requests prompt_tokens completion_tokens", key->str, key->len);
     static const char *const f[] = {"requests", "prompt_tokens", "completion_tokens"};
     double v[3];
     int ok = h && h->type == REDIS_REPLY_ARRAY && h->elements == 3;
@@ -192,12 +195,14 @@ static cJSON *from_redis(const char *url, int days)
             redisReply *r = redisCommand(rc, "SCAN %s MATCH %s COUNT 1000", cursor, match);
             if (!scan_reply_ok(r, cursor, sizeof(cursor))) {
                 fprintf(stderr, "gotthard-usage: SCAN: %s\n",
-                        !r ? "no reply" : r->type == REDIS_REPLY_ERROR ? "redis answered with an error"
-                                                                      : "unexpected reply");
+                        !r                             ? "no reply"
+                        : r->type == REDIS_REPLY_ERROR ? "redis answered with an error"
+                                                       : "unexpected reply");
                 goto fail_reply;
             }
             for (size_t i = 0; i < r->element[1]->elements; i++)
-                if (add_tenant(rc, tenants, r->element[1]->element[i], today - d) < 0) goto fail_reply;
+                if (add_tenant(rc, tenants, r->element[1]->element[i], today - d) < 0)
+                    goto fail_reply;
             freeReplyObject(r);
             continue;
         fail_reply:
