@@ -73,7 +73,7 @@ static char *http_get(const char *hostport, const char *path)
     if (!buf) return NULL;
     buf[len] = '\0';
     char *body = strstr(buf, "\r\n\r\n");
-    if (strncmp(buf, "HTTP/1.", 7) != 0 || strncmp(buf + 8, " 200", 4) != 0 || !body) {
+    if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0 || strncmp(buf + 8, " 200", 4) != 0 || !body) {
         free(buf);
         return NULL;
     }
