@@ -42,6 +42,9 @@ struct gw_admin {
 static int quota_store_up(const gw_config_t *cfg)
 {
     if (!cfg->redis.url) return 1;
+    gw_redis_problem_t p = gw_redis_problem();
+    /* A refused password or database is a config error, not an outage: never ready. */
+    if (p == GW_REDIS_AUTH_REFUSED || p == GW_REDIS_SELECT_REFUSED) return 0;
     if (cfg->redis.on_unavailable && strcmp(cfg->redis.on_unavailable, "local") == 0) return 1;
     return gw_redis_connections_up() > 0;
 }
@@ -108,15 +111,54 @@ static int pool_up(const gw_config_t *cfg, const gw_pool_t *p)
 }
 
 /* Ready when not draining, every pool has an approved healthy backend, and the quota store
- * is usable: Redis reached by the workers, unless its absence falls back to local counts. */
-static int ready(const gw_admin_t *a)
+ * is usable: Redis reached by the workers, unless its absence falls back to local counts (a
+ * refused password or database never is). With why, the first reason not to be, in words
+ * from constants and pool names only (never a secret). */
+static int ready_why(const gw_admin_t *a, const char **why, const char **pool)
 {
-    if (a->draining) return 0;
-    if (!quota_store_up(a->cfg)) return 0;
+    if (a->draining) {
+        if (why) *why = "draining";
+        return 0;
+    }
+    if (!quota_store_up(a->cfg)) {
+        if (why) *why = gw_redis_problem_text(gw_redis_problem());
+        if (why && !*why) *why = "redis: not connected";
+        return 0;
+    }
     gw_pool_t *pools = a->cfg->pools.items;
     for (size_t i = 0; i < a->cfg->pools.n; i++)
-        if (!pool_up(a->cfg, &pools[i])) return 0;
+        if (!pool_up(a->cfg, &pools[i])) {
+            if (why) *why = "no backend that residency approves and that is healthy";
+            if (pool) *pool = pools[i].name;
+            return 0;
+        }
     return 1;
+}
+
+static int ready(const gw_admin_t *a)
+{
+    return ready_why(a, NULL, NULL);
+}
+
+/* GET /readyz: {"status":"ready"}, or 503 {"status":"not ready","reasons":[...]}. */
+static void reply_readyz(struct evhttp_request *req, const gw_admin_t *a)
+{
+    const char *why = NULL, *pool = NULL;
+    if (ready_why(a, &why, &pool)) {
+        reply_json(req, 200, "{\"status\":\"ready\"}");
+        return;
+    }
+    char line[256];
+    if (pool) snprintf(line, sizeof(line), "pool %s: %s", pool, why);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "not ready");
+    cJSON *reasons = cJSON_AddArrayToObject(o, "reasons"),
+          *r = cJSON_CreateString(pool ? line : why);
+    if (!cJSON_AddItemToArray(reasons, r)) cJSON_Delete(r);
+    char *body = o ? cJSON_PrintUnformatted(o) : NULL;
+    reply_json(req, 503, body ? body : "{\"status\":\"not ready\"}");
+    cJSON_free(body);
+    cJSON_Delete(o);
 }
 
 /* GET /usage[?days=N]: requests and tokens per tenant and UTC day (plugins/quota/quota.h),
@@ -437,8 +479,7 @@ static void handle(struct evhttp_request *req, void *arg)
         else reply_error(req, 500, "internal_error", "Out of memory.");
         free(body);
     } else { /* "/readyz" */
-        if (ready(a)) reply_json(req, 200, "{\"status\":\"ready\"}");
-        else reply_json(req, 503, "{\"status\":\"not ready\"}");
+        reply_readyz(req, a);
     }
 }
 

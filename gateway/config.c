@@ -27,6 +27,7 @@ static int derive_pool_balance(gw_conf_ctx_t *cx, gw_pool_t *p, const char *pp);
 static const gw_conf_key_t tls_keys[] = {
     {"cert", GW_CT_STR, offsetof(gw_tls_conf_t, cert), .max = 4096, .flags = GW_CK_REQUIRED},
     {"key", GW_CT_STR, offsetof(gw_tls_conf_t, key), .max = 4096, .flags = GW_CK_REQUIRED},
+    {"ticket_key_rotate_s", GW_CT_INT, offsetof(gw_tls_conf_t, ticket_key_rotate_s), 1, 86400},
     {NULL},
 };
 static const gw_conf_obj_t tls_obj = {sizeof(gw_tls_conf_t), tls_keys, NULL};
@@ -531,7 +532,8 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
             rc = -1;
         }
         if (ls[i].tls && !(c->flags & GW_CONFIG_OFFLINE)) {
-            ls[i].ssl = gw_tls_server_ctx(ls[i].tls->cert, ls[i].tls->key, err, sizeof(err));
+            ls[i].ssl = gw_tls_server_ctx(ls[i].tls->cert, ls[i].tls->key,
+                                          ls[i].tls->ticket_key_rotate_s, err, sizeof(err));
             if (!ls[i].ssl) {
                 gw_conf_error(cx, gw_conf_path_key(cx, p, "tls"), "%s", err);
                 rc = -1;

@@ -15,6 +15,7 @@ typedef struct gw_pool gw_pool_t;
 
 typedef struct gw_tls_conf {
     char *cert, *key;
+    int64_t ticket_key_rotate_s; /* 0: GW_TLS_TICKET_ROTATE_S */
 } gw_tls_conf_t;
 
 typedef struct gw_listen {

@@ -212,6 +212,23 @@ static void usr1_cb(evutil_socket_t sig, short what, void *arg)
         gw_info("audit log reopened");
 }
 
+/* The signals an operator or an orchestrator may send at any moment, start-up included. From
+ * main's first statement until run() has their handlers on the loop they are blocked, so one
+ * that arrives meanwhile waits instead of killing the process: the loop then sees it once (any
+ * number of SIGHUPs: one reload; SIGTERM: a drain; SIGUSR1: logs reopened). Threads started in
+ * between inherit the mask and leave these signals to the main thread. They are blocked again
+ * when the loop ends, for the tear-down. SIGINT (an interactive ^C) still stops a start-up at
+ * once. */
+static void async_signals(int how)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(how, &set, NULL);
+}
+
 /* Loads FILE, or prints its problems ("FILE: $.path: what") and returns NULL. */
 static gw_config_t *load_or_report(const char *file)
 {
@@ -266,9 +283,11 @@ static int run(const char *file)
     event_add(m.sigint, NULL);
     event_add(m.sighup, NULL);
     event_add(m.sigusr1, NULL);
+    async_signals(SIG_UNBLOCK); /* what came during start-up is handled now, by the loop */
     gw_info("gotthard %s: %zu workers, %zu listeners, admin on %s", GW_VERSION, m.nworkers,
             cfg->listen.n, cfg->admin.address);
     event_base_dispatch(m.base);
+    async_signals(SIG_BLOCK); /* the handlers go with the loop: nothing may kill the exit */
     for (size_t i = 0; i < m.nworkers; i++) gw_worker_join(&m.workers[i]);
     gw_resolver_stop();
     gw_overload_stop();
@@ -322,6 +341,7 @@ static int residency_report(const char *file, int json)
 
 int main(int argc, char **argv)
 {
+    async_signals(SIG_BLOCK);
     const char *file = NULL;
     int test = 0, report = 0, json = 0;
     for (int i = 1; i < argc; i++) {
@@ -353,9 +373,12 @@ int main(int argc, char **argv)
     setrlimit(RLIMIT_CORE, &no_core);
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGUSR1, SIG_IGN); /* a log rotation before the loop runs must not kill us */
     gw_tls_init();
     gw_json_init();
+    if (report || test) { /* one-shot: no logs to reopen, the default actions otherwise */
+        signal(SIGUSR1, SIG_IGN);
+        async_signals(SIG_UNBLOCK);
+    }
     if (report) return residency_report(file, json);
     if (test) {
         gw_config_t *cfg = load_or_report(file);

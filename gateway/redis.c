@@ -4,7 +4,13 @@
  * reply, or with NULL when the deadline passes or the connection fails, so a request waiting
  * on Redis never hangs. A command that times out marks the connection down and drops it;
  * the worker reconnects with backoff (100 ms doubling to 2 s). Keys and values never hold
- * request content. */
+ * request content.
+ *
+ * A connection counts as up only once the server has answered AUTH (with a password) and
+ * SELECT with OK: until then no command is sent on it, so nothing ever runs in another
+ * database. A refusal (wrong password, a database the server lacks), an unexpected answer or
+ * none within the handshake deadline drops the connection and retries with the same backoff;
+ * gw_redis_problem() says why for /readyz, in constant words (never the password). */
 #include "redis.h"
 
 #include <hiredis/adapters/libevent.h>
@@ -18,6 +24,7 @@
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000 /* a Redis that returns is used again within about this */
+#define HANDSHAKE_MIN_MS 1000 /* connect, AUTH and SELECT; redis.timeout_ms if longer */
 
 typedef struct pending {
     gw_redis_t *rd;
@@ -40,17 +47,61 @@ struct gw_redis {
     int connected;
     int backoff_ms;
     struct event *retry;
+    struct event *handshake; /* the deadline of connect, AUTH and SELECT */
+    int problem;             /* the last gw_redis_problem_t of this connection, for the log */
     int freeing;
 };
+
+/* The handshake's commands, told apart in on_handshake by their private data. */
+static char hs_auth, hs_select;
 
 static void connect_now(gw_redis_t *rd);
 
 /* Worker connections up now, for /readyz and gotthard_quota_store_up. */
 static atomic_int connections_up;
+/* Why the last connection attempt (any worker) failed: a gw_redis_problem_t. */
+static atomic_int last_problem;
 
 int gw_redis_connections_up(void)
 {
     return atomic_load(&connections_up);
+}
+
+gw_redis_problem_t gw_redis_problem(void)
+{
+    if (atomic_load(&connections_up) > 0) return GW_REDIS_OK;
+    gw_redis_problem_t p = (gw_redis_problem_t)atomic_load(&last_problem);
+    return p == GW_REDIS_OK ? GW_REDIS_CONNECTING : p;
+}
+
+const char *gw_redis_problem_text(gw_redis_problem_t p)
+{
+    switch (p) {
+    case GW_REDIS_OK:
+        return NULL;
+    case GW_REDIS_UNREACHABLE:
+        return "redis: cannot connect to redis.url's host and port";
+    case GW_REDIS_AUTH_REFUSED:
+        return "redis: the server refused AUTH (the password in redis.url is wrong or missing)";
+    case GW_REDIS_SELECT_REFUSED:
+        return "redis: the server refused SELECT (it has no such database: the /db of redis.url)";
+    case GW_REDIS_NO_ANSWER:
+        return "redis: no answer to AUTH/SELECT within the connection deadline";
+    case GW_REDIS_UNEXPECTED:
+        return "redis: an unexpected answer to AUTH/SELECT (not a redis server?)";
+    case GW_REDIS_CONNECTING:
+        break;
+    }
+    return "redis: connecting";
+}
+
+/* Records why a connection attempt failed; logs it when it is news for this connection. */
+static void set_problem(gw_redis_t *rd, gw_redis_problem_t p)
+{
+    atomic_store(&last_problem, (int)p);
+    if (rd->problem == (int)p) return;
+    rd->problem = (int)p;
+    gw_warn("worker %d: %s; retrying with backoff", rd->w->id, gw_redis_problem_text(p));
 }
 
 static void set_connected(gw_redis_t *rd, int up)
@@ -123,14 +174,13 @@ static void on_connect(const redisAsyncContext *ac, int status)
 {
     gw_redis_t *rd = ac->data;
     if (status != REDIS_OK) {
-        rd->ac = NULL; /* hiredis frees the context after this callback */
+        if (rd->ac == ac) rd->ac = NULL; /* hiredis frees the context after this callback */
+        evtimer_del(rd->handshake);
         set_connected(rd, 0);
+        set_problem(rd, GW_REDIS_UNREACHABLE);
         schedule_retry(rd);
-        return;
     }
-    set_connected(rd, 1);
-    rd->backoff_ms = 0;
-    gw_info("worker %d: redis connected", rd->w->id);
+    /* Connected: up once AUTH and SELECT are answered (on_handshake). */
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -138,10 +188,62 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     gw_redis_t *rd = ac->data;
     if (rd->ac == ac) {
         rd->ac = NULL;
+        evtimer_del(rd->handshake);
+        if (rd->connected)
+            gw_warn("worker %d: redis connection lost; reconnecting", rd->w->id);
+        else
+            set_problem(rd, GW_REDIS_UNEXPECTED); /* closed during AUTH/SELECT */
         set_connected(rd, 0);
-        gw_warn("worker %d: redis connection lost; reconnecting", rd->w->id);
         schedule_retry(rd);
     }
+}
+
+/* The handshake failed: the connection is dropped before any command used it. */
+static void handshake_failed(gw_redis_t *rd, gw_redis_problem_t p)
+{
+    evtimer_del(rd->handshake);
+    set_problem(rd, p);
+    drop_connection(rd); /* inside a hiredis callback: hiredis frees it on return */
+    schedule_retry(rd);
+}
+
+static int is_ok(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_STATUS && r->len == 2 && memcmp(r->str, "OK", 2) == 0;
+}
+
+/* The replies to AUTH and SELECT, in order; the connection is up after SELECT's OK. */
+static void on_handshake(redisAsyncContext *ac, void *reply, void *priv)
+{
+    gw_redis_t *rd = ac->data;
+    redisReply *r = reply;
+    if (!rd || rd->ac != ac || !r) return; /* dropped meanwhile; on_disconnect retries */
+    if (r->type == REDIS_REPLY_ERROR) {
+        int noauth = r->len >= 6 && memcmp(r->str, "NOAUTH", 6) == 0;
+        handshake_failed(rd, priv == &hs_auth || noauth ? GW_REDIS_AUTH_REFUSED
+                                                        : GW_REDIS_SELECT_REFUSED);
+        return;
+    }
+    if (!is_ok(r)) {
+        handshake_failed(rd, GW_REDIS_UNEXPECTED);
+        return;
+    }
+    if (priv != &hs_select) return; /* AUTH's OK: SELECT's answer follows */
+    evtimer_del(rd->handshake);
+    rd->backoff_ms = 0;
+    rd->problem = GW_REDIS_OK;
+    atomic_store(&last_problem, GW_REDIS_OK);
+    set_connected(rd, 1);
+    gw_info("worker %d: redis connected (database %d)", rd->w->id, rd->db);
+}
+
+static void handshake_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_redis_t *rd = arg;
+    if (rd->connected || !rd->ac) return;
+    set_problem(rd, GW_REDIS_NO_ANSWER);
+    drop_connection(rd);
+    schedule_retry(rd);
 }
 
 static void retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -155,6 +257,7 @@ static void connect_now(gw_redis_t *rd)
     redisAsyncContext *ac = redisAsyncConnect(rd->host, rd->port);
     if (!ac || ac->err) {
         if (ac) redisAsyncFree(ac);
+        set_problem(rd, GW_REDIS_UNREACHABLE);
         schedule_retry(rd);
         return;
     }
@@ -163,17 +266,22 @@ static void connect_now(gw_redis_t *rd)
     redisLibeventAttach(ac, rd->w->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    /* Sent as soon as the connection is up, before anything else. */
-    if (rd->password) {
-        const char *argv[] = {"AUTH", rd->password};
-        redisAsyncCommandArgv(ac, on_reply, NULL, 2, argv, NULL);
+    /* Sent as soon as the connection is up, before anything else; SELECT even for database 0,
+     * so that every connection is confirmed by an answer before it is used. */
+    char db[16];
+    snprintf(db, sizeof(db), "%d", rd->db);
+    const char *auth[] = {"AUTH", rd->password}, *select[] = {"SELECT", db};
+    if ((rd->password &&
+         redisAsyncCommandArgv(ac, on_handshake, &hs_auth, 2, auth, NULL) != REDIS_OK) ||
+        redisAsyncCommandArgv(ac, on_handshake, &hs_select, 2, select, NULL) != REDIS_OK) {
+        drop_connection(rd);
+        set_problem(rd, GW_REDIS_UNEXPECTED);
+        schedule_retry(rd);
+        return;
     }
-    if (rd->db) {
-        char db[16];
-        snprintf(db, sizeof(db), "%d", rd->db);
-        const char *argv[] = {"SELECT", db};
-        redisAsyncCommandArgv(ac, on_reply, NULL, 2, argv, NULL);
-    }
+    int64_t ms = rd->timeout_ms > HANDSHAKE_MIN_MS ? rd->timeout_ms : HANDSHAKE_MIN_MS;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(rd->handshake, &tv);
 }
 
 gw_redis_t *gw_redis_new(gw_worker_t *w, const gw_config_t *cfg)
@@ -188,7 +296,9 @@ gw_redis_t *gw_redis_new(gw_worker_t *w, const gw_config_t *cfg)
     rd->password = cfg->redis.password ? strdup(cfg->redis.password) : NULL;
     rd->timeout_ms = cfg->redis.timeout_ms;
     rd->retry = evtimer_new(w->base, retry_cb, rd);
-    if (!rd->host || !rd->retry) {
+    rd->handshake = evtimer_new(w->base, handshake_timeout_cb, rd);
+    rd->problem = GW_REDIS_CONNECTING;
+    if (!rd->host || !rd->retry || !rd->handshake) {
         gw_redis_free(rd);
         return NULL;
     }
@@ -202,6 +312,7 @@ void gw_redis_free(gw_redis_t *rd)
     rd->freeing = 1;
     drop_connection(rd);
     if (rd->retry) event_free(rd->retry);
+    if (rd->handshake) event_free(rd->handshake);
     if (rd->password) {
         explicit_bzero(rd->password, strlen(rd->password));
         free(rd->password);

@@ -14,4 +14,18 @@ void gw_redis_free(gw_redis_t *rd);
 /* How many workers' connections are up (all workers, any snapshot). */
 int gw_redis_connections_up(void);
 
+/* Why no connection is up: what the last attempt met (GW_REDIS_OK while one is up). */
+typedef enum gw_redis_problem {
+    GW_REDIS_OK,
+    GW_REDIS_CONNECTING,
+    GW_REDIS_UNREACHABLE,
+    GW_REDIS_AUTH_REFUSED,   /* a wrong or missing password: a config error, not an outage */
+    GW_REDIS_SELECT_REFUSED, /* a database the server does not have: likewise */
+    GW_REDIS_NO_ANSWER,
+    GW_REDIS_UNEXPECTED,
+} gw_redis_problem_t;
+gw_redis_problem_t gw_redis_problem(void);
+/* A constant sentence for /readyz and the log (never the password); NULL for GW_REDIS_OK. */
+const char *gw_redis_problem_text(gw_redis_problem_t p);
+
 #endif

@@ -57,21 +57,27 @@ redisContext *gw_redis_url_connect(const char *url, int timeout_ms, char *err, s
         return NULL;
     }
     redisSetTimeout(rc, tv);
+    /* Both must answer OK: an error or any other reply (not a redis server?) is a refusal. */
+    const char *refused = NULL;
     redisReply *r = NULL;
-    int ok = 1;
     if (u.password[0]) {
         r = redisCommand(rc, "AUTH %s", u.password);
-        ok = r && r->type != REDIS_REPLY_ERROR;
+        if (!r || r->type != REDIS_REPLY_STATUS || strcmp(r->str, "OK") != 0)
+            refused =
+                "redis refused AUTH (the password in the URL is wrong, or the server has none)";
         freeReplyObject(r);
     }
     explicit_bzero(u.password, sizeof(u.password));
-    if (ok) {
+    if (!refused) {
         r = redisCommand(rc, "SELECT %d", u.db);
-        ok = r && r->type != REDIS_REPLY_ERROR;
+        if (!r || r->type != REDIS_REPLY_STATUS || strcmp(r->str, "OK") != 0)
+            refused = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOAUTH", 6) == 0
+                          ? "redis needs a password (NOAUTH)"
+                          : "redis refused SELECT (no such database on the server?)";
         freeReplyObject(r);
     }
-    if (!ok) {
-        snprintf(err, errlen, "redis refused AUTH or SELECT");
+    if (refused) {
+        snprintf(err, errlen, "%s", refused);
         redisFree(rc);
         return NULL;
     }

@@ -73,7 +73,7 @@ static char *http_get(const char *hostport, const char *path)
     if (!buf) return NULL;
     buf[len] = '\0';
     char *body = strstr(buf, "\r\n\r\n");
-    if (strncmp(buf, "HTTP/1.", 7) != 0 || strncmp(buf + 8, " 200", 4) != 0 || !body) {
+    if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0 || strncmp(buf + 8, " 200", 4) != 0 || !body) {
         free(buf);
         return NULL;
     }
@@ -81,23 +81,96 @@ static char *http_get(const char *hostport, const char *path)
     return buf;
 }
 
-/* Undo the key's percent-encoding of a tenant id. */
-static void decode(char *s)
+static int hexval(char c)
 {
-    char *o = s;
-    for (; *s; s++) {
-        unsigned v;
-        if (*s == '%' && sscanf(s + 1, "%2x", &v) == 1) {
-            *o++ = (char)v;
-            s += 2;
-        } else {
-            *o++ = *s;
-        }
-    }
-    *o = '\0';
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
 }
 
-/* The same report as GET /usage, from Redis: every tenant that has a key for the day. */
+/* The tenant id of a usage key for day, percent-decoded into id: 0, or -1 when the reply is
+ * not a key the gateway would write (checked by writing it again with the gateway's own
+ * gq_usage_key). Reads only the reply's len bytes. */
+static int key_tenant(const redisReply *k, int64_t day, char *id, size_t cap)
+{
+    static const char prefix[] = "gotthard:u:{";
+    const size_t pl = sizeof(prefix) - 1;
+    if (k->type != REDIS_REPLY_STRING || !k->str || k->len <= pl || memcmp(k->str, prefix, pl) != 0)
+        return -1;
+    const char *s = k->str + pl, *end = memchr(s, '}', k->len - pl);
+    if (!end) return -1;
+    size_t n = (size_t)(end - s), o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%') {
+            if (n - i < 3 || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0) return -1;
+            c = hexval(s[i + 1]) * 16 + hexval(s[i + 2]);
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= cap) return -1;
+        id[o++] = (char)c;
+    }
+    id[o] = '\0';
+    char again[1024];
+    int len = o ? gq_usage_key(again, sizeof(again), id, day) : -1;
+    return len > 0 && (size_t)len == k->len && memcmp(again, k->str, k->len) == 0 ? 0 : -1;
+}
+
+/* A counter field of HMGET: nil is 0, else a decimal count. */
+static int count_field(const redisReply *f, double *out)
+{
+    *out = 0;
+    if (f->type == REDIS_REPLY_NIL) return 0;
+    if (f->type != REDIS_REPLY_STRING || f->len == 0 || f->len > 20) return -1;
+    for (size_t i = 0; i < f->len; i++)
+        if (f->str[i] < '0' || f->str[i] > '9') return -1;
+    *out = strtod(f->str, NULL);
+    return 0;
+}
+
+/* SCAN's reply: {cursor (a decimal that fits in cursor), array of keys}. */
+static int scan_reply_ok(const redisReply *r, char *cursor, size_t cap)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) return 0;
+    const redisReply *c = r->element[0], *keys = r->element[1];
+    if (c->type != REDIS_REPLY_STRING || c->len == 0 || c->len >= cap ||
+        keys->type != REDIS_REPLY_ARRAY)
+        return 0;
+    for (size_t i = 0; i < c->len; i++)
+        if (c->str[i] < '0' || c->str[i] > '9') return 0;
+    memcpy(cursor, c->str, c->len);
+    cursor[c->len] = '\0';
+    return 1;
+}
+
+/* One tenant's counts for the day under key (checked): 0, or -1 with the reason printed. */
+static int add_tenant(redisContext *rc, cJSON *tenants, const redisReply *key, int64_t day)
+{
+    char id[512];
+    if (key_tenant(key, day, id, sizeof(id)) < 0) {
+        fprintf(stderr,
+                "gotthard-usage: SCAN returned something that is not a usage key of that day\n");
+        return -1;
+    }
+    redisReply *h =
+        redisCommand(rc, "HMGET %b requests prompt_tokens completion_tokens", key->str, key->len);
+    static const char *const f[] = {"requests", "prompt_tokens", "completion_tokens"};
+    double v[3];
+    int ok = h && h->type == REDIS_REPLY_ARRAY && h->elements == 3;
+    for (size_t j = 0; ok && j < 3; j++) ok = count_field(h->element[j], &v[j]) == 0;
+    if (!ok)
+        fprintf(stderr, "gotthard-usage: HMGET of a usage key: %s\n",
+                h ? "unexpected reply (not three counts)" : "no reply");
+    freeReplyObject(h);
+    if (!ok) return -1;
+    cJSON *t = cJSON_AddObjectToObject(tenants, id);
+    for (size_t j = 0; t && j < 3; j++) cJSON_AddNumberToObject(t, f[j], v[j]);
+    return t ? 0 : -1;
+}
+
+/* The same report as GET /usage, from Redis: every tenant that has a key for the day. Every
+ * reply's type and length is checked; anything unexpected ends the report with an error. */
 static cJSON *from_redis(const char *url, int days)
 {
     char err[256];
@@ -120,32 +193,23 @@ static cJSON *from_redis(const char *url, int days)
         int rounds = 0;
         do {
             redisReply *r = redisCommand(rc, "SCAN %s MATCH %s COUNT 1000", cursor, match);
-            if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-                fprintf(stderr, "gotthard-usage: SCAN failed\n");
-                freeReplyObject(r);
-                redisFree(rc);
-                cJSON_Delete(o);
-                return NULL;
+            if (!scan_reply_ok(r, cursor, sizeof(cursor))) {
+                fprintf(stderr, "gotthard-usage: SCAN: %s\n",
+                        !r                             ? "no reply"
+                        : r->type == REDIS_REPLY_ERROR ? "redis answered with an error"
+                                                       : "unexpected reply");
+                goto fail_reply;
             }
-            snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
-            for (size_t i = 0; i < r->element[1]->elements; i++) {
-                const char *key = r->element[1]->element[i]->str;
-                const char *a = strchr(key, '{'), *b = strrchr(key, '}');
-                redisReply *h = redisCommand(rc, "HMGET %s requests prompt_tokens completion_tokens", key);
-                if (a && b && b > a && h && h->type == REDIS_REPLY_ARRAY && h->elements == 3) {
-                    char id[512];
-                    snprintf(id, sizeof(id), "%.*s", (int)(b - a - 1), a + 1);
-                    decode(id);
-                    cJSON *t = cJSON_AddObjectToObject(tenants, id);
-                    static const char *const f[] = {"requests", "prompt_tokens", "completion_tokens"};
-                    for (size_t j = 0; t && j < 3; j++)
-                        cJSON_AddNumberToObject(t, f[j], h->element[j]->type == REDIS_REPLY_STRING
-                                                             ? strtod(h->element[j]->str, NULL)
-                                                             : 0);
-                }
-                freeReplyObject(h);
-            }
+            for (size_t i = 0; i < r->element[1]->elements; i++)
+                if (add_tenant(rc, tenants, r->element[1]->element[i], today - d) < 0)
+                    goto fail_reply;
             freeReplyObject(r);
+            continue;
+        fail_reply:
+            freeReplyObject(r);
+            redisFree(rc);
+            cJSON_Delete(o);
+            return NULL;
         } while (strcmp(cursor, "0") != 0 && ++rounds < 100000);
     }
     redisFree(rc);
