@@ -23,10 +23,11 @@ enum {
                                       * include_usage not a boolean or null; model is set */
 };
 
-/* The memory a body's parse may take from the arena: twice its length and 1 MiB. A body of
- * text costs about its length; one of many small values (an array of two million zeros in
- * 4 MiB) would cost 40 times it and is refused instead. */
-#define GW_BODY_PARSE_BUDGET(len) (2 * (size_t)(len) + ((size_t)1 << 20))
+/* The memory a body's parse may take from its arena: twice its length and 8 MiB. A body of
+ * text costs about its length, a small value 80 bytes (a node): 4 MiB holding two million
+ * zeros would cost 160 MiB and is refused instead, while 80,000 token ids or 29,000 short
+ * messages fit. The tree lives only through the body phase (request.c settle_body). */
+#define GW_BODY_PARSE_BUDGET(len) (2 * (size_t)(len) + ((size_t)8 << 20))
 
 typedef struct gw_body {
     cJSON *json;       /* the parsed value (also when refused, unless it did not parse whole) */
