@@ -200,6 +200,26 @@ def test_quota_charges_streamed_tokens_whatever_stream_options():
     assert r.status == 200, "refused duplicates were charged: " + r.describe()
 
 
+def test_quota_charges_what_a_stream_without_usage_relayed():
+    """A backend that ignores stream_options and sends 400 content events without usage: each
+    stream is charged the prompt estimate plus one token per event relayed (about 400), not its
+    estimate (about 270): with 1,000 tokens a minute two are served and the third is 429."""
+    from test_backend_faults import RawBackend, SSE_HEAD, SSE_END, TOKEN_EVENT, chunk
+    events = b"".join(chunk(TOKEN_EVENT) for _ in range(400)) + chunk(b"data: [DONE]\n\n")
+    fake = RawBackend(lambda req, f: [SSE_HEAD + events + SSE_END])
+    try:
+        gw = Gateway(gateway_config(pools=[gwtest.pool("p1", ["m1"], [gwtest.backend(fake.port)])], tenants=[
+            {"id": "acme", "models": ["*"],
+             "api_keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}],
+             "limits": {"tokens_per_minute": 1000}}]))
+        got = [_post(gw, _stream_body(None)).status for _ in range(3)]
+        sent = json.loads(fake.requests()[0].body)
+        assert sent["stream_options"] == {"include_usage": True}, sent
+        assert got == [200, 200, 429], "statuses %s: streams of 400 events were charged less" % got
+    finally:
+        fake.close()
+
+
 # ------------------------------------------------------------------ finding 1: memory
 
 
