@@ -580,7 +580,7 @@ static int on_event(void *arg, const char *ev, size_t len)
         const char *data = memmem(ev, len, "data:", 5);
         size_t n = data ? len - (size_t)(data + 5 - ev) : 0;
         if (data) gw_req_take_usage(r, data + 5, n);
-        if (data && r->strip_usage && gw_body_is_usage_chunk(r->arena, data + 5, n)) return 0;
+        if (data && r->strip_usage && gw_body_is_usage_chunk(NULL, data + 5, n)) return 0;
     }
     if (gw_req_run_response_event(r, ev, len) == GW_DROP) return 0;
     if (!r->events_relayed) r->ttft_us = gw_now_us();

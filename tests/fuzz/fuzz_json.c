@@ -8,9 +8,10 @@
  *      accepted body is UTF-8 (decoded here the long way), an object without a duplicate key
  *      at any depth, with a non-empty model string, a boolean or null (or no) stream, and a
  *      stream_options object or null whose include_usage is a boolean or null, read as the
- *      JSON says; the usage the core asks for leaves it accepted, with include_usage true; a refused one is refused for a
- *      reason that holds. Of an accepted body: the quota estimate is at least 1 and bytes / 4,
- *      and bytes / 4 + max_tokens exactly when that is the only count; the privacy plugin
+ *      JSON says; the usage the core asks for leaves it accepted, with include_usage true;
+ *      a refused one is refused for a reason that holds. Of an accepted body: the quota
+ *      estimate is at least 1 and bytes / 4, and bytes / 4 + max_tokens exactly when that is
+ *      the only count; the privacy plugin
  *      leaves no user field when dropping, a 64-hex-digit hash for each string when hashing,
  *      touches no other key, and the body it leaves is accepted again with the same model.
  *   1  an answer (a whole body or one event's data). A usage found has counts in [0, 1e12),
