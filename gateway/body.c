@@ -60,7 +60,8 @@ int gw_body_utf8_valid(const char *p, size_t len)
     while (i < len) {
         /* ASCII, eight bytes at a time: nearly every body is nearly all ASCII. */
         uint64_t w;
-        while (len - i >= 8 && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull))) i += 8;
+        while (len - i >= 8 && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull)))
+            i += 8;
         if (i == len) break;
         unsigned c = s[i];
         if (c < 0x80) {
@@ -118,8 +119,8 @@ int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out
     if (!gw_body_utf8_valid(p, len)) return GW_BODY_BAD_UTF8;
     const char *end = NULL;
     int over = 0;
-    cJSON *json = len ? gw_json_parse_bounded(arena, p, len, &end, GW_BODY_PARSE_BUDGET(len), &over)
-                      : NULL;
+    cJSON *json =
+        len ? gw_json_parse_bounded(arena, p, len, &end, GW_BODY_PARSE_BUDGET(len), &over) : NULL;
     if (!json && over) return GW_BODY_TOO_LARGE;
     if (json && end)
         for (; end < p + len; end++)

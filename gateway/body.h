@@ -13,12 +13,12 @@
 enum {
     GW_BODY_OK = 0,
     GW_BODY_NOT_OBJECT = -1,    /* not JSON, bytes after the JSON, or not an object */
-    GW_BODY_DUPLICATE_KEY = -2, /* a top-level key twice: parsers disagree on which one wins */
+    GW_BODY_DUPLICATE_KEY = -2, /* a key twice in any object: parsers disagree on which wins */
     GW_BODY_NO_MODEL = -3,      /* model missing, not a string, or empty */
     GW_BODY_BAD_STREAM = -4,    /* stream neither a boolean nor null; model is set */
-    GW_BODY_NUL = -5,           /* a NUL, raw or \u0000: cJSON's strings end at it, the backend's not */
-    GW_BODY_BAD_UTF8 = -6,      /* bytes that are not UTF-8 (RFC 3629): checked first */
-    GW_BODY_TOO_LARGE = -7,     /* its parse would take more than GW_BODY_PARSE_BUDGET(len) */
+    GW_BODY_NUL = -5,       /* a NUL, raw or \u0000: cJSON's strings end at it, the backend's not */
+    GW_BODY_BAD_UTF8 = -6,  /* bytes that are not UTF-8 (RFC 3629): checked first */
+    GW_BODY_TOO_LARGE = -7, /* its parse would take more than GW_BODY_PARSE_BUDGET(len) */
     GW_BODY_BAD_STREAM_OPTIONS = -8, /* stream_options not an object or null, or its
                                       * include_usage not a boolean or null; model is set */
 };

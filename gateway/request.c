@@ -397,7 +397,8 @@ static int inspect_body(gw_req_t *r)
         return -1;
     }
     if (rc == GW_BODY_TOO_LARGE) { /* its parse would take over GW_BODY_PARSE_BUDGET */
-        gw_req_error(r, 413, "request_too_large", "The request body holds too many JSON values for its size.");
+        gw_req_error(r, 413, "request_too_large",
+                     "The request body holds too many JSON values for its size.");
         return -1;
     }
     if (rc == GW_BODY_NUL) {
@@ -452,7 +453,8 @@ static int inspect_body(gw_req_t *r)
  * returns -1. */
 static int ask_usage(gw_req_t *r)
 {
-    if (!r->stream || !r->json || (r->endpoint != EP_CHAT && r->endpoint != EP_COMPLETIONS)) return 0;
+    if (!r->stream || !r->json || (r->endpoint != EP_CHAT && r->endpoint != EP_COMPLETIONS))
+        return 0;
     int rc = gw_body_ask_usage(r->json);
     if (rc < 0) {
         gw_req_error(r, 500, "internal_error", "Out of memory.");
@@ -473,7 +475,8 @@ static int settle_body(gw_req_t *r)
     if (r->json_replaced && r->json) {
         char *s = cJSON_PrintUnformatted(r->json);
         size_t received = evbuffer_get_length(r->body);
-        if (!s || evbuffer_drain(r->body, received) < 0 || evbuffer_add(r->body, s, strlen(s)) < 0) {
+        if (!s || evbuffer_drain(r->body, received) < 0 ||
+            evbuffer_add(r->body, s, strlen(s)) < 0) {
             cJSON_free(s);
             gw_req_error(r, 500, "internal_error", "Out of memory.");
             return -1;

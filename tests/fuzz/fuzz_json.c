@@ -89,8 +89,11 @@ static int has_duplicate(const cJSON *o)
 static int utf8_ok(const unsigned char *s, size_t n)
 {
     for (size_t i = 0; i < n;) {
-        unsigned c = s[i], len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
-                                                : (c & 0xf8) == 0xf0 ? 4 : 0;
+        unsigned c = s[i], len = c < 0x80             ? 1
+                                 : (c & 0xe0) == 0xc0 ? 2
+                                 : (c & 0xf0) == 0xe0 ? 3
+                                 : (c & 0xf8) == 0xf0 ? 4
+                                                      : 0;
         if (!len || n - i < len) return 0;
         uint32_t cp = len == 1 ? c : c & (0x7f >> len);
         for (unsigned k = 1; k < len; k++) {
@@ -238,8 +241,8 @@ static void check_ask_usage(const cJSON *json)
     size_t n = strlen(text);
     gw_body_t b;
     check(gw_body_inspect(NULL, gw_fuzz_guarded(text, n), n, &b) == GW_BODY_OK && b.usage_asked);
-    check(cJSON_GetArraySize(b.json) == cJSON_GetArraySize(json) +
-                                            !cJSON_GetObjectItemCaseSensitive(json, "stream_options"));
+    check(cJSON_GetArraySize(b.json) ==
+          cJSON_GetArraySize(json) + !cJSON_GetObjectItemCaseSensitive(json, "stream_options"));
     cJSON_Delete(b.json);
     cJSON_free(text);
     cJSON_Delete(copy);

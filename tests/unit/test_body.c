@@ -108,13 +108,15 @@ static void test_budget(void)
     size_t cap = 4u << 20, len = 0;
     char *p = malloc(cap + 64);
     len += (size_t)sprintf(p + len, "{\"model\":\"m\",\"x\":[0");
-    while (len < cap - 8) len += (size_t)sprintf(p + len, ",0");
+    while (len < cap - 8)
+        len += (size_t)sprintf(p + len, ",0");
     len += (size_t)sprintf(p + len, "]}");
     gw_arena_t *a = gw_arena_new(4096);
     gw_body_t b;
     CHECK(gw_body_inspect(a, p, len, &b) == GW_BODY_TOO_LARGE && !b.json, "two million zeros");
     gw_arena_free(a);
-    CHECK(gw_body_inspect(NULL, p, len, &b) == GW_BODY_TOO_LARGE && !b.json, "the same on the heap");
+    CHECK(gw_body_inspect(NULL, p, len, &b) == GW_BODY_TOO_LARGE && !b.json,
+          "the same on the heap");
     len = (size_t)sprintf(p, "{\"model\":\"m\",\"x\":\"");
     memset(p + len, 'a', cap - len - 2);
     memcpy(p + cap - 2, "\"}", 2);
@@ -147,14 +149,36 @@ static void test_utf8(void)
         const char *s;
         int ok;
     } cases[] = {
-        {"\xc3\xa9", 1}, {"\xe2\x82\xac", 1}, {"\xf0\x9d\x84\x9e", 1}, {"\xef\xbf\xbf", 1},
-        {"\xf4\x8f\xbf\xbf", 1}, {"\xed\x9f\xbf", 1}, {"\xee\x80\x80", 1}, {"\xc2\x80", 1},
-        {"\xe0\xa0\x80", 1}, {"\xf0\x90\x80\x80", 1},
-        {"\xff", 0}, {"\xfe", 0}, {"\x80", 0}, {"\xbf", 0}, {"\xc0\xaf", 0}, {"\xc1\xbf", 0},
-        {"\xe0\x80\xaf", 0}, {"\xe0\x9f\xbf", 0}, {"\xf0\x80\x80\xaf", 0},
-        {"\xf0\x8f\xbf\xbf", 0}, {"\xed\xa0\x80", 0}, {"\xed\xbf\xbf", 0},
-        {"\xf4\x90\x80\x80", 0}, {"\xf5\x80\x80\x80", 0}, {"\xf8\x88\x80\x80\x80", 0},
-        {"\xc3", 0}, {"\xe2\x82", 0}, {"\xf0\x9f\x98", 0}, {"\xc3\x28", 0}, {"\xe2\x28\xa1", 0},
+        {"\xc3\xa9", 1},
+        {"\xe2\x82\xac", 1},
+        {"\xf0\x9d\x84\x9e", 1},
+        {"\xef\xbf\xbf", 1},
+        {"\xf4\x8f\xbf\xbf", 1},
+        {"\xed\x9f\xbf", 1},
+        {"\xee\x80\x80", 1},
+        {"\xc2\x80", 1},
+        {"\xe0\xa0\x80", 1},
+        {"\xf0\x90\x80\x80", 1},
+        {"\xff", 0},
+        {"\xfe", 0},
+        {"\x80", 0},
+        {"\xbf", 0},
+        {"\xc0\xaf", 0},
+        {"\xc1\xbf", 0},
+        {"\xe0\x80\xaf", 0},
+        {"\xe0\x9f\xbf", 0},
+        {"\xf0\x80\x80\xaf", 0},
+        {"\xf0\x8f\xbf\xbf", 0},
+        {"\xed\xa0\x80", 0},
+        {"\xed\xbf\xbf", 0},
+        {"\xf4\x90\x80\x80", 0},
+        {"\xf5\x80\x80\x80", 0},
+        {"\xf8\x88\x80\x80\x80", 0},
+        {"\xc3", 0},
+        {"\xe2\x82", 0},
+        {"\xf0\x9f\x98", 0},
+        {"\xc3\x28", 0},
+        {"\xe2\x28\xa1", 0},
         {"\xf0\x9f\x98\x28", 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
@@ -193,7 +217,8 @@ static void expect_usage_asked(const char *text, int want, int asked)
     if (rc == GW_BODY_OK) {
         int changed = gw_body_ask_usage(b.json);
         const cJSON *so = cJSON_GetObjectItemCaseSensitive(b.json, "stream_options");
-        CHECK(changed == !asked && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage")) &&
+        CHECK(changed == !asked &&
+                  cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage")) &&
                   cJSON_GetArraySize(so) >= 1,
               "%s: ask_usage %d", text, changed);
     }
@@ -208,8 +233,10 @@ static void test_stream_options(void)
     expect_usage_asked("{\"model\":\"m\",\"stream_options\":{}}", GW_BODY_OK, 0);
     expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":false,\"x\":1}}",
                        GW_BODY_OK, 0);
-    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":null}}", GW_BODY_OK, 0);
-    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":true}}", GW_BODY_OK, 1);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":null}}", GW_BODY_OK,
+                       0);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":true}}", GW_BODY_OK,
+                       1);
     expect_usage_asked("{\"model\":\"m\",\"stream_options\":5}", GW_BODY_BAD_STREAM_OPTIONS, 0);
     expect_usage_asked("{\"model\":\"m\",\"stream_options\":[]}", GW_BODY_BAD_STREAM_OPTIONS, 0);
     expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":\"true\"}}",
