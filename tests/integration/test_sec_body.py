@@ -278,6 +278,8 @@ def _peak_growth(gw, bodies, headers=None):
                                                    "release" if os.environ.get("GW_RELEASE_GOTTHARD") else "asan"))
     for r in results:
         assert not isinstance(r, Exception) and r is not None, "a request was lost: %r" % (r,)
+    if os.environ.get("GW_RELEASE_GOTTHARD"):  # no shadow memory: the resident peak itself
+        assert peak < 200 * 1024, "peak resident memory %.0f MiB" % (peak / 1024.0)
     return results, (peak - base) / 1024.0
 
 
