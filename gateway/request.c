@@ -467,9 +467,8 @@ static int ask_usage(gw_req_t *r)
 
 /* After the body phase the backend's body is fixed: a tree the core or a plugin changed is
  * printed into r->body once, and the tree freed. A request waiting for or streaming from a
- * backend then holds its body once, not also its parse (up to GW_BODY_PARSE_BUDGET: for a body
- * of many small values, twice the body). gw_req_json is NULL from here on. Returns 0, or
- * answers and returns -1. */
+ * backend then holds its body once, not also its parse (up to GW_BODY_PARSE_BUDGET, twice the
+ * body and 8 MiB). gw_req_json is NULL from here on. Returns 0, or answers and returns -1. */
 static int settle_body(gw_req_t *r)
 {
     if (r->json_replaced && r->json) {
