@@ -169,7 +169,7 @@ size_t gw_access_log_format(const gw_req_t *r, char *buf, size_t cap)
     } else if (r->backend) {
         /* Sent to a backend that gave no usage: the quota plugin's estimate. */
         estimated = 1;
-        pt = (int64_t)(evbuffer_get_length(r->body) / 4);
+        pt = (int64_t)(gw_req_body_length(r) / 4);
         ct = (int64_t)r->events_relayed;
     }
     PUT_LIT(&o, "{\"ts\":");
@@ -206,7 +206,7 @@ size_t gw_access_log_format(const gw_req_t *r, char *buf, size_t cap)
     PUT_LIT(&o, ",\"duration_ms\":");
     put_ms(&o, now >= r->start_us ? now - r->start_us : 0);
     PUT_LIT(&o, ",\"bytes_in\":");
-    put_u64(&o, (uint64_t)(r->head_len + evbuffer_get_length(r->body)));
+    put_u64(&o, (uint64_t)(r->head_len + gw_req_body_length(r))); /* as received */
     PUT_LIT(&o, ",\"bytes_out\":");
     put_u64(&o, r->bytes_out);
     PUT_LIT(&o, "}\n");

@@ -2,6 +2,7 @@
  * stream, and an answer's usage. */
 #include "body.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +43,56 @@ static int has_duplicate_key(gw_arena_t *arena, const cJSON *o)
     return dup;
 }
 
+/* A key twice in any object of the value, at any depth (objects in arrays too): the backend's
+ * parser may take the other one. cJSON bounds the depth (CJSON_NESTING_LIMIT), so does this. */
+static int has_duplicate_key_deep(gw_arena_t *arena, const cJSON *v)
+{
+    if (cJSON_IsObject(v) && has_duplicate_key(arena, v)) return 1;
+    for (const cJSON *c = v->child; c; c = c->next)
+        if (c->child && has_duplicate_key_deep(arena, c)) return 1;
+    return 0;
+}
+
+int gw_body_utf8_valid(const char *p, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    size_t i = 0;
+    while (i < len) {
+        /* ASCII, eight bytes at a time: nearly every body is nearly all ASCII. */
+        uint64_t w;
+        while (len - i >= 8 && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull)))
+            i += 8;
+        if (i == len) break;
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        /* Unicode's table 3-7 of well-formed sequences: the second byte's range depends on the
+         * first (E0: no overlong, ED: no surrogate, F0: no overlong, F4: not past U+10FFFF). */
+        size_t n;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2;
+            if (c == 0xe0) lo = 0xa0;
+            if (c == 0xed) hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3;
+            if (c == 0xf0) lo = 0x90;
+            if (c == 0xf4) hi = 0x8f;
+        } else {
+            return 0; /* a continuation byte, C0, C1, or F5 and up */
+        }
+        if (len - i - 1 < n || s[i + 1] < lo || s[i + 1] > hi) return 0;
+        for (size_t k = 2; k <= n; k++)
+            if ((s[i + k] & 0xc0) != 0x80) return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
 /* Is the character at p escaped: after an odd number of backslashes? */
 static int escaped(const char *text, const char *p)
 {
@@ -65,8 +116,12 @@ static int has_nul_escape(const char *p, size_t len)
 int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out)
 {
     memset(out, 0, sizeof(*out));
+    if (!gw_body_utf8_valid(p, len)) return GW_BODY_BAD_UTF8;
     const char *end = NULL;
-    cJSON *json = len ? gw_json_parse(arena, p, len, &end) : NULL;
+    int over = 0;
+    cJSON *json =
+        len ? gw_json_parse_bounded(arena, p, len, &end, GW_BODY_PARSE_BUDGET(len), &over) : NULL;
+    if (!json && over) return GW_BODY_TOO_LARGE;
     if (json && end)
         for (; end < p + len; end++)
             if (!json_ws(*end)) {
@@ -77,14 +132,56 @@ int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out
     out->json = json;
     if (!json || !cJSON_IsObject(json)) return GW_BODY_NOT_OBJECT;
     if (has_nul_escape(p, len)) return GW_BODY_NUL;
-    if (has_duplicate_key(arena, json)) return GW_BODY_DUPLICATE_KEY;
+    if (has_duplicate_key_deep(arena, json)) return GW_BODY_DUPLICATE_KEY;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(json, "model");
     if (!cJSON_IsString(model) || model->valuestring[0] == '\0') return GW_BODY_NO_MODEL;
     out->model = model->valuestring;
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(json, "stream");
     if (stream && !cJSON_IsBool(stream) && !cJSON_IsNull(stream)) return GW_BODY_BAD_STREAM;
     out->stream = cJSON_IsTrue(stream);
+    /* The gateway decides the usage chunk (gw_body_ask_usage): a value the backend might read
+     * otherwise is refused rather than replaced. */
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(json, "stream_options");
+    const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
+    if (so && !cJSON_IsObject(so) && !cJSON_IsNull(so)) return GW_BODY_BAD_STREAM_OPTIONS;
+    if (iu && !cJSON_IsBool(iu) && !cJSON_IsNull(iu)) return GW_BODY_BAD_STREAM_OPTIONS;
+    out->usage_asked = cJSON_IsTrue(iu);
     return GW_BODY_OK;
+}
+
+int gw_body_ask_usage(cJSON *json)
+{
+    cJSON *so = cJSON_GetObjectItemCaseSensitive(json, "stream_options");
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"))) return 0;
+    if (!cJSON_IsObject(so)) { /* absent, null, or put there by a plugin */
+        cJSON *o = cJSON_CreateObject();
+        if (!o) return -1;
+        if (so ? !cJSON_ReplaceItemInObjectCaseSensitive(json, "stream_options", o)
+               : !cJSON_AddItemToObject(json, "stream_options", o)) {
+            cJSON_Delete(o);
+            return -1;
+        }
+        so = o;
+    }
+    cJSON *t = cJSON_CreateTrue();
+    if (!t) return -1;
+    if (cJSON_GetObjectItemCaseSensitive(so, "include_usage")
+            ? !cJSON_ReplaceItemInObjectCaseSensitive(so, "include_usage", t)
+            : !cJSON_AddItemToObject(so, "include_usage", t)) {
+        cJSON_Delete(t);
+        return -1;
+    }
+    return 1;
+}
+
+int gw_body_is_usage_chunk(gw_arena_t *arena, const char *data, size_t len)
+{
+    cJSON *json = gw_json_parse(arena, data, len, NULL);
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(json, "choices");
+    int is = cJSON_IsArray(choices) && !choices->child &&
+             cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(json, "usage"));
+    cJSON_Delete(json); /* nothing for nodes from the arena */
+    return is;
 }
 
 /* Only the usage object is parsed, not the whole answer (a third of the access log's cost

@@ -13,22 +13,45 @@
 enum {
     GW_BODY_OK = 0,
     GW_BODY_NOT_OBJECT = -1,    /* not JSON, bytes after the JSON, or not an object */
-    GW_BODY_DUPLICATE_KEY = -2, /* a top-level key twice: parsers disagree on which one wins */
+    GW_BODY_DUPLICATE_KEY = -2, /* a key twice in any object: parsers disagree on which wins */
     GW_BODY_NO_MODEL = -3,      /* model missing, not a string, or empty */
     GW_BODY_BAD_STREAM = -4,    /* stream neither a boolean nor null; model is set */
-    GW_BODY_NUL = -5,           /* a NUL, raw or \u0000: cJSON's strings end at it, the backend's not */
+    GW_BODY_NUL = -5,       /* a NUL, raw or \u0000: cJSON's strings end at it, the backend's not */
+    GW_BODY_BAD_UTF8 = -6,  /* bytes that are not UTF-8 (RFC 3629): checked first */
+    GW_BODY_TOO_LARGE = -7, /* its parse would take more than GW_BODY_PARSE_BUDGET(len) */
+    GW_BODY_BAD_STREAM_OPTIONS = -8, /* stream_options not an object or null, or its
+                                      * include_usage not a boolean or null; model is set */
 };
+
+/* The memory a body's parse may take from its arena: twice its length and 8 MiB. A body of
+ * text costs about its length, a small value 80 bytes (a node): 4 MiB holding two million
+ * zeros would cost 160 MiB and is refused instead, while 80,000 token ids or 29,000 short
+ * messages fit. The tree lives only through the body phase (request.c settle_body). */
+#define GW_BODY_PARSE_BUDGET(len) (2 * (size_t)(len) + ((size_t)8 << 20))
 
 typedef struct gw_body {
     cJSON *json;       /* the parsed value (also when refused, unless it did not parse whole) */
     const char *model; /* json's model (non-empty); set for GW_BODY_OK and GW_BODY_BAD_STREAM */
     int stream;        /* stream is true */
+    int usage_asked;   /* stream_options.include_usage is true: the client wants the usage chunk */
 } gw_body_t;
 
 /* Parses the len bytes at p (no NUL needed, none read past len) into nodes from arena (NULL:
  * the heap; free out->json with cJSON_Delete either way) and checks the keys the gateway routes
  * on. Returns GW_BODY_OK or one of the errors above. */
 int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out);
+
+/* The len bytes at p are UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing past
+ * U+10FFFF, no truncated sequence). */
+int gw_body_utf8_valid(const char *p, size_t len);
+
+/* Sets stream_options.include_usage to true in json (an object), in place; new nodes come from
+ * the heap. Returns 1 when it changed json, 0 when it was already so, -1 out of memory. */
+int gw_body_ask_usage(cJSON *json);
+
+/* One event's data (len bytes) is a usage chunk: an object with a "usage" object and an empty
+ * "choices" array, as a backend sends when asked for stream_options.include_usage. */
+int gw_body_is_usage_chunk(gw_arena_t *arena, const char *data, size_t len);
 
 /* An answer's usage, from its JSON text (a whole body, or one event's data; len bytes, no NUL
  * needed): the last key "usage" whose value is an object. Returns 1 with its prompt_tokens and

@@ -12,6 +12,7 @@
 
 #include "client_addr.h"
 #include "live.h"
+#include "overload.h"
 #include "plugin_host.h"
 #include "redis_url.h"
 #include "residency.h"
@@ -52,7 +53,7 @@ static const gw_conf_key_t limits_keys[] = {
     LIMIT(max_header_bytes, 1024, 1 << 20),
     LIMIT(max_headers, 8, 1000),
     LIMIT(max_body_bytes, 1024, 1LL << 30),
-    LIMIT(max_memory_bytes, 0, 1LL << 50), /* 0: no ceiling (overload.c) */
+    LIMIT(max_memory_bytes, 0, 1LL << 50), /* 0: no ceiling; default: 3/4 of RAM (overload.c) */
     {NULL},
 };
 #define TIMEOUT(k) {#k, GW_CT_INT, offsetof(gw_config_t, timeouts.k), 1, INT_MAX_MS}
@@ -245,6 +246,7 @@ static void defaults(gw_config_t *c)
     c->limits.max_header_bytes = 32768;
     c->limits.max_headers = 100;
     c->limits.max_body_bytes = 4194304;
+    c->limits.max_memory_bytes = gw_overload_default_limit(); /* 0 in the config: none */
     c->timeouts.client_header_ms = 10000;
     c->timeouts.client_body_ms = 30000;
     c->timeouts.keepalive_ms = 60000;

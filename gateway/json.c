@@ -9,15 +9,26 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* 16 bytes: keeps the arena's and malloc's 16-byte alignment (a cJSON node then takes 80). */
 typedef union tag {
     uint64_t from_arena;
-    max_align_t align;
+    char align[16];
 } tag_t;
 
 static _Thread_local gw_arena_t *parse_arena;
+static _Thread_local size_t parse_left; /* the budget's rest, when parse_bounded */
+static _Thread_local int parse_bounded, parse_over;
 
 static void *json_malloc(size_t size)
 {
+    if (parse_bounded) {
+        size_t cost = (sizeof(tag_t) + size + 15) & ~(size_t)15;
+        if (cost > parse_left) {
+            parse_over = 1;
+            return NULL;
+        }
+        parse_left -= cost;
+    }
     tag_t *t = parse_arena ? gw_arena_alloc(parse_arena, sizeof(tag_t) + size)
                            : malloc(sizeof(tag_t) + size);
     if (!t) return NULL;
@@ -43,5 +54,17 @@ cJSON *gw_json_parse(gw_arena_t *arena, const char *p, size_t len, const char **
     parse_arena = arena;
     cJSON *json = cJSON_ParseWithLengthOpts(p, len, end, 0);
     parse_arena = NULL;
+    return json;
+}
+
+cJSON *gw_json_parse_bounded(gw_arena_t *arena, const char *p, size_t len, const char **end,
+                             size_t budget, int *over)
+{
+    parse_bounded = 1;
+    parse_left = budget;
+    parse_over = 0;
+    cJSON *json = gw_json_parse(arena, p, len, end);
+    parse_bounded = 0;
+    *over = parse_over;
     return json;
 }

@@ -230,7 +230,7 @@ void gw_metrics_request(const gw_req_t *r)
         if (r->usage_prompt > 0) bump(&s->tokens[0], (uint64_t)r->usage_prompt);
         if (r->usage_completion > 0) bump(&s->tokens[1], (uint64_t)r->usage_completion);
     } else if (r->backend) { /* the estimate the quota plugin and the access log use */
-        bump(&s->tokens[0], evbuffer_get_length(r->body) / 4);
+        bump(&s->tokens[0], gw_req_body_length(r) / 4);
         bump(&s->tokens[1], r->events_relayed);
     }
     uint64_t now = gw_now_us(), d = now >= r->start_us ? now - r->start_us : 0;

@@ -11,7 +11,9 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -27,6 +29,63 @@ static struct {
     _Atomic int64_t limit;
     atomic_int over;
 } ov = {.statm = -1};
+
+/* The number at the start of a small file, or -1 ("max", absent, unreadable). */
+static int64_t read_number(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    long long v = -1;
+    if (fscanf(f, "%lld", &v) != 1) v = -1;
+    fclose(f);
+    return v > 0 ? (int64_t)v : -1;
+}
+
+/* The memory limit of this process's cgroup: v2 memory.max, else v1 memory.limit_in_bytes, each
+ * in the process's own cgroup (from /proc/self/cgroup) or at the mount's root (a cgroup
+ * namespace); -1 when there is none. */
+static int64_t cgroup_limit(void)
+{
+    char line[512], path[700];
+    int64_t v2 = -1, v1 = -1;
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *ctl = strchr(line, ':'), *cg = ctl ? strchr(ctl + 1, ':') : NULL;
+        if (!cg) continue;
+        *cg++ = '\0';
+        ctl++;
+        if (strcmp(line, "0") == 0 && *ctl == '\0') {
+            snprintf(path, sizeof(path), "/sys/fs/cgroup%s/memory.max", cg);
+            v2 = read_number(path);
+        } else if (strstr(ctl, "memory")) {
+            snprintf(path, sizeof(path), "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", cg);
+            v1 = read_number(path);
+        }
+    }
+    if (f) fclose(f);
+    if (v2 < 0) v2 = read_number("/sys/fs/cgroup/memory.max");
+    if (v2 > 0) return v2;
+    if (v1 < 0) v1 = read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    return v1;
+}
+
+int64_t gw_overload_default_limit(void)
+{
+    int64_t total = -1, cg = cgroup_limit();
+    char line[256];
+    FILE *f = fopen("/proc/meminfo", "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        long long kb;
+        if (sscanf(line, "MemTotal: %lld kB", &kb) == 1) {
+            total = (int64_t)kb * 1024;
+            break;
+        }
+    }
+    if (f) fclose(f);
+    int64_t avail = total > 0 && (cg <= 0 || total < cg) ? total : cg; /* v1's "none" is huge */
+    return avail > 0 ? avail / 4 * 3 : 0;
+}
 
 static int64_t read_rss(void)
 {

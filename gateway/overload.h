@@ -9,6 +9,10 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+/* limits.max_memory_bytes when the config does not set it: 3/4 of the smaller of this process's
+ * cgroup memory limit (v2 memory.max, v1 memory.limit_in_bytes) and MemTotal; 0 (none) when
+ * neither can be read. */
+int64_t gw_overload_default_limit(void);
 /* Starts sampling on base (every 100 ms). Returns 0, or -1 (no /proc/self/statm). */
 int gw_overload_start(struct event_base *base, int64_t max_memory_bytes);
 /* A reload's new ceiling (0: none); takes effect at once. */

@@ -293,6 +293,15 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
     return r;
 }
 
+/* The parsed body and its arena. */
+static void drop_json(gw_req_t *r)
+{
+    if (r->json) cJSON_Delete(r->json); /* the nodes from the heap (a plugin's, the core's) */
+    r->json = NULL;
+    gw_arena_free(r->json_arena);
+    r->json_arena = NULL;
+}
+
 void gw_req_free(gw_req_t *r)
 {
     stop_counting(r);
@@ -300,7 +309,7 @@ void gw_req_free(gw_req_t *r)
     if (r->up) gw_upstream_abort(r);
     if (r->resp_copy) evbuffer_free(r->resp_copy);
     gw_sse_release(&r->sse_framer);
-    if (r->json) cJSON_Delete(r->json);
+    drop_json(r);
     gw_config_t *cfg = r->cfg;
     explicit_bzero(&r->client, sizeof(r->client)); /* arena blocks are reused */
     gw_arena_free(r->arena);
@@ -437,10 +446,24 @@ static int inspect_body(gw_req_t *r)
     size_t len = evbuffer_get_length(r->body);
     const char *p = (const char *)evbuffer_pullup(r->body, -1);
     gw_body_t b;
-    int rc = gw_body_inspect(r->arena, p, len, &b);
+    /* The tree gets its own arena: it is freed after the body phase (settle_body). */
+    if (!(r->json_arena = gw_arena_new(0))) {
+        gw_req_error(r, 500, "internal_error", "Out of memory.");
+        return -1;
+    }
+    int rc = gw_body_inspect(r->json_arena, p, len, &b);
     r->json = b.json;
     if (rc == GW_BODY_NOT_OBJECT) {
         gw_req_error(r, 400, "invalid_json", "The request body is not a JSON object.");
+        return -1;
+    }
+    if (rc == GW_BODY_BAD_UTF8) {
+        gw_req_error(r, 400, "invalid_json", "The request body is not valid UTF-8.");
+        return -1;
+    }
+    if (rc == GW_BODY_TOO_LARGE) { /* its parse would take over GW_BODY_PARSE_BUDGET */
+        gw_req_error(r, 413, "request_too_large",
+                     "The request body holds too many JSON values for its size.");
         return -1;
     }
     if (rc == GW_BODY_NUL) {
@@ -463,8 +486,18 @@ static int inspect_body(gw_req_t *r)
         gw_req_error(r, 400, "bad_request", "The stream field must be a boolean.");
         return -1;
     }
+    if (rc == GW_BODY_BAD_STREAM_OPTIONS) {
+        gw_req_error(r, 400, "invalid_request_error",
+                     "stream_options must be an object whose include_usage is a boolean.");
+        return -1;
+    }
     r->stream = b.stream;
-    r->model = b.model;
+    r->usage_asked = b.usage_asked;
+    r->model = gw_arena_strdup(r->arena, b.model); /* outlives the tree */
+    if (!r->model) {
+        gw_req_error(r, 500, "internal_error", "Out of memory.");
+        return -1;
+    }
     r->pool = gw_config_pool_for_model(r->cfg, r->model);
     if (!r->pool) {
         gw_req_error(r, 404, "model_not_found", "The model does not exist or is not served here.");
@@ -476,6 +509,47 @@ static int inspect_body(gw_req_t *r)
         gw_req_error(r, 500, "internal_error", "Out of memory.");
         return -1;
     }
+    return 0;
+}
+
+/* A stream's usage is the gateway's to know (quota, access log, metrics), whatever the client
+ * or a plugin sent: the backend is asked for it after the body phase, and the chunk is removed
+ * from the answer (upstream.c) when the client did not ask for it. Returns 0, or answers and
+ * returns -1. */
+static int ask_usage(gw_req_t *r)
+{
+    if (!r->stream || !r->json || (r->endpoint != EP_CHAT && r->endpoint != EP_COMPLETIONS))
+        return 0;
+    int rc = gw_body_ask_usage(r->json);
+    if (rc < 0) {
+        gw_req_error(r, 500, "internal_error", "Out of memory.");
+        return -1;
+    }
+    if (rc) r->json_replaced = 1;
+    r->strip_usage = !r->usage_asked;
+    return 0;
+}
+
+/* After the body phase the backend's body is fixed: a tree the core or a plugin changed is
+ * printed into r->body once, and the tree freed. A request waiting for or streaming from a
+ * backend then holds its body once, not also its parse (up to GW_BODY_PARSE_BUDGET, twice the
+ * body and 8 MiB). gw_req_json is NULL from here on. Returns 0, or answers and returns -1. */
+static int settle_body(gw_req_t *r)
+{
+    if (r->json_replaced && r->json) {
+        char *s = cJSON_PrintUnformatted(r->json);
+        size_t received = evbuffer_get_length(r->body);
+        if (!s || evbuffer_drain(r->body, received) < 0 ||
+            evbuffer_add(r->body, s, strlen(s)) < 0) {
+            cJSON_free(s);
+            gw_req_error(r, 500, "internal_error", "Out of memory.");
+            return -1;
+        }
+        cJSON_free(s);
+        r->body_received = received;
+        r->json_replaced = 0;
+    }
+    drop_json(r);
     return 0;
 }
 
@@ -518,6 +592,7 @@ static void advance(gw_req_t *r)
             rc = run_phase(r, HOOK_BODY);
             if (rc == GW_WAIT) return;
             if (rc == GW_DONE) goto done;
+            if (ask_usage(r) < 0 || settle_body(r) < 0) goto done;
             r->phase = PH_SELECT;
             r->vetoed = gw_arena_calloc(r->arena, r->pool->backends.n + 1);
             break;
@@ -607,7 +682,10 @@ void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out)
 const char *gw_req_id(const gw_req_t *r) { return r->id; }
 const char *gw_req_path(const gw_req_t *r) { return r->path; }
 const cJSON *gw_req_json(const gw_req_t *r) { return r->json; }
-size_t gw_req_body_length(const gw_req_t *r) { return evbuffer_get_length(r->body); }
+size_t gw_req_body_length(const gw_req_t *r)
+{
+    return r->body_received ? r->body_received : evbuffer_get_length(r->body);
+}
 const char *gw_req_model(const gw_req_t *r) { return r->model; }
 int gw_req_is_stream(const gw_req_t *r) { return r->stream; }
 int gw_req_status(const gw_req_t *r) { return r->status; }

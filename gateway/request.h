@@ -70,6 +70,10 @@ struct gw_req {
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
         json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1,
         usage_known : 1, own_error : 1, no_id : 1;
+    /* The client asked for a stream's usage chunk; else the gateway, which asked, removes it. */
+    unsigned usage_asked : 1, strip_usage : 1;
+    gw_arena_t *json_arena; /* json's nodes, freed after the body phase (settle_body) */
+    size_t body_received;   /* the body's length as received, once body holds a rewritten one */
     gw_sse_t sse_framer;
 };
 

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include "balance.h"
+#include "body.h"
 #include "json.h"
 #include "log.h"
 #include "residency.h"
@@ -576,9 +577,13 @@ static int on_event(void *arg, const char *ev, size_t len)
     /* Only a successful stream's: an error status already says the answer failed. */
     if (r->status < 300 && gw_sse_is_error_event(ev, len) && stream_error_event(r, r->up, ev, len) < 0)
         return -1;
-    if (r->cfg->want_usage && memmem(ev, len, "\"usage\"", 7)) {
+    /* Every stream's usage is read: quota, access log and metrics count it (request.c asks the
+     * backend for it); the chunk the client did not ask for is not relayed. */
+    if (memmem(ev, len, "\"usage\"", 7)) {
         const char *data = memmem(ev, len, "data:", 5);
-        if (data) gw_req_take_usage(r, data + 5, len - (size_t)(data + 5 - ev));
+        size_t n = data ? len - (size_t)(data + 5 - ev) : 0;
+        if (data) gw_req_take_usage(r, data + 5, n);
+        if (data && r->strip_usage && gw_body_is_usage_chunk(NULL, data + 5, n)) return 0;
     }
     if (gw_req_run_response_event(r, ev, len) == GW_DROP) return 0;
     if (!r->events_relayed) r->ttft_us = gw_now_us();

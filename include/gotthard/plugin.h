@@ -102,7 +102,9 @@ const char *gw_req_header_at(const gw_req_t *r, size_t i, size_t *name_len, cons
  * trusted proxy's X-Forwarded-For names (listen[].proxy_protocol, trusted_proxies). Never log
  * it. */
 int gw_req_client_address(const gw_req_t *r, char *buf, size_t len);
-const cJSON *gw_req_json(const gw_req_t *r); /* NULL before request_body or without a body */
+/* The parsed body: during request_body only (NULL before, after, or without a body; the core
+ * frees the tree once the body phase is over, so that a waiting request holds its body once). */
+const cJSON *gw_req_json(const gw_req_t *r);
 size_t gw_req_body_length(const gw_req_t *r); /* bytes of the request body as received */
 const char *gw_req_model(const gw_req_t *r);
 int gw_req_is_stream(const gw_req_t *r);

@@ -32,9 +32,11 @@
  * quota_unavailable, "local" falls back to the in-process counts.
  *
  * Tokens: admission reserves an estimate (request body bytes / 4, plus max_tokens or
- * DEFAULT_COMPLETION); the answer's usage settles it. For streams the backend is asked for
- * stream_options.include_usage, and that extra chunk is removed when the client did not
- * ask for it; JSON answers carry theirs. Without usage from the backend the estimate stands.
+ * DEFAULT_COMPLETION); the answer's usage settles it. For streams the core asks the backend for
+ * stream_options.include_usage whatever the client sent, and removes that chunk when the client
+ * did not ask for it (request.c, upstream.c); JSON answers carry theirs. Without usage from the
+ * backend a JSON answer is charged the estimate, a stream the prompt estimate plus one token per
+ * event relayed (at least the estimate when it ended well).
  */
 #define DEFAULT_COMPLETION 256
 #define SLOT_LEASE_MS (15 * 60 * 1000) /* a concurrency slot outlives a dead gateway this long */
@@ -50,7 +52,7 @@ typedef struct quota_conf {
 typedef struct quota_ctx {
     gq_ticket_t ticket;
     const gq_key_t *key;
-    int admitted, injected_usage, in_redis, retried, renewing;
+    int admitted, in_redis, retried, renewing;
     int count_only; /* a tenant without limits: only its usage is counted */
     int64_t est;
     int64_t sent;    /* monotonic ms the admission was sent (the leases' clock) */
@@ -290,29 +292,6 @@ static void add_headers(gw_req_t *r, const gq_state_t *s)
     }
 }
 
-/* Asks a streaming backend for its usage chunk when the client did not. */
-static int ask_for_usage(gw_req_t *r, quota_ctx_t *q)
-{
-    const cJSON *json = gw_req_json(r);
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(json, "stream_options");
-    const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
-    if (cJSON_IsTrue(iu)) return 0;
-    if (so && !cJSON_IsObject(so)) return 0; /* not ours to repair: the backend answers it */
-    cJSON *copy = cJSON_Duplicate(json, 1);
-    if (!copy) return -1;
-    cJSON *cso = cJSON_GetObjectItemCaseSensitive(copy, "stream_options");
-    if (!cso) cso = cJSON_AddObjectToObject(copy, "stream_options");
-    if (!cso) {
-        cJSON_Delete(copy);
-        return -1;
-    }
-    cJSON_DeleteItemFromObjectCaseSensitive(cso, "include_usage");
-    cJSON_AddBoolToObject(cso, "include_usage", 1);
-    if (gw_req_replace_json(r, copy) < 0) return -1;
-    q->injected_usage = 1;
-    return 0;
-}
-
 /* A decision, from either store, turned into headers, a 429, or going on. */
 static int decided(gw_req_t *r, quota_ctx_t *q, int allowed, const gq_decision_t *d)
 {
@@ -327,7 +306,6 @@ static int decided(gw_req_t *r, quota_ctx_t *q, int allowed, const gq_decision_t
         return GW_DONE;
     }
     q->admitted = 1;
-    if (gw_req_is_stream(r) && ask_for_usage(r, q) < 0) return GW_ERROR;
     return GW_CONTINUE;
 }
 
@@ -447,7 +425,7 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     q->est = estimate(r);
     if (!k) { /* not limited: counted only */
         q->count_only = 1;
-        return gw_req_is_stream(r) && ask_for_usage(r, q) < 0 ? GW_ERROR : GW_CONTINUE;
+        return GW_CONTINUE;
     }
     if (!c->redis) return admit_local(r, q);
     gq_lease_ret_t ret[2];
@@ -484,8 +462,6 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     return GW_WAIT;
 }
 
-/* Removes the usage chunk the gateway asked for and the client did not (the core has
- * already read its usage). */
 /* A stream holding a concurrency slot in Redis keeps it: the slot's lease (SLOT_LEASE_MS) is
  * extended every third of it while events flow, so a stream longer than the lease is not
  * forgotten (and a gateway that dies frees its slots within the lease). */
@@ -502,17 +478,10 @@ static void keep_slot(gw_req_t *r, quota_ctx_t *q)
 static int response_event(gw_req_t *r, void *conf, void **ctx, const char *ev, size_t len)
 {
     quota_ctx_t *q = *ctx;
+    (void)ev;
+    (void)len;
     if (q && q->in_redis && (q->ticket.slot_taken[0] || q->ticket.slot_taken[1])) keep_slot(r, q);
-    if (!q || !q->injected_usage || !memmem(ev, len, "\"usage\"", 7)) return GW_CONTINUE;
-    const char *data = memmem(ev, len, "data:", 5);
-    if (!data) return GW_CONTINUE;
-    data += 5;
-    cJSON *json = cJSON_ParseWithLength(data, len - (size_t)(data - ev));
-    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(json, "choices");
-    int drop = cJSON_IsArray(choices) && cJSON_GetArraySize(choices) == 0 &&
-               cJSON_GetObjectItemCaseSensitive(json, "usage");
-    cJSON_Delete(json);
-    return drop ? GW_DROP : GW_CONTINUE;
+    return GW_CONTINUE;
 }
 
 static void send_usage(gw_req_t *r, const gq_key_t *key, const gq_usage_t *u)
@@ -550,13 +519,17 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
     quota_ctx_t *q = *ctx;
     if (!q || (!q->admitted && !q->count_only)) return;
     int64_t p, c, actual = q->est;
-    if (gw_req_usage(r, &p, &c))
+    if (gw_req_usage(r, &p, &c)) {
         actual = p + c;
-    else if (gw_req_is_stream(r) && (gw_req_aborted(r) || gw_req_status(r) != 200))
-        /* A stream cut short (the client left, the backend failed) without its usage: the
-         * prompt and about one token per event relayed, never more than the reservation. */
-        actual = (int64_t)gw_req_body_length(r) / 4 + (int64_t)gw_req_events_relayed(r);
-    if (actual > q->est && !gw_req_usage(r, NULL, NULL)) actual = q->est;
+    } else if (gw_req_is_stream(r)) {
+        /* A stream without its usage (the core asks every backend for it; this one did not
+         * send it, or the stream was cut short): the prompt estimate and one token per event
+         * relayed, never less than that. A stream that ended well is charged at least its
+         * reservation; one cut short (the client left, the backend failed) what it relayed. */
+        int64_t produced = (int64_t)gw_req_body_length(r) / 4 + (int64_t)gw_req_events_relayed(r);
+        int whole = !gw_req_aborted(r) && gw_req_status(r) == 200;
+        actual = whole && q->est > produced ? q->est : produced;
+    }
     count_usage(r, conf, q, actual);
     if (q->count_only) return;
     if (!q->in_redis) {

@@ -5,10 +5,13 @@
  * Every text is placed against an unreadable page, so that a read past its length (cJSON's too,
  * which is not instrumented) crashes. The first input byte picks the mode (byte % 3):
  *   0  a request body. Inspected into an arena and into the heap, with the same verdict. An
- *      accepted body is an object without a duplicate key, with a non-empty model string and a
- *      boolean or null (or no) stream, read as the JSON says; a refused one is refused for a
- *      reason that holds. Of an accepted body: the quota estimate is at least 1 and bytes / 4,
- *      and bytes / 4 + max_tokens exactly when that is the only count; the privacy plugin
+ *      accepted body is UTF-8 (decoded here the long way), an object without a duplicate key
+ *      at any depth, with a non-empty model string, a boolean or null (or no) stream, and a
+ *      stream_options object or null whose include_usage is a boolean or null, read as the
+ *      JSON says; the usage the core asks for leaves it accepted, with include_usage true;
+ *      a refused one is refused for a reason that holds. Of an accepted body: the quota
+ *      estimate is at least 1 and bytes / 4, and bytes / 4 + max_tokens exactly when that is
+ *      the only count; the privacy plugin
  *      leaves no user field when dropping, a 64-hex-digit hash for each string when hashing,
  *      touches no other key, and the body it leaves is accepted again with the same model.
  *   1  an answer (a whole body or one event's data). A usage found has counts in [0, 1e12),
@@ -69,12 +72,44 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* ------------------------------------------------------------------ request bodies */
 
+/* A key twice in any object, at any depth (pairwise: the harness's own way). */
 static int has_duplicate(const cJSON *o)
 {
-    for (const cJSON *a = o->child; a; a = a->next)
-        for (const cJSON *b = a->next; b; b = b->next)
-            if (strcmp(a->string, b->string) == 0) return 1;
+    if (cJSON_IsObject(o))
+        for (const cJSON *a = o->child; a; a = a->next)
+            for (const cJSON *b = a->next; b; b = b->next)
+                if (strcmp(a->string, b->string) == 0) return 1;
+    for (const cJSON *c = o->child; c; c = c->next)
+        if (has_duplicate(c)) return 1;
     return 0;
+}
+
+/* UTF-8 the long way: decode each sequence by its leading ones, then refuse what is overlong,
+ * a surrogate or past U+10FFFF (body.c checks the bytes' ranges instead). */
+static int utf8_ok(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i], len = c < 0x80             ? 1
+                                 : (c & 0xe0) == 0xc0 ? 2
+                                 : (c & 0xf0) == 0xe0 ? 3
+                                 : (c & 0xf8) == 0xf0 ? 4
+                                                      : 0;
+        if (!len || n - i < len) return 0;
+        uint32_t cp = len == 1 ? c : c & (0x7f >> len);
+        for (unsigned k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return 0;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+static int bool_or_null(const cJSON *v)
+{
+    return !v || cJSON_IsBool(v) || cJSON_IsNull(v);
 }
 
 static int valid_model(const cJSON *o)
@@ -86,6 +121,12 @@ static int valid_model(const cJSON *o)
 /* Why a body is refused, found again from its tree. */
 static void check_verdict(const char *p, size_t n, int rc, const gw_body_t *b)
 {
+    check(utf8_ok((const unsigned char *)p, n) == (rc != GW_BODY_BAD_UTF8));
+    check(rc != GW_BODY_TOO_LARGE); /* inputs are small: within 2 x n + 1 MiB */
+    if (rc == GW_BODY_BAD_UTF8) {
+        check(!b->json && !b->model);
+        return;
+    }
     if (rc == GW_BODY_NOT_OBJECT) {
         check(!b->json || !cJSON_IsObject(b->json));
         check(!b->model);
@@ -106,9 +147,13 @@ static void check_verdict(const char *p, size_t n, int rc, const gw_body_t *b)
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(b->json, "model");
     check(b->model == m->valuestring && b->model[0]);
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(b->json, "stream");
-    int stream_ok = !s || cJSON_IsBool(s) || cJSON_IsNull(s);
-    check(stream_ok == (rc == GW_BODY_OK));
-    if (rc == GW_BODY_OK) check(b->stream == cJSON_IsTrue(s));
+    check(bool_or_null(s) == (rc != GW_BODY_BAD_STREAM));
+    if (rc == GW_BODY_BAD_STREAM) return;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(b->json, "stream_options");
+    const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
+    int so_ok = (!so || cJSON_IsObject(so) || cJSON_IsNull(so)) && bool_or_null(iu);
+    check(so_ok == (rc == GW_BODY_OK));
+    if (rc == GW_BODY_OK) check(b->stream == cJSON_IsTrue(s) && b->usage_asked == cJSON_IsTrue(iu));
     /* An accepted body is the whole text: after its JSON only white space. */
     const char *end = NULL;
     cJSON *again = cJSON_ParseWithLengthOpts(gw_fuzz_guarded(p, n), n, &end, 0);
@@ -181,6 +226,28 @@ static void check_privacy(const cJSON *json, void *state, int hash)
     cJSON_Delete(copy);
 }
 
+/* The usage the core asks for on a copy of an accepted body: the body it writes is accepted
+ * again, with include_usage true and every other key as it was. */
+static void check_ask_usage(const cJSON *json)
+{
+    cJSON *copy = cJSON_Duplicate(json, 1);
+    check(copy != NULL);
+    const cJSON *iu = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(json, "stream_options"), "include_usage");
+    check(gw_body_ask_usage(copy) == !cJSON_IsTrue(iu));
+    check(gw_body_ask_usage(copy) == 0);
+    char *text = cJSON_PrintUnformatted(copy);
+    check(text != NULL);
+    size_t n = strlen(text);
+    gw_body_t b;
+    check(gw_body_inspect(NULL, gw_fuzz_guarded(text, n), n, &b) == GW_BODY_OK && b.usage_asked);
+    check(cJSON_GetArraySize(b.json) ==
+          cJSON_GetArraySize(json) + !cJSON_GetObjectItemCaseSensitive(json, "stream_options"));
+    cJSON_Delete(b.json);
+    cJSON_free(text);
+    cJSON_Delete(copy);
+}
+
 static void body_mode(const char *p, size_t n)
 {
     gw_arena_t *a = gw_arena_new(4096);
@@ -190,7 +257,8 @@ static void body_mode(const char *p, size_t n)
     int rh = gw_body_inspect(NULL, gw_fuzz_guarded(p, n), n, &h);
     check(rc == rh);
     check(rc == GW_BODY_OK || rc == GW_BODY_NOT_OBJECT || rc == GW_BODY_DUPLICATE_KEY ||
-          rc == GW_BODY_NO_MODEL || rc == GW_BODY_BAD_STREAM || rc == GW_BODY_NUL);
+          rc == GW_BODY_NO_MODEL || rc == GW_BODY_BAD_STREAM || rc == GW_BODY_NUL ||
+          rc == GW_BODY_BAD_UTF8 || rc == GW_BODY_BAD_STREAM_OPTIONS);
     check(!b.model == !h.model && (!b.model || strcmp(b.model, h.model) == 0));
     check(b.stream == h.stream);
     check_verdict(p, n, rc, &b);
@@ -198,6 +266,7 @@ static void body_mode(const char *p, size_t n)
         check_estimate(n, b.json);
         check_privacy(b.json, priv_drop, 0);
         check_privacy(b.json, priv_hash, 1);
+        check_ask_usage(b.json);
     }
     cJSON_Delete(h.json);
     cJSON_Delete(b.json); /* nothing for nodes from the arena */

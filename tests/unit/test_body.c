@@ -81,7 +81,7 @@ static void test_inspect(void)
  * thousand keys took minutes of pairwise comparisons. */
 static void test_many_keys(void)
 {
-    const int n = 300000;
+    const int n = 8000; /* within the parse budget: a few thousand keys still take the sort */
     size_t cap = (size_t)n * 16 + 64, len = 0;
     char *p = malloc(cap);
     len += (size_t)sprintf(p + len, "{\"model\":\"m\"");
@@ -92,13 +92,177 @@ static void test_many_keys(void)
     gw_body_t b;
     CHECK(gw_body_inspect(a, p, len, &b) == GW_BODY_OK, "300000 distinct keys");
     gw_arena_free(a);
-    len = open + (size_t)sprintf(p + open, ",\"k123456\":1}");
+    len = open + (size_t)sprintf(p + open, ",\"k1234\":1}");
     a = gw_arena_new(4096);
     CHECK(gw_body_inspect(a, p, len, &b) == GW_BODY_DUPLICATE_KEY, "one duplicate, far apart");
     gw_arena_free(a);
     CHECK(gw_body_inspect(NULL, p, len, &b) == GW_BODY_DUPLICATE_KEY, "the same on the heap");
     cJSON_Delete(b.json);
     free(p);
+}
+
+/* The parse budget (2 x body + 8 MiB): an array of two million zeros in 4 MiB would take
+ * 160 MB of nodes and is refused; 4 MiB of text is not. */
+static void test_budget(void)
+{
+    size_t cap = 4u << 20, len = 0;
+    char *p = malloc(cap + 64);
+    len += (size_t)sprintf(p + len, "{\"model\":\"m\",\"x\":[0");
+    while (len < cap - 8)
+        len += (size_t)sprintf(p + len, ",0");
+    len += (size_t)sprintf(p + len, "]}");
+    gw_arena_t *a = gw_arena_new(4096);
+    gw_body_t b;
+    CHECK(gw_body_inspect(a, p, len, &b) == GW_BODY_TOO_LARGE && !b.json, "two million zeros");
+    gw_arena_free(a);
+    CHECK(gw_body_inspect(NULL, p, len, &b) == GW_BODY_TOO_LARGE && !b.json,
+          "the same on the heap");
+    len = (size_t)sprintf(p, "{\"model\":\"m\",\"x\":\"");
+    memset(p + len, 'a', cap - len - 2);
+    memcpy(p + cap - 2, "\"}", 2);
+    a = gw_arena_new(4096);
+    CHECK(gw_body_inspect(a, p, cap, &b) == GW_BODY_OK, "4 MiB of text");
+    gw_arena_free(a);
+    free(p);
+}
+
+static void expect_utf8(const char *bytes, size_t n, int want)
+{
+    /* alone, inside a string of a body, and after 13 ASCII bytes (past the 8-byte fast path) */
+    CHECK(gw_body_utf8_valid(bytes, n) == want, "utf8 %zu bytes [0]=%02x: want %d", n,
+          n ? (unsigned char)bytes[0] : 0, want);
+    char buf[128];
+    size_t len = (size_t)snprintf(buf, sizeof(buf), "{\"model\":\"m\",\"x\":\"abcdefghijklm");
+    memcpy(buf + len, bytes, n);
+    len += n;
+    memcpy(buf + len, "\"}", 2);
+    len += 2;
+    gw_body_t b;
+    int rc = gw_body_inspect(NULL, buf, len, &b);
+    CHECK(want ? rc == GW_BODY_OK : rc == GW_BODY_BAD_UTF8, "utf8 in a body: rc %d", rc);
+    cJSON_Delete(b.json);
+}
+
+static void test_utf8(void)
+{
+    static const struct {
+        const char *s;
+        int ok;
+    } cases[] = {
+        {"\xc3\xa9", 1},
+        {"\xe2\x82\xac", 1},
+        {"\xf0\x9d\x84\x9e", 1},
+        {"\xef\xbf\xbf", 1},
+        {"\xf4\x8f\xbf\xbf", 1},
+        {"\xed\x9f\xbf", 1},
+        {"\xee\x80\x80", 1},
+        {"\xc2\x80", 1},
+        {"\xe0\xa0\x80", 1},
+        {"\xf0\x90\x80\x80", 1},
+        {"\xff", 0},
+        {"\xfe", 0},
+        {"\x80", 0},
+        {"\xbf", 0},
+        {"\xc0\xaf", 0},
+        {"\xc1\xbf", 0},
+        {"\xe0\x80\xaf", 0},
+        {"\xe0\x9f\xbf", 0},
+        {"\xf0\x80\x80\xaf", 0},
+        {"\xf0\x8f\xbf\xbf", 0},
+        {"\xed\xa0\x80", 0},
+        {"\xed\xbf\xbf", 0},
+        {"\xf4\x90\x80\x80", 0},
+        {"\xf5\x80\x80\x80", 0},
+        {"\xf8\x88\x80\x80\x80", 0},
+        {"\xc3", 0},
+        {"\xe2\x82", 0},
+        {"\xf0\x9f\x98", 0},
+        {"\xc3\x28", 0},
+        {"\xe2\x28\xa1", 0},
+        {"\xf0\x9f\x98\x28", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        expect_utf8(cases[i].s, strlen(cases[i].s), cases[i].ok);
+    /* a truncated sequence at the very end of the bytes: nothing read past len */
+    const char cut[] = "abcdefgh\xe2\x82\xac";
+    CHECK(gw_body_utf8_valid(cut, sizeof(cut) - 2) == 0, "cut at the end");
+    CHECK(gw_body_utf8_valid(cut, sizeof(cut) - 1) == 1, "whole");
+    CHECK(gw_body_utf8_valid("", 0) == 1, "empty");
+    /* escapes: lone surrogates stay refused (cJSON), a pair is fine */
+    expect_body("{\"model\":\"m\",\"x\":\"\\ud800\"}", GW_BODY_NOT_OBJECT, NULL, 0);
+    expect_body("{\"model\":\"m\",\"x\":\"\\udc00\"}", GW_BODY_NOT_OBJECT, NULL, 0);
+    expect_body("{\"model\":\"m\",\"x\":\"\\ud83d\\ude00\"}", GW_BODY_OK, "m", 0);
+}
+
+static void test_deep_duplicates(void)
+{
+    expect_body("{\"model\":\"m\",\"a\":{\"k\":1,\"k\":2}}", GW_BODY_DUPLICATE_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"a\":[{\"k\":1,\"k\":2}]}", GW_BODY_DUPLICATE_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"a\":[1,[2,{\"b\":{\"c\":[{\"k\":1,\"j\":0,\"k\":2}]}}]]}",
+                GW_BODY_DUPLICATE_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"stream_options\":{\"include_usage\":true,"
+                "\"include_usage\":false}}",
+                GW_BODY_DUPLICATE_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"a\":[{\"k\":1},{\"k\":2}],\"b\":{\"k\":{\"k\":1}}}", GW_BODY_OK,
+                "m", 0);
+}
+
+static void expect_usage_asked(const char *text, int want, int asked)
+{
+    size_t len;
+    char *p = copy_of(text, &len);
+    gw_body_t b;
+    int rc = gw_body_inspect(NULL, p, len, &b);
+    CHECK(rc == want && b.usage_asked == asked, "%s: rc %d asked %d", text, rc, b.usage_asked);
+    if (rc == GW_BODY_OK) {
+        int changed = gw_body_ask_usage(b.json);
+        const cJSON *so = cJSON_GetObjectItemCaseSensitive(b.json, "stream_options");
+        CHECK(changed == !asked &&
+                  cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage")) &&
+                  cJSON_GetArraySize(so) >= 1,
+              "%s: ask_usage %d", text, changed);
+    }
+    cJSON_Delete(b.json);
+    free(p);
+}
+
+static void test_stream_options(void)
+{
+    expect_usage_asked("{\"model\":\"m\",\"stream\":true}", GW_BODY_OK, 0);
+    expect_usage_asked("{\"model\":\"m\",\"stream\":true,\"stream_options\":null}", GW_BODY_OK, 0);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{}}", GW_BODY_OK, 0);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":false,\"x\":1}}",
+                       GW_BODY_OK, 0);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":null}}", GW_BODY_OK,
+                       0);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":true}}", GW_BODY_OK,
+                       1);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":5}", GW_BODY_BAD_STREAM_OPTIONS, 0);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":[]}", GW_BODY_BAD_STREAM_OPTIONS, 0);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":\"true\"}}",
+                       GW_BODY_BAD_STREAM_OPTIONS, 0);
+    expect_usage_asked("{\"model\":\"m\",\"stream_options\":{\"include_usage\":1}}",
+                       GW_BODY_BAD_STREAM_OPTIONS, 0);
+    static const struct {
+        const char *s;
+        int is;
+    } chunks[] = {
+        {"{\"choices\":[],\"usage\":{\"prompt_tokens\":1}}", 1},
+        {" {\"id\":\"x\",\"choices\":[],\"usage\":{}}\n", 1},
+        {"{\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":1}}", 0},
+        {"{\"choices\":[],\"usage\":null}", 0},
+        {"{\"usage\":{\"prompt_tokens\":1}}", 0},
+        {"[DONE]", 0},
+        {"{\"choices\":[],\"usage\":{", 0},
+    };
+    for (size_t i = 0; i < sizeof(chunks) / sizeof(chunks[0]); i++) {
+        size_t len;
+        char *p = copy_of(chunks[i].s, &len);
+        gw_arena_t *a = gw_arena_new(1024);
+        CHECK(gw_body_is_usage_chunk(a, p, len) == chunks[i].is, "usage chunk %s", chunks[i].s);
+        gw_arena_free(a);
+        free(p);
+    }
 }
 
 static void expect_usage(const char *text, int want, int64_t prompt, int64_t completion)
@@ -151,6 +315,10 @@ int main(void)
     gw_json_init();
     test_inspect();
     test_many_keys();
+    test_budget();
+    test_utf8();
+    test_deep_duplicates();
+    test_stream_options();
     test_usage();
     return check_done();
 }
