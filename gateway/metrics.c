@@ -576,6 +576,10 @@ void gw_metrics_render(struct evbuffer *out, const gw_config_t *cfg)
 
     render_backends(out, cfg);
 
+    family(out, "gotthard_resolver_states", "gauge",
+           "Resolved backend states alive (current ones and those connections still use).");
+    evbuffer_add_printf(out, "gotthard_resolver_states %ld\n", gw_resolver_states());
+
     family(out, "gotthard_reloads_total", "counter",
            "Configuration reloads (SIGHUP, POST /reload): ok, or refused (the old one kept serving).");
     evbuffer_add_printf(out, "gotthard_reloads_total{result=\"ok\"} %lu\n"

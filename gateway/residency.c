@@ -20,6 +20,7 @@
 #include <netdb.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,12 +172,20 @@ static void now_utc(char *buf, size_t cap)
     strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+static atomic_long live_states; /* gotthard_resolver_states */
+
+long gw_resolver_states(void)
+{
+    return atomic_load_explicit(&live_states, memory_order_relaxed);
+}
+
 static void free_resolved(gw_resolved_t *rs)
 {
     while (rs) {
         gw_resolved_t *prev = rs->prev;
         free(rs->addrs);
         free(rs);
+        atomic_fetch_sub_explicit(&live_states, 1, memory_order_relaxed);
         rs = prev;
     }
 }
@@ -190,6 +199,7 @@ static gw_resolved_t *verify(const gw_config_t *c, const gw_backend_t *b,
         free(rs);
         return NULL;
     }
+    atomic_fetch_add_explicit(&live_states, 1, memory_order_relaxed);
     const gw_residency_t *p = c->residency;
     rs->n = n;
     rs->cause = cause;

@@ -77,5 +77,7 @@ void gw_resolver_set_config(gw_config_t *c);
 void gw_resolver_stop(void);
 /* One pass at once (tests, and the thread's body). */
 void gw_resolver_refresh(gw_config_t *c);
+/* Backend states alive in the process (gotthard_resolver_states). */
+long gw_resolver_states(void);
 
 #endif
