@@ -170,6 +170,11 @@ const char *gw_req_pool(const gw_req_t *r);
  * that its addresses map to, comma-separated ("CH", "CH,LI"); NULL when the global policy does
  * not approve the backend (or there is no policy). */
 const char *gw_req_backend_countries(const gw_req_t *r, size_t i);
+/* Narrows, for this request, the countries its backend may be in (declared and of every
+ * address) within the global policy: the core checks them at connect time, against the
+ * backend's addresses as resolved at that moment, for every try (queued and retried ones too)
+ * and every connection (new or idle). n == 0 allows none. -1 when out of memory. */
+int gw_req_residency_narrow(gw_req_t *r, const char *const *countries, size_t n);
 /* The index (in the pool) of the backend the answer comes from; -1 before one is chosen. */
 long gw_req_backend_index(const gw_req_t *r);
 /* The country of the client's address in the residency databases: 1 and cc set, 0 when no

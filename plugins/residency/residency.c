@@ -23,6 +23,9 @@
  *   upstream_select   every backend whose countries (declared and of each address) are not all
  *                     in the policy that applies (the tenant's, else the global one) is vetoed;
  *                     none left: 503 residency_unavailable. Retries stay within what is left.
+ *                     A tenant's policy is also handed to the core (gw_req_residency_narrow),
+ *                     which checks it at connect time with the global verdict: a request that
+ *                     waited or is retried goes by the addresses resolved then, not at select.
  *   response_headers  x-gotthard-residency: the country of the backend that answers.
  * Refusals go to the audit log (residency_block) and the metrics, never with a client address.
  */
@@ -372,6 +375,13 @@ static int upstream_select(gw_req_t *r, void *conf, void **ctx)
     const char *tenant = gw_req_tenant(r);
     const tenant_policy_t *tp = tenant_policy(c, tenant);
     const policy_t *pol = tp && tp->narrowed ? &tp->allowed : &c->global;
+    if (tp && tp->narrowed) {
+        /* The core holds every try and connection of the request to it at connect time,
+         * against the backend's addresses then (they may change while the request waits). */
+        const char *cc[MAX_COUNTRIES];
+        for (size_t k = 0; k < tp->allowed.n; k++) cc[k] = tp->allowed.cc[k];
+        if (gw_req_residency_narrow(r, cc, tp->allowed.n) < 0) return GW_ERROR;
+    }
     const char *pool = gw_req_pool(r);
     size_t n = gw_req_backend_count(r), left = 0;
     for (size_t i = 0; i < n; i++) {
