@@ -54,6 +54,7 @@ struct gw_residency {
     size_t ndatabases;
     char (*allowed)[3];
     size_t nallowed;
+    int allow_refused; /* residency.allow_refused_backends */
     char digest[72]; /* "sha256:" + 64 hex */
 };
 
@@ -384,6 +385,7 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
         memcpy(p->allowed[i], a, 3);
     }
     p->nallowed = pol->nallowed;
+    p->allow_refused = pol->allow_refused_backends;
     if (c->flags & GW_CONFIG_OFFLINE) { /* the databases are neither opened nor digested */
         c->residency = p;
         return 0;
@@ -423,7 +425,10 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
     return 0;
 }
 
-/* After the plugins: every backend's first state, verified under the policy. */
+/* After the plugins: every backend's first state, verified under the policy. A backend that
+ * cannot be verified (an address in no database, a failed lookup) is a config error; so is
+ * one the policy refuses, unless residency.allow_refused_backends: -t, start and reload say
+ * so, naming it, instead of a gateway that answers 503 for its pool. The report shows both. */
 int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
 {
     int rc = 0;
@@ -439,13 +444,21 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
             return -1;
         }
         publish(b, rs); /* nobody else sees the snapshot yet: rs stays b's while it loads */
-        if (!c->residency || gw_residency_report_mode || (!rs->unknown && !rs->failed)) continue;
-        /* A broken setup, not a verdict: refuse the config (fail closed, and say why). */
+        if (!c->residency || gw_residency_report_mode || rs->approved) continue;
+        int broken = rs->unknown || rs->failed;
+        if (!broken && c->residency->allow_refused) continue;
         gw_pool_t *pools = c->pools.items;
         size_t pi = (size_t)(b->pool - pools), bi = (size_t)(b - (gw_backend_t *)b->pool->backends.items);
         char *path = gw_conf_path_index(
             cx, gw_conf_path_key(cx, gw_conf_path_index(cx, "$.pools", pi), "backends"), bi);
-        gw_conf_error(cx, gw_conf_path_key(cx, path, "url"), "residency: %s", rs->reason);
+        path = gw_conf_path_key(cx, path, "url");
+        if (broken) /* a broken setup, not a verdict: fail closed, and say why */
+            gw_conf_error(cx, path, "residency: %s", rs->reason);
+        else
+            gw_conf_error(cx, path,
+                          "backend %s of pool %s is refused by the residency policy: %s "
+                          "(residency.allow_refused_backends: true starts without it)",
+                          b->name, b->pool->name, rs->reason);
         rc = -1;
     }
     return rc;

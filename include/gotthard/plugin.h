@@ -162,6 +162,9 @@ typedef struct gw_residency_policy {
     const char *const *allowed; /* ISO 3166 alpha-2 codes; never empty */
     size_t nallowed;
     const char *canonical; /* the whole policy as text, digested for the audit log */
+    /* residency.allow_refused_backends: a config with a backend the policy refuses at load
+     * is taken (503 for what only it could serve) instead of refused. */
+    int allow_refused_backends;
 } gw_residency_policy_t;
 int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_policy_t *policy);
 /* The pool chosen for the request (upstream_select on), or NULL. */

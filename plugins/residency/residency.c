@@ -10,7 +10,7 @@
 /*
  * config (top level, owned here):
  *   "geoip": {"databases": ["conf/geoip/site.mmdb", "/var/lib/GeoIP/GeoLite2-Country.mmdb"]}
- *   "residency": {"allowed_countries": ["CH"]}
+ *   "residency": {"allowed_countries": ["CH"], "allow_refused_backends": false}
  * and in each tenant (both optional):
  *   "residency": {"allowed_countries": ["CH"]}   narrows the global policy for its requests
  *   "client_countries": ["CH", "LI"]              where its clients' addresses must be
@@ -46,6 +46,7 @@ typedef struct tenant_policy {
 
 typedef struct residency_conf {
     policy_t global;
+    int allow_refused; /* residency.allow_refused_backends */
     tenant_policy_t *tenants; /* only those with their own residency or client_countries */
     size_t ntenants;
     size_t *index; /* open addressing over tenants by id; nindex slots, SIZE_MAX empty */
@@ -236,8 +237,14 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         return -1;
     }
     if (only_keys(cx, geoip, "$.geoip", (const char *const[]){"databases", NULL}) < 0 ||
-        only_keys(cx, res, "$.residency", (const char *const[]){"allowed_countries", NULL}) < 0)
+        only_keys(cx, res, "$.residency",
+                  (const char *const[]){"allowed_countries", "allow_refused_backends", NULL}) < 0)
         return -1;
+    const cJSON *allow = cJSON_GetObjectItemCaseSensitive(res, "allow_refused_backends");
+    if (allow && !cJSON_IsBool(allow)) {
+        gw_conf_error(cx, "$.residency.allow_refused_backends", "must be true or false");
+        return -1;
+    }
     const cJSON *dbs = cJSON_GetObjectItemCaseSensitive(geoip, "databases");
     const char *paths[MAX_DATABASES];
     size_t ndb = 0;
@@ -258,6 +265,7 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         gw_conf_error(cx, path, "out of memory");
         return -1;
     }
+    c->allow_refused = cJSON_IsTrue(allow);
     if (parse_countries(cx, cJSON_GetObjectItemCaseSensitive(res, "allowed_countries"),
                         "$.residency.allowed_countries", &c->global) < 0) {
         release(c);
@@ -317,6 +325,10 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     if (canon) {
         canon[0] = '\0';
         canon_policy(&canon, &len, &cap, "allowed", &c->global);
+        if (c->allow_refused) {
+            policy_t none = {0};
+            canon_policy(&canon, &len, &cap, "allow_refused_backends", &none);
+        }
         for (size_t k = 0; k < ndb; k++) {
             char line[4200];
             snprintf(line, sizeof(line), "database %s", paths[k]);
@@ -338,7 +350,7 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     }
     const char *allowed[MAX_COUNTRIES];
     for (size_t k = 0; k < c->global.n; k++) allowed[k] = c->global.cc[k];
-    gw_residency_policy_t pol = {paths, ndb, allowed, c->global.n, canon};
+    gw_residency_policy_t pol = {paths, ndb, allowed, c->global.n, canon, c->allow_refused};
     rc = canon ? gw_conf_residency(cx, "$.residency", &pol) : -1;
     if (!canon) gw_conf_error(cx, path, "out of memory");
     free(canon);
