@@ -457,7 +457,7 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
         else
             gw_conf_error(cx, path,
                           "backend %s of pool %s is refused by the residency policy: %s "
-                          "(residency.allow_refused_backends: true starts without it)",
+                          "(residency.allow_refused_backends: true starts with it refused)",
                           b->name, b->pool->name, rs->reason);
         rc = -1;
     }
