@@ -271,9 +271,9 @@ static char *status_report(const gw_admin_t *a)
         gw_backend_t *bs = ps[i].backends.items;
         for (size_t k = 0; bl && k < ps[i].backends.n; k++) {
             gw_backend_t *b = &bs[k];
-            const gw_resolved_t *rs = gw_backend_resolved(b);
             cJSON *e = cJSON_CreateObject();
             if (!e) break;
+            const gw_resolved_t *rs = gw_backend_hold(b);
             cJSON_AddItemToArray(bl, e);
             cJSON_AddStringToObject(e, "name", b->name);
             cJSON_AddStringToObject(e, "country", b->country ? b->country : "");
@@ -291,6 +291,7 @@ static char *status_report(const gw_admin_t *a)
                 if (rs->reason[0]) cJSON_AddStringToObject(e, "reason", rs->reason);
                 cJSON_AddStringToObject(e, "resolved_at", rs->when);
             }
+            gw_resolved_release(rs);
         }
     }
     cJSON *tenants = cJSON_AddArrayToObject(o, "tenants");

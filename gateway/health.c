@@ -55,6 +55,7 @@ static void probe_free(probe_t *p)
     p->st->probe[p->kind] = NULL;
     if (p->io) gw_io_free(p->io);
     if (p->timer) event_free(p->timer);
+    gw_resolved_release(p->rs);
     free(p);
 }
 
@@ -165,11 +166,13 @@ static void probe_event_cb(gw_io_t *io, int what, void *arg)
 static void probe_start(gw_health_t *h, bstate_t *st, int kind)
 {
     gw_backend_t *b = st->b;
-    const gw_resolved_t *rs = gw_backend_resolved(b);
+    const gw_resolved_t *rs = gw_backend_hold(b); /* the probe holds it (probe_free) */
     const gw_addr_t *addr = gw_residency_connect_addr(h->cfg, rs);
-    if (!addr) return; /* not approved: never probed (the residency policy refuses it anyway) */
-    probe_t *p = calloc(1, sizeof(*p));
-    if (!p) return;
+    probe_t *p = addr ? calloc(1, sizeof(*p)) : NULL;
+    if (!p) { /* not approved: never probed (the residency policy refuses it anyway) */
+        gw_resolved_release(rs);
+        return;
+    }
     p->h = h;
     p->st = st;
     p->kind = kind;

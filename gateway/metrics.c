@@ -377,8 +377,9 @@ static void sample_start(struct evbuffer *out, const char *name, const char *k1,
 
 int gw_metrics_backend_up(const gw_config_t *cfg, const gw_backend_t *b)
 {
-    const gw_resolved_t *rs = gw_backend_resolved(b);
+    const gw_resolved_t *rs = gw_backend_hold(b);
     int approved = rs && rs->n > 0 && (!cfg->residency || rs->approved);
+    gw_resolved_release(rs);
     return approved && atomic_load_explicit(&b->live->healthy, memory_order_relaxed);
 }
 
@@ -401,7 +402,7 @@ static void render_backends(struct evbuffer *out, const gw_config_t *cfg)
             gw_backend_t *bs = pools[p].backends.items;
             for (size_t i = 0; i < pools[p].backends.n; i++) {
                 gw_backend_t *b = &bs[i];
-                const gw_resolved_t *rs = gw_backend_resolved(b);
+                const gw_resolved_t *rs = gw_backend_hold(b);
                 long v = 0;
                 switch (f) {
                 case 0: v = gw_metrics_backend_up(cfg, b); break;
@@ -411,6 +412,7 @@ static void render_backends(struct evbuffer *out, const gw_config_t *cfg)
                 case 2: v = rs && (!cfg->residency || rs->approved); break;
                 default: v = atomic_load_explicit(&b->live->inflight, memory_order_relaxed); break;
                 }
+                gw_resolved_release(rs);
                 sample_start(out, fams[f].name, "pool", pools[p].name, "backend", b->name);
                 evbuffer_add_printf(out, "} %ld\n", v);
             }
@@ -578,6 +580,10 @@ void gw_metrics_render(struct evbuffer *out, const gw_config_t *cfg)
     }
 
     render_backends(out, cfg);
+
+    family(out, "gotthard_resolver_states", "gauge",
+           "Resolved backend states alive (current ones and those connections still use).");
+    evbuffer_add_printf(out, "gotthard_resolver_states %ld\n", gw_resolver_states());
 
     family(out, "gotthard_reloads_total", "counter",
            "Configuration reloads (SIGHUP, POST /reload): ok, or refused (the old one kept serving).");

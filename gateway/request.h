@@ -42,6 +42,8 @@ struct gw_req {
     const gw_tenant_t *tenant;
     char **narrow; /* models a credential narrowed the tenant's to, or NULL */
     size_t nnarrow;
+    char (*res_narrow)[3]; /* a tenant's residency countries, checked at connect, or NULL */
+    size_t nres_narrow;
     const char *auth_reason, *auth_hint;
     gw_auth_guard_req_t guard; /* the client's failed-authentication budget (auth_guard.c) */
     char *credential; /* extracted once, NUL-terminated, in the arena */

@@ -10,8 +10,19 @@
  * atomic pointer. The resolver thread resolves every host again each resolver.refresh_ms and,
  * when the answer changed, verifies the new addresses and publishes a new state: a host that
  * now resolves abroad makes its backend refused; its old addresses are not used any more and
- * the new ones never. Replaced states live until the snapshot ends, so a reader never sees one
- * freed. The connect path costs an atomic load and, per new connection, one getpeername. */
+ * the new ones never.
+ *
+ * Lifetime. A state is counted (refs): one reference is the backend's while the state is its
+ * current one (b->res), one is taken by every holder (gw_backend_hold: a connection for its
+ * whole life, idle ones included, a health probe, a report while it reads). Nobody reads a
+ * state without holding it, except the code that holds the backend's own reference. A holder
+ * takes its reference under `hold_mu` while the state is still b->res; `publish` takes it out
+ * of b->res under the same lock before dropping the backend's reference. So a hold either
+ * comes first (the count is 2 or more when the backend's goes: the last holder frees it) or
+ * sees the new state: a replaced state lives exactly as long as someone uses it, and the
+ * states alive are the current ones plus those that connections and readers still hold
+ * (gotthard_resolver_states), however often names change. The connect path costs one
+ * uncontended lock per try and, per new connection, one getpeername. */
 #include "residency.h"
 
 #include <cjson/cJSON.h>
@@ -20,6 +31,7 @@
 #include <netdb.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +44,7 @@
 #include "request.h"
 #include "upstream.h"
 
-#define MAX_ADDRS 64
+#define MAX_ADDRS GW_MAX_ADDRS
 
 int gw_residency_report_mode;
 
@@ -42,6 +54,7 @@ struct gw_residency {
     size_t ndatabases;
     char (*allowed)[3];
     size_t nallowed;
+    int allow_refused; /* residency.allow_refused_backends */
     char digest[72]; /* "sha256:" + 64 hex */
 };
 
@@ -171,14 +184,46 @@ static void now_utc(char *buf, size_t cap)
     strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+static atomic_long live_states; /* gotthard_resolver_states */
+
+long gw_resolver_states(void)
+{
+    return atomic_load_explicit(&live_states, memory_order_relaxed);
+}
+
 static void free_resolved(gw_resolved_t *rs)
 {
-    while (rs) {
-        gw_resolved_t *prev = rs->prev;
-        free(rs->addrs);
-        free(rs);
-        rs = prev;
-    }
+    if (!rs) return;
+    free(rs->addrs);
+    free(rs);
+    atomic_fetch_sub_explicit(&live_states, 1, memory_order_relaxed);
+}
+
+static pthread_mutex_t hold_mu = PTHREAD_MUTEX_INITIALIZER;
+
+const gw_resolved_t *gw_backend_hold(const gw_backend_t *b)
+{
+    pthread_mutex_lock(&hold_mu);
+    gw_resolved_t *rs = atomic_load_explicit(&((gw_backend_t *)b)->res, memory_order_acquire);
+    if (rs) atomic_fetch_add_explicit(&rs->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&hold_mu);
+    return rs;
+}
+
+void gw_resolved_release(const gw_resolved_t *rs)
+{
+    gw_resolved_t *s = (gw_resolved_t *)rs;
+    if (s && atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) == 1) free_resolved(s);
+}
+
+/* Makes rs (with the reference given to the backend) b's current state and drops the
+ * backend's reference to the one it replaces (see Lifetime above). */
+static void publish(gw_backend_t *b, gw_resolved_t *rs)
+{
+    pthread_mutex_lock(&hold_mu);
+    gw_resolved_t *old = atomic_exchange_explicit(&b->res, rs, memory_order_acq_rel);
+    pthread_mutex_unlock(&hold_mu);
+    gw_resolved_release(old);
 }
 
 /* A new state for backend b over these addresses, checked against c's policy. */
@@ -190,6 +235,8 @@ static gw_resolved_t *verify(const gw_config_t *c, const gw_backend_t *b,
         free(rs);
         return NULL;
     }
+    atomic_fetch_add_explicit(&live_states, 1, memory_order_relaxed);
+    atomic_init(&rs->refs, 1);
     const gw_residency_t *p = c->residency;
     rs->n = n;
     rs->cause = cause;
@@ -244,9 +291,7 @@ static gw_resolved_t *verify(const gw_config_t *c, const gw_backend_t *b,
 
 static void free_backend_states(void *arg)
 {
-    gw_backend_t *b = arg;
-    free_resolved(atomic_load(&b->res));
-    atomic_store(&b->res, NULL);
+    publish(arg, NULL); /* states still held live on until their holders let go */
 }
 
 int gw_residency_resolve_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b,
@@ -340,6 +385,7 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
         memcpy(p->allowed[i], a, 3);
     }
     p->nallowed = pol->nallowed;
+    p->allow_refused = pol->allow_refused_backends;
     if (c->flags & GW_CONFIG_OFFLINE) { /* the databases are neither opened nor digested */
         c->residency = p;
         return 0;
@@ -379,7 +425,10 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
     return 0;
 }
 
-/* After the plugins: every backend's first state, verified under the policy. */
+/* After the plugins: every backend's first state, verified under the policy. A backend that
+ * cannot be verified (an address in no database, a failed lookup) is a config error; so is
+ * one the policy refuses, unless residency.allow_refused_backends: -t, start and reload say
+ * so, naming it, instead of a gateway that answers 503 for its pool. The report shows both. */
 int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
 {
     int rc = 0;
@@ -394,15 +443,22 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
             gw_conf_error(cx, "$.pools", "out of memory");
             return -1;
         }
-        atomic_store(&b->res, rs);
-        free_resolved(old);
-        if (!c->residency || gw_residency_report_mode || (!rs->unknown && !rs->failed)) continue;
-        /* A broken setup, not a verdict: refuse the config (fail closed, and say why). */
+        publish(b, rs); /* nobody else sees the snapshot yet: rs stays b's while it loads */
+        if (!c->residency || gw_residency_report_mode || rs->approved) continue;
+        int broken = rs->unknown || rs->failed;
+        if (!broken && c->residency->allow_refused) continue;
         gw_pool_t *pools = c->pools.items;
         size_t pi = (size_t)(b->pool - pools), bi = (size_t)(b - (gw_backend_t *)b->pool->backends.items);
         char *path = gw_conf_path_index(
             cx, gw_conf_path_key(cx, gw_conf_path_index(cx, "$.pools", pi), "backends"), bi);
-        gw_conf_error(cx, gw_conf_path_key(cx, path, "url"), "residency: %s", rs->reason);
+        path = gw_conf_path_key(cx, path, "url");
+        if (broken) /* a broken setup, not a verdict: fail closed, and say why */
+            gw_conf_error(cx, path, "residency: %s", rs->reason);
+        else
+            gw_conf_error(cx, path,
+                          "backend %s of pool %s is refused by the residency policy: %s "
+                          "(residency.allow_refused_backends: true starts with it refused)",
+                          b->name, b->pool->name, rs->reason);
         rc = -1;
     }
     return rc;
@@ -415,6 +471,35 @@ const gw_addr_t *gw_residency_connect_addr(const gw_config_t *c, const gw_resolv
     if (!rs || rs->n == 0) return NULL;
     if (c->residency && !rs->approved) return NULL;
     return &rs->addrs[0];
+}
+
+static int in_narrow(const gw_req_t *r, const char *cc)
+{
+    for (size_t i = 0; i < r->nres_narrow; i++)
+        if (strcmp(r->res_narrow[i], cc) == 0) return 1;
+    return 0;
+}
+
+const char *gw_residency_connect_check(const gw_req_t *r, const gw_backend_t *b,
+                                       const gw_resolved_t *rs)
+{
+    if (!gw_residency_connect_addr(r->cfg, rs)) return "backend_not_approved";
+    if (!r->cfg->residency || !r->res_narrow) return NULL;
+    /* Approved: the declared country and every address's are known and allowed globally. */
+    if (!b->country || !in_narrow(r, b->country)) return "backend_not_approved_for_tenant";
+    for (size_t i = 0; i < rs->n; i++)
+        if (!in_narrow(r, rs->addrs[i].country)) return "backend_not_approved_for_tenant";
+    return NULL;
+}
+
+int gw_req_residency_narrow(gw_req_t *r, const char *const *countries, size_t n)
+{
+    char(*v)[3] = gw_arena_alloc(r->arena, (n ? n : 1) * sizeof(*v));
+    if (!v) return -1;
+    for (size_t i = 0; i < n; i++) snprintf(v[i], sizeof(v[i]), "%s", countries[i]);
+    r->res_narrow = v;
+    r->nres_narrow = n;
+    return 0;
 }
 
 int gw_residency_peer_ok(const gw_config_t *c, const gw_resolved_t *rs, int fd)
@@ -434,8 +519,10 @@ int gw_residency_pool_ok(const gw_config_t *c, const gw_pool_t *p)
     if (!c->residency) return 1;
     gw_backend_t *bs = p->backends.items;
     for (size_t i = 0; i < p->backends.n; i++) {
-        const gw_resolved_t *rs = gw_backend_resolved(&bs[i]);
-        if (rs && rs->approved) return 1;
+        const gw_resolved_t *rs = gw_backend_hold(&bs[i]);
+        int ok = rs && rs->approved;
+        gw_resolved_release(rs);
+        if (ok) return 1;
     }
     return 0;
 }
@@ -474,8 +561,9 @@ void gw_residency_audit_loaded(const gw_config_t *c)
     char allowed_s[512] = "", dbs[2048] = "", nb[24], na[24];
     size_t approved = 0;
     for (size_t i = 0; i < c->nbackends; i++) {
-        const gw_resolved_t *rs = gw_backend_resolved(c->backends[i]);
+        const gw_resolved_t *rs = gw_backend_hold(c->backends[i]);
         approved += rs && rs->approved;
+        gw_resolved_release(rs);
     }
     snprintf(nb, sizeof(nb), "%zu", c->nbackends);
     snprintf(na, sizeof(na), "%zu", p ? approved : 0);
@@ -487,16 +575,21 @@ void gw_residency_audit_loaded(const gw_config_t *c)
                  p->databases[i]);
     gw_audit("config_loaded", "digest", p ? p->digest : "none", "residency", p ? "on" : "off",
              "allowed_countries", allowed_s, "databases", dbs, "backends", nb, "approved", na, NULL);
-    for (size_t i = 0; i < c->nbackends; i++)
-        audit_verdict(c, c->backends[i], gw_backend_resolved(c->backends[i]));
+    for (size_t i = 0; i < c->nbackends; i++) {
+        const gw_resolved_t *rs = gw_backend_hold(c->backends[i]);
+        audit_verdict(c, c->backends[i], rs);
+        gw_resolved_release(rs);
+    }
 }
 
 int gw_residency_all_approved(const gw_config_t *c)
 {
     if (!c->residency) return 0;
     for (size_t i = 0; i < c->nbackends; i++) {
-        const gw_resolved_t *rs = gw_backend_resolved(c->backends[i]);
-        if (!rs || !rs->approved) return 0;
+        const gw_resolved_t *rs = gw_backend_hold(c->backends[i]);
+        int ok = rs && rs->approved;
+        gw_resolved_release(rs);
+        if (!ok) return 0;
     }
     return 1;
 }
@@ -521,7 +614,7 @@ static cJSON *report(const gw_config_t *c)
     cJSON *arr = cJSON_AddArrayToObject(root, "backends");
     for (size_t i = 0; i < c->nbackends; i++) {
         const gw_backend_t *b = c->backends[i];
-        const gw_resolved_t *rs = gw_backend_resolved(b);
+        const gw_resolved_t *rs = gw_backend_hold(b);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToArray(arr, o);
         cJSON_AddStringToObject(o, "pool", b->pool->name);
@@ -546,6 +639,7 @@ static cJSON *report(const gw_config_t *c)
                                              : rs && rs->reason[0] ? rs->reason : "");
         cJSON_AddStringToObject(o, "resolved_at", rs ? rs->when : "");
         cJSON_AddStringToObject(o, "resolved_by", rs && rs->cause == GW_RES_REFRESH ? "re-resolution" : "config");
+        gw_resolved_release(rs);
     }
     return root;
 }
@@ -574,7 +668,7 @@ void gw_residency_report_table(const gw_config_t *c, FILE *f)
             "COUNTRY", "DATABASE", "VERDICT");
     for (size_t i = 0; i < c->nbackends; i++) {
         const gw_backend_t *b = c->backends[i];
-        const gw_resolved_t *rs = gw_backend_resolved(b);
+        const gw_resolved_t *rs = gw_backend_hold(b);
         for (size_t k = 0; rs && k < rs->n; k++) {
             const gw_addr_t *a = &rs->addrs[k];
             fprintf(f, "%-16s %-24s %-8s %-26s %-7s %-24s %s\n", k ? "" : b->pool->name,
@@ -584,6 +678,7 @@ void gw_residency_report_table(const gw_config_t *c, FILE *f)
         }
         if (!p) fprintf(f, "%16s   why: no residency policy is configured\n", "");
         else if (rs && !rs->approved) fprintf(f, "%16s   why: %s\n", "", rs->reason);
+        gw_resolved_release(rs);
     }
     fprintf(f, "\n%s\n", gw_residency_all_approved(c) ? "every backend is approved"
                                                       : "NOT every backend is approved");
@@ -614,7 +709,6 @@ void gw_resolver_refresh(gw_config_t *c)
 {
     for (size_t i = 0; i < c->nbackends; i++) {
         gw_backend_t *b = c->backends[i];
-        gw_resolved_t *old = atomic_load_explicit(&b->res, memory_order_acquire);
         struct sockaddr_storage *v;
         size_t n;
         char err[512];
@@ -623,21 +717,25 @@ void gw_resolver_refresh(gw_config_t *c)
             gw_warn("backend %s: %s; keeping its verified addresses", b->name, err);
             continue;
         }
-        if (same_set(old, v, n)) {
+        const gw_resolved_t *old = gw_backend_hold(b);
+        int same = same_set(old, v, n);
+        gw_resolved_release(old);
+        if (same) {
             free(v);
             continue;
         }
         gw_resolved_t *rs = verify(c, b, v, n, GW_RES_REFRESH);
         free(v);
         if (!rs) continue;
-        rs->prev = old;
-        atomic_store_explicit(&b->res, rs, memory_order_release);
+        atomic_fetch_add_explicit(&rs->refs, 1, memory_order_relaxed); /* ours, for the audit */
+        publish(b, rs);
         char addrs[1024];
         addresses_text(rs, addrs, sizeof(addrs));
         if (c->residency && !rs->approved)
             gw_warn("backend %s re-resolved to %s: refused (%s)", b->name, addrs, rs->reason);
         else gw_info("backend %s re-resolved to %s", b->name, addrs);
         audit_verdict(c, b, rs);
+        gw_resolved_release(rs);
     }
 }
 
@@ -730,9 +828,16 @@ const char *gw_req_backend_countries(const gw_req_t *r, size_t i)
     if (!r->pool || i >= r->pool->backends.n || !r->cfg->residency) return NULL;
     gw_backend_t *b = &((gw_backend_t *)r->pool->backends.items)[i];
     /* The backend answering: the state its connection was verified under (a re-resolution
-     * since then does not change where this answer came from). */
-    const gw_resolved_t *rs = r->up && r->backend == b ? gw_upstream_resolved(r) : gw_backend_resolved(b);
-    return rs && rs->approved ? rs->countries : NULL;
+     * since then does not change where this answer came from); held by that connection. */
+    if (r->up && r->backend == b) {
+        const gw_resolved_t *rs = gw_upstream_resolved(r);
+        return rs && rs->approved ? rs->countries : NULL;
+    }
+    /* Else the state now, copied for the request: it may be replaced the next moment. */
+    const gw_resolved_t *rs = gw_backend_hold(b);
+    char *copy = rs && rs->approved ? gw_arena_strdup(r->arena, rs->countries) : NULL;
+    gw_resolved_release(rs);
+    return copy;
 }
 
 long gw_req_backend_index(const gw_req_t *r)

@@ -47,7 +47,7 @@ struct gw_upconn {
     unsigned head_held : 1;   /* the client's head is in `held`: nothing reached the client yet */
     unsigned broken : 1;      /* the answer's body is unusable: end the request as failed */
     unsigned health_told : 2; /* passive health was told: HEALTH_OK or HEALTH_FAILED */
-    const gw_resolved_t *res; /* the verified addresses it was connected under */
+    const gw_resolved_t *res; /* the verified addresses it was connected under (held) */
 };
 
 static void up_read_cb(gw_io_t *io, void *arg);
@@ -64,6 +64,7 @@ static void up_free(gw_upconn_t *u)
     gw_io_free(u->io);
     event_free(u->timer);
     evbuffer_free(u->held);
+    gw_resolved_release(u->res);
     free(u);
 }
 
@@ -89,7 +90,10 @@ static void release(gw_upconn_t *u, int reusable)
     gw_worker_t *w = u->w;
     size_t i = u->be->index;
     /* Unsent output may still reference the request's body: such a connection is not reused. */
+    /* Nor one whose backend re-resolved since: it would never be taken (take_idle), only keep
+     * its old state alive. (The pointer is compared, not read.) */
     if (!reusable || w->draining || u->cfg != w->idle_cfg || w->nidle[i] >= MAX_IDLE_PER_BACKEND ||
+        u->res != atomic_load_explicit(&u->be->res, memory_order_relaxed) ||
         evbuffer_get_length(gw_io_in(u->io)) || evbuffer_get_length(gw_io_out(u->io))) {
         up_free(u);
         return;
@@ -216,20 +220,14 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
     gw_io_flush(u->io);
 }
 
-/* Connects to a verified address of b; NULL with *refused set when the residency policy
- * does not let b be connected to now. */
-static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b, int *refused)
+/* Connects to a verified address of rs, b's state that the connect check let through (held:
+ * the connection takes that reference, or the caller keeps it on NULL). */
+static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b, const gw_resolved_t *rs)
 {
     gw_worker_t *w = r->w;
-    const gw_resolved_t *rs = gw_backend_resolved(b);
-    const gw_addr_t *addr = gw_residency_connect_addr(r->cfg, rs);
-    if (!addr) {
-        *refused = 1;
-        return NULL;
-    }
+    const gw_addr_t *addr = &rs->addrs[0];
     gw_upconn_t *u = calloc(1, sizeof(*u));
     if (!u) return NULL;
-    u->res = rs;
     u->w = w;
     u->be = b;
     u->cfg = r->cfg;
@@ -254,14 +252,16 @@ static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b, int *refused)
     }
     gw_io_set_limits(u->io, 0, 0);
     arm(u, r->cfg->timeouts.upstream_connect_ms);
+    u->res = rs;
     return u;
 }
 
 static void fail(gw_req_t *r, int status, const char *code, int retryable);
 static void connect_failed(gw_req_t *r, gw_backend_t *b);
 
-/* The most recently used idle connection to b, dropping those idle for too long. */
-static gw_upconn_t *take_idle(gw_req_t *r, gw_backend_t *b)
+/* The most recently used idle connection to b made under rs (b's current state), dropping
+ * those idle for too long or made under a state since replaced. */
+static gw_upconn_t *take_idle(gw_req_t *r, gw_backend_t *b, const gw_resolved_t *rs)
 {
     gw_worker_t *w = r->w;
     if (w->idle_cfg != r->cfg) return NULL;
@@ -271,7 +271,7 @@ static gw_upconn_t *take_idle(gw_req_t *r, gw_backend_t *b)
         idle_remove(u);
         /* Re-resolved since: its address may no longer be a verified one. */
         if (now - u->idle_since_us < (uint64_t)u->cfg->timeouts.upstream_keepalive_ms * 1000u &&
-            u->res == gw_backend_resolved(b))
+            u->res == rs)
             return u;
         up_free(u);
     }
@@ -281,8 +281,9 @@ static gw_upconn_t *take_idle(gw_req_t *r, gw_backend_t *b)
 #define VETO_RESIDENCY 3 /* r->vetoed: refused on the connect path (1: a plugin, 2: failed) */
 
 /* The residency policy refused b for this request on the connect path (its host re-resolved
- * abroad after the request chose it, or the peer is not a verified address): nothing is sent
- * to it; the request may go on only to another backend the plugins let through. */
+ * abroad, for the policy or the tenant's, after the request chose it; or the peer is not a
+ * verified address): nothing is sent to it; the request may go on only to another backend the
+ * plugins let through. */
 static void residency_refused(gw_req_t *r, gw_backend_t *b, const char *reason)
 {
     r->vetoed[b - (gw_backend_t *)r->pool->backends.items] = VETO_RESIDENCY;
@@ -321,18 +322,25 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b, int fresh)
         no_backend(r);
         return;
     }
-    gw_upconn_t *u = fresh ? NULL : take_idle(r, b);
+    /* Residency: the one check of every try and connection, new or idle, against b's state
+     * as it is now (it may have been re-resolved since the request chose b, waited in the
+     * queue or failed elsewhere). */
+    const gw_resolved_t *rs = gw_backend_hold(b);
+    const char *why = gw_residency_connect_check(r, b, rs);
+    if (why) {
+        gw_resolved_release(rs);
+        residency_refused(r, b, why);
+        try_backend(r);
+        return;
+    }
+    gw_upconn_t *u = fresh ? NULL : take_idle(r, b, rs);
     if (u) {
         u->reused = 1;
+        gw_resolved_release(rs); /* the connection holds the same state */
     } else {
-        int refused = 0;
-        u = connect_backend(r, b, &refused);
-        if (refused) {
-            residency_refused(r, b, "backend_not_approved");
-            try_backend(r);
-            return;
-        }
+        u = connect_backend(r, b, rs);
         if (!u) {
+            gw_resolved_release(rs);
             /* Refused at once: a connect failure like any other, retried by the same rule. */
             r->attempts++;
             r->backend = b;

@@ -187,6 +187,9 @@ typedef struct gw_residency_policy {
     const char *const *allowed; /* ISO 3166 alpha-2 codes; never empty */
     size_t nallowed;
     const char *canonical; /* the whole policy as text, digested for the audit log */
+    /* residency.allow_refused_backends: a config with a backend the policy refuses at load
+     * is taken (503 for what only it could serve) instead of refused. */
+    int allow_refused_backends;
 } gw_residency_policy_t;
 int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_policy_t *policy);
 /* The pool chosen for the request (upstream_select on), or NULL. */
@@ -195,6 +198,11 @@ const char *gw_req_pool(const gw_req_t *r);
  * that its addresses map to, comma-separated ("CH", "CH,LI"); NULL when the global policy does
  * not approve the backend (or there is no policy). */
 const char *gw_req_backend_countries(const gw_req_t *r, size_t i);
+/* Narrows, for this request, the countries its backend may be in (declared and of every
+ * address) within the global policy: the core checks them at connect time, against the
+ * backend's addresses as resolved at that moment, for every try (queued and retried ones too)
+ * and every connection (new or idle). n == 0 allows none. -1 when out of memory. */
+int gw_req_residency_narrow(gw_req_t *r, const char *const *countries, size_t n);
 /* The index (in the pool) of the backend the answer comes from; -1 before one is chosen. */
 long gw_req_backend_index(const gw_req_t *r);
 /* The country of the client's address in the residency databases: 1 and cc set, 0 when no

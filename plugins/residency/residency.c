@@ -10,7 +10,7 @@
 /*
  * config (top level, owned here):
  *   "geoip": {"databases": ["conf/geoip/site.mmdb", "/var/lib/GeoIP/GeoLite2-Country.mmdb"]}
- *   "residency": {"allowed_countries": ["CH"]}
+ *   "residency": {"allowed_countries": ["CH"], "allow_refused_backends": false}
  * and in each tenant (both optional):
  *   "residency": {"allowed_countries": ["CH"]}   narrows the global policy for its requests
  *   "client_countries": ["CH", "LI"]              where its clients' addresses must be
@@ -23,6 +23,9 @@
  *   upstream_select   every backend whose countries (declared and of each address) are not all
  *                     in the policy that applies (the tenant's, else the global one) is vetoed;
  *                     none left: 503 residency_unavailable. Retries stay within what is left.
+ *                     A tenant's policy is also handed to the core (gw_req_residency_narrow),
+ *                     which checks it at connect time with the global verdict: a request that
+ *                     waited or is retried goes by the addresses resolved then, not at select.
  *   response_headers  x-gotthard-residency: the country of the backend that answers.
  * Refusals go to the audit log (residency_block) and the metrics, never with a client address.
  */
@@ -43,6 +46,7 @@ typedef struct tenant_policy {
 
 typedef struct residency_conf {
     policy_t global;
+    int allow_refused; /* residency.allow_refused_backends */
     tenant_policy_t *tenants; /* only those with their own residency or client_countries */
     size_t ntenants;
     size_t *index; /* open addressing over tenants by id; nindex slots, SIZE_MAX empty */
@@ -233,8 +237,14 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         return -1;
     }
     if (only_keys(cx, geoip, "$.geoip", (const char *const[]){"databases", NULL}) < 0 ||
-        only_keys(cx, res, "$.residency", (const char *const[]){"allowed_countries", NULL}) < 0)
+        only_keys(cx, res, "$.residency",
+                  (const char *const[]){"allowed_countries", "allow_refused_backends", NULL}) < 0)
         return -1;
+    const cJSON *allow = cJSON_GetObjectItemCaseSensitive(res, "allow_refused_backends");
+    if (allow && !cJSON_IsBool(allow)) {
+        gw_conf_error(cx, "$.residency.allow_refused_backends", "must be true or false");
+        return -1;
+    }
     const cJSON *dbs = cJSON_GetObjectItemCaseSensitive(geoip, "databases");
     const char *paths[MAX_DATABASES];
     size_t ndb = 0;
@@ -255,6 +265,7 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         gw_conf_error(cx, path, "out of memory");
         return -1;
     }
+    c->allow_refused = cJSON_IsTrue(allow);
     if (parse_countries(cx, cJSON_GetObjectItemCaseSensitive(res, "allowed_countries"),
                         "$.residency.allowed_countries", &c->global) < 0) {
         release(c);
@@ -314,6 +325,10 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     if (canon) {
         canon[0] = '\0';
         canon_policy(&canon, &len, &cap, "allowed", &c->global);
+        if (c->allow_refused) {
+            policy_t none = {0};
+            canon_policy(&canon, &len, &cap, "allow_refused_backends", &none);
+        }
         for (size_t k = 0; k < ndb; k++) {
             char line[4200];
             snprintf(line, sizeof(line), "database %s", paths[k]);
@@ -335,7 +350,7 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     }
     const char *allowed[MAX_COUNTRIES];
     for (size_t k = 0; k < c->global.n; k++) allowed[k] = c->global.cc[k];
-    gw_residency_policy_t pol = {paths, ndb, allowed, c->global.n, canon};
+    gw_residency_policy_t pol = {paths, ndb, allowed, c->global.n, canon, c->allow_refused};
     rc = canon ? gw_conf_residency(cx, "$.residency", &pol) : -1;
     if (!canon) gw_conf_error(cx, path, "out of memory");
     free(canon);
@@ -372,6 +387,13 @@ static int upstream_select(gw_req_t *r, void *conf, void **ctx)
     const char *tenant = gw_req_tenant(r);
     const tenant_policy_t *tp = tenant_policy(c, tenant);
     const policy_t *pol = tp && tp->narrowed ? &tp->allowed : &c->global;
+    if (tp && tp->narrowed) {
+        /* The core holds every try and connection of the request to it at connect time,
+         * against the backend's addresses then (they may change while the request waits). */
+        const char *cc[MAX_COUNTRIES];
+        for (size_t k = 0; k < tp->allowed.n; k++) cc[k] = tp->allowed.cc[k];
+        if (gw_req_residency_narrow(r, cc, tp->allowed.n) < 0) return GW_ERROR;
+    }
     const char *pool = gw_req_pool(r);
     size_t n = gw_req_backend_count(r), left = 0;
     for (size_t i = 0; i < n; i++) {

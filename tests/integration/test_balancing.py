@@ -447,7 +447,8 @@ def test_no_algorithm_queue_retry_or_affinity_crosses_the_border():
     ]
     for v in variants:
         backends = [tr.backend_entry(ch.url, max_concurrent=2), tr.backend_entry(de.url, weight=100)]
-        gw = Gateway(tr.res_config([], pools=[pool("p1", ["m1"], backends, queue={"max": 50, "timeout_ms": 10000}, **v)]))
+        gw = Gateway(tr.res_config([], pools=[pool("p1", ["m1"], backends, queue={"max": 50, "timeout_ms": 10000}, **v)],
+                                   allow_refused=True))
         time.sleep(0.3)  # probes and scrapes run
         # concurrency above CH's max_concurrent: the queue is used
         out = parallel(8, lambda i: send(gw, {"x-mock-delay-ms": "100", "x-session-id": "s%d" % i}))

@@ -106,11 +106,16 @@ def backend_entry(url, country="CH", **kw):
     return b
 
 
-def res_config(backends, allowed=("CH",), dbs=None, pools=None, **over):
+def res_config(backends, allowed=("CH",), dbs=None, pools=None, allow_refused=False, **over):
+    """allow_refused: start with backends the policy refuses (residency.allow_refused_backends),
+    as these tests do to show that such a backend never gets a byte."""
+    res = {"allowed_countries": list(allowed)}
+    if allow_refused:
+        res["allow_refused_backends"] = True
     cfg = gateway_config(
         [], pools=pools or [pool("p1", ["m1"], backends)],
         geoip={"databases": dbs or [site_db()]},
-        residency={"allowed_countries": list(allowed)},
+        residency=res,
         audit_log={"path": "audit.log"})
     return gwtest.deep_merge(cfg, over)
 
@@ -264,7 +269,7 @@ def test_shipped_site_database():
 def test_de_never_receives_a_byte_under_load_flaps_and_retries():
     ch, de = Mock(args=["--name", "ch"]), HostMock("127.0.0.2", name="de")
     port = ch.port
-    gw = Gateway(res_config([backend_entry(ch.url), backend_entry(de.url)], workers=2))
+    gw = Gateway(res_config([backend_entry(ch.url), backend_entry(de.url)], workers=2, allow_refused=True))
     de_name = "127.0.0.2:%d" % de.port
     # 1. load: every answer from CH, with the residency header
     statuses = []
@@ -317,7 +322,7 @@ def _restart(port):
 def test_no_approved_backend_is_503_residency_unavailable():
     ch, de = Mock(args=["--name", "ch"]), HostMock("127.0.0.2", name="de")
     gw = Gateway(res_config([], pools=[pool("p1", ["m1"], [backend_entry(ch.url)]),
-                                       pool("abroad", ["m2"], [backend_entry(de.url)])]))
+                                       pool("abroad", ["m2"], [backend_entry(de.url)])], allow_refused=True))
     served_by_ch(post_json(gw.port, "/v1/chat/completions", chat("m1")))
     for stream in (False, True):
         r = post_json(gw.port, "/v1/chat/completions", chat("m2", content="secret-canary", stream=stream))
@@ -512,7 +517,7 @@ def test_refuses_to_start_when_it_cannot_verify():
 def test_reload_with_a_problem_keeps_the_old_config():
     ch, de = Mock(args=["--name", "ch"]), HostMock("127.0.0.2", name="de")
     d = gwtest.tempdir("gwtest-res-bad-")
-    good = res_config([backend_entry(ch.url), backend_entry(de.url)])
+    good = res_config([backend_entry(ch.url), backend_entry(de.url)], allow_refused=True)
     gw = Gateway(good)
     digest = report(gw)["policy"]["digest"]
     loaded = audit(gw, "config_loaded")

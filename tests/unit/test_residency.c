@@ -1,5 +1,6 @@
 /* Unit tests of gateway/residency.c and gateway/geoip.c: the hosts-file resolver, database errors,
- * and lookups in the site database the build makes (SITE_MMDB, when given). */
+ * lookups in the site database the build makes (SITE_MMDB, when given), the connect-time check
+ * and the counted backend states. */
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 
 #include "check.h"
 #include "geoip.h"
+#include "request.h"
 #include "residency.h"
 
 static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
@@ -112,8 +114,86 @@ static void test_lookups(void)
     gw_geoip_close(g);
 }
 
+/* A state as verify() makes it: approved, addresses in these countries. */
+static gw_resolved_t *state(int approved, const char *const *cc, size_t n)
+{
+    gw_resolved_t *rs = calloc(1, sizeof(*rs));
+    rs->addrs = calloc(n, sizeof(*rs->addrs));
+    rs->n = n;
+    rs->approved = approved;
+    atomic_init(&rs->refs, 1);
+    for (size_t i = 0; i < n; i++) memcpy(rs->addrs[i].country, cc[i], 3);
+    return rs;
+}
+
+static void test_connect_check(void)
+{
+    int policy; /* only "there is a policy" matters here */
+    gw_config_t cfg = {0};
+    cfg.residency = (gw_residency_t *)&policy;
+    gw_req_t r = {0};
+    r.cfg = &cfg;
+    gw_backend_t b = {0};
+    b.country = "CH";
+    const char *ch[] = {"CH"}, *ch_de[] = {"CH", "DE"}, *li[] = {"LI"};
+    gw_resolved_t *home = state(1, ch, 1), *mixed = state(1, ch_de, 2), *refused = state(0, ch_de, 2),
+                  *liech = state(1, li, 1);
+    CHECK(!gw_residency_connect_check(&r, &b, home), "approved, no tenant policy");
+    CHECK(!gw_residency_connect_check(&r, &b, mixed), "globally approved CH,DE without a tenant policy");
+    const char *why = gw_residency_connect_check(&r, &b, refused);
+    CHECK(why && strcmp(why, "backend_not_approved") == 0, "the global verdict: %s", why ? why : "-");
+    why = gw_residency_connect_check(&r, &b, NULL);
+    CHECK(why && strcmp(why, "backend_not_approved") == 0, "no state: refused");
+    /* a tenant narrowed to CH: every address, and the declared country, must be in CH */
+    char narrow[2][3] = {"CH", "LI"};
+    r.res_narrow = narrow;
+    r.nres_narrow = 1;
+    CHECK(!gw_residency_connect_check(&r, &b, home), "CH for a CH tenant");
+    why = gw_residency_connect_check(&r, &b, mixed);
+    CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "a DE address: %s", why ? why : "-");
+    why = gw_residency_connect_check(&r, &b, liech);
+    CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "an LI address for CH only");
+    r.nres_narrow = 2;
+    CHECK(!gw_residency_connect_check(&r, &b, liech), "LI for a CH,LI tenant");
+    b.country = "LI";
+    r.nres_narrow = 1;
+    why = gw_residency_connect_check(&r, &b, home);
+    CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "declared LI for a CH tenant");
+    r.nres_narrow = 0;
+    b.country = "CH";
+    CHECK(gw_residency_connect_check(&r, &b, home) != NULL, "a tenant policy of no country allows none");
+    /* without a policy, any resolved backend */
+    cfg.residency = NULL;
+    CHECK(!gw_residency_connect_check(&r, &b, refused), "no policy");
+    gw_resolved_release(home);
+    gw_resolved_release(mixed);
+    gw_resolved_release(refused);
+    gw_resolved_release(liech);
+}
+
+/* A hold keeps a state alive after the backend lets go of it; the last release frees it
+ * (ASan reports a leak or a use after free otherwise). */
+static void test_hold_release(void)
+{
+    const char *ch[] = {"CH"};
+    gw_resolved_t *rs = state(1, ch, 1);
+    gw_backend_t b = {0};
+    atomic_init(&b.res, rs);
+    const gw_resolved_t *h1 = gw_backend_hold(&b), *h2 = gw_backend_hold(&b);
+    CHECK(h1 == rs && h2 == rs && atomic_load(&rs->refs) == 3, "two holds and the backend's");
+    atomic_store(&b.res, NULL); /* replaced: the backend's reference goes */
+    gw_resolved_release(rs);
+    CHECK(strcmp(h1->addrs[0].country, "CH") == 0 && atomic_load(&rs->refs) == 2, "still held");
+    gw_resolved_release(h1);
+    gw_resolved_release(h2); /* freed here */
+    CHECK(gw_backend_hold(&b) == NULL, "an unresolved backend: NULL");
+    gw_resolved_release(NULL);
+}
+
 int main(void)
 {
+    test_connect_check();
+    test_hold_release();
     test_hosts_file();
     test_open_errors();
     test_lookups();

@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""Residency at connect, refused backends in config checks, resolver history (issues 14, 22).
+
+The site database of test_residency.py, plus 127.0.0.5 in CH (a second Swiss address for a name
+to alternate between). What is checked:
+- the residency check runs at connect time against the backend state current then, for the
+  global verdict and a tenant's narrowed policy alike: requests that waited in a pool's queue,
+  and retried requests, while a backend name re-resolved from a CH address to a DE one, never
+  reach the DE address and get 503 residency_unavailable (or the retry's failure);
+- `gotthard -t`, start and reload refuse a config with a backend that the policy refuses
+  (declared outside, resolving outside), naming pool, backend and reason;
+  residency.allow_refused_backends keeps the old behaviour (start, 503 for that pool); a backend
+  refused later by a re-resolution does not stop a running gateway;
+- re-resolved backend states are not kept without bound: with the hosts file alternating
+  between two answers every refresh, gotthard_resolver_states stays flat.
+"""
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gwtest  # noqa: E402
+from gwtest import Mock, Gateway, pool, chat, post_json, get, assert_error, wait_for, run_gotthard  # noqa: E402
+from test_residency import (HostMock, site_db, res_config, backend_entry, de_untouched, report,  # noqa: E402
+                            verdict_of, served_by_ch, write, audit, _key)
+
+CSV = """# test site database, with a second CH address
+127.0.0.1/32,CH
+127.0.0.2/32,DE
+127.0.0.4/32,LI
+127.0.0.5/32,CH
+"""
+
+HOSTNAME = "llm.sec-residency.test"
+
+
+def db():
+    return site_db(CSV)
+
+
+def hosts_file(addr):
+    d = gwtest.tempdir("gwtest-secres-hosts-")
+    path = os.path.join(d, "hosts")
+    write(path, "%s %s\n" % (addr, HOSTNAME))
+    return path
+
+
+def states(gw):
+    text = get(gw.admin_port, "/metrics").text()
+    m = re.search(r"^gotthard_resolver_states (\d+)$", text, re.M)
+    assert m, "no gotthard_resolver_states in /metrics"
+    return int(m.group(1))
+
+
+# --------------------------------------------------------------------------- residency at connect
+
+
+def _queued_then_moved(tenant_narrowed):
+    """One slow request holds the only slot of a backend named HOSTNAME (127.0.0.1, CH); three
+    more wait in the pool's queue; the name moves to 127.0.0.2 (DE); the slow one ends and the
+    waiting ones are dispatched. Returns (slow answer, waiting answers, ch, de, gw)."""
+    ch = Mock(args=["--name", "ch"])
+    de = HostMock("127.0.0.2", port=ch.port, name="de")  # the same port: only the address moves
+    hosts = hosts_file("127.0.0.1")
+    url = "http://%s:%d" % (HOSTNAME, ch.port)
+    headers = {}
+    over = {}
+    allowed = ("CH",)
+    if tenant_narrowed:
+        key, entry = _key("acme-1")
+        over["tenants"] = [{"id": "acme", "models": ["*"], "api_keys": [entry],
+                            "residency": {"allowed_countries": ["CH"]}}]
+        headers = {"Authorization": "Bearer " + key}
+        allowed = ("CH", "DE")  # the move keeps the backend globally approved, not for acme
+    gw = Gateway(res_config([], allowed=allowed, dbs=[db()],
+                            pools=[pool("p1", ["m1"], [backend_entry(url, max_concurrent=1)],
+                                        queue={"max": 10, "timeout_ms": 60000})],
+                            resolver={"refresh_ms": 100, "hosts_file": hosts}, **over))
+    served_by_ch(post_json(gw.port, "/v1/chat/completions", chat(), headers=headers))
+    ch.reset()
+    out = {}
+
+    def slow():
+        h = dict(headers)
+        h["x-mock-delay-ms"] = "6000"
+        r = post_json(gw.port, "/v1/chat/completions", chat(), headers=h, timeout=60)
+        out["slow"] = r
+        out["slow_end"] = time.monotonic()
+
+    waiting = []
+
+    def queued():
+        r = post_json(gw.port, "/v1/chat/completions", chat(), headers=headers, timeout=60)
+        waiting.append(r)
+
+    ts = [threading.Thread(target=slow, daemon=True)]
+    ts[0].start()
+    wait_for(lambda: ch.requests(), 10, what="the slow request at the CH backend")
+    for _ in range(3):
+        t = threading.Thread(target=queued, daemon=True)
+        t.start()
+        ts.append(t)
+    time.sleep(1.0)  # they wait in p1's queue: the only slot is the slow request's
+    assert len(ch.requests()) == 1 and not waiting, "the queued requests did not wait"
+    write(hosts, "127.0.0.2 %s\n" % HOSTNAME)
+    wait_for(lambda: verdict_of(report(gw), url)["addresses"][0]["address"] == "127.0.0.2", 10,
+             what="the name re-resolved to 127.0.0.2")
+    moved = time.monotonic()
+    for t in ts:
+        t.join(60)
+    assert "slow" in out and out["slow_end"] > moved, \
+        "the slow request ended before the re-resolution: the test proves nothing"
+    return out["slow"], waiting, ch, de, gw
+
+
+def test_queued_requests_checked_at_connect_global():
+    slow, waiting, ch, de, gw = _queued_then_moved(tenant_narrowed=False)
+    served_by_ch(slow)
+    assert len(waiting) == 3, waiting
+    for r in waiting:
+        assert_error(r, 503, "residency_unavailable")
+    de_untouched(de)
+    assert len(ch.api_requests()) == 1
+
+
+def test_queued_requests_checked_at_connect_tenant_policy():
+    slow, waiting, ch, de, gw = _queued_then_moved(tenant_narrowed=True)
+    served_by_ch(slow)
+    assert len(waiting) == 3, waiting
+    for r in waiting:
+        assert_error(r, 503, "residency_unavailable")
+    de_untouched(de)
+    assert len(ch.api_requests()) == 1
+    blocks = [a for a in audit(gw, "residency_block") if a.get("backend")]
+    assert len(blocks) == 3 and all(b["reason"] == "backend_not_approved_for_tenant" for b in blocks), blocks
+
+
+def test_retry_checked_at_connect_tenant_policy():
+    """The first backend fails slowly; meanwhile the second one's name moves abroad (still
+    allowed globally, not for the tenant): the retry must not connect to it."""
+    ch = Mock(args=["--name", "ch"])
+    ch2 = HostMock("127.0.0.5", name="ch2")
+    de = HostMock("127.0.0.2", port=ch2.port, name="de")
+    hosts = hosts_file("127.0.0.5")
+    url2 = "http://%s:%d" % (HOSTNAME, ch2.port)
+    key, entry = _key("acme-1")
+    tenants = [{"id": "acme", "models": ["*"], "api_keys": [entry], "residency": {"allowed_countries": ["CH"]}}]
+    gw = Gateway(res_config([], allowed=("CH", "DE"), dbs=[db()], tenants=tenants,
+                            pools=[pool("p1", ["m1"], [backend_entry(ch.url, weight=100), backend_entry(url2)],
+                                        balance="weighted_round_robin")],
+                            resolver={"refresh_ms": 100, "hosts_file": hosts}))
+    auth = {"Authorization": "Bearer " + key}
+    # the first request goes to ch (round robin starts there), which closes after a delay
+    res = {}
+
+    def failing():
+        h = dict(auth)
+        h.update({"x-mock-delay-ms": "4000", "x-mock-close": "1"})
+        res["r"] = post_json(gw.port, "/v1/chat/completions", chat(), headers=h, timeout=60)
+
+    t = threading.Thread(target=failing, daemon=True)
+    t.start()
+    wait_for(lambda: ch.requests(), 10, what="the request at the first backend (the heavier one)")
+    write(hosts, "127.0.0.2 %s\n" % HOSTNAME)
+    wait_for(lambda: verdict_of(report(gw), url2)["addresses"][0]["address"] == "127.0.0.2", 10,
+             what="the name re-resolved to 127.0.0.2")
+    t.join(60)
+    r = res["r"]
+    assert r.status in (502, 503), r.describe()
+    de_untouched(de)
+    assert ch2.api_requests() == []
+
+
+# --------------------------------------------------------------------------- refused backends at load
+
+
+def _write(cfg):
+    d = gwtest.tempdir("gwtest-secres-")
+    path = os.path.join(d, "gw.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def refused_configs(ch, de_url):
+    hosts = hosts_file("127.0.0.2")
+    url = "http://%s:%d" % (HOSTNAME, ch.port)
+    return [
+        ("resolves abroad", res_config([backend_entry(ch.url), backend_entry(de_url)], dbs=[db()]),
+         "backend 127.0.0.2:%s of pool p1 is refused by the residency policy: 127.0.0.2 is in DE"
+         % de_url.rsplit(":", 1)[1]),
+        ("declared abroad", res_config([backend_entry(ch.url, country="DE")], dbs=[db()]),
+         "backend 127.0.0.1:%d of pool p1 is refused by the residency policy: declared country DE is not allowed"
+         % ch.port),
+        ("named abroad", res_config([backend_entry(url)], dbs=[db()], resolver={"hosts_file": hosts}),
+         "backend %s:%d of pool p1 is refused by the residency policy: 127.0.0.2 is in DE" % (HOSTNAME, ch.port)),
+    ]
+
+
+def test_check_and_start_refuse_a_refused_backend():
+    ch, de = Mock(args=["--name", "ch"]), HostMock("127.0.0.2", name="de")
+    for what, cfg, msg in refused_configs(ch, de.url):
+        path = _write(cfg)
+        rc, out, err = run_gotthard(["-t", "-c", path])
+        assert rc == 1 and msg in err and "$.pools[0].backends[" in err, \
+            "%s: -t gave %d, %r %r (wanted %r)" % (what, rc, out, err, msg)
+        assert "allow_refused_backends" in err, err
+        rc, out, err = run_gotthard(["-c", path])
+        assert rc == 1 and msg in err, "%s: the gateway started (rc %d): %r" % (what, rc, err)
+        # the report still shows it, and exits 1
+        rc, out, err = run_gotthard(["--residency-report", "-c", path])
+        assert rc == 1 and "refused" in out, (what, rc, out, err)
+    de_untouched(de)
+    assert ch.api_requests() == []
+
+
+def test_allow_refused_backends_starts_and_answers_503():
+    ch, de = Mock(args=["--name", "ch"]), HostMock("127.0.0.2", name="de")
+    cfg = res_config([], dbs=[db()], residency={"allowed_countries": ["CH"], "allow_refused_backends": True},
+                     pools=[pool("p1", ["m1"], [backend_entry(ch.url)]),
+                            pool("abroad", ["m2"], [backend_entry(de.url)])])
+    rc, out, err = run_gotthard(["-t", "-c", _write(cfg)])
+    assert rc == 0 and "ok" in out, (rc, out, err)
+    gw = Gateway(cfg)
+    served_by_ch(post_json(gw.port, "/v1/chat/completions", chat("m1")))
+    assert_error(post_json(gw.port, "/v1/chat/completions", chat("m2")), 503, "residency_unavailable")
+    de_untouched(de)
+    # a wrong type is a config error, not "true"
+    bad = gwtest.deep_merge(cfg, {"residency": {"allow_refused_backends": "yes"}})
+    rc, out, err = run_gotthard(["-t", "-c", _write(bad)])
+    assert rc == 1 and "$.residency.allow_refused_backends" in err, (rc, out, err)
+
+
+def test_reload_refuses_a_refused_backend():
+    ch, de = Mock(args=["--name", "ch"]), HostMock("127.0.0.2", name="de")
+    good = res_config([backend_entry(ch.url)], dbs=[db()])
+    gw = Gateway(good)
+    n = 0
+    for what, cfg, msg in refused_configs(ch, de.url):
+        cfg = gwtest.deep_merge(cfg, {"listen": good["listen"], "admin": good["admin"]})
+        gw.reload(cfg)
+        n += 1
+        wait_for(lambda: gw.stderr_text().count("reload refused") >= n and msg in gw.stderr_text(), 10,
+                 what="reload refused naming the backend (%s)" % what)
+        served_by_ch(post_json(gw.port, "/v1/chat/completions", chat()))
+    assert len(audit(gw, "config_loaded")) == 1
+    refused = audit(gw, "config_refused")
+    assert len(refused) == n and "refused by the residency policy" in refused[-1]["reason"], refused
+    # with allow_refused_backends the same config is taken
+    cfg = gwtest.deep_merge(refused_configs(ch, de.url)[0][1],
+                            {"listen": good["listen"], "admin": good["admin"],
+                             "residency": {"allow_refused_backends": True}})
+    gw.reload(cfg)
+    wait_for(lambda: len(audit(gw, "config_loaded")) == 2, 10, what="the reload taken")
+    served_by_ch(post_json(gw.port, "/v1/chat/completions", chat()))
+    de_untouched(de)
+
+
+def test_refused_later_by_reresolution_keeps_running():
+    ch = Mock(args=["--name", "ch"])
+    de = HostMock("127.0.0.2", port=ch.port, name="de")
+    hosts = hosts_file("127.0.0.1")
+    url = "http://%s:%d" % (HOSTNAME, ch.port)
+    gw = Gateway(res_config([backend_entry(url)], dbs=[db()], resolver={"refresh_ms": 100, "hosts_file": hosts}))
+    served_by_ch(post_json(gw.port, "/v1/chat/completions", chat()))
+    write(hosts, "127.0.0.2 %s\n" % HOSTNAME)
+    wait_for(lambda: verdict_of(report(gw), url)["verdict"] == "refused", 10, what="refused after the move")
+    assert_error(post_json(gw.port, "/v1/chat/completions", chat()), 503, "residency_unavailable")
+    assert get(gw.admin_port, "/healthz").status == 200
+    assert "re-resolved to 127.0.0.2=DE: refused" in gw.stderr_text(), gw.stderr_text()
+    de_untouched(de)
+
+
+# --------------------------------------------------------------------------- resolver history
+
+
+def test_resolver_states_stay_flat_while_names_alternate():
+    """resolver.refresh_ms 100 and the hosts file flipping between two CH addresses every 150 ms
+    for about 25 s (some 150 re-resolutions), with requests flowing: the number of backend
+    states alive stays bounded by the current ones plus those held by connections."""
+    ch = Mock(args=["--name", "ch"])
+    ch5 = HostMock("127.0.0.5", port=ch.port, name="ch")
+    hosts = hosts_file("127.0.0.1")
+    url = "http://%s:%d" % (HOSTNAME, ch.port)
+    gw = Gateway(res_config([backend_entry(url)], dbs=[db()],
+                            resolver={"refresh_ms": 100, "hosts_file": hosts},
+                            audit_log=None))
+    base = states(gw)
+    assert base == 1, "one backend, one state: %d" % base
+    samples = []
+    errors = []
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                r = post_json(gw.port, "/v1/chat/completions", chat(stream=bool(len(samples) % 2)), timeout=20)
+                if r.status != 200:
+                    errors.append(r.status)
+            except Exception as ex:  # noqa: BLE001
+                errors.append(repr(ex))
+
+    ts = [threading.Thread(target=traffic, daemon=True) for _ in range(2)]
+    for t in ts:
+        t.start()
+    end = time.monotonic() + 25
+    flip = 0
+    while time.monotonic() < end:
+        flip += 1
+        write(hosts, "%s %s\n" % ("127.0.0.5" if flip % 2 else "127.0.0.1", HOSTNAME))
+        time.sleep(0.15)  # not a multiple of refresh_ms: a pass sees a change, not two flips
+        if flip % 10 == 0:
+            samples.append(states(gw))
+    stop.set()
+    for t in ts:
+        t.join(30)
+    changes = gw.stderr_text().count("backend %s:%d re-resolved to" % (HOSTNAME, ch.port))
+    assert changes >= 50, "too few re-resolutions to prove anything: %d" % changes
+    assert not errors, errors[:5]
+    # current state plus those held by connections (one client connection at a time per thread,
+    # a few idle backend connections): never growing with the number of re-resolutions
+    assert max(samples) <= 8, "states grow with re-resolutions (%d changes): %r" % (changes, samples)
+    # once idle connections are gone, only the current state is left
+    wait_for(lambda: states(gw) <= 2, 10, what="states back to the current one")
+    assert len(ch.api_requests()) + len(ch5.api_requests()) > 10
+
+
+if __name__ == "__main__":
+    gwtest.run(globals())
