@@ -21,6 +21,7 @@ struct gw_conn {
     int64_t body_left; /* Content-Length bytes still to read */
     gw_chunked_t chunked;
     unsigned tls : 1, in_process : 1, lingering : 1, dead : 1, head_timer_due : 1;
+    unsigned asks_head : 1; /* the head being read is a HEAD's: its error answer has no body */
 };
 
 void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l);

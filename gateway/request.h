@@ -62,6 +62,7 @@ struct gw_req {
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
         json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1,
         usage_known : 1, own_error : 1;
+    unsigned head_only : 1; /* a HEAD: no answer carries a body */
     gw_sse_t sse_framer;
 };
 
@@ -96,8 +97,9 @@ void gw_req_take_usage(gw_req_t *r, const char *json, size_t len);
  * gateway's own OpenAI-shaped error instead; `body` is the backend's (or NULL), read only
  * for a known OpenAI error code. */
 void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len);
-/* Is this backend answer header one that a plugin removed (gw_req_add_response_header with
- * a NULL value)? */
-int gw_req_response_header_removed(const gw_req_t *r, const char *name, size_t len);
+/* Is this backend answer header one that the gateway writes itself or removed (any
+ * gw_req_add_response_header of its name, with a value or NULL)? The gateway is the only author
+ * of the headers it sets: a backend's of the same name is dropped, never sent next to it. */
+int gw_req_response_header_taken(const gw_req_t *r, const char *name, size_t len);
 
 #endif
