@@ -460,9 +460,12 @@ static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int counted, int st
                          "\"type\":\"server_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
                          code);
         struct evbuffer *out = gw_io_out(r->conn->io);
-        if (r->client_chunked) evbuffer_add_printf(out, "%x\r\n", n);
-        evbuffer_add(out, ev, (size_t)n);
-        if (r->client_chunked) evbuffer_add(out, "\r\n", 2);
+        /* never more than was written; never an empty chunk, which would end the stream */
+        if (n > 0 && (size_t)n < sizeof(ev)) {
+            if (r->client_chunked) evbuffer_add_printf(out, "%x\r\n", n);
+            evbuffer_add(out, ev, (size_t)n);
+            if (r->client_chunked) evbuffer_add(out, "\r\n", 2);
+        }
     }
     gw_req_finish(r, 1);
 }
