@@ -132,17 +132,22 @@ def _raw_after_head(port, data, timeout=3.0):
 
 def test_head_never_carries_a_body_on_any_error_path():
     """Every error a HEAD can get: the gateway's 404 (unknown path, a POST-only endpoint), 401 (no
-    credential), 413 (a declared body over the limit), and the 400 of a head that does not parse.
+    credential), 403 (a plugin refuses), 413 (a declared body over the limit), and the 400, 408,
+    431 and 505 of a head that does not parse or come in time.
     The GET (or POST) twin of each carries a body of the same length that content-length gives."""
     mock = Mock()
     tenants = [{"id": "acme", "models": ["*"], "api_keys": [{"id": "k1", "sha256": _sha(KEY)}]}]
-    gw = Gateway(gateway_config([mock.port], limits={"max_body_bytes": 1024}, timeouts={"drain_ms": 2000}))
+    plug = [{"path": gwtest.example_plugin(), "config": {"header": "x-gotthard-example", "value": "v"}}]
+    gw = Gateway(gateway_config([mock.port], limits={"max_body_bytes": 1024}, plugins=plug,
+                                timeouts={"drain_ms": 2000}))
     gwa = Gateway(gateway_config([mock.port], tenants=tenants, timeouts={"drain_ms": 2000}))
     auth = [("Authorization", "Bearer " + KEY)]
     cases = [
         ("404 path", gw, "/nothing-here", [], 404),
         ("404 post-only", gw, "/v1/chat/completions", [], 404),
         ("413", gw, "/v1/models", [("Content-Length", "5000")], 413),
+        ("403 plugin", gw, "/v1/models", [("x-example-deny", "1")], 403),
+        ("200", gw, "/v1/models", [], 200),
         ("401", gwa, "/v1/models", [], 401),
         ("200 with a key", gwa, "/v1/models", auth, 200),
     ]
