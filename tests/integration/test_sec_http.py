@@ -392,6 +392,11 @@ def test_every_refusal_closes_and_nothing_pipelined_behind_it_is_forwarded():
         assert behind not in got, "%s: the request pipelined behind it reached the backend: %r" % (name, got)
         assert rid not in got, "%s: the refused request reached the backend" % name
     gwtest.check_all(cases, one)
+    # The refusals left audit lines (auth failures): the admin's list of them, built in room of
+    # its exact size, reads back whole.
+    rec = gwtest.get(gw.admin_port, "/audit/recent").json()
+    assert rec["total"] >= 2 and len(rec["events"]) >= 2, rec
+    assert all(e.get("event") for e in rec["events"]), rec
 
 
 def test_answered_requests_keep_the_connection():
