@@ -7,6 +7,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -71,8 +72,15 @@ static void reply(struct evhttp_request *req, int status, const char *type, cons
         evhttp_send_error(req, 500, NULL);
         return;
     }
-    evbuffer_add(out, body, len);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        /* evhttp sends a HEAD's body if given one: never a body, the GET's length (RFC 9110) */
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", len);
+        evhttp_add_header(h, "content-length", n);
+    } else {
+        evbuffer_add(out, body, len);
+    }
     evhttp_add_header(h, "content-type", type);
     evhttp_add_header(h, "cache-control", "no-store");
     evhttp_add_header(h, "x-content-type-options", "nosniff");
@@ -399,7 +407,7 @@ static void handle(struct evhttp_request *req, void *arg)
     gw_admin_t *a = arg;
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-    int get = cmd == EVHTTP_REQ_GET;
+    int get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD; /* HEAD: the GET, no body */
     if (!path) path = "";
     /* Probes only learn up or not: they answer to any host name (load balancers' checks). */
     if (strcmp(path, "/healthz") != 0 && strcmp(path, "/readyz") != 0 &&
@@ -453,10 +461,8 @@ static void handle(struct evhttp_request *req, void *arg)
                                  "# TYPE gotthard_access_log_dropped_total counter\n"
                                  "gotthard_access_log_dropped_total %llu\n",
                             (unsigned long long)gw_access_log_dropped());
-        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-        evhttp_add_header(h, "content-type", "text/plain; version=0.0.4; charset=utf-8");
-        evhttp_add_header(h, "cache-control", "no-store");
-        evhttp_send_reply(req, 200, "OK", out);
+        reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(out, -1),
+              evbuffer_get_length(out));
         evbuffer_free(out);
     } else if (strcmp(path, "/privacy") == 0) {
         reply_doc(req, privacy_report(a->cfg));

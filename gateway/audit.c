@@ -95,12 +95,14 @@ char *gw_audit_recent_json(size_t max)
     pthread_mutex_lock(&recent.lock);
     uint64_t have = recent.next < RECENT_LINES ? recent.next : RECENT_LINES;
     if (max > have) max = (size_t)have;
-    size_t len = 64;
+    /* exactly: the prefix, the lines, a comma between two, "]}" and the NUL */
+    int pre = snprintf(NULL, 0, "{\"total\":%llu,\"events\":[", (unsigned long long)recent.next);
+    size_t len = (size_t)(pre > 0 ? pre : 0) + (max ? max - 1 : 0) + 3;
     for (uint64_t i = recent.next - max; i < recent.next; i++)
-        len += strlen(recent.line[i % RECENT_LINES]) + 1;
-    char *out = malloc(len), *p = out;
+        len += strlen(recent.line[i % RECENT_LINES]);
+    char *out = pre > 0 ? malloc(len) : NULL, *p = out;
     if (out) {
-        p += sprintf(p, "{\"total\":%llu,\"events\":[", (unsigned long long)recent.next);
+        p += snprintf(p, len, "{\"total\":%llu,\"events\":[", (unsigned long long)recent.next);
         for (uint64_t i = recent.next - max; i < recent.next; i++) {
             const char *l = recent.line[i % RECENT_LINES];
             size_t n = strlen(l);

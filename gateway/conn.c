@@ -418,6 +418,7 @@ static void process(gw_conn_t *c)
             size_t max = (size_t)c->w->cfg->limits.max_header_bytes;
             size_t look = len < max + 4 ? len : max + 4;
             const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)look);
+            c->asks_head = look >= 5 && memcmp(buf, "HEAD ", 5) == 0;
             long hl = gw_http_find_head_end(buf, look, &c->head_scanned);
             if (hl == GW_HTTP_INCOMPLETE) {
                 if (look > max) head_error(c, GW_HTTP_TOO_MANY);

@@ -26,6 +26,7 @@ struct gw_conn {
     socklen_t client_len;
     struct proxy_wait *pp; /* CONN_PROXY: reading the PROXY header; io is NULL until it is whole */
     unsigned tls : 1, in_process : 1, lingering : 1, dead : 1, head_timer_due : 1;
+    unsigned asks_head : 1; /* the head being read is a HEAD's: its error answer has no body */
 };
 
 /* sa: the peer accept() gave. A listener with proxy_protocol first reads the PROXY header (the

@@ -92,6 +92,7 @@ int gw_http_header_kind(const char *n, size_t len)
     switch (len) {
     case 2: IS("te", GW_H_TE); break;
     case 4: IS("host", GW_H_HOST); break;
+    case 5: IS("close", GW_H_CLOSE); break;
     case 6: IS("expect", GW_H_EXPECT); break;
     case 7:
         IS("api-key", GW_H_API_KEY);
@@ -329,16 +330,36 @@ const char *gw_http_reason(int status)
     case 200: return "OK";
     case 201: return "Created";
     case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
     case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 207: return "Multi-Status";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
     case 408: return "Request Timeout";
     case 409: return "Conflict";
-    case 413: return "Content Too Large";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
     case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 424: return "Failed Dependency";
+    case 428: return "Precondition Required";
+    case 451: return "Unavailable For Legal Reasons";
+    case 413: return "Content Too Large";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
@@ -408,13 +429,87 @@ char *gw_put_u64(char *p, uint64_t v)
     return p;
 }
 
-char *gw_put_status_line(char *p, int status)
+void gw_out_put(gw_out_t *o, const char *s, size_t n)
 {
-    p = gw_put(p, "HTTP/1.1 ", 9);
-    p = gw_put_u64(p, (uint64_t)status);
-    *p++ = ' ';
-    p = gw_put_str(p, gw_http_reason(status));
-    return gw_put(p, "\r\n", 2);
+    if (o->buf && n <= o->cap && o->len <= o->cap - n) memcpy(o->buf + o->len, s, n);
+    o->len += n;
+}
+
+void gw_out_str(gw_out_t *o, const char *s)
+{
+    gw_out_put(o, s, strlen(s));
+}
+
+void gw_out_u64(gw_out_t *o, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[sizeof(tmp) - ++n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    gw_out_put(o, tmp + sizeof(tmp) - n, n);
+}
+
+void gw_out_status_line(gw_out_t *o, int status)
+{
+    gw_out_put(o, "HTTP/1.1 ", 9);
+    gw_out_u64(o, (uint64_t)(status < 0 ? 0 : status));
+    gw_out_put(o, " ", 1);
+    gw_out_str(o, gw_http_reason(status));
+    gw_out_put(o, "\r\n", 2);
+}
+
+static int has_prefix(const char *name, size_t len, const char *lit, size_t n)
+{
+    return len > n && strncasecmp(name, lit, n) == 0;
+}
+
+int gw_http_gateway_name(const char *name, size_t len)
+{
+    return has_prefix(name, len, "x-gotthard-", 11) || has_prefix(name, len, "x-ratelimit-", 12);
+}
+
+static void answer_head(gw_out_t *o, const gw_http_head_t *h, const gw_answer_head_t *a)
+{
+    gw_out_status_line(o, a->status);
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const gw_header_t *hd = &h->headers[i];
+        /* framing and hop-by-hop are the gateway's; the id and the namespace are its own */
+        if (GW_H_IS_HOP(h->kind[i]) || h->kind[i] == GW_H_X_REQUEST_ID ||
+            h->kind[i] == GW_H_X_CLIENT_REQUEST_ID || gw_http_gateway_name(hd->name, hd->name_len) ||
+            (a->taken && a->taken(a->arg, hd->name, hd->name_len)))
+            continue;
+        gw_out_put(o, hd->name, hd->name_len);
+        gw_out_put(o, ": ", 2);
+        gw_out_put(o, hd->value, hd->value_len);
+        gw_out_put(o, "\r\n", 2);
+    }
+    switch (a->framing) {
+    case GW_AH_EMPTY:
+        gw_out_put(o, "content-length: 0\r\n", 19);
+        break;
+    case GW_AH_LENGTH:
+        gw_out_put(o, "content-length: ", 16);
+        gw_out_u64(o, a->length);
+        gw_out_put(o, "\r\n", 2);
+        break;
+    case GW_AH_CHUNKED:
+        gw_out_put(o, "transfer-encoding: chunked\r\n", 28);
+        break;
+    }
+    if (a->close) gw_out_put(o, "connection: close\r\n", 19);
+    else if (a->keepalive) gw_out_put(o, "connection: keep-alive\r\n", 24);
+}
+
+size_t gw_http_answer_head(char *out, size_t cap, const gw_http_head_t *h, const gw_answer_head_t *a)
+{
+    gw_out_t o = {NULL, 0, 0};
+    answer_head(&o, h, a);
+    if (!out || o.len > cap) return o.len;
+    o = (gw_out_t){out, 0, cap};
+    answer_head(&o, h, a);
+    return o.len; /* the same code over the same input: need again (the caller checks) */
 }
 
 enum { CK_SIZE, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF, CK_TRAILER, CK_TRAILER_LINE,

@@ -28,6 +28,7 @@ enum gw_header_kind {
     GW_H_UPGRADE,
     GW_H_PROXY_AUTHORIZATION,
     GW_H_PROXY_AUTHENTICATE,
+    GW_H_CLOSE, /* a reserved name (RFC 9110 18.4): read as the connection option when relayed */
     GW_H_NAMED_BY_CONNECTION,
 };
 #define GW_H_IS_HOP(kind) ((kind) >= GW_H_HOP_FIRST)
@@ -89,12 +90,46 @@ int gw_http_content_coded(const gw_http_head_t *h);
 int gw_http_credential(int is_authorization, const char *value, size_t len, const char **cred,
                        size_t *cred_len);
 
-/* Building heads in a buffer the caller sized: each returns the new end. */
+/* Building heads in room of their exact size: the same code runs twice, first with buf NULL
+ * to count (len), then into room of exactly len bytes. A byte past cap is never written, only
+ * counted: a caller whose second pass counts more than cap (a miscount) writes nothing wrong. */
+typedef struct gw_out {
+    char *buf;
+    size_t len, cap;
+} gw_out_t;
+
+void gw_out_put(gw_out_t *o, const char *s, size_t n);
+void gw_out_str(gw_out_t *o, const char *s);
+void gw_out_u64(gw_out_t *o, uint64_t v);
+/* "HTTP/1.1 200 OK\r\n" */
+void gw_out_status_line(gw_out_t *o, int status);
+
+/* Is this answer header name in the gateway's own namespace (x-gotthard-*, x-ratelimit-*)? Only
+ * the gateway writes those: a backend's are never relayed. */
+int gw_http_gateway_name(const char *name, size_t len);
+
+/* How the client's head is rebuilt from a backend's answer (gw_http_answer_head). */
+enum { GW_AH_EMPTY, GW_AH_LENGTH, GW_AH_CHUNKED, GW_AH_EOF };
+typedef struct gw_answer_head {
+    int status;
+    int framing;     /* GW_AH_*: content-length: 0, content-length: length, chunked, nothing */
+    uint64_t length; /* GW_AH_LENGTH */
+    unsigned close : 1, keepalive : 1; /* connection: close / keep-alive (an HTTP/1.0 client) */
+    /* A backend header the gateway writes itself (a plugin sets or removes it); may be NULL. */
+    int (*taken)(void *arg, const char *name, size_t len);
+    void *arg;
+} gw_answer_head_t;
+
+/* The client's head from a backend's parsed answer h, without its final empty line: the status
+ * line, the backend's end-to-end headers except the gateway's own (x-request-id, its namespace,
+ * `taken`), then the framing and connection lines. Written into out[0..cap) only when it fits
+ * whole; returns its exact length either way (out NULL, cap 0: only the length). */
+size_t gw_http_answer_head(char *out, size_t cap, const gw_http_head_t *h, const gw_answer_head_t *a);
+
+/* Building heads in a buffer the caller sized: each returns the new end. Prefer gw_out_t. */
 char *gw_put(char *p, const char *s, size_t n);
 char *gw_put_str(char *p, const char *s);
 char *gw_put_u64(char *p, uint64_t v);
-/* "HTTP/1.1 200 OK\r\n" */
-char *gw_put_status_line(char *p, int status);
 
 /* An incremental strict decoder of chunked bodies. */
 typedef struct gw_chunked {

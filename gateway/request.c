@@ -37,50 +37,71 @@ static const char *error_type(int status)
     }
 }
 
-/* Appends the lines every answer of a request carries, and the connection line: written into
- * space reserved once (one evbuffer call, not four per line). */
-static void add_tail_headers(struct evbuffer *out, const char *id, gw_req_t *r, int close, int minor)
+/* The lines every answer of a request carries, and the connection line. */
+static void tail_headers(gw_out_t *o, const char *id, const gw_req_t *r, int close, int minor)
 {
     const char *cid = r ? r->client_id : NULL;
-    size_t idn = strlen(id), cidn = cid ? strlen(cid) : 0, cap = 14 + idn + 2 + 24 + 21 + cidn + 2;
-    for (gw_hdr_edit_t *h = r ? r->resp_headers : NULL; h; h = h->next)
-        if (h->value) cap += strlen(h->name) + strlen(h->value) + 4;
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(out, (ssize_t)cap, &v, 1) < 1) return;
-    char *p = v.iov_base;
-    p = gw_put(p, "x-request-id: ", 14);
-    p = gw_put(p, id, idn);
-    p = gw_put(p, "\r\n", 2);
+    gw_out_put(o, "x-request-id: ", 14);
+    gw_out_str(o, id);
+    gw_out_put(o, "\r\n", 2);
     if (cid) {
-        p = gw_put(p, "x-client-request-id: ", 21);
-        p = gw_put(p, cid, cidn);
-        p = gw_put(p, "\r\n", 2);
+        gw_out_put(o, "x-client-request-id: ", 21);
+        gw_out_str(o, cid);
+        gw_out_put(o, "\r\n", 2);
     }
-    for (gw_hdr_edit_t *h = r ? r->resp_headers : NULL; h; h = h->next) {
+    for (const gw_hdr_edit_t *h = r ? r->resp_headers : NULL; h; h = h->next) {
         /* a backend header removed; framing, ids and the like are the gateway's */
         if (!h->value || gw_http_header_kind(h->name, strlen(h->name)) != GW_H_OTHER) continue;
-        p = gw_put_str(p, h->name);
-        p = gw_put(p, ": ", 2);
-        p = gw_put_str(p, h->value);
-        p = gw_put(p, "\r\n", 2);
+        gw_out_str(o, h->name);
+        gw_out_put(o, ": ", 2);
+        gw_out_str(o, h->value);
+        gw_out_put(o, "\r\n", 2);
     }
-    if (close) p = gw_put(p, "connection: close\r\n", 19);
-    else if (minor == 0) p = gw_put(p, "connection: keep-alive\r\n", 24);
-    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    if (close) gw_out_put(o, "connection: close\r\n", 19);
+    else if (minor == 0) gw_out_put(o, "connection: keep-alive\r\n", 24);
+}
+
+/* The head of a JSON answer of n bytes, without its final empty line (status 0: only the tail
+ * lines of a relayed answer's head). */
+static void json_head(gw_out_t *o, int status, size_t n, const char *id, const gw_req_t *r,
+                      int close, int minor)
+{
+    if (status) {
+        gw_out_status_line(o, status);
+        gw_out_put(o, "content-type: application/json\r\ncontent-length: ", 48);
+        gw_out_u64(o, n);
+        gw_out_put(o, "\r\n", 2);
+    }
+    tail_headers(o, id, r, close, minor);
+}
+
+/* Writes a head into room of its exact size (counted first, by the same code): one evbuffer
+ * call, not four per line. */
+static void add_head(struct evbuffer *out, int status, size_t n, const char *id, const gw_req_t *r,
+                     int close, int minor)
+{
+    gw_out_t o = {NULL, 0, 0};
+    json_head(&o, status, n, id, r, close, minor);
+    size_t need = o.len;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ssize_t)need, &v, 1) < 1) return;
+    o = (gw_out_t){v.iov_base, 0, v.iov_len};
+    json_head(&o, status, n, id, r, close, minor);
+    if (o.len != need) return; /* cannot happen: the same code over the same input */
+    v.iov_len = need;
     evbuffer_commit_space(out, &v, 1);
 }
 
-/* Writes a complete answer with a JSON body. */
+/* Writes a complete answer with a JSON body: no body to a HEAD (RFC 9110 9.3.2), whose
+ * content-length is still the GET's. `ref`: body is constant and outlives the buffer. */
 static void write_json(struct evbuffer *out, int status, const char *body, size_t n, const char *id,
-                       gw_req_t *r, int close, int minor)
+                       gw_req_t *r, int close, int minor, int head_only, int ref)
 {
-    char head[128], *p = gw_put_status_line(head, status);
-    p = gw_put_str(p, "content-type: application/json\r\ncontent-length: ");
-    p = gw_put_u64(p, n);
-    p = gw_put(p, "\r\n", 2);
-    evbuffer_add(out, head, (size_t)(p - head));
-    add_tail_headers(out, id, r, close, minor);
+    add_head(out, status, n, id, r, close, minor);
     evbuffer_add(out, "\r\n", 2);
+    if (head_only || n == 0) return;
+    if (ref) evbuffer_add_reference(out, body, n, NULL, NULL);
+    else evbuffer_add(out, body, n);
 }
 
 size_t gw_error_json(char *buf, size_t cap, int status, const char *code, const char *message)
@@ -95,12 +116,11 @@ size_t gw_error_json(char *buf, size_t cap, int status, const char *code, const 
 
 /* Messages are the gateway's own constants: they never hold request content. */
 static void write_error(struct evbuffer *out, int status, const char *code, const char *message,
-                        const char *id, gw_req_t *r, int close, int minor)
+                        const char *id, gw_req_t *r, int close, int minor, int head_only)
 {
     char body[512];
     size_t n = gw_error_json(body, sizeof(body), status, code, message);
-    write_json(out, status, body, n, id, r, close, minor);
-    evbuffer_add(out, body, (size_t)n);
+    write_json(out, status, body, n, id, r, close, minor, head_only, 0);
 }
 
 /* The gateway's id for a request: 128 bits from the CSPRNG in 32 hex digits, so that no
@@ -127,7 +147,7 @@ void gw_conn_error_reply(gw_conn_t *c, int status, const char *code, const char 
 {
     char id[33];
     make_id(c->w, id);
-    write_error(gw_io_out(c->io), status, code, message, id, NULL, close, 1);
+    write_error(gw_io_out(c->io), status, code, message, id, NULL, close, 1, c->asks_head);
     gw_io_flush(c->io);
     if (close) gw_conn_close_after_write(c);
 }
@@ -138,15 +158,23 @@ static void close_if_body_unread(gw_req_t *r)
     if (!r->body_read && (r->head.chunked || r->head.content_length > 0)) r->close = 1;
 }
 
+/* One rule for every refusal, whatever its status and whether the body was read: a request
+ * the gateway answers with its own error without having sent it to a backend closes the
+ * connection after the answer (connection: close), and whatever the client pipelined behind it
+ * is discarded, never forwarded. A refused request says the client and the gateway may not
+ * agree on where requests begin (a front proxy that frames differently, a request smuggled in
+ * a body). A request that went to a backend was not refused: its answer, the backend's or the
+ * gateway's error for it (502, 504, a replaced error answer), keeps the connection. */
 void gw_req_error(gw_req_t *r, int status, const char *code, const char *message)
 {
     r->status = status;
     r->code = code;
     if (r->head_sent || !r->conn) return;
+    if (!r->attempts) r->close = 1;
     close_if_body_unread(r);
     r->head_sent = 1;
     write_error(gw_io_out(r->conn->io), status, code, message, r->id, r, r->close,
-                r->head.minor);
+                r->head.minor, r->head_only);
 }
 
 void gw_req_respond_error(gw_req_t *r, int status, const char *code, const char *message)
@@ -180,7 +208,9 @@ static const char *client_id(gw_arena_t *a, const gw_http_head_t *h)
 static int endpoint_of(const gw_http_head_t *h, const char *path)
 {
     int post = h->method_len == 4 && memcmp(h->method, "POST", 4) == 0;
-    int get = h->method_len == 3 && memcmp(h->method, "GET", 3) == 0;
+    /* HEAD is GET without the body (RFC 9110 9.3.2): answered the same, body left out */
+    int get = (h->method_len == 3 && memcmp(h->method, "GET", 3) == 0) ||
+              (h->method_len == 4 && memcmp(h->method, "HEAD", 4) == 0);
     if (post && strcmp(path, "/v1/chat/completions") == 0) return EP_CHAT;
     if (post && strcmp(path, "/v1/completions") == 0) return EP_COMPLETIONS;
     if (post && strcmp(path, "/v1/embeddings") == 0) return EP_EMBEDDINGS;
@@ -283,6 +313,7 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
     if (plen > r->head.target_len) plen = r->head.target_len;
     r->path = gw_arena_strndup(a, r->head.target, plen);
     r->endpoint = endpoint_of(&r->head, r->path);
+    r->head_only = r->head.method_len == 4 && memcmp(r->head.method, "HEAD", 4) == 0;
     r->close = r->head.conn_close || (r->head.minor == 0 && !r->head.conn_keepalive);
     r->client_chunked = r->head.minor >= 1;
     r->no_id = make_id(c->w, r->id) < 0;
@@ -399,8 +430,7 @@ static void respond_models(gw_req_t *r)
     close_if_body_unread(r);
     if (!r->tenant) {
         write_json(out, 200, r->cfg->models_json, r->cfg->models_json_len, r->id, r, r->close,
-                   r->head.minor);
-        evbuffer_add_reference(out, r->cfg->models_json, r->cfg->models_json_len, NULL, NULL);
+                   r->head.minor, r->head_only, 1);
         return;
     }
     /* Only the models this tenant may use. */
@@ -414,8 +444,7 @@ static void respond_models(gw_req_t *r)
     char *body = all ? cJSON_PrintUnformatted(all) : NULL;
     cJSON_Delete(all);
     const char *b = body ? body : "{\"object\":\"list\",\"data\":[]}";
-    write_json(out, 200, b, strlen(b), r->id, r, r->close, r->head.minor);
-    evbuffer_add(out, b, strlen(b));
+    write_json(out, 200, b, strlen(b), r->id, r, r->close, r->head.minor, r->head_only, 0);
     cJSON_free(body);
 }
 
@@ -674,7 +703,7 @@ int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len)
 
 void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out)
 {
-    add_tail_headers(out, r->id, r, 0, 1);
+    add_head(out, 0, 0, r->id, r, 0, 1);
 }
 
 /* ---- the plugin interface (include/gotthard/plugin.h) ---- */
@@ -741,10 +770,10 @@ int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value)
     return add_edit(r, &r->resp_headers, name, value);
 }
 
-int gw_req_response_header_removed(const gw_req_t *r, const char *name, size_t len)
+int gw_req_response_header_taken(const gw_req_t *r, const char *name, size_t len)
 {
     for (const gw_hdr_edit_t *e = r->resp_headers; e; e = e->next)
-        if (!e->value && gw_http_name_eq(name, len, e->name)) return 1;
+        if (gw_http_name_eq(name, len, e->name)) return 1;
     return 0;
 }
 

@@ -76,6 +76,7 @@ struct gw_req {
     unsigned usage_asked : 1, strip_usage : 1;
     gw_arena_t *json_arena; /* json's nodes, freed after the body phase (settle_body) */
     size_t body_received;   /* the body's length as received, once body holds a rewritten one */
+    unsigned head_only : 1; /* a HEAD: no answer carries a body */
     gw_sse_t sse_framer;
 };
 
@@ -110,8 +111,9 @@ void gw_req_take_usage(gw_req_t *r, const char *json, size_t len);
  * gateway's own OpenAI-shaped error instead; `body` is the backend's (or NULL), read only
  * for a known OpenAI error code. */
 void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len);
-/* Is this backend answer header one that a plugin removed (gw_req_add_response_header with
- * a NULL value)? */
-int gw_req_response_header_removed(const gw_req_t *r, const char *name, size_t len);
+/* Is this backend answer header one that the gateway writes itself or removed (any
+ * gw_req_add_response_header of its name, with a value or NULL)? The gateway is the only author
+ * of the headers it sets: a backend's of the same name is dropped, never sent next to it. */
+int gw_req_response_header_taken(const gw_req_t *r, const char *name, size_t len);
 
 #endif

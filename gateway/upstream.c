@@ -472,9 +472,12 @@ static void fail_on(gw_req_t *r, gw_backend_t *b, int stale, int counted, int st
                          "\"type\":\"server_error\",\"param\":null,\"code\":\"%s\"}}\n\n",
                          code);
         struct evbuffer *out = gw_io_out(r->conn->io);
-        if (r->client_chunked) evbuffer_add_printf(out, "%x\r\n", n);
-        evbuffer_add(out, ev, (size_t)n);
-        if (r->client_chunked) evbuffer_add(out, "\r\n", 2);
+        /* never more than was written; never an empty chunk, which would end the stream */
+        if (n > 0 && (size_t)n < sizeof(ev)) {
+            if (r->client_chunked) evbuffer_add_printf(out, "%x\r\n", n);
+            evbuffer_add(out, ev, (size_t)n);
+            if (r->client_chunked) evbuffer_add(out, "\r\n", 2);
+        }
     }
     gw_req_finish(r, 1);
 }
@@ -636,8 +639,29 @@ static void judge_head(gw_req_t *r, gw_upconn_t *u, int status)
     u->health_told = status >= 500 ? HEALTH_FAILED : HEALTH_OK;
 }
 
+/* A backend's answer header that the gateway writes itself or removed (its plugins'). */
+static int header_taken(void *arg, const char *name, size_t len)
+{
+    return gw_req_response_header_taken(arg, name, len);
+}
+
+#define REDIRECTED (-2)
+
+/* A backend's redirect is not the client's to follow: the gateway speaks for its backends, and
+ * a Location from one would send the client (and its credentials) elsewhere. Answered 502
+ * upstream_error; the backend answered, so, as nginx and Envoy do with a 3xx, it is not held
+ * against its health. Its connection goes (the body is not read). */
+static void redirected(gw_req_t *r)
+{
+    gw_upconn_t *u = detach(r);
+    gw_balance_succeeded(u->be);
+    up_free(u);
+    gw_req_error(r, 502, "upstream_error", "The backend answered with a redirect, which is not relayed.");
+    gw_req_finish(r, 0);
+}
+
 /* Parses the backend's head and prepares the client's (held, see release_head). Returns 1 when
- * done, 0 for more, -1. */
+ * done, 0 for more, -1, or REDIRECTED. */
 static int on_head(gw_req_t *r, gw_upconn_t *u)
 {
     struct evbuffer *in = gw_io_in(u->io);
@@ -662,6 +686,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
             u->head_scanned = 0;
             continue; /* an interim answer: the real one follows */
         }
+        if (h.status >= 300 && h.status < 400) return REDIRECTED;
         /* Asked for identity: a coded body can be neither read for usage nor framed. */
         if (gw_http_content_coded(&h)) return -1;
         u->keepalive = h.minor >= 1 ? !h.conn_close : h.conn_keepalive;
@@ -701,35 +726,25 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         else if (!r->client_chunked) r->close = 1; /* HTTP/1.0: the end of the answer is the close */
         if (r->w->draining) r->close = 1;
 
+        gw_answer_head_t a = {
+            .status = h.status,
+            .framing = u->framing == F_NONE ? GW_AH_EMPTY
+                       : length_known       ? GW_AH_LENGTH
+                       : r->client_chunked  ? GW_AH_CHUNKED
+                                            : GW_AH_EOF,
+            .length = u->framing == F_NONE ? 0 : (uint64_t)u->remaining,
+            .close = r->close,
+            .keepalive = !r->close && r->head.minor == 0,
+            .taken = header_taken,
+            .arg = r,
+        };
         struct evbuffer *out = u->held;
-        size_t cap = (size_t)hl + 160;
+        size_t need = gw_http_answer_head(NULL, 0, &h, &a);
         struct evbuffer_iovec v;
-        if (evbuffer_reserve_space(out, (ssize_t)cap, &v, 1) < 1) return -1;
-        char *p = gw_put_status_line(v.iov_base, h.status);
-        for (size_t i = 0; i < h.nheaders; i++) {
-            const gw_header_t *hd = &h.headers[i];
-            if (GW_H_IS_HOP(kinds[i]) || kinds[i] == GW_H_X_REQUEST_ID ||
-                kinds[i] == GW_H_X_CLIENT_REQUEST_ID)
-                continue;
-            if (r->resp_headers && gw_req_response_header_removed(r, hd->name, hd->name_len))
-                continue;
-            p = gw_put(p, hd->name, hd->name_len);
-            p = gw_put(p, ": ", 2);
-            p = gw_put(p, hd->value, hd->value_len);
-            p = gw_put(p, "\r\n", 2);
-        }
-        if (u->framing == F_NONE) {
-            p = gw_put(p, "content-length: 0\r\n", 19);
-        } else if (length_known) {
-            p = gw_put(p, "content-length: ", 16);
-            p = gw_put_u64(p, (uint64_t)u->remaining);
-            p = gw_put(p, "\r\n", 2);
-        } else if (r->client_chunked) {
-            p = gw_put(p, "transfer-encoding: chunked\r\n", 28);
-        }
-        if (r->close) p = gw_put(p, "connection: close\r\n", 19);
-        else if (r->head.minor == 0) p = gw_put(p, "connection: keep-alive\r\n", 24);
-        v.iov_len = (size_t)(p - (char *)v.iov_base);
+        if (evbuffer_reserve_space(out, (ssize_t)need, &v, 1) < 1 ||
+            gw_http_answer_head(v.iov_base, v.iov_len, &h, &a) != need)
+            return -1;
+        v.iov_len = need;
         evbuffer_commit_space(out, &v, 1);
         gw_req_add_common_headers(r, out);
         evbuffer_add(out, "\r\n", 2);
@@ -848,6 +863,10 @@ static void up_read_cb(gw_io_t *io, void *arg)
     if (u->state != UP_BODY) {
         int rc = on_head(r, u);
         if (rc == 0) return;
+        if (rc == REDIRECTED) {
+            redirected(r);
+            return;
+        }
         if (rc < 0) {
             fail(r, 502, "upstream_error", 0);
             return;

@@ -8,6 +8,12 @@
  *   - heads: the head end is the same when searched in one go or resumed byte by byte; a
  *     parsed head points only inside its buffer; a request with both Content-Length and
  *     Transfer-Encoding, or a response or request with a negative length, is never accepted.
+ *   - the client's head rebuilt from a parsed response head (gw_http_answer_head, framing and
+ *     connection lines picked by the second byte): written into room of exactly the length it
+ *     says, nothing written when the room is a byte short, and it parses back as a response
+ *     with the same status, one framing header at most, and none of the gateway's own headers
+ *     (x-request-id, x-gotthard-*, x-ratelimit-*, those the gateway takes) nor hop-by-hop ones
+ *     from the backend.
  *   - chunked: the data and the verdict are the same whatever the split of the input; the
  *     data never exceeds the input.
  *   - SSE: the events (and the bytes left over) are the same whatever the split; each event
@@ -30,7 +36,64 @@ static int inside(const char *p, size_t n, const char *buf, size_t len)
     return n == 0 || (p >= buf && p + n <= buf + len);
 }
 
-static void heads(const char *buf, size_t len, int response)
+/* A stand-in for the plugins' headers: some names the gateway writes itself. */
+static int taken(void *arg, const char *name, size_t len)
+{
+    unsigned seed = *(const unsigned *)arg;
+    return len && ((unsigned char)name[0] + seed) % 5 == 0;
+}
+
+static void answer(const gw_http_head_t *h, uint32_t seed)
+{
+    gw_answer_head_t a = {
+        .status = h->status,
+        .framing = (int)(seed & 3),
+        .length = h->content_length >= 0 ? (uint64_t)h->content_length : (uint64_t)seed * 99991u,
+        .close = (seed >> 2) & 1,
+        .keepalive = (seed >> 3) & 1,
+        .taken = (seed & 16) ? taken : NULL,
+        .arg = &seed,
+    };
+    size_t need = gw_http_answer_head(NULL, 0, h, &a);
+    check(need >= 17); /* "HTTP/1.1 NNN X\r\n" at least */
+    /* a byte short: nothing is written */
+    char *small = malloc(need - 1);
+    check(small != NULL);
+    memset(small, 0x5a, need - 1);
+    check(gw_http_answer_head(small, need - 1, h, &a) == need);
+    for (size_t i = 0; i < need - 1; i++) check(small[i] == 0x5a);
+    free(small);
+    /* exactly its length (ASan catches a byte more), plus the final empty line to parse it */
+    char *out = malloc(need + 2);
+    check(out != NULL);
+    check(gw_http_answer_head(out, need, h, &a) == need);
+    memcpy(out + need, "\r\n", 2);
+    gw_header_t hs[MAX_HEADERS + 3];
+    uint8_t kind[MAX_HEADERS + 3];
+    gw_http_head_t o;
+    check(gw_http_parse_response(out, need + 2, &o, hs, kind, MAX_HEADERS + 3) == 0);
+    check(o.status == h->status && o.minor == 1);
+    int framing = 0, conn = 0;
+    for (size_t i = 0; i < o.nheaders; i++) {
+        check(!gw_http_gateway_name(hs[i].name, hs[i].name_len));
+        check(kind[i] != GW_H_X_REQUEST_ID);
+        int own = kind[i] == GW_H_CONTENT_LENGTH || kind[i] == GW_H_TRANSFER_ENCODING ||
+                  kind[i] == GW_H_CONNECTION; /* the lines the rebuild adds */
+        check(own || !a.taken || !taken(&seed, hs[i].name, hs[i].name_len));
+        framing += kind[i] == GW_H_CONTENT_LENGTH || kind[i] == GW_H_TRANSFER_ENCODING;
+        conn += kind[i] == GW_H_CONNECTION;
+        check(!GW_H_IS_HOP(kind[i]) || kind[i] == GW_H_CONTENT_LENGTH ||
+              kind[i] == GW_H_TRANSFER_ENCODING || kind[i] == GW_H_CONNECTION);
+    }
+    check(framing == (a.framing != GW_AH_EOF));
+    check(conn == (a.close || a.keepalive));
+    if (a.framing == GW_AH_LENGTH) check(o.content_length == (int64_t)a.length);
+    if (a.framing == GW_AH_EMPTY) check(o.content_length == 0);
+    if (a.framing == GW_AH_CHUNKED) check(o.chunked);
+    free(out);
+}
+
+static void heads(const char *buf, size_t len, int response, uint32_t seed)
 {
     size_t scanned = 0, step = 0;
     long end = gw_http_find_head_end(buf, len, &scanned);
@@ -61,6 +124,7 @@ static void heads(const char *buf, size_t len, int response)
         check(inside(hs[i].value, hs[i].value_len, buf, (size_t)end));
         check(hs[i].name_len > 0);
     }
+    if (response) answer(&h, seed);
 }
 
 typedef struct sink {
@@ -188,8 +252,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(buf != NULL);
     memcpy(buf, data + 2, len);
     switch (mode) {
-    case 0: heads(buf, len, 0); break;
-    case 1: heads(buf, len, 1); break;
+    case 0: heads(buf, len, 0, seed); break;
+    case 1: heads(buf, len, 1, seed); break;
     case 2: chunked_mode(buf, len, seed); break;
     default: sse_mode(buf, len, seed); break;
     }

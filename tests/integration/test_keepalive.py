@@ -87,13 +87,14 @@ def test_many_requests_one_connection():
 def test_pipelined_answers_in_order():
     mock, gw = env()
     # The first is slow at the backend, the second is answered by the gateway itself, the third is fast:
-    # the answers must still come back in request order.
+    # the answers must still come back in request order. A refusal (the 404) ends the connection
+    # (issue 14: one rule for every refusal), so it comes last.
     reqs = (chat_req("p-1", extra=b"X-Mock-Delay-Ms: 400\r\n") + models_req("p-2") + chat_req("p-3")
-            + notfound_req("p-4") + chat_req("p-5", model="m2"))
+            + chat_req("p-5", model="m2") + notfound_req("p-4"))
     with Conn(gw.port) as c:
         c.send(reqs)
-        read_in_order(c, ["p-1", "p-2", "p-3", "p-4", "p-5"], [200, 200, 200, 404, 200])
-        assert c.is_open(0.2), "connection closed after pipelined answers"
+        read_in_order(c, ["p-1", "p-2", "p-3", "p-5", "p-4"], [200, 200, 200, 200, 404])
+        assert c.wait_closed(CLOSE_S), "connection open after the refusal that ends the pipeline"
     assert len(mock.wait_requests(3)) == 3
 
 
@@ -144,17 +145,25 @@ def test_keepalive_after_chunked_request():
     assert [json.loads(r["body"])["messages"][0]["content"] for r in recs] == ["chunky", "hi"], recs
 
 
-def test_keepalive_after_error_answers():
+def test_error_answers_close_the_connection():
+    # Issue 14: a request the gateway refuses ends its connection (connection: close), whatever
+    # the status and whether its body was read; the client's next request goes on a new one.
     mock, gw = env()
+    bad = json.dumps({"model": "no-such-model"}).encode()
+    refusals = [
+        (notfound_req("e-1"), "e-1", 404),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Request-Id: e-2\r\n"
+         b"Content-Length: %d\r\n\r\n" % len(bad) + bad, "e-2", 404),
+        (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Request-Id: e-3\r\nContent-Length: 1\r\n\r\n{",
+         "e-3", 400),
+    ]
+    for req, rid, status in refusals:
+        with Conn(gw.port) as c:
+            c.send(req)
+            r = read_in_order(c, [rid], [status])[0]
+            assert r.has_token("connection", "close"), r.describe()
+            assert c.wait_closed(CLOSE_S), "connection open after the %d" % status
     with Conn(gw.port) as c:
-        c.send(notfound_req("e-1"))
-        read_in_order(c, ["e-1"], [404])
-        bad = json.dumps({"model": "no-such-model"}).encode()
-        c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Request-Id: e-2\r\n"
-               b"Content-Length: %d\r\n\r\n" % len(bad) + bad)
-        read_in_order(c, ["e-2"], [404])
-        c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Request-Id: e-3\r\nContent-Length: 1\r\n\r\n{")
-        read_in_order(c, ["e-3"], [400])
         c.send(chat_req("e-4"))
         read_in_order(c, ["e-4"], [200])
 

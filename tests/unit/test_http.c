@@ -248,8 +248,69 @@ static void test_response_start(void)
     CHECK(!gw_http_response_start_ok("X", 1), "a first byte that cannot start HTTP/1.x");
 }
 
+static int taken_x_plugin(void *arg, const char *name, size_t len)
+{
+    (void)arg;
+    return gw_http_name_eq(name, len, "x-plugin");
+}
+
+/* The client's head rebuilt from a backend's: exact bytes, exact length, nothing past cap. */
+static void test_answer_head(void)
+{
+    static gw_header_t hs[300];
+    static uint8_t kinds[300];
+    gw_http_head_t h;
+    const char *in = "HTTP/1.1 203\r\nx-a:\r\nX-Request-Id: evil\r\nX-Gotthard-Residency: US\r\n"
+                     "x-ratelimit-limit-requests: 9\r\nx-plugin: b\r\nConnection: close, x-hop\r\n"
+                     "x-hop: 1\r\nContent-Length: 2\r\nx-gotthardish: ok\r\nClose: x\r\n\r\n";
+    int rc = gw_http_parse_response(in, strlen(in), &h, hs, kinds, 300);
+    CHECK(rc == 0, "rc=%d", rc);
+    gw_answer_head_t a = {.status = 203, .framing = GW_AH_LENGTH, .length = 2, .keepalive = 1,
+                          .taken = taken_x_plugin};
+    const char *want = "HTTP/1.1 203 Non-Authoritative Information\r\nx-a: \r\n"
+                       "x-gotthardish: ok\r\ncontent-length: 2\r\nconnection: keep-alive\r\n";
+    size_t need = gw_http_answer_head(NULL, 0, &h, &a);
+    CHECK(need == strlen(want), "need=%zu want=%zu", need, strlen(want));
+    char *out = malloc(need); /* exactly: ASan sees a byte more */
+    CHECK(out && gw_http_answer_head(out, need, &h, &a) == need, "written");
+    CHECK(out && memcmp(out, want, strlen(want)) == 0, "got '%.*s'", (int)need, out);
+    char shortbuf[8];
+    memset(shortbuf, 'z', sizeof(shortbuf));
+    CHECK(gw_http_answer_head(shortbuf, sizeof(shortbuf), &h, &a) == need, "a short room: the length");
+    CHECK(shortbuf[0] == 'z' && shortbuf[7] == 'z', "a short room: nothing written");
+    free(out);
+
+    /* 250 empty headers and no reason phrase: longer than the backend's head by 250 + 29 */
+    char big[4096], *p = big;
+    p += sprintf(p, "HTTP/1.1 203\r\n");
+    for (int i = 0; i < 250; i++) p += sprintf(p, "x-e%03d:\r\n", i);
+    p += sprintf(p, "\r\n");
+    rc = gw_http_parse_response(big, (size_t)(p - big), &h, hs, kinds, 300);
+    CHECK(rc == 0, "rc=%d", rc);
+    gw_answer_head_t b = {.status = 203, .framing = GW_AH_CHUNKED, .close = 1};
+    need = gw_http_answer_head(NULL, 0, &h, &b);
+    size_t expect = strlen("HTTP/1.1 203 Non-Authoritative Information\r\n") + 250 * strlen("x-e000: \r\n") +
+                    strlen("transfer-encoding: chunked\r\nconnection: close\r\n");
+    CHECK(need == expect && need > (size_t)(p - big) + 160, "need=%zu expect=%zu", need, expect);
+    out = malloc(need);
+    CHECK(out && gw_http_answer_head(out, need, &h, &b) == need, "written whole");
+    free(out);
+
+    gw_out_t o = {NULL, 0, 0};
+    gw_out_u64(&o, 18446744073709551615ull);
+    CHECK(o.len == 20, "u64 counted: %zu", o.len);
+    char two[2] = {'q', 'q'};
+    o = (gw_out_t){two, 0, 2};
+    gw_out_str(&o, "abc");
+    CHECK(o.len == 3 && two[0] == 'q', "a put past cap writes nothing");
+    CHECK(gw_http_gateway_name("X-Gotthard-a", 12) && gw_http_gateway_name("x-ratelimit-x", 13) &&
+              !gw_http_gateway_name("x-gotthard-", 11) && !gw_http_gateway_name("x-gotthardx", 11),
+          "namespace");
+}
+
 int main(void)
 {
+    test_answer_head();
     test_response_start();
     test_valid();
     test_rejects();
