@@ -82,7 +82,7 @@ static int revoke(const char *url, const char *id)
 {
     redisContext *rc = redis_open(url);
     if (!rc) return 1;
-    char idkey[160];
+    char idkey[192];
     snprintf(idkey, sizeof(idkey), "gotthard:apikey-id:%s", id);
     redisReply *r = redisCommand(rc, "EVAL %s 1 %s", revoke_script, idkey);
     int rc_exit;
@@ -106,7 +106,7 @@ static int store(const char *url, const char *tenant, const char *kid, const cha
 {
     redisContext *rc = redis_open(url);
     if (!rc) return 1;
-    char idkey[160], hkey[96];
+    char idkey[192], hkey[96]; /* kid: at most 159 bytes (main) */
     snprintf(idkey, sizeof(idkey), "gotthard:apikey-id:%s", kid);
     snprintf(hkey, sizeof(hkey), "gotthard:apikey:%s", hex);
     redisReply *r = redisCommand(rc, "EVAL %s 2 %s %s %s %s %s %s", store_script, idkey, hkey,
