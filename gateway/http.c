@@ -429,17 +429,6 @@ char *gw_put_u64(char *p, uint64_t v)
     return p;
 }
 
-void gw_out_put(gw_out_t *o, const char *s, size_t n)
-{
-    if (o->buf && n <= o->cap && o->len <= o->cap - n) memcpy(o->buf + o->len, s, n);
-    o->len += n;
-}
-
-void gw_out_str(gw_out_t *o, const char *s)
-{
-    gw_out_put(o, s, strlen(s));
-}
-
 void gw_out_u64(gw_out_t *o, uint64_t v)
 {
     char tmp[20];
@@ -453,11 +442,18 @@ void gw_out_u64(gw_out_t *o, uint64_t v)
 
 void gw_out_status_line(gw_out_t *o, int status)
 {
-    gw_out_put(o, "HTTP/1.1 ", 9);
-    gw_out_u64(o, (uint64_t)(status < 0 ? 0 : status));
-    gw_out_put(o, " ", 1);
-    gw_out_str(o, gw_http_reason(status));
-    gw_out_put(o, "\r\n", 2);
+    if (status < 100 || status > 999) status = 500; /* never a malformed line */
+    char line[80] = "HTTP/1.1 ";
+    line[9] = (char)('0' + status / 100);
+    line[10] = (char)('0' + status / 10 % 10);
+    line[11] = (char)('0' + status % 10);
+    line[12] = ' ';
+    const char *reason = gw_http_reason(status);
+    size_t n = strlen(reason);
+    if (n > sizeof(line) - 15) n = sizeof(line) - 15;
+    memcpy(line + 13, reason, n);
+    memcpy(line + 13 + n, "\r\n", 2);
+    gw_out_put(o, line, 15 + n);
 }
 
 static int has_prefix(const char *name, size_t len, const char *lit, size_t n)
@@ -467,6 +463,7 @@ static int has_prefix(const char *name, size_t len, const char *lit, size_t n)
 
 int gw_http_gateway_name(const char *name, size_t len)
 {
+    if (len < 12 || (name[0] | 0x20) != 'x' || name[1] != '-') return 0; /* most names, at once */
     return has_prefix(name, len, "x-gotthard-", 11) || has_prefix(name, len, "x-ratelimit-", 12);
 }
 
@@ -477,7 +474,8 @@ static void answer_head(gw_out_t *o, const gw_http_head_t *h, const gw_answer_he
         const gw_header_t *hd = &h->headers[i];
         /* framing and hop-by-hop are the gateway's; the id and the namespace are its own */
         if (GW_H_IS_HOP(h->kind[i]) || h->kind[i] == GW_H_X_REQUEST_ID ||
-            h->kind[i] == GW_H_X_CLIENT_REQUEST_ID || gw_http_gateway_name(hd->name, hd->name_len) ||
+            h->kind[i] == GW_H_X_CLIENT_REQUEST_ID ||
+            gw_http_gateway_name(hd->name, hd->name_len) ||
             (a->taken && a->taken(a->arg, hd->name, hd->name_len)))
             continue;
         gw_out_put(o, hd->name, hd->name_len);

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* What the parser recognises a header as. From GW_H_HOP_FIRST on, never forwarded as is. */
 enum gw_header_kind {
@@ -98,8 +99,15 @@ typedef struct gw_out {
     size_t len, cap;
 } gw_out_t;
 
-void gw_out_put(gw_out_t *o, const char *s, size_t n);
-void gw_out_str(gw_out_t *o, const char *s);
+static inline void gw_out_put(gw_out_t *o, const char *s, size_t n)
+{
+    if (o->buf && n <= o->cap && o->len <= o->cap - n) memcpy(o->buf + o->len, s, n);
+    o->len += n;
+}
+static inline void gw_out_str(gw_out_t *o, const char *s)
+{
+    gw_out_put(o, s, strlen(s));
+}
 void gw_out_u64(gw_out_t *o, uint64_t v);
 /* "HTTP/1.1 200 OK\r\n" */
 void gw_out_status_line(gw_out_t *o, int status);

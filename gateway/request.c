@@ -773,7 +773,8 @@ int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value)
 int gw_req_response_header_taken(const gw_req_t *r, const char *name, size_t len)
 {
     for (const gw_hdr_edit_t *e = r->resp_headers; e; e = e->next)
-        if (gw_http_name_eq(name, len, e->name)) return 1;
+        if ((e->name[0] | 0x20) == (name[0] | 0x20) && gw_http_name_eq(name, len, e->name))
+            return 1;
     return 0;
 }
 

@@ -41,6 +41,7 @@
 #include <errno.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,12 +60,20 @@ typedef struct pattern {
     char *name; /* lowercase, without the '*' */
     size_t len;
     int prefix;
+    uint32_t hash; /* of the name (name_hash), for whole names */
 } pattern_t;
 
-/* Kept in order of the names' first characters: a name is compared with its own letter's only. */
+/* Kept in order of the names' first characters (for the /privacy report); looked up through a
+ * hash table of the whole names and a short list of the prefixes, so that a header costs one
+ * hash however long the lists are (the address list alone has ~40 names). */
 typedef struct plist {
     pattern_t *items;
     size_t n;
+    uint16_t *slots; /* open addressing: index + 1 of a whole name in items, 0 empty */
+    size_t nslots;   /* a power of two, at least twice the whole names; 0 when none */
+    uint16_t *pre;   /* indexes of the prefix patterns */
+    size_t npre;
+    uint64_t first[4]; /* the lowercase first characters of all patterns: most names miss it */
 } plist_t;
 
 typedef struct privacy_conf {
@@ -134,8 +143,9 @@ static void plist_free(plist_t *l)
     for (size_t i = 0; i < l->n; i++)
         free(l->items[i].name);
     free(l->items);
-    l->items = NULL;
-    l->n = 0;
+    free(l->slots);
+    free(l->pre);
+    *l = (plist_t){0};
 }
 
 static void release(void *state)
@@ -163,16 +173,77 @@ static size_t first_at(const plist_t *l, unsigned ch)
     return lo;
 }
 
-static int match(const plist_t *l, const char *name, size_t len)
+static inline unsigned char lower(unsigned char ch)
+{
+    return ch >= 'A' && ch <= 'Z' ? (unsigned char)(ch + 32) : ch;
+}
+
+/* FNV-1a of the lowercase name. */
+static inline uint32_t name_hash(const char *name, size_t len)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++) h = (h ^ lower((unsigned char)name[i])) * 16777619u;
+    return h;
+}
+
+static int match_hashed(const plist_t *l, const char *name, size_t len, uint32_t h)
 {
     if (len == 0) return 0;
-    unsigned char ch = (unsigned char)tolower((unsigned char)name[0]);
-    for (size_t i = first_at(l, ch); i < l->n && (unsigned char)l->items[i].name[0] == ch; i++) {
-        const pattern_t *p = &l->items[i];
-        if (p->prefix ? len >= p->len && strncasecmp(name, p->name, p->len) == 0
-                      : len == p->len && strncasecmp(name, p->name, len) == 0)
+    unsigned char ch = lower((unsigned char)name[0]);
+    if (!(l->first[ch >> 6] >> (ch & 63) & 1)) return 0;
+    if (l->nslots)
+        for (size_t i = h & (l->nslots - 1);; i = (i + 1) & (l->nslots - 1)) {
+            unsigned s = l->slots[i];
+            if (!s) break;
+            const pattern_t *p = &l->items[s - 1];
+            if (p->hash == h && p->len == len && strncasecmp(name, p->name, len) == 0) return 1;
+        }
+    for (size_t k = 0; k < l->npre; k++) {
+        const pattern_t *p = &l->items[l->pre[k]];
+        if ((unsigned char)p->name[0] == ch && len >= p->len && strncasecmp(name, p->name, p->len) == 0)
             return 1;
     }
+    return 0;
+}
+
+static int match(const plist_t *l, const char *name, size_t len)
+{
+    return match_hashed(l, name, len, name_hash(name, len));
+}
+
+/* Rebuilds the lookup of l after a change of its items. */
+static int plist_index(plist_t *l)
+{
+    size_t whole = 0, npre = 0;
+    for (size_t i = 0; i < l->n; i++) whole += !l->items[i].prefix;
+    size_t nslots = whole ? 4 : 0;
+    while (nslots && nslots < 2 * whole) nslots *= 2;
+    uint16_t *slots = nslots ? calloc(nslots, sizeof(*slots)) : NULL;
+    uint16_t *pre = l->n - whole ? malloc((l->n - whole) * sizeof(*pre)) : NULL;
+    if ((nslots && !slots) || (l->n - whole && !pre)) {
+        free(slots);
+        free(pre);
+        return -1;
+    }
+    memset(l->first, 0, sizeof(l->first));
+    for (size_t i = 0; i < l->n; i++) {
+        pattern_t *p = &l->items[i];
+        unsigned char ch = (unsigned char)p->name[0];
+        l->first[ch >> 6] |= 1ull << (ch & 63);
+        if (p->prefix) {
+            pre[npre++] = (uint16_t)i;
+            continue;
+        }
+        size_t at = p->hash & (nslots - 1);
+        while (slots[at]) at = (at + 1) & (nslots - 1);
+        slots[at] = (uint16_t)(i + 1);
+    }
+    free(l->slots);
+    free(l->pre);
+    l->slots = slots;
+    l->nslots = nslots;
+    l->pre = pre;
+    l->npre = npre;
     return 0;
 }
 
@@ -208,9 +279,9 @@ static int plist_add(plist_t *l, const char *s)
     name[n] = '\0';
     size_t at = first_at(l, (unsigned char)name[0] + 1u); /* after its letter's others */
     memmove(&l->items[at + 1], &l->items[at], (l->n - at) * sizeof(*items));
-    l->items[at] = (pattern_t){name, n, prefix};
+    l->items[at] = (pattern_t){name, n, prefix, name_hash(name, n)};
     l->n++;
-    return 0;
+    return plist_index(l);
 }
 
 static int plist_add_all(plist_t *l, const char *const *names)
@@ -417,8 +488,10 @@ static int on_request_headers(gw_req_t *r, void *conf, void **ctx)
     for (size_t i = 0; i < n; i++) {
         size_t len;
         const char *name = gw_req_header_at(r, i, &len, NULL, NULL);
-        if (!name || !(match(&c->address, name, len) ||
-                       (match(&c->strip, name, len) && !match(&c->forward, name, len))))
+        if (!name) continue;
+        uint32_t h = name_hash(name, len); /* once for the three lists */
+        if (!(match_hashed(&c->address, name, len, h) ||
+              (match_hashed(&c->strip, name, len, h) && !match_hashed(&c->forward, name, len, h))))
             continue;
         char *s = name_copy(r, name, len);
         if (!s || gw_req_set_upstream_header(r, s, NULL) < 0) return GW_ERROR;
