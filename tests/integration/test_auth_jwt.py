@@ -138,8 +138,10 @@ def tenants():
 
 def _start():
     mock = Mock()
+    # The failed-auth limiter is off: this file's shared gateway refuses well over its burst of
+    # bad tokens from one address on purpose (the limiter: test_sec_auth.py).
     cfg = gateway_config([], tenants=tenants(), jwt=jwt_entries(),
-                         audit_log={"path": "audit.log"},
+                         audit_log={"path": "audit.log"}, auth={"failure_rate": 0},
                          pools=[pool("p1", ["m1", "m2"], [backend(mock.port, api_key_env="GW_TEST_BACKEND_KEY")]),
                                 pool("p3", ["m3"], [mock.port])])
     gw = Gateway(cfg, files=KEYS.get().files(), env={"GW_TEST_BACKEND_KEY": BACKEND_KEY})
