@@ -850,7 +850,8 @@ int gw_req_client_country(const gw_req_t *r, char cc[3])
 {
     cc[0] = '\0';
     const gw_residency_t *p = r->cfg->residency;
-    if (!p || !r->client_len) return -1;
+    if (!p) return -1;
+    if (!r->client_len) return 0; /* no usable address (PROXY LOCAL, a bad X-Forwarded-For) */
     /* The client's address stored once per request (the peer, PROXY's, or X-Forwarded-For's
      * from a trusted proxy): never the balancer's own. */
     char err[256];
