@@ -332,25 +332,14 @@ static void hex(const unsigned char *d, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-/* SHA-256 of a file's bytes, for the digest: the databases are part of the policy. */
-static int file_digest(const char *path, EVP_MD_CTX *outer)
+/* The digest names each database by the SHA-256 of the copy its lookups read (geoip.c), not of
+ * the file as it may be now: the databases are part of the policy. */
+static void db_digest(const gw_geoip_t *g, size_t i, EVP_MD_CTX *outer)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return -1;
-    EVP_MD_CTX *m = EVP_MD_CTX_new();
-    unsigned char buf[65536], d[EVP_MAX_MD_SIZE];
-    unsigned int dl = 0;
-    int ok = m && EVP_DigestInit_ex(m, EVP_sha256(), NULL);
-    for (size_t k; ok && (k = fread(buf, 1, sizeof(buf), f)) > 0;) ok = EVP_DigestUpdate(m, buf, k);
-    ok = ok && !ferror(f) && EVP_DigestFinal_ex(m, d, &dl);
-    fclose(f);
-    EVP_MD_CTX_free(m);
-    if (!ok) return -1;
-    char line[160];
-    hex(d, dl, line);
+    char line[65];
+    hex(gw_geoip_sha256(g, i), 32, line);
     EVP_DigestUpdate(outer, "\ndb-sha256 ", 11);
     EVP_DigestUpdate(outer, line, strlen(line));
-    return 0;
 }
 
 int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_policy_t *pol)
@@ -410,7 +399,7 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
     if (ok && pol->canonical) ok = EVP_DigestUpdate(m, pol->canonical, strlen(pol->canonical));
     for (size_t i = 0; i < pol->ndatabases; i++) {
         p->databases[i] = gw_arena_strdup(c->arena, pol->databases[i]);
-        if (ok && file_digest(pol->databases[i], m) < 0) ok = 0;
+        if (ok) db_digest(p->geoip, i, m);
     }
     p->ndatabases = pol->ndatabases;
     ok = ok && EVP_DigestFinal_ex(m, d, &dl);
