@@ -190,6 +190,25 @@ static void test_hold_release(void)
     gw_resolved_release(NULL);
 }
 
+/* More addresses than a state keeps: GW_MAX_ADDRS + 1 of them come back, so that the backend is
+ * refused (never approved on the first GW_MAX_ADDRS while the others go unverified). */
+static void test_too_many_addresses(void)
+{
+    char path[] = "/tmp/gw-test-hosts-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    FILE *f = fdopen(fd, "w");
+    for (int i = 1; i <= GW_MAX_ADDRS + 6; i++) fprintf(f, "127.0.3.%d many.test\n", i);
+    fclose(f);
+    struct sockaddr_storage *v;
+    size_t n;
+    char err[256];
+    int rc = gw_resolve_host("many.test", "80", path, &v, &n, err, sizeof(err));
+    CHECK(rc == GW_MAX_ADDRS + 1 && n == GW_MAX_ADDRS + 1, "more than the limit is told: %d", rc);
+    if (rc > 0) free(v);
+    unlink(path);
+}
+
 /* The database in use is the bytes read at open: the file truncated or rewritten in place
  * changes no lookup (and does not fault), and the digest is of those bytes. */
 static void test_database_copied_at_open(void)
@@ -226,6 +245,7 @@ static void test_database_copied_at_open(void)
 
 int main(void)
 {
+    test_too_many_addresses();
     test_database_copied_at_open();
     test_connect_check();
     test_hold_release();
