@@ -92,6 +92,33 @@ int gw_cidr_match(const gw_cidr_t *nets, size_t n, const struct sockaddr *sa)
 
 static int is_ows(char c) { return c == ' ' || c == '\t'; }
 
+/* A decimal port, 1 to 5 digits without a leading zero, at most 65535: 0, or -1. */
+static int valid_port(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 5 || strspn(s, "0123456789") != n || (n > 1 && s[0] == '0')) return -1;
+    return atol(s) <= 65535 ? 0 : -1;
+}
+
+/* One X-Forwarded-For entry: a bare address, "a.b.c.d:port", "[v6]" or "[v6]:port" (the port
+ * is ignored; load balancers such as Azure's write it). 0, or -1 when it is none of these. */
+static int parse_entry(char *text, struct sockaddr_storage *ss, socklen_t *len)
+{
+    if (parse_addr(text, ss, len) == 0) return 0;
+    if (text[0] == '[') {
+        char *close = strchr(text, ']');
+        if (!close || (close[1] && (close[1] != ':' || valid_port(close + 2) < 0))) return -1;
+        *close = '\0';
+        if (parse_addr(text + 1, ss, len) < 0 || ss->ss_family != AF_INET6) return -1;
+        return 0;
+    }
+    char *colon = strchr(text, ':');
+    if (!colon || strchr(colon + 1, ':') || valid_port(colon + 1) < 0) return -1;
+    *colon = '\0';
+    if (parse_addr(text, ss, len) < 0 || ss->ss_family != AF_INET) return -1;
+    return 0;
+}
+
 int gw_xff_client(const gw_cidr_t *trusted, size_t ntrusted, const char *const *values,
                   const size_t *lens, size_t nvalues, struct sockaddr_storage *out,
                   socklen_t *out_len)
@@ -107,13 +134,13 @@ int gw_xff_client(const gw_cidr_t *trusted, size_t ntrusted, const char *const *
             size_t a = start, b = end;
             while (a < b && is_ows(s[a])) a++;
             while (b > a && is_ows(s[b - 1])) b--;
-            char text[INET6_ADDRSTRLEN];
+            char text[INET6_ADDRSTRLEN + 8]; /* "[v6]:port" */
             struct sockaddr_storage ss;
             socklen_t sl;
-            if (b - a == 0 || b - a >= sizeof(text)) return 0;
+            if (b - a == 0 || b - a >= sizeof(text)) return -1;
             memcpy(text, s + a, b - a);
             text[b - a] = '\0';
-            if (parse_addr(text, &ss, &sl) < 0) return 0;
+            if (parse_entry(text, &ss, &sl) < 0) return -1;
             *out = ss;
             *out_len = sl;
             found = 1;

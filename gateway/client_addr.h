@@ -22,9 +22,10 @@ int gw_cidr_match(const gw_cidr_t *nets, size_t n, const struct sockaddr *sa);
 /* The client named by X-Forwarded-For values (every header of the request, in order, taken as
  * one comma-separated list) received from a trusted peer: the rightmost address that is not
  * itself trusted, or the leftmost when all are. Entries left of it are never read (a client
- * writes whatever it likes there). Returns 1 and sets *out (port 0), or 0 when the list is
- * empty or an entry it has to read is not a bare IPv4 or IPv6 address: then the peer stays the
- * client. */
+ * writes whatever it likes there). An entry is an IPv4 or IPv6 address, "a.b.c.d:port", "[v6]"
+ * or "[v6]:port" (the port is ignored). Returns 1 and sets *out (port 0); 0 when there are no
+ * values; -1 when an entry it has to read is empty or not an address ("unknown", "_hidden", a
+ * zone, garbage): then the client's address is not known (never the peer's). */
 int gw_xff_client(const gw_cidr_t *trusted, size_t ntrusted, const char *const *values,
                   const size_t *lens, size_t nvalues, struct sockaddr_storage *out,
                   socklen_t *out_len);

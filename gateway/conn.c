@@ -163,7 +163,7 @@ static void event_cb(gw_io_t *io, int what, void *arg)
 
 static const gw_io_cbs_t conn_cbs = {read_cb, write_cb, event_cb};
 
-/* The header is whole: the client is the address it names (the peer for LOCAL and UNKNOWN),
+/* The header is whole: the client is the address it names (not known for LOCAL and UNKNOWN),
  * and the connection goes on as any other (TLS, then HTTP). */
 static void proxy_done(gw_conn_t *c, const gw_proxy_hdr_t *h)
 {
@@ -171,6 +171,8 @@ static void proxy_done(gw_conn_t *c, const gw_proxy_hdr_t *h)
     if (h->has_addr) {
         c->client = h->src;
         c->client_len = h->src_len;
+    } else {
+        c->client_len = 0; /* the balancer's own address is not the client's */
     }
     int fd = p->fd;
     SSL *ssl = p->ssl;

@@ -1,19 +1,31 @@
 /* GeoIP: the country of an address, from MaxMind DB files (site databases first).
  *
- * libmaxminddb maps each file (MMDB_MODE_MMAP) and its lookups only read: one gw_geoip_t is
- * shared by every thread. A database that fails to open, an address that no database knows and
- * a failed lookup are all distinct answers, so the caller can fail closed and say why. */
+ * Each file is read once, at open, into a private copy (a sealed memfd, unlinked, that
+ * libmaxminddb then maps read-only through /proc/self/fd): the bytes that were checked and
+ * digested are the ones every lookup reads until the next reload. The file may then be
+ * truncated or rewritten in place (cp over it) without a fault (SIGBUS on a shared mapping of a
+ * shrunk file) and without a verdict changing under a digest that says otherwise. Lookups only
+ * read: one gw_geoip_t is shared by every thread. A database that fails to open, an address
+ * that no database knows and a failed lookup are all distinct answers, so the caller can fail
+ * closed and say why. */
 #include "geoip.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <maxminddb.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 struct gw_geoip {
     size_t n;
     MMDB_s *dbs;
     char **paths;
+    unsigned char (*sha256)[32]; /* of each copy */
 };
 
 void gw_geoip_close(gw_geoip_t *g)
@@ -25,7 +37,46 @@ void gw_geoip_close(gw_geoip_t *g)
     }
     free(g->dbs);
     free(g->paths);
+    free(g->sha256);
     free(g);
+}
+
+/* The file's bytes into a new memfd, sealed, and their SHA-256: the fd, or -1 with err. The
+ * digest is taken of the copy itself, after the read: the bytes named are the bytes used. */
+static int private_copy(const char *path, unsigned char sha[32], char *err, size_t errlen)
+{
+    int in = open(path, O_RDONLY | O_CLOEXEC);
+    if (in < 0) {
+        snprintf(err, errlen, "cannot load the database %s: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    int fd = -1;
+    unsigned char *map = MAP_FAILED;
+    size_t size = 0, have = 0;
+    unsigned int dl = 0;
+    int ok = fstat(in, &st) == 0 && st.st_size > 0 && (size = (size_t)st.st_size) > 0 &&
+             (fd = memfd_create("gotthard-geoip", MFD_CLOEXEC | MFD_ALLOW_SEALING)) >= 0 &&
+             ftruncate(fd, st.st_size) == 0 &&
+             (map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) != MAP_FAILED;
+    while (ok && have < size) {
+        ssize_t k = read(in, map + have, size - have);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) ok = 0; /* a read error, or the file shrank while read */
+        else have += (size_t)k;
+    }
+    ok = ok && EVP_Digest(map, size, sha, &dl, EVP_sha256(), NULL) && dl == 32;
+    if (map != MAP_FAILED) munmap(map, size);
+    /* Nobody writes the copy any more, not even this process. */
+    ok = ok && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) == 0;
+    close(in);
+    if (!ok) {
+        snprintf(err, errlen, "cannot load the database %s: cannot read it into a private copy",
+                 path);
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 gw_geoip_t *gw_geoip_open(const char *const *paths, size_t n, size_t *bad, char *err, size_t errlen)
@@ -33,13 +84,19 @@ gw_geoip_t *gw_geoip_open(const char *const *paths, size_t n, size_t *bad, char 
     *bad = 0;
     gw_geoip_t *g = calloc(1, sizeof(*g));
     if (!g || !(g->dbs = calloc(n ? n : 1, sizeof(*g->dbs))) ||
-        !(g->paths = calloc(n ? n : 1, sizeof(*g->paths)))) {
+        !(g->paths = calloc(n ? n : 1, sizeof(*g->paths))) ||
+        !(g->sha256 = calloc(n ? n : 1, sizeof(*g->sha256)))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     for (size_t i = 0; i < n; i++) {
         *bad = i;
-        int rc = MMDB_open(paths[i], MMDB_MODE_MMAP, &g->dbs[i]);
+        int fd = private_copy(paths[i], g->sha256[i], err, errlen);
+        if (fd < 0) goto fail;
+        char proc[64];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+        int rc = MMDB_open(proc, MMDB_MODE_MMAP, &g->dbs[i]);
+        close(fd); /* the mapping keeps the copy */
         if (rc != MMDB_SUCCESS) {
             snprintf(err, errlen, "cannot load the database %s: %s", paths[i], MMDB_strerror(rc));
             memset(&g->dbs[i], 0, sizeof(g->dbs[i]));
@@ -56,6 +113,11 @@ gw_geoip_t *gw_geoip_open(const char *const *paths, size_t n, size_t *bad, char 
 fail:
     gw_geoip_close(g);
     return NULL;
+}
+
+const unsigned char *gw_geoip_sha256(const gw_geoip_t *g, size_t i)
+{
+    return i < g->n ? g->sha256[i] : NULL;
 }
 
 int gw_geoip_lookup(const gw_geoip_t *g, const struct sockaddr *sa, char cc[3], const char **source,

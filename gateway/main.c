@@ -173,9 +173,9 @@ static int reload(gw_main_t *m, const char *source, char **why)
     /* Every check has passed: from here on the new config is taken whole. Plugins publish what
      * outlives the snapshot (the quota counts) only now (plugin.h: activate). */
     gw_plugins_activate(next);
+    gw_resolver_set_config(next); /* first: residency's connect check holds old requests to it */
     for (size_t i = 0; i < m->nworkers; i++) gw_worker_reload(&m->workers[i], gw_config_ref(next));
     gw_admin_set_config(m->admin, next);
-    gw_resolver_set_config(next);
     gw_overload_set_limit(next->limits.max_memory_bytes);
     gw_residency_audit_loaded(next);
     gw_config_unref(m->cfg);

@@ -14,8 +14,8 @@ enum { GW_PROXY_INCOMPLETE = 0, GW_PROXY_BAD = -1 };
 
 typedef struct gw_proxy_hdr {
     int version; /* 1 or 2 */
-    /* 1: src is the client's address (TCP over IPv4 or IPv6). 0: keep the connection's own
-     * peer (v1 UNKNOWN, v2 LOCAL, v2 UNSPEC or UNIX addresses). */
+    /* 1: src is the client's address (TCP over IPv4 or IPv6). 0: the header names none (v1
+     * UNKNOWN, v2 LOCAL, v2 UNSPEC or UNIX addresses): the client is not known (conn.c). */
     int has_addr;
     struct sockaddr_storage src;
     socklen_t src_len;

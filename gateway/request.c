@@ -238,7 +238,8 @@ static void stop_counting(gw_req_t *r)
 }
 
 /* The request's client: the connection's, unless that is a trusted proxy whose
- * X-Forwarded-For headers (taken together, in order) name another. */
+ * X-Forwarded-For headers (taken together, in order) name another, or name none usable (then
+ * the client is not known). */
 static void find_client(gw_req_t *r, const gw_conn_t *c)
 {
     r->client = c->client;
@@ -263,9 +264,12 @@ static void find_client(gw_req_t *r, const gw_conn_t *c)
     }
     struct sockaddr_storage ss;
     socklen_t sl = 0;
-    if (gw_xff_client(cfg->trusted_nets, cfg->ntrusted_nets, vals, lens, n, &ss, &sl) == 1) {
+    int found = gw_xff_client(cfg->trusted_nets, cfg->ntrusted_nets, vals, lens, n, &ss, &sl);
+    if (found == 1) {
         r->client = ss;
         r->client_len = sl;
+    } else if (found < 0) {
+        r->client_len = 0; /* no usable client address: not known, never the proxy's */
     }
     explicit_bzero(&ss, sizeof(ss));
 }

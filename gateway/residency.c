@@ -82,7 +82,9 @@ static int add_addr(struct sockaddr_storage *v, size_t *n, const struct sockaddr
     memcpy(&ss, sa, len);
     for (size_t i = 0; i < *n; i++)
         if (same_addr(&v[i], &ss)) return 0;
-    if (*n >= MAX_ADDRS) return 0;
+    /* One past the limit is kept to say so: such a backend is refused (verify), never judged on
+     * its first MAX_ADDRS addresses alone. */
+    if (*n > MAX_ADDRS) return 0;
     v[(*n)++] = ss;
     return 0;
 }
@@ -121,7 +123,7 @@ int gw_resolve_host(const char *host, const char *port, const char *hosts_file,
 {
     *out = NULL;
     *n = 0;
-    struct sockaddr_storage *v = calloc(MAX_ADDRS, sizeof(*v));
+    struct sockaddr_storage *v = calloc(MAX_ADDRS + 1, sizeof(*v));
     if (!v) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -247,6 +249,12 @@ static gw_resolved_t *verify(const gw_config_t *c, const gw_backend_t *b,
         rs->approved = 0;
         append(rs->reason, sizeof(rs->reason), "declared country %s is not allowed", b->country);
     }
+    if (p && n > MAX_ADDRS) { /* the others were not even read: none of them is verified */
+        rs->approved = 0;
+        append(rs->reason, sizeof(rs->reason),
+               "%s resolves to more than %d addresses, more than can be verified", b->host,
+               MAX_ADDRS);
+    }
     for (size_t i = 0; i < n; i++) {
         gw_addr_t *a = &rs->addrs[i];
         a->ss = v[i];
@@ -332,25 +340,14 @@ static void hex(const unsigned char *d, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-/* SHA-256 of a file's bytes, for the digest: the databases are part of the policy. */
-static int file_digest(const char *path, EVP_MD_CTX *outer)
+/* The digest names each database by the SHA-256 of the copy its lookups read (geoip.c), not of
+ * the file as it may be now: the databases are part of the policy. */
+static void db_digest(const gw_geoip_t *g, size_t i, EVP_MD_CTX *outer)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return -1;
-    EVP_MD_CTX *m = EVP_MD_CTX_new();
-    unsigned char buf[65536], d[EVP_MAX_MD_SIZE];
-    unsigned int dl = 0;
-    int ok = m && EVP_DigestInit_ex(m, EVP_sha256(), NULL);
-    for (size_t k; ok && (k = fread(buf, 1, sizeof(buf), f)) > 0;) ok = EVP_DigestUpdate(m, buf, k);
-    ok = ok && !ferror(f) && EVP_DigestFinal_ex(m, d, &dl);
-    fclose(f);
-    EVP_MD_CTX_free(m);
-    if (!ok) return -1;
-    char line[160];
-    hex(d, dl, line);
+    char line[65];
+    hex(gw_geoip_sha256(g, i), 32, line);
     EVP_DigestUpdate(outer, "\ndb-sha256 ", 11);
     EVP_DigestUpdate(outer, line, strlen(line));
-    return 0;
 }
 
 int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_policy_t *pol)
@@ -410,7 +407,7 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
     if (ok && pol->canonical) ok = EVP_DigestUpdate(m, pol->canonical, strlen(pol->canonical));
     for (size_t i = 0; i < pol->ndatabases; i++) {
         p->databases[i] = gw_arena_strdup(c->arena, pol->databases[i]);
-        if (ok && file_digest(pol->databases[i], m) < 0) ok = 0;
+        if (ok) db_digest(p->geoip, i, m);
     }
     p->ndatabases = pol->ndatabases;
     ok = ok && EVP_DigestFinal_ex(m, d, &dl);
@@ -436,7 +433,7 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
         gw_backend_t *b = c->backends[i];
         gw_resolved_t *old = atomic_load(&b->res);
         if (!old) continue;
-        struct sockaddr_storage v[MAX_ADDRS];
+        struct sockaddr_storage v[MAX_ADDRS + 1];
         for (size_t k = 0; k < old->n; k++) v[k] = old->addrs[k].ss;
         gw_resolved_t *rs = verify(c, b, v, old->n, GW_RES_LOAD);
         if (!rs) {
@@ -480,16 +477,75 @@ static int in_narrow(const gw_req_t *r, const char *cc)
     return 0;
 }
 
+/* The snapshot the process serves now (the last accepted config), counted: a request admitted
+ * under an older one (r->cfg) is held to it as well at connect (gw_residency_connect_check). */
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic(gw_config_t *) live_cfg;
+
+static void set_live(gw_config_t *c)
+{
+    if (c) gw_config_ref(c);
+    pthread_mutex_lock(&live_mu);
+    gw_config_t *old = atomic_exchange_explicit(&live_cfg, c, memory_order_acq_rel);
+    pthread_mutex_unlock(&live_mu);
+    if (old) gw_config_unref(old);
+}
+
+static gw_config_t *hold_live(void)
+{
+    pthread_mutex_lock(&live_mu);
+    gw_config_t *c = atomic_load_explicit(&live_cfg, memory_order_acquire);
+    if (c) gw_config_ref(c);
+    pthread_mutex_unlock(&live_mu);
+    return c;
+}
+
+/* Is cc in the tenant's residency.allowed_countries (checked by the plugin when loaded)? */
+static int tenant_allows(const cJSON *tenant_residency, const char *cc)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(tenant_residency, "allowed_countries");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a)
+        if (cJSON_IsString(e) && strcmp(e->valuestring, cc) == 0) return 1;
+    return 0;
+}
+
+/* The countries of b under rs (declared, then every address's) against the current snapshot
+ * `now`: its global policy and the tenant's narrowing there. The old snapshot's verdict was
+ * made by its own databases; a country unknown then ("") is allowed by no policy now. */
+static const char *check_now(const gw_config_t *now, const gw_req_t *r, const gw_backend_t *b,
+                             const gw_resolved_t *rs)
+{
+    const gw_residency_t *p = now->residency;
+    if (!p) return NULL; /* the current config has no policy */
+    const gw_tenant_t *t = r->tenant ? gw_config_tenant(now, r->tenant->id) : NULL;
+    const cJSON *narrow = t && cJSON_IsObject(t->residency) ? t->residency : NULL;
+    for (size_t i = 0; i <= rs->n; i++) {
+        const char *cc = i == 0 ? b->country : rs->addrs[i - 1].country;
+        if (!cc || !allowed(p, cc)) return "backend_not_approved";
+        if (narrow && !tenant_allows(narrow, cc)) return "backend_not_approved_for_tenant";
+    }
+    return NULL;
+}
+
 const char *gw_residency_connect_check(const gw_req_t *r, const gw_backend_t *b,
                                        const gw_resolved_t *rs)
 {
     if (!gw_residency_connect_addr(r->cfg, rs)) return "backend_not_approved";
-    if (!r->cfg->residency || !r->res_narrow) return NULL;
-    /* Approved: the declared country and every address's are known and allowed globally. */
-    if (!b->country || !in_narrow(r, b->country)) return "backend_not_approved_for_tenant";
-    for (size_t i = 0; i < rs->n; i++)
-        if (!in_narrow(r, rs->addrs[i].country)) return "backend_not_approved_for_tenant";
-    return NULL;
+    if (r->cfg->residency && r->res_narrow) {
+        /* Approved: the declared country and every address's are known and allowed globally. */
+        if (!b->country || !in_narrow(r, b->country)) return "backend_not_approved_for_tenant";
+        for (size_t i = 0; i < rs->n; i++)
+            if (!in_narrow(r, rs->addrs[i].country)) return "backend_not_approved_for_tenant";
+    }
+    /* A reload accepted since the request was admitted: nothing new goes where the current
+     * config no longer allows. One atomic load when nothing changed. */
+    const gw_config_t *now = atomic_load_explicit(&live_cfg, memory_order_acquire);
+    if (!now || now == r->cfg) return NULL;
+    gw_config_t *held = hold_live();
+    const char *why = held && held != r->cfg ? check_now(held, r, b, rs) : NULL;
+    if (held) gw_config_unref(held);
+    return why;
 }
 
 int gw_req_residency_narrow(gw_req_t *r, const char *const *countries, size_t n)
@@ -535,14 +591,23 @@ static const char *verdict_of(const gw_config_t *c, const gw_resolved_t *rs)
     return rs && rs->approved ? "approved" : "refused";
 }
 
+/* "address=country,..." with whole entries only: when they do not all fit in cap, as many as
+ * fit with room left for " +N more" (N the entries left out). */
 static void addresses_text(const gw_resolved_t *rs, char *buf, size_t cap)
 {
+    enum { MORE = sizeof(" +99999 more") };
+    size_t len = 0, i = 0, n = rs ? rs->n : 0;
     buf[0] = '\0';
-    for (size_t i = 0; rs && i < rs->n; i++) {
-        size_t len = strlen(buf);
-        snprintf(buf + len, cap - len, "%s%s=%s", i ? "," : "", rs->addrs[i].text,
-                 rs->addrs[i].country[0] ? rs->addrs[i].country : "unknown");
+    for (; i < n; i++) {
+        char entry[INET6_ADDRSTRLEN + 16];
+        int k = snprintf(entry, sizeof(entry), "%s%s=%s", i ? "," : "", rs->addrs[i].text,
+                         rs->addrs[i].country[0] ? rs->addrs[i].country : "unknown");
+        size_t room = i + 1 < n ? MORE : 1; /* the last one needs no room for the count */
+        if (k < 0 || len + (size_t)k + room > cap) break;
+        memcpy(buf + len, entry, (size_t)k + 1);
+        len += (size_t)k;
     }
+    if (i < n) snprintf(buf + len, cap - len, " +%zu more", n - i);
 }
 
 static void audit_verdict(const gw_config_t *c, const gw_backend_t *b, const gw_resolved_t *rs)
@@ -770,6 +835,7 @@ static void *resolver_main(void *arg)
 
 int gw_resolver_start(gw_config_t *c)
 {
+    set_live(c);
     pthread_mutex_lock(&R.mu);
     R.cfg = gw_config_ref(c);
     R.stop = 0;
@@ -785,6 +851,7 @@ int gw_resolver_start(gw_config_t *c)
 
 void gw_resolver_set_config(gw_config_t *c)
 {
+    set_live(c);
     pthread_mutex_lock(&R.mu);
     if (R.running) {
         gw_config_t *old = R.cfg;
@@ -799,6 +866,7 @@ void gw_resolver_set_config(gw_config_t *c)
 
 void gw_resolver_stop(void)
 {
+    set_live(NULL);
     pthread_mutex_lock(&R.mu);
     if (!R.running) {
         pthread_mutex_unlock(&R.mu);
@@ -850,7 +918,8 @@ int gw_req_client_country(const gw_req_t *r, char cc[3])
 {
     cc[0] = '\0';
     const gw_residency_t *p = r->cfg->residency;
-    if (!p || !r->client_len) return -1;
+    if (!p) return -1;
+    if (!r->client_len) return 0; /* no usable address (PROXY LOCAL, a bad X-Forwarded-For) */
     /* The client's address stored once per request (the peer, PROXY's, or X-Forwarded-For's
      * from a trusted proxy): never the balancer's own. */
     char err[256];

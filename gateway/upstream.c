@@ -288,8 +288,8 @@ static void residency_refused(gw_req_t *r, gw_backend_t *b, const char *reason)
 {
     r->vetoed[b - (gw_backend_t *)r->pool->backends.items] = VETO_RESIDENCY;
     gw_metrics_residency_blocked(r->pool->name, b->name);
-    gw_audit("residency_block", "request_id", r->id, "pool", r->pool->name, "backend", b->name,
-             "reason", reason, NULL);
+    gw_audit("residency_block", "request_id", r->id, "tenant", r->tenant ? r->tenant->id : "-",
+             "pool", r->pool->name, "backend", b->name, "reason", reason, NULL);
 }
 
 static void no_backend(gw_req_t *r)

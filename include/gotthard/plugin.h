@@ -99,8 +99,9 @@ const char *gw_req_header_at(const gw_req_t *r, size_t i, size_t *name_len, cons
                              size_t *value_len);
 /* The client's address as text ("192.0.2.1", "2001:db8::1"), for a plugin configured to
  * forward it: 0, or -1 when it is not known. Behind a balancer, the one its PROXY header or a
- * trusted proxy's X-Forwarded-For names (listen[].proxy_protocol, trusted_proxies). Never log
- * it. */
+ * trusted proxy's X-Forwarded-For names (listen[].proxy_protocol, trusted_proxies); not known
+ * when they name none usable (PROXY UNKNOWN or LOCAL, a malformed X-Forwarded-For entry), never
+ * the balancer's own. Never log it. */
 int gw_req_client_address(const gw_req_t *r, char *buf, size_t len);
 /* The parsed body: during request_body only (NULL before, after, or without a body; the core
  * frees the tree once the body phase is over, so that a waiting request holds its body once). */
@@ -206,7 +207,8 @@ int gw_req_residency_narrow(gw_req_t *r, const char *const *countries, size_t n)
 /* The index (in the pool) of the backend the answer comes from; -1 before one is chosen. */
 long gw_req_backend_index(const gw_req_t *r);
 /* The country of the client's address in the residency databases: 1 and cc set, 0 when no
- * database knows it, -1 on error. The address itself is never handed out. */
+ * database knows it or the address is not known (gw_req_client_address -1), -1 on error. The
+ * address itself is never handed out. */
 int gw_req_client_country(const gw_req_t *r, char cc[3]);
 /* A request or connection kept from a backend by the residency policy:
  * gotthard_residency_blocked_total{pool,backend} (names from the config). */

@@ -7,14 +7,16 @@ is the balancer. Every test builds a site GeoIP database with gotthard-mmdb (tes
 helper) in which the balancer (the test's own 127.0.0.1) is CH, 198.51.100.0/24 and
 2001:db8:1::/48 are LI, 203.0.113.0/24 is DE; the tenant `li` may only be served to clients in
 LI. What is checked:
-- a PROXY v1 (TCP4, TCP6, UNKNOWN) or v2 (PROXY INET/INET6 with TLVs, LOCAL, UNIX) header names
-  the address client_countries judges, also sent a byte at a time and before a TLS handshake;
+- a PROXY v1 (TCP4, TCP6) or v2 (PROXY INET/INET6 with TLVs) header names the address
+  client_countries judges, also sent a byte at a time and before a TLS handshake; one that names
+  none (v1 UNKNOWN, v2 LOCAL, UNSPEC, UNIX) leaves the client unknown (403), not the balancer;
 - on a proxy_protocol listener, plain HTTP, a malformed header, an overrunning TLV or a header
   that does not come in time are closed without a byte of answer; without proxy_protocol a PROXY
   line is a 400;
 - trusted_proxies: from a trusted peer the rightmost X-Forwarded-For address that is not itself
-  trusted is the client (several headers taken in order; spoofed leftmost entries ignored; a
-  malformed entry falls back to the peer); from an untrusted peer X-Forwarded-For is ignored;
+  trusted is the client (several headers taken in order; spoofed leftmost entries ignored;
+  `ip:port` and `[v6]:port` entries are addresses; a malformed, `unknown` or empty entry leaves
+  the client unknown, never the peer); from an untrusted peer X-Forwarded-For is ignored;
 - the privacy plugin's forward_client_ip sends that address, and no log holds it;
 - config errors for both keys.
 """
@@ -168,12 +170,12 @@ def test_proxy_v1_address_is_judged():
     denied(exchange(gw.port, v1(DE_V4) + request_bytes(keys["li"])))
     denied(exchange(gw.port, v1(LI_V4) + request_bytes(keys["ch"])))
     served(exchange(gw.port, v1(LI_V6, dst="::1") + request_bytes(keys["li"])))
-    # UNKNOWN: the connection's own peer (127.0.0.1, CH) stays the client.
-    served(exchange(gw.port, b"PROXY UNKNOWN\r\n" + request_bytes(keys["ch"])))
+    # UNKNOWN: no client address (not the balancer's, 127.0.0.1, CH): unknown, refused.
+    denied(exchange(gw.port, b"PROXY UNKNOWN\r\n" + request_bytes(keys["ch"])))
     denied(exchange(gw.port, b"PROXY UNKNOWN ffff:f::1 ffff:f::2 1 2\r\n" + request_bytes(keys["li"])))
     # A header split over many reads, down to single bytes.
     served(exchange(gw.port, v1(LI_V4) + request_bytes(keys["li"]), step=1))
-    assert len(ch.api_requests()) == 4
+    assert len(ch.api_requests()) == 3
     no_address_in_logs(gw, LI_V4, DE_V4, LI_V6)
 
 
@@ -187,15 +189,16 @@ def test_proxy_v2_address_is_judged():
     t = tlv(0x02, b"api.example.ch") + tlv(0x05, os.urandom(32)) + tlv(0x04, b"\0" * 300) + tlv(0x30, b"")
     served(exchange(gw.port, v2(LI_V4, tlvs=t) + request_bytes(keys["li"])))
     served(exchange(gw.port, v2(LI_V4, tlvs=t) + request_bytes(keys["li"]), step=3))
-    # LOCAL (the balancer's own check), UNSPEC and UNIX: the peer (CH) stays the client.
+    # LOCAL (the balancer's own check), UNSPEC and UNIX: no client address (the balancer, CH,
+    # is not the client): unknown, refused.
     denied(exchange(gw.port, v2(LI_V4, local=True) + request_bytes(keys["li"])))
-    served(exchange(gw.port, v2(local=True) + request_bytes(keys["ch"])))
-    served(exchange(gw.port, v2(fam=0x00) + request_bytes(keys["ch"])))
-    served(exchange(gw.port, v2(fam=0x31, body=b"/run/x.sock".ljust(108, b"\0") * 2) + request_bytes(keys["ch"])))
+    denied(exchange(gw.port, v2(local=True) + request_bytes(keys["ch"])))
+    denied(exchange(gw.port, v2(fam=0x00) + request_bytes(keys["ch"])))
+    denied(exchange(gw.port, v2(fam=0x31, body=b"/run/x.sock".ljust(108, b"\0") * 2) + request_bytes(keys["ch"])))
     # A header larger than the first look (a v2 with 4 KB of TLVs), taken in pieces.
     big = tlv(0xE0, os.urandom(4000))
     served(exchange(gw.port, v2(LI_V4, tlvs=big) + request_bytes(keys["li"]), step=700))
-    assert len(ch.api_requests()) == 8
+    assert len(ch.api_requests()) == 5
     no_address_in_logs(gw, LI_V4, DE_V4, LI_V6)
 
 
@@ -325,11 +328,13 @@ def test_trusted_proxies_x_forwarded_for():
     denied(exchange(gw.port, request_bytes(li, xff(LI_V4, DE_V4))))
     served(exchange(gw.port, request_bytes(li, xff(DE_V4, LI_V4))))
     served(exchange(gw.port, request_bytes(li, xff(DE_V4, "%s, 10.0.0.2" % LI_V4, "10.0.0.1"))))
-    # A malformed entry that has to be read: the peer (the balancer, CH) stays the client.
-    for bad in ("%s, bogus" % LI_V4, "%s:443" % LI_V4, "%s, " % LI_V4, "", "[%s]" % LI_V6,
-                "%s,,10.0.0.1" % LI_V4):
+    # A malformed entry that has to be read: no client address (never the balancer's, CH).
+    for bad in ("%s, bogus" % LI_V4, "%s, " % LI_V4, "", "%s,,10.0.0.1" % LI_V4):
         denied(exchange(gw.port, request_bytes(li, xff(bad))))
-    served(exchange(gw.port, request_bytes(keys["ch"], xff("%s, bogus" % LI_V4))))
+    denied(exchange(gw.port, request_bytes(keys["ch"], xff("%s, bogus" % LI_V4))))
+    # ip:port and [v6] are addresses (test_x_forwarded_for_with_a_port)
+    served(exchange(gw.port, request_bytes(li, xff("%s:443" % LI_V4))))
+    served(exchange(gw.port, request_bytes(li, xff("[%s]" % LI_V6))))
     # Only trusted proxies on the way: the farthest one is the client (10.0.0.5: no country).
     denied(exchange(gw.port, request_bytes(li, xff("10.0.0.5, 10.0.0.6"))))
     # An untrusted peer's X-Forwarded-For is ignored: 127.0.0.2 (DE) is judged.
@@ -346,9 +351,10 @@ def test_proxy_protocol_then_trusted_proxies():
     denied(exchange(gw.port, v1("10.9.9.9") + request_bytes(li, xff(DE_V4))))
     # An untrusted declared client's X-Forwarded-For is its own writing.
     denied(exchange(gw.port, v2(DE_V4) + request_bytes(li, xff(LI_V4))))
-    # The TCP peer (127.0.0.1) is not trusted here: after LOCAL, XFF is ignored.
-    served(exchange(gw.port, v2(local=True) + request_bytes(keys["ch"], xff(DE_V4))))
-    assert len(ch.api_requests()) == 2
+    # The TCP peer (127.0.0.1) is not trusted here: after LOCAL the client is not known, and
+    # X-Forwarded-For is not read.
+    denied(exchange(gw.port, v2(local=True) + request_bytes(keys["ch"], xff(DE_V4))))
+    assert len(ch.api_requests()) == 1
 
 
 def test_keep_alive_requests_each_read_their_own_x_forwarded_for():
@@ -418,6 +424,53 @@ def test_config_errors():
             json.dump(c, f)
         rc, out, err = run_gotthard(["-t", "-c", p], cwd=d)
         assert rc == 0, out + err
+
+
+# --------------------------------------------------------------------------- review follow-up
+
+
+def test_x_forwarded_for_with_a_port():
+    """`ip:port` and `[v6]:port` (Azure Application Gateway writes them): the address is judged,
+    the port ignored."""
+    ch, keys, cfg, files = config(trusted=["127.0.0.1/32", "10.0.0.0/8"])
+    gw = Gateway(cfg, files=files)
+    li = keys["li"]
+    for good in ("%s:5555" % LI_V4, "[%s]:443" % LI_V6, "[%s]" % LI_V6, "%s, 10.0.0.1:80" % LI_V4,
+                 "%s:1, [::ffff:10.0.0.1]:2" % LI_V4, "[::ffff:%s]:8080" % LI_V4):
+        served(exchange(gw.port, request_bytes(li, xff(good))))
+    # the address behind the port is judged, not the balancer's (CH)
+    denied(exchange(gw.port, request_bytes(keys["ch"], xff("%s:5555" % LI_V4))))
+    denied(exchange(gw.port, request_bytes(li, xff("%s:5555" % DE_V4))))
+    assert len(ch.api_requests()) == 6
+    no_address_in_logs(gw, LI_V4, DE_V4, LI_V6)
+
+
+def test_no_usable_client_address_is_unknown_not_the_proxy():
+    """A trusted proxy's request whose client address cannot be read (malformed, `unknown`,
+    empty; a PROXY header without an address) has no client address: client_countries answers
+    403 as for an address no database knows, never judges the proxy (CH) instead."""
+    ch, keys, cfg, files = config(trusted=["127.0.0.1/32", "10.0.0.0/8"])
+    gw = Gateway(cfg, files=files)
+    chk = keys["ch"]
+    for bad in ("unknown", "", " ", "%s%%lo" % LI_V4, "%s:99999" % LI_V4, "%s:" % LI_V4,
+                "[%s" % LI_V6, "[%s]:x" % LI_V6, "%s, bogus" % LI_V4, "%s,,10.0.0.1" % LI_V4,
+                "_hidden", "%s:443:1" % LI_V4, "[127.0.0.1]:80"):
+        denied(exchange(gw.port, request_bytes(chk, xff(bad))))
+    # the proxy's own request (no X-Forwarded-For) is still judged as the proxy
+    served(exchange(gw.port, request_bytes(chk)))
+    blocks = tr.audit(gw, "residency_block")
+    assert blocks and all(b["reason"] == "client_country_unknown" for b in blocks), blocks
+    gw.stop()
+    ch, keys, cfg, files = config(proxy_protocol=True)
+    gw = Gateway(cfg, files=files)
+    chk = keys["ch"]
+    for hdr in (b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN ffff:f::1 ffff:f::2 1 2\r\n", v2(local=True),
+                v2(fam=0x00), v2(fam=0x31, body=b"/run/x.sock".ljust(108, b"\0") * 2)):
+        denied(exchange(gw.port, hdr + request_bytes(chk)))
+    served(exchange(gw.port, v1("127.0.0.1") + request_bytes(chk)))
+    assert len(ch.api_requests()) == 1
+    blocks = tr.audit(gw, "residency_block")
+    assert len(blocks) == 5 and all(b["reason"] == "client_country_unknown" for b in blocks), blocks
 
 
 if __name__ == "__main__":

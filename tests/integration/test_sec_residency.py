@@ -18,6 +18,7 @@ to alternate between). What is checked:
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
 from gwtest import Mock, Gateway, pool, chat, post_json, get, assert_error, wait_for, run_gotthard  # noqa: E402
+import test_residency as tr  # noqa: E402
 from test_residency import (HostMock, site_db, res_config, backend_entry, de_untouched, report,  # noqa: E402
                             verdict_of, served_by_ch, write, audit, _key)
 
@@ -59,6 +61,32 @@ def states(gw):
 # --------------------------------------------------------------------------- residency at connect
 
 
+def _slow_and_queued(gw, busy, headers, delay_ms):
+    """One slow request (delay_ms) takes the only slot of backend `busy`, three more wait in the
+    pool's queue. Returns (out: "slow", "slow_end" once it ends; the waiting answers; threads)."""
+    out, waiting = {}, []
+
+    def slow():
+        h = dict(headers)
+        h["x-mock-delay-ms"] = str(delay_ms)
+        out["slow"] = post_json(gw.port, "/v1/chat/completions", chat(), headers=h, timeout=60)
+        out["slow_end"] = time.monotonic()
+
+    def queued():
+        waiting.append(post_json(gw.port, "/v1/chat/completions", chat(), headers=headers, timeout=60))
+
+    ts = [threading.Thread(target=slow, daemon=True)]
+    ts[0].start()
+    wait_for(lambda: busy.requests(), 10, what="the slow request at the backend")
+    for _ in range(3):
+        t = threading.Thread(target=queued, daemon=True)
+        t.start()
+        ts.append(t)
+    time.sleep(1.0)  # they wait in p1's queue: the only slot is the slow request's
+    assert len(busy.requests()) == 1 and not waiting, "the queued requests did not wait"
+    return out, waiting, ts
+
+
 def _queued_then_moved(tenant_narrowed):
     """One slow request holds the only slot of a backend named HOSTNAME (127.0.0.1, CH); three
     more wait in the pool's queue; the name moves to 127.0.0.2 (DE); the slow one ends and the
@@ -82,30 +110,7 @@ def _queued_then_moved(tenant_narrowed):
                             resolver={"refresh_ms": 100, "hosts_file": hosts}, **over))
     served_by_ch(post_json(gw.port, "/v1/chat/completions", chat(), headers=headers))
     ch.reset()
-    out = {}
-
-    def slow():
-        h = dict(headers)
-        h["x-mock-delay-ms"] = "6000"
-        r = post_json(gw.port, "/v1/chat/completions", chat(), headers=h, timeout=60)
-        out["slow"] = r
-        out["slow_end"] = time.monotonic()
-
-    waiting = []
-
-    def queued():
-        r = post_json(gw.port, "/v1/chat/completions", chat(), headers=headers, timeout=60)
-        waiting.append(r)
-
-    ts = [threading.Thread(target=slow, daemon=True)]
-    ts[0].start()
-    wait_for(lambda: ch.requests(), 10, what="the slow request at the CH backend")
-    for _ in range(3):
-        t = threading.Thread(target=queued, daemon=True)
-        t.start()
-        ts.append(t)
-    time.sleep(1.0)  # they wait in p1's queue: the only slot is the slow request's
-    assert len(ch.requests()) == 1 and not waiting, "the queued requests did not wait"
+    out, waiting, ts = _slow_and_queued(gw, ch, headers, 6000)
     write(hosts, "127.0.0.2 %s\n" % HOSTNAME)
     wait_for(lambda: verdict_of(report(gw), url)["addresses"][0]["address"] == "127.0.0.2", 10,
              what="the name re-resolved to 127.0.0.2")
@@ -327,6 +332,170 @@ def test_resolver_states_stay_flat_while_names_alternate():
     # once idle connections are gone, only the current state is left
     wait_for(lambda: states(gw) <= 2, 10, what="states back to the current one")
     assert len(ch.api_requests()) + len(ch5.api_requests()) > 10
+
+
+# --------------------------------------------------------------------------- review follow-up
+
+
+def _reload_narrows(tenant):
+    """A DE backend (max_concurrent 1, a queue) holds one slow request, three more wait; a
+    reload narrows the policy to CH (global, or the tenant's) with a CH-only pool. The waiting
+    requests were admitted under the old snapshot: they must not connect to DE after the reload
+    is accepted. Returns (slow, waiting, ch, de, gw, reloaded_at)."""
+    ch = Mock(args=["--name", "ch"])
+    de = HostMock("127.0.0.2", name="de")
+    headers, over = {}, {}
+    if tenant:
+        key, entry = _key("acme-1")
+        headers = {"Authorization": "Bearer " + key}
+
+    def cfgfor(global_allowed, tenant_allowed, backends):
+        o = {}
+        if tenant:
+            o["tenants"] = [{"id": "acme", "models": ["*"], "api_keys": [entry],
+                             "residency": {"allowed_countries": list(tenant_allowed)}}]
+        return res_config([], allowed=global_allowed, dbs=[db()],
+                          pools=[pool("p1", ["m1"], backends, queue={"max": 10, "timeout_ms": 60000})], **o)
+
+    de_entry = backend_entry(de.url, country="DE", max_concurrent=1)
+    old = cfgfor(("CH", "DE"), ("CH", "DE"), [de_entry])
+    gw = Gateway(old)
+    out, waiting, ts = _slow_and_queued(gw, de, headers, 5000)
+    if tenant:  # the global policy keeps DE, the tenant's loses it (the DE backend stays)
+        new = cfgfor(("CH", "DE"), ("CH",), [de_entry, backend_entry(ch.url, max_concurrent=8)])
+    else:
+        new = cfgfor(("CH",), ("CH",), [backend_entry(ch.url, max_concurrent=8)])
+    new = gwtest.deep_merge(new, {"listen": old["listen"], "admin": old["admin"]})
+    gw.reload(new)
+    wait_for(lambda: len(audit(gw, "config_loaded")) == 2, 10, what="the reload accepted")
+    reloaded = time.monotonic()
+    for t in ts:
+        t.join(60)
+    assert "slow" in out and out["slow_end"] > reloaded, \
+        "the slow request ended before the reload: the test proves nothing"
+    return out["slow"], waiting, ch, de, gw, headers
+
+
+def _after_reload(tenant, reason, tenant_field):
+    """The slow request finished at DE, the three queued ones were refused at connect (503,
+    audited with the reason and the tenant), DE got nothing more, a new request is served."""
+    slow, waiting, ch, de, gw, headers = _reload_narrows(tenant=tenant)
+    assert slow.status == 200 and slow.header("x-gotthard-residency") == "DE", slow.describe()
+    assert len(waiting) == 3, waiting
+    for r in waiting:
+        assert_error(r, 503, "residency_unavailable")
+    assert len(de.api_requests()) == 1, "DE got requests after the reload no longer allowed it"
+    blocks = [a for a in audit(gw, "residency_block") if a.get("backend")]
+    assert len(blocks) == 3, blocks
+    assert all(b["reason"] == reason and b.get("tenant") == tenant_field for b in blocks), blocks
+    served_by_ch(post_json(gw.port, "/v1/chat/completions", chat(), headers=headers))
+
+
+def test_reload_narrowing_the_policy_applies_to_queued_requests():
+    _after_reload(False, "backend_not_approved", "-")
+
+
+def test_reload_narrowing_a_tenant_applies_to_its_queued_requests():
+    _after_reload(True, "backend_not_approved_for_tenant", "acme")
+
+
+def test_connect_time_block_names_the_tenant():
+    # The re-resolution case of issue 22: the connect-time residency_block carries the tenant.
+    slow, waiting, ch, de, gw = _queued_then_moved(tenant_narrowed=True)
+    blocks = [a for a in audit(gw, "residency_block") if a.get("backend")]
+    assert blocks and all(b.get("tenant") == "acme" for b in blocks), blocks
+
+
+def test_geoip_database_changed_in_place_is_not_read_until_reload():
+    """The databases checked and digested at load are the ones used until a reload: truncating
+    or rewriting the file in place neither crashes the gateway nor changes a verdict."""
+    ch = Mock(args=["--name", "ch"])
+    # the backend (127.0.0.1) is CH in both; the clients 127.0.0.2 and .3 swap countries
+    a = site_db("127.0.0.1/32,CH\n127.0.0.2/32,DE\n127.0.0.3/32,CH\n")
+    b = site_db("127.0.0.1/32,CH\n127.0.0.2/32,CH\n127.0.0.3/32,DE\n")
+    assert os.path.getsize(a) == os.path.getsize(b), "the swap needs two databases of one size"
+    d = gwtest.tempdir("gwtest-secres-db-")
+    path = os.path.join(d, "site.mmdb")
+    shutil.copy(a, path)
+    kc, ec = _key("c-1")
+    cfg = res_config([backend_entry(ch.url)], dbs=[path],
+                     tenants=[{"id": "c", "models": ["*"], "api_keys": [ec], "client_countries": ["CH"]}])
+    gw = Gateway(cfg)
+    hdr = {"Authorization": "Bearer " + kc}
+    assert tr._post_from("127.0.0.3", gw.port, chat(), hdr).status == 200
+    assert_error(tr._post_from("127.0.0.2", gw.port, chat(), hdr), 403, "residency_denied")
+    digest = report(gw)["policy"]["digest"]
+    # rewritten in place, the same size: other verdicts in the same bytes' places
+    with open(path, "r+b") as f:
+        f.write(open(b, "rb").read())
+    assert tr._post_from("127.0.0.3", gw.port, chat(), hdr).status == 200
+    assert_error(tr._post_from("127.0.0.2", gw.port, chat(), hdr), 403, "residency_denied")
+    # truncated in place (cp over it): a shared mapping would fault on the next lookup
+    with open(path, "r+b") as f:
+        f.truncate(0)
+        f.flush()
+        assert tr._post_from("127.0.0.3", gw.port, chat(), hdr).status == 200
+        assert_error(tr._post_from("127.0.0.2", gw.port, chat(), hdr), 403, "residency_denied")
+        assert gw.alive(), "the gateway died reading a truncated database"
+        f.write(open(b, "rb").read())
+    assert report(gw)["policy"]["digest"] == digest
+    assert len(ch.api_requests()) == 3
+    # the reload reads the new file: now 127.0.0.2 is CH
+    gw.reload()
+    wait_for(lambda: len(audit(gw, "config_loaded")) == 2, 10, what="the reload taken")
+    assert report(gw)["policy"]["digest"] != digest
+    assert tr._post_from("127.0.0.2", gw.port, chat(), hdr).status == 200
+    assert_error(tr._post_from("127.0.0.3", gw.port, chat(), hdr), 403, "residency_denied")
+    assert gw.alive()
+
+
+def test_more_addresses_than_verified_is_refused():
+    """A name with more addresses than a state keeps is refused, never approved on the first
+    ones: 64 CH addresses and a DE one (the reviewer's case), and 70 CH ones."""
+    d = gwtest.tempdir("gwtest-secres-many-")
+    dbp = site_db("127.0.0.0/24,CH\n127.0.1.0/24,DE\n")
+    host = "llm.many.test"
+    for addrs in (["127.0.0.%d" % i for i in range(1, 65)] + ["127.0.1.1"],
+                  ["127.0.0.%d" % i for i in range(1, 71)]):
+        hp = os.path.join(d, "hosts")
+        write(hp, "".join("%s %s\n" % (a, host) for a in addrs))
+        cfg = res_config([backend_entry("http://%s:8000" % host)], dbs=[dbp],
+                         resolver={"hosts_file": hp, "refresh_ms": 1000})
+        cp = os.path.join(d, "c.json")
+        write(cp, json.dumps(cfg))
+        rc, out, err = run_gotthard(["-t", "-c", cp])
+        assert rc != 0 and "more than 64 addresses" in out + err, (rc, out, err)
+        rc, out, err = run_gotthard(["--residency-report", "-c", cp])
+        assert "refused" in out and "more than 64 addresses" in out, out[-600:]
+    # 64 exactly is verified as usual
+    write(hp, "".join("127.0.0.%d %s\n" % (i, host) for i in range(1, 65)))
+    rc, out, err = run_gotthard(["-t", "-c", cp])
+    assert rc == 0, (rc, out, err)
+
+
+def test_backend_verdict_audit_lists_whole_addresses():
+    """backend_verdict.addresses holds whole "address=country" entries and says how many more
+    there are, never an address cut in the middle."""
+    ch = Mock(args=["--name", "ch"])
+    d = gwtest.tempdir("gwtest-secres-al-")
+    host = "llm.long.test"
+    hp = os.path.join(d, "hosts")
+    addrs = ["::ffff:127.0.0.%d" % i for i in range(1, 64)] + ["::ffff:127.0.1.1"]
+    write(hp, "".join("%s %s\n" % (a, host) for a in addrs))
+    gw = Gateway(res_config([backend_entry("http://%s:%d" % (host, ch.port)), backend_entry(ch.url)],
+                            dbs=[site_db("127.0.0.0/24,CH\n127.0.1.0/24,DE\n")], allow_refused=True,
+                            resolver={"hosts_file": hp}))
+    v = [a for a in audit(gw, "backend_verdict") if a["backend"].startswith(host)][0]
+    text = v["addresses"]
+    m = re.search(r" \+(\d+) more$", text)
+    assert m, "no count of the addresses left out: %r" % text[-60:]
+    listed = text[:m.start()].split(",")
+    for e in listed:
+        a, _, cc = e.partition("=")
+        assert a in addrs and cc in ("CH", "DE"), "a cut or unknown entry: %r" % e
+    assert len(listed) + int(m.group(1)) == 64, (len(listed), m.group(1))
+    assert len(text) <= 1024
+    assert v["verdict"] == "refused"
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ static void test_cidr(void)
     CHECK(matches(&all4, 1, "1.2.3.4") && !matches(&all4, 1, "2001:db8::1"), "0.0.0.0/0 is IPv4 only");
 }
 
-/* The client for the values (";" separates headers), or "peer". */
+/* The client for the values (";" separates headers), "peer" when there are none, "unknown"
+ * when the entry to read is not an address. */
 static const char *client(const char *values, char *buf, size_t len)
 {
     gw_cidr_t trusted[3];
@@ -79,7 +80,10 @@ static const char *client(const char *values, char *buf, size_t len)
     }
     struct sockaddr_storage ss;
     socklen_t sl = 0;
-    if (gw_xff_client(trusted, 3, v, l, n, &ss, &sl) != 1) return "peer";
+    int rc = gw_xff_client(trusted, 3, v, l, n, &ss, &sl);
+    if (rc == 0) return "peer";
+    if (rc < 0) return "unknown";
+    CHECK(rc == 1, "rc %d", rc);
     CHECK(sl == (ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)), "len");
     return text(&ss, buf, len);
 }
@@ -105,17 +109,36 @@ static void test_xff(void)
         /* Every entry trusted: the farthest. */
         {"10.0.0.5, 10.0.0.6", "10.0.0.5"},
         {"10.0.0.5;fd00::2", "10.0.0.5"},
-        /* A malformed entry that has to be read: the peer. */
-        {"198.51.100.7, bogus", "peer"},
-        {"198.51.100.7:443", "peer"},
-        {"[2001:db8::7]", "peer"},
-        {"198.51.100.7, ", "peer"},
-        {"", "peer"},
-        {"198.51.100.7,,10.0.0.1", "peer"},
-        {"198.51.100.7;", "peer"},
-        {"10.0.0.1, 1.2.3.4.5", "peer"},
-        {"1111:2222:3333:4444:5555:6666:7777:8888:9999", "peer"},
-        {"198.51.100.7, 10.0.0.1 10.0.0.2", "peer"},
+        /* ip:port and [v6]:port (Azure Application Gateway): the address, the port ignored. */
+        {"198.51.100.7:443", "198.51.100.7"},
+        {"[2001:db8::7]", "2001:db8::7"},
+        {"[2001:db8::7]:8080", "2001:db8::7"},
+        {"198.51.100.7, 10.0.0.1:80", "198.51.100.7"},
+        {"198.51.100.7:1, [fd00::1]:2", "198.51.100.7"},
+        {"198.51.100.7:65535", "198.51.100.7"},
+        /* A malformed entry that has to be read: no client address (not the peer's). */
+        {"198.51.100.7, bogus", "unknown"},
+        {"198.51.100.7, ", "unknown"},
+        {"", "unknown"},
+        {" ", "unknown"},
+        {"unknown", "unknown"},
+        {"_hidden", "unknown"},
+        {"198.51.100.7,,10.0.0.1", "unknown"},
+        {"198.51.100.7;", "unknown"},
+        {"10.0.0.1, 1.2.3.4.5", "unknown"},
+        {"1111:2222:3333:4444:5555:6666:7777:8888:9999", "unknown"},
+        {"198.51.100.7, 10.0.0.1 10.0.0.2", "unknown"},
+        {"198.51.100.7%lo", "unknown"},
+        {"198.51.100.7:", "unknown"},
+        {"198.51.100.7:65536", "unknown"},
+        {"198.51.100.7:0443", "unknown"},
+        {"198.51.100.7:44a", "unknown"},
+        {"198.51.100.7:443:1", "unknown"},
+        {"[2001:db8::7", "unknown"},
+        {"[2001:db8::7]:", "unknown"},
+        {"[2001:db8::7]x", "unknown"},
+        {"[198.51.100.7]:80", "unknown"},
+        {"2001:db8::7:443", "2001:db8::7:443"}, /* a whole IPv6 address first */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char buf[64];

@@ -190,8 +190,63 @@ static void test_hold_release(void)
     gw_resolved_release(NULL);
 }
 
+/* More addresses than a state keeps: GW_MAX_ADDRS + 1 of them come back, so that the backend is
+ * refused (never approved on the first GW_MAX_ADDRS while the others go unverified). */
+static void test_too_many_addresses(void)
+{
+    char path[] = "/tmp/gw-test-hosts-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    FILE *f = fdopen(fd, "w");
+    for (int i = 1; i <= GW_MAX_ADDRS + 6; i++) fprintf(f, "127.0.3.%d many.test\n", i);
+    fclose(f);
+    struct sockaddr_storage *v;
+    size_t n;
+    char err[256];
+    int rc = gw_resolve_host("many.test", "80", path, &v, &n, err, sizeof(err));
+    CHECK(rc == GW_MAX_ADDRS + 1 && n == GW_MAX_ADDRS + 1, "more than the limit is told: %d", rc);
+    if (rc > 0) free(v);
+    unlink(path);
+}
+
+/* The database in use is the bytes read at open: the file truncated or rewritten in place
+ * changes no lookup (and does not fault), and the digest is of those bytes. */
+static void test_database_copied_at_open(void)
+{
+    const char *db = getenv("SITE_MMDB");
+    if (!db) {
+        printf("SITE_MMDB not set: copy test skipped\n");
+        return;
+    }
+    char path[] = "/tmp/gw-test-mmdb-XXXXXX";
+    int fd = mkstemp(path);
+    FILE *in = fopen(db, "rb");
+    CHECK(fd >= 0 && in, "copy");
+    char buf[65536];
+    for (size_t k; in && (k = fread(buf, 1, sizeof(buf), in)) > 0;)
+        CHECK(write(fd, buf, k) == (ssize_t)k, "write");
+    if (in) fclose(in);
+    char err[512], cc[3];
+    size_t bad;
+    const char *paths[] = {path};
+    gw_geoip_t *g = gw_geoip_open(paths, 1, &bad, err, sizeof(err));
+    CHECK(g != NULL, "open: %s", err);
+    if (!g) return;
+    CHECK(gw_geoip_sha256(g, 0) != NULL, "a SHA-256 of the database");
+    CHECK(ftruncate(fd, 0) == 0, "truncate");
+    close(fd);
+    struct sockaddr_in s4 = {.sin_family = AF_INET};
+    inet_pton(AF_INET, "127.0.0.2", &s4.sin_addr);
+    int rc = gw_geoip_lookup(g, (struct sockaddr *)&s4, cc, NULL, err, sizeof(err));
+    CHECK(rc == GW_GEOIP_FOUND && strcmp(cc, "DE") == 0, "after truncation: rc %d cc %s", rc, cc);
+    gw_geoip_close(g);
+    unlink(path);
+}
+
 int main(void)
 {
+    test_too_many_addresses();
+    test_database_copied_at_open();
     test_connect_check();
     test_hold_release();
     test_hosts_file();
