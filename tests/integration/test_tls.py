@@ -43,8 +43,9 @@ def _https(port, method, path, body=None, headers=None, ctx=None, timeout=10):
         (gwtest.HOST, port), timeout)
     try:
         c.request(method, path, body=body, headers=headers or {})
+        ver = c.sock.version()  # before the answer: one with connection: close takes the socket
         r = c.getresponse()
-        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read(), c.sock.version()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read(), ver
     finally:
         c.close()
 
