@@ -102,8 +102,9 @@ void gw_conn_close_after_write(gw_conn_t *c)
     c->state = CONN_CLOSING;
     evtimer_del(c->timer);
     gw_io_flush(c->io);
-    if (evbuffer_get_length(gw_io_out(c->io)) == 0) linger_start(c);
-    else arm(c, 30000); /* a client that never reads its answer */
+    c->unsent = evbuffer_get_length(gw_io_out(c->io));
+    if (c->unsent == 0) linger_start(c);
+    else arm(c, c->w->cfg->timeouts.client_send_ms); /* a client that never reads its answer */
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -123,8 +124,16 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
             gw_conn_close(c);
         }
         break;
-    case CONN_PROXY: /* no PROXY header in time: closed without an answer, like HAProxy */
     case CONN_CLOSING:
+        if (!c->lingering && evbuffer_get_length(gw_io_out(c->io)) < c->unsent) {
+            /* the client took some of its answer in client_send_ms: more time */
+            c->unsent = evbuffer_get_length(gw_io_out(c->io));
+            arm(c, c->w->cfg->timeouts.client_send_ms);
+            break;
+        }
+        gw_conn_close(c);
+        break;
+    case CONN_PROXY: /* no PROXY header in time: closed without an answer, like HAProxy */
     case CONN_IDLE:
     default:
         gw_conn_close(c);
@@ -406,18 +415,16 @@ static void process(gw_conn_t *c)
             c->head_timer_due = 1;
         }
         if (c->state == CONN_HEAD) {
-            /* Blank lines before a request line are allowed (RFC 9112 2.2). */
-            while (c->head_scanned == 0 && len >= 2) {
-                unsigned char two[2];
-                evbuffer_copyout(in, two, 2);
-                if (two[0] != '\r' || two[1] != '\n') break;
-                evbuffer_drain(in, 2);
-                len -= 2;
-            }
             if (len == 0) break;
             size_t max = (size_t)c->w->cfg->limits.max_header_bytes;
             size_t look = len < max + 4 ? len : max + 4;
             const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)look);
+            /* Blank lines before a request line are allowed (RFC 9112 2.2), however split. */
+            size_t blank = gw_http_blank_lines(buf, look, &c->head_scanned);
+            if (blank) {
+                evbuffer_drain(in, blank);
+                continue;
+            }
             c->asks_head = look >= 5 && memcmp(buf, "HEAD ", 5) == 0;
             long hl = gw_http_find_head_end(buf, look, &c->head_scanned);
             if (hl == GW_HTTP_INCOMPLETE) {
