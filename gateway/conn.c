@@ -102,9 +102,8 @@ void gw_conn_close_after_write(gw_conn_t *c)
     c->state = CONN_CLOSING;
     evtimer_del(c->timer);
     gw_io_flush(c->io);
-    c->unsent = evbuffer_get_length(gw_io_out(c->io));
-    if (c->unsent == 0) linger_start(c);
-    else arm(c, c->w->cfg->timeouts.client_send_ms); /* a client that never reads its answer */
+    if (evbuffer_get_length(gw_io_out(c->io)) == 0) linger_start(c);
+    else arm(c, 30000); /* a client that never reads its answer */
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -124,16 +123,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
             gw_conn_close(c);
         }
         break;
-    case CONN_CLOSING:
-        if (!c->lingering && evbuffer_get_length(gw_io_out(c->io)) < c->unsent) {
-            /* the client took some of its answer in client_send_ms: more time */
-            c->unsent = evbuffer_get_length(gw_io_out(c->io));
-            arm(c, c->w->cfg->timeouts.client_send_ms);
-            break;
-        }
-        gw_conn_close(c);
-        break;
     case CONN_PROXY: /* no PROXY header in time: closed without an answer, like HAProxy */
+    case CONN_CLOSING:
     case CONN_IDLE:
     default:
         gw_conn_close(c);

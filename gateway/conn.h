@@ -18,7 +18,6 @@ struct gw_conn {
     gw_conn_t *prev, *next;
     int state;
     size_t head_scanned;
-    size_t unsent; /* CONN_CLOSING: the answer's unsent bytes when the timer was last armed */
     int64_t body_left; /* Content-Length bytes still to read */
     gw_chunked_t chunked;
     /* The client's address, for every per-address rule: the peer accept() gave, or the one a
