@@ -160,8 +160,8 @@ static int parse_content_length(const char *v, size_t n, int64_t *out)
     return 0;
 }
 
-/* Connection's tokens, over all its lines: a header line may name this many at most (a list
- * longer than any real one is refused, 400 or 502, before anything else is done with it). */
+/* Connection's tokens, over all its lines: a head may name GW_HTTP_MAX_CONNECTION_TOKENS at
+ * most (a list longer than any real one is refused, 400 or 502, before it costs anything). */
 typedef struct conn_tokens {
     struct {
         const char *p;

@@ -919,17 +919,17 @@ static void up_timer_cb(evutil_socket_t fd, short what, void *arg)
         }
         return;
     }
-    if (u->paused) {
+    if (u->paused && r->conn) {
         /* Reading the backend waits for the client (up_read_cb): as nginx's send_timeout, a
          * client that took nothing for timeouts.client_send_ms is closed, with the backend
          * connection, as a client that left (gw_req_abort). One that took some has more time. */
-        size_t unsent = r->conn ? evbuffer_get_length(gw_io_out(r->conn->io)) : 0;
-        if (r->conn && unsent < u->unsent) {
+        size_t unsent = evbuffer_get_length(gw_io_out(r->conn->io));
+        if (unsent < u->unsent) {
             u->unsent = unsent;
             arm(u, r->cfg->timeouts.client_send_ms);
             return;
         }
-        if (r->conn) gw_conn_close(r->conn); /* frees u (gw_upstream_abort) */
+        gw_conn_close(r->conn); /* frees u (gw_upstream_abort) */
         return;
     }
     /* Not connected in time: a connect failure (retryable); else no answer in time. */
