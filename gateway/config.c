@@ -62,6 +62,8 @@ static const gw_conf_key_t timeouts_keys[] = {
     TIMEOUT(upstream_connect_ms), TIMEOUT(upstream_first_byte_ms), TIMEOUT(upstream_idle_ms),
     TIMEOUT(upstream_keepalive_ms),
     {"drain_ms", GW_CT_INT, offsetof(gw_config_t, timeouts.drain_ms), 0, INT_MAX_MS},
+    /* under 100 ms a scheduling hiccup of a client that reads would cut it */
+    {"client_send_ms", GW_CT_INT, offsetof(gw_config_t, timeouts.client_send_ms), 100, INT_MAX_MS},
     {NULL},
 };
 /* Nested objects of the snapshot itself: offsets are relative to the snapshot. */
@@ -255,6 +257,7 @@ static void defaults(gw_config_t *c)
     c->timeouts.upstream_idle_ms = 60000;
     c->timeouts.upstream_keepalive_ms = 4000; /* under uvicorn's (vLLM's) 5 s keep-alive */
     c->timeouts.drain_ms = 30000;
+    c->timeouts.client_send_ms = 60000;
     c->redis.timeout_ms = 100;
     c->resolver.refresh_ms = 30000;
     c->auth.failure_rate = 10;

@@ -150,6 +150,7 @@ typedef struct gw_config {
     struct {
         int64_t client_header_ms, client_body_ms, keepalive_ms, upstream_connect_ms,
             upstream_first_byte_ms, upstream_idle_ms, upstream_keepalive_ms, drain_ms;
+        int64_t client_send_ms; /* a client that takes none of its answer for this is closed */
     } timeouts;
     gw_conf_list_t pools;          /* gw_pool_t */
     gw_conf_list_t tenants;        /* gw_tenant_t; none: no authentication */

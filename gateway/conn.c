@@ -408,18 +408,16 @@ static void process(gw_conn_t *c)
             c->head_timer_due = 1;
         }
         if (c->state == CONN_HEAD) {
-            /* Blank lines before a request line are allowed (RFC 9112 2.2). */
-            while (c->head_scanned == 0 && len >= 2) {
-                unsigned char two[2];
-                evbuffer_copyout(in, two, 2);
-                if (two[0] != '\r' || two[1] != '\n') break;
-                evbuffer_drain(in, 2);
-                len -= 2;
-            }
             if (len == 0) break;
             size_t max = (size_t)c->w->cfg->limits.max_header_bytes;
             size_t look = len < max + 4 ? len : max + 4;
             const char *buf = (const char *)evbuffer_pullup(in, (ssize_t)look);
+            /* Blank lines before a request line are allowed (RFC 9112 2.2), however split. */
+            size_t blank = gw_http_blank_lines(buf, look, &c->head_scanned);
+            if (blank) {
+                evbuffer_drain(in, blank);
+                continue;
+            }
             c->asks_head = look >= 5 && memcmp(buf, "HEAD ", 5) == 0;
             long hl = gw_http_find_head_end(buf, look, &c->head_scanned);
             if (hl == GW_HTTP_INCOMPLETE) {

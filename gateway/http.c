@@ -56,10 +56,24 @@ long gw_http_find_head_end(const char *buf, size_t len, size_t *scanned)
     return GW_HTTP_INCOMPLETE;
 }
 
+size_t gw_http_blank_lines(const char *buf, size_t len, size_t *scanned)
+{
+    size_t i = 0;
+    while (len - i >= 2 && buf[i] == '\r' && buf[i + 1] == '\n') i += 2;
+    if (i) *scanned = 0; /* a search that began at a lone CR began before the head */
+    return i;
+}
+
 int gw_http_name_eq(const char *a, size_t alen, const char *lit)
 {
     size_t n = strlen(lit);
     return alen == n && strncasecmp(a, lit, n) == 0;
+}
+
+/* Two names equal, ignoring case. */
+static int names_eq(const char *a, size_t alen, const char *b, size_t blen)
+{
+    return alen == blen && strncasecmp(a, b, alen) == 0;
 }
 
 const gw_header_t *gw_http_find(const gw_http_head_t *h, const char *name)
@@ -146,8 +160,19 @@ static int parse_content_length(const char *v, size_t n, int64_t *out)
     return 0;
 }
 
-/* Marks the headers named by Connection's tokens as hop-by-hop. */
-static int parse_connection(gw_http_head_t *h, const char *v, size_t n)
+/* Connection's tokens, over all its lines: a head may name GW_HTTP_MAX_CONNECTION_TOKENS at
+ * most (a list longer than any real one is refused, 400 or 502, before it costs anything). */
+typedef struct conn_tokens {
+    struct {
+        const char *p;
+        size_t n;
+    } t[GW_HTTP_MAX_CONNECTION_TOKENS];
+    size_t n;
+} conn_tokens_t;
+
+/* Adds one Connection value's tokens to ct; close and keep-alive set their flags. -1: not a
+ * token list, or more than GW_HTTP_MAX_CONNECTION_TOKENS tokens in all. */
+static int connection_tokens(gw_http_head_t *h, const char *v, size_t n, conn_tokens_t *ct)
 {
     size_t i = 0;
     while (i < n) {
@@ -162,11 +187,35 @@ static int parse_connection(gw_http_head_t *h, const char *v, size_t n)
             h->conn_close = 1;
         else if (gw_http_name_eq(v + s, tl, "keep-alive"))
             h->conn_keepalive = 1;
-        for (size_t k = 0; k < h->nheaders; k++)
-            if (h->headers[k].name_len == tl && strncasecmp(h->headers[k].name, v + s, tl) == 0 &&
-                !GW_H_IS_HOP(h->kind[k]))
-                h->kind[k] = GW_H_NAMED_BY_CONNECTION;
+        if (ct->n == GW_HTTP_MAX_CONNECTION_TOKENS) return -1;
+        ct->t[ct->n].p = v + s;
+        ct->t[ct->n].n = tl;
+        ct->n++;
     }
+    return 0;
+}
+
+/* Does Connection make this header hop-by-hop (RFC 9110 7.6.1)? The one place that decides. */
+static int named_by_connection(const gw_header_t *hd, int kind, const conn_tokens_t *ct)
+{
+    if (GW_H_IS_HOP(kind)) return 0; /* already */
+    for (size_t j = 0; j < ct->n; j++)
+        if (names_eq(hd->name, hd->name_len, ct->t[j].p, ct->t[j].n)) return 1;
+    return 0;
+}
+
+/* Marks the headers named by Connection's tokens as hop-by-hop: the tokens are collected once,
+ * then the headers walked once against them (at most max_headers x 32 comparisons). */
+static int parse_connection(gw_http_head_t *h)
+{
+    conn_tokens_t ct;
+    ct.n = 0;
+    for (size_t i = 0; i < h->nheaders; i++)
+        if (h->kind[i] == GW_H_CONNECTION &&
+            connection_tokens(h, h->headers[i].value, h->headers[i].value_len, &ct) < 0)
+            return -1;
+    for (size_t k = 0; ct.n && k < h->nheaders; k++)
+        if (named_by_connection(&h->headers[k], h->kind[k], &ct)) h->kind[k] = GW_H_NAMED_BY_CONNECTION;
     return 0;
 }
 
@@ -233,10 +282,7 @@ static int parse_headers(const char *p, const char *end, gw_http_head_t *h, gw_h
     }
     if (p != end) return GW_HTTP_BAD;
     if (cl_seen && te_seen) return GW_HTTP_BAD;
-    for (size_t i = 0; conn_seen && i < h->nheaders; i++)
-        if (kinds[i] == GW_H_CONNECTION &&
-            parse_connection(h, headers[i].value, headers[i].value_len) < 0)
-            return GW_HTTP_BAD;
+    if (conn_seen && parse_connection(h) < 0) return GW_HTTP_BAD;
     return 0;
 }
 
@@ -264,6 +310,7 @@ int gw_http_parse_request(const char *buf, size_t len, gw_http_head_t *h, gw_hea
     if (rc < 0) return rc;
     if (h->minor == 1 && !h->has_host) return GW_HTTP_BAD;
     if (h->minor == 0 && h->chunked) return GW_HTTP_BAD;
+    if (h->minor == 0) h->expect_continue = 0; /* RFC 9110 10.1.1: ignored from HTTP/1.0 */
     return 0;
 }
 
@@ -321,6 +368,11 @@ int gw_http_content_coded(const gw_http_head_t *h)
             !identity_only(h->headers[i].value, h->headers[i].value_len))
             return 1;
     return 0;
+}
+
+int gw_http_status_has_body(int status)
+{
+    return status >= 200 && status != 204 && status != 304;
 }
 
 const char *gw_http_reason(int status)
@@ -483,7 +535,8 @@ static void answer_head(gw_out_t *o, const gw_http_head_t *h, const gw_answer_he
         gw_out_put(o, hd->value, hd->value_len);
         gw_out_put(o, "\r\n", 2);
     }
-    switch (a->framing) {
+    /* No framing line where a body cannot be (RFC 9110 8.6, 15.3.5, 15.4.5): 1xx, 204, 304. */
+    switch (gw_http_status_has_body(a->status) ? a->framing : GW_AH_EOF) {
     case GW_AH_EMPTY:
         gw_out_put(o, "content-length: 0\r\n", 19);
         break;

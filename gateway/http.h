@@ -62,6 +62,15 @@ enum {
     GW_HTTP_BAD_VERSION = -4,  /* 505 */
 };
 
+/* A Connection header field names this many options at most, over all its lines: more makes
+ * the head GW_HTTP_BAD (a client's 400, a backend's 502). */
+#define GW_HTTP_MAX_CONNECTION_TOKENS 32
+
+/* The length of the blank lines (CRLF pairs) at buf's start, which precede a request line
+ * (RFC 9112 2.2) and are dropped; when there are any, *scanned goes back to 0 (the head end is
+ * searched for after them). A lone CR at the end is not one yet: it waits for its LF. */
+size_t gw_http_blank_lines(const char *buf, size_t len, size_t *scanned);
+
 /* Looks for the end of a head in buf[0..len), resuming at *scanned. Returns the head's
  * length, GW_HTTP_INCOMPLETE, or GW_HTTP_BAD on a bare LF. */
 long gw_http_find_head_end(const char *buf, size_t len, size_t *scanned);
@@ -82,6 +91,9 @@ int gw_http_name_eq(const char *a, size_t alen, const char *lit);
 const gw_header_t *gw_http_find(const gw_http_head_t *h, const char *name);
 const gw_header_t *gw_http_find_kind(const gw_http_head_t *h, int kind);
 const char *gw_http_reason(int status);
+/* May an answer with this status have a body, and so a framing header (RFC 9110 6.4.1: not
+ * 1xx, 204 or 304)? */
+int gw_http_status_has_body(int status);
 /* Does the head declare a content coding other than identity, in any Content-Encoding line
  * (whatever Connection says of it)? Such a body is not the one the gateway could read. */
 int gw_http_content_coded(const gw_http_head_t *h);
@@ -120,7 +132,8 @@ int gw_http_gateway_name(const char *name, size_t len);
 enum { GW_AH_EMPTY, GW_AH_LENGTH, GW_AH_CHUNKED, GW_AH_EOF };
 typedef struct gw_answer_head {
     int status;
-    int framing;     /* GW_AH_*: content-length: 0, content-length: length, chunked, nothing */
+    int framing;     /* GW_AH_*: content-length: 0, content-length: length, chunked, nothing;
+                        always nothing for a status without a body (gw_http_status_has_body) */
     uint64_t length; /* GW_AH_LENGTH */
     unsigned close : 1, keepalive : 1; /* connection: close / keep-alive (an HTTP/1.0 client) */
     /* A backend header the gateway writes itself (a plugin sets or removes it); may be NULL. */

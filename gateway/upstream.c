@@ -43,6 +43,7 @@ struct gw_upconn {
     int refusal_status;
     uint64_t idle_since_us;
     struct evbuffer *held; /* the client's head while held back (see release_head) */
+    size_t unsent;         /* paused: the client's unsent bytes when the timer was last armed */
     unsigned reused : 1, keepalive : 1, paused : 1;
     unsigned head_held : 1;   /* the client's head is in `held`: nothing reached the client yet */
     unsigned broken : 1;      /* the answer's body is unusable: end the request as failed */
@@ -885,10 +886,14 @@ static void up_read_cb(gw_io_t *io, void *arg)
     arm(u, r->cfg->timeouts.upstream_idle_ms);
     if (r->conn) {
         gw_io_flush(r->conn->io);
-        if (evbuffer_get_length(gw_io_out(r->conn->io)) > CLIENT_HIGH) {
+        size_t unsent = evbuffer_get_length(gw_io_out(r->conn->io));
+        if (unsent > CLIENT_HIGH) {
+            /* A slow client is not the backend's fault: the timer is the client's now, and
+             * bounds how long it may take nothing (up_timer_cb). */
             gw_io_read_enable(io, 0);
             u->paused = 1;
-            evtimer_del(u->timer); /* a slow client is not the backend's fault */
+            u->unsent = unsent;
+            arm(u, r->cfg->timeouts.client_send_ms);
         }
     }
 }
@@ -912,6 +917,19 @@ static void up_timer_cb(evutil_socket_t fd, short what, void *arg)
             idle_remove(u);
             up_free(u);
         }
+        return;
+    }
+    if (u->paused && r->conn) {
+        /* Reading the backend waits for the client (up_read_cb): as nginx's send_timeout, a
+         * client that took nothing for timeouts.client_send_ms is closed, with the backend
+         * connection, as a client that left (gw_req_abort). One that took some has more time. */
+        size_t unsent = evbuffer_get_length(gw_io_out(r->conn->io));
+        if (unsent < u->unsent) {
+            u->unsent = unsent;
+            arm(u, r->cfg->timeouts.client_send_ms);
+            return;
+        }
+        gw_conn_close(r->conn); /* frees u (gw_upstream_abort) */
         return;
     }
     /* Not connected in time: a connect failure (retryable); else no answer in time. */

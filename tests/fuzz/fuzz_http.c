@@ -5,13 +5,15 @@
  * The first input byte picks the parser (byte % 4); the second, for the incremental ones,
  * seeds where the rest is split into pieces. Besides "no crash, no leak, no undefined
  * behaviour", each mode checks properties that a wrong parser would break:
- *   - heads: the head end is the same when searched in one go or resumed byte by byte; a
+ *   - heads: the head end is the same when searched in one go or resumed byte by byte; for a
+ *     request, the blank lines before it and its end are the same whatever the split of the
+ *     input (what conn.c does: gw_http_blank_lines, then gw_http_find_head_end, per read); a
  *     parsed head points only inside its buffer; a request with both Content-Length and
  *     Transfer-Encoding, or a response or request with a negative length, is never accepted.
  *   - the client's head rebuilt from a parsed response head (gw_http_answer_head, framing and
  *     connection lines picked by the second byte): written into room of exactly the length it
  *     says, nothing written when the room is a byte short, and it parses back as a response
- *     with the same status, one framing header at most, and none of the gateway's own headers
+ *     with the same status, one framing header at most (none for 1xx, 204, 304), and none of the gateway's own headers
  *     (x-request-id, x-gotthard-*, x-ratelimit-*, those the gateway takes) nor hop-by-hop ones
  *     from the backend.
  *   - chunked: the data and the verdict are the same whatever the split of the input; the
@@ -85,11 +87,11 @@ static void answer(const gw_http_head_t *h, uint32_t seed)
         check(!GW_H_IS_HOP(kind[i]) || kind[i] == GW_H_CONTENT_LENGTH ||
               kind[i] == GW_H_TRANSFER_ENCODING || kind[i] == GW_H_CONNECTION);
     }
-    check(framing == (a.framing != GW_AH_EOF));
+    check(framing == (a.framing != GW_AH_EOF && gw_http_status_has_body(h->status)));
     check(conn == (a.close || a.keepalive));
-    if (a.framing == GW_AH_LENGTH) check(o.content_length == (int64_t)a.length);
-    if (a.framing == GW_AH_EMPTY) check(o.content_length == 0);
-    if (a.framing == GW_AH_CHUNKED) check(o.chunked);
+    if (framing && a.framing == GW_AH_LENGTH) check(o.content_length == (int64_t)a.length);
+    if (framing && a.framing == GW_AH_EMPTY) check(o.content_length == 0);
+    if (framing && a.framing == GW_AH_CHUNKED) check(o.chunked);
     free(out);
 }
 
@@ -177,6 +179,25 @@ static int chunked(const char *in, size_t len, uint32_t seed, int whole, sink_t 
     return GW_CHUNKED_MORE;
 }
 
+/* A request's blank lines and head end, read in one go and in pieces as conn.c reads them. */
+static void blank_lines_mode(const char *buf, size_t len, uint32_t seed)
+{
+    size_t s1 = 0, off1 = gw_http_blank_lines(buf, len, &s1);
+    long e1 = gw_http_find_head_end(buf + off1, len - off1, &s1);
+    size_t s2 = 0, off2 = 0, have = 0;
+    long e2 = GW_HTTP_INCOMPLETE;
+    while (have < len && e2 == GW_HTTP_INCOMPLETE) {
+        have += piece(&seed, len - have);
+        size_t b;
+        while ((b = gw_http_blank_lines(buf + off2, have - off2, &s2)) != 0) {
+            check(b % 2 == 0 && off2 + b <= have);
+            off2 += b;
+        }
+        e2 = gw_http_find_head_end(buf + off2, have - off2, &s2);
+    }
+    check(off1 == off2 && e1 == e2);
+}
+
 static void chunked_mode(const char *in, size_t len, uint32_t seed)
 {
     sink_t a = {0}, b = {0};
@@ -252,7 +273,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(buf != NULL);
     memcpy(buf, data + 2, len);
     switch (mode) {
-    case 0: heads(buf, len, 0, seed); break;
+    case 0:
+        heads(buf, len, 0, seed);
+        blank_lines_mode(buf, len, seed);
+        break;
     case 1: heads(buf, len, 1, seed); break;
     case 2: chunked_mode(buf, len, seed); break;
     default: sse_mode(buf, len, seed); break;

@@ -15,11 +15,21 @@
 - one rule for every refusal: an error the gateway answers itself closes the connection, and
   nothing pipelined behind it reaches a backend, whatever the status (400, 401, 403, 404, 413,
   429, ...).
+
+The reviewer's follow-up (issue 14, F1-F5):
+- a client that takes nothing of its answer for timeouts.client_send_ms is closed with its
+  backend connection: a stalled reader cannot hold a backend slot; one that reads slowly can;
+- Connection takes 32 tokens at most (400 that closes, 502 from a backend), and its cost is
+  linear: a head of 16K one-letter tokens costs the gateway no more CPU than a plain one;
+- an HTTP/1.0 request's Expect: 100-continue is ignored (no interim answer);
+- a 204 carries no framing header (Content-Length, Transfer-Encoding);
+- blank lines before a request line are skipped however they are split across reads.
 """
 
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 
@@ -416,6 +426,240 @@ def test_answered_requests_keep_the_connection():
             assert r.status == st and r.header("x-client-request-id") == rid, r.describe()
             assert not r.has_token("connection", "close"), r.describe()
         assert c.is_open(0.3), "connection closed after relayed answers"
+
+
+# --------------------------------------------------------------------------- 6. the follow-up (F1-F5)
+
+
+def _stalled_stream(port, rcvbuf=4096):
+    """A streaming request from a client with a small receive buffer that never reads."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(_chat_bytes("stalled", headers=[("x-mock-tokens", "1000000")],
+                          body=dict(chat("m1"), stream=True)))
+    return s
+
+
+def _read_to_close(s, timeout):
+    """Everything s receives until the peer closes; None if it is still open after timeout."""
+    s.settimeout(timeout)
+    data = b""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            d = s.recv(1 << 16)
+        except socket.timeout:
+            return None
+        except ConnectionResetError:
+            return data
+        if not d:
+            return data
+        data += d
+    return None
+
+
+def test_client_that_stops_reading_frees_the_backend_slot():
+    """F1: one backend slot (max_concurrent 1); a client streams and stops reading. After
+    timeouts.client_send_ms without taking a byte it is closed with its backend connection, the
+    request is logged as closed by the client, and the next request (waiting in the queue for
+    the slot) is served within client_send_ms and a margin."""
+    mock = Mock(["--token-ms", "0"])
+    gw = Gateway(gateway_config(pools=[pool("p1", ["m1"], [backend(mock.port, max_concurrent=1)],
+                                            queue={"timeout_ms": 15000})],
+                                timeouts={"client_send_ms": 500, "drain_ms": 2000},
+                                access_log={"path": "access.log"}))
+    s = _stalled_stream(gw.port)
+    try:
+        mock.wait_requests(1)
+        t0 = time.monotonic()
+        r = post_json(gw.port, "/v1/chat/completions", chat("m1"), timeout=20)
+        took = time.monotonic() - t0
+        assert r.status == 200, r.describe()
+        assert took < 0.5 + 5.0, "the slot came free after %.1f s" % took
+        data = _read_to_close(s, 10)
+        assert data is not None, "the stalled client was never closed"
+        assert b"data: [DONE]" not in data, "the stalled stream was not cut"
+    finally:
+        s.close()
+    recs = mock.wait_requests(2, completed=True, timeout=10)
+    assert recs[0]["client_closed"] and not recs[0]["completed"], recs[0]
+    path = os.path.join(gw.dir, "access.log")
+    from test_access_log import lines as log_lines
+    first = gwtest.wait_for(lambda: [ln for ln in log_lines(path) if ln.get("code") == "client_closed"],
+                            5, what="the stalled request logged as closed by the client")
+    assert len(first) == 1, first
+
+
+def test_client_that_reads_slowly_is_not_cut():
+    """F1's other side: a client that keeps taking its answer, slowly, is never cut, even when
+    emptying the gateway's buffer takes it longer than client_send_ms: only a client that takes
+    nothing for that long is."""
+    mock = Mock(["--token-ms", "0"])
+    gw = Gateway(gateway_config([mock.port], timeouts={"client_send_ms": 1000, "drain_ms": 2000}))
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", gw.port))
+    try:
+        s.sendall(_chat_bytes("slow", headers=[("x-mock-tokens", "2500")],
+                              body=dict(chat("m1"), stream=True)))
+        data = b""
+        end = time.monotonic() + 60
+        while b"data: [DONE]" not in data and time.monotonic() < end:
+            time.sleep(0.1)  # about 80 KiB/s: 256 KiB take longer than client_send_ms
+            try:
+                d = s.recv(8192)
+            except ConnectionResetError:
+                break
+            if not d:
+                break
+            data += d
+        assert b"data: [DONE]" in data, "cut after %d bytes" % len(data)
+        assert len(data) > 400000, "the answer (%d bytes) was too short to pause the backend" % len(data)
+    finally:
+        s.close()
+
+
+def _many_headers_head(tokens, n_headers=97, size=32768, path="/v1/models"):
+    line0 = b"GET %s HTTP/1.1\r\nHost: x\r\n" % path.encode()
+    hdrs = b"".join(b"%c: x\r\n" % (97 + (i % 26)) for i in range(n_headers))
+    room = size - len(line0) - len(hdrs) - 40
+    conn = b"Connection: " + (b"a," * (room // 2) if tokens else b"x" * room) + b"\r\n"
+    return line0 + hdrs + conn + b"\r\n"
+
+
+def _cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        p = f.read().rsplit(")", 1)[1].split()
+    return (int(p[11]) + int(p[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_connection_tokens_cost_is_linear_and_bounded():
+    """F2: 97 headers and a Connection header of ~16K one-letter tokens in 32 KiB, before any
+    authentication. The gateway's CPU time for such heads stays within a small multiple of
+    plain heads of the same size (it was 85 times as much), and each is a 400 that closes."""
+    mock = Mock()
+    gw = Gateway(gateway_config([mock.port], limits={"max_headers": 100, "max_header_bytes": 32768}))
+    pid = gw.pid
+    cost = {}
+    for tokens in (False, True):
+        head = _many_headers_head(tokens)
+        c0 = _cpu_s(pid)
+        for _ in range(60):
+            with Conn(gw.port, timeout=10) as c:
+                c.send(head)
+                r = c.read_response()
+                if tokens:
+                    assert_error(r, 400, "bad_request")
+                    assert r.has_token("connection", "close"), r.describe()
+                    assert c.wait_closed(5), "a refused head left the connection open"
+                else:
+                    assert r.status == 200, r.describe()
+        cost[tokens] = _cpu_s(pid) - c0
+    assert cost[True] <= 3 * cost[False] + 0.3, "CPU: plain %.2f s, tokens %.2f s" % (cost[False], cost[True])
+
+
+def test_connection_takes_32_tokens_from_clients_and_backends():
+    """F2's bound: 32 Connection tokens (over all Connection lines) are a request; 33 are a 400
+    that closes, and 33 from a backend are a 502. The tokens still do their job: the headers they
+    name are not forwarded."""
+    fake = RawBackend(lambda req, f: [json_answer()] if not req.header("x-many") else
+                      [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: "
+                       + b",".join(b"t%d" % i for i in range(int(req.header("x-many")))) + b"\r\n"
+                       b"t0: hidden\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\n{}"])
+    gw = Gateway(gateway_config(pools=[pool("p1", ["m1"], [backend(fake.port)])], timeouts={"drain_ms": 2000}))
+    toks = ["t%d" % i for i in range(33)]
+    with Conn(gw.port) as c:
+        c.send(_chat_bytes("c-32", headers=[("Connection", ", ".join(toks[:20])), ("Connection", ",".join(toks[20:32])),
+                                            ("t0", "hop"), ("t31", "hop")]))
+        r = c.read_response()
+        assert r.status == 200, r.describe()
+    rec = fake.requests()[-1]
+    assert rec.header("t0", None) is None and rec.header("t31", None) is None, "a header Connection named was forwarded"
+    with Conn(gw.port) as c:
+        c.send(_chat_bytes("c-33", headers=[("Connection", ", ".join(toks[:20])), ("Connection", ",".join(toks[20:]))]))
+        r = c.read_response()
+        assert_error(r, 400, "bad_request")
+        assert c.wait_closed(5), "a refused head left the connection open"
+    for n, status in ((32, 200), (33, 502)):
+        with Conn(gw.port) as c:
+            c.send(_chat_bytes("b-%d" % n, headers=[("x-many", str(n))]))
+            r = c.read_response()
+            assert r.status == status, r.describe()
+            if status == 200:
+                assert r.header("t0") is None and r.header("x-kept") == "1", r.describe()
+
+
+def test_expect_100_continue_is_ignored_from_http_1_0():
+    """F3 (RFC 9110 10.1.1): no 100 Continue to an HTTP/1.0 request; HTTP/1.1 still gets one."""
+    mock = Mock()
+    gw = Gateway(gateway_config([mock.port]))
+    body = json.dumps(chat("m1")).encode()
+    for version, interim in (("HTTP/1.0", False), ("HTTP/1.1", True)):
+        head = ("POST /v1/chat/completions %s\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (version, len(body))).encode()
+        with Conn(gw.port) as c:
+            c.send(head)
+            time.sleep(0.5)
+            c.is_open(0.2)  # collects what came meanwhile
+            got = c.buf
+            assert got.startswith(b"HTTP/1.1 100 Continue\r\n\r\n") == interim, (version, got)
+            if interim:
+                c.buf = c.buf[25:]
+            c.send(body)
+            r = c.read_response()
+            assert r.status == 200, r.describe()
+
+
+def test_no_content_answer_has_no_framing_header():
+    """F4 (RFC 9110 8.6): a relayed 204 carries neither Content-Length nor Transfer-Encoding,
+    whatever the backend framed it with, and the connection goes on."""
+    answers = {
+        "bare": b"HTTP/1.1 204 No Content\r\nX-Kept: 1\r\n\r\n",
+        "cl0": b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-Kept: 1\r\n\r\n",
+    }
+    fake = RawBackend(lambda req, f: [answers[req.header("x-case")]] if req.header("x-case") else [json_answer()])
+    gw = Gateway(gateway_config(pools=[pool("p1", ["m1"], [backend(fake.port)])], timeouts={"drain_ms": 2000}))
+    for case in answers:
+        with Conn(gw.port) as c:
+            c.send(_chat_bytes("n-" + case, headers=[("x-case", case)]) + _chat_bytes("n-next"))
+            r = c.read_response()
+            assert r.status == 204 and r.header("x-kept") == "1", r.describe()
+            assert r.header("content-length") is None and r.header("transfer-encoding") is None, r.describe()
+            r = c.read_response()
+            assert r.status == 200 and r.header("x-client-request-id") == "n-next", r.describe()
+
+
+def test_leading_blank_lines_whatever_the_split():
+    """F5 (RFC 9112 2.2): blank lines before a request line are skipped, however they are split
+    across reads (a CR in one segment and its LF in the next), on a new connection and between
+    keep-alive requests; bytes that are not blank lines are still a 400 either way."""
+    mock = Mock()
+    gw = Gateway(gateway_config([mock.port]))
+    req = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    for pieces in ([b"\r", b"\n" + req], [b"\r\n\r", b"\n\r", b"\n" + req], [b"\r\n", req]):
+        with Conn(gw.port) as c:
+            for i, p in enumerate(pieces):
+                c.send(p)
+                if i + 1 < len(pieces):
+                    time.sleep(0.2)
+            r = c.read_response()
+            assert r.status == 200, (pieces, r.describe())
+            # and between two requests of one connection
+            c.send(pieces[0])
+            time.sleep(0.2)
+            c.send(b"".join(pieces[1:]))
+            r = c.read_response()
+            assert r.status == 200, (pieces, r.describe())
+    for pieces in ([b"\r", b"\r\n" + req], [b"\r\n\n" + req]):
+        with Conn(gw.port) as c:
+            for p in pieces:
+                c.send(p)
+                time.sleep(0.2)
+            r = c.read_response()
+            assert r.status == 400, (pieces, r.describe())
 
 
 if __name__ == "__main__":

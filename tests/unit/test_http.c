@@ -1,4 +1,5 @@
 /* Unit tests of the strict HTTP/1.1 parser: request heads, response heads, chunked bodies. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -308,8 +309,115 @@ static void test_answer_head(void)
           "namespace");
 }
 
+/* Connection: 32 tokens at most over all its lines (a client's 400, a backend's 502); the
+ * headers they name are hop-by-hop; empty list elements are not tokens. */
+static void test_connection_tokens(void)
+{
+    char line[1024], head[2048];
+    gw_http_head_t h;
+    for (int n = 30; n <= 34; n++) {
+        char *p = line;
+        for (int i = 0; i < n; i++) p += sprintf(p, "%st%d", i ? ", " : "", i);
+        snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nT5: x\r\nT6: y\r\n\r\n", line);
+        int rc = req(head, &h);
+        CHECK(n <= GW_HTTP_MAX_CONNECTION_TOKENS ? rc == 0 : rc == GW_HTTP_BAD, "%d tokens: rc=%d", n, rc);
+        if (rc == 0) CHECK(hop[2] == GW_H_NAMED_BY_CONNECTION && hop[3] == GW_H_NAMED_BY_CONNECTION, "named");
+        snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nConnection: %s\r\nContent-Length: 0\r\n\r\n", line);
+        rc = gw_http_parse_response(head, strlen(head), &h, hdrs, hop, 16);
+        CHECK(n <= GW_HTTP_MAX_CONNECTION_TOKENS ? rc == 0 : rc == GW_HTTP_BAD, "answer, %d tokens: rc=%d", n, rc);
+    }
+    /* counted over every Connection line, close and keep-alive included */
+    char a[512], b[512], *p = a, *q = b;
+    for (int i = 0; i < 20; i++) p += sprintf(p, "a%d,", i);
+    for (int i = 0; i < 11; i++) q += sprintf(q, "b%d,", i);
+    snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nConnection: %s close\r\n\r\n", a, b);
+    int rc = req(head, &h);
+    CHECK(rc == 0 && h.conn_close, "32 over two lines: rc=%d", rc);
+    snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nConnection: %s keep-alive, close\r\n\r\n", a, b);
+    CHECK(req(head, &h) == GW_HTTP_BAD, "33 over two lines");
+    /* a list of mostly empty elements holds few tokens */
+    p = line;
+    p += sprintf(p, "x");
+    for (int i = 0; i < 500; i++) *p++ = ',';
+    sprintf(p, " ,y");
+    snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nY: 1\r\nZ: 2\r\n\r\n", line);
+    rc = req(head, &h);
+    CHECK(rc == 0 && hop[2] == GW_H_NAMED_BY_CONNECTION && hop[3] == GW_H_OTHER, "empty elements: rc=%d", rc);
+    /* naming a framing header leaves it what it is */
+    rc = req("POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n", &h);
+    CHECK(rc == 0 && hop[2] == GW_H_CONTENT_LENGTH && h.content_length == 2, "content-length kept: rc=%d", rc);
+}
+
+/* RFC 9110 10.1.1: Expect: 100-continue from an HTTP/1.0 client is ignored. */
+static void test_expect_http10(void)
+{
+    gw_http_head_t h;
+    int rc = req("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", &h);
+    CHECK(rc == 0 && !h.expect_continue, "1.0: rc=%d expect=%d", rc, h.expect_continue);
+    rc = req("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n", &h);
+    CHECK(rc == 0 && h.expect_continue, "1.1: rc=%d expect=%d", rc, h.expect_continue);
+}
+
+/* Blank lines before a request line: dropped whatever the split of the bytes (a CR in one
+ * read, its LF in the next), with the head end search restarted after them. */
+static void test_blank_lines(void)
+{
+    size_t sc = 7;
+    CHECK(gw_http_blank_lines("\r\n\r\nGET", 7, &sc) == 4 && sc == 0, "two blank lines");
+    sc = 1;
+    CHECK(gw_http_blank_lines("\r", 1, &sc) == 0 && sc == 1, "a lone CR waits");
+    CHECK(gw_http_blank_lines("\r\n\r", 3, &sc) == 2 && sc == 0, "a blank line, then a CR");
+    sc = 3;
+    CHECK(gw_http_blank_lines("\r\r\n", 3, &sc) == 0 && sc == 3, "CR CR LF is no blank line");
+    CHECK(gw_http_blank_lines("", 0, &sc) == 0, "nothing");
+
+    const char *s = "\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    size_t len = strlen(s), head = len - 6;
+    for (size_t cut = 1; cut < len; cut++) {
+        /* what conn.c does: bytes up to cut, then the rest */
+        size_t off = 0, scanned = 0;
+        long end = GW_HTTP_INCOMPLETE;
+        size_t have[2] = {cut, len};
+        for (int k = 0; k < 2 && end == GW_HTTP_INCOMPLETE; k++) {
+            size_t b;
+            while ((b = gw_http_blank_lines(s + off, have[k] - off, &scanned)) != 0) off += b;
+            end = gw_http_find_head_end(s + off, have[k] - off, &scanned);
+        }
+        CHECK(off == 6 && end == (long)head, "cut at %zu: off=%zu end=%ld", cut, off, end);
+    }
+}
+
+/* No framing line for an answer that cannot have a body: 1xx, 204, 304 (RFC 9110 8.6). */
+static void test_answer_head_no_body(void)
+{
+    static gw_header_t hs[8];
+    static uint8_t kinds[8];
+    gw_http_head_t h;
+    const char *in = "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n";
+    CHECK(gw_http_parse_response(in, strlen(in), &h, hs, kinds, 8) == 0, "parses");
+    static const int statuses[] = {100, 103, 204, 304, 200, 205};
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++)
+        for (int f = GW_AH_EMPTY; f <= GW_AH_EOF; f++) {
+            gw_answer_head_t a = {.status = statuses[i], .framing = f, .length = 5};
+            char out[256];
+            size_t n = gw_http_answer_head(out, sizeof(out), &h, &a);
+            CHECK(n < sizeof(out), "fits");
+            int framed = memmem(out, n, "content-length", 14) || memmem(out, n, "transfer-encoding", 17);
+            int want = gw_http_status_has_body(statuses[i]) && f != GW_AH_EOF;
+            CHECK(framed == want, "status %d framing %d: '%.*s'", statuses[i], f, (int)n, out);
+            CHECK(memmem(out, n, "X-A: 1\r\n", 8) != NULL, "the other headers stay");
+        }
+    CHECK(!gw_http_status_has_body(204) && !gw_http_status_has_body(304) && !gw_http_status_has_body(101) &&
+              gw_http_status_has_body(200) && gw_http_status_has_body(502),
+          "has_body");
+}
+
 int main(void)
 {
+    test_connection_tokens();
+    test_expect_http10();
+    test_blank_lines();
+    test_answer_head_no_body();
     test_answer_head();
     test_response_start();
     test_valid();
