@@ -146,7 +146,13 @@ static int parse_content_length(const char *v, size_t n, int64_t *out)
     return 0;
 }
 
-/* Marks the headers named by Connection's tokens as hop-by-hop. */
+static int is_credential(int kind)
+{
+    return kind == GW_H_AUTHORIZATION || kind == GW_H_API_KEY;
+}
+
+/* Marks the headers named by Connection's tokens as hop-by-hop. A credential header keeps its
+ * kind: it is never forwarded anyway, and naming it must not hide it from authentication. */
 static int parse_connection(gw_http_head_t *h, const char *v, size_t n)
 {
     size_t i = 0;
@@ -164,7 +170,7 @@ static int parse_connection(gw_http_head_t *h, const char *v, size_t n)
             h->conn_keepalive = 1;
         for (size_t k = 0; k < h->nheaders; k++)
             if (h->headers[k].name_len == tl && strncasecmp(h->headers[k].name, v + s, tl) == 0 &&
-                !GW_H_IS_HOP(h->kind[k]))
+                !GW_H_IS_HOP(h->kind[k]) && !is_credential(h->kind[k]))
                 h->kind[k] = GW_H_NAMED_BY_CONNECTION;
     }
     return 0;
@@ -174,7 +180,7 @@ static int parse_connection(gw_http_head_t *h, const char *v, size_t n)
 static int parse_headers(const char *p, const char *end, gw_http_head_t *h, gw_header_t *headers,
                          uint8_t *kinds, size_t max_headers, int is_request)
 {
-    int cl_seen = 0, te_seen = 0, host_seen = 0, conn_seen = 0;
+    int cl_seen = 0, te_seen = 0, host_seen = 0, conn_seen = 0, auth_seen = 0, key_seen = 0;
     h->headers = headers;
     h->kind = kinds;
     h->nheaders = 0;
@@ -220,6 +226,12 @@ static int parse_headers(const char *p, const char *end, gw_http_head_t *h, gw_h
         case GW_H_HOST:
             if (is_request && (host_seen++ || hd->value_len == 0)) return GW_HTTP_BAD;
             h->has_host = 1;
+            break;
+        case GW_H_AUTHORIZATION: /* one credential of each kind: which one wins is ambiguous */
+            if (is_request && auth_seen++) return GW_HTTP_BAD;
+            break;
+        case GW_H_API_KEY:
+            if (is_request && key_seen++) return GW_HTTP_BAD;
             break;
         case GW_H_EXPECT:
             if (is_request && !gw_http_name_eq(value, hd->value_len, "100-continue"))

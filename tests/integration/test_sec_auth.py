@@ -425,5 +425,39 @@ def test_unknown_keys_do_not_evict_real_ones():
     assert hmget_calls(redis) == n
 
 
+# --------------------------------------------------------------------------- credential headers
+
+
+def test_credential_headers_are_unambiguous():
+    """One rule: a repeated Authorization or api-key is a 400 (the connection closes, as for a
+    duplicate Host); Connection naming a credential header does not hide it, so api-key is still
+    read only when there is no Authorization at all."""
+    redis, mock = Redis(), Mock()
+    cfg_key = new_key()
+    gw = start(redis, mock, cfg_key=cfg_key)
+    bad = new_key()
+
+    def go(headers):
+        res = gwtest.raw(gw.port, ("GET /v1/models HTTP/1.1\r\nHost: gw\r\n%s\r\n" % headers).encode(), timeout=5)
+        rs = gwtest.parse_responses(res)
+        assert len(rs) == 1, res[:300]
+        return rs[0], res.closed
+
+    cases = [("Authorization: Bearer %s\r\nAuthorization: Bearer %s\r\n" % (cfg_key, bad), 400),
+             ("Authorization: Bearer %s\r\nauthorization: Bearer %s\r\n" % (bad, cfg_key), 400),
+             ("api-key: %s\r\nApi-Key: %s\r\n" % (cfg_key, bad), 400),
+             ("api-key: %s\r\napi-key: %s\r\n" % (cfg_key, cfg_key), 400),
+             ("Connection: authorization\r\nAuthorization: Bearer %s\r\napi-key: %s\r\n" % (bad, cfg_key), 401),
+             ("Connection: keep-alive, Authorization\r\nAuthorization: Bearer %s\r\n" % cfg_key, 200),
+             ("Connection: api-key\r\napi-key: %s\r\n" % cfg_key, 200),
+             ("Authorization: Bearer %s\r\napi-key: %s\r\n" % (cfg_key, bad), 200)]
+    for headers, want in cases:
+        r, closed = go(headers)
+        assert r.status == want, (headers.replace(cfg_key, "GOOD").replace(bad, "BAD"), r.status)
+        if want == 400:
+            assert closed, "a refused head closes the connection"
+            assert_error(r, 400)
+
+
 if __name__ == "__main__":
     gwtest.run(globals())
