@@ -74,7 +74,7 @@ static const char *const reasons[] = {
     "rate_limit_exceeded", "insufficient_quota", "headers_too_large", "upstream_error",
     "no_backend_available", "residency_unavailable", "quota_unavailable", "upstream_timeout",
     "internal_error", "context_length_exceeded", "invalid_request_error", "server_overloaded",
-    "other", NULL};
+    "auth_lookups_busy", "other", NULL};
 #define N_REASONS (sizeof(reasons) / sizeof(reasons[0]) - 1)
 
 static size_t reason_slot(const char *code)

@@ -560,6 +560,9 @@ def test_valid_keys_in_flight_are_not_failures():
     auth_lines = [e for e in audit(gw)[0] if e["event"].startswith("auth_")]
     assert not auth_lines, auth_lines[:3]
     assert metrics(gw).get("rate_limited", 0) == 0
+    m = re.search(r'^gotthard_rejected_total\{reason="auth_lookups_busy"\}\s+(\d+)',
+                  get(gw.admin_port, "/metrics").text(), re.M)
+    assert m and int(m.group(1)) == sts.count(503), (m and m.group(0), sts.count(503))
     # the 503s were not failures either: the same keys now all pass
     assert [st for st, _, _ in _parallel(gw.port, "127.0.0.13", keys[:50])] == [200] * 50
     # and the address's failure budget is whole
