@@ -566,8 +566,10 @@ def test_valid_keys_in_flight_are_not_failures():
     # the 503s were not failures either: the same keys now all pass
     assert [st for st, _, _ in _parallel(gw.port, "127.0.0.13", keys[:50])] == [200] * 50
     # and the address's failure budget is whole
-    got = [st for st, _, _ in batch(gw.port, "127.0.0.13", [models_req(new_key()) for _ in range(110)], 1)]
-    assert got[:100] == [401] * 100 and got.count(429) >= 8, (got.count(401), got.count(429))
+    t0 = time.monotonic()
+    got = [st for st, _, _ in batch(gw.port, "127.0.0.13", [models_req(new_key()) for _ in range(130)], 1)]
+    refills = int(10 * (time.monotonic() - t0)) + 1
+    assert got[:100] == [401] * 100 and got.count(401) <= 100 + refills, (got.count(401), refills)
 
 
 def test_lookups_in_flight_are_bounded_by_the_budget():
@@ -586,8 +588,8 @@ def test_lookups_in_flight_are_bounded_by_the_budget():
     assert set(sts) <= {401, 429, 503} and sts.count(401) <= allowed, {s: sts.count(s) for s in set(sts)}
     assert sts.count(503) >= 150 - allowed - sts.count(429), sts
     assert hmget_calls(redis) - base <= allowed, hmget_calls(redis) - base
-    # abandoned lookups: 10 clients leave during a stall; their lookups are failures all the same
-    time.sleep(11)  # the budget of 127.0.0.15 is whole anyway; 127.0.0.14's refills
+    # abandoned lookups: 10 clients of another address leave during a stall; their lookups are
+    # failures all the same
     t = _stall(redis, 0.5)
     for k in [new_key() for _ in range(10)]:
         c = Client(gw.port, "127.0.0.15")
