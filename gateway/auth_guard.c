@@ -1,4 +1,4 @@
-/* The failed-authentication limiter: a fixed table of lock-free GCRA buckets per hashed address. */
+/* The failed-authentication limiter: lock-free GCRA buckets, two per hashed client address. */
 #include "auth_guard.h"
 
 #include <arpa/inet.h>
@@ -20,9 +20,13 @@ typedef struct slot {
     _Atomic uint64_t tat;        /* GCRA: theoretical arrival time of the next failure (us) */
     _Atomic uint64_t refused;    /* 429s since the last summary line */
     _Atomic uint64_t summary_us; /* when the last summary line was written; 0: never */
+    _Atomic uint32_t inflight;   /* store lookups in flight from the addresses of this slot */
+    _Atomic uint32_t tag;        /* the digest bits of the last address refused here */
 } slot_t;
 
 static slot_t slots[GW_AUTH_GUARD_SLOTS];
+/* Slots with refusals not yet written, one bit each: the sweep visits only these. */
+static _Atomic uint64_t pending[GW_AUTH_GUARD_SLOTS / 64];
 static unsigned char digest_key[32]; /* random per process: digests cannot be precomputed */
 static EVP_MD *sha256;
 static int ready;
@@ -45,6 +49,12 @@ uint64_t gw_auth_guard_gcra(uint64_t tat, uint64_t now, uint64_t t_us, uint64_t 
     if (n - now > limit) return n - now - limit;
     *next = n;
     return 0;
+}
+
+uint64_t gw_auth_guard_room(uint64_t tat, uint64_t now, uint64_t t_us, uint64_t burst)
+{
+    uint64_t base = tat > now ? tat : now, cap = now + burst * t_us;
+    return base >= cap ? 0 : (cap - base) / t_us;
 }
 
 /* The client's address as bytes (IPv6 by its /64: one host holds a whole one), digested with
@@ -75,7 +85,12 @@ static uint64_t interval_us(const gw_req_t *r)
     return 1000000u / (uint64_t)r->cfg->auth.failure_rate;
 }
 
-/* The client's slot, once per request. 0, or -1 when the limiter does not apply. */
+static uint64_t burst_of(const gw_req_t *r)
+{
+    return (uint64_t)r->cfg->auth.failure_burst;
+}
+
+/* The client's slots, once per request. 0, or -1 when the limiter does not apply. */
 static int locate(gw_req_t *r)
 {
     gw_auth_guard_req_t *g = &r->guard;
@@ -85,79 +100,161 @@ static int locate(gw_req_t *r)
         if (!r->cfg->tenants.n || r->cfg->auth.failure_rate <= 0) return -1;
         pthread_once(&once, init);
         if (!ready || client_digest(r, d) < 0) return -1;
-        uint32_t h;
-        memcpy(&h, d, sizeof(h));
-        g->slot = h % GW_AUTH_GUARD_SLOTS;
-        memcpy(&g->tag, d + 4, sizeof(g->tag));
+        for (int i = 0; i < GW_AUTH_GUARD_CHOICES; i++) {
+            uint32_t h;
+            memcpy(&h, d + 4 * i, sizeof(h));
+            g->slot[i] = h % GW_AUTH_GUARD_SLOTS;
+        }
+        if (g->slot[1] == g->slot[0]) g->slot[1] = g->slot[0] ^ 1; /* two distinct slots */
+        memcpy(&g->tag, d + 4 * GW_AUTH_GUARD_CHOICES, sizeof(g->tag));
         g->known = 1;
     }
     return g->known ? 0 : -1;
 }
 
-/* Takes one failure's budget: 0, or the microseconds until there is some. */
+/* The address's slot with the lower time (count-min: its own failures are at most that). */
+static slot_t *lower(const gw_req_t *r, uint64_t *tat, slot_t **other)
+{
+    slot_t *a = &slots[r->guard.slot[0]], *b = &slots[r->guard.slot[1]];
+    uint64_t ta = atomic_load(&a->tat), tb = atomic_load(&b->tat);
+    *tat = ta <= tb ? ta : tb;
+    *other = ta <= tb ? b : a;
+    return ta <= tb ? a : b;
+}
+
+/* Takes one failure's budget: 0, or the microseconds until there is some. Conservative update:
+ * the lower slot moves on, the other is raised to it if it is behind. */
 static uint64_t take(gw_req_t *r, uint64_t now)
 {
-    slot_t *s = &slots[r->guard.slot];
-    uint64_t tat = atomic_load(&s->tat), next = 0, wait;
-    do {
-        if ((wait = gw_auth_guard_gcra(tat, now, interval_us(r),
-                                       (uint64_t)r->cfg->auth.failure_burst, &next)) != 0)
+    for (;;) {
+        slot_t *other;
+        uint64_t tat, next = 0, wait;
+        slot_t *low = lower(r, &tat, &other);
+        if ((wait = gw_auth_guard_gcra(tat, now, interval_us(r), burst_of(r), &next)) != 0)
             return wait;
-    } while (!atomic_compare_exchange_weak(&s->tat, &tat, next));
-    return 0;
+        if (!atomic_compare_exchange_strong(&low->tat, &tat, next)) continue;
+        uint64_t o = atomic_load(&other->tat);
+        while (o < next && !atomic_compare_exchange_weak(&other->tat, &o, next)) {
+        }
+        return 0;
+    }
+}
+
+static void inflight_add(const gw_req_t *r, uint32_t *min)
+{
+    uint32_t a = atomic_fetch_add(&slots[r->guard.slot[0]].inflight, 1) + 1;
+    uint32_t b = atomic_fetch_add(&slots[r->guard.slot[1]].inflight, 1) + 1;
+    *min = a < b ? a : b;
+}
+
+static void inflight_sub(const gw_req_t *r)
+{
+    atomic_fetch_sub(&slots[r->guard.slot[0]].inflight, 1);
+    atomic_fetch_sub(&slots[r->guard.slot[1]].inflight, 1);
 }
 
 int gw_auth_guard_reserve(gw_req_t *r)
 {
     gw_auth_guard_req_t *g = &r->guard;
-    if (locate(r) < 0 || g->charged) return 1;
-    if (g->throttled || take(r, gw_now_us()) != 0) {
-        g->throttled = 1;
+    if (locate(r) < 0 || g->looking) return 1;
+    if (g->throttled || g->busy) return 0;
+    slot_t *other;
+    uint64_t tat, now = gw_now_us();
+    lower(r, &tat, &other);
+    uint64_t room = gw_auth_guard_room(tat, now, interval_us(r), burst_of(r));
+    if (room == 0) {
+        g->throttled = 1; /* the address has failed its whole budget */
         return 0;
     }
-    g->charged = 1;
+    uint32_t flying;
+    inflight_add(r, &flying);
+    if (flying > room) {
+        inflight_sub(r);
+        g->busy = 1; /* its lookups in flight fill what failures it has left */
+        return 0;
+    }
+    g->looking = 1;
     return 1;
 }
 
 void gw_auth_guard_success(gw_req_t *r)
 {
-    if (!r->guard.charged) return;
-    r->guard.charged = 0;
-    atomic_fetch_sub(&slots[r->guard.slot].tat, interval_us(r));
+    if (!r->guard.looking) return;
+    r->guard.looking = 0;
+    inflight_sub(r);
 }
 
-/* At most one line per slot and interval: the first refusal after it has passed writes the
- * count of refusals since the last line. */
-static void summarise(const gw_req_t *r, slot_t *s, uint32_t tag, uint64_t now)
+int gw_auth_guard_busy(const gw_req_t *r)
 {
-    uint64_t last = atomic_load(&s->summary_us);
-    uint64_t every = (uint64_t)r->cfg->auth.failure_summary_ms * 1000u;
-    if (last && now - last < every) return;
-    if (!atomic_compare_exchange_strong(&s->summary_us, &last, now ? now : 1)) return;
-    uint64_t n = atomic_exchange(&s->refused, 0);
-    char client[16], count[24], ms[24];
-    snprintf(client, sizeof(client), "h:%08x", (unsigned)tag);
-    snprintf(count, sizeof(count), "%llu", (unsigned long long)n);
-    snprintf(ms, sizeof(ms), "%lld", (long long)r->cfg->auth.failure_summary_ms);
-    gw_audit("auth_failures_limited", "client", client, "refused", count, "interval_ms", ms, NULL);
+    return r->guard.busy;
+}
+
+void gw_auth_guard_end(gw_req_t *r)
+{
+    if (!r->guard.looking) return;
+    take(r, gw_now_us()); /* a lookup that never authenticated is a failure (over or not) */
+    r->guard.looking = 0;
+    inflight_sub(r);
+}
+
+/* A 429: counted in the address's first slot, for the sweep to write. */
+static void count_refusal(const gw_req_t *r)
+{
+    uint32_t i = r->guard.slot[0];
+    atomic_store(&slots[i].tag, r->guard.tag);
+    atomic_fetch_add(&slots[i].refused, 1);
+    atomic_fetch_or(&pending[i / 64], (uint64_t)1 << (i % 64));
+    gw_metrics_auth_failure("rate_limited");
+}
+
+void gw_auth_guard_sweep(int64_t summary_ms, int all)
+{
+    uint64_t now = gw_now_us(), every = (uint64_t)summary_ms * 1000u;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%lld", (long long)summary_ms);
+    for (size_t w = 0; w < GW_AUTH_GUARD_SLOTS / 64; w++) {
+        uint64_t bits = atomic_load(&pending[w]);
+        while (bits) {
+            unsigned b = (unsigned)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            slot_t *s = &slots[w * 64 + b];
+            uint64_t last = atomic_load(&s->summary_us);
+            if (!all && last && now - last < every) continue;
+            /* The bit goes before the count is taken: a refusal after it sets it again. */
+            atomic_fetch_and(&pending[w], ~((uint64_t)1 << b));
+            uint64_t n = atomic_exchange(&s->refused, 0);
+            if (!n) continue;
+            atomic_store(&s->summary_us, now ? now : 1);
+            char client[16], count[24];
+            snprintf(client, sizeof(client), "h:%08x", (unsigned)atomic_load(&s->tag));
+            snprintf(count, sizeof(count), "%llu", (unsigned long long)n);
+            gw_audit("auth_failures_limited", "client", client, "refused", count, "interval_ms", ms,
+                     NULL);
+        }
+    }
 }
 
 int64_t gw_auth_guard_failure(gw_req_t *r)
 {
     gw_auth_guard_req_t *g = &r->guard;
-    if (locate(r) < 0 || g->charged) return 0;
-    slot_t *s = &slots[g->slot];
+    if (locate(r) < 0 || g->busy) return 0;
     uint64_t now = gw_now_us(), next, wait;
-    if (g->throttled) {
+    if (g->looking) {
+        /* Its lookup found nothing: charged now, and no longer in flight. */
+        wait = take(r, now);
+        g->looking = 0;
+        inflight_sub(r);
+        if (!wait) return 0;
+    } else if (g->throttled) {
         /* Refused a lookup: answered 429 whatever the budget now, and not counted again. */
-        wait = gw_auth_guard_gcra(atomic_load(&s->tat), now, interval_us(r),
-                                  (uint64_t)r->cfg->auth.failure_burst, &next);
+        slot_t *other;
+        uint64_t tat;
+        lower(r, &tat, &other);
+        wait = gw_auth_guard_gcra(tat, now, interval_us(r), burst_of(r), &next);
         if (!wait) wait = 1;
     } else if ((wait = take(r, now)) == 0) {
         return 0;
     }
-    atomic_fetch_add(&s->refused, 1);
-    gw_metrics_auth_failure("rate_limited");
-    summarise(r, s, g->tag, now);
+    count_refusal(r);
     return (int64_t)((wait + 999999u) / 1000000u);
 }

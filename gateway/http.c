@@ -196,9 +196,16 @@ static int connection_tokens(gw_http_head_t *h, const char *v, size_t n, conn_to
 }
 
 /* Does Connection make this header hop-by-hop (RFC 9110 7.6.1)? The one place that decides. */
+static int is_credential(int kind)
+{
+    return kind == GW_H_AUTHORIZATION || kind == GW_H_API_KEY;
+}
+
+/* A credential header keeps its kind: it is never forwarded anyway, and naming it must not hide
+ * it from authentication. */
 static int named_by_connection(const gw_header_t *hd, int kind, const conn_tokens_t *ct)
 {
-    if (GW_H_IS_HOP(kind)) return 0; /* already */
+    if (GW_H_IS_HOP(kind) || is_credential(kind)) return 0; /* already, or never */
     for (size_t j = 0; j < ct->n; j++)
         if (names_eq(hd->name, hd->name_len, ct->t[j].p, ct->t[j].n)) return 1;
     return 0;
@@ -215,7 +222,8 @@ static int parse_connection(gw_http_head_t *h)
             connection_tokens(h, h->headers[i].value, h->headers[i].value_len, &ct) < 0)
             return -1;
     for (size_t k = 0; ct.n && k < h->nheaders; k++)
-        if (named_by_connection(&h->headers[k], h->kind[k], &ct)) h->kind[k] = GW_H_NAMED_BY_CONNECTION;
+        if (named_by_connection(&h->headers[k], h->kind[k], &ct))
+            h->kind[k] = GW_H_NAMED_BY_CONNECTION;
     return 0;
 }
 
@@ -223,7 +231,7 @@ static int parse_connection(gw_http_head_t *h)
 static int parse_headers(const char *p, const char *end, gw_http_head_t *h, gw_header_t *headers,
                          uint8_t *kinds, size_t max_headers, int is_request)
 {
-    int cl_seen = 0, te_seen = 0, host_seen = 0, conn_seen = 0;
+    int cl_seen = 0, te_seen = 0, host_seen = 0, conn_seen = 0, auth_seen = 0, key_seen = 0;
     h->headers = headers;
     h->kind = kinds;
     h->nheaders = 0;
@@ -269,6 +277,12 @@ static int parse_headers(const char *p, const char *end, gw_http_head_t *h, gw_h
         case GW_H_HOST:
             if (is_request && (host_seen++ || hd->value_len == 0)) return GW_HTTP_BAD;
             h->has_host = 1;
+            break;
+        case GW_H_AUTHORIZATION: /* one credential of each kind: which one wins is ambiguous */
+            if (is_request && auth_seen++) return GW_HTTP_BAD;
+            break;
+        case GW_H_API_KEY:
+            if (is_request && key_seen++) return GW_HTTP_BAD;
             break;
         case GW_H_EXPECT:
             if (is_request && !gw_http_name_eq(value, hd->value_len, "100-continue"))

@@ -14,6 +14,7 @@
 #include "admin.h"
 #include "arena.h"
 #include "audit.h"
+#include "auth_guard.h"
 #include "config.h"
 #include "json.h"
 #include "log.h"
@@ -35,7 +36,7 @@ typedef struct gw_main {
     gw_worker_t *workers;
     size_t nworkers;
     gw_admin_t *admin;
-    struct event *sigterm, *sigint, *sighup, *sigusr1, *tick;
+    struct event *sigterm, *sigint, *sighup, *sigusr1, *tick, *guard;
     uint64_t drain_deadline_ms;
     int draining, forced;
 } gw_main_t;
@@ -81,6 +82,13 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         m->forced = 1;
         for (size_t i = 0; i < m->nworkers; i++) gw_worker_signal(&m->workers[i], 's');
     }
+}
+
+/* The failed-authentication limiter's summary lines (auth_guard.c). */
+static void guard_cb(evutil_socket_t fd, short what, void *arg)
+{
+    gw_main_t *m = arg;
+    gw_auth_guard_sweep(m->cfg->auth.failure_summary_ms, 0);
 }
 
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
@@ -279,6 +287,10 @@ static int run(const char *file)
     m.sighup = evsignal_new(m.base, SIGHUP, hup_cb, &m);
     m.sigusr1 = evsignal_new(m.base, SIGUSR1, usr1_cb, &m);
     m.tick = event_new(m.base, -1, EV_PERSIST, tick_cb, &m);
+    m.guard = event_new(m.base, -1, EV_PERSIST, guard_cb, &m);
+    struct timeval sweep = {0, GW_AUTH_GUARD_SWEEP_MS * 1000};
+    if (!m.guard || event_add(m.guard, &sweep) < 0)
+        gw_warn("no timer: the auth_failures_limited lines are written at exit only");
     event_add(m.sigterm, NULL);
     event_add(m.sigint, NULL);
     event_add(m.sighup, NULL);
@@ -289,6 +301,7 @@ static int run(const char *file)
     event_base_dispatch(m.base);
     async_signals(SIG_BLOCK); /* the handlers go with the loop: nothing may kill the exit */
     for (size_t i = 0; i < m.nworkers; i++) gw_worker_join(&m.workers[i]);
+    gw_auth_guard_sweep(m.cfg->auth.failure_summary_ms, 1); /* what no line has said yet */
     gw_resolver_stop();
     gw_overload_stop();
     gw_admin_free(m.admin);
@@ -297,6 +310,7 @@ static int run(const char *file)
     event_free(m.sighup);
     event_free(m.sigusr1);
     event_free(m.tick);
+    if (m.guard) event_free(m.guard);
     event_base_free(m.base);
     free(m.workers);
     gw_config_unref(m.cfg);

@@ -74,7 +74,7 @@ static const char *const reasons[] = {
     "rate_limit_exceeded", "insufficient_quota", "headers_too_large", "upstream_error",
     "no_backend_available", "residency_unavailable", "quota_unavailable", "upstream_timeout",
     "internal_error", "context_length_exceeded", "invalid_request_error", "server_overloaded",
-    "other", NULL};
+    "auth_lookups_busy", "other", NULL};
 #define N_REASONS (sizeof(reasons) / sizeof(reasons[0]) - 1)
 
 static size_t reason_slot(const char *code)
@@ -564,7 +564,9 @@ void gw_metrics_render(struct evbuffer *out, const gw_config_t *cfg)
     }
     pthread_mutex_unlock(&rl_lock);
 
-    family(out, "gotthard_auth_failures_total", "counter", "Requests refused with 401, by reason.");
+    family(out, "gotthard_auth_failures_total", "counter",
+           "Failed authentications: the 401s by cause, and as reason rate_limited the 429s of "
+           "addresses over auth.failure_rate.");
     for (size_t i = 0; i < N_AUTH_REASONS; i++)
         evbuffer_add_printf(out, "gotthard_auth_failures_total{reason=\"%s\"} %lu\n", auth_reasons[i],
                             atomic_load_explicit(&auth_failures[i], memory_order_relaxed));

@@ -340,6 +340,7 @@ static void drop_json(gw_req_t *r)
 void gw_req_free(gw_req_t *r)
 {
     stop_counting(r);
+    gw_auth_guard_end(r); /* a lookup still in flight did not authenticate */
     if (r->queued) gw_balance_dequeue(r);
     if (r->up) gw_upstream_abort(r);
     if (r->resp_copy) evbuffer_free(r->resp_copy);
@@ -453,9 +454,16 @@ static void respond_models(gw_req_t *r)
 }
 
 /* The 401 is the same whatever the cause; the cause goes to the audit log and metrics. Over
- * the address's failure rate, 429 instead, without an audit line each (auth_guard.c). */
+ * the address's failure rate, 429 instead, without an audit line each (auth_guard.c). A key not
+ * looked up because the address's lookups in flight filled its budget did not fail: 503. */
 static void refuse_auth(gw_req_t *r)
 {
+    if (gw_auth_guard_busy(r)) {
+        gw_req_add_response_header(r, "retry-after", "1");
+        gw_req_error(r, 503, "auth_lookups_busy",
+                     "Too many credential lookups in flight from this address; try again shortly.");
+        return;
+    }
     int64_t wait = gw_auth_guard_failure(r);
     if (wait > 0) {
         char s[24];

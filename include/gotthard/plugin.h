@@ -149,10 +149,11 @@ int gw_req_narrow_models(gw_req_t *r, const char *const *models, size_t n);
  * most a key id or a digest prefix. */
 void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint);
 /* Call right before asking a store (Redis) about a credential the plugin does not know.
- * 1: go ahead; the lookup is charged to the client address's budget of failed authentications
- * (auth.failure_rate, auth.failure_burst) and given back if the request authenticates.
- * 0: the address is over its budget: do not look up, leave the request without a tenant (it
- * gets 429 rate_limit_exceeded, and no audit line of its own). */
+ * 1: go ahead; the lookup counts against the client address's budget of failed authentications
+ * (auth.failure_rate, auth.failure_burst) while it is in flight, and is charged to it only if the
+ * request does not authenticate. 0: do not look up, leave the request without a tenant: the
+ * address is over its budget (the request gets 429 rate_limit_exceeded, and no audit line of its
+ * own), or its lookups in flight fill the budget (503 auth_lookups_busy: not a failure). */
 int gw_req_auth_lookup(gw_req_t *r);
 
 /* The shared store (the config's "redis"), for plugins that keep state across instances.

@@ -20,7 +20,8 @@
  * or not, is cached per worker for cache_ms, so a revoked key (DEL) stops within that time.
  * Found and not found are cached apart: random keys fill only the (smaller) negative cache and
  * never evict a real key's entry. A lookup is charged to the client address's failure budget
- * (gw_req_auth_lookup): over it, a key that neither the config nor a cache knows is not looked up.
+ * only when it finds nothing (gw_req_auth_lookup): over the budget, or with the budget's worth of
+ * lookups in flight, a key that neither the config nor a cache knows is not looked up.
  * A key is sent as "Authorization: Bearer <key>" or "api-key: <key>". Credentials shaped like
  * a JWT (two dots) are left to auth_jwt. An unknown key is reported to the core with the
  * first 8 hex digits of its digest (never the key); the core answers the same 401 for

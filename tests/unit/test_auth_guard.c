@@ -52,5 +52,24 @@ int main(void)
     /* A huge rate with a huge burst does not overflow. */
     tat = 0;
     CHECK(gw_auth_guard_gcra(tat, UINT64_MAX / 4, 1, 1000000, &next) == 0, "extremes");
+    /* Room: what a slot still lets through, in step with the GCRA itself. */
+    t = S / 10;
+    CHECK(gw_auth_guard_room(0, now, t, 100) == 100, "a cold slot: the whole burst");
+    tat = 0;
+    CHECK(burst_at(&tat, now, t, 100, &wait) == 100, "burst");
+    CHECK(gw_auth_guard_room(tat, now, t, 100) == 0, "spent: no room");
+    CHECK(gw_auth_guard_room(tat, now + t, t, 100) == 1, "one interval later: one");
+    CHECK(gw_auth_guard_room(tat, now + t + t / 2, t, 100) == 1, "one and a half: still one");
+    for (uint64_t k = 0, at = now; k < 300; k++, at += t / 3) {
+        uint64_t room = gw_auth_guard_room(tat, at, t, 7), n = 0;
+        uint64_t probe = tat;
+        while (gw_auth_guard_gcra(probe, at, t, 7, &next) == 0 && n < 100) {
+            probe = next;
+            n++;
+        }
+        CHECK(room == n, "room %llu, events that pass %llu", (unsigned long long)room,
+              (unsigned long long)n);
+        if (k % 2 && gw_auth_guard_gcra(tat, at, t, 7, &next) == 0) tat = next;
+    }
     return check_done();
 }

@@ -43,6 +43,15 @@ static void test_valid(void)
     CHECK(rc == 0 && h.conn_close, "connection close");
     CHECK(GW_H_IS_HOP(hop[2]) && !GW_H_IS_HOP(hop[3]), "a header named by Connection is hop-by-hop");
     CHECK(hop[1] == GW_H_CONNECTION, "kind of Connection");
+    /* Connection never hides a credential header: it keeps its kind (and is never forwarded) */
+    rc = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: authorization, API-Key\r\n"
+             "Authorization: Bearer a\r\napi-key: b\r\n\r\n", &h);
+    CHECK(rc == 0 && hop[2] == GW_H_AUTHORIZATION && hop[3] == GW_H_API_KEY,
+          "a credential named by Connection keeps its kind: %d %d", hop[2], hop[3]);
+    CHECK(gw_http_find_kind(&h, GW_H_AUTHORIZATION) == &h.headers[2], "Authorization still found");
+    /* one of each kind is fine */
+    rc = req("GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\napi-key: b\r\n\r\n", &h);
+    CHECK(rc == 0, "Authorization and api-key once each: rc=%d", rc);
 }
 
 static void test_rejects(void)
@@ -72,6 +81,9 @@ static void test_rejects(void)
         {"NUL in value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\001b\r\n\r\n", GW_HTTP_BAD},
         {"no Host in 1.1", "GET / HTTP/1.1\r\nX: a\r\n\r\n", GW_HTTP_BAD},
         {"two Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", GW_HTTP_BAD},
+        {"two Authorization", "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n", GW_HTTP_BAD},
+        {"two Authorization, one empty", "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nAuthorization:\r\n\r\n", GW_HTTP_BAD},
+        {"two api-key", "GET / HTTP/1.1\r\nHost: a\r\napi-key: a\r\nAPI-KEY: b\r\n\r\n", GW_HTTP_BAD},
         {"HTTP/2.0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", GW_HTTP_BAD_VERSION},
         {"HTTP/1.2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", GW_HTTP_BAD_VERSION},
         {"bad version", "GET / HTTX/1.1\r\nHost: a\r\n\r\n", GW_HTTP_BAD},
