@@ -37,6 +37,8 @@
  */
 #include "privacy.h"
 
+#include "http.h" /* gw_http_header_kind: the names the core never forwards */
+
 #include <ctype.h>
 #include <errno.h>
 #include <openssl/evp.h>
@@ -94,19 +96,24 @@ static const char *const address_headers[] = {
     "x-original-forwarded-for",                                    /* ingress-nginx */
     "x-real-ip", "x-client-ip", "client-ip", "x-remote-ip", "x-remote-addr", /* nginx, generic */
     "x-cluster-client-ip", "x-originating-ip", "x-proxyuser-ip",   /* Rackspace, Microsoft, Google */
+    "cluster-client-ip",                                           /* the same without x- */
+    "via", /* a client-side proxy's Via names the client's network (RFC 9110 7.6.3) */
     "wl-proxy-client-ip", "proxy-client-ip",                       /* WebLogic, Apache plugins */
     "true-client-ip", "x-akamai-edgescape",                        /* Akamai, Cloudflare */
-    "cf-connecting-ip", "cf-connecting-ipv6", "cf-pseudo-ipv4", "cf-ip*", /* Cloudflare */
-    "fastly-client-ip",                                            /* Fastly */
+    "cf-connecting-ip", "cf-connecting-ipv6", "cf-pseudo-ipv4",    /* Cloudflare: addresses */
+    "cf-ip*", "cf-postal-code", "cf-region*", "cf-metro-code", "cf-timezone", /* and location */
+    "fastly-client-ip", "fastly-geo-*",                            /* Fastly */
     "cloudfront-viewer-*",                                         /* AWS CloudFront */
     "x-envoy-external-address",                                    /* Envoy, Istio */
     "x-azure-clientip", "x-azure-socketip",                        /* Azure Front Door */
     "x-appengine-*",                                               /* Google App Engine */
+    "x-client-geo-location", "x-client-region*", "x-client-city*", /* Google Cloud LB, CDN */
     "fly-client-ip",                                               /* Fly.io */
     "x-vercel-forwarded-for", "x-vercel-ip-*",                     /* Vercel */
-    "x-nf-client-connection-ip",                                   /* Netlify */
+    "x-nf-client-connection-ip", "x-nf-geo",                       /* Netlify */
     "do-connecting-ip",                                            /* DigitalOcean */
-    "incap-client-ip", "x-sucuri-clientip",                        /* Imperva, Sucuri */
+    "cdn-requestcountrycode",                                      /* Bunny CDN */
+    "incap-client-ip", "x-sucuri-clientip", "x-sucuri-country",    /* Imperva, Sucuri */
     NULL};
 static const char *const default_hide[] = {"server",
                                            "x-powered-by",
@@ -291,6 +298,14 @@ static int plist_add_all(plist_t *l, const char *const *names)
     return 0;
 }
 
+/* Does the core forward a client's header of this name (gw_http_header_kind: not framing,
+ * hop-by-hop, credentials, the request ids or the codings)? */
+static int core_forwards(const char *name, size_t len)
+{
+    int kind = gw_http_header_kind(name, len);
+    return kind == GW_H_OTHER || kind == GW_H_CONTENT_TYPE;
+}
+
 /* A list of header name patterns from the config: it replaces `defaults` (`add` 0), or adds to
  * them (`add` 1). With `never`, a list of names one by one (no prefix), none matched by never. */
 static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const char *path,
@@ -318,6 +333,11 @@ static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const c
             rc = -1;
         } else if (never && match(never, e->valuestring, n)) {
             gw_conf_error(cx, ep, "is a client-address header: never forwarded (see forward_client_ip)");
+            rc = -1;
+        } else if (never && (strchr(e->valuestring, '_') || !core_forwards(e->valuestring, n))) {
+            gw_conf_error(cx, ep, "is never forwarded: %s",
+                          strchr(e->valuestring, '_') ? "a name with '_' is always dropped"
+                                                      : "the gateway writes it itself, or drops it");
             rc = -1;
         } else if (plist_add(l, e->valuestring) < 0) {
             return -1;
@@ -490,7 +510,10 @@ static int on_request_headers(gw_req_t *r, void *conf, void **ctx)
         const char *name = gw_req_header_at(r, i, &len, NULL, NULL);
         if (!name) continue;
         uint32_t h = name_hash(name, len); /* once for the three lists */
-        if (!(match_hashed(&c->address, name, len, h) ||
+        /* A '_' in a name: dropped, as nginx does (underscores_in_headers off). CGI and WSGI
+         * servers read X_Real_IP as X-Real-IP (HTTP_X_REAL_IP): no list can hold every
+         * spelling, and no OpenAI-compatible API takes such a header. */
+        if (!(memchr(name, '_', len) || match_hashed(&c->address, name, len, h) ||
               (match_hashed(&c->strip, name, len, h) && !match_hashed(&c->forward, name, len, h))))
             continue;
         char *s = name_copy(r, name, len);
