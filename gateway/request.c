@@ -842,16 +842,23 @@ static const char *const known_codes[] = {
     "string_above_max_length", "array_above_max_length", "invalid_json", "server_error",
     "server_overloaded", "model_overloaded", "content_filter", "content_policy_violation", NULL};
 
-void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len)
+const char *gw_req_known_code(gw_req_t *r, const char *body, size_t len)
 {
-    const char *code = NULL, *message;
-    /* The backend refused the gateway's own credentials: not the client's affair. */
-    if (status == 401 || status == 403 || status == 407) status = 502;
+    const char *code = NULL;
     const cJSON *json = body && len ? gw_json_parse(r->arena, body, len, NULL) : NULL;
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(json, "error"), "code");
     for (size_t i = 0; cJSON_IsString(c) && known_codes[i] && !code; i++)
         if (strcmp(c->valuestring, known_codes[i]) == 0) code = known_codes[i];
     if (json) cJSON_Delete((cJSON *)json);
+    return code;
+}
+
+void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len)
+{
+    const char *code, *message;
+    /* The backend refused the gateway's own credentials: not the client's affair. */
+    if (status == 401 || status == 403 || status == 407) status = 502;
+    code = gw_req_known_code(r, body, len);
     if (!code) code = status == 404   ? "not_found"
                       : status == 413 ? "request_too_large"
                       : status == 429 ? "rate_limit_exceeded"

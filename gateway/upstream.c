@@ -582,12 +582,65 @@ static int stream_error_event(gw_req_t *r, gw_upconn_t *u, const char *ev, size_
     return 0;
 }
 
+/* Does this event carry a backend's error, in any shape a client could read (with
+ * gw_sse_is_error_event: a data object with "error" at any place or "object":"error", an
+ * "error:" field as llama.cpp's server writes)? Asked only of streams whose errors the gateway
+ * replaces, and only of events that spell "error". */
+static int error_shaped(const char *ev, size_t len)
+{
+    const char *p = ev, *end = ev + len;
+    while (p < end) {
+        const char *eol = p;
+        while (eol < end && *eol != '\r' && *eol != '\n') eol++;
+        size_t n = (size_t)(eol - p);
+        if (n >= 6 && memcmp(p, "error:", 6) == 0) return 1;
+        if (n >= 5 && memcmp(p, "data:", 5) == 0) {
+            cJSON *j = cJSON_ParseWithLength(p + 5, n - 5);
+            const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+            const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "object");
+            int yes = (e && !cJSON_IsNull(e)) || (cJSON_IsString(o) && strcmp(o->valuestring, "error") == 0);
+            cJSON_Delete(j);
+            if (yes) return 1;
+        }
+        p = eol < end && *eol == '\r' && eol + 1 < end && eol[1] == '\n' ? eol + 2 : eol + 1;
+    }
+    return 0;
+}
+
+/* The gateway's own error event in place of a backend's (privacy's backend_errors "replace"):
+ * its constant message, the backend's code only when it is one of OpenAI's known codes. The
+ * stream's status is sent already: a refusal of the request keeps its type. Returns the length
+ * written into buf (0 when it did not fit). */
+static size_t own_error_event(gw_req_t *r, const char *ev, size_t len, char *buf, size_t cap)
+{
+    const char *data = NULL;
+    size_t n = 0;
+    int refused = refusal_status(r, ev, len, &data, &n);
+    const char *code = gw_req_known_code(r, data, n);
+    if (!code) code = refused ? "bad_request" : "upstream_error";
+    if (cap < 8) return 0;
+    memcpy(buf, "data: ", 6);
+    size_t j = gw_error_json(buf + 6, cap - 8, refused ? refused : 502, code,
+                             refused ? "The backend refused the request."
+                                     : "The backend failed during the stream.");
+    if (!j) return 0;
+    memcpy(buf + 6 + j, "\n\n", 2);
+    return 6 + j + 2;
+}
+
 static int on_event(void *arg, const char *ev, size_t len)
 {
     gw_req_t *r = arg;
+    int error = gw_sse_is_error_event(ev, len);
     /* Only a successful stream's: an error status already says the answer failed. */
-    if (r->status < 300 && gw_sse_is_error_event(ev, len) && stream_error_event(r, r->up, ev, len) < 0)
+    if (r->status < 300 && error && stream_error_event(r, r->up, ev, len) < 0)
         return -1;
+    char own[512];
+    if (r->own_stream_errors && (error || (memmem(ev, len, "error", 5) && error_shaped(ev, len)))) {
+        len = own_error_event(r, ev, len, own, sizeof(own));
+        ev = own;
+        if (!len) return -1; /* never the backend's */
+    }
     /* Every stream's usage is read: quota, access log and metrics count it (request.c asks the
      * backend for it); the chunk the client did not ask for is not relayed. */
     if (memmem(ev, len, "\"usage\"", 7)) {
@@ -720,6 +773,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
             u->head_scanned = 0;
             return 1;
         }
+        r->own_stream_errors = r->own_error && r->sse;
         r->own_error = 0;
         int length_known = u->framing == F_NONE || (u->framing == F_LENGTH && !r->sse);
         if (length_known) r->client_chunked = 0;

@@ -54,6 +54,7 @@
 #define MAX_SALT 4096
 #define MAX_NAMES 256
 #define MAX_NAME_LEN 128
+#define MAX_RETRY_DIGITS 10
 
 enum { USER_KEEP, USER_DROP, USER_HASH };
 enum { SALT_RANDOM, SALT_FILE, SALT_ENV };
@@ -586,11 +587,23 @@ static int on_request_body(gw_req_t *r, void *conf, void **ctx)
     return GW_CONTINUE;
 }
 
+/* A Retry-After or Retry-After-Ms value the gateway repeats: 1 to MAX_RETRY_DIGITS digits (the
+ * delay-seconds form; an HTTP-date is not repeated). */
+static int retry_value(const char *v, size_t n)
+{
+    if (n == 0 || n > MAX_RETRY_DIGITS) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < '0' || v[i] > '9') return 0;
+    return 1;
+}
+
 static int on_response_headers(gw_req_t *r, void *conf, void **ctx)
 {
     privacy_conf_t *c = conf;
     size_t n = gw_req_response_header_count(r);
-    int error = c->replace_errors && gw_req_status(r) >= 400;
+    int status = gw_req_status(r);
+    int error = c->replace_errors && status >= 400;
+    int retry = error && (status == 429 || status == 503); /* the statuses that advise it */
     for (size_t i = 0; i < n; i++) {
         size_t len, vlen;
         const char *value;
@@ -599,18 +612,20 @@ static int on_response_headers(gw_req_t *r, void *conf, void **ctx)
         if (match(&c->hide, name, len)) {
             char *s = name_copy(r, name, len);
             if (!s || gw_req_add_response_header(r, s, NULL) < 0) return GW_ERROR;
-        } else if (error && vlen < 32 &&
+        } else if (retry && retry_value(value, vlen) &&
                    ((len == 11 && strncasecmp(name, "retry-after", 11) == 0) ||
                     (len == 14 && strncasecmp(name, "retry-after-ms", 14) == 0))) {
-            /* The gateway's own error keeps the backend's advice on when to retry. */
-            char v[32];
+            /* The gateway's own error keeps the backend's advice on when to retry: a number,
+             * never the backend's text. */
+            char v[MAX_RETRY_DIGITS + 1];
             memcpy(v, value, vlen);
             v[vlen] = '\0';
             char *s = name_copy(r, name, len);
             if (!s || gw_req_add_response_header(r, s, v) < 0) return GW_ERROR;
         }
     }
-    if (error) gw_req_own_error_body(r);
+    /* Also for a successful stream: its error events are replaced by the gateway's own. */
+    if (c->replace_errors) gw_req_own_error_body(r);
     return GW_CONTINUE;
 }
 
