@@ -20,9 +20,10 @@
  * it; the client-address headers of the common proxies and CDNs (X-Forwarded-For,
  * Forwarded, X-Real-IP, True-Client-IP, CF-Connecting-IP, ... and the location a CDN derives
  * from the address) are removed whatever the lists say: a client can forge them, and they
- * name a person. forward_client_ip sets X-Forwarded-For to the address the connection comes
- * from, nothing else. The client's credentials, the client's own request id and any content
- * coding are never forwarded (the core's rules).
+ * name a person. Every header whose name holds a '_' is dropped (CGI and WSGI servers read
+ * X_Real_IP as X-Real-IP). forward_client_ip sets X-Forwarded-For to the address the connection
+ * comes from, nothing else. The client's credentials, the client's own request id and any content
+ * coding are never forwarded (the core's rules); forward_request_headers cannot name them.
  *
  * The user field (OpenAI's "user" and its successor "safety_identifier"): kept, dropped,
  * or replaced by HMAC-SHA256(salt, tenant "\n" value) in hex, so a backend can still tell
@@ -33,7 +34,9 @@
  * x-request-id never is: the core sets the gateway's). With backend_errors "replace", a
  * backend's error answer (status >= 400) reaches the client as the gateway's own
  * OpenAI-shaped error: inference servers quote the request in their errors (vLLM names the
- * unknown model, pydantic repeats the offending input).
+ * unknown model, pydantic repeats the offending input). It keeps the backend's Retry-After and
+ * Retry-After-Ms on a 429 or 503 when they are digits. In a successful stream, each error event
+ * is replaced by the gateway's own (upstream.c).
  */
 #include "privacy.h"
 
@@ -103,7 +106,7 @@ static const char *const address_headers[] = {
     "true-client-ip", "x-akamai-edgescape",                        /* Akamai, Cloudflare */
     "cf-connecting-ip", "cf-connecting-ipv6", "cf-pseudo-ipv4",    /* Cloudflare: addresses */
     "cf-ip*", "cf-postal-code", "cf-region*", "cf-metro-code", "cf-timezone", /* and location */
-    "fastly-client-ip", "fastly-geo-*",                            /* Fastly */
+    "fastly-client-ip", "fastly-geo*", "client-geo-*",             /* Fastly (its geo example) */
     "cloudfront-viewer-*",                                         /* AWS CloudFront */
     "x-envoy-external-address",                                    /* Envoy, Istio */
     "x-azure-clientip", "x-azure-socketip",                        /* Azure Front Door */
@@ -114,6 +117,7 @@ static const char *const address_headers[] = {
     "x-nf-client-connection-ip", "x-nf-geo",                       /* Netlify */
     "do-connecting-ip",                                            /* DigitalOcean */
     "cdn-requestcountrycode",                                      /* Bunny CDN */
+    "visitor-ip-*", "pantheon-geo",                                /* Contentstack, Pantheon */
     "incap-client-ip", "x-sucuri-clientip", "x-sucuri-country",    /* Imperva, Sucuri */
     NULL};
 static const char *const default_hide[] = {"server",
