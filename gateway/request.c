@@ -842,7 +842,7 @@ static const char *const known_codes[] = {
     "string_above_max_length", "array_above_max_length", "invalid_json", "server_error",
     "server_overloaded", "model_overloaded", "content_filter", "content_policy_violation", NULL};
 
-const char *gw_req_known_code(gw_req_t *r, const char *body, size_t len)
+const char *gw_req_backend_code(gw_req_t *r, int status, const char *body, size_t len)
 {
     const char *code = NULL;
     const cJSON *json = body && len ? gw_json_parse(r->arena, body, len, NULL) : NULL;
@@ -850,6 +850,11 @@ const char *gw_req_known_code(gw_req_t *r, const char *body, size_t len)
     for (size_t i = 0; cJSON_IsString(c) && known_codes[i] && !code; i++)
         if (strcmp(c->valuestring, known_codes[i]) == 0) code = known_codes[i];
     if (json) cJSON_Delete((cJSON *)json);
+    if (!code) code = status == 404   ? "not_found"
+                      : status == 413 ? "request_too_large"
+                      : status == 429 ? "rate_limit_exceeded"
+                      : status >= 500 ? "upstream_error"
+                                      : "bad_request";
     return code;
 }
 
@@ -858,12 +863,7 @@ void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len)
     const char *code, *message;
     /* The backend refused the gateway's own credentials: not the client's affair. */
     if (status == 401 || status == 403 || status == 407) status = 502;
-    code = gw_req_known_code(r, body, len);
-    if (!code) code = status == 404   ? "not_found"
-                      : status == 413 ? "request_too_large"
-                      : status == 429 ? "rate_limit_exceeded"
-                      : status >= 500 ? "upstream_error"
-                                      : "bad_request";
+    code = gw_req_backend_code(r, status, body, len);
     message = status >= 500 ? "The backend failed." : "The backend refused the request.";
     gw_req_error(r, status, code, message);
 }

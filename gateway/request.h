@@ -114,10 +114,10 @@ void gw_req_take_usage(gw_req_t *r, const char *json, size_t len);
  * gateway's own OpenAI-shaped error instead; `body` is the backend's (or NULL), read only
  * for a known OpenAI error code. */
 void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len);
-/* The backend's error code in `body` (an error answer's, or an error event's data) when it is
- * one of OpenAI's known codes, which say something to a client and never carry content; else
- * NULL. */
-const char *gw_req_known_code(gw_req_t *r, const char *body, size_t len);
+/* The code of the gateway's own error for a backend's error with this status: the backend's
+ * error.code in `body` (an error answer's, or an error event's data) when it is one of OpenAI's
+ * known codes, which say something to a client and never carry content; else the status's. */
+const char *gw_req_backend_code(gw_req_t *r, int status, const char *body, size_t len);
 /* Is this backend answer header one that the gateway writes itself or removed (any
  * gw_req_add_response_header of its name, with a value or NULL)? The gateway is the only author
  * of the headers it sets: a backend's of the same name is dropped, never sent next to it. */

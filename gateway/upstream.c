@@ -609,20 +609,22 @@ static int error_shaped(const char *ev, size_t len)
 
 /* The gateway's own error event in place of a backend's (privacy's backend_errors "replace"):
  * its constant message, the backend's code only when it is one of OpenAI's known codes. The
- * stream's status is sent already: a refusal of the request keeps its type. Returns the length
- * written into buf (0 when it did not fit). */
+ * stream's status is sent already: a refusal of the request keeps its type and code, as its
+ * error answer would (gw_req_backend_code). Returns the length written into buf (0 when it did
+ * not fit). */
 static size_t own_error_event(gw_req_t *r, const char *ev, size_t len, char *buf, size_t cap)
 {
     const char *data = NULL;
     size_t n = 0;
-    int refused = refusal_status(r, ev, len, &data, &n);
-    const char *code = gw_req_known_code(r, data, n);
-    if (!code) code = refused ? "bad_request" : "upstream_error";
+    int status = refusal_status(r, ev, len, &data, &n);
+    /* as gw_req_backend_error: a refusal of the gateway's credentials is the backend failing */
+    if (!status || status == 401 || status == 403 || status == 407) status = 502;
+    const char *code = gw_req_backend_code(r, status, data, n);
     if (cap < 8) return 0;
     memcpy(buf, "data: ", 6);
-    size_t j = gw_error_json(buf + 6, cap - 8, refused ? refused : 502, code,
-                             refused ? "The backend refused the request."
-                                     : "The backend failed during the stream.");
+    size_t j = gw_error_json(buf + 6, cap - 8, status, code,
+                             status >= 500 ? "The backend failed during the stream."
+                                           : "The backend refused the request.");
     if (!j) return 0;
     memcpy(buf + 6 + j, "\n\n", 2);
     return 6 + j + 2;

@@ -470,6 +470,10 @@ STREAM_ERRORS = {
     "vllm_refusal": (b'data: {"error": {"object": "error", "message": "' + PROSE.encode() +
                      b' is over the context", "type": "BadRequestError", "param": null, "code": 400}}\n\n',
                      "bad_request"),
+    "refusal_429": (b'data: {"error":{"message":"' + PROSE.encode() + b'","type":"RateLimitError","code":429}}\n\n',
+                    "rate_limit_exceeded"),
+    "refusal_401": (b'data: {"error":{"message":"' + PROSE.encode() + b'","type":"AuthenticationError","code":401}}\n\n',
+                    "upstream_error"),
     "openai_known_code": (b'data: {"error":{"message":"' + PROSE.encode() + b'","type":"invalid_request_error",'
                           b'"param":"messages","code":"context_length_exceeded"}}\n\n', "context_length_exceeded"),
     "unknown_code": (b'data: {"error":{"message":"m","type":"server_error","code":"' + PROSE.encode() +
@@ -507,8 +511,9 @@ def test_stream_error_events_are_replaced():
         errs = res.error_events()
         assert len(errs) == 1, res.describe()
         e = errs[0]["error"]
-        assert e["message"] in ("The backend failed during the stream.", "The backend refused the request."), e
-        assert e["code"] == STREAM_ERRORS[name][1], e
+        failed = e["code"] in ("upstream_error",)
+        assert e["message"] == ("The backend failed during the stream." if failed else "The backend refused the request."), e
+        assert e["code"] == STREAM_ERRORS[name][1] and (e["type"] == "server_error") == failed, e
         assert res.events[0].startswith("{") and "tok0" in res.events[0] and res.events[-1] == "[DONE]", \
             res.describe()
     gwtest.check_all(sorted(STREAM_ERRORS), one)
