@@ -630,6 +630,18 @@ static size_t own_error_event(gw_req_t *r, const char *ev, size_t len, char *buf
     return 6 + j + 2;
 }
 
+/* With the gateway's own errors (own_stream_errors), an error-shaped event (`error`: as
+ * gw_sse_is_error_event judged it) is replaced: *ev and *len then point at the gateway's own event
+ * in buf. -1 when it did not fit: the backend's is never relayed instead. */
+static int own_if_error(gw_req_t *r, int error, const char **ev, size_t *len, char *buf, size_t cap)
+{
+    if (!r->own_stream_errors) return 0;
+    if (!error && !(memmem(*ev, *len, "error", 5) && error_shaped(*ev, *len))) return 0;
+    *len = own_error_event(r, *ev, *len, buf, cap);
+    *ev = buf;
+    return *len ? 0 : -1;
+}
+
 static int on_event(void *arg, const char *ev, size_t len)
 {
     gw_req_t *r = arg;
@@ -638,11 +650,7 @@ static int on_event(void *arg, const char *ev, size_t len)
     if (r->status < 300 && error && stream_error_event(r, r->up, ev, len) < 0)
         return -1;
     char own[512];
-    if (r->own_stream_errors && (error || (memmem(ev, len, "error", 5) && error_shaped(ev, len)))) {
-        len = own_error_event(r, ev, len, own, sizeof(own));
-        ev = own;
-        if (!len) return -1; /* never the backend's */
-    }
+    if (own_if_error(r, error, &ev, &len, own, sizeof(own)) < 0) return -1;
     /* Every stream's usage is read: quota, access log and metrics count it (request.c asks the
      * backend for it); the chunk the client did not ask for is not relayed. */
     if (memmem(ev, len, "\"usage\"", 7)) {
@@ -895,7 +903,13 @@ static void complete(gw_req_t *r, gw_upconn_t *u)
             fail(r, 502, "upstream_error", 0);
             return;
         }
-        if (r->sse_framer.len) client_write(r, r->sse_framer.buf, r->sse_framer.len);
+        if (r->sse_framer.len) { /* an event the end cut short: clients drop it, but it is sent */
+            const char *ev = r->sse_framer.buf;
+            size_t n = r->sse_framer.len;
+            char own[512];
+            if (own_if_error(r, gw_sse_is_error_event(ev, n), &ev, &n, own, sizeof(own)) == 0)
+                client_write(r, ev, n);
+        }
         r->sse_framer.len = 0;
         if (!u->health_told) gw_balance_succeeded(u->be); /* a stream without an error event */
     }

@@ -523,5 +523,29 @@ def test_stream_error_events_are_replaced():
         assert res.resp.status == 200 and PROSE.encode() in res.resp.body, res.describe()
 
 
+
+def _unterminated_script(req, fake):
+    ch = lambda d: b"%x\r\n%s\r\n" % (len(d), d)  # noqa: E731
+    ev = b'data: {"error":{"message":"' + PROSE.encode() + b'","type":"server_error","code":500}}'
+    if req.header("x-case") == "lf":
+        ev += b"\n"  # one line end, not the blank line that ends an event
+    return [_HEAD + ch(_TOKEN), ("sleep", 0.1), ch(ev) + b"0\r\n\r\n"]
+
+
+def test_unterminated_error_event_at_the_end_is_replaced():
+    """A stream whose last bytes are an error event without the blank line that ends it (the
+    backend closed the stream mid-event): with "replace" the backend's text does not reach the
+    client either; the client gets the gateway's own error event in its place."""
+    import streamutil as su
+    fake, gw = _raw_gw(_unterminated_script)
+    for case in ("none", "lf"):
+        res = su.stream(gw.port, chat("m1", stream=True), {"x-case": case}, timeout=10)
+        assert res.resp.status == 200 and "tok0" in res.events[0], res.describe()
+        assert PROSE.encode() not in res.resp.body, "the backend's text reached the client: %s" % res.describe()
+        errs = res.error_events()
+        assert len(errs) == 1 and errs[0]["error"]["message"] == "The backend failed during the stream.", \
+            res.describe()
+
+
 if __name__ == "__main__":
     gwtest.run(globals())
