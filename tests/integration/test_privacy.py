@@ -10,7 +10,8 @@ record shows the stripped headers gone and the user field hashed as configured.
 
 The other tests: the defaults without a "privacy" key, each user_field mode,
 forward_client_ip, backend headers that reveal internals, backend error bodies (replace and
-pass), GET /privacy, process hardening, and config errors.
+pass), Retry-After on the gateway's own errors, error events inside a stream (replaced), GET
+/privacy, process hardening, and config errors.
 """
 
 import hashlib

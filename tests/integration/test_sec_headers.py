@@ -15,7 +15,10 @@ backend) and, where it matters, what the client got back:
 - client-address privacy: no header of the default client-address list reaches the backend,
   whatever strip_request_headers says; a configured strip list adds to the default one;
   forward_request_headers lets a default one through, never an address header; x-session-id
-  steers affinity and is not forwarded unless listed in forward_request_headers.
+  steers affinity and is not forwarded unless listed in forward_request_headers;
+- the location CDNs derive from the address, Cluster-Client-IP and Via never reach the backend;
+  no header whose name has a '_' does; forward_request_headers naming any of them, or a header
+  the core never forwards (credentials, ids, framing), is a config error.
 """
 
 import json
