@@ -598,7 +598,8 @@ static int error_shaped(const char *ev, size_t len)
             cJSON *j = cJSON_ParseWithLength(p + 5, n - 5);
             const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
             const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "object");
-            int yes = (e && !cJSON_IsNull(e)) || (cJSON_IsString(o) && strcmp(o->valuestring, "error") == 0);
+            int yes = (e && !cJSON_IsNull(e)) ||
+                      (cJSON_IsString(o) && strcmp(o->valuestring, "error") == 0);
             cJSON_Delete(j);
             if (yes) return 1;
         }

@@ -339,10 +339,11 @@ static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const c
         } else if (never && match(never, e->valuestring, n)) {
             gw_conf_error(cx, ep, "is a client-address header: never forwarded (see forward_client_ip)");
             rc = -1;
-        } else if (never && (strchr(e->valuestring, '_') || !core_forwards(e->valuestring, n))) {
-            gw_conf_error(cx, ep, "is never forwarded: %s",
-                          strchr(e->valuestring, '_') ? "a name with '_' is always dropped"
-                                                      : "the gateway writes it itself, or drops it");
+        } else if (never && strchr(e->valuestring, '_')) {
+            gw_conf_error(cx, ep, "is never forwarded: a name with '_' is always dropped");
+            rc = -1;
+        } else if (never && !core_forwards(e->valuestring, n)) {
+            gw_conf_error(cx, ep, "is never forwarded: the gateway writes it itself, or drops it");
             rc = -1;
         } else if (plist_add(l, e->valuestring) < 0) {
             return -1;
