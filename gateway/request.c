@@ -854,11 +854,9 @@ static const char *const known_codes[] = {
     "string_above_max_length", "array_above_max_length", "invalid_json", "server_error",
     "server_overloaded", "model_overloaded", "content_filter", "content_policy_violation", NULL};
 
-void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len)
+const char *gw_req_backend_code(gw_req_t *r, int status, const char *body, size_t len)
 {
-    const char *code = NULL, *message;
-    /* The backend refused the gateway's own credentials: not the client's affair. */
-    if (status == 401 || status == 403 || status == 407) status = 502;
+    const char *code = NULL;
     const cJSON *json = body && len ? gw_json_parse(r->arena, body, len, NULL) : NULL;
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(json, "error"), "code");
     for (size_t i = 0; cJSON_IsString(c) && known_codes[i] && !code; i++)
@@ -869,6 +867,15 @@ void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len)
                       : status == 429 ? "rate_limit_exceeded"
                       : status >= 500 ? "upstream_error"
                                       : "bad_request";
+    return code;
+}
+
+void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len)
+{
+    const char *code, *message;
+    /* The backend refused the gateway's own credentials: not the client's affair. */
+    if (status == 401 || status == 403 || status == 407) status = 502;
+    code = gw_req_backend_code(r, status, body, len);
     message = status >= 500 ? "The backend failed." : "The backend refused the request.";
     gw_req_error(r, status, code, message);
 }

@@ -72,6 +72,9 @@ struct gw_req {
     unsigned stream : 1, waiting : 1, aborted : 1, head_sent : 1, close : 1, logged : 1,
         json_replaced : 1, client_chunked : 1, sse : 1, body_read : 1, credential_done : 1,
         usage_known : 1, own_error : 1, no_id : 1;
+    /* A plugin answers with the gateway's own errors (gw_req_own_error_body), and the answer is
+     * a successful stream: its error events are replaced by the gateway's own (upstream.c). */
+    unsigned own_stream_errors : 1;
     /* The client asked for a stream's usage chunk; else the gateway, which asked, removes it. */
     unsigned usage_asked : 1, strip_usage : 1;
     gw_arena_t *json_arena; /* json's nodes, freed after the body phase (settle_body) */
@@ -111,6 +114,10 @@ void gw_req_take_usage(gw_req_t *r, const char *json, size_t len);
  * gateway's own OpenAI-shaped error instead; `body` is the backend's (or NULL), read only
  * for a known OpenAI error code. */
 void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len);
+/* The code of the gateway's own error for a backend's error with this status: the backend's
+ * error.code in `body` (an error answer's, or an error event's data) when it is one of OpenAI's
+ * known codes, which say something to a client and never carry content; else the status's. */
+const char *gw_req_backend_code(gw_req_t *r, int status, const char *body, size_t len);
 /* Is this backend answer header one that the gateway writes itself or removed (any
  * gw_req_add_response_header of its name, with a value or NULL)? The gateway is the only author
  * of the headers it sets: a backend's of the same name is dropped, never sent next to it. */

@@ -583,12 +583,76 @@ static int stream_error_event(gw_req_t *r, gw_upconn_t *u, const char *ev, size_
     return 0;
 }
 
+/* Does this event carry a backend's error, in any shape a client could read (with
+ * gw_sse_is_error_event: a data object with "error" at any place or "object":"error", an
+ * "error:" field as llama.cpp's server writes)? Asked only of streams whose errors the gateway
+ * replaces, and only of events that spell "error". */
+static int error_shaped(const char *ev, size_t len)
+{
+    const char *p = ev, *end = ev + len;
+    while (p < end) {
+        const char *eol = p;
+        while (eol < end && *eol != '\r' && *eol != '\n') eol++;
+        size_t n = (size_t)(eol - p);
+        if (n >= 6 && memcmp(p, "error:", 6) == 0) return 1;
+        if (n >= 5 && memcmp(p, "data:", 5) == 0) {
+            cJSON *j = cJSON_ParseWithLength(p + 5, n - 5);
+            const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+            const cJSON *o = cJSON_GetObjectItemCaseSensitive(j, "object");
+            int yes = (e && !cJSON_IsNull(e)) ||
+                      (cJSON_IsString(o) && strcmp(o->valuestring, "error") == 0);
+            cJSON_Delete(j);
+            if (yes) return 1;
+        }
+        p = eol < end && *eol == '\r' && eol + 1 < end && eol[1] == '\n' ? eol + 2 : eol + 1;
+    }
+    return 0;
+}
+
+/* The gateway's own error event in place of a backend's (privacy's backend_errors "replace"):
+ * its constant message, the backend's code only when it is one of OpenAI's known codes. The
+ * stream's status is sent already: a refusal of the request keeps its type and code, as its
+ * error answer would (gw_req_backend_code). Returns the length written into buf (0 when it did
+ * not fit). */
+static size_t own_error_event(gw_req_t *r, const char *ev, size_t len, char *buf, size_t cap)
+{
+    const char *data = NULL;
+    size_t n = 0;
+    int status = refusal_status(r, ev, len, &data, &n);
+    /* as gw_req_backend_error: a refusal of the gateway's credentials is the backend failing */
+    if (!status || status == 401 || status == 403 || status == 407) status = 502;
+    const char *code = gw_req_backend_code(r, status, data, n);
+    if (cap < 8) return 0;
+    memcpy(buf, "data: ", 6);
+    size_t j = gw_error_json(buf + 6, cap - 8, status, code,
+                             status >= 500 ? "The backend failed during the stream."
+                                           : "The backend refused the request.");
+    if (!j) return 0;
+    memcpy(buf + 6 + j, "\n\n", 2);
+    return 6 + j + 2;
+}
+
+/* With the gateway's own errors (own_stream_errors), an error-shaped event (`error`: as
+ * gw_sse_is_error_event judged it) is replaced: *ev and *len then point at the gateway's own event
+ * in buf. -1 when it did not fit: the backend's is never relayed instead. */
+static int own_if_error(gw_req_t *r, int error, const char **ev, size_t *len, char *buf, size_t cap)
+{
+    if (!r->own_stream_errors) return 0;
+    if (!error && !(memmem(*ev, *len, "error", 5) && error_shaped(*ev, *len))) return 0;
+    *len = own_error_event(r, *ev, *len, buf, cap);
+    *ev = buf;
+    return *len ? 0 : -1;
+}
+
 static int on_event(void *arg, const char *ev, size_t len)
 {
     gw_req_t *r = arg;
+    int error = gw_sse_is_error_event(ev, len);
     /* Only a successful stream's: an error status already says the answer failed. */
-    if (r->status < 300 && gw_sse_is_error_event(ev, len) && stream_error_event(r, r->up, ev, len) < 0)
+    if (r->status < 300 && error && stream_error_event(r, r->up, ev, len) < 0)
         return -1;
+    char own[512];
+    if (own_if_error(r, error, &ev, &len, own, sizeof(own)) < 0) return -1;
     /* Every stream's usage is read: quota, access log and metrics count it (request.c asks the
      * backend for it); the chunk the client did not ask for is not relayed. */
     if (memmem(ev, len, "\"usage\"", 7)) {
@@ -721,6 +785,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
             u->head_scanned = 0;
             return 1;
         }
+        r->own_stream_errors = r->own_error && r->sse;
         r->own_error = 0;
         int length_known = u->framing == F_NONE || (u->framing == F_LENGTH && !r->sse);
         if (length_known) r->client_chunked = 0;
@@ -840,7 +905,13 @@ static void complete(gw_req_t *r, gw_upconn_t *u)
             fail(r, 502, "upstream_error", 0);
             return;
         }
-        if (r->sse_framer.len) client_write(r, r->sse_framer.buf, r->sse_framer.len);
+        if (r->sse_framer.len) { /* an event the end cut short: clients drop it, but it is sent */
+            const char *ev = r->sse_framer.buf;
+            size_t n = r->sse_framer.len;
+            char own[512];
+            if (own_if_error(r, gw_sse_is_error_event(ev, n), &ev, &n, own, sizeof(own)) == 0)
+                client_write(r, ev, n);
+        }
         r->sse_framer.len = 0;
         if (!u->health_told) gw_balance_succeeded(u->be); /* a stream without an error event */
     }

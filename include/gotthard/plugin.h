@@ -232,7 +232,8 @@ const char *gw_req_response_header_at(const gw_req_t *r, size_t i, size_t *name_
 /* response_headers, on a backend error (gw_req_status(r) >= 400): the client gets the
  * gateway's own OpenAI-shaped error with the same status (502 for a backend's 401, 403 or
  * 407) instead of the backend's body, which is read but never relayed. The backend's error
- * code is kept only when it is one of OpenAI's known codes. */
+ * code is kept only when it is one of OpenAI's known codes. On a successful stream: each of
+ * its error events is replaced by the gateway's own error event, likewise. */
 void gw_req_own_error_body(gw_req_t *r);
 /* An OpenAI-shaped error; `message` must never contain request content. */
 void gw_req_respond_error(gw_req_t *r, int status, const char *code, const char *message);

@@ -20,9 +20,10 @@
  * it; the client-address headers of the common proxies and CDNs (X-Forwarded-For,
  * Forwarded, X-Real-IP, True-Client-IP, CF-Connecting-IP, ... and the location a CDN derives
  * from the address) are removed whatever the lists say: a client can forge them, and they
- * name a person. forward_client_ip sets X-Forwarded-For to the address the connection comes
- * from, nothing else. The client's credentials, the client's own request id and any content
- * coding are never forwarded (the core's rules).
+ * name a person. Every header whose name holds a '_' is dropped (CGI and WSGI servers read
+ * X_Real_IP as X-Real-IP). forward_client_ip sets X-Forwarded-For to the address the connection
+ * comes from, nothing else. The client's credentials, the client's own request id and any content
+ * coding are never forwarded (the core's rules); forward_request_headers cannot name them.
  *
  * The user field (OpenAI's "user" and its successor "safety_identifier"): kept, dropped,
  * or replaced by HMAC-SHA256(salt, tenant "\n" value) in hex, so a backend can still tell
@@ -33,9 +34,13 @@
  * x-request-id never is: the core sets the gateway's). With backend_errors "replace", a
  * backend's error answer (status >= 400) reaches the client as the gateway's own
  * OpenAI-shaped error: inference servers quote the request in their errors (vLLM names the
- * unknown model, pydantic repeats the offending input).
+ * unknown model, pydantic repeats the offending input). It keeps the backend's Retry-After and
+ * Retry-After-Ms on a 429 or 503 when they are digits. In a successful stream, each error event
+ * is replaced by the gateway's own (upstream.c).
  */
 #include "privacy.h"
+
+#include "http.h" /* gw_http_header_kind: the names the core never forwards */
 
 #include <ctype.h>
 #include <errno.h>
@@ -52,6 +57,7 @@
 #define MAX_SALT 4096
 #define MAX_NAMES 256
 #define MAX_NAME_LEN 128
+#define MAX_RETRY_DIGITS 10
 
 enum { USER_KEEP, USER_DROP, USER_HASH };
 enum { SALT_RANDOM, SALT_FILE, SALT_ENV };
@@ -94,19 +100,25 @@ static const char *const address_headers[] = {
     "x-original-forwarded-for",                                    /* ingress-nginx */
     "x-real-ip", "x-client-ip", "client-ip", "x-remote-ip", "x-remote-addr", /* nginx, generic */
     "x-cluster-client-ip", "x-originating-ip", "x-proxyuser-ip",   /* Rackspace, Microsoft, Google */
+    "cluster-client-ip",                                           /* the same without x- */
+    "via", /* a client-side proxy's Via names the client's network (RFC 9110 7.6.3) */
     "wl-proxy-client-ip", "proxy-client-ip",                       /* WebLogic, Apache plugins */
     "true-client-ip", "x-akamai-edgescape",                        /* Akamai, Cloudflare */
-    "cf-connecting-ip", "cf-connecting-ipv6", "cf-pseudo-ipv4", "cf-ip*", /* Cloudflare */
-    "fastly-client-ip",                                            /* Fastly */
+    "cf-connecting-ip", "cf-connecting-ipv6", "cf-pseudo-ipv4",    /* Cloudflare: addresses */
+    "cf-ip*", "cf-postal-code", "cf-region*", "cf-metro-code", "cf-timezone", /* and location */
+    "fastly-client-ip", "fastly-geo*", "client-geo-*",             /* Fastly (its geo example) */
     "cloudfront-viewer-*",                                         /* AWS CloudFront */
     "x-envoy-external-address",                                    /* Envoy, Istio */
     "x-azure-clientip", "x-azure-socketip",                        /* Azure Front Door */
     "x-appengine-*",                                               /* Google App Engine */
+    "x-client-geo-location", "x-client-region*", "x-client-city*", /* Google Cloud LB, CDN */
     "fly-client-ip",                                               /* Fly.io */
     "x-vercel-forwarded-for", "x-vercel-ip-*",                     /* Vercel */
-    "x-nf-client-connection-ip",                                   /* Netlify */
+    "x-nf-client-connection-ip", "x-nf-geo",                       /* Netlify */
     "do-connecting-ip",                                            /* DigitalOcean */
-    "incap-client-ip", "x-sucuri-clientip",                        /* Imperva, Sucuri */
+    "cdn-requestcountrycode",                                      /* Bunny CDN */
+    "visitor-ip-*", "pantheon-geo",                                /* Contentstack, Pantheon */
+    "incap-client-ip", "x-sucuri-clientip", "x-sucuri-country",    /* Imperva, Sucuri */
     NULL};
 static const char *const default_hide[] = {"server",
                                            "x-powered-by",
@@ -291,6 +303,14 @@ static int plist_add_all(plist_t *l, const char *const *names)
     return 0;
 }
 
+/* Does the core forward a client's header of this name (gw_http_header_kind: not framing,
+ * hop-by-hop, credentials, the request ids or the codings)? */
+static int core_forwards(const char *name, size_t len)
+{
+    int kind = gw_http_header_kind(name, len);
+    return kind == GW_H_OTHER || kind == GW_H_CONTENT_TYPE;
+}
+
 /* A list of header name patterns from the config: it replaces `defaults` (`add` 0), or adds to
  * them (`add` 1). With `never`, a list of names one by one (no prefix), none matched by never. */
 static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const char *path,
@@ -318,6 +338,12 @@ static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const c
             rc = -1;
         } else if (never && match(never, e->valuestring, n)) {
             gw_conf_error(cx, ep, "is a client-address header: never forwarded (see forward_client_ip)");
+            rc = -1;
+        } else if (never && strchr(e->valuestring, '_')) {
+            gw_conf_error(cx, ep, "is never forwarded: a name with '_' is always dropped");
+            rc = -1;
+        } else if (never && !core_forwards(e->valuestring, n)) {
+            gw_conf_error(cx, ep, "is never forwarded: the gateway writes it itself, or drops it");
             rc = -1;
         } else if (plist_add(l, e->valuestring) < 0) {
             return -1;
@@ -490,7 +516,10 @@ static int on_request_headers(gw_req_t *r, void *conf, void **ctx)
         const char *name = gw_req_header_at(r, i, &len, NULL, NULL);
         if (!name) continue;
         uint32_t h = name_hash(name, len); /* once for the three lists */
-        if (!(match_hashed(&c->address, name, len, h) ||
+        /* A '_' in a name: dropped, as nginx does (underscores_in_headers off). CGI and WSGI
+         * servers read X_Real_IP as X-Real-IP (HTTP_X_REAL_IP): no list can hold every
+         * spelling, and no OpenAI-compatible API takes such a header. */
+        if (!(memchr(name, '_', len) || match_hashed(&c->address, name, len, h) ||
               (match_hashed(&c->strip, name, len, h) && !match_hashed(&c->forward, name, len, h))))
             continue;
         char *s = name_copy(r, name, len);
@@ -563,11 +592,23 @@ static int on_request_body(gw_req_t *r, void *conf, void **ctx)
     return GW_CONTINUE;
 }
 
+/* A Retry-After or Retry-After-Ms value the gateway repeats: 1 to MAX_RETRY_DIGITS digits (the
+ * delay-seconds form; an HTTP-date is not repeated). */
+static int retry_value(const char *v, size_t n)
+{
+    if (n == 0 || n > MAX_RETRY_DIGITS) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < '0' || v[i] > '9') return 0;
+    return 1;
+}
+
 static int on_response_headers(gw_req_t *r, void *conf, void **ctx)
 {
     privacy_conf_t *c = conf;
     size_t n = gw_req_response_header_count(r);
-    int error = c->replace_errors && gw_req_status(r) >= 400;
+    int status = gw_req_status(r);
+    int error = c->replace_errors && status >= 400;
+    int retry = error && (status == 429 || status == 503); /* the statuses that advise it */
     for (size_t i = 0; i < n; i++) {
         size_t len, vlen;
         const char *value;
@@ -576,18 +617,20 @@ static int on_response_headers(gw_req_t *r, void *conf, void **ctx)
         if (match(&c->hide, name, len)) {
             char *s = name_copy(r, name, len);
             if (!s || gw_req_add_response_header(r, s, NULL) < 0) return GW_ERROR;
-        } else if (error && vlen < 32 &&
+        } else if (retry && retry_value(value, vlen) &&
                    ((len == 11 && strncasecmp(name, "retry-after", 11) == 0) ||
                     (len == 14 && strncasecmp(name, "retry-after-ms", 14) == 0))) {
-            /* The gateway's own error keeps the backend's advice on when to retry. */
-            char v[32];
+            /* The gateway's own error keeps the backend's advice on when to retry: a number,
+             * never the backend's text. */
+            char v[MAX_RETRY_DIGITS + 1];
             memcpy(v, value, vlen);
             v[vlen] = '\0';
             char *s = name_copy(r, name, len);
             if (!s || gw_req_add_response_header(r, s, v) < 0) return GW_ERROR;
         }
     }
-    if (error) gw_req_own_error_body(r);
+    /* Also for a successful stream: its error events are replaced by the gateway's own. */
+    if (c->replace_errors) gw_req_own_error_body(r);
     return GW_CONTINUE;
 }
 

@@ -10,7 +10,8 @@ record shows the stripped headers gone and the user field hashed as configured.
 
 The other tests: the defaults without a "privacy" key, each user_field mode,
 forward_client_ip, backend headers that reveal internals, backend error bodies (replace and
-pass), GET /privacy, process hardening, and config errors.
+pass), Retry-After on the gateway's own errors, error events inside a stream (replaced), GET
+/privacy, process hardening, and config errors.
 """
 
 import hashlib
@@ -414,6 +415,137 @@ def test_bad_configs():
         rc, out, err = gwtest.run_gotthard(["-t", "-c", f], cwd=d)
         assert rc == 1 and ("%s: %s:" % (f, path)) in err, "rc %s, stderr %r" % (rc, err)
     gwtest.check_all(cases, one)
+
+
+# --------------------------------------------------------------------------- backend text in errors
+
+PROSE = "ask bob@example.org"  # backend text that must never reach the client under "replace"
+
+
+def _raw_gw(script, privacy=None):
+    from test_backend_faults import RawBackend
+    fake = RawBackend(script)
+    over = {"privacy": privacy} if privacy else {}
+    return fake, Gateway(gateway_config([fake.port], models=("m1",), **over))
+
+
+def _retry_script(req, fake):
+    status, name, value = req.header("x-case").split("|")
+    body = b'{"error":{"message":"busy","type":"server_error","code":null}}'
+    return [b"HTTP/1.1 %s Busy\r\nContent-Type: application/json\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (status.encode(), name.encode(), value.encode(), len(body), body)]
+
+
+def test_retry_after_is_a_number_on_429_and_503_only():
+    """With backend_errors "replace", the gateway's own error repeats the backend's Retry-After /
+    Retry-After-Ms only when it is 1 to 10 digits and the status is 429 or 503: the backend's text
+    (prose, an HTTP-date, a fraction, a sign) or the header on another status never reaches the
+    client."""
+    fake, gw = _raw_gw(_retry_script)
+    cases = [("429", "Retry-After", "7", "7"), ("503", "retry-after", "120", "120"),
+             ("429", "Retry-After-Ms", "1500", "1500"), ("503", "retry-after-ms", "20", "20"),
+             ("429", "Retry-After", PROSE, None), ("429", "Retry-After-Ms", PROSE, None),
+             ("503", "Retry-After", "Wed, 21 Oct 2026 07:28:00 GMT", None),
+             ("429", "Retry-After-Ms", "12.5", None), ("429", "Retry-After", "-1", None),
+             ("429", "Retry-After", "12345678901", None), ("429", "Retry-After", "7 bob", None),
+             ("500", "Retry-After", "7", None), ("400", "Retry-After", "7", None),
+             ("404", "Retry-After-Ms", "7", None)]
+
+    def one(case):
+        status, name, value, want = case
+        r = post_json(gw.port, "/v1/chat/completions", chat("m1"), headers={"x-case": "|".join(case[:3])})
+        assert r.status == int(status), r.describe()
+        got = r.header(name)
+        assert got == want, "%s: %r on the client, expected %r: %s" % (name, got, want, r.describe())
+        assert PROSE.encode() not in r.raw_head + r.body and b"busy" not in r.body, r.describe()
+    gwtest.check_all(cases, one)
+
+
+_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+_TOKEN = (b'data: {"id":"x","object":"chat.completion.chunk","model":"m1","choices":[{"index":0,'
+          b'"delta":{"role":"assistant","content":"tok0 "},"finish_reason":null}]}\n\n')
+# Error events in the shapes backends send them, each with the backend's prose.
+STREAM_ERRORS = {
+    "vllm": (b'data: {"error": {"object": "error", "message": "engine failed: ' + PROSE.encode() +
+             b'", "type": "InternalServerError", "param": null, "code": 500}}\n\n', "upstream_error"),
+    "vllm_refusal": (b'data: {"error": {"object": "error", "message": "' + PROSE.encode() +
+                     b' is over the context", "type": "BadRequestError", "param": null, "code": 400}}\n\n',
+                     "bad_request"),
+    "refusal_429": (b'data: {"error":{"message":"' + PROSE.encode() + b'","type":"RateLimitError","code":429}}\n\n',
+                    "rate_limit_exceeded"),
+    "refusal_401": (b'data: {"error":{"message":"' + PROSE.encode() + b'","type":"AuthenticationError","code":401}}\n\n',
+                    "upstream_error"),
+    "openai_known_code": (b'data: {"error":{"message":"' + PROSE.encode() + b'","type":"invalid_request_error",'
+                          b'"param":"messages","code":"context_length_exceeded"}}\n\n', "context_length_exceeded"),
+    "unknown_code": (b'data: {"error":{"message":"m","type":"server_error","code":"' + PROSE.encode() +
+                     b'"}}\n\n', "upstream_error"),
+    "tgi": (b'data: {"error":"' + PROSE.encode() + b'","error_type":"generation"}\n\n', "upstream_error"),
+    "event_error": (b"event: error\ndata: " + PROSE.encode() + b"\n\n", "upstream_error"),
+    "error_not_first": (b'data: {"id":"x","error":{"message":"' + PROSE.encode() + b'"}}\n\n', "upstream_error"),
+    "object_error": (b'data: {"object":"error","message":"' + PROSE.encode() + b'","code":500}\n\n',
+                     "upstream_error"),
+    "llamacpp": (b'error: {"error":{"code":500,"message":"' + PROSE.encode() + b'","type":"server_error"}}\n\n',
+                 "upstream_error"),
+}
+
+
+def _stream_error_script(req, fake):
+    ev = STREAM_ERRORS[req.header("x-case")][0]
+    ch = lambda d: b"%x\r\n%s\r\n" % (len(d), d)  # noqa: E731
+    return [_HEAD + ch(_TOKEN), ("sleep", 0.1), ch(ev) + ch(b"data: [DONE]\n\n") + b"0\r\n\r\n"]
+
+
+def test_stream_error_events_are_replaced():
+    """With backend_errors "replace" (the default), an error event inside a 200 stream, after the
+    head went out, in every shape backends use (vLLM's, its refusal, OpenAI's, TGI's, "event:
+    error", an "error" member not first, "object":"error", llama.cpp's "error:" field), reaches
+    the client as the gateway's own error event: its constant message, the backend's code only
+    when it is one of OpenAI's known codes; the token before it and [DONE] after it still come,
+    and the backend's text is nowhere in the answer. With "pass" the backend's event is relayed."""
+    import streamutil as su
+    fake, gw = _raw_gw(_stream_error_script)
+
+    def one(name):
+        res = su.stream(gw.port, chat("m1", stream=True), {"x-case": name}, timeout=10)
+        assert res.resp.status == 200 and res.complete, res.describe()
+        assert PROSE.encode() not in res.resp.body, "the backend's text reached the client: %s" % res.describe()
+        errs = res.error_events()
+        assert len(errs) == 1, res.describe()
+        e = errs[0]["error"]
+        failed = e["code"] in ("upstream_error",)
+        assert e["message"] == ("The backend failed during the stream." if failed else "The backend refused the request."), e
+        assert e["code"] == STREAM_ERRORS[name][1] and (e["type"] == "server_error") == failed, e
+        assert res.events[0].startswith("{") and "tok0" in res.events[0] and res.events[-1] == "[DONE]", \
+            res.describe()
+    gwtest.check_all(sorted(STREAM_ERRORS), one)
+    fake2, gw2 = _raw_gw(_stream_error_script, {"backend_errors": "pass"})
+    for name in ("vllm", "tgi"):
+        res = su.stream(gw2.port, chat("m1", stream=True), {"x-case": name}, timeout=10)
+        assert res.resp.status == 200 and PROSE.encode() in res.resp.body, res.describe()
+
+
+
+def _unterminated_script(req, fake):
+    ch = lambda d: b"%x\r\n%s\r\n" % (len(d), d)  # noqa: E731
+    ev = b'data: {"error":{"message":"' + PROSE.encode() + b'","type":"server_error","code":500}}'
+    if req.header("x-case") == "lf":
+        ev += b"\n"  # one line end, not the blank line that ends an event
+    return [_HEAD + ch(_TOKEN), ("sleep", 0.1), ch(ev) + b"0\r\n\r\n"]
+
+
+def test_unterminated_error_event_at_the_end_is_replaced():
+    """A stream whose last bytes are an error event without the blank line that ends it (the
+    backend closed the stream mid-event): with "replace" the backend's text does not reach the
+    client either; the client gets the gateway's own error event in its place."""
+    import streamutil as su
+    fake, gw = _raw_gw(_unterminated_script)
+    for case in ("none", "lf"):
+        res = su.stream(gw.port, chat("m1", stream=True), {"x-case": case}, timeout=10)
+        assert res.resp.status == 200 and "tok0" in res.events[0], res.describe()
+        assert PROSE.encode() not in res.resp.body, "the backend's text reached the client: %s" % res.describe()
+        errs = res.error_events()
+        assert len(errs) == 1 and errs[0]["error"]["message"] == "The backend failed during the stream.", \
+            res.describe()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ backend) and, where it matters, what the client got back:
 - client-address privacy: no header of the default client-address list reaches the backend,
   whatever strip_request_headers says; a configured strip list adds to the default one;
   forward_request_headers lets a default one through, never an address header; x-session-id
-  steers affinity and is not forwarded unless listed in forward_request_headers.
+  steers affinity and is not forwarded unless listed in forward_request_headers;
+- the location CDNs derive from the address, Cluster-Client-IP and Via never reach the backend;
+  no header whose name has a '_' does; forward_request_headers naming any of them, or a header
+  the core never forwards (credentials, ids, framing), is a config error.
 """
 
 import json
@@ -416,6 +419,105 @@ def test_a_plugin_cannot_set_the_headers_the_gateway_owns():
         assert r.header_all("content-length") == [str(len(r.body))], r.describe()
     gwtest.check_all(["content-length", "x-request-id", "accept-encoding", "Host", "transfer-encoding",
                       "x-client-request-id", "authorization", "content-encoding", "connection"], one)
+
+
+# The location a CDN or platform derives from the client's address, the client-address headers
+# without their usual x- (Cluster-Client-IP), and a client-side proxy's Via (it names the client's
+# network): each vendor's documented origin headers (docs/privacy.md lists the sources).
+LOCATION_HEADERS = {
+    "cf-ipcountry": "CH", "cf-ipcity": "Zurich", "cf-ipcontinent": "EU", "cf-iplatitude": "47.37",
+    "cf-iplongitude": "8.54", "cf-postal-code": "8001", "cf-region": "Zurich", "cf-region-code": "ZH",
+    "cf-metro-code": "807", "cf-timezone": "Europe/Zurich",
+    "cloudfront-viewer-city": "Zurich", "cloudfront-viewer-postal-code": "8001",
+    "cloudfront-viewer-latitude": "47.37", "cloudfront-viewer-time-zone": "Europe/Zurich",
+    "fastly-geo-city": "zurich", "fastly-geoip-postal-code": "8001", "client-geo-latlng": "47.37,8.54",
+    "visitor-ip-city": "Zurich", "pantheon-geo": "country_code=CH;city=Zurich",
+    "x-akamai-edgescape": "georegion=123,country_code=CH,city=ZURICH,lat=47.37,long=8.54",
+    "x-nf-geo": "eyJjaXR5IjoiWnVyaWNoIn0=", "x-vercel-ip-city": "Zurich",
+    "x-vercel-ip-postal-code": "8001", "x-vercel-ip-latitude": "47.37", "x-vercel-ip-timezone": "Europe/Zurich",
+    "x-appengine-city": "zurich", "x-appengine-region": "zh", "x-appengine-citylatlong": "47.37,8.54",
+    "x-client-geo-location": "CH,Zurich", "x-client-region": "CH", "x-client-region-subdivision": "CHZH",
+    "x-client-city": "Zurich", "x-client-city-lat-long": "47.37,8.54",
+    "cdn-requestcountrycode": "CH", "x-sucuri-country": "CH",
+    "cluster-client-ip": "198.51.100.6", "via": "1.1 10.1.2.3:3128 (squid)",
+}
+
+
+def test_cdn_location_headers_are_stripped_and_cannot_be_forwarded():
+    """Every location header of LOCATION_HEADERS (and Cluster-Client-IP, Via), sent at once with a
+    custom strip list, and with forward_client_ip: none reaches the backend (name or value); each
+    named in forward_request_headers is a config error naming the entry."""
+    for privacy in (None, {"strip_request_headers": ["x-custom"], "forward_client_ip": True}):
+        mock, gw = mock_gw(**({"privacy": privacy} if privacy else {}))
+        send(gw, dict(LOCATION_HEADERS, **{"x-kept": "yes"}))
+        rec = mock.wait_requests(1)[0]
+        leaked = [h for h in LOCATION_HEADERS if header_values(rec, h)]
+        assert not leaked, "location headers reached the backend: %s" % leaked
+        text = all_header_text(rec)
+        vals = [v for v in LOCATION_HEADERS.values() if len(v) >= 5 and v in text]
+        assert not vals, "locations reached the backend: %s in %s" % (vals, rec["headers"])
+        assert header_values(rec, "x-kept") == ["yes"], rec["headers"]
+    _assert_forward_refused(list(LOCATION_HEADERS))
+
+
+def _assert_forward_refused(names):
+    d = gwtest.tempdir()
+
+    def one(bad):
+        cfg = gateway_config([1], privacy={"forward_request_headers": ["x-ok", bad]})
+        p = os.path.join(d, "gw-%s.json" % re.sub(r"[^a-z0-9-]", "_", bad.lower()))
+        with open(p, "w") as f:
+            json.dump(cfg, f)
+        rc, out, err = gwtest.run_gotthard(["-t", "-c", p], timeout=20)
+        assert rc != 0, "accepted forward_request_headers %r" % bad
+        assert "$.privacy.forward_request_headers[1]" in out + err, out + err
+    gwtest.check_all(names, one)
+
+
+# Spellings with '_': WSGI and CGI servers read X_Forwarded_For as X-Forwarded-For
+# (HTTP_X_FORWARDED_FOR). Any header whose name has a '_' is dropped, as nginx does.
+UNDERSCORE_HEADERS = {
+    "X_Forwarded_For": "198.51.100.4", "X_Real_IP": "198.51.100.5", "True_Client_IP": "198.51.100.7",
+    "CF_Connecting_IP": "198.51.100.8", "X-Real_IP": "198.51.100.9", "Forwarded_For": "198.51.100.10",
+    "X_Cluster_Client_IP": "198.51.100.11", "CF_IPCountry": "CH", "x_custom": "custom-value",
+    "_x": "lead", "x_": "trail",
+}
+
+
+def test_underscore_headers_are_dropped():
+    """Every header whose name contains '_' (the address headers spelt with '_', and any other) is
+    dropped before the request goes upstream, with the default config and with
+    forward_client_ip (then only the gateway's X-Forwarded-For, the connection's address); a
+    name with '_' in forward_request_headers is a config error. Headers with '-' still pass."""
+    for privacy in (None, {"forward_client_ip": True}):
+        mock, gw = mock_gw(**({"privacy": privacy} if privacy else {}))
+        send(gw, dict(UNDERSCORE_HEADERS, **{"x-kept": "yes"}))
+        rec = mock.wait_requests(1)[0]
+        with_underscore = [k for k, _ in rec["headers"] if "_" in k]
+        assert not with_underscore, "headers with '_' reached the backend: %s" % with_underscore
+        text = all_header_text(rec)
+        vals = [v for v in UNDERSCORE_HEADERS.values() if v in text]
+        assert not vals, "values reached the backend: %s in %s" % (vals, rec["headers"])
+        assert header_values(rec, "x-kept") == ["yes"], rec["headers"]
+        if privacy:
+            assert header_values(rec, "x-forwarded-for") == ["127.0.0.1"], rec["headers"]
+    _assert_forward_refused(["x_custom", "X_Session_Id"])
+
+
+def test_forward_request_headers_cannot_name_what_the_core_never_forwards():
+    """forward_request_headers naming a header the gateway writes itself or never lets go
+    (credentials, the request ids, framing, hop-by-hop, the codings) is a config error naming the
+    entry, instead of a setting that silently does nothing."""
+    _assert_forward_refused(["authorization", "Api-Key", "x-request-id", "x-client-request-id", "host",
+                             "content-length", "transfer-encoding", "connection", "accept-encoding",
+                             "content-encoding", "proxy-authorization", "te", "upgrade", "expect"])
+    # what it may name still loads
+    cfg = gateway_config([1], privacy={"forward_request_headers": ["x-session-id", "cookie", "content-type"]})
+    p = os.path.join(gwtest.tempdir(), "ok.json")
+    with open(p, "w") as f:
+        json.dump(cfg, f)
+    rc, out, err = gwtest.run_gotthard(["-t", "-c", p], timeout=20)
+    assert rc == 0, out + err
 
 
 if __name__ == "__main__":
