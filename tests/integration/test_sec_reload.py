@@ -15,6 +15,8 @@ What is checked:
 import hashlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -261,6 +263,277 @@ def test_queue_max_bytes_bounds_held_bodies():
     for t in (t0, t1, t3):
         t.join(60)
     assert results[1][0] == 200 and results[3][0] == 200, results
+
+
+
+# ---------------------------------------------------------------- the queue's fair shares (review)
+
+FLOOD_KEYS = {t: "gk_sec_reload_%s_" % t + "0" * (40 - len(t)) for t in ("t1", "t2", "t3", "t4", "quiet")}
+
+
+def flood_config(queue, workers=1):
+    mock = Mock()
+    cfg = gateway_config([], workers=workers,
+                         tenants=[tenant(t, k) for t, k in FLOOD_KEYS.items()],
+                         pools=[pool("p1", ["m1"], [backend(mock.port, max_concurrent=1)],
+                                     queue=dict({"timeout_ms": 60000}, **queue))])
+    return mock, Gateway(cfg)
+
+
+def body_of(size):
+    """A chat body of exactly `size` bytes (what the queue's byte count holds)."""
+    b = {"model": "m1", "messages": [{"role": "user", "content": ""}], "max_tokens": 1}
+    b["messages"][0]["content"] = "y" * (size - len(json.dumps(b)))
+    out = json.dumps(b)
+    assert len(out) == size, (len(out), size)
+    return out
+
+
+def queued_post(gw, results, key, tid, body):
+    try:
+        r = gwtest.post_json(gw.port, "/v1/chat/completions", body,
+                             headers=dict(auth(FLOOD_KEYS[tid]), **{"x-mock-tokens": "1", "x-mock-token-ms": "1"}),
+                             timeout=90)
+        results[key] = (r.status, r.error_code(), r.header("retry-after"))
+    except Exception as ex:  # noqa: BLE001
+        results[key] = ("error", repr(ex), None)
+
+
+def flood_then_quiet(mock, gw, floods, quiet_body):
+    """One stream holds the backend's only slot; then each tenant of `floods` ([(tenant, n,
+    body)], in turn) sends n requests at once, each flood answered (queued or refused) before the
+    next; then the quiet tenant sends one. Returns the results by (tenant, i) and the queue count
+    seen once the quiet one was in."""
+    hold, hr = gwtest.open_stream(gw.port, "/v1/chat/completions",
+                                  {"model": "m1", "messages": [{"role": "user", "content": "x"}], "stream": True},
+                                  headers=dict(auth(FLOOD_KEYS["t1"]), **{"x-mock-tokens": "600", "x-mock-token-ms": "50"}),
+                                  timeout=60)
+    results, threads = {}, []
+    try:
+        assert hr.status == 200, hr.describe()
+        launched = 0
+        for tid, n, body in floods:
+            for i in range(n):
+                t = threading.Thread(target=queued_post, args=(gw, results, (tid, i), tid, body))
+                t.start()
+                threads.append(t)
+            launched += n
+            # nothing is served while the slot is held: each request is queued or answered
+            wait_for(lambda: len(results) + queued(gw) == launched, timeout=30,
+                     what="%s's flood to be queued or refused" % tid)
+        before = queued(gw)
+        t = threading.Thread(target=queued_post, args=(gw, results, ("quiet", 0), "quiet", quiet_body))
+        t.start()
+        threads.append(t)
+        wait_for(lambda: ("quiet", 0) in results or len(results) + queued(gw) == launched + 1, timeout=30,
+                 what="the quiet tenant's request to be queued or refused")
+        assert ("quiet", 0) not in results, \
+            "the quiet tenant's one request was refused at once (queue %d): %s" % (before, results[("quiet", 0)])
+        during = queued(gw)
+    finally:
+        hold.close()  # the slot frees: the waiters are served
+    for t in threads:
+        t.join(120)
+    assert results[("quiet", 0)][0] == 200, "the quiet tenant was not served: %s" % (results,)
+    for k, v in results.items():
+        assert v[0] == 200 or (v[0] == 503 and v[1] == "no_backend_available" and v[2] == "1"), (k, v)
+    return results, during
+
+
+def check_shares(results, floods):
+    """Every flooding tenant kept at least one place (served)."""
+    for tid, n, _ in floods:
+        served = sum(1 for i in range(n) if results[(tid, i)][0] == 200)
+        assert served >= 1, "%s lost every place: %s" % (tid, results)
+
+
+def test_quiet_tenant_gets_a_place_among_three_floods_by_count():
+    """queue.max 6: three tenants flood in turn (places 3, 2, 1: full); a fourth, quiet tenant's
+    one request takes the newest place of the tenant holding the most (503 + retry-after for that
+    one) and is served; the queue never holds more than 6."""
+    mock, gw = flood_config({"max": 6})
+    floods = [(t, 6, gwtest.chat("m1")) for t in ("t1", "t2", "t3")]
+    results, during = flood_then_quiet(mock, gw, floods, gwtest.chat("m1"))
+    assert during <= 6, during
+    served = {t: sum(1 for i in range(6) if results[(t, i)][0] == 200) for t in ("t1", "t2", "t3")}
+    assert served == {"t1": 2, "t2": 2, "t3": 1}, (served, results)
+
+
+def test_quiet_tenant_gets_a_place_among_four_floods_by_count():
+    """queue.max 6 and four flooding tenants, then a quiet one: every tenant keeps a place and the
+    quiet one is queued and served (the share is re-divided as tenants arrive)."""
+    mock, gw = flood_config({"max": 6})
+    floods = [(t, 6, gwtest.chat("m1")) for t in ("t1", "t2", "t3", "t4")]
+    results, during = flood_then_quiet(mock, gw, floods, gwtest.chat("m1"))
+    assert during <= 6, during
+    check_shares(results, floods)
+    served = sum(1 for k, v in results.items() if v[0] == 200)
+    assert served == 6, results
+
+
+def test_quiet_tenant_gets_a_place_among_floods_by_count_two_workers():
+    """The same with two workers: the newest waiter of the tenant holding the most may wait on the
+    other worker; it is refused there, and the quiet one is served."""
+    mock, gw = flood_config({"max": 60}, workers=2)
+    floods = [(t, 40, gwtest.chat("m1")) for t in ("t1", "t2", "t3")]
+    results, during = flood_then_quiet(mock, gw, floods, gwtest.chat("m1"))
+    assert during <= 60, during
+    check_shares(results, floods)
+    assert sum(1 for v in results.values() if v[0] == 200) == 60, results
+
+
+def test_quiet_tenant_gets_a_place_among_three_floods_by_bytes():
+    """queue.max_bytes 4 bodies: three tenants flood with bodies of a quarter each (the byte
+    shares: 2, 1, 1 bodies: full); a quiet tenant's small request evicts the newest body of the
+    tenant holding the most bytes, and is served."""
+    size = 12000
+    mock, gw = flood_config({"max": 100, "max_bytes": 4 * size})
+    floods = [(t, 4, body_of(size)) for t in ("t1", "t2", "t3")]
+    results, _ = flood_then_quiet(mock, gw, floods, body_of(200))
+    served = {t: sum(1 for i in range(4) if results[(t, i)][0] == 200) for t in ("t1", "t2", "t3")}
+    assert served == {"t1": 1, "t2": 1, "t3": 1}, (served, results)
+
+
+def test_quiet_tenant_gets_a_place_among_four_floods_by_bytes():
+    """The same with four flooding tenants and queue.max_bytes of five bodies."""
+    size = 12000
+    mock, gw = flood_config({"max": 100, "max_bytes": 5 * size})
+    floods = [(t, 4, body_of(size)) for t in ("t1", "t2", "t3", "t4")]
+    results, _ = flood_then_quiet(mock, gw, floods, body_of(200))
+    check_shares(results, floods)
+    served = {t: sum(1 for i in range(4) if results[(t, i)][0] == 200) for t in ("t1", "t2", "t3", "t4")}
+    assert served == {"t1": 1, "t2": 1, "t3": 1, "t4": 1}, (served, results)
+
+
+def test_one_tenant_holds_half_the_bytes():
+    """Bytes have the per-tenant share places have: a tenant alone holds at most half of
+    queue.max_bytes (reviewer: 16 bodies of 4 MiB took the default 64 MiB); another tenant's
+    request is queued at once and served."""
+    size = 10000
+    mock, gw = flood_config({"max": 100, "max_bytes": 8 * size})
+    floods = [("t1", 8, body_of(size))]
+    results, during = flood_then_quiet(mock, gw, floods, body_of(200))
+    served = sum(1 for i in range(8) if results[("t1", i)][0] == 200)
+    assert served == 4, results
+    assert during == 5, during
+
+
+
+# ---------------------------------------------------------------- caps of a reload apply to waiters
+
+def reload_cap_while_waiting(before, after, n, tokens, token_ms):
+    """max_concurrent `before`, n streams (`before` run, the rest wait), then a reload with
+    `after`. Returns the mock, the results and the streams' threads."""
+    mock = Mock()
+
+    def config(mc):
+        return gateway_config([], pools=[pool("p1", ["m1"], [backend(mock.port, max_concurrent=mc)],
+                                              queue={"max": 10, "timeout_ms": 60000})])
+    base = config(before)
+    gw = Gateway(base)
+    results = [None] * n
+    ts = [threading.Thread(target=stream, args=(gw, results, i), kwargs={"tokens": tokens, "token_ms": token_ms})
+          for i in range(n)]
+    for t in ts:
+        t.start()
+    wait_for(lambda: len(mock.api_requests()) == before and queued(gw) == n - before, timeout=20,
+             what="%d streams at the backend and %d waiting" % (before, n - before))
+    changed = config(after)
+    changed["listen"], changed["admin"] = base["listen"], base["admin"]
+    assert post_reload(gw, changed).status == 200
+    return mock, results, ts
+
+
+def test_lowered_max_concurrent_applies_to_waiting_requests():
+    """max_concurrent 3, nine streams (three run, six wait), a reload with max_concurrent 1: the
+    six that waited through the reload start one at a time (the cap is the backend's live state,
+    not the snapshot the waiting request began under)."""
+    mock, results, ts = reload_cap_while_waiting(3, 1, 9, 8, 150)
+    for t in ts:
+        t.join(120)
+    assert all(r == (200, "[DONE]") for r in results), results
+    recs = sorted(mock.wait_requests(9, completed=True, timeout=20), key=lambda x: x["started_ms"])
+    for rec in recs[3:]:
+        running = [x for x in recs if x is not rec and x["started_ms"] <= rec["started_ms"] < x["ended_ms"]]
+        assert not running, "a request started with %d running after max_concurrent went to 1: %s" % (
+            len(running), [(x["started_ms"], x["ended_ms"]) for x in recs])
+
+
+def test_raised_max_concurrent_applies_to_waiting_requests():
+    """The other way: max_concurrent 1, four streams (one runs, three wait), a reload with 4: the
+    three waiting ones start at once, while the first still runs (3 s)."""
+    mock, results, ts = reload_cap_while_waiting(1, 4, 4, 30, 100)
+    try:
+        wait_for(lambda: len(mock.api_requests()) == 4, timeout=2,
+                 what="the three waiting streams to start while the first still runs")
+    finally:
+        for t in ts:
+            t.join(120)
+    assert all(r == (200, "[DONE]") for r in results), results
+
+
+# ---------------------------------------------------------------- signals before main (systemd unit)
+
+UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf", "systemd", "gotthard.service")
+
+
+def unit_exec_start(binary, config_path):
+    """The unit's ExecStart as argv, with the installed paths replaced by the test's."""
+    import shlex
+    lines = [ln for ln in open(UNIT).read().splitlines() if ln.startswith("ExecStart=")]
+    assert len(lines) == 1, lines
+    cmd = lines[0][len("ExecStart="):]
+    cmd = cmd.replace("/usr/local/bin/gotthard", binary).replace("/etc/gotthard/gotthard.json", config_path)
+    return shlex.split(cmd)
+
+
+def healthy(admin_port):
+    try:
+        return gwtest.get(admin_port, "/healthz", timeout=1).status == 200
+    except OSError:
+        return False
+
+
+def test_unit_starts_the_gateway_with_reload_signals_held_off():
+    """Before main() runs (exec, the dynamic loader) a SIGHUP or SIGUSR1 would kill the process;
+    `systemctl reload` (or logrotate) may send one that early with Type=simple. The unit's ExecStart
+    hands the gateway these signals ignored: the process image it starts inherits SIG_IGN for both
+    (checked with a probe in the gateway's place), and the real gateway under a storm of them from
+    the moment of its spawn stays up and serves."""
+    d = gwtest.tempdir("gwtest-unit-")
+    probe = os.path.join(d, "probe")
+    with open(probe, "w") as f:
+        f.write("#!/bin/sh\nexec cat /proc/self/status\n")
+    os.chmod(probe, 0o755)
+    out = subprocess.run(unit_exec_start(probe, "cfg.json"), capture_output=True, timeout=10, text=True).stdout
+    mask = int(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("SigIgn:")), 16)
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        assert mask >> (sig - 1) & 1, "the unit starts the gateway with %s at its default (death)" % sig.name
+
+    mock = Mock()
+    cfg = gateway_config([mock.port], workers=2)
+    path = os.path.join(d, "gotthard.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    admin = int(cfg["admin"]["address"].rsplit(":", 1)[1])
+    for _ in range(3):
+        p = subprocess.Popen(unit_exec_start(gwtest.gotthard_bin(), path), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "stderr.txt"), "wb"), cwd=d)
+        try:
+            for i in range(300):  # from the spawn on, before main() and through start-up
+                if p.poll() is not None:
+                    break
+                os.kill(p.pid, (signal.SIGHUP, signal.SIGUSR1)[i % 2])
+            wait_for(lambda: p.poll() is not None or healthy(admin), timeout=30, what="the gateway to start")
+            assert p.poll() is None, "a signal before main() killed the gateway: exit %s" % p.returncode
+            r = gwtest.post_json(int(cfg["listen"][0]["address"].rsplit(":", 1)[1]), "/v1/chat/completions",
+                                 gwtest.chat("m1"))
+            assert r.status == 200, r.describe()
+        finally:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            rc = p.wait(30)
+        assert rc == 0, "exit %s after SIGTERM" % rc
 
 
 if __name__ == "__main__":
