@@ -476,15 +476,43 @@ def test_raised_max_concurrent_applies_to_waiting_requests():
 
 UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf", "systemd", "gotthard.service")
 
+# Stands in for a gateway that has not reached main() yet: SIGHUP at its default (death) for
+# 0.8 s, then held (blocked, as main()'s first statement does) and waited for.
+NOT_YET_MAIN = """
+import signal, sys, time
+time.sleep(0.8)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGHUP])
+for _ in range(2000):
+    if signal.SIGHUP in signal.sigpending():
+        sys.exit(0)
+    time.sleep(0.01)
+sys.exit(3)
+"""
 
-def unit_exec_start(binary, config_path):
-    """The unit's ExecStart as argv, with the installed paths replaced by the test's."""
+
+def unit_reload_commands(binary, config_path, mainpid):
+    """The unit's ExecReload= lines as argv lists, as systemd runs them ($$ is a $, $MAINPID the
+    main process), with the installed paths replaced by the test's."""
     import shlex
-    lines = [ln for ln in open(UNIT).read().splitlines() if ln.startswith("ExecStart=")]
-    assert len(lines) == 1, lines
-    cmd = lines[0][len("ExecStart="):]
-    cmd = cmd.replace("/usr/local/bin/gotthard", binary).replace("/etc/gotthard/gotthard.json", config_path)
-    return shlex.split(cmd)
+    cmds = []
+    for ln in open(UNIT).read().splitlines():
+        if not ln.startswith("ExecReload="):
+            continue
+        cmd = ln[len("ExecReload="):].replace("$$", "\0").replace("${MAINPID}", str(mainpid))
+        cmd = cmd.replace("$MAINPID", str(mainpid)).replace("\0", "$")
+        cmd = cmd.replace("/usr/local/bin/gotthard", binary).replace("/etc/gotthard/gotthard.json", config_path)
+        cmds.append(shlex.split(cmd))
+    assert cmds, "no ExecReload= in the unit"
+    return cmds
+
+
+def systemctl_reload(binary, config_path, mainpid):
+    """Runs the ExecReload= lines in turn, stopping at the first that fails (as systemd does)."""
+    for argv in unit_reload_commands(binary, config_path, mainpid):
+        if subprocess.run(argv, env=dict(os.environ, MAINPID=str(mainpid)), stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=30).returncode != 0:
+            return False
+    return True
 
 
 def healthy(admin_port):
@@ -494,46 +522,49 @@ def healthy(admin_port):
         return False
 
 
-def test_unit_starts_the_gateway_with_reload_signals_held_off():
-    """Before main() runs (exec, the dynamic loader) a SIGHUP or SIGUSR1 would kill the process;
-    `systemctl reload` (or logrotate) may send one that early with Type=simple. The unit's ExecStart
-    hands the gateway these signals ignored: the process image it starts inherits SIG_IGN for both
-    (checked with a probe in the gateway's place), and the real gateway under a storm of them from
-    the moment of its spawn stays up and serves."""
+def test_unit_reload_waits_for_the_gateway_to_hold_sighup():
+    """With Type=simple the unit is active from the fork: `systemctl reload` may come before the
+    gateway's main() runs, when a SIGHUP still kills it. The unit's ExecReload sends SIGHUP only once
+    the main process holds it: against a process that holds it only after 0.8 s, the reload waits
+    and the process gets the signal alive; and a real gateway reloaded from its spawn on survives,
+    serves, and has reloaded."""
     d = gwtest.tempdir("gwtest-unit-")
-    probe = os.path.join(d, "probe")
-    with open(probe, "w") as f:
-        f.write("#!/bin/sh\nexec cat /proc/self/status\n")
-    os.chmod(probe, 0o755)
-    out = subprocess.run(unit_exec_start(probe, "cfg.json"), capture_output=True, timeout=10, text=True).stdout
-    mask = int(next(ln.split()[1] for ln in out.splitlines() if ln.startswith("SigIgn:")), 16)
-    for sig in (signal.SIGHUP, signal.SIGUSR1):
-        assert mask >> (sig - 1) & 1, "the unit starts the gateway with %s at its default (death)" % sig.name
-
     mock = Mock()
     cfg = gateway_config([mock.port], workers=2)
     path = os.path.join(d, "gotthard.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
+    binary = gwtest.gotthard_bin()
+
+    stand_in = subprocess.Popen([sys.executable, "-c", NOT_YET_MAIN], stdin=subprocess.DEVNULL)
+    try:
+        assert systemctl_reload(binary, path, stand_in.pid), "the unit's reload failed"
+        rc = stand_in.wait(30)
+    finally:
+        if stand_in.poll() is None:
+            stand_in.kill()
+            stand_in.wait(10)
+    assert rc == 0, "the unit's reload sent SIGHUP before the process held it (exit %s)" % rc
+
     admin = int(cfg["admin"]["address"].rsplit(":", 1)[1])
-    for _ in range(3):
-        p = subprocess.Popen(unit_exec_start(gwtest.gotthard_bin(), path), stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "stderr.txt"), "wb"), cwd=d)
-        try:
-            for i in range(300):  # from the spawn on, before main() and through start-up
-                if p.poll() is not None:
-                    break
-                os.kill(p.pid, (signal.SIGHUP, signal.SIGUSR1)[i % 2])
-            wait_for(lambda: p.poll() is not None or healthy(admin), timeout=30, what="the gateway to start")
-            assert p.poll() is None, "a signal before main() killed the gateway: exit %s" % p.returncode
-            r = gwtest.post_json(int(cfg["listen"][0]["address"].rsplit(":", 1)[1]), "/v1/chat/completions",
-                                 gwtest.chat("m1"))
-            assert r.status == 200, r.describe()
-        finally:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-            rc = p.wait(30)
-        assert rc == 0, "exit %s after SIGTERM" % rc
+    port = int(cfg["listen"][0]["address"].rsplit(":", 1)[1])
+    err = open(os.path.join(d, "stderr.txt"), "wb")
+    p = subprocess.Popen([binary, "-c", path], stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT, cwd=d)
+    try:
+        reloads_ok = [systemctl_reload(binary, path, p.pid) for _ in range(2)]
+        assert p.poll() is None, "a reload killed the gateway: exit %s" % p.returncode
+        assert all(reloads_ok), reloads_ok
+        wait_for(lambda: healthy(admin), timeout=30, what="the gateway to start")
+        wait_for(lambda: "configuration reloaded (SIGHUP)" in open(os.path.join(d, "stderr.txt")).read(),
+                 timeout=10, what="the reload to be done")
+        r = gwtest.post_json(port, "/v1/chat/completions", gwtest.chat("m1"))
+        assert r.status == 200, r.describe()
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        rc = p.wait(30)
+        err.close()
+    assert rc == 0, "exit %s after SIGTERM" % rc
 
 
 if __name__ == "__main__":
