@@ -53,7 +53,7 @@ static inline int candidate(const gw_req_t *r, gw_backend_t *b, size_t i, uint64
     *share = 1024;
     uint64_t su = atomic_load_explicit(&b->live->lb.slow_until_us, memory_order_relaxed);
     if (su > now) *share = slow_share(b, su, now);
-    /* The live cap, not the snapshot's: a request waiting since before a reload gets the new one. */
+    /* The live cap, not the snapshot's: a request waiting through a reload gets the new one. */
     int64_t mc = atomic_load_explicit(&b->live->max_concurrent, memory_order_relaxed);
     if (mc) {
         int64_t cap = mc * (int64_t)*share / 1024;
@@ -307,11 +307,11 @@ static int is_fifo(const tq_t *q, const gw_req_t *r)
 /* A waiting request's place: in its worker's FIFO (the request's q_next) and in its tenant's
  * line over every worker (the pool's lock), from which a newer tenant may take it. */
 struct gw_queue_place {
-    struct gw_balance_worker *bw;         /* the worker whose FIFO holds r */
+    struct gw_balance_worker *bw;         /* the worker whose FIFO holds the request */
     struct gw_queue_place *older, *newer; /* in its tenant's line (pool lock) */
     uint64_t bytes;                       /* its body as received (and the tree beside it) */
     int held;                             /* counted in the pool's queue (pool lock) */
-    atomic_int evicted;                   /* given to another tenant: r gets the full queue's 503 */
+    atomic_int evicted; /* given to another tenant: the request gets the full queue's 503 */
 };
 
 static size_t share_find(const gw_pool_live_t *pl, const char *id)
@@ -416,7 +416,8 @@ static int queue_take(gw_req_t *r, struct gw_queue_place *place)
     for (;;) {
         int by_bytes = atomic_load(&pl->queued) < p->queue.max;
         if (by_bytes && pl->bytes + bytes <= p->queue.max_bytes) break;
-        size_t v = may_evict ? most_over(pl, t, by_bytes, by_bytes ? share_b : share) : pl->ntenants;
+        if (!may_evict) goto out;
+        size_t v = most_over(pl, t, by_bytes, by_bytes ? share_b : share);
         if (v == pl->ntenants) goto out;
         evict_newest(pl, v);
         if (!new_id) t = share_find(pl, id); /* the table may have moved */

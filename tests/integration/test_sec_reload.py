@@ -9,7 +9,12 @@ What is checked:
   streams, a reload, two more streams, and the backend never runs more than max_concurrent; a
   full queue stays full across a reload;
 - the wait queue is fair: a tenant flooding the queue is refused before a quiet tenant, whose
-  request is queued and served; queued bodies are held to queue.max_bytes (503 + retry-after).
+  request is queued and served; queued bodies are held to queue.max_bytes (503 + retry-after);
+- shares of places and of bytes are re-divided as tenants come (review): after three or four
+  flooding tenants a quiet one takes the newest place of the tenant most past its share (on any
+  worker) and is served;
+- a reload's max_concurrent applies to requests already waiting (review);
+- the systemd unit's reload sends SIGHUP only once the gateway holds it (review).
 """
 
 import hashlib
