@@ -477,6 +477,44 @@ def test_raised_max_concurrent_applies_to_waiting_requests():
     assert all(r == (200, "[DONE]") for r in results), results
 
 
+def test_reload_weights_apply_to_waiting_requests():
+    """Two backends with weight 1 and max_concurrent 1, one stream on each, four requests waiting;
+    a reload gives room (max_concurrent 10) and the second backend weight 1000: the four waiting
+    requests go by the new weights, all to the second backend (least outstanding per unit of
+    weight), not two and two."""
+    ma, mb = Mock(), Mock()
+
+    def config(mc, weight_b):
+        return gateway_config([], pools=[pool("p1", ["m1"], [backend(ma.port, max_concurrent=mc, weight=1),
+                                                             backend(mb.port, max_concurrent=mc, weight=weight_b)],
+                                              queue={"max": 10, "timeout_ms": 60000})])
+    base = config(1, 1)
+    gw = Gateway(base)
+    results = [None] * 6
+    ts = [threading.Thread(target=stream, args=(gw, results, i), kwargs={"tokens": 40, "token_ms": 100})
+          for i in range(2)]
+    for t in ts:
+        t.start()
+    wait_for(lambda: len(ma.api_requests()) == 1 and len(mb.api_requests()) == 1, timeout=20,
+             what="one stream on each backend")
+    for i in range(2, 6):
+        t = threading.Thread(target=stream, args=(gw, results, i), kwargs={"tokens": 1, "token_ms": 1})
+        t.start()
+        ts.append(t)
+    wait_for(lambda: queued(gw) == 4, timeout=20, what="four requests waiting")
+    changed = config(10, 1000)
+    changed["listen"], changed["admin"] = base["listen"], base["admin"]
+    assert post_reload(gw, changed).status == 200
+    wait_for(lambda: all(results[i] for i in range(2, 6)), timeout=3,
+             what="the waiting requests to be served while the streams run (4 s)")
+    for t in ts:
+        t.join(120)
+    assert all(r == (200, "[DONE]") for r in results), results
+    assert (len(ma.api_requests()), len(mb.api_requests())) == (1, 5), \
+        "the waiting requests went by the old weights: %d to the first backend, %d to the second" % (
+            len(ma.api_requests()) - 1, len(mb.api_requests()) - 1)
+
+
 # ---------------------------------------------------------------- signals before main (systemd unit)
 
 UNIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "conf", "systemd", "gotthard.service")
