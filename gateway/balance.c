@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "health.h"
+#include "live.h"
 #include "log.h"
 #include "upstream.h"
 
@@ -25,6 +26,7 @@ struct gw_balance_worker {
     int64_t *wrr;     /* smooth weighted round robin: current weight by backend index */
     tq_t *q;          /* one FIFO per (pool, tenant) with waiters; served round robin */
     size_t nq, capq, rr, waiting;
+    atomic_int evictions; /* this worker's waiters whose places other requests took (any thread) */
     struct event *tick;
     gw_health_t *health; /* worker 0 only */
 };
@@ -51,8 +53,10 @@ static inline int candidate(const gw_req_t *r, gw_backend_t *b, size_t i, uint64
     *share = 1024;
     uint64_t su = atomic_load_explicit(&b->live->lb.slow_until_us, memory_order_relaxed);
     if (su > now) *share = slow_share(b, su, now);
-    if (b->max_concurrent) {
-        int64_t cap = b->max_concurrent * (int64_t)*share / 1024;
+    /* The live cap, not the snapshot's: a request waiting through a reload gets the new one. */
+    int64_t mc = atomic_load_explicit(&b->live->max_concurrent, memory_order_relaxed);
+    if (mc) {
+        int64_t cap = mc * (int64_t)*share / 1024;
         if (cap < 1) cap = 1;
         if (*load >= cap) return C_FULL;
     }
@@ -69,6 +73,13 @@ static inline int has_room(const gw_req_t *r, gw_backend_t *b, size_t i, uint64_
     return c == C_ROOM;
 }
 
+/* The backend's weight (1..1000) of the config in service (live, as max_concurrent). */
+static inline int64_t weight_of(const gw_backend_t *b)
+{
+    int64_t w = atomic_load_explicit(&b->live->weight, memory_order_relaxed);
+    return w > 0 ? w : 1;
+}
+
 /* Load scaled by the share: a backend at half its slow start looks twice as loaded. */
 static inline uint64_t scaled(int load, unsigned share)
 {
@@ -80,7 +91,7 @@ static inline uint64_t scaled(int load, unsigned share)
  * plain least outstanding. */
 static inline uint64_t weighted(const gw_backend_t *b, int load, unsigned share)
 {
-    return scaled(load, share) / (uint64_t)(b->weight > 0 ? b->weight : 1);
+    return scaled(load, share) / (uint64_t)weight_of(b);
 }
 
 static gw_backend_t *least_outstanding(gw_req_t *r, uint64_t now, int *full)
@@ -142,7 +153,7 @@ static gw_backend_t *weighted_round_robin(gw_req_t *r, uint64_t now, int *full)
         int load;
         unsigned share;
         if (!has_room(r, &bs[i], i, now, &load, &share, full)) continue;
-        int64_t w = bs[i].weight * (int64_t)share / 1024;
+        int64_t w = weight_of(&bs[i]) * (int64_t)share / 1024;
         if (w < 1) w = 1;
         int64_t *cur = &bw->wrr[bs[i].index];
         *cur += w;
@@ -182,7 +193,7 @@ static gw_backend_t *queue_aware(gw_req_t *r, uint64_t now, int *full)
                          (uint64_t)atomic_load_explicit(&lb->m_cache_pm, memory_order_relaxed) / 4;
         if (share != 1024) score = score * 1024 / share;
         /* Slots are not speed: the operator's weight says how much faster a backend is. */
-        score /= (uint64_t)(bs[i].weight > 0 ? bs[i].weight : 1);
+        score /= (uint64_t)weight_of(&bs[i]);
         if (!best || score < best_score || (score == best_score && load < best_load)) {
             best = &bs[i];
             best_score = score;
@@ -293,36 +304,94 @@ static int is_fifo(const tq_t *q, const gw_req_t *r)
     return q->pool == r->pool->live && strcmp(tenant_id(q->head), tenant_id(r)) == 0;
 }
 
+/* A waiting request's place: in its worker's FIFO (the request's q_next) and in its tenant's
+ * line over every worker (the pool's lock), from which a newer tenant may take it. */
+struct gw_queue_place {
+    struct gw_balance_worker *bw;         /* the worker whose FIFO holds the request */
+    struct gw_queue_place *older, *newer; /* in its tenant's line (pool lock) */
+    uint64_t bytes;                       /* its body as received (and the tree beside it) */
+    int held;                             /* counted in the pool's queue (pool lock) */
+    atomic_int evicted; /* given to another tenant: the request gets the full queue's 503 */
+};
+
+static size_t share_find(const gw_pool_live_t *pl, const char *id)
+{
+    size_t t = 0;
+    while (t < pl->ntenants && strcmp(pl->tenants[t].id, id) != 0) t++;
+    return t;
+}
+
+/* Takes place p (of tenant t) out of its line and the pool's counts; a tenant left without a
+ * place leaves the table (the last entry moves into t). The pool's lock is held. */
+static void place_release(gw_pool_live_t *pl, size_t t, struct gw_queue_place *p)
+{
+    gw_queue_share_t *s = &pl->tenants[t];
+    if (p->older) p->older->newer = p->newer;
+    else s->oldest = p->newer;
+    if (p->newer) p->newer->older = p->older;
+    else s->newest = p->older;
+    p->older = p->newer = NULL;
+    s->n--;
+    s->bytes -= (int64_t)p->bytes;
+    pl->bytes -= (int64_t)p->bytes;
+    atomic_fetch_sub(&pl->queued, 1);
+    p->held = 0;
+    if (s->n == 0) {
+        free(s->id);
+        *s = pl->tenants[--pl->ntenants];
+    }
+}
+
+/* The tenant other than `self` holding the most places (by_bytes: bytes) past `share`, or
+ * ntenants when none holds more than its share. */
+static size_t most_over(const gw_pool_live_t *pl, size_t self, int by_bytes, int64_t share)
+{
+    size_t v = pl->ntenants;
+    int64_t most = share;
+    for (size_t t = 0; t < pl->ntenants; t++) {
+        int64_t h = by_bytes ? pl->tenants[t].bytes : pl->tenants[t].n;
+        if (t != self && h > most) v = t, most = h;
+    }
+    return v;
+}
+
+/* Gives tenant v's newest place to the request being queued. Its request is answered by its
+ * own worker's tick (every 5 ms while it has waiters, at once on this one): 503
+ * no_backend_available with retry-after, the answer of a full queue. */
+static void evict_newest(gw_pool_live_t *pl, size_t v)
+{
+    struct gw_queue_place *p = pl->tenants[v].newest;
+    place_release(pl, v, p);
+    atomic_store(&p->evicted, 1);
+    atomic_fetch_add(&p->bw->evictions, 1);
+}
+
 /*
  * Takes a place for r in its pool's queue (every worker and snapshot together), or -1:
  *   - at most queue.max places, and at most queue.max_bytes of bodies held;
- *   - with tenants, a tenant holds at most its fair share: max(1, queue.max / (n + 1)) places
- *     with n the tenants waiting (itself included), the + 1 keeping room for a tenant yet to
- *     come; and at most queue.max_per_tenant when set. So a tenant flooding the queue is
- *     refused while a quiet one still finds a place. Without tenants, the whole queue.max.
+ *   - with tenants, each tenant has a fair share of places, max(1, queue.max / (n + 1)) (and at
+ *     most queue.max_per_tenant when set), and of bytes, queue.max_bytes / (n + 1), with n the
+ *     tenants waiting, itself included (the + 1 keeps room for a tenant yet to come). A tenant
+ *     at its share of places, or whose body would pass its share of bytes, is refused (its
+ *     first waiter may hold more bytes than the share while they are free, as it always has
+ *     one place);
+ *   - shares are re-divided as tenants come: when the queue is full (places or bytes) and r's
+ *     tenant stays within both its shares with r, r takes the newest place of the tenant
+ *     holding the most places (bytes) past its share, as often as needed. Such a tenant exists
+ *     while the queue is full: the others together hold more than n - 1 shares.
+ * Without tenants, the whole queue is one share.
  */
-static int queue_take(gw_req_t *r, uint64_t bytes)
+static int queue_take(gw_req_t *r, struct gw_queue_place *place)
 {
     gw_pool_t *p = r->pool;
     gw_pool_live_t *pl = p->live;
     const char *id = tenant_id(r);
+    int64_t bytes = (int64_t)place->bytes;
+    char *new_id = NULL;
     int rc = -1;
     pthread_mutex_lock(&pl->lock);
-    size_t t = 0;
-    while (t < pl->ntenants && strcmp(pl->tenants[t].id, id) != 0) t++;
-    int64_t mine = t < pl->ntenants ? pl->tenants[t].n : 0;
-    int64_t share = p->queue.max;
-    if (r->tenant) {
-        size_t waiting = pl->ntenants + (t == pl->ntenants);
-        share = p->queue.max / (int64_t)(waiting + 1);
-        if (share < 1) share = 1;
-        if (p->queue.max_per_tenant && share > p->queue.max_per_tenant)
-            share = p->queue.max_per_tenant;
-    }
-    if (atomic_load(&pl->queued) >= p->queue.max || mine >= share ||
-        (uint64_t)pl->bytes + bytes > (uint64_t)p->queue.max_bytes)
-        goto out;
-    if (t == pl->ntenants) {
+    size_t t = share_find(pl, id);
+    if (t == pl->ntenants) { /* room and a name for a new tenant first: nothing fails later */
         if (pl->ntenants == pl->captenants) {
             size_t cap = pl->captenants ? pl->captenants * 2 : 8;
             gw_queue_share_t *a = realloc(pl->tenants, cap * sizeof(*a));
@@ -330,35 +399,62 @@ static int queue_take(gw_req_t *r, uint64_t bytes)
             pl->tenants = a;
             pl->captenants = cap;
         }
-        pl->tenants[t] = (gw_queue_share_t){strdup(id), 0};
-        if (!pl->tenants[t].id) goto out;
-        pl->ntenants++;
+        if (!(new_id = strdup(id))) goto out;
     }
-    pl->tenants[t].n++;
-    pl->bytes += (int64_t)bytes;
+    int64_t mine = new_id ? 0 : pl->tenants[t].n, mine_b = new_id ? 0 : pl->tenants[t].bytes;
+    int64_t share = p->queue.max, share_b = p->queue.max_bytes;
+    if (r->tenant) {
+        size_t waiting = pl->ntenants + (new_id != NULL);
+        share = p->queue.max / (int64_t)(waiting + 1);
+        if (share < 1) share = 1;
+        if (p->queue.max_per_tenant && share > p->queue.max_per_tenant)
+            share = p->queue.max_per_tenant;
+        share_b = p->queue.max_bytes / (int64_t)(waiting + 1);
+    }
+    if (mine >= share || (mine && mine_b + bytes > share_b)) goto out;
+    int may_evict = r->tenant && mine_b + bytes <= share_b;
+    for (;;) {
+        int by_bytes = atomic_load(&pl->queued) < p->queue.max;
+        if (by_bytes && pl->bytes + bytes <= p->queue.max_bytes) break;
+        if (!may_evict) goto out;
+        size_t v = most_over(pl, t, by_bytes, by_bytes ? share_b : share);
+        if (v == pl->ntenants) goto out;
+        evict_newest(pl, v);
+        if (!new_id) t = share_find(pl, id); /* the table may have moved */
+    }
+    if (new_id) {
+        t = pl->ntenants++;
+        pl->tenants[t] = (gw_queue_share_t){new_id, 0, 0, NULL, NULL};
+        new_id = NULL;
+    }
+    gw_queue_share_t *s = &pl->tenants[t];
+    place->older = s->newest;
+    place->newer = NULL;
+    if (s->newest) s->newest->newer = place;
+    else s->oldest = place;
+    s->newest = place;
+    s->n++;
+    s->bytes += bytes;
+    pl->bytes += bytes;
+    place->held = 1;
     atomic_fetch_add(&pl->queued, 1);
     rc = 0;
 out:
     pthread_mutex_unlock(&pl->lock);
+    free(new_id);
     return rc;
 }
 
-/* Gives r's place back (queue_take's). */
-static void queue_give(gw_req_t *r, uint64_t bytes)
+/* Gives r's place back, unless another tenant's request has taken it. */
+static void queue_give(gw_req_t *r)
 {
     gw_pool_live_t *pl = r->pool->live;
-    const char *id = tenant_id(r);
+    struct gw_queue_place *p = r->q_place;
     pthread_mutex_lock(&pl->lock);
-    for (size_t t = 0; t < pl->ntenants; t++) {
-        if (strcmp(pl->tenants[t].id, id) != 0) continue;
-        if (--pl->tenants[t].n == 0) {
-            free(pl->tenants[t].id);
-            pl->tenants[t] = pl->tenants[--pl->ntenants];
-        }
-        break;
+    if (p->held) {
+        size_t t = share_find(pl, tenant_id(r));
+        if (t < pl->ntenants) place_release(pl, t, p);
     }
-    pl->bytes -= (int64_t)bytes;
-    atomic_fetch_sub(&pl->queued, 1);
     pthread_mutex_unlock(&pl->lock);
 }
 
@@ -376,20 +472,27 @@ int gw_balance_enqueue(gw_req_t *r)
         bw->q = q;
         bw->capq = cap;
     }
-    /* What a waiting request holds: its body as received (and the parsed tree beside it). */
-    uint64_t bytes = gw_req_body_length(r);
-    if (queue_take(r, bytes) < 0) return -1;
+    if (!r->q_place) { /* the same place each time the request waits (after a failed try) */
+        r->q_place = gw_arena_calloc(r->arena, sizeof(*r->q_place));
+        if (!r->q_place) return -1;
+        atomic_init(&r->q_place->evicted, 0);
+    }
+    struct gw_queue_place *place = r->q_place;
+    place->bw = bw;
+    place->bytes = gw_req_body_length(r);
+    atomic_store(&place->evicted, 0);
+    if (queue_take(r, place) < 0) return -1;
     if (i == bw->nq) bw->q[bw->nq++] = (tq_t){p->live, NULL, NULL};
     tq_t *q = &bw->q[i];
     if (!r->q_until_us) r->q_until_us = gw_now_us() + (uint64_t)p->queue.timeout_ms * 1000;
-    r->q_bytes = bytes;
     r->q_next = NULL;
     if (q->tail) q->tail->q_next = r;
     else q->head = r;
     q->tail = r;
     r->queued = 1;
     bw->waiting++;
-    if (!evtimer_pending(bw->tick, NULL)) arm_tick(bw);
+    if (atomic_load(&bw->evictions)) event_active(bw->tick, EV_TIMEOUT, 1); /* answer them now */
+    else if (!evtimer_pending(bw->tick, NULL)) arm_tick(bw);
     return 0;
 }
 
@@ -421,21 +524,51 @@ void gw_balance_dequeue(gw_req_t *r)
     r->queued = 0;
     r->q_next = NULL;
     bw->waiting--;
-    queue_give(r, r->q_bytes);
+    queue_give(r);
+}
+
+static int evicted(const gw_req_t *r)
+{
+    return atomic_load_explicit(&r->q_place->evicted, memory_order_relaxed);
+}
+
+/* Answers this worker's waiters whose places went to other tenants' requests (queue_take, on
+ * any worker): out of the queue first, then each its 503. */
+static void answer_evicted(struct gw_balance_worker *bw)
+{
+    gw_req_t *out = NULL;
+    for (;;) {
+        gw_req_t *r = NULL;
+        for (size_t i = 0; i < bw->nq && !r; i++)
+            for (gw_req_t *x = bw->q[i].head; x && !r; x = x->q_next)
+                if (evicted(x)) r = x;
+        if (!r) break;
+        gw_balance_dequeue(r);
+        r->q_next = out;
+        out = r;
+    }
+    while (out) {
+        gw_req_t *r = out;
+        out = r->q_next;
+        r->q_next = NULL;
+        gw_upstream_dispatch(r, NULL); /* 503 no_backend_available with retry-after */
+    }
 }
 
 /* Serves the waiters: one request per (pool, tenant) FIFO in turn while slots are free; a
- * request whose time is up, or whose pool has no eligible backend left, gets its 503 now. */
+ * request whose time is up, whose place was taken, or whose pool has no eligible backend left,
+ * gets its 503 now. */
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct gw_balance_worker *bw = arg;
+    if (atomic_exchange(&bw->evictions, 0)) answer_evicted(bw);
     size_t stalled = 0;
     while (bw->nq && stalled < bw->nq) {
         size_t i = bw->rr % bw->nq;
         gw_req_t *r = bw->q[i].head;
         uint64_t now = gw_now_us();
         int full = 0;
-        gw_backend_t *b = r->q_until_us <= now ? NULL : pick_now(r, now, &full);
+        gw_backend_t *b = r->q_until_us <= now || evicted(r) ? NULL : pick_now(r, now, &full);
         if (!b && full) {
             bw->rr = i + 1;
             stalled++;
@@ -547,6 +680,8 @@ void gw_balance_worker_reload(gw_worker_t *w)
     struct gw_balance_worker *bw = w->bal;
     if (!bw) return;
     if (size_for(bw, w->cfg) < 0) gw_warn("worker %d: out of memory: WRR falls back", w->id);
+    /* One worker publishes the caps of the config in service (reloads reach it in order). */
+    if (w->id == 0) gw_live_set_caps(w->cfg);
     if (bw->health) gw_health_set_config(bw->health, w->cfg);
 }
 

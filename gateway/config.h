@@ -47,12 +47,18 @@ typedef struct gw_backend_live {
      * ejection: issue 7); 1 from the start. Residency approval is separate (res). */
     atomic_int healthy;
     gw_backend_lb_t lb; /* balancing and health state (issue 7: balance.c, health.c) */
+    /* The caps of the newest config that names the backend (its first one's when made, then
+     * each reload's as worker 0 takes it): every pick reads these, so a request that began
+     * under an older snapshot (one waiting in the queue) is held to the current ones. */
+    _Atomic int64_t max_concurrent, weight;
 } gw_backend_live_t;
 
 /* A tenant's places in a pool's wait queue (balance.c). */
 typedef struct gw_queue_share {
     char *id; /* the tenant's id; "" without tenants */
     int64_t n;
+    int64_t bytes;                          /* the bodies its waiters hold */
+    struct gw_queue_place *oldest, *newest; /* its waiters, every worker's, in arrival order */
 } gw_queue_share_t;
 
 /* A pool's wait queue, every worker and every snapshot together (live.h, balance.c). */

@@ -83,6 +83,8 @@ static gw_backend_live_t *backend_get(const gw_pool_t *p, const gw_backend_t *b)
     }
     lb->n = (node_t){NULL, key, h, 1};
     atomic_init(&lb->s.healthy, 1); /* a new backend is healthy until a check says otherwise */
+    atomic_init(&lb->s.max_concurrent, b->max_concurrent);
+    atomic_init(&lb->s.weight, b->weight);
     insert(backends, &lb->n);
     return &lb->s;
 }
@@ -120,6 +122,20 @@ int gw_live_attach(gw_config_t *c)
     }
     pthread_mutex_unlock(&lock);
     return rc;
+}
+
+void gw_live_set_caps(const gw_config_t *c)
+{
+    const gw_pool_t *ps = c->pools.items;
+    for (size_t i = 0; i < c->pools.n; i++) {
+        const gw_backend_t *bs = ps[i].backends.items;
+        for (size_t j = 0; j < ps[i].backends.n; j++) {
+            if (!bs[j].live) continue;
+            atomic_store_explicit(&bs[j].live->max_concurrent, bs[j].max_concurrent,
+                                  memory_order_relaxed);
+            atomic_store_explicit(&bs[j].live->weight, bs[j].weight, memory_order_relaxed);
+        }
+    }
 }
 
 void gw_live_detach(gw_config_t *c)

@@ -17,5 +17,8 @@
  * memory. gw_live_detach gives them back (c's unref); safe on a partly attached config. */
 int gw_live_attach(gw_config_t *c);
 void gw_live_detach(gw_config_t *c);
+/* Makes c's backend caps (max_concurrent, weight) the live ones: for the config in service
+ * only, never one that may still be refused (attach gives a new backend its own at once). */
+void gw_live_set_caps(const gw_config_t *c);
 
 #endif

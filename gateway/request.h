@@ -62,7 +62,7 @@ struct gw_req {
     const gw_http_head_t *resp_head; /* the backend's head, during response_headers only */
     gw_req_t *q_next;   /* in its pool and tenant's wait queue (balance.c) */
     uint64_t q_until_us; /* waits for a backend slot until then */
-    uint64_t q_bytes;    /* the body bytes its place in the queue holds (balance.c) */
+    struct gw_queue_place *q_place; /* its place in the pool's queue (balance.c) */
     uint64_t affinity;   /* hash of the session key (pool affinity), read before the plugins */
     /* The client's address: the connection's, or from a trusted proxy the one its
      * X-Forwarded-For names (issue 14). Never logged; client_len 0: not known. */
