@@ -167,9 +167,28 @@ int gw_body_utf8_valid(const char *p, size_t len)
 
 #define ONES 0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
-/* A byte of w is zero / below n (n <= 0x80); exact, no false positives. */
-#define HAS_ZERO(w) (((w)-ONES) & ~(w)&HIGHS)
-#define HAS_BELOW(w, n) (((w)-ONES * (n)) & ~(w)&HIGHS)
+
+/* From s[i], the first byte of a string that is not plain text (a quote, a backslash, a control
+ * character or a high byte), eight bytes at a time; len or the last few bytes' start when there
+ * is none within reach. Each test below is exact for the lowest byte it flags (a byte under n
+ * sets the high bit of (x - n * ONES) & ~x; borrows run only upwards from it), so on a little-
+ * endian machine the lowest flag is the byte. */
+static size_t plain_run(const unsigned char *s, size_t i, size_t len)
+{
+    for (; len - i >= 8; i += 8) {
+        uint64_t w, q, b;
+        memcpy(&w, s + i, 8);
+        q = w ^ (ONES * '"');
+        b = w ^ (ONES * '\\');
+        uint64_t m = (w | ((w - ONES * 0x20) & ~w) | ((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (m) return i + (size_t)(__builtin_ctzll(m) >> 3);
+#else
+        if (m) return i;
+#endif
+    }
+    return i;
+}
 
 static int is_digit(const unsigned char *s, size_t i, size_t len)
 {
@@ -216,18 +235,19 @@ static int scan_number(const unsigned char *s, size_t *i, size_t len)
     return 1;
 }
 
+static int is_hex(unsigned c)
+{
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
 /* The bytes of one string from after its opening quote to after its closing one: UTF-8, no raw
- * control character, only RFC 8259's escapes. Returns 0, GW_BODY_BAD_UTF8 or GW_BODY_NOT_JSON. */
-static int scan_string(const unsigned char *s, size_t *at, size_t len)
+ * control character, only RFC 8259's escapes; a \u0000 is noted (GW_BODY_SCAN_NUL_ESCAPE).
+ * Returns 0, GW_BODY_BAD_UTF8 or GW_BODY_NOT_JSON. */
+static int scan_string(const unsigned char *s, size_t *at, size_t len, unsigned *notes)
 {
     size_t i = *at;
     for (;;) {
-        /* Plain ASCII text, eight bytes at a time: no quote, backslash, control or high byte. */
-        uint64_t w;
-        while (len - i >= 8 &&
-               (memcpy(&w, s + i, 8), !((w & HIGHS) | HAS_BELOW(w, 0x20) |
-                                        HAS_ZERO(w ^ (ONES * '"')) | HAS_ZERO(w ^ (ONES * '\\')))))
-            i += 8;
+        i = plain_run(s, i, len);
         if (i == len) break;
         unsigned c = s[i];
         if (c == '"') {
@@ -235,14 +255,16 @@ static int scan_string(const unsigned char *s, size_t *at, size_t len)
             return 0;
         }
         if (c == '\\') {
-            if (len - i < 2) break;
-            if (s[i + 1] && strchr("\"\\/bfnrt", s[i + 1])) {
+            c = len - i >= 2 ? s[i + 1] : 0;
+            if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
+                c == 't') {
                 i += 2;
                 continue;
             }
-            if (s[i + 1] != 'u' || len - i < 6) break;
-            for (size_t k = 2; k < 6; k++)
-                if (!s[i + k] || !strchr("0123456789abcdefABCDEF", s[i + k])) goto not_json;
+            if (c != 'u' || len - i < 6 || !is_hex(s[i + 2]) || !is_hex(s[i + 3]) ||
+                !is_hex(s[i + 4]) || !is_hex(s[i + 5]))
+                break;
+            if (memcmp(s + i + 2, "0000", 4) == 0) *notes |= GW_BODY_SCAN_NUL_ESCAPE;
             i += 6;
         } else if (c < 0x20) {
             break;
@@ -254,36 +276,59 @@ static int scan_string(const unsigned char *s, size_t *at, size_t len)
             i += n;
         }
     }
-not_json:
     *at = i;
     return GW_BODY_NOT_JSON;
 }
 
-int gw_body_scan(const char *p, size_t len, int *inexact)
+int gw_body_scan(const char *p, size_t len, unsigned *notes)
 {
     const unsigned char *s = (const unsigned char *)p;
     size_t i = 0;
     int rc = GW_BODY_OK;
-    *inexact = 0;
+    *notes = 0;
     while (i < len && rc == GW_BODY_OK) {
         unsigned c = s[i];
-        if (c == '"') {
+        switch (c) {
+        case '"':
             i++;
-            rc = scan_string(s, &i, len);
+            rc = scan_string(s, &i, len, notes);
             if (rc == GW_BODY_BAD_UTF8) return rc;
-        } else if (json_ws((char)c) || (c && strchr("{}[]:,", (int)c))) {
+            break;
+        case ' ':
+        case '\t':
+        case '\r':
+        case '\n':
+        case '{':
+        case '}':
+        case '[':
+        case ']':
+        case ':':
+        case ',':
             i++;
-        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            break;
+        case '-':
+        case '0':
+        case '1':
+        case '2':
+        case '3':
+        case '4':
+        case '5':
+        case '6':
+        case '7':
+        case '8':
+        case '9': {
             int n = scan_number(s, &i, len);
             if (!n) rc = GW_BODY_NOT_JSON;
-            if (n == 2) *inexact = 1;
-        } else if (len - i >= 4 &&
-                   (memcmp(s + i, "true", 4) == 0 || memcmp(s + i, "null", 4) == 0)) {
-            i += 4;
-        } else if (len - i >= 5 && memcmp(s + i, "false", 5) == 0) {
-            i += 5;
-        } else {
-            rc = GW_BODY_NOT_JSON;
+            if (n == 2) *notes |= GW_BODY_SCAN_BIG_INTEGER;
+            break;
+        }
+        default:
+            if (len - i >= 4 && (memcmp(s + i, "true", 4) == 0 || memcmp(s + i, "null", 4) == 0))
+                i += 4;
+            else if (len - i >= 5 && memcmp(s + i, "false", 5) == 0)
+                i += 5;
+            else
+                rc = GW_BODY_NOT_JSON;
         }
     }
     /* Not JSON from s[i] on (an ASCII byte, or a sequence's start): unless the rest is not
@@ -300,22 +345,11 @@ static int escaped(const char *text, const char *p)
     return n % 2;
 }
 
-/* A \u0000 escape anywhere. cJSON decodes it into a NUL that ends its C string, so a key
- * "model\u0000x" would be read here as "model" and routed on, while the backend sees another
- * key; the same for a model name. Refused whole: the gateway must read what the backend reads. */
-static int has_nul_escape(const char *p, size_t len)
-{
-    if (memchr(p, '\0', len)) return 1; /* a raw NUL (never valid JSON, but cJSON takes it) */
-    const char *end = p + len;
-    for (const char *q = p; (q = memmem(q, (size_t)(end - q), "\\u0000", 6)); q += 6)
-        if (!escaped(p, q)) return 1;
-    return 0;
-}
-
 int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out)
 {
     memset(out, 0, sizeof(*out));
-    int inexact, rc = gw_body_scan(p, len, &inexact);
+    unsigned notes;
+    int rc = gw_body_scan(p, len, &notes);
     if (rc) return rc;
     const char *end = NULL;
     int over = 0;
@@ -331,8 +365,11 @@ int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out
             }
     out->json = json;
     if (!json || !cJSON_IsObject(json)) return GW_BODY_NOT_OBJECT;
-    if (has_nul_escape(p, len)) return GW_BODY_NUL;
-    if (inexact) return GW_BODY_INEXACT_NUMBER;
+    /* A \u0000: cJSON decodes it into a NUL that ends its C string, so a key "model\u0000x"
+     * would be read here as "model" and routed on, while the backend sees another key; the same
+     * for a model name. Refused whole: the gateway must read what the backend reads. */
+    if (notes & GW_BODY_SCAN_NUL_ESCAPE) return GW_BODY_NUL;
+    if (notes & GW_BODY_SCAN_BIG_INTEGER) return GW_BODY_INEXACT_NUMBER;
     if ((rc = check_tree(arena, json))) return rc;
     if (folds_onto(json, read_keys) ||
         folds_onto(cJSON_GetObjectItemCaseSensitive(json, "stream_options"), read_option_keys))

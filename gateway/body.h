@@ -56,11 +56,17 @@ int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out
  * U+10FFFF, no truncated sequence). */
 int gw_body_utf8_valid(const char *p, size_t len);
 
+/* What gw_body_scan notes of a text it passes. */
+enum {
+    GW_BODY_SCAN_BIG_INTEGER = 1, /* an integer literal beyond +-2^53 */
+    GW_BODY_SCAN_NUL_ESCAPE = 2,  /* a \u0000 escape in a string */
+};
+
 /* Checks the len bytes at p in one pass: UTF-8 (as gw_body_utf8_valid) and strict JSON in the
  * respects cJSON is lax in (GW_BODY_NOT_JSON; the grammar is left to cJSON). Returns
- * GW_BODY_OK, GW_BODY_BAD_UTF8 (said first) or GW_BODY_NOT_JSON; *inexact is 1 when an integer
- * is beyond +-2^53. */
-int gw_body_scan(const char *p, size_t len, int *inexact);
+ * GW_BODY_OK, GW_BODY_BAD_UTF8 (said first) or GW_BODY_NOT_JSON, and sets *notes to the
+ * GW_BODY_SCAN_ bits of what it saw. */
+int gw_body_scan(const char *p, size_t len, unsigned *notes);
 
 /* Turns every number node of the value v and its siblings into a raw node holding its exact
  * text (whole numbers within +-2^53 as integers, others in the fewest digits that read back as

@@ -295,6 +295,23 @@ static void test_strict(void)
         " \t\r\n{ \"model\" :\"m\" , \"a\":[0,-0,1,-1,0.5,-0.5,10,1e5,1E5,1e+5,1e-5,1.5e3,0e0,"
         "-0.0E-0,true,false,null,\"0123456789abcdef\\\"x\"] }\r\n",
         GW_BODY_OK, "m", 0);
+    /* each special byte at every offset of the eight-byte steps (and \u0000 and a valid
+     * two-byte character), in a string after a run of plain text */
+    for (int at = 0; at < 20; at++) {
+        static const struct {
+            const char *bytes;
+            int want;
+        } special[] = {{"\x01", GW_BODY_NOT_JSON}, {"\x1f", GW_BODY_NOT_JSON},
+                       {"\x7f", GW_BODY_OK},       {"\xff", GW_BODY_BAD_UTF8},
+                       {"\xc3\xa9", GW_BODY_OK},   {"\\u0000", GW_BODY_NUL},
+                       {"\\q", GW_BODY_NOT_JSON},  {"\\\"", GW_BODY_OK}};
+        for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++) {
+            char text[128];
+            snprintf(text, sizeof(text), "{\"model\":\"m\",\"a\":\"%.*s%s0123456789abcdefghij\"}",
+                     at, "0123456789abcdefghijklmnop", special[k].bytes);
+            expect_body(text, special[k].want, special[k].want == GW_BODY_OK ? "m" : NULL, 0);
+        }
+    }
     /* bad UTF-8 is said first, also after what is not JSON */
     expect_body("{\"model\":\"m\",\"a\":\"\x01\xff\"}", GW_BODY_BAD_UTF8, NULL, 0);
     expect_body("{\"model\":\"m\",\"a\":+\xc0\xaf}", GW_BODY_BAD_UTF8, NULL, 0);
