@@ -1,6 +1,7 @@
 """Request body inspection and usage charging (issue 14): invalid UTF-8 and duplicate keys at any
 depth refused, the memory a parsed body may take bounded, usage asked for on every stream and
-charged even when the client tries to switch it off."""
+charged even when the client tries to switch it off. The review that followed: keys equal under
+case folding, JSON that is not strict RFC 8259, numbers re-printed exactly."""
 import hashlib
 import json
 import os
@@ -498,7 +499,8 @@ def test_not_strict_json_refused():
     cases = []
     for name, body in NOT_STRICT.items():
         cases.append((name, body))
-        cases.append((name + "/stream", body.replace(b'"model":"m1"', b'"model":"m1","stream":true', 1)))
+        if not name.startswith("raw_ctl_") or name in ("raw_ctl_01", "raw_ctl_0a", "raw_ctl_1f"):
+            cases.append((name + "/stream", body.replace(b'"model":"m1"', b'"model":"m1","stream":true', 1)))
     gwtest.check_all(cases, lambda c: _refused_unsent(gw, mock, c[1], 400, "invalid_json", c[0]))
 
 
