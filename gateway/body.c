@@ -394,7 +394,7 @@ int gw_body_exact_numbers(cJSON *v)
 {
     for (; v; v = v->next) {
         if (v->child && gw_body_exact_numbers(v->child) < 0) return -1;
-        if (!cJSON_IsNumber(v)) continue;
+        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) continue; /* a plugin's: null */
         /* Whole numbers within +-2^53 as integers (a backend's integer field takes no 1e+15);
          * others in the fewest digits that read back as the same double (17 always do). */
         char text[40];

@@ -1,5 +1,6 @@
 /* Unit tests of the JSON read from bodies (gateway/body.c): a request body's verdict, model and
  * stream; an answer's usage. Texts are exact copies without a terminating NUL. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -382,6 +383,19 @@ static void test_exact_numbers(void)
     }
 }
 
+/* A number a plugin put into the tree that JSON cannot hold stays cJSON's: printed as null. */
+static void test_exact_numbers_nonfinite(void)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "a", INFINITY);
+    cJSON_AddNumberToObject(o, "b", 0.5);
+    CHECK(gw_body_exact_numbers(o) == 0, "converted");
+    char *s = cJSON_PrintUnformatted(o);
+    CHECK(s && strcmp(s, "{\"a\":null,\"b\":0.5}") == 0, "printed %s", s ? s : "(null)");
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
 static void expect_usage_asked(const char *text, int want, int asked)
 {
     size_t len;
@@ -497,6 +511,7 @@ int main(void)
     test_strict();
     test_inexact_numbers();
     test_exact_numbers();
+    test_exact_numbers_nonfinite();
     test_stream_options();
     test_usage();
     return check_done();
