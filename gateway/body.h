@@ -13,7 +13,9 @@
 enum {
     GW_BODY_OK = 0,
     GW_BODY_NOT_OBJECT = -1,    /* not JSON, bytes after the JSON, or not an object */
-    GW_BODY_DUPLICATE_KEY = -2, /* a key twice in any object: parsers disagree on which wins */
+    GW_BODY_DUPLICATE_KEY = -2, /* a key twice in any object, also when the two are only equal
+                                 * under case folding ("k" and "K", "s" and U+017F, "k" and
+                                 * U+212A): parsers disagree on which wins, Go's ignore case */
     GW_BODY_NO_MODEL = -3,      /* model missing, not a string, or empty */
     GW_BODY_BAD_STREAM = -4,    /* stream neither a boolean nor null; model is set */
     GW_BODY_NUL = -5,       /* a NUL, raw or \u0000: cJSON's strings end at it, the backend's not */
@@ -21,6 +23,15 @@ enum {
     GW_BODY_TOO_LARGE = -7, /* its parse would take more than GW_BODY_PARSE_BUDGET(len) */
     GW_BODY_BAD_STREAM_OPTIONS = -8, /* stream_options not an object or null, or its
                                       * include_usage not a boolean or null; model is set */
+    GW_BODY_NOT_JSON = -9,    /* not strict RFC 8259 where cJSON is lax: a raw control character in
+                               * a string, white space other than SP HT CR LF, a number with a
+                               * leading zero, a '+' or a '.' without digits on both sides, a bad
+                               * escape (gw_body_scan); checked with the UTF-8 */
+    GW_BODY_FOLDED_KEY = -10, /* a key of the top object (or of its stream_options) that
+                               * folds onto a name the gateway reads without being it:
+                               * "MODEL", "Stream", "u\u017fer" (Go reads them as those) */
+    GW_BODY_INEXACT_NUMBER = -11, /* an integer beyond +-2^53 or a number beyond the double's
+                                   * range: a re-printed body would carry another value */
 };
 
 /* The memory a body's parse may take from its arena: twice its length and 8 MiB. A body of
@@ -44,6 +55,25 @@ int gw_body_inspect(gw_arena_t *arena, const char *p, size_t len, gw_body_t *out
 /* The len bytes at p are UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing past
  * U+10FFFF, no truncated sequence). */
 int gw_body_utf8_valid(const char *p, size_t len);
+
+/* What gw_body_scan notes of a text it passes. */
+enum {
+    GW_BODY_SCAN_BIG_INTEGER = 1, /* an integer literal beyond +-2^53 */
+    GW_BODY_SCAN_NUL_ESCAPE = 2,  /* a \u0000 escape in a string */
+};
+
+/* Checks the len bytes at p in one pass: UTF-8 (as gw_body_utf8_valid) and strict JSON in the
+ * respects cJSON is lax in (GW_BODY_NOT_JSON; the grammar is left to cJSON). Returns
+ * GW_BODY_OK, GW_BODY_BAD_UTF8 (said first) or GW_BODY_NOT_JSON, and sets *notes to the
+ * GW_BODY_SCAN_ bits of what it saw. */
+int gw_body_scan(const char *p, size_t len, unsigned *notes);
+
+/* Turns every number node of the value v and its siblings into a raw node holding its exact
+ * text (whole numbers within +-2^53 as integers, others in the fewest digits that read back as
+ * the same double), so that cJSON prints them so; strings from the cJSON hooks (the heap, once
+ * the parse is over). Just before printing a tree that goes to a backend. Returns 0 or -1 (out
+ * of memory: part of the tree converted, all of it still freed by cJSON_Delete). */
+int gw_body_exact_numbers(cJSON *v);
 
 /* Sets stream_options.include_usage to true in json (an object), in place; new nodes come from
  * the heap. Returns 1 when it changed json, 0 when it was already so, -1 out of memory. */

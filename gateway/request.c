@@ -481,6 +481,35 @@ static void refuse_auth(gw_req_t *r)
     gw_req_error(r, 401, "invalid_api_key", "Invalid authentication credentials.");
 }
 
+/* The answer to each of gw_body_inspect's refusals (README's error table). */
+static const struct {
+    int rc, status;
+    const char *code, *message;
+} refusals[] = {
+    {GW_BODY_NOT_OBJECT, 400, "invalid_json", "The request body is not a JSON object."},
+    {GW_BODY_BAD_UTF8, 400, "invalid_json", "The request body is not valid UTF-8."},
+    {GW_BODY_NOT_JSON, 400, "invalid_json",
+     "The request body is not strict JSON (RFC 8259): a raw control character, white space "
+     "other than space, tab, CR, LF, or a malformed number or escape."},
+    /* its parse would take over GW_BODY_PARSE_BUDGET */
+    {GW_BODY_TOO_LARGE, 413, "request_too_large",
+     "The request body holds too many JSON values for its size."},
+    {GW_BODY_NUL, 400, "invalid_json", "The request body holds a NUL character (\\u0000)."},
+    /* read differently by different parsers: refused */
+    {GW_BODY_DUPLICATE_KEY, 400, "invalid_json",
+     "The request body has a duplicate key (keys differing only in letter case count)."},
+    {GW_BODY_INEXACT_NUMBER, 400, "invalid_json",
+     "The request body has a number that cannot be kept exactly (an integer beyond 2^53, or "
+     "out of range)."},
+    /* a backend matching keys regardless of case would read it as the other */
+    {GW_BODY_FOLDED_KEY, 400, "invalid_json",
+     "The request body has a key that differs from one the gateway reads only in letter case."},
+    {GW_BODY_NO_MODEL, 400, "missing_model", "The request body has no model."},
+    {GW_BODY_BAD_STREAM, 400, "bad_request", "The stream field must be a boolean."},
+    {GW_BODY_BAD_STREAM_OPTIONS, 400, "invalid_request_error",
+     "stream_options must be an object whose include_usage is a boolean."},
+};
+
 /* Reads the few keys the gateway routes on. Returns 0, or answers and returns -1. */
 static int inspect_body(gw_req_t *r)
 {
@@ -494,42 +523,17 @@ static int inspect_body(gw_req_t *r)
     }
     int rc = gw_body_inspect(r->json_arena, p, len, &b);
     r->json = b.json;
-    if (rc == GW_BODY_NOT_OBJECT) {
-        gw_req_error(r, 400, "invalid_json", "The request body is not a JSON object.");
-        return -1;
-    }
-    if (rc == GW_BODY_BAD_UTF8) {
-        gw_req_error(r, 400, "invalid_json", "The request body is not valid UTF-8.");
-        return -1;
-    }
-    if (rc == GW_BODY_TOO_LARGE) { /* its parse would take over GW_BODY_PARSE_BUDGET */
-        gw_req_error(r, 413, "request_too_large",
-                     "The request body holds too many JSON values for its size.");
-        return -1;
-    }
-    if (rc == GW_BODY_NUL) {
-        gw_req_error(r, 400, "invalid_json", "The request body holds a NUL character (\\u0000).");
-        return -1;
-    }
-    if (rc == GW_BODY_DUPLICATE_KEY) { /* read differently by different parsers: refused */
-        gw_req_error(r, 400, "invalid_json", "The request body has a duplicate key.");
-        return -1;
-    }
-    if (rc == GW_BODY_NO_MODEL) {
-        gw_req_error(r, 400, "missing_model", "The request body has no model.");
-        return -1;
-    }
-    if (!model_allowed(r, b.model)) {
+    if (b.model && !model_allowed(r, b.model)) { /* before the stream's type: it has a model */
         gw_req_error(r, 403, "model_not_allowed", "This key may not use the model.");
         return -1;
     }
-    if (rc == GW_BODY_BAD_STREAM) {
-        gw_req_error(r, 400, "bad_request", "The stream field must be a boolean.");
-        return -1;
-    }
-    if (rc == GW_BODY_BAD_STREAM_OPTIONS) {
-        gw_req_error(r, 400, "invalid_request_error",
-                     "stream_options must be an object whose include_usage is a boolean.");
+    for (size_t i = 0; rc != GW_BODY_OK && i < sizeof(refusals) / sizeof(refusals[0]); i++)
+        if (refusals[i].rc == rc) {
+            gw_req_error(r, refusals[i].status, refusals[i].code, refusals[i].message);
+            return -1;
+        }
+    if (rc != GW_BODY_OK) { /* every verdict is in the table */
+        gw_req_error(r, 400, "invalid_json", "The request body was refused.");
         return -1;
     }
     r->stream = b.stream;
@@ -578,10 +582,15 @@ static int ask_usage(gw_req_t *r)
 static int settle_body(gw_req_t *r)
 {
     if (r->json_replaced && r->json) {
-        char *s = cJSON_PrintUnformatted(r->json);
-        size_t received = evbuffer_get_length(r->body);
-        if (!s || evbuffer_drain(r->body, received) < 0 ||
-            evbuffer_add(r->body, s, strlen(s)) < 0) {
+        /* Numbers as the client wrote them (cJSON's own printing rounds to 15 digits). */
+        char *s = gw_body_exact_numbers(r->json) == 0 ? cJSON_PrintUnformatted(r->json) : NULL;
+        size_t received = evbuffer_get_length(r->body), len = s ? strlen(s) : 0;
+        if (s && len > (uint64_t)r->cfg->limits.max_body_bytes) { /* grown past the limit */
+            cJSON_free(s);
+            gw_req_error(r, 413, "request_too_large", "The request body is too large.");
+            return -1;
+        }
+        if (!s || evbuffer_drain(r->body, received) < 0 || evbuffer_add(r->body, s, len) < 0) {
             cJSON_free(s);
             gw_req_error(r, 500, "internal_error", "Out of memory.");
             return -1;

@@ -5,8 +5,12 @@
  * Every text is placed against an unreadable page, so that a read past its length (cJSON's too,
  * which is not instrumented) crashes. The first input byte picks the mode (byte % 3):
  *   0  a request body. Inspected into an arena and into the heap, with the same verdict. An
- *      accepted body is UTF-8 (decoded here the long way), an object without a duplicate key
- *      at any depth, with a non-empty model string, a boolean or null (or no) stream, and a
+ *      accepted body is UTF-8 (decoded here the long way), strict RFC 8259 (parsed here by the
+ *      grammar), an object without a duplicate key at any depth (also none equal under case
+ *      folding with U+017F = s and U+212A = k), without a top-level or stream_options key that
+ *      folds onto a name the gateway reads without being it, without a number that a double
+ *      does not hold exactly (an integer beyond +-2^53, one past the range), with a non-empty
+ *      model string, a boolean or null (or no) stream, and a
  *      stream_options object or null whose include_usage is a boolean or null, read as the
  *      JSON says; the usage the core asks for leaves it accepted, with include_usage true;
  *      a refused one is refused for a reason that holds. Of an accepted body: the quota
@@ -14,6 +18,8 @@
  *      the only count; the privacy plugin
  *      leaves no user field when dropping, a 64-hex-digit hash for each string when hashing,
  *      touches no other key, and the body it leaves is accepted again with the same model.
+ *      Printed with its numbers made exact (gw_body_exact_numbers), an accepted body is
+ *      accepted again and reads as the same tree, number for number.
  *   1  an answer (a whole body or one event's data). A usage found has counts in [0, 1e12),
  *      sits at an object after a key "usage", reads the same again from there, into an arena or
  *      the heap; and when the answer is valid JSON, it is one of its "usage" objects.
@@ -21,6 +27,7 @@
  *      usage, a content holding the text of one, odd spacing): the usage found is exactly the
  *      one written last.
  */
+#include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdint.h>
@@ -72,16 +79,239 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 /* ------------------------------------------------------------------ request bodies */
 
-/* A key twice in any object, at any depth (pairwise: the harness's own way). */
+static int json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* The code points of a key, folded the way Go's encoding/json reaches ASCII with: A-Z as a-z,
+ * U+017F as s, U+212A as k (decoded here, not compared by bytes). */
+static size_t folded(const char *key, uint32_t *out, size_t cap)
+{
+    const unsigned char *s = (const unsigned char *)key;
+    size_t n = 0;
+    while (*s && n < cap) {
+        uint32_t cp = *s++;
+        if (cp >= 0xf0)
+            cp = (cp & 7) << 18 | (uint32_t)(s[0] & 0x3f) << 12 | (uint32_t)(s[1] & 0x3f) << 6 |
+                 (s[2] & 0x3f),
+            s += 3;
+        else if (cp >= 0xe0)
+            cp = (cp & 15) << 12 | (uint32_t)(s[0] & 0x3f) << 6 | (s[1] & 0x3f), s += 2;
+        else if (cp >= 0xc0)
+            cp = (cp & 31) << 6 | (s[0] & 0x3f), s += 1;
+        if (cp >= 'A' && cp <= 'Z') cp += 32;
+        if (cp == 0x17f) cp = 's';
+        if (cp == 0x212a) cp = 'k';
+        out[n++] = cp;
+    }
+    return n;
+}
+
+static int same_folded(const char *a, const char *b)
+{
+    size_t la = strlen(a) + 1, lb = strlen(b) + 1;
+    uint32_t *x = malloc(la * sizeof(*x)), *y = malloc(lb * sizeof(*y));
+    check(x && y);
+    size_t n = folded(a, x, la), m = folded(b, y, lb);
+    int same = n == m && memcmp(x, y, n * sizeof(*x)) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+/* A key twice in any object, at any depth, equal or equal folded (pairwise: the harness's own
+ * way). */
 static int has_duplicate(const cJSON *o)
 {
     if (cJSON_IsObject(o))
         for (const cJSON *a = o->child; a; a = a->next)
             for (const cJSON *b = a->next; b; b = b->next)
-                if (strcmp(a->string, b->string) == 0) return 1;
+                if (same_folded(a->string, b->string)) return 1;
     for (const cJSON *c = o->child; c; c = c->next)
         if (has_duplicate(c)) return 1;
     return 0;
+}
+
+static int has_nonfinite(const cJSON *o)
+{
+    if (cJSON_IsNumber(o) && !isfinite(o->valuedouble)) return 1;
+    for (const cJSON *c = o->child; c; c = c->next)
+        if (has_nonfinite(c)) return 1;
+    return 0;
+}
+
+/* Is some member of o (an object) named in list (names between spaces) once folded, while
+ * its own name is not there as it is? */
+static int folds_onto(const cJSON *o, const char *list)
+{
+    for (const cJSON *c = cJSON_IsObject(o) ? o->child : NULL; c; c = c->next) {
+        size_t n = strlen(c->string) + 1, k = 0;
+        uint32_t *cp = malloc(n * sizeof(*cp));
+        char *ascii = malloc(n + 2);
+        check(cp && ascii);
+        size_t m = folded(c->string, cp, n);
+        ascii[k++] = ' ';
+        for (size_t i = 0; i < m && cp[i] < 0x80 && cp[i] != ' '; i++)
+            ascii[k++] = (char)cp[i];
+        ascii[k++] = ' ';
+        ascii[k] = 0;
+        int onto = k == m + 2 && strstr(list, ascii); /* all of it ASCII, and a name */
+        memcpy(ascii + 1, c->string, n - 1);
+        strcpy(ascii + n, " ");
+        int exact = strstr(list, ascii) != NULL;
+        free(cp);
+        free(ascii);
+        if (onto && !exact) return 1;
+    }
+    return 0;
+}
+
+static int has_folded_key(const cJSON *json)
+{
+    return folds_onto(json, " model stream stream_options user safety_identifier max_tokens "
+                            "max_completion_tokens n prompt messages input ") ||
+           folds_onto(cJSON_GetObjectItemCaseSensitive(json, "stream_options"), " include_usage ");
+}
+
+/* RFC 8259 by its grammar, the harness's own way: recursive descent over the n bytes at *p.
+ * Notes in *big an integer literal beyond +-2^53 (long double holds 19 digits exactly). */
+typedef struct {
+    const char *p, *end;
+    int big, depth;
+} strict_t;
+
+static void skip_ws(strict_t *t)
+{
+    while (t->p < t->end && json_ws(*t->p))
+        t->p++;
+}
+
+static int strict_lit(strict_t *t, const char *lit)
+{
+    size_t n = strlen(lit);
+    if ((size_t)(t->end - t->p) < n || memcmp(t->p, lit, n)) return 0;
+    t->p += n;
+    return 1;
+}
+
+static int digits(strict_t *t)
+{
+    const char *s = t->p;
+    while (t->p < t->end && *t->p >= '0' && *t->p <= '9')
+        t->p++;
+    return t->p > s;
+}
+
+static int strict_number(strict_t *t)
+{
+    const char *s = t->p;
+    int integer = 1;
+    if (t->p < t->end && *t->p == '-') t->p++;
+    if (t->p < t->end && *t->p == '0')
+        t->p++;
+    else if (t->p >= t->end || *t->p < '1' || *t->p > '9' || !digits(t))
+        return 0;
+    if (t->p < t->end && *t->p == '.') {
+        t->p++;
+        if (!digits(t)) return 0;
+        integer = 0;
+    }
+    if (t->p < t->end && (*t->p == 'e' || *t->p == 'E')) {
+        t->p++;
+        if (t->p < t->end && (*t->p == '+' || *t->p == '-')) t->p++;
+        if (!digits(t)) return 0;
+        integer = 0;
+    }
+    if (integer) {
+        char buf[64];
+        size_t n = (size_t)(t->p - s);
+        if (n >= sizeof(buf))
+            t->big = 1;
+        else {
+            memcpy(buf, s, n);
+            buf[n] = 0;
+            if (fabsl(strtold(buf, NULL)) > 9007199254740992.0L) t->big = 1;
+        }
+    }
+    return 1;
+}
+
+static int strict_string(strict_t *t)
+{
+    if (t->p >= t->end || *t->p != '"') return 0;
+    for (t->p++; t->p < t->end; t->p++) {
+        unsigned char c = (unsigned char)*t->p;
+        if (c == '"') {
+            t->p++;
+            return 1;
+        }
+        if (c < 0x20) return 0;
+        if (c != '\\') continue;
+        if (++t->p >= t->end) return 0;
+        if (*t->p == 'u') {
+            for (int k = 0; k < 4; k++)
+                if (++t->p >= t->end || !isxdigit((unsigned char)*t->p)) return 0;
+        } else if (!memchr("\"\\/bfnrt", *t->p, 8)) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+static int strict_value(strict_t *t)
+{
+    skip_ws(t);
+    if (t->p >= t->end || ++t->depth > 4096) return 0;
+    int ok;
+    char c = *t->p;
+    if (c == '{' || c == '[') {
+        char close = c == '{' ? '}' : ']';
+        t->p++;
+        skip_ws(t);
+        ok = 1;
+        if (t->p < t->end && *t->p == close) {
+            t->p++;
+        } else {
+            for (;;) {
+                if (c == '{') {
+                    skip_ws(t);
+                    if (!strict_string(t)) return 0;
+                    skip_ws(t);
+                    if (t->p >= t->end || *t->p++ != ':') return 0;
+                }
+                if (!strict_value(t)) return 0;
+                skip_ws(t);
+                if (t->p < t->end && *t->p == ',') {
+                    t->p++;
+                    continue;
+                }
+                if (t->p < t->end && *t->p == close) {
+                    t->p++;
+                    break;
+                }
+                return 0;
+            }
+        }
+    } else if (c == '"') {
+        ok = strict_string(t);
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+        ok = strict_number(t);
+    } else {
+        ok = strict_lit(t, "true") || strict_lit(t, "false") || strict_lit(t, "null");
+    }
+    t->depth--;
+    return ok;
+}
+
+/* 1 when the n bytes at p are one JSON text of RFC 8259 (white space around it), *big as above. */
+static int strict_json(const char *p, size_t n, int *big)
+{
+    strict_t t = {p, p + n, 0, 0};
+    int ok = strict_value(&t);
+    skip_ws(&t);
+    *big = t.big;
+    return ok && t.p == t.end;
 }
 
 /* UTF-8 the long way: decode each sequence by its leading ones, then refuse what is overlong,
@@ -127,6 +357,11 @@ static void check_verdict(const char *p, size_t n, int rc, const gw_body_t *b)
         check(!b->json && !b->model);
         return;
     }
+    int big, strict = strict_json(p, n, &big);
+    if (rc == GW_BODY_NOT_JSON) {
+        check(!strict && !b->json && !b->model);
+        return;
+    }
     if (rc == GW_BODY_NOT_OBJECT) {
         check(!b->json || !cJSON_IsObject(b->json));
         check(!b->model);
@@ -136,9 +371,18 @@ static void check_verdict(const char *p, size_t n, int rc, const gw_body_t *b)
         check(!b->model && (memchr(p, 0, n) || memmem(p, n, "\\u0000", 6)));
         return;
     }
-    check(cJSON_IsObject(b->json));
-    check(has_duplicate(b->json) == (rc == GW_BODY_DUPLICATE_KEY));
-    if (rc == GW_BODY_DUPLICATE_KEY) return;
+    check(strict && cJSON_IsObject(b->json)); /* what cJSON parsed and the scan passed */
+    if (rc == GW_BODY_INEXACT_NUMBER) {
+        check(big || has_nonfinite(b->json));
+        return;
+    }
+    if (rc == GW_BODY_DUPLICATE_KEY) {
+        check(has_duplicate(b->json));
+        return;
+    }
+    check(!big && !has_nonfinite(b->json) && !has_duplicate(b->json));
+    check(has_folded_key(b->json) == (rc == GW_BODY_FOLDED_KEY));
+    if (rc == GW_BODY_FOLDED_KEY) return;
     check(valid_model(b->json) == (rc != GW_BODY_NO_MODEL));
     if (rc == GW_BODY_NO_MODEL) {
         check(!b->model);
@@ -214,6 +458,7 @@ static void check_privacy(const cJSON *json, void *state, int hash)
         others++;
     }
     check(others == other && left == (hash ? strings : 0));
+    check(gw_body_exact_numbers(copy) == 0);
     char *text = cJSON_PrintUnformatted(copy);
     check(text != NULL);
     size_t n = strlen(text);
@@ -236,6 +481,7 @@ static void check_ask_usage(const cJSON *json)
         cJSON_GetObjectItemCaseSensitive(json, "stream_options"), "include_usage");
     check(gw_body_ask_usage(copy) == !cJSON_IsTrue(iu));
     check(gw_body_ask_usage(copy) == 0);
+    check(gw_body_exact_numbers(copy) == 0);
     char *text = cJSON_PrintUnformatted(copy);
     check(text != NULL);
     size_t n = strlen(text);
@@ -243,6 +489,35 @@ static void check_ask_usage(const cJSON *json)
     check(gw_body_inspect(NULL, gw_fuzz_guarded(text, n), n, &b) == GW_BODY_OK && b.usage_asked);
     check(cJSON_GetArraySize(b.json) ==
           cJSON_GetArraySize(json) + !cJSON_GetObjectItemCaseSensitive(json, "stream_options"));
+    cJSON_Delete(b.json);
+    cJSON_free(text);
+    cJSON_Delete(copy);
+}
+
+/* The same tree: types, keys and order, strings, and numbers equal as doubles. */
+static int same_tree(const cJSON *a, const cJSON *b)
+{
+    if ((a->type & 0xff) != (b->type & 0xff)) return 0;
+    if (!a->string != !b->string || (a->string && strcmp(a->string, b->string))) return 0;
+    if (cJSON_IsNumber(a) && !(a->valuedouble == b->valuedouble)) return 0;
+    if (cJSON_IsString(a) && strcmp(a->valuestring, b->valuestring)) return 0;
+    const cJSON *x = a->child, *y = b->child;
+    for (; x && y; x = x->next, y = y->next)
+        if (!same_tree(x, y)) return 0;
+    return !x && !y;
+}
+
+/* An accepted body printed as settle_body prints it: accepted again, the same tree. */
+static void check_reprint(const cJSON *json)
+{
+    cJSON *copy = cJSON_Duplicate(json, 1);
+    check(copy && gw_body_exact_numbers(copy) == 0);
+    char *text = cJSON_PrintUnformatted(copy);
+    check(text != NULL);
+    size_t n = strlen(text);
+    gw_body_t b;
+    check(gw_body_inspect(NULL, gw_fuzz_guarded(text, n), n, &b) == GW_BODY_OK);
+    check(same_tree(json, b.json));
     cJSON_Delete(b.json);
     cJSON_free(text);
     cJSON_Delete(copy);
@@ -258,7 +533,8 @@ static void body_mode(const char *p, size_t n)
     check(rc == rh);
     check(rc == GW_BODY_OK || rc == GW_BODY_NOT_OBJECT || rc == GW_BODY_DUPLICATE_KEY ||
           rc == GW_BODY_NO_MODEL || rc == GW_BODY_BAD_STREAM || rc == GW_BODY_NUL ||
-          rc == GW_BODY_BAD_UTF8 || rc == GW_BODY_BAD_STREAM_OPTIONS);
+          rc == GW_BODY_BAD_UTF8 || rc == GW_BODY_BAD_STREAM_OPTIONS || rc == GW_BODY_NOT_JSON ||
+          rc == GW_BODY_FOLDED_KEY || rc == GW_BODY_INEXACT_NUMBER);
     check(!b.model == !h.model && (!b.model || strcmp(b.model, h.model) == 0));
     check(b.stream == h.stream);
     check_verdict(p, n, rc, &b);
@@ -267,6 +543,7 @@ static void body_mode(const char *p, size_t n)
         check_privacy(b.json, priv_drop, 0);
         check_privacy(b.json, priv_hash, 1);
         check_ask_usage(b.json);
+        check_reprint(b.json);
     }
     cJSON_Delete(h.json);
     cJSON_Delete(b.json); /* nothing for nodes from the arena */
@@ -274,11 +551,6 @@ static void body_mode(const char *p, size_t n)
 }
 
 /* ------------------------------------------------------------------ usage */
-
-static int json_ws(char c)
-{
-    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
-}
 
 static int count(const cJSON *v, int64_t *out)
 {

@@ -1,6 +1,7 @@
 """Request body inspection and usage charging (issue 14): invalid UTF-8 and duplicate keys at any
 depth refused, the memory a parsed body may take bounded, usage asked for on every stream and
-charged even when the client tries to switch it off."""
+charged even when the client tries to switch it off. The review that followed: keys equal under
+case folding, JSON that is not strict RFC 8259, numbers re-printed exactly."""
 import hashlib
 import json
 import os
@@ -392,6 +393,188 @@ def test_max_memory_default_is_derived_from_the_machine():
     gw = Gateway(gateway_config([mock.port], limits={"max_memory_bytes": 0}))
     m = gwtest.request(gw.admin_port, "GET", "/metrics").body.decode()
     assert "gotthard_memory_limit_bytes 0" in m
+
+
+
+# ------------------------------------------------------------------ review F1: keys under case folding
+# A Go backend (encoding/json) matches a key to a struct field ignoring case, with Unicode's simple
+# folds (U+017F 'ſ' is s, U+212A 'K' is k), and the last match wins.
+
+LONG_S, KELVIN = "\u017f", "\u212a"
+
+FOLDED_REFUSED = {
+    "MODEL_after_model": '{"model":"m1","MODEL":"m2","messages":[]}',
+    "Model_before_model": '{"Model":"m2","model":"m1","messages":[]}',
+    "Stream": '{"model":"m1","Stream":true,"messages":[]}',
+    "long_s_stream": '{"model":"m1","' + LONG_S + 'tream":true,"messages":[]}',
+    "USER": '{"model":"m1","USER":"alice@example.com","messages":[]}',
+    "long_s_user": '{"model":"m1","u' + LONG_S + 'er":"alice@example.com","messages":[]}',
+    "Safety_Identifier": '{"model":"m1","Safety_Identifier":"alice","messages":[]}',
+    "Stream_Options": '{"model":"m1","stream":true,"stream_options":null,'
+                      '"Stream_Options":{"include_usage":false},"messages":[]}',
+    "Include_Usage": '{"model":"m1","stream":true,"stream_options":{"Include_Usage":false},"messages":[]}',
+    "Max_Tokens": '{"model":"m1","Max_Tokens":100000,"messages":[]}',
+    "N": '{"model":"m1","N":5,"messages":[]}',
+    "Messages": '{"model":"m1","Messages":[],"messages":[]}',
+    "escaped_MODEL": '{"model":"m1","\\u004dODEL":"m2","messages":[]}',
+    "escaped_long_s": '{"model":"m1","\\u017ftream":true,"messages":[]}',
+    # two keys equal under folding, at any depth, whatever their names
+    "nested_pair": '{"model":"m1","messages":[],"x":{"abc":1,"ABC":2}}',
+    "in_array": '{"model":"m1","messages":[{"role":"user","content":"a","Content":"b"}]}',
+    "kelvin_pair": '{"model":"m1","messages":[],"x":[{"kind":1,"' + KELVIN + 'ind":2}]}',
+    "long_s_pair": '{"model":"m1","messages":[],"x":{"a":{"sx":1,"' + LONG_S + 'x":2}}}',
+    "many_keys": '{"model":"m1","messages":[],"x":{%s,"K17":0}}' % ",".join('"k%d":0' % i for i in range(40)),
+}
+
+
+def test_keys_equal_under_case_folding_refused():
+    """A second key equal to another under case folding (ASCII, ſ, K) at any depth, or a top-level
+    key (or one in stream_options) that folds onto a name the gateway reads without being it:
+    400 invalid_json, nothing sent. A Go backend would have read MODEL as model, Stream as stream."""
+    mock, gw = _shared.get()
+    cases = [(n, b.encode()) for n, b in FOLDED_REFUSED.items()]
+    gwtest.check_all(cases, lambda c: _refused_unsent(gw, mock, c[1], 400, "invalid_json", c[0]))
+
+
+def test_keys_that_only_look_folded_pass():
+    """Keys that do not fold onto each other, nor onto a name the gateway reads, reach the backend
+    as they were: a Model key deeper down (a tool's schema), non-ASCII letters without an ASCII fold."""
+    mock, gw = _shared.get()
+    for body in ('{"model":"m1","messages":[],"tools":[{"type":"function","function":{"name":"f",'
+                 '"parameters":{"type":"object","properties":{"Model":{"type":"string"},'
+                 '"User":{"type":"string"}}}}}]}',
+                 '{"model":"m1","messages":[],"metadata":{"\u00e9t\u00e9":"1","ete":"2","Stream":"x"}}',
+                 '{"model":"m1","messages":[],"x":{"k":1,"kk":2,"s":3,"ss":4}}'):
+        r = _post(gw, body.encode())
+        assert r.status == 200, "%s: %s" % (body, r.describe())
+        assert json.loads(mock.api_requests()[-1]["body"]) == json.loads(body), body
+
+
+def test_model_check_not_bypassed_by_a_folded_key():
+    """A tenant allowed m1 only: {"model":"m1","MODEL":"m2"} is refused, not run on m2."""
+    mock = Mock()
+    gw = Gateway(gateway_config([mock.port], tenants=[
+        {"id": "acme", "models": ["m1"],
+         "api_keys": [{"id": "acme-1", "sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}]))
+    for body in (b'{"model":"m1","MODEL":"m2","messages":[]}', b'{"model":"m1","Model":"m2","messages":[]}'):
+        _refused_unsent(gw, mock, body, 400, "invalid_json", body.decode())
+    assert_error(_post(gw, b'{"model":"m2","messages":[]}'), 403, "model_not_allowed")
+
+
+# ------------------------------------------------------------------ review F2: strict RFC 8259
+
+NOT_STRICT = {
+    "ws_vt": b'{"model":"m1",\x0b"messages":[]}',
+    "ws_ff": b'{"model":"m1",\x0c"messages":[]}',
+    "ws_0x1f": b'{"model":"m1",\x1f"messages":[]}',
+    "ws_0x01_end": b'{"model":"m1","messages":[]}\x01',
+    "ws_nbsp": b'{"model":"m1",\xc2\xa0"messages":[]}',
+    "leading_zero": b'{"model":"m1","messages":[],"seed":010}',
+    "neg_leading_zero": b'{"model":"m1","messages":[],"seed":-01}',
+    "zero_zero": b'{"model":"m1","messages":[],"seed":00}',
+    "trailing_dot": b'{"model":"m1","messages":[],"temperature":1.}',
+    "dot_first": b'{"model":"m1","messages":[],"temperature":.5}',
+    "minus_dot": b'{"model":"m1","messages":[],"temperature":-.5}',
+    "dot_exp": b'{"model":"m1","messages":[],"temperature":1.e1}',
+    "plus": b'{"model":"m1","messages":[],"temperature":+1}',
+    "exp_no_digits": b'{"model":"m1","messages":[],"temperature":1e+}',
+    "minus_alone": b'{"model":"m1","messages":[],"temperature":-}',
+    "hex": b'{"model":"m1","messages":[],"seed":0x10}',
+    "bad_escape": b'{"model":"m1","messages":[{"role":"user","content":"\\x41"}]}',
+    "short_u_escape": b'{"model":"m1","messages":[{"role":"user","content":"\\u41"}]}',
+    "unterminated": b'{"model":"m1","messages":[{"role":"user","content":"abc',
+}
+for _c in list(range(1, 0x20)):
+    NOT_STRICT["raw_ctl_%02x" % _c] = (b'{"model":"m1","messages":[{"role":"user","content":"a'
+                                       + bytes([_c]) + b'b"}]}')
+NOT_STRICT["raw_ctl_in_key"] = b'{"model":"m1","messages":[],"k\x07":1}'
+NOT_STRICT["raw_ctl_in_model"] = b'{"model":"m1\x09","messages":[]}'
+
+
+def test_not_strict_json_refused():
+    """What RFC 8259 does not allow and cJSON takes: raw control characters in strings, white space
+    other than SP HT CR LF, numbers with leading zeros, a '.' without digits on both sides, a '+'
+    sign; also bad escapes. 400 invalid_json, nothing sent (streams too: their body is re-printed)."""
+    mock, gw = _shared.get()
+    cases = []
+    for name, body in NOT_STRICT.items():
+        cases.append((name, body))
+        if not name.startswith("raw_ctl_") or name in ("raw_ctl_01", "raw_ctl_0a", "raw_ctl_1f"):
+            cases.append((name + "/stream", body.replace(b'"model":"m1"', b'"model":"m1","stream":true', 1)))
+    gwtest.check_all(cases, lambda c: _refused_unsent(gw, mock, c[1], 400, "invalid_json", c[0]))
+
+
+def test_strict_json_passes():
+    """The strict forms around those: escaped control characters, every escape, numbers of every
+    allowed shape, and SP HT CR LF around every token."""
+    mock, gw = _shared.get()
+    body = (b' \t\r\n{ "model" : "m1" ,\n"messages":[ {"role":"user","content":"\\u0001\\u001f\\b\\f\\n\\r\\t\\/\\\\\\""} ] ,'
+            b'"x":[0,-0,1,-1,0.5,-0.5,10,1e5,1E5,1e+5,1e-5,1.5e3,0e0,-0.0e-0,123,true,false,null] }\r\n')
+    for stream in (False, True):
+        b = body.replace(b'"model" : "m1"', b'"model" : "m1","stream":true') if stream else body
+        r = _post(gw, b)
+        assert r.status == 200, "stream %s: %s" % (stream, r.describe())
+        sent = json.loads(mock.api_requests()[-1]["body"])
+        want = json.loads(b)
+        if stream:
+            want["stream_options"] = {"include_usage": True}
+        assert sent == want, "stream %s: sent %s" % (stream, sent)
+
+
+def test_reprinted_body_over_max_body_bytes_is_413():
+    """A re-printed body (a stream: include_usage added) longer than limits.max_body_bytes is
+    refused 413, not sent; the same body without the stream (not re-printed) is served."""
+    mock = Mock()
+    gw = Gateway(gateway_config([mock.port], limits={"max_body_bytes": 4096}))
+    head = b'{"model":"m1","stream":true,"messages":[{"role":"user","content":"'
+    fill = b"a" * (4096 - len(head) - 4)
+    body = head + fill + b'"}]}'
+    assert len(body) == 4096
+    _refused_unsent(gw, mock, body, 413, "request_too_large", "stream at the limit")
+    r = _post(gw, body.replace(b'"stream":true', b'"stream":null'))
+    assert r.status == 200, r.describe()
+    # numbers printed in full: 1e15 is 1000000000000000 on the wire
+    nums = b'{"model":"m1","stream":true,"messages":[],"x":[' + b",".join([b"1e15"] * 600) + b"]}"
+    assert len(nums) < 4096
+    _refused_unsent(gw, mock, nums, 413, "request_too_large", "numbers grown")
+
+
+# ------------------------------------------------------------------ review F3: numbers printed exactly
+
+EXACT_NUMBERS = ["9007199254740991", "-9007199254740991", "9007199254740992", "0.30000000000000004",
+                 "0.1", "-0", "-0.0", "1.5", "1e-7", "2.5e300", "1.7976931348623157e308", "5e-324",
+                 "123.456", "1e20", "1e15", "4.35", "100", "0", "1e-400", "2e-308"]
+INEXACT_NUMBERS = ["123456789012345678", "9007199254740993", "-9007199254740993", "18446744073709551615",
+                   "1e400", "-1e400", "1E309"]
+
+
+def test_numbers_reach_the_backend_as_written():
+    """A re-printed body (a stream) carries every number so that Python reads the value the
+    client's text meant: whole numbers as integers, others round-tripping their double."""
+    mock, gw = _shared.get()
+
+    def one(v):
+        body = ('{"model":"m1","stream":true,"messages":[],"seed":%s,"x":[%s,{"y":%s}]}' % (v, v, v)).encode()
+        r = _post(gw, body)
+        assert r.status == 200, r.describe()
+        text = mock.api_requests()[-1]["body"]
+        sent = json.loads(text)
+        want = json.loads(v)
+        for got in (sent["seed"], sent["x"][0], sent["x"][1]["y"]):
+            assert got == want, "%s reached the backend as %r (%s)" % (v, got, text)
+    gwtest.check_all(EXACT_NUMBERS, one)
+
+
+def test_numbers_that_cannot_be_exact_refused():
+    """Integers beyond +-2^53 and numbers past the double's range: 400 invalid_json, not sent,
+    streaming or not, at any depth."""
+    mock, gw = _shared.get()
+    cases = []
+    for v in INEXACT_NUMBERS:
+        for stream in ("true", "false"):
+            cases.append(("%s/%s" % (v, stream),
+                          ('{"model":"m1","stream":%s,"messages":[],"x":[{"y":%s}]}' % (stream, v)).encode()))
+    gwtest.check_all(cases, lambda c: _refused_unsent(gw, mock, c[1], 400, "invalid_json", c[0]))
 
 
 if __name__ == "__main__":

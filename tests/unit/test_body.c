@@ -1,5 +1,6 @@
 /* Unit tests of the JSON read from bodies (gateway/body.c): a request body's verdict, model and
  * stream; an answer's usage. Texts are exact copies without a terminating NUL. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,8 @@ static void test_inspect(void)
     expect_body("{\"model\":42}", GW_BODY_NO_MODEL, NULL, 0);
     expect_body("{\"model\":\"a\",\"model\":\"b\"}", GW_BODY_DUPLICATE_KEY, NULL, 0);
     expect_body("[{\"model\":\"m\"}]", GW_BODY_NOT_OBJECT, NULL, 0);
-    expect_body("{\"model\":\"m\"} x", GW_BODY_NOT_OBJECT, NULL, 0);
+    expect_body("{\"model\":\"m\"} x", GW_BODY_NOT_JSON, NULL, 0); /* x: no JSON token */
+    expect_body("{\"model\":\"m\"} 1", GW_BODY_NOT_OBJECT, NULL, 0);
     expect_body("{\"model\":\"m\"}{}", GW_BODY_NOT_OBJECT, NULL, 0);
     expect_body("{\"model\":\"m\"", GW_BODY_NOT_OBJECT, NULL, 0);
     expect_body("", GW_BODY_NOT_OBJECT, NULL, 0);
@@ -57,12 +59,13 @@ static void test_inspect(void)
     expect_body("{\"model\":\"m\",\"x\":\"\\\\u0000\"}", GW_BODY_OK, "m", 0); /* the text \u0000 */
     expect_body("{\"model\":\"m\",\"x\":\"\\\\\\u0000\"}", GW_BODY_NUL, NULL, 0); /* \\ then \u0000 */
     expect_body("{\"model\":\"m\",\"x\":\"\\u0001\"}", GW_BODY_OK, "m", 0);
-    /* a raw NUL: not JSON, but cJSON takes it and ends the string there */
+    /* a raw NUL: not JSON, but cJSON takes it and ends the string there (a raw control
+     * character: not strict JSON, refused before the parse) */
     {
         const char raw[] = "{\"model\":\"allowed\0evil\",\"mo\0del\":1}";
         gw_body_t b;
         int rc = gw_body_inspect(NULL, raw, sizeof(raw) - 1, &b);
-        CHECK(rc == GW_BODY_NUL, "a raw NUL: %d", rc);
+        CHECK(rc == GW_BODY_NOT_JSON, "a raw NUL: %d", rc);
         cJSON_Delete(b.json);
     }
     /* The body ends at its length: what follows in memory is not read. */
@@ -207,6 +210,192 @@ static void test_deep_duplicates(void)
                 "m", 0);
 }
 
+/* Review of issue 14, F1: keys equal under Go's case folding are one key to a Go backend. */
+static void test_folded_keys(void)
+{
+    /* two keys equal under folding, at any depth: ASCII case, U+017F (long s), U+212A (Kelvin) */
+    expect_body("{\"model\":\"m\",\"a\":{\"key\":1,\"KEY\":2}}", GW_BODY_DUPLICATE_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"a\":[{\"s\":1,\"\xc5\xbf\":2}]}", GW_BODY_DUPLICATE_KEY, NULL,
+                0);
+    expect_body("{\"model\":\"m\",\"a\":[{\"\xe2\x84\xaa\":1,\"k\":2}]}", GW_BODY_DUPLICATE_KEY,
+                NULL, 0);
+    expect_body("{\"model\":\"m\",\"a\":{\"\\u017f\":1,\"S\":2}}", GW_BODY_DUPLICATE_KEY, NULL, 0);
+    expect_body("{\"model\":\"m1\",\"MODEL\":\"m2\"}", GW_BODY_DUPLICATE_KEY, NULL, 0);
+    expect_body("{\"Model\":\"m2\",\"model\":\"m1\"}", GW_BODY_DUPLICATE_KEY, NULL, 0);
+    /* many keys (sorted, not pairwise): the pair far apart */
+    {
+        char text[2048];
+        size_t n = (size_t)sprintf(text, "{\"model\":\"m\",\"x\":{\"Abc\":0");
+        for (int i = 0; i < 40; i++)
+            n += (size_t)sprintf(text + n, ",\"k%d\":0", i);
+        sprintf(text + n, ",\"aBC\":1}}");
+        expect_body(text, GW_BODY_DUPLICATE_KEY, NULL, 0);
+    }
+    /* a key folding onto one the gateway reads, alone */
+    expect_body("{\"model\":\"m\",\"Stream\":true}", GW_BODY_FOLDED_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"\xc5\xbftream\":true}", GW_BODY_FOLDED_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"u\xc5\xbf"
+                "er\":\"a\"}",
+                GW_BODY_FOLDED_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"USER\":\"a\"}", GW_BODY_FOLDED_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"Max_Completion_Tokens\":1}", GW_BODY_FOLDED_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"stream_options\":null,\"Stream_Options\":{}}",
+                GW_BODY_DUPLICATE_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"stream_options\":{\"Include_Usage\":false}}",
+                GW_BODY_FOLDED_KEY, NULL, 0);
+    expect_body("{\"model\":\"m\",\"stream_options\":{\"include_\xe2\x84\xaa\":1}}", GW_BODY_OK,
+                "m", 0); /* not include_usage: K is no u */
+    /* deeper, the same names are not the gateway's: a tool's schema may have a Model */
+    expect_body("{\"model\":\"m\",\"tools\":[{\"Model\":1,\"USER\":2}]}", GW_BODY_OK, "m", 0);
+    expect_body("{\"model\":\"m\",\"a\":{\"\xc3\xa9\":1,\"e\":2,\"ss\":3,\"s\":4}}", GW_BODY_OK,
+                "m", 0);
+}
+
+/* Review of issue 14, F2: what RFC 8259 does not allow and cJSON takes. */
+static void test_strict(void)
+{
+    static const char *const bad[] = {
+        "{\"model\":\"m\",\"a\":\"\x01\"}",
+        "{\"model\":\"m\",\"a\":\"\x1f\"}",
+        "{\"model\":\"m\",\"a\":\"\n\"}",
+        "{\"model\":\"m\",\"a\":\"\t\"}",
+        "{\"model\":\"m\x7f\x01\"}",
+        "{\"k\x02\":1,\"model\":\"m\"}",
+        "{\"model\":\"m\",\x0b\"a\":1}",
+        "{\"model\":\"m\"}\x0c",
+        "\x1c{\"model\":\"m\"}",
+        "{\"model\":\"m\",\"a\":010}",
+        "{\"model\":\"m\",\"a\":-01}",
+        "{\"model\":\"m\",\"a\":00}",
+        "{\"model\":\"m\",\"a\":1.}",
+        "{\"model\":\"m\",\"a\":.5}",
+        "{\"model\":\"m\",\"a\":-.5}",
+        "{\"model\":\"m\",\"a\":1.e5}",
+        "{\"model\":\"m\",\"a\":+1}",
+        "{\"model\":\"m\",\"a\":1e}",
+        "{\"model\":\"m\",\"a\":1e+}",
+        "{\"model\":\"m\",\"a\":-}",
+        "{\"model\":\"m\",\"a\":0x1}",
+        "{\"model\":\"m\",\"a\":\"\\x41\"}",
+        "{\"model\":\"m\",\"a\":\"\\u41\"}",
+        "{\"model\":\"m\",\"a\":\"\\u12g4\"}",
+        "{\"model\":\"m\",\"a\":\"abc",
+        "{\"model\":\"m\",\"a\":\"abc\\",
+        "{\"model\":\"m\",\"a\":True}",
+        "{\"model\":\"m\",\"a\":nul}",
+        "{\"model\":\"m\",\xc2\xa0\"a\":1}",
+        "{\"model\":\"m\",\"a\":1.5.5}",
+        "{\"model\":\"m\",\"a\":1e5e5}",
+        "{\"model\":\"m\",\"a\":\"0123456789abcdef\x01\"}", /* past the 8-byte steps */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        expect_body(bad[i], GW_BODY_NOT_JSON, NULL, 0);
+    expect_body("{\"model\":\"m\",\"a\":\"\\u0001\\b\\f\\n\\r\\t\\/\\\\\\\"\\uABcd\"}", GW_BODY_OK,
+                "m", 0);
+    expect_body(
+        " \t\r\n{ \"model\" :\"m\" , \"a\":[0,-0,1,-1,0.5,-0.5,10,1e5,1E5,1e+5,1e-5,1.5e3,0e0,"
+        "-0.0E-0,true,false,null,\"0123456789abcdef\\\"x\"] }\r\n",
+        GW_BODY_OK, "m", 0);
+    /* each special byte at every offset of the eight-byte steps (and \u0000 and a valid
+     * two-byte character), in a string after a run of plain text */
+    for (int at = 0; at < 20; at++) {
+        static const struct {
+            const char *bytes;
+            int want;
+        } special[] = {{"\x01", GW_BODY_NOT_JSON}, {"\x1f", GW_BODY_NOT_JSON},
+                       {"\x7f", GW_BODY_OK},       {"\xff", GW_BODY_BAD_UTF8},
+                       {"\xc3\xa9", GW_BODY_OK},   {"\\u0000", GW_BODY_NUL},
+                       {"\\q", GW_BODY_NOT_JSON},  {"\\\"", GW_BODY_OK}};
+        for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++) {
+            char text[128];
+            snprintf(text, sizeof(text), "{\"model\":\"m\",\"a\":\"%.*s%s0123456789abcdefghij\"}",
+                     at, "0123456789abcdefghijklmnop", special[k].bytes);
+            expect_body(text, special[k].want, special[k].want == GW_BODY_OK ? "m" : NULL, 0);
+        }
+    }
+    /* bad UTF-8 is said first, also after what is not JSON */
+    expect_body("{\"model\":\"m\",\"a\":\"\x01\xff\"}", GW_BODY_BAD_UTF8, NULL, 0);
+    expect_body("{\"model\":\"m\",\"a\":+\xc0\xaf}", GW_BODY_BAD_UTF8, NULL, 0);
+}
+
+/* Review of issue 14, F3: numbers a re-printed body cannot carry exactly are refused. */
+static void test_inexact_numbers(void)
+{
+    static const char *const bad[] = {"123456789012345678",
+                                      "9007199254740993",
+                                      "-9007199254740993",
+                                      "18446744073709551616",
+                                      "1e400",
+                                      "-1e400",
+                                      "1E309"};
+    char text[128];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(text, sizeof(text), "{\"model\":\"m\",\"a\":[{\"b\":%s}]}", bad[i]);
+        expect_body(text, GW_BODY_INEXACT_NUMBER, NULL, 0);
+    }
+    static const char *const ok[] = {"9007199254740992",
+                                     "-9007199254740992",
+                                     "9007199254740991",
+                                     "1e20",
+                                     "2.5e300",
+                                     "1.7976931348623157e308",
+                                     "0.30000000000000004",
+                                     "1e-400",
+                                     "12345678901234567.5"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        snprintf(text, sizeof(text), "{\"model\":\"m\",\"a\":[{\"b\":%s}]}", ok[i]);
+        expect_body(text, GW_BODY_OK, "m", 0);
+    }
+}
+
+/* Numbers printed exactly after gw_body_exact_numbers: as text that reads back the same. */
+static void test_exact_numbers(void)
+{
+    static const char *const cases[][2] = {
+        {"9007199254740991", "9007199254740991"},
+        {"-9007199254740992", "-9007199254740992"},
+        {"0.30000000000000004", "0.30000000000000004"},
+        {"0.1", "0.1"},
+        {"1e15", "1000000000000000"},
+        {"1.0", "1"},
+        {"-0", "-0"},
+        {"1e-7", "1e-07"},
+        {"2.5e300", "2.5e+300"},
+        {"1e20", "1e+20"},
+        {"4.35", "4.35"},
+        {"5e-324", "4.94065645841247e-324"},
+        {"1.7976931348623157e308", "1.7976931348623157e+308"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char text[160], want[160];
+        snprintf(text, sizeof(text), "{\"a\":%s,\"b\":[%s,{\"c\":%s}]}", cases[i][0], cases[i][0],
+                 cases[i][0]);
+        snprintf(want, sizeof(want), "{\"a\":%s,\"b\":[%s,{\"c\":%s}]}", cases[i][1], cases[i][1],
+                 cases[i][1]);
+        gw_arena_t *a = gw_arena_new(4096);
+        cJSON *json = gw_json_parse(a, text, strlen(text), NULL);
+        CHECK(json && gw_body_exact_numbers(json) == 0, "%s: converted", cases[i][0]);
+        char *s = json ? cJSON_PrintUnformatted(json) : NULL;
+        CHECK(s && strcmp(s, want) == 0, "%s: printed %s", cases[i][0], s ? s : "(null)");
+        cJSON_free(s);
+        cJSON_Delete(json); /* frees the raw texts from the heap */
+        gw_arena_free(a);
+    }
+}
+
+/* A number a plugin put into the tree that JSON cannot hold stays cJSON's: printed as null. */
+static void test_exact_numbers_nonfinite(void)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "a", INFINITY);
+    cJSON_AddNumberToObject(o, "b", 0.5);
+    CHECK(gw_body_exact_numbers(o) == 0, "converted");
+    char *s = cJSON_PrintUnformatted(o);
+    CHECK(s && strcmp(s, "{\"a\":null,\"b\":0.5}") == 0, "printed %s", s ? s : "(null)");
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
 static void expect_usage_asked(const char *text, int want, int asked)
 {
     size_t len;
@@ -318,6 +507,11 @@ int main(void)
     test_budget();
     test_utf8();
     test_deep_duplicates();
+    test_folded_keys();
+    test_strict();
+    test_inexact_numbers();
+    test_exact_numbers();
+    test_exact_numbers_nonfinite();
     test_stream_options();
     test_usage();
     return check_done();
