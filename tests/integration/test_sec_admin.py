@@ -8,11 +8,12 @@
   refuse the config, at their path, in `gotthard -t` and on reload.
 - gotthard-keygen: an id it makes from a long tenant id stays within 128 and can be revoked.
 - gotthard-usage --redis: a key SCAN returns twice counts once; the round cap is an error; a
-  tenant id from Redis with control characters is refused, the table prints only [A-Za-z0-9._-]
-  (the rest %XX).
+  tenant id from Redis outside [A-Za-z0-9._-]{1,128} is refused, the table prints only
+  [A-Za-z0-9._-] (the rest %XX, names from --admin too).
 - admin Host: HTTP/1.1 without exactly one valid Host, or a header name with a space, is 400.
 """
 
+import http.server
 import json
 import os
 import socket
@@ -308,7 +309,8 @@ def test_usage_round_cap_is_an_error():
 
 def test_usage_prints_no_terminal_escapes():
     d = today()
-    bad = {"escape": "%1B%5B2Jx", "bell": "a%07", "DEL": "a%7F", "latin-1": "z%FCrich", "long": "a" * 129}
+    bad = {"escape": "%1B%5B2Jx", "bell": "a%07", "DEL": "a%7F", "latin-1": "z%FCrich", "space": "a%20b",
+           "brace": "a%7Bb", "utf-8": "z%C3%BCrich", "long": "a" * 129}
     for name, tenant in bad.items():
         fake = scan_fake(lambda c: ("0", ["gotthard:u:{%s}:%s" % (tenant, d)]))
         try:
@@ -319,15 +321,33 @@ def test_usage_prints_no_terminal_escapes():
                 assert "gotthard-usage:" in err, (name, err)
         finally:
             fake.close()
-    # a valid id outside [A-Za-z0-9._-] is shown escaped in the table, as it is in JSON
-    fake = scan_fake(lambda c: ("0", ["gotthard:u:{a%20b%C3%A9}:" + d]))
+    # names from --admin (another gateway, or anything answering there) are escaped in the table
+    doc = {"store": "redis", "error": "\x1b[31mred",
+           "days": [{"date": "\x1b]0;title\x07", "tenants": {"\x1b[2Jevil b": {"requests": 1, "prompt_tokens": 2,
+                                                                                "completion_tokens": 3}}}]}
+    body = json.dumps(doc).encode()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.HTTPServer((HOST, 0), H)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
     try:
-        rc, out, err = run_tool("gotthard-usage", "--redis", fake.url())
-        assert rc == 0 and "a%20b%C3%A9" in out, (rc, out, err)
-        rc, out, err = run_tool("gotthard-usage", "--redis", fake.url(), "--json")
-        assert rc == 0 and "a b\u00e9" in json.loads(out)["days"][0]["tenants"], out
+        rc, out, err = run_tool("gotthard-usage", "--admin", "%s:%d" % (HOST, srv.server_port))
+        assert rc == 0, (rc, out, err)
+        assert "\x1b" not in out and "\x07" not in out, out
+        assert "%1B%5B2Jevil%20b" in out and "%1B%5D0%3Btitle%07" in out, out
     finally:
-        fake.close()
+        srv.shutdown()
+        srv.server_close()
 
 
 # --------------------------------------------------------------------------- F7 admin Host

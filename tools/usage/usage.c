@@ -13,7 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "body.h"
 #include "redis_url.h"
 #include "scripts.h"
 
@@ -90,11 +89,17 @@ static int hexval(char c)
     return -1;
 }
 
+/* The tenant-id alphabet (gateway/config.c's derive_tenants). */
+static int is_id_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+}
+
 /* The tenant id of a usage key for day, percent-decoded into id: 0, -1 when the reply is not
  * a key the gateway would write (checked by writing it again with the gateway's own
- * gq_usage_key), -2 when the id is not one a config can hold (at most 128 bytes of UTF-8
- * without control characters: Redis's content is not trusted to reach a terminal). Reads only
- * the reply's len bytes. */
+ * gq_usage_key), -2 when the id is not one a config can hold (1 to 128 of [A-Za-z0-9._-]:
+ * Redis's content is not trusted to reach a terminal). Reads only the reply's len bytes. */
 static int key_tenant(const redisReply *k, int64_t day, char *id, size_t cap)
 {
     static const char prefix[] = "gotthard:u:{";
@@ -118,9 +123,9 @@ static int key_tenant(const redisReply *k, int64_t day, char *id, size_t cap)
     char again[1024];
     int len = o ? gq_usage_key(again, sizeof(again), id, day) : -1;
     if (len <= 0 || (size_t)len != k->len || memcmp(again, k->str, k->len) != 0) return -1;
-    if (o > 128 || !gw_body_utf8_valid(id, o)) return -2;
+    if (o > 128) return -2;
     for (size_t i = 0; i < o; i++)
-        if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f) return -2;
+        if (!is_id_char(id[i])) return -2;
     return 0;
 }
 
@@ -159,8 +164,8 @@ static int add_tenant(redisContext *rc, cJSON *tenants, const redisReply *key, i
     int got = key_tenant(key, day, id, sizeof(id));
     if (got < 0) {
         fprintf(stderr, "gotthard-usage: %s\n",
-                got == -2 ? "a usage key's tenant id is not one a config can hold (control "
-                            "characters, not UTF-8, or longer than 128 bytes)"
+                got == -2 ? "a usage key's tenant id is not one a config can hold (1 to 128 "
+                            "letters, digits, '-', '_' and '.')"
                           : "SCAN returned something that is not a usage key of that day");
         return -1;
     }
@@ -243,12 +248,8 @@ static const char *shown(const char *s, char *buf, size_t cap)
 {
     size_t o = 0;
     for (; s && *s && o + 4 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '.' || c == '_' || c == '-')
-            buf[o++] = (char)c;
-        else
-            o += (size_t)snprintf(buf + o, cap - o, "%%%02X", c);
+        if (is_id_char(*s)) buf[o++] = *s;
+        else o += (size_t)snprintf(buf + o, cap - o, "%%%02X", (unsigned char)*s);
     }
     buf[o] = '\0';
     return buf;
