@@ -513,9 +513,12 @@ static int head_ok(struct evhttp_request *req, const char **host, const char **w
         }
         if (strcasecmp(h->key, "host") == 0 && hosts++ == 0) *host = h->value;
     }
-    if (hosts > 1) *why = "The request has more than one Host header.";
-    else if (*host && !host_syntax_ok(*host)) *why = "The Host header is not a host name or address with an optional port.";
-    else return 0;
+    if (hosts > 1)
+        *why = "The request has more than one Host header.";
+    else if (*host && !host_syntax_ok(*host))
+        *why = "The Host header is not a host name or address with an optional port.";
+    else
+        return 0;
     return -1;
 }
 

@@ -231,7 +231,8 @@ int gw_conf_check_strings(gw_conf_ctx_t *cx, const cJSON *node, const char *path
     for (const cJSON *e = node->child; e; e = e->next, i++) {
         if (cJSON_IsObject(node) && !gw_conf_string_ok(e->string)) {
             /* named by its object: the key itself may not be printable */
-            gw_conf_error(cx, path, "has a key that is not valid UTF-8 or holds a control character");
+            gw_conf_error(cx, path,
+                          "has a key that is not valid UTF-8 or holds a control character");
             rc = -1;
             continue;
         }

@@ -137,7 +137,8 @@ static void test_found_by_fuzzing(void)
                                             "p\\u0000x", "p\\u001fx", "p\x7fx", "\\u0000"};
     for (size_t i = 0; i < sizeof(bad_names) / sizeof(*bad_names); i++) {
         char extra[128];
-        snprintf(extra, sizeof(extra), "\"tenants\":[{\"id\":\"%s\",\"models\":[\"*\"]}]", bad_names[i]);
+        snprintf(extra, sizeof(extra), "\"tenants\":[{\"id\":\"%s\",\"models\":[\"*\"]}]",
+                 bad_names[i]);
         expect(extra, "$.tenants[0].id: must be valid UTF-8 without control characters");
     }
     /* valid UTF-8, and an escaped backslash before u0000: past this check, to the id's own */
