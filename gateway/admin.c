@@ -4,14 +4,18 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ctype.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/http.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/prctl.h>
+#include <sys/queue.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -30,8 +34,33 @@
 #include "residency.h"
 #include "status_page.h"
 
+/* The admin listener's bounds: connections at once (beyond, closed at accept), seconds from
+ * accept to a complete request (a client that trickles its head is closed), a head's and a
+ * body's bytes. Every answer closes its connection: the deadline covers one request. */
+enum { ADMIN_MAX_CONNS = 64, ADMIN_REQUEST_S = 5, ADMIN_MAX_HEAD = 8192, ADMIN_MAX_BODY = 4096 };
+
+/* One accepted connection. evhttp (libevent 2.1) says nothing when it accepts one: its
+ * bufferevent comes from conn_new, held until the loop's next turn, when evhttp has made the
+ * connection around it (the bufferevent's callback argument) and its close callback can be
+ * set; from then on it lives until that callback. */
+typedef struct admin_conn {
+    gw_admin_t *a; /* NULL once the listener is gone */
+    struct bufferevent *bev;
+    struct evhttp_connection *evcon; /* NULL until the first turn */
+    struct event *timer;             /* the first turn, then the deadline */
+    int answered;
+    struct admin_conn *prev, *next;
+} admin_conn_t;
+
 struct gw_admin {
     struct evhttp *http;
+    admin_conn_t *conns;
+    int nconns;
+    struct {
+        int days, status;
+        int64_t until;
+        char *body;
+    } usage; /* the last /usage answer, served again until `until` */
     gw_accept_guard_t *guard;
     gw_config_t *cfg;
     int draining;
@@ -54,6 +83,7 @@ static const char *reason_phrase(int status)
 {
     switch (status) {
     case 200: return "OK";
+    case 400: return "Bad Request";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
@@ -84,6 +114,7 @@ static void reply(struct evhttp_request *req, int status, const char *type, cons
     evhttp_add_header(h, "content-type", type);
     evhttp_add_header(h, "cache-control", "no-store");
     evhttp_add_header(h, "x-content-type-options", "nosniff");
+    evhttp_add_header(h, "connection", "close"); /* one request a connection (ADMIN_REQUEST_S) */
     evhttp_send_reply(req, status, reason_phrase(status), out);
     evbuffer_free(out);
 }
@@ -169,17 +200,24 @@ static void reply_readyz(struct evhttp_request *req, const gw_admin_t *a)
     cJSON_Delete(o);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* GET /usage[?days=N]: requests and tokens per tenant and UTC day (plugins/quota/quota.h),
  * today first, 1 <= N <= 40 days (default 1). With Redis this blocks the admin loop (never
- * a worker's) for at most a few redis.timeout_ms. */
-static char *usage_report(const gw_config_t *cfg, const struct evhttp_uri *uri)
+ * a worker's) until the report's deadline at most; past it, 503. An answer serves again for
+ * a second (the status page polls every 2 s), a 503 for five: a slow store is not asked
+ * again and again. */
+static void reply_usage(gw_admin_t *a, struct evhttp_request *req)
 {
-    const void *state = NULL;
-    for (size_t i = 0; i < cfg->nplugins; i++)
-        if (cfg->plugins[i].plugin == &gw_plugin_quota) state = cfg->plugins[i].state;
+    const gw_config_t *cfg = a->cfg;
     int days = 1;
     struct evkeyvalq q;
-    const char *query = evhttp_uri_get_query(uri);
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
     if (query && evhttp_parse_query_str(query, &q) == 0) {
         const char *d = evhttp_find_header(&q, "days");
         if (d) days = atoi(d);
@@ -187,10 +225,39 @@ static char *usage_report(const gw_config_t *cfg, const struct evhttp_uri *uri)
     }
     if (days < 1) days = 1;
     if (days > 40) days = 40;
-    cJSON *o = gw_quota_usage_report(state, days);
-    char *body = o ? cJSON_PrintUnformatted(o) : NULL;
+    if (a->usage.body && a->usage.days == days && mono_ms() < a->usage.until) {
+        reply_json(req, a->usage.status, a->usage.body);
+        return;
+    }
+    const void *state = NULL;
+    for (size_t i = 0; i < cfg->nplugins; i++)
+        if (cfg->plugins[i].plugin == &gw_plugin_quota) state = cfg->plugins[i].state;
+    int late = 0, status = 200;
+    cJSON *o = gw_quota_usage_report(state, days, &late);
+    char *printed = o && !late ? cJSON_PrintUnformatted(o) : NULL, *body;
     cJSON_Delete(o);
-    return body;
+    if (late) {
+        char msg[160], err[512];
+        snprintf(msg, sizeof(msg),
+                 "The quota store did not answer within %d ms; try again in a few seconds.",
+                 gw_quota_usage_deadline_ms(state));
+        gw_error_json(err, sizeof(err), 503, "quota_store_timeout", msg);
+        body = strdup(err);
+        status = 503;
+    } else {
+        body = printed ? strdup(printed) : NULL;
+    }
+    cJSON_free(printed);
+    if (!body) {
+        reply_error(req, 500, "internal_error", "The report could not be made.");
+        return;
+    }
+    free(a->usage.body);
+    a->usage.body = body;
+    a->usage.days = days;
+    a->usage.status = status;
+    a->usage.until = mono_ms() + (late ? 5000 : 1000);
+    reply_json(req, status, body);
 }
 
 /* GET /privacy: the effective privacy settings, for auditors (docs/privacy.md). */
@@ -402,16 +469,93 @@ static int host_allowed(const gw_config_t *cfg, const char *host)
     return 0;
 }
 
+/* A Host value as RFC 9112 has it: a name of letters, digits and "-._~", or [an IPv6 literal]
+ * (host_allowed reads it), and an optional :port. Nothing else: no space, no comma. */
+static int host_syntax_ok(const char *h)
+{
+    const char *p = h;
+    if (*p == '[') {
+        p = strchr(p, ']');
+        if (!p) return 0;
+        p++;
+    } else {
+        while (isalnum((unsigned char)*p) || *p == '.' || *p == '-' || *p == '_' || *p == '~') p++;
+        if (p == h) return 0;
+    }
+    if (*p == ':') {
+        const char *d = ++p;
+        while (isdigit((unsigned char)*p)) p++;
+        if (p == d || p - d > 5) return 0;
+    }
+    return *p == '\0';
+}
+
+/* The head's field names are tokens (no "Host :"), and Host is there once with a valid value;
+ * HTTP/1.1 requires it (RFC 9112 3.2), HTTP/1.0 may leave it out. A name with a space or a
+ * second Host would let host_allowed check one name while another one is meant. 0, or -1
+ * with *why; *host is the value (NULL when none). */
+static int head_ok(struct evhttp_request *req, const char **host, const char **why)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~";
+    struct evkeyval *h;
+    int hosts = 0;
+    *host = NULL;
+    TAILQ_FOREACH(h, evhttp_request_get_input_headers(req), next)
+    {
+        for (const char *k = h->key; *k; k++)
+            if (!isalnum((unsigned char)*k) && !strchr(tchar, *k)) {
+                *why = "A header name holds a character that is not allowed (RFC 9110 5.1).";
+                return -1;
+            }
+        if (!h->key[0]) {
+            *why = "A header has an empty name.";
+            return -1;
+        }
+        if (strcasecmp(h->key, "host") == 0 && hosts++ == 0) *host = h->value;
+    }
+    if (hosts > 1)
+        *why = "The request has more than one Host header.";
+    else if (*host && !host_syntax_ok(*host))
+        *why = "The Host header is not a host name or address with an optional port.";
+    else
+        return 0;
+    return -1;
+}
+
+static admin_conn_t *conn_of(gw_admin_t *a, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    for (admin_conn_t *c = a->conns; bev && c; c = c->next)
+        if (c->evcon == evcon || c->bev == bev) return c;
+    return NULL;
+}
+
 static void handle(struct evhttp_request *req, void *arg)
 {
     gw_admin_t *a = arg;
+    admin_conn_t *conn = conn_of(a, req);
+    if (conn) { /* the request is complete: answered below, then the connection closes */
+        conn->answered = 1;
+        if (conn->evcon) evtimer_del(conn->timer);
+    }
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     int get = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD; /* HEAD: the GET, no body */
     if (!path) path = "";
-    /* Probes only learn up or not: they answer to any host name (load balancers' checks). */
-    if (strcmp(path, "/healthz") != 0 && strcmp(path, "/readyz") != 0 &&
-        !host_allowed(a->cfg, evhttp_find_header(evhttp_request_get_input_headers(req), "host"))) {
+    const char *host = NULL, *why = NULL;
+    if (head_ok(req, &host, &why) < 0) {
+        reply_error(req, 400, "invalid_request", why);
+        return;
+    }
+    /* Probes only learn up or not: they answer to any host name (load balancers' checks) and
+     * to none; everything else wants one from HTTP/1.1 (every browser sends one). */
+    int probe = strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0;
+    if (!probe && !host && (req->major > 1 || (req->major == 1 && req->minor >= 1))) {
+        reply_error(req, 400, "invalid_request", "An HTTP/1.1 request needs a Host header.");
+        return;
+    }
+    if (!probe && !host_allowed(a->cfg, host)) {
         reply_error(req, 421, "misdirected_request",
                     "This admin listener does not answer to that host name; list it in "
                     "admin.allowed_hosts.");
@@ -467,7 +611,7 @@ static void handle(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/privacy") == 0) {
         reply_doc(req, privacy_report(a->cfg));
     } else if (strcmp(path, "/usage") == 0) {
-        reply_doc(req, usage_report(a->cfg, evhttp_request_get_evhttp_uri(req)));
+        reply_usage(a, req);
     } else if (strcmp(path, "/residency") == 0) {
         reply_doc(req, gw_residency_report_json(a->cfg));
     } else if (strcmp(path, "/status") == 0) {
@@ -488,6 +632,78 @@ static void handle(struct evhttp_request *req, void *arg)
     } else { /* "/readyz" */
         reply_readyz(req, a);
     }
+}
+
+static void conn_forget(admin_conn_t *c)
+{
+    if (c->a) {
+        if (c->prev) c->prev->next = c->next;
+        else c->a->conns = c->next;
+        if (c->next) c->next->prev = c->prev;
+        c->a->nconns--;
+    }
+    event_free(c->timer);
+    free(c);
+}
+
+static void conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    conn_forget(arg);
+}
+
+/* The first turn: over ADMIN_MAX_CONNS, the connection is closed; else it has
+ * ADMIN_REQUEST_S for a whole request. Then the deadline: closed (evhttp frees the request it
+ * was reading, without calling handle). */
+static void conn_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    admin_conn_t *c = arg;
+    if (c->evcon) {
+        evhttp_connection_free(c->evcon); /* conn_closed frees c */
+        return;
+    }
+    struct bufferevent *bev = c->bev;
+    bufferevent_data_cb readcb = NULL;
+    void *evcon = NULL;
+    bufferevent_getcb(bev, &readcb, NULL, NULL, &evcon);
+    if (!readcb || !evcon || !c->a) { /* evhttp is done with it already */
+        conn_forget(c);
+        bufferevent_decref(bev);
+        return;
+    }
+    c->evcon = evcon;
+    evhttp_connection_set_closecb(c->evcon, conn_closed, c);
+    bufferevent_decref(bev); /* evhttp's own reference remains */
+    struct timeval tv = {ADMIN_REQUEST_S, 0};
+    if (c->a->nconns > ADMIN_MAX_CONNS || (!c->answered && evtimer_add(c->timer, &tv) < 0))
+        evhttp_connection_free(c->evcon);
+}
+
+/* evhttp's bufferevent for each accepted connection, counted (descriptors and head memory
+ * stay bounded whatever the admin's clients do; the public listeners keep theirs). NULL lets
+ * evhttp make its own. */
+static struct bufferevent *conn_new(struct event_base *base, void *arg)
+{
+    gw_admin_t *a = arg;
+    admin_conn_t *c = calloc(1, sizeof(*c));
+    if (c) c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (c && c->bev) c->timer = evtimer_new(base, conn_timer, c);
+    struct timeval now = {0, 0};
+    if (!c || !c->timer || evtimer_add(c->timer, &now) < 0) {
+        if (c && c->timer) event_free(c->timer);
+        if (c && c->bev) bufferevent_free(c->bev);
+        free(c);
+        return NULL;
+    }
+    bufferevent_incref(c->bev); /* valid at the first turn, whatever evhttp did meanwhile */
+    c->a = a;
+    c->next = a->conns;
+    if (a->conns) a->conns->prev = c;
+    a->conns = c;
+    a->nconns++;
+    return c->bev;
 }
 
 gw_admin_t *gw_admin_start(struct event_base *base, gw_config_t *cfg)
@@ -516,9 +732,10 @@ gw_admin_t *gw_admin_start(struct event_base *base, gw_config_t *cfg)
     evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-    evhttp_set_max_headers_size(a->http, 16384);
-    evhttp_set_max_body_size(a->http, 65536);
+    evhttp_set_max_headers_size(a->http, ADMIN_MAX_HEAD);
+    evhttp_set_max_body_size(a->http, ADMIN_MAX_BODY);
     evhttp_set_timeout(a->http, 10);
+    evhttp_set_bevcb(a->http, conn_new, a);
     evhttp_set_gencb(a->http, handle, a);
     a->started = time(NULL);
     return a;
@@ -537,6 +754,8 @@ void gw_admin_set_draining(gw_admin_t *a)
 
 void gw_admin_set_config(gw_admin_t *a, gw_config_t *cfg)
 {
+    free(a->usage.body); /* other tenants, or another store */
+    a->usage.body = NULL;
     gw_config_unref(a->cfg);
     a->cfg = gw_config_ref(cfg);
 }
@@ -545,7 +764,17 @@ void gw_admin_free(gw_admin_t *a)
 {
     if (!a) return;
     gw_accept_guard_free(a->guard);
+    /* Before their first turn, connections are ours to let go; evhttp_free closes the rest. */
+    for (admin_conn_t *c = a->conns, *next; c; c = next) {
+        next = c->next;
+        c->a = NULL;
+        if (!c->evcon) {
+            bufferevent_decref(c->bev);
+            conn_forget(c);
+        }
+    }
     evhttp_free(a->http);
+    free(a->usage.body);
     gw_config_unref(a->cfg);
     free(a);
 }

@@ -2,9 +2,12 @@
 #include "conf.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "body.h"
 
 void gw_conf_ctx_init(gw_conf_ctx_t *cx, gw_arena_t *arena)
 {
@@ -181,5 +184,61 @@ int gw_conf_load_obj(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
             gw_conf_error(cx, gw_conf_path_key(cx, path, k->name), "is required");
             rc = -1;
         }
+    return rc;
+}
+
+/* cJSON decodes \u0000 (and takes a raw NUL) into a NUL that ends its C string: "p\u0000x"
+ * would be read as "p". Parsed from a copy where each becomes U+0001 instead, which
+ * gw_conf_check_strings then refuses at its path. */
+cJSON *gw_conf_parse(const char *text, size_t len, const char **end)
+{
+    char *copy = malloc(len ? len : 1);
+    if (!copy) return NULL;
+    memcpy(copy, text, len);
+    for (size_t i = 0; i < len; i++) {
+        if (copy[i] == '\0') copy[i] = '\x01';
+        if (copy[i] != '\\' || i + 1 >= len) continue;
+        /* an escape: the byte after the backslash is never one itself */
+        if (len - i >= 6 && memcmp(copy + i + 1, "u0000", 5) == 0) copy[i + 5] = '1';
+        i++;
+    }
+    const char *cend = NULL;
+    cJSON *json = cJSON_ParseWithLengthOpts(copy, len, &cend, 0);
+    if (end) *end = cend ? text + (cend - copy) : NULL;
+    free(copy);
+    return json;
+}
+
+/* Valid UTF-8 (RFC 3629: no overlong form, no surrogate) without a control character (below
+ * 0x20, or 0x7f): a config string goes into metrics, JSON reports and log lines as it is. */
+int gw_conf_string_ok(const char *s)
+{
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 0;
+    return gw_body_utf8_valid(s, n);
+}
+
+int gw_conf_check_strings(gw_conf_ctx_t *cx, const cJSON *node, const char *path)
+{
+    if (cJSON_IsString(node)) {
+        if (gw_conf_string_ok(node->valuestring)) return 0;
+        gw_conf_error(cx, path, "must be valid UTF-8 without control characters (nor \\u0000)");
+        return -1;
+    }
+    int rc = 0;
+    size_t i = 0;
+    for (const cJSON *e = node->child; e; e = e->next, i++) {
+        if (cJSON_IsObject(node) && !gw_conf_string_ok(e->string)) {
+            /* named by its object: the key itself may not be printable */
+            gw_conf_error(cx, path,
+                          "has a key that is not valid UTF-8 or holds a control character");
+            rc = -1;
+            continue;
+        }
+        const char *sub = cJSON_IsObject(node) ? gw_conf_path_key(cx, path, e->string)
+                                               : gw_conf_path_index(cx, path, i);
+        if (gw_conf_check_strings(cx, e, sub) < 0) rc = -1;
+    }
     return rc;
 }

@@ -55,5 +55,12 @@ int gw_conf_load_obj(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
 /* path + "." + key, or path + "[i]", in the context's arena. */
 char *gw_conf_path_key(gw_conf_ctx_t *cx, const char *path, const char *key);
 char *gw_conf_path_index(gw_conf_ctx_t *cx, const char *path, size_t i);
+/* Config text parsed like cJSON_ParseWithLengthOpts (end: where it stopped), except that a
+ * \u0000 escape or a raw NUL reads as U+0001, for gw_conf_check_strings to refuse. */
+cJSON *gw_conf_parse(const char *text, size_t len, const char **end);
+/* Whether a config string is valid UTF-8 without control characters (< 0x20, 0x7f). */
+int gw_conf_string_ok(const char *s);
+/* Every string and key under node, at any depth: 0, or -1 with an error at each bad one's path. */
+int gw_conf_check_strings(gw_conf_ctx_t *cx, const cJSON *node, const char *path);
 
 #endif

@@ -833,7 +833,7 @@ gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, c
 {
     *errors = NULL;
     const char *end = NULL;
-    cJSON *json = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    cJSON *json = gw_conf_parse(text, len, &end);
     if (!json) {
         int line = 1;
         const char *stop = end ? end : cJSON_GetErrorPtr();
@@ -860,7 +860,9 @@ gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, c
     gw_conf_ctx_t cx;
     gw_conf_ctx_init(&cx, arena);
     cx.config = c;
-    int rc = gw_conf_load_obj(&cx, json, "$", &top_obj, c);
+    /* First: the loader's messages name keys, which must be printable. */
+    int rc = gw_conf_check_strings(&cx, json, "$");
+    if (rc == 0) rc = gw_conf_load_obj(&cx, json, "$", &top_obj, c);
     if (rc == 0) rc = derive(&cx, c);
     if (rc == 0) rc = check_aliases(&cx, c);
     if (rc == 0) rc = derive_tenants(&cx, c);

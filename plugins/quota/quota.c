@@ -547,9 +547,36 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
         gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen);
 }
 
-/* One day's counts of every tenant, from Redis (pipelined HMGETs) or this process. */
-static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t day, const char *const *ids,
-                     size_t n, cJSON *tenants)
+/* The next reply on rc by deadline (mono_ms): 0 with *reply, -1 when the connection failed,
+ * GQ_USAGE_LATE when the deadline passed. hiredis's own timeout starts again with every byte
+ * read (a server trickling its answer would hold the caller for ever): each read is given only
+ * the time left. */
+#define GQ_USAGE_LATE (-2)
+static int reply_by(redisContext *rc, int64_t deadline, void **reply)
+{
+    *reply = NULL;
+    for (int done = 0; !done;) {
+        int64_t left = deadline - mono_ms();
+        if (left <= 0) return GQ_USAGE_LATE;
+        struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
+        if (redisSetTimeout(rc, tv) != REDIS_OK || redisBufferWrite(rc, &done) != REDIS_OK)
+            return mono_ms() >= deadline ? GQ_USAGE_LATE : -1;
+    }
+    for (;;) {
+        if (redisGetReplyFromReader(rc, reply) != REDIS_OK) return -1;
+        if (*reply) return 0;
+        int64_t left = deadline - mono_ms();
+        if (left <= 0) return GQ_USAGE_LATE;
+        struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
+        if (redisSetTimeout(rc, tv) != REDIS_OK || redisBufferRead(rc) != REDIS_OK)
+            return mono_ms() >= deadline ? GQ_USAGE_LATE : -1;
+    }
+}
+
+/* One day's counts of every tenant, from Redis (pipelined HMGETs, all answered by deadline)
+ * or this process: 0, -1, or GQ_USAGE_LATE. */
+static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t deadline, int64_t day,
+                     const char *const *ids, size_t n, cJSON *tenants)
 {
     for (size_t i = 0; rc && i < n; i++) {
         char key[512];
@@ -563,7 +590,8 @@ static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t day, const
         int have = 0;
         if (rc) {
             void *reply = NULL;
-            if (redisGetReply(rc, &reply) != REDIS_OK) return -1;
+            int got = reply_by(rc, deadline, &reply);
+            if (got < 0) return got;
             redisReply *r = reply;
             if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
                 int64_t *f[3] = {&u.requests, &u.prompt_tokens, &u.completion_tokens};
@@ -587,14 +615,23 @@ static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t day, const
     return 0;
 }
 
-cJSON *gw_quota_usage_report(const void *state, int days)
+int gw_quota_usage_deadline_ms(const void *state)
 {
     const quota_conf_t *c = state;
+    int64_t t = c && c->redis ? 4 * (int64_t)c->timeout_ms : 0;
+    return t < 1000 ? 1000 : t > 10000 ? 10000 : (int)t;
+}
+
+cJSON *gw_quota_usage_report(const void *state, int days, int *late)
+{
+    const quota_conf_t *c = state;
+    *late = 0;
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
     cJSON_AddStringToObject(o, "store", c && c->redis ? "redis" : "process");
     cJSON *arr = cJSON_AddArrayToObject(o, "days");
     if (!c || !arr) return o;
+    int64_t deadline = mono_ms() + gw_quota_usage_deadline_ms(state);
     redisContext *rc = NULL;
     if (c->redis) {
         char err[256];
@@ -615,7 +652,9 @@ cJSON *gw_quota_usage_report(const void *state, int days)
         cJSON_AddStringToObject(day, "date", date);
         cJSON *tenants = cJSON_AddObjectToObject(day, "tenants");
         cJSON_AddItemToArray(arr, day);
-        if (!tenants || usage_day(c, rc, today - d, ids, n, tenants) < 0) {
+        int got = tenants ? usage_day(c, rc, deadline, today - d, ids, n, tenants) : -1;
+        if (got == GQ_USAGE_LATE) *late = 1;
+        if (got < 0) {
             cJSON_AddStringToObject(o, "error", "the quota store failed while answering");
             break;
         }

@@ -10,6 +10,7 @@
 #include "redis_url.h"
 
 #define KEY_BYTES 32
+#define ID_MAX 128 /* a key id's and a tenant id's longest, as the gateway's config */
 
 static void usage(FILE *f)
 {
@@ -146,7 +147,7 @@ static int store(const char *url, const char *tenant, const char *kid, const cha
 
 static int id_ok(const char *s)
 {
-    if (!*s || strlen(s) > 128) return 0;
+    if (!*s || strlen(s) > ID_MAX) return 0;
     for (; *s; s++)
         if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
               *s == '-' || *s == '_' || *s == '.'))
@@ -213,9 +214,9 @@ int main(int argc, char **argv)
     char kid[160];
     if (id) snprintf(kid, sizeof(kid), "%s", id);
     else {
-        char suffix[9];
-        snprintf(suffix, sizeof(suffix), "%.8s", hex);
-        snprintf(kid, sizeof(kid), "%s-%s", tenant ? tenant : "key", suffix);
+        /* <tenant>-<8 hex digits>, the tenant cut so that the id stays within the 128 that
+         * --revoke, the config and the gateway's log accept (id_ok). */
+        snprintf(kid, sizeof(kid), "%.*s-%.8s", ID_MAX - 9, tenant ? tenant : "key", hex);
     }
     if (redis) {
         int replaced = 0;

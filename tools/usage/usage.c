@@ -89,9 +89,17 @@ static int hexval(char c)
     return -1;
 }
 
-/* The tenant id of a usage key for day, percent-decoded into id: 0, or -1 when the reply is
- * not a key the gateway would write (checked by writing it again with the gateway's own
- * gq_usage_key). Reads only the reply's len bytes. */
+/* The tenant-id alphabet (gateway/config.c's derive_tenants). */
+static int is_id_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+}
+
+/* The tenant id of a usage key for day, percent-decoded into id: 0, -1 when the reply is not
+ * a key the gateway would write (checked by writing it again with the gateway's own
+ * gq_usage_key), -2 when the id is not one a config can hold (1 to 128 of [A-Za-z0-9._-]:
+ * Redis's content is not trusted to reach a terminal). Reads only the reply's len bytes. */
 static int key_tenant(const redisReply *k, int64_t day, char *id, size_t cap)
 {
     static const char prefix[] = "gotthard:u:{";
@@ -114,7 +122,11 @@ static int key_tenant(const redisReply *k, int64_t day, char *id, size_t cap)
     id[o] = '\0';
     char again[1024];
     int len = o ? gq_usage_key(again, sizeof(again), id, day) : -1;
-    return len > 0 && (size_t)len == k->len && memcmp(again, k->str, k->len) == 0 ? 0 : -1;
+    if (len <= 0 || (size_t)len != k->len || memcmp(again, k->str, k->len) != 0) return -1;
+    if (o > 128) return -2;
+    for (size_t i = 0; i < o; i++)
+        if (!is_id_char(id[i])) return -2;
+    return 0;
 }
 
 /* A counter field of HMGET: nil is 0, else a decimal count. */
@@ -144,15 +156,20 @@ static int scan_reply_ok(const redisReply *r, char *cursor, size_t cap)
     return 1;
 }
 
-/* One tenant's counts for the day under key (checked): 0, or -1 with the reason printed. */
+/* One tenant's counts for the day under key (checked): 0, or -1 with the reason printed. A
+ * key SCAN returns again (it may) is counted once. */
 static int add_tenant(redisContext *rc, cJSON *tenants, const redisReply *key, int64_t day)
 {
     char id[512];
-    if (key_tenant(key, day, id, sizeof(id)) < 0) {
-        fprintf(stderr,
-                "gotthard-usage: SCAN returned something that is not a usage key of that day\n");
+    int got = key_tenant(key, day, id, sizeof(id));
+    if (got < 0) {
+        fprintf(stderr, "gotthard-usage: %s\n",
+                got == -2 ? "a usage key's tenant id is not one a config can hold (1 to 128 "
+                            "letters, digits, '-', '_' and '.')"
+                          : "SCAN returned something that is not a usage key of that day");
         return -1;
     }
+    if (cJSON_GetObjectItemCaseSensitive(tenants, id)) return 0;
     redisReply *h =
         redisCommand(rc, "HMGET %b requests prompt_tokens completion_tokens", key->str, key->len);
     static const char *const f[] = {"requests", "prompt_tokens", "completion_tokens"};
@@ -171,6 +188,8 @@ static int add_tenant(redisContext *rc, cJSON *tenants, const redisReply *key, i
 
 /* The same report as GET /usage, from Redis: every tenant that has a key for the day. Every
  * reply's type and length is checked; anything unexpected ends the report with an error. */
+enum { SCAN_ROUNDS = 100000 }; /* of COUNT 1000: a hundred million keys */
+
 static cJSON *from_redis(const char *url, int days)
 {
     char err[256];
@@ -210,10 +229,30 @@ static cJSON *from_redis(const char *url, int days)
             redisFree(rc);
             cJSON_Delete(o);
             return NULL;
-        } while (strcmp(cursor, "0") != 0 && ++rounds < 100000);
+        } while (strcmp(cursor, "0") != 0 && ++rounds < SCAN_ROUNDS);
+        if (strcmp(cursor, "0") != 0) {
+            fprintf(stderr, "gotthard-usage: SCAN did not finish in %d rounds; no report (it "
+                            "would be partial)\n", SCAN_ROUNDS);
+            redisFree(rc);
+            cJSON_Delete(o);
+            return NULL;
+        }
     }
     redisFree(rc);
     return o;
+}
+
+/* s for a terminal: the tenant-id alphabet [A-Za-z0-9._-] as it is, every other byte %XX (a
+ * name from the admin's JSON may hold anything, escapes included). */
+static const char *shown(const char *s, char *buf, size_t cap)
+{
+    size_t o = 0;
+    for (; s && *s && o + 4 < cap; s++) {
+        if (is_id_char(*s)) buf[o++] = *s;
+        else o += (size_t)snprintf(buf + o, cap - o, "%%%02X", (unsigned char)*s);
+    }
+    buf[o] = '\0';
+    return buf;
 }
 
 static void print_table(const cJSON *o)
@@ -226,15 +265,20 @@ static void print_table(const cJSON *o)
         const cJSON *date = cJSON_GetObjectItemCaseSensitive(day, "date"), *t;
         cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(day, "tenants"))
         {
+            char d[64], name[1600];
             printf("%-10s  %-24s %12.0f %16.0f %18.0f\n",
-                   cJSON_IsString(date) ? date->valuestring : "?", t->string,
+                   shown(cJSON_IsString(date) ? date->valuestring : "?", d, sizeof(d)),
+                   shown(t->string, name, sizeof(name)),
                    cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(t, "requests")),
                    cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(t, "prompt_tokens")),
                    cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(t, "completion_tokens")));
         }
     }
     const cJSON *err = cJSON_GetObjectItemCaseSensitive(o, "error");
-    if (cJSON_IsString(err)) printf("note: %s\n", err->valuestring);
+    if (!cJSON_IsString(err)) return;
+    printf("note: ");
+    for (const char *p = err->valuestring; *p; p++) putchar(*p >= 0x20 && *p < 0x7f ? *p : '?');
+    putchar('\n');
 }
 
 int main(int argc, char **argv)
