@@ -58,15 +58,20 @@ uint64_t gw_auth_guard_room(uint64_t tat, uint64_t now, uint64_t t_us, uint64_t 
 }
 
 /* The client's address as bytes (IPv6 by its /64: one host holds a whole one), digested with
- * the process's key. Returns 0, or -1 when the address is not known. */
+ * the process's key; an unknown address is one address of its own. Returns 0, or -1 when the
+ * digest fails. */
 static int client_digest(gw_req_t *r, unsigned char d[32])
 {
     char text[64];
     unsigned char in[sizeof(digest_key) + 1 + 16];
     size_t n = sizeof(digest_key);
-    if (gw_req_client_address(r, text, sizeof(text)) < 0) return -1;
     memcpy(in, digest_key, n);
-    if (inet_pton(AF_INET, text, in + n + 1) == 1) {
+    if (gw_req_client_address(r, text, sizeof(text)) < 0) {
+        /* Unknown (a trusted proxy named no usable address): one bucket for all such clients,
+         * so that `X-Forwarded-For: unknown` is no way out of the limiter. */
+        in[n] = 0;
+        n += 1;
+    } else if (inet_pton(AF_INET, text, in + n + 1) == 1) {
         in[n] = 4;
         n += 1 + 4;
     } else if (inet_pton(AF_INET6, text, in + n + 1) == 1) {

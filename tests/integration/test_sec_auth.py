@@ -152,7 +152,7 @@ def one(port, source, key, path="/v1/models"):
         c.close()
 
 
-def start(redis, mock, auth=None, cache_ms=60000, cfg_key=None, workers=1):
+def start(redis, mock, auth=None, cache_ms=60000, cfg_key=None, workers=1, **extra):
     tenants = [{"id": "acme", "models": ["*"]}]
     if cfg_key:
         tenants[0]["api_keys"] = [{"id": "acme-c", "sha256": digest(cfg_key)}]
@@ -161,6 +161,7 @@ def start(redis, mock, auth=None, cache_ms=60000, cfg_key=None, workers=1):
                 api_keys={"redis": True, "cache_ms": cache_ms}, timeouts={"drain_ms": 2000})
     if auth is not None:
         over["auth"] = auth
+    over.update(extra)
     return Gateway(gateway_config([mock.port], **over))
 
 
@@ -383,6 +384,20 @@ def test_failure_limiter_defaults_on():
     gw = start(redis, mock)  # no "auth": the defaults (10 per second, bursts of 100)
     got = [st for st, _, _ in batch(gw.port, "127.0.0.7", [models_req(new_key()) for _ in range(300)], 1)]
     assert got.count(401) >= 100 and got.count(429) >= 150, (got.count(401), got.count(429))
+
+
+def test_unknown_client_address_is_not_a_way_out_of_the_limiter():
+    """Behind a trusted proxy, `X-Forwarded-For: unknown` (or garbage) leaves the client unknown
+    (client_countries refuses it); the limiter then counts all such clients as one address
+    instead of letting them through uncounted."""
+    redis, mock = Redis(), Mock()
+    gw = start(redis, mock, auth={"failure_rate": 1, "failure_burst": 5}, trusted_proxies=[HOST])
+
+    def req(xff):
+        return ("GET /v1/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\n"
+                "X-Forwarded-For: %s\r\n\r\n" % (new_key(), xff)).encode()
+    got = [st for st, _, _ in batch(gw.port, HOST, [req(x) for x in ("unknown", "", "zz", "unknown") * 10], 1)]
+    assert got.count(429) >= 30 and got.count(401) <= 8, got
 
 
 def test_auth_config_errors():
