@@ -615,6 +615,30 @@ static void keep_for_usage(gw_req_t *r, const char *p, size_t n)
     evbuffer_add(r->resp_copy, p, n);
 }
 
+/* The first n bytes of in, kept for usage however many pieces they span. */
+static void copy_for_usage(gw_req_t *r, struct evbuffer *in, size_t n)
+{
+    struct evbuffer_ptr pos;
+    if (!r->resp_copy || evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET) < 0) return;
+    size_t left = n;
+    while (left && r->resp_copy) {
+        struct evbuffer_iovec vs[8];
+        int nv = evbuffer_peek(in, (ssize_t)left, &pos, vs, 8);
+        size_t took = 0;
+        for (int i = 0; i < nv && i < 8 && left; i++) {
+            size_t take = vs[i].iov_len < left ? vs[i].iov_len : left;
+            keep_for_usage(r, vs[i].iov_base, take);
+            left -= take;
+            took += take;
+        }
+        if (!took || evbuffer_ptr_set(in, &pos, took, EVBUFFER_PTR_ADD) < 0) break;
+    }
+    if (left && r->resp_copy) { /* cannot happen: in holds n bytes */
+        evbuffer_free(r->resp_copy);
+        r->resp_copy = NULL;
+    }
+}
+
 static void on_data(void *arg, const char *p, size_t n)
 {
     gw_req_t *r = arg;
@@ -766,20 +790,7 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
         if (!r->sse) {
             size_t have = evbuffer_get_length(in);
             size_t n = have < (size_t)u->remaining ? have : (size_t)u->remaining;
-            if (r->resp_copy) {
-                struct evbuffer_iovec vs[8];
-                int nv = evbuffer_peek(in, (ssize_t)n, NULL, vs, 8);
-                size_t left = n;
-                for (int i = 0; i < nv && i < 8 && left; i++) {
-                    size_t take = vs[i].iov_len < left ? vs[i].iov_len : left;
-                    keep_for_usage(r, vs[i].iov_base, take);
-                    left -= take;
-                }
-                if (left && r->resp_copy) { /* more pieces than peeked: give up on usage */
-                    evbuffer_free(r->resp_copy);
-                    r->resp_copy = NULL;
-                }
-            }
+            copy_for_usage(r, in, n);
             if (r->own_error) {
                 evbuffer_drain(in, n);
             } else {
