@@ -67,7 +67,22 @@ struct gw_redis {
     int freeing;
     queued_t *qhead, *qtail; /* commands waiting for the handshake (oldest first) */
     size_t nqueued;
+    int retiring;               /* replaced by a reload: finishing what it was sent */
+    struct event *retire_by;    /* then closed by force */
+    struct gw_redis *next_retiring;
 };
+
+/* The calling worker's retiring connections, freed at its end if still there. */
+static _Thread_local gw_redis_t *retiring;
+
+static void unlink_retiring(gw_redis_t *rd)
+{
+    for (gw_redis_t **pp = &retiring; *pp; pp = &(*pp)->next_retiring)
+        if (*pp == rd) {
+            *pp = rd->next_retiring;
+            return;
+        }
+}
 
 /* The handshake's commands, told apart in on_handshake by their private data. */
 static char hs_auth, hs_select;
@@ -267,6 +282,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     gw_redis_t *rd = ac->data;
+    if (rd->ac == ac && rd->retiring) { /* every reply is in: the retired connection is done */
+        rd->ac = NULL;
+        gw_redis_free(rd);
+        return;
+    }
     if (rd->ac == ac) {
         rd->ac = NULL;
         evtimer_del(rd->handshake);
@@ -399,10 +419,57 @@ void gw_redis_hand_over(gw_redis_t *from, gw_redis_t *to)
     flush_queue(to);
 }
 
+void gw_redis_set_timeout(gw_redis_t *rd, int64_t timeout_ms)
+{
+    if (rd) rd->timeout_ms = timeout_ms;
+}
+
+static void retire_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_redis_free(arg); /* still waiting: what is left is answered NULL */
+}
+
+void gw_redis_retire(gw_redis_t *rd)
+{
+    if (!rd) return;
+    if (!rd->connected || !rd->ac || !rd->retry) {
+        gw_redis_free(rd);
+        return;
+    }
+    /* No reconnecting, no new commands (the worker has its new connection); the commands in
+     * flight, those nobody waits for too, are written and answered, then hiredis disconnects
+     * (on_disconnect frees rd). Closing it at once would drop what is not yet written, and a
+     * close with unread replies resets the connection, losing what Redis has not read. */
+    rd->freeing = rd->retiring = 1;
+    evtimer_del(rd->retry);
+    evtimer_del(rd->handshake);
+    set_connected(rd, 0);
+    int64_t ms = rd->timeout_ms > HANDSHAKE_MIN_MS ? rd->timeout_ms : HANDSHAKE_MIN_MS;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    rd->retire_by = evtimer_new(rd->w->base, retire_deadline, rd);
+    if (!rd->retire_by || evtimer_add(rd->retire_by, &tv) < 0) {
+        gw_redis_free(rd);
+        return;
+    }
+    rd->next_retiring = retiring;
+    retiring = rd;
+    redisAsyncDisconnect(rd->ac); /* may disconnect (and free rd) at once */
+}
+
+void gw_redis_free_retiring(void)
+{
+    while (retiring) gw_redis_free(retiring);
+}
+
 void gw_redis_free(gw_redis_t *rd)
 {
     if (!rd) return;
     rd->freeing = 1;
+    if (rd->retiring) unlink_retiring(rd);
+    if (rd->retire_by) event_free(rd->retire_by);
+    rd->retire_by = NULL;
     drop_connection(rd);
     while (rd->qhead) dequeue_head(rd);
     if (rd->retry) event_free(rd->retry);

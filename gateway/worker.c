@@ -134,16 +134,17 @@ static void take_reload(gw_worker_t *w)
     free(w->nidle);
     w->idle = idle;
     w->nidle = nidle;
-    /* A changed store: reconnect. */
+    /* A changed store: a new connection, while the old one finishes what it was sent (its
+     * answers settle the admissions in flight; its queue moves over). A changed timeout only
+     * applies to the commands sent from now on. */
     const char *old_url = w->cfg->redis.url, *new_url = next->redis.url;
-    if ((old_url == NULL) != (new_url == NULL) || (old_url && strcmp(old_url, new_url) != 0) ||
-        w->cfg->redis.timeout_ms != next->redis.timeout_ms) {
-        /* The new one first: what the old one's waiting commands send in return when they
-         * are answered NULL (slot releases) queues on it, with the old one's queue. */
+    if ((old_url == NULL) != (new_url == NULL) || (old_url && strcmp(old_url, new_url) != 0)) {
         gw_redis_t *old = w->redis;
         w->redis = gw_redis_new(w, next);
         gw_redis_hand_over(old, w->redis);
-        gw_redis_free(old);
+        gw_redis_retire(old);
+    } else if (w->cfg->redis.timeout_ms != next->redis.timeout_ms) {
+        gw_redis_set_timeout(w->redis, next->redis.timeout_ms);
     }
     gw_config_unref(w->cfg);
     w->cfg = next;
@@ -185,6 +186,7 @@ static void *run(void *arg)
     gw_balance_worker_free(w);
     gw_redis_free(w->redis); /* answers what still waits on it */
     w->redis = NULL;
+    gw_redis_free_retiring();
     gw_arena_thread_cleanup();
     atomic_store(&w->done, 1);
     return NULL;

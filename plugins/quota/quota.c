@@ -33,7 +33,8 @@
  * quota_unavailable, "local" falls back to the in-process counts.
  *
  * Tokens: admission reserves an estimate (request body bytes / 4, plus max_tokens or
- * DEFAULT_COMPLETION); the answer's usage settles it. For streams the core asks the backend for
+ * DEFAULT_COMPLETION per choice: max(n, best_of, 1) up to MAX_CHOICES); the answer's usage
+ * settles it, and a request that relayed no 2xx answer is settled at 0. For streams the core asks the backend for
  * stream_options.include_usage whatever the client sent, and removes that chunk when the client
  * did not ask for it (request.c, upstream.c); JSON answers carry theirs. Without usage from the
  * backend a JSON answer is charged the estimate, a stream the prompt estimate plus one token per
@@ -647,8 +648,7 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
         return;
     }
     /* Into the leases it was spent from, while they live; else to Redis. Nobody waits for the
-     * answer; a settlement that cannot be sent leaves the slot to its lease and the tokens to
-     * the reservation. */
+     * answer; with Redis away it waits in the worker's queue for the next connection. */
     if (!q->ticket.slot_taken[0] && !q->ticket.slot_taken[1] &&
         gq_lease_settle(&q->ticket, mono_ms(), actual))
         return;
