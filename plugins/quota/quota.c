@@ -589,10 +589,9 @@ static void arm_flush(gw_req_t *r)
 
 void gw_quota_worker_stop(void)
 {
-    if (!flush_timer) return;
-    event_free(flush_timer);
+    if (flush_timer) event_free(flush_timer);
     flush_timer = NULL;
-    flush_pending();
+    flush_pending(); /* every tenant's, whichever worker counted them */
 }
 
 /* Did the client get an answer from a backend: a 2xx, or a stream it left after its head? */
