@@ -115,7 +115,7 @@ static int enqueue(gw_redis_t *rd, int argc, const char **argv, const size_t *ar
 {
     if (argc <= 0) return -1;
     size_t bytes = sizeof(queued_t) + (size_t)argc * (sizeof(char *) + sizeof(size_t));
-    for (int i = 0; i < argc; i++) bytes += argvlen[i];
+    for (int i = 0; i < argc; i++) bytes += argvlen ? argvlen[i] : strlen(argv[i]);
     queued_t *q = malloc(bytes);
     if (!q) {
         atomic_fetch_add(&queue_dropped, 1);
@@ -127,10 +127,11 @@ static int enqueue(gw_redis_t *rd, int argc, const char **argv, const size_t *ar
     q->argvlen = (size_t *)(q->argv + argc);
     char *p = (char *)(q->argvlen + argc);
     for (int i = 0; i < argc; i++) {
-        memcpy(p, argv[i], argvlen[i]);
+        size_t n = argvlen ? argvlen[i] : strlen(argv[i]); /* hiredis: NULL lengths, strings */
+        memcpy(p, argv[i], n);
         q->argv[i] = p;
-        q->argvlen[i] = argvlen[i];
-        p += argvlen[i];
+        q->argvlen[i] = n;
+        p += n;
     }
     if (rd->nqueued >= QUEUE_MAX) {
         dequeue_head(rd);
