@@ -339,6 +339,30 @@ def test_unserved_requests_are_not_charged():
     be.stop()
 
 
+def test_queue_timeouts_are_not_charged():
+    """Requests that wait in a pool's queue and time out (503) produced nothing: with two of
+    them charged their 620-token estimate, a third request would not fit the minute."""
+    be = Backend()
+    be.delay = 1.5
+    cfg = config(be, {"tokens_per_minute": 2000},
+                 pools=[gwtest.pool("p1", ["m1"], [gwtest.backend(be.port, max_concurrent=1)],
+                                    queue={"max": 10, "timeout_ms": 300})])
+    gw = Gateway(cfg)
+    first = {}
+    t = threading.Thread(target=lambda: first.setdefault("r", chat(gw, max_tokens=600)))
+    t.start()
+    gwtest.wait_for(lambda: len(be.seen) == 1, timeout=5, what="the first request upstream")
+    for _ in range(2):
+        r = chat(gw, max_tokens=600)
+        assert r.status == 503, r.describe()
+    t.join(15)
+    assert first["r"].status == 200, first["r"].describe()
+    be.delay = 0
+    r = chat(gw, max_tokens=600)
+    assert r.status == 200, "refused after queue timeouts: " + r.describe()
+    be.stop()
+
+
 # ---- C: usage of large JSON answers ------------------------------------------------------------
 
 def test_usage_read_from_large_json_answers():
