@@ -603,14 +603,25 @@ static int on_event(void *arg, const char *ev, size_t len)
     return 0;
 }
 
-/* A JSON answer is kept (up to 1 MiB) when a plugin wants its usage. */
+/* A JSON answer is kept when a plugin wants its usage: its last MAX_USAGE_COPY bytes, where an
+ * answer's usage is (it closes the object), so that no size of answer hides its usage. A
+ * backend's error answer read for its code (own_error) is kept whole up to the cap, or not. */
 static void keep_for_usage(gw_req_t *r, const char *p, size_t n)
 {
     if (!r->resp_copy) return;
-    if (evbuffer_get_length(r->resp_copy) + n > MAX_USAGE_COPY) {
-        evbuffer_free(r->resp_copy);
-        r->resp_copy = NULL;
-        return;
+    size_t have = evbuffer_get_length(r->resp_copy);
+    if (have + n > MAX_USAGE_COPY) {
+        if (r->own_error) {
+            evbuffer_free(r->resp_copy);
+            r->resp_copy = NULL;
+            return;
+        }
+        if (n >= MAX_USAGE_COPY) {
+            p += n - MAX_USAGE_COPY;
+            n = MAX_USAGE_COPY;
+        }
+        size_t over = have + n - MAX_USAGE_COPY;
+        evbuffer_drain(r->resp_copy, over < have ? over : have);
     }
     evbuffer_add(r->resp_copy, p, n);
 }
@@ -726,8 +737,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         const gw_header_t *ct = gw_http_find_kind(&h, GW_H_CONTENT_TYPE);
         r->sse = ct && ct->value_len >= 17 && strncasecmp(ct->value, "text/event-stream", 17) == 0;
         if (r->cfg->want_usage && !r->sse && h.status == 200 && ct && ct->value_len >= 16 &&
-            strncasecmp(ct->value, "application/json", 16) == 0 &&
-            (u->framing != F_LENGTH || u->remaining <= (int64_t)MAX_USAGE_COPY))
+            strncasecmp(ct->value, "application/json", 16) == 0)
             r->resp_copy = evbuffer_new();
         judge_head(r, u, h.status);
         r->status = h.status;

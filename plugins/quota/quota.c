@@ -37,9 +37,8 @@
  * settles it, and a request that relayed no 2xx answer is settled at 0. For streams the core
  * asks the backend for stream_options.include_usage whatever the client sent, and removes that
  * chunk when the client did not ask for it (request.c, upstream.c); JSON answers carry theirs.
- * Without usage from the backend (or past the 1 MiB copy of a JSON answer) a JSON answer is
- * charged the estimate, a stream the prompt estimate plus one token per event relayed (at least
- * the estimate when it ended well).
+ * Without usage from the backend a JSON answer is charged the estimate, a stream the prompt
+ * estimate plus one token per event relayed (at least the estimate when it ended well).
  */
 #define DEFAULT_COMPLETION 256
 #define MAX_CHOICES 128 /* n / best_of counted up to this (OpenAI's bound for n) */

@@ -380,16 +380,22 @@ def test_usage_read_from_large_json_answers():
     be.stop()
 
 
-def test_answer_past_the_cap_is_charged_every_choice():
-    """An answer past the cap cannot be read for usage: it is charged its estimate, which counts
-    n x max_tokens, so a large n is no way around the budget."""
+def test_answer_past_the_cap_is_charged_its_usage_or_every_choice():
+    """An answer past the 1 MiB copy: its usage is read from its end (the copy keeps the last
+    MiB); one without usage is charged its estimate, which counts n x max_tokens, so a large n
+    is no way around the budget."""
     be = Backend()
     be.pad = 1100 * 1024
     gw = Gateway(config(be, {"tokens_per_day": 10 ** 9}))
     r = chat(gw, max_tokens=100, n=20)
+    assert r.status == 200 and len(r.body) > 1100 * 1024, r.describe()
+    u = usage_today(gw)
+    assert u.get("completion_tokens") == 20 * 100, u
+    be.usage = "omit"
+    r = chat(gw, max_tokens=100, n=20)
     assert r.status == 200, r.describe()
     u = usage_today(gw)
-    assert u.get("completion_tokens", 0) >= 20 * 100, u
+    assert u.get("completion_tokens", 0) >= 2 * 20 * 100, u
     be.stop()
 
 
