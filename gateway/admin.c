@@ -600,6 +600,12 @@ static void handle(struct evhttp_request *req, void *arg)
         evbuffer_add_printf(out, "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
                                  "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
                             a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
+        evbuffer_add_printf(out, "# HELP gotthard_quota_store_dropped_total Settlements, slot "
+                                 "releases and usage counts dropped while the quota store was "
+                                 "away (the per-worker queue was full).\n"
+                                 "# TYPE gotthard_quota_store_dropped_total counter\n"
+                                 "gotthard_quota_store_dropped_total %lu\n",
+                            gw_redis_queue_dropped());
         evbuffer_add_printf(out, "# HELP gotthard_access_log_dropped_total Access log lines dropped "
                                  "(a full buffer or a failed write).\n"
                                  "# TYPE gotthard_access_log_dropped_total counter\n"

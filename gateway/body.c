@@ -456,6 +456,12 @@ int gw_body_is_usage_chunk(gw_arena_t *arena, const char *data, size_t len)
  * per request): the last key "usage" whose value is an object. A string cannot hold the
  * bytes "usage" with both quotes unescaped, so no text of the answer can pose as it; but the
  * end of a key can (`{"a\"usage": {...}}`): the opening quote must not be escaped. */
+static int token_count(const cJSON *v)
+{
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < 1e12 &&
+           v->valuedouble == (double)(int64_t)v->valuedouble;
+}
+
 int gw_body_usage(gw_arena_t *arena, const char *text, size_t len, int64_t *prompt,
                   int64_t *completion, size_t *at)
 {
@@ -472,12 +478,18 @@ int gw_body_usage(gw_arena_t *arena, const char *text, size_t len, int64_t *prom
     cJSON *usage = gw_json_parse(arena, obj, (size_t)(end - obj), NULL);
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(usage, "prompt_tokens");
     const cJSON *ct = cJSON_GetObjectItemCaseSensitive(usage, "completion_tokens");
+    const cJSON *tt = cJSON_GetObjectItemCaseSensitive(usage, "total_tokens");
     int found = 0;
-    if (cJSON_IsNumber(pt) && pt->valuedouble >= 0 && pt->valuedouble < 1e12) {
+    /* Both counts, whole numbers below 1e12, or no usage at all: a partial usage (a count
+     * absent, negative, fractional or absurd) would charge what was not counted as 0. An
+     * answer without completion_tokens (embeddings) counts total_tokens - prompt_tokens. */
+    int have_c = token_count(ct);
+    if (!ct && token_count(pt) && token_count(tt) && tt->valuedouble >= pt->valuedouble)
+        have_c = 2;
+    if (token_count(pt) && have_c) {
         *prompt = (int64_t)pt->valuedouble;
-        *completion = cJSON_IsNumber(ct) && ct->valuedouble >= 0 && ct->valuedouble < 1e12
-                          ? (int64_t)ct->valuedouble
-                          : 0;
+        *completion = have_c == 1 ? (int64_t)ct->valuedouble
+                                  : (int64_t)tt->valuedouble - (int64_t)pt->valuedouble;
         if (at) *at = (size_t)(obj - text);
         found = 1;
     }

@@ -10,7 +10,13 @@
  * SELECT with OK: until then no command is sent on it, so nothing ever runs in another
  * database. A refusal (wrong password, a database the server lacks), an unexpected answer or
  * none within the handshake deadline drops the connection and retries with the same backoff;
- * gw_redis_problem() says why for /readyz, in constant words (never the password). */
+ * gw_redis_problem() says why for /readyz, in constant words (never the password).
+ *
+ * A command nobody waits for (gw_req_redis_send: settlements, slot releases, usage counts) that
+ * cannot be sent now (no connection, a connection being dropped) is kept in a bounded
+ * per-worker queue and sent, in order, once a connection completes its handshake; a reload that
+ * replaces the connection hands the queue over. Past QUEUE_MAX the oldest is dropped and
+ * counted (gotthard_quota_store_dropped_total): the slots' lease is the backstop. */
 #include "redis.h"
 
 #include <hiredis/adapters/libevent.h>
@@ -25,6 +31,15 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000 /* a Redis that returns is used again within about this */
 #define HANDSHAKE_MIN_MS 1000 /* connect, AUTH and SELECT; redis.timeout_ms if longer */
+#define QUEUE_MAX 4096        /* commands kept per worker while Redis is away */
+
+/* A command waiting for a connection: argv and the bytes in one allocation. */
+typedef struct queued {
+    struct queued *next;
+    int argc;
+    const char **argv;
+    size_t *argvlen;
+} queued_t;
 
 typedef struct pending {
     gw_redis_t *rd;
@@ -50,7 +65,24 @@ struct gw_redis {
     struct event *handshake; /* the deadline of connect, AUTH and SELECT */
     int problem;             /* the last gw_redis_problem_t of this connection, for the log */
     int freeing;
+    queued_t *qhead, *qtail; /* commands waiting for the handshake (oldest first) */
+    size_t nqueued;
+    int retiring;               /* replaced by a reload: finishing what it was sent */
+    struct event *retire_by;    /* then closed by force */
+    struct gw_redis *next_retiring;
 };
+
+/* The calling worker's retiring connections, freed at its end if still there. */
+static _Thread_local gw_redis_t *retiring;
+
+static void unlink_retiring(gw_redis_t *rd)
+{
+    for (gw_redis_t **pp = &retiring; *pp; pp = &(*pp)->next_retiring)
+        if (*pp == rd) {
+            *pp = rd->next_retiring;
+            return;
+        }
+}
 
 /* The handshake's commands, told apart in on_handshake by their private data. */
 static char hs_auth, hs_select;
@@ -61,6 +93,67 @@ static void connect_now(gw_redis_t *rd);
 static atomic_int connections_up;
 /* Why the last connection attempt (any worker) failed: a gw_redis_problem_t. */
 static atomic_int last_problem;
+/* Queued commands dropped (the queue was full, or out of memory). */
+static atomic_ulong queue_dropped;
+
+unsigned long gw_redis_queue_dropped(void)
+{
+    return atomic_load(&queue_dropped);
+}
+
+static void dequeue_head(gw_redis_t *rd)
+{
+    queued_t *q = rd->qhead;
+    rd->qhead = q->next;
+    if (!rd->qhead) rd->qtail = NULL;
+    rd->nqueued--;
+    free(q);
+}
+
+/* Keeps a command for the next connection; the oldest goes when the queue is full. */
+static int enqueue(gw_redis_t *rd, int argc, const char **argv, const size_t *argvlen)
+{
+    if (argc <= 0) return -1;
+    size_t bytes = sizeof(queued_t) + (size_t)argc * (sizeof(char *) + sizeof(size_t));
+    for (int i = 0; i < argc; i++) bytes += argvlen ? argvlen[i] : strlen(argv[i]);
+    queued_t *q = malloc(bytes);
+    if (!q) {
+        atomic_fetch_add(&queue_dropped, 1);
+        return -1;
+    }
+    q->next = NULL;
+    q->argc = argc;
+    q->argv = (const char **)(q + 1);
+    q->argvlen = (size_t *)(q->argv + argc);
+    char *p = (char *)(q->argvlen + argc);
+    for (int i = 0; i < argc; i++) {
+        size_t n = argvlen ? argvlen[i] : strlen(argv[i]); /* hiredis: NULL lengths, strings */
+        memcpy(p, argv[i], n);
+        q->argv[i] = p;
+        q->argvlen[i] = n;
+        p += n;
+    }
+    if (rd->nqueued >= QUEUE_MAX) {
+        dequeue_head(rd);
+        atomic_fetch_add(&queue_dropped, 1);
+    }
+    if (rd->qtail) rd->qtail->next = q;
+    else rd->qhead = q;
+    rd->qtail = q;
+    rd->nqueued++;
+    return 0;
+}
+
+/* Sends what waited, in order, on a connection that is up. */
+static void flush_queue(gw_redis_t *rd)
+{
+    while (rd->qhead && rd->connected && rd->ac) {
+        queued_t *q = rd->qhead;
+        if (redisAsyncCommandArgv(rd->ac, NULL, NULL, q->argc, q->argv, q->argvlen) != REDIS_OK)
+            return;
+        dequeue_head(rd);
+    }
+}
 
 int gw_redis_connections_up(void)
 {
@@ -151,8 +244,12 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg)
 {
     pending_t *p = arg;
     gw_redis_t *rd = p->rd;
+    /* Down before the callback runs: what it sends in return (a release of the slot this
+     * command may still take when Redis wakes up) waits for the next connection. */
+    int was_up = rd->connected;
+    set_connected(rd, 0);
     answer(p, NULL);
-    if (rd->connected) {
+    if (was_up && rd->ac) {
         gw_warn("worker %d: redis did not answer within %lld ms; reconnecting", rd->w->id,
                 (long long)rd->timeout_ms);
         drop_connection(rd); /* also frees p through on_reply */
@@ -186,6 +283,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     gw_redis_t *rd = ac->data;
+    if (rd->ac == ac && rd->retiring) { /* every reply is in: the retired connection is done */
+        rd->ac = NULL;
+        gw_redis_free(rd);
+        return;
+    }
     if (rd->ac == ac) {
         rd->ac = NULL;
         evtimer_del(rd->handshake);
@@ -235,6 +337,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *priv)
     atomic_store(&last_problem, GW_REDIS_OK);
     set_connected(rd, 1);
     gw_info("worker %d: redis connected (database %d)", rd->w->id, rd->db);
+    flush_queue(rd);
 }
 
 static void handshake_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -306,11 +409,70 @@ gw_redis_t *gw_redis_new(gw_worker_t *w, const gw_config_t *cfg)
     return rd;
 }
 
+void gw_redis_hand_over(gw_redis_t *from, gw_redis_t *to)
+{
+    if (!from || !to) return;
+    while (from->qhead) {
+        queued_t *q = from->qhead;
+        if (enqueue(to, q->argc, q->argv, q->argvlen) < 0) break;
+        dequeue_head(from);
+    }
+    flush_queue(to);
+}
+
+void gw_redis_set_timeout(gw_redis_t *rd, int64_t timeout_ms)
+{
+    if (rd) rd->timeout_ms = timeout_ms;
+}
+
+static void retire_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_redis_free(arg); /* still waiting: what is left is answered NULL */
+}
+
+void gw_redis_retire(gw_redis_t *rd)
+{
+    if (!rd) return;
+    if (!rd->connected || !rd->ac || !rd->retry) {
+        gw_redis_free(rd);
+        return;
+    }
+    /* No reconnecting, no new commands (the worker has its new connection); the commands in
+     * flight, those nobody waits for too, are written and answered, then hiredis disconnects
+     * (on_disconnect frees rd). Closing it at once would drop what is not yet written, and a
+     * close with unread replies resets the connection, losing what Redis has not read. */
+    rd->freeing = rd->retiring = 1;
+    evtimer_del(rd->retry);
+    evtimer_del(rd->handshake);
+    set_connected(rd, 0);
+    int64_t ms = rd->timeout_ms > HANDSHAKE_MIN_MS ? rd->timeout_ms : HANDSHAKE_MIN_MS;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    rd->retire_by = evtimer_new(rd->w->base, retire_deadline, rd);
+    if (!rd->retire_by || evtimer_add(rd->retire_by, &tv) < 0) {
+        gw_redis_free(rd);
+        return;
+    }
+    rd->next_retiring = retiring;
+    retiring = rd;
+    redisAsyncDisconnect(rd->ac); /* may disconnect (and free rd) at once */
+}
+
+void gw_redis_free_retiring(void)
+{
+    while (retiring) gw_redis_free(retiring);
+}
+
 void gw_redis_free(gw_redis_t *rd)
 {
     if (!rd) return;
     rd->freeing = 1;
+    if (rd->retiring) unlink_retiring(rd);
+    if (rd->retire_by) event_free(rd->retire_by);
+    rd->retire_by = NULL;
     drop_connection(rd);
+    while (rd->qhead) dequeue_head(rd);
     if (rd->retry) event_free(rd->retry);
     if (rd->handshake) event_free(rd->handshake);
     if (rd->password) {
@@ -355,9 +517,64 @@ int gw_req_redis_detached(gw_req_t *r, gw_redis_detached_cb cb, void *arg, int a
     return call(r, NULL, cb, arg, argc, argv, argvlen);
 }
 
+static int send_or_queue(gw_redis_t *rd, int argc, const char **argv, const size_t *argvlen)
+{
+    if (!rd || rd->freeing) return -1;
+    flush_queue(rd); /* what waited goes first */
+    if (!rd->qhead && rd->connected && rd->ac &&
+        redisAsyncCommandArgv(rd->ac, NULL, NULL, argc, argv, argvlen) == REDIS_OK)
+        return 0;
+    return enqueue(rd, argc, argv, argvlen);
+}
+
 int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *argvlen)
 {
-    gw_redis_t *rd = r->w->redis;
-    if (!rd || !rd->connected || !rd->ac) return -1;
-    return redisAsyncCommandArgv(rd->ac, NULL, NULL, argc, argv, argvlen) == REDIS_OK ? 0 : -1;
+    return send_or_queue(r->w->redis, argc, argv, argvlen);
+}
+
+static _Thread_local gw_worker_t *this_worker;
+
+void gw_redis_thread(gw_worker_t *w)
+{
+    this_worker = w;
+}
+
+int gw_worker_redis_send(int argc, const char **argv, const size_t *argvlen)
+{
+    return this_worker ? send_or_queue(this_worker->redis, argc, argv, argvlen) : -1;
+}
+
+typedef struct delivery {
+    int answered, expired;
+} delivery_t;
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ((delivery_t *)arg)->expired = 1;
+}
+
+static void on_delivered(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    (void)reply;
+    ((delivery_t *)priv)->answered = 1;
+}
+
+void gw_redis_deliver(gw_redis_t *rd, struct event_base *base)
+{
+    if (!rd || !rd->connected || !rd->ac) return;
+    delivery_t d = {0, 0};
+    const char *ping[] = {"PING"};
+    if (redisAsyncCommandArgv(rd->ac, on_delivered, &d, 1, ping, NULL) != REDIS_OK) return;
+    /* Commands run in order: PING's answer (or the connection's end) says the rest arrived. */
+    int64_t ms = rd->timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct event *deadline = evtimer_new(base, on_deadline, &d);
+    if (!deadline || evtimer_add(deadline, &tv) < 0) d.expired = 1;
+    while (!d.answered && !d.expired && event_base_loop(base, EVLOOP_ONCE) == 0) {
+    }
+    if (deadline) event_free(deadline);
+    if (!d.answered) drop_connection(rd); /* answers PING now, while d is in scope */
 }

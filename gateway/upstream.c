@@ -668,16 +668,51 @@ static int on_event(void *arg, const char *ev, size_t len)
     return 0;
 }
 
-/* A JSON answer is kept (up to 1 MiB) when a plugin wants its usage. */
+/* A JSON answer is kept when a plugin wants its usage: its last MAX_USAGE_COPY bytes, where an
+ * answer's usage is (it closes the object), so that no size of answer hides its usage. A
+ * backend's error answer read for its code (own_error) is kept whole up to the cap, or not. */
 static void keep_for_usage(gw_req_t *r, const char *p, size_t n)
 {
     if (!r->resp_copy) return;
-    if (evbuffer_get_length(r->resp_copy) + n > MAX_USAGE_COPY) {
-        evbuffer_free(r->resp_copy);
-        r->resp_copy = NULL;
-        return;
+    size_t have = evbuffer_get_length(r->resp_copy);
+    if (have + n > MAX_USAGE_COPY) {
+        if (r->own_error) {
+            evbuffer_free(r->resp_copy);
+            r->resp_copy = NULL;
+            return;
+        }
+        if (n >= MAX_USAGE_COPY) {
+            p += n - MAX_USAGE_COPY;
+            n = MAX_USAGE_COPY;
+        }
+        size_t over = have + n - MAX_USAGE_COPY;
+        evbuffer_drain(r->resp_copy, over < have ? over : have);
     }
     evbuffer_add(r->resp_copy, p, n);
+}
+
+/* The first n bytes of in, kept for usage however many pieces they span. */
+static void copy_for_usage(gw_req_t *r, struct evbuffer *in, size_t n)
+{
+    struct evbuffer_ptr pos;
+    if (!r->resp_copy || evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET) < 0) return;
+    size_t left = n;
+    while (left && r->resp_copy) {
+        struct evbuffer_iovec vs[8];
+        int nv = evbuffer_peek(in, (ssize_t)left, &pos, vs, 8);
+        size_t took = 0;
+        for (int i = 0; i < nv && i < 8 && left; i++) {
+            size_t take = vs[i].iov_len < left ? vs[i].iov_len : left;
+            keep_for_usage(r, vs[i].iov_base, take);
+            left -= take;
+            took += take;
+        }
+        if (!took || evbuffer_ptr_set(in, &pos, took, EVBUFFER_PTR_ADD) < 0) break;
+    }
+    if (left && r->resp_copy) { /* cannot happen: in holds n bytes */
+        evbuffer_free(r->resp_copy);
+        r->resp_copy = NULL;
+    }
 }
 
 static void on_data(void *arg, const char *p, size_t n)
@@ -767,8 +802,7 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         const gw_header_t *ct = gw_http_find_kind(&h, GW_H_CONTENT_TYPE);
         r->sse = ct && ct->value_len >= 17 && strncasecmp(ct->value, "text/event-stream", 17) == 0;
         if (r->cfg->want_usage && !r->sse && h.status == 200 && ct && ct->value_len >= 16 &&
-            strncasecmp(ct->value, "application/json", 16) == 0 &&
-            (u->framing != F_LENGTH || u->remaining <= (int64_t)MAX_USAGE_COPY))
+            strncasecmp(ct->value, "application/json", 16) == 0)
             r->resp_copy = evbuffer_new();
         judge_head(r, u, h.status);
         r->status = h.status;
@@ -832,20 +866,7 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
         if (!r->sse) {
             size_t have = evbuffer_get_length(in);
             size_t n = have < (size_t)u->remaining ? have : (size_t)u->remaining;
-            if (r->resp_copy) {
-                struct evbuffer_iovec vs[8];
-                int nv = evbuffer_peek(in, (ssize_t)n, NULL, vs, 8);
-                size_t left = n;
-                for (int i = 0; i < nv && i < 8 && left; i++) {
-                    size_t take = vs[i].iov_len < left ? vs[i].iov_len : left;
-                    keep_for_usage(r, vs[i].iov_base, take);
-                    left -= take;
-                }
-                if (left && r->resp_copy) { /* more pieces than peeked: give up on usage */
-                    evbuffer_free(r->resp_copy);
-                    r->resp_copy = NULL;
-                }
-            }
+            copy_for_usage(r, in, n);
             if (r->own_error) {
                 evbuffer_drain(in, n);
             } else {

@@ -15,6 +15,7 @@
 #include "conn.h"
 #include "accept_guard.h"
 #include "log.h"
+#include "quota.h"
 #include "redis.h"
 #include "upstream.h"
 
@@ -133,12 +134,17 @@ static void take_reload(gw_worker_t *w)
     free(w->nidle);
     w->idle = idle;
     w->nidle = nidle;
-    /* A changed store: reconnect. */
+    /* A changed store: a new connection, while the old one finishes what it was sent (its
+     * answers settle the admissions in flight; its queue moves over). A changed timeout only
+     * applies to the commands sent from now on. */
     const char *old_url = w->cfg->redis.url, *new_url = next->redis.url;
-    if ((old_url == NULL) != (new_url == NULL) || (old_url && strcmp(old_url, new_url) != 0) ||
-        w->cfg->redis.timeout_ms != next->redis.timeout_ms) {
-        gw_redis_free(w->redis);
+    if ((old_url == NULL) != (new_url == NULL) || (old_url && strcmp(old_url, new_url) != 0)) {
+        gw_redis_t *old = w->redis;
         w->redis = gw_redis_new(w, next);
+        gw_redis_hand_over(old, w->redis);
+        gw_redis_retire(old);
+    } else if (w->cfg->redis.timeout_ms != next->redis.timeout_ms) {
+        gw_redis_set_timeout(w->redis, next->redis.timeout_ms);
     }
     gw_config_unref(w->cfg);
     w->cfg = next;
@@ -168,13 +174,19 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 static void *run(void *arg)
 {
     gw_worker_t *w = arg;
+    gw_redis_thread(w);
     event_base_dispatch(w->base);
     /* Stopped: whatever is still open is closed now. */
     while (w->conns) gw_conn_close(w->conns);
     gw_upstream_close_idle(w);
+    /* The quota counts still pending go to Redis; a drained worker waits for them to arrive
+     * (no listener is left to accept anything meanwhile). */
+    gw_quota_worker_stop();
+    if (w->draining) gw_redis_deliver(w->redis, w->base);
     gw_balance_worker_free(w);
     gw_redis_free(w->redis); /* answers what still waits on it */
     w->redis = NULL;
+    gw_redis_free_retiring();
     gw_arena_thread_cleanup();
     atomic_store(&w->done, 1);
     return NULL;

@@ -171,8 +171,13 @@ int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **
 typedef void (*gw_redis_detached_cb)(const struct redisReply *reply, void *arg);
 int gw_req_redis_detached(gw_req_t *r, gw_redis_detached_cb cb, void *arg, int argc,
                           const char **argv, const size_t *argvlen);
-/* Sends one command whose answer nobody waits for (it may outlive the request). */
+/* Sends one command whose answer nobody waits for (it may outlive the request). When Redis is
+ * not connected now, the command waits in a bounded per-worker queue and is sent once a
+ * connection is up again (the oldest dropped past the bound). -1 only without Redis or memory. */
 int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *argvlen);
+/* The same without a request, on the calling worker's connection (from a timer on a worker's
+ * loop); -1 off a worker thread. */
+int gw_worker_redis_send(int argc, const char **argv, const size_t *argvlen);
 
 /* Metrics: a request refused by a quota, by tenant (a configured id) and kind ("requests",
  * "tokens", "tokens_per_day", "concurrency"): gotthard_ratelimited_total{tenant,kind}. */

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -32,13 +33,15 @@
  * quota_unavailable, "local" falls back to the in-process counts.
  *
  * Tokens: admission reserves an estimate (request body bytes / 4, plus max_tokens or
- * DEFAULT_COMPLETION); the answer's usage settles it. For streams the core asks the backend for
- * stream_options.include_usage whatever the client sent, and removes that chunk when the client
- * did not ask for it (request.c, upstream.c); JSON answers carry theirs. Without usage from the
- * backend a JSON answer is charged the estimate, a stream the prompt estimate plus one token per
- * event relayed (at least the estimate when it ended well).
+ * DEFAULT_COMPLETION per choice: max(n, best_of, 1) up to MAX_CHOICES); the answer's usage
+ * settles it, and a request that relayed no 2xx answer is settled at 0. For streams the core
+ * asks the backend for stream_options.include_usage whatever the client sent, and removes that
+ * chunk when the client did not ask for it (request.c, upstream.c); JSON answers carry theirs.
+ * Without usage from the backend a JSON answer is charged the estimate, a stream the prompt
+ * estimate plus one token per event relayed (at least the estimate when it ended well).
  */
 #define DEFAULT_COMPLETION 256
+#define MAX_CHOICES 128 /* n / best_of counted up to this (OpenAI's bound for n) */
 #define SLOT_LEASE_MS (15 * 60 * 1000) /* a concurrency slot outlives a dead gateway this long */
 
 typedef struct quota_conf {
@@ -244,16 +247,30 @@ static void activate(void *state)
     pthread_mutex_unlock(&latest_lock);
 }
 
+/* The choices an answer may hold: max(n, best_of, 1), an integer count, bounded. */
+static int64_t choices(const cJSON *json)
+{
+    int64_t k = 1;
+    const char *const names[] = {"n", "best_of"};
+    for (size_t i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(json, names[i]);
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1)) continue;
+        int64_t c = v->valuedouble >= (double)MAX_CHOICES ? MAX_CHOICES : (int64_t)v->valuedouble;
+        if (c > k) k = c;
+    }
+    return k;
+}
+
 int64_t gw_quota_estimate_tokens(size_t body_len, const cJSON *json, int embeddings)
 {
     int64_t est = (int64_t)body_len / 4;
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(json, "max_completion_tokens");
     if (!cJSON_IsNumber(mt)) mt = cJSON_GetObjectItemCaseSensitive(json, "max_tokens");
     if (embeddings) return est > 0 ? est : 1;
-    if (cJSON_IsNumber(mt) && mt->valuedouble >= 0 && mt->valuedouble < 1e9)
-        est += (int64_t)mt->valuedouble;
-    else
-        est += DEFAULT_COMPLETION;
+    int64_t completion = cJSON_IsNumber(mt) && mt->valuedouble >= 0 && mt->valuedouble < 1e9
+                             ? (int64_t)mt->valuedouble
+                             : DEFAULT_COMPLETION;
+    est += completion * choices(json); /* below 1e9 * MAX_CHOICES: no overflow */
     return est > 0 ? est : 1;
 }
 
@@ -339,6 +356,23 @@ static void renewed(quota_ctx_t *q, int ok, const gq_lease_grant_t g[2],
                      q->admitted || q->in_redis ? &q->ticket : NULL);
 }
 
+/* An admission whose answer was lost (a timeout, a dropped connection, a reload) may still
+ * run in Redis, later, and take its slot: its release follows it (the settle script with
+ * nothing to charge; removing a slot that is not there is harmless). Sent now or, with Redis
+ * away, queued for the next connection (gateway/redis.c), so it runs after the admission. */
+static void release_lost_slot(gw_req_t *r, quota_ctx_t *q)
+{
+    if (!q->slot[0]) return;
+    gq_ticket_t t = {.key = q->key};
+    gq_level_info_t lv[2];
+    int n = gq_key_levels(q->key, lv);
+    for (int i = 0; i < n; i++) t.slot_taken[i] = lv[i].limits->concurrent != 0;
+    snprintf(t.slot, sizeof(t.slot), "%s", q->slot);
+    gq_redis_cmd_t *cmd = gw_req_alloc(r, sizeof(*cmd));
+    if (cmd && gq_redis_settle_cmd(cmd, &t, 0, GQ_REDIS_WINDOW_S, 0) == 0)
+        gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen);
+}
+
 static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg)
 {
     admit_arg_t *a = arg;
@@ -361,6 +395,7 @@ static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg)
                                                fig)
                         : -1;
     q->in_redis = allowed == 1;
+    if (allowed < 0) release_lost_slot(r, q);
     renewed(q, allowed >= 0, g, fig);
     if (allowed == 0 && gq_leasable(q->key)) gq_lease_refused(q->key, q->sent, &d);
     if (gw_req_aborted(r)) {
@@ -411,11 +446,27 @@ static void renew_ahead(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q, const gq_l
     gq_lease_install(q->key, 0, NULL, NULL, NULL); /* ends the renewal; the rests stay counted */
 }
 
+/* The key a request is held to. A pool alias is the same model under another name: the
+ * override of the model the backend serves (the alias's target, the body's model once the
+ * alias is applied) holds it, else the override of the name the client sent, else the
+ * tenant's limits. */
+static const gq_key_t *held_to(quota_conf_t *c, gw_req_t *r, const char *tenant,
+                               const char *model)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(gw_req_json(r), "model");
+    if (cJSON_IsString(m) && strcmp(m->valuestring, model) != 0) {
+        const gq_key_t *served = gq_find(c->lim, tenant, m->valuestring);
+        gq_level_info_t lv[2];
+        if (served && gq_key_levels(served, lv) == 2) return served;
+    }
+    return gq_find(c->lim, tenant, model);
+}
+
 static int request_body(gw_req_t *r, void *conf, void **ctx)
 {
     quota_conf_t *c = conf;
     const char *tenant = gw_req_tenant(r), *model = gw_req_model(r);
-    const gq_key_t *k = tenant && model ? gq_find(c->lim, tenant, model) : NULL;
+    const gq_key_t *k = tenant && model ? held_to(c, r, tenant, model) : NULL;
     const gq_key_t *tk = k ? k : gq_find_tenant(c->lim, tenant);
     if (!tk) return GW_CONTINUE;
     quota_ctx_t *q = gw_req_alloc(r, sizeof(*q));
@@ -484,22 +535,76 @@ static int response_event(gw_req_t *r, void *conf, void **ctx, const char *ev, s
     return GW_CONTINUE;
 }
 
+/* Adds u to the tenant's day in Redis, on the request's worker (r) or, without a request, on
+ * the calling worker's connection. Redis away: queued for the next connection (redis.c). */
 static void send_usage(gw_req_t *r, const gq_key_t *key, const gq_usage_t *u)
 {
     gq_level_info_t lv[2];
     gq_key_levels(key, lv);
-    gq_redis_cmd_t *cmd = gw_req_alloc(r, sizeof(*cmd));
+    gq_redis_cmd_t *cmd = r ? gw_req_alloc(r, sizeof(*cmd)) : malloc(sizeof(*cmd));
     for (int step = 0; cmd && step < 4; step++)
         if (gq_redis_usage_cmd(cmd, step, lv[0].tenant, u) < 0 ||
-            gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen) < 0)
-            return; /* Redis away: these counts are lost (the process keeps its own) */
+            (r ? gw_req_redis_send(r, cmd->argc, cmd->argv, cmd->argvlen)
+               : gw_worker_redis_send(cmd->argc, cmd->argv, cmd->argvlen)) < 0)
+            break; /* out of memory: these counts are lost (the process keeps its own) */
+    if (!r) free(cmd);
+}
+
+/* Pending usage counts reach Redis within about GQ_USAGE_FLUSH_MS even when no request follows
+ * (a burst, then silence): each worker that leaves counts pending arms a timer that sends every
+ * tenant's pending counts; gw_quota_worker_stop sends them when the worker stops. */
+static _Thread_local struct event *flush_timer;
+
+static void flush_pending(void)
+{
+    quota_conf_t *c = latest_ref();
+    if (!c) return;
+    size_t n = c->redis ? gq_tenants(c->lim, NULL, 0) : 0;
+    const char **ids = n ? malloc(n * sizeof(*ids)) : NULL;
+    if (ids) n = gq_tenants(c->lim, ids, n);
+    for (size_t i = 0; ids && i < n; i++) {
+        const gq_key_t *k = gq_find_tenant(c->lim, ids[i]);
+        gq_usage_t u;
+        if (k && gq_usage_take(k, mono_ms(), 1, &u)) send_usage(NULL, k, &u);
+    }
+    free(ids);
+    release(c);
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    flush_pending();
+}
+
+static void arm_flush(gw_req_t *r)
+{
+    if (!flush_timer) flush_timer = evtimer_new(gw_req_base(r), flush_cb, NULL);
+    if (!flush_timer || evtimer_pending(flush_timer, NULL)) return;
+    struct timeval tv = {GQ_USAGE_FLUSH_MS / 1000, (GQ_USAGE_FLUSH_MS % 1000) * 1000};
+    evtimer_add(flush_timer, &tv);
+}
+
+void gw_quota_worker_stop(void)
+{
+    if (flush_timer) event_free(flush_timer);
+    flush_timer = NULL;
+    flush_pending(); /* every tenant's, whichever worker counted them */
+}
+
+/* Did the client get an answer from a backend: a 2xx, or a stream it left after its head? */
+static int served(gw_req_t *r)
+{
+    int st = gw_req_status(r);
+    return (st >= 200 && st < 300) || (gw_req_is_stream(r) && gw_req_aborted(r) && st);
 }
 
 /* Usage: a request served (2xx, or a stream the client left), with what it used. */
 static void count_usage(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q, int64_t actual)
 {
-    int st = gw_req_status(r);
-    if (!((st >= 200 && st < 300) || (gw_req_is_stream(r) && gw_req_aborted(r) && st))) return;
+    if (!served(r)) return;
     int64_t p, cp, prompt;
     if (gw_req_usage(r, &p, &cp)) {
         prompt = p;
@@ -512,6 +617,7 @@ static void count_usage(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q, int64_t ac
     int64_t now = now_ms();
     if (gq_usage_add(q->key, now, prompt, cp, &u) && c->redis) send_usage(r, q->key, &u);
     if (c->redis && gq_usage_take(q->key, mono_ms(), 0, &u)) send_usage(r, q->key, &u);
+    if (c->redis) arm_flush(r);
 }
 
 static void log_hook(gw_req_t *r, void *conf, void **ctx)
@@ -519,7 +625,11 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
     quota_ctx_t *q = *ctx;
     if (!q || (!q->admitted && !q->count_only)) return;
     int64_t p, c, actual = q->est;
-    if (gw_req_usage(r, &p, &c)) {
+    if (!served(r)) {
+        /* Nothing produced for the client (the gateway's 502/503/504, a backend's error
+         * answer, a client gone before the head): the reservation goes back whole. */
+        actual = 0;
+    } else if (gw_req_usage(r, &p, &c)) {
         actual = p + c;
     } else if (gw_req_is_stream(r)) {
         /* A stream without its usage (the core asks every backend for it; this one did not
@@ -537,8 +647,7 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
         return;
     }
     /* Into the leases it was spent from, while they live; else to Redis. Nobody waits for the
-     * answer; a settlement that cannot be sent leaves the slot to its lease and the tokens to
-     * the reservation. */
+     * answer; with Redis away it waits in the worker's queue for the next connection. */
     if (!q->ticket.slot_taken[0] && !q->ticket.slot_taken[1] &&
         gq_lease_settle(&q->ticket, mono_ms(), actual))
         return;

@@ -21,4 +21,9 @@ int gw_quota_usage_deadline_ms(const void *state);
  * least 1. json is the request body (may be NULL). */
 int64_t gw_quota_estimate_tokens(size_t body_len, const cJSON *json, int embeddings);
 
+/* The calling worker stops: its pending usage counts go to Redis now (the core then gives its
+ * connection a moment to deliver them) and its flush timer is freed. On the worker's thread,
+ * before its event base is freed. */
+void gw_quota_worker_stop(void);
+
 #endif

@@ -477,8 +477,12 @@ static void test_usage(void)
     expect_usage(" {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],"
                  "\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":40}}",
                  1, 9, 40);
-    expect_usage("{\"usage\" \r\n:\t {\"prompt_tokens\" : 7 , \"completion_tokens\":0.9}}", 1, 7,
-                 0);
+    expect_usage("{\"usage\" \r\n:\t {\"prompt_tokens\" : 7 , \"completion_tokens\":9}}", 1, 7,
+                 9);
+    /* A partial usage is none (the caller's estimate applies): a fractional, negative, huge or
+     * missing completion_tokens (without total_tokens). */
+    expect_usage("{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":0.9}}", 0, 0, 0);
+    expect_usage("{\"usage\":{\"prompt_tokens\":7,\"total_tokens\":7}}", 1, 7, 0);
     expect_usage("{\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}", 0, 0, 0);
     expect_usage("{\"usage\":{\"prompt_tokens\":1},\"x\":{\"usage\":{\"prompt_tokens\":2,"
                  "\"completion_tokens\":3}}}",
@@ -489,14 +493,17 @@ static void test_usage(void)
     expect_usage("{\"usage\":{\"prompt_tokens\":-1,\"completion_tokens\":3}}", 0, 0, 0);
     expect_usage("{\"usage\":{\"prompt_tokens\":1e12}}", 0, 0, 0);
     expect_usage("{\"usage\":{\"prompt_tokens\":\"12\"}}", 0, 0, 0);
-    expect_usage("{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1e300}}", 1, 5, 0);
+    expect_usage("{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1e300}}", 0, 0, 0);
     expect_usage("{\"usage\":{\"prompt_tokens\":12,\"completion_tok", 0, 0, 0); /* cut short */
     expect_usage("\"usage\":", 0, 0, 0);
     expect_usage("", 0, 0, 0);
     /* fuzz_json: the end of a key posed as "usage" ({"a\"usage": ...} is the key a"usage). */
     expect_usage("{\"a\\\"usage\":{\"prompt_tokens\":5}}", 0, 0, 0);
-    expect_usage("{\"a\\\\\":1,\"usage\":{\"prompt_tokens\":5}}", 1, 5, 0); /* "a\\" ends there */
-    expect_usage("{\"a\\\"usage\":{\"prompt_tokens\":5},\"usage\":{\"prompt_tokens\":6}}", 1, 6, 0);
+    expect_usage("{\"a\\\\\":1,\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1}}", 1, 5,
+                 1); /* "a\\" ends there */
+    expect_usage("{\"a\\\"usage\":{\"prompt_tokens\":5},\"usage\":{\"prompt_tokens\":6,"
+                 "\"completion_tokens\":2}}",
+                 1, 6, 2);
 }
 
 int main(void)

@@ -18,8 +18,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "body.h"
 #include "check.h"
 #include "limiter.h"
+#include "quota.h"
 #include "scripts.h"
 
 #define P GQ_PERIOD_MS
@@ -1127,9 +1129,74 @@ static void test_redis(void)
     redis_stop();
 }
 
+static int64_t est_of(const char *json, size_t len)
+{
+    cJSON *j = cJSON_Parse(json);
+    int64_t e = gw_quota_estimate_tokens(len, j, 0);
+    cJSON_Delete(j);
+    return e;
+}
+
+/* The reservation counts every choice an answer may hold: max(n, best_of, 1), bounded. */
+static void test_estimate(void)
+{
+    CHECK(est_of("{\"max_tokens\":40}", 400) == 100 + 40, "one choice");
+    CHECK(est_of("{\"max_tokens\":40,\"n\":50}", 400) == 100 + 2000, "n: 50");
+    CHECK(est_of("{\"max_tokens\":40,\"best_of\":20,\"n\":3}", 0) == 800, "best_of over n");
+    CHECK(est_of("{\"max_tokens\":40,\"best_of\":2,\"n\":3}", 0) == 120, "n over best_of");
+    CHECK(est_of("{\"max_completion_tokens\":10,\"n\":4}", 0) == 40, "max_completion_tokens");
+    CHECK(est_of("{\"n\":2}", 0) == 2 * 256, "the default completion, per choice");
+    CHECK(est_of("{\"max_tokens\":10,\"n\":1e9}", 0) == 10 * 128, "n bounded");
+    CHECK(est_of("{\"max_tokens\":999999999,\"n\":1e300}", 0) == 999999999LL * 128,
+          "the largest estimate, no overflow");
+    CHECK(est_of("{\"max_tokens\":10,\"n\":0}", 0) == 10, "n 0 counts one");
+    CHECK(est_of("{\"max_tokens\":10,\"n\":-3}", 0) == 10, "negative n counts one");
+    CHECK(est_of("{\"max_tokens\":10,\"n\":\"7\"}", 0) == 10, "a string n counts one");
+    CHECK(est_of("{\"max_tokens\":10,\"n\":2.5}", 0) == 20, "a fractional n: its whole part");
+    cJSON *j = cJSON_Parse("{\"n\":50}");
+    CHECK(gw_quota_estimate_tokens(400, j, 1) == 100, "embeddings: no completion");
+    cJSON_Delete(j);
+}
+
+static int usage_of(const char *text, int64_t *p, int64_t *c)
+{
+    *p = *c = -1;
+    return gw_body_usage(NULL, text, strlen(text), p, c, NULL);
+}
+
+/* A partial usage is no usage: the caller falls back to its estimate. */
+static void test_usage(void)
+{
+    int64_t p, c;
+    CHECK(usage_of("{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":9}}", &p, &c) == 1 &&
+              p == 7 && c == 9, "whole usage");
+    CHECK(usage_of("{\"usage\":{\"prompt_tokens\":7,\"total_tokens\":7}}", &p, &c) == 1 && p == 7 &&
+              c == 0, "embeddings: total_tokens");
+    CHECK(usage_of("{\"usage\":{\"prompt_tokens\":7,\"total_tokens\":12}}", &p, &c) == 1 &&
+              c == 5, "completion from total_tokens");
+    const char *partial[] = {
+        "{\"usage\":{\"prompt_tokens\":7}}",
+        "{\"usage\":{\"prompt_tokens\":7,\"total_tokens\":3}}",
+        "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":-1}}",
+        "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":2.5}}",
+        "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1e13}}",
+        "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":\"9\"}}",
+        "{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":null}}",
+        "{\"usage\":{\"prompt_tokens\":7.5,\"completion_tokens\":9}}",
+        "{\"usage\":{\"completion_tokens\":9}}",
+        "{\"usage\":{\"prompt_tokens\":-7,\"completion_tokens\":9}}",
+        NULL,
+    };
+    for (size_t i = 0; partial[i]; i++)
+        CHECK(usage_of(partial[i], &p, &c) == 0, "%s: read as usage %lld/%lld", partial[i],
+              (long long)p, (long long)c);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    test_estimate();
+    test_usage();
     test_format();
     test_window_requests();
     test_tokens();
