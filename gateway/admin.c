@@ -209,9 +209,8 @@ static int64_t mono_ms(void)
 
 /* GET /usage[?days=N]: requests and tokens per tenant and UTC day (plugins/quota/quota.h),
  * today first, 1 <= N <= 40 days (default 1). With Redis this blocks the admin loop (never
- * a worker's) until the report's deadline at most; past it, 503. An answer serves again for
- * a second (the status page polls every 2 s), a 503 for five: a slow store is not asked
- * again and again. */
+ * a worker's) until the report's deadline at most; past it, 503, which serves again for five
+ * seconds: a slow store is not asked again and again. An answer is never served stale. */
 static void reply_usage(gw_admin_t *a, struct evhttp_request *req)
 {
     const gw_config_t *cfg = a->cfg;
@@ -256,7 +255,7 @@ static void reply_usage(gw_admin_t *a, struct evhttp_request *req)
     a->usage.body = body;
     a->usage.days = days;
     a->usage.status = status;
-    a->usage.until = mono_ms() + (late ? 5000 : 1000);
+    a->usage.until = late ? mono_ms() + 5000 : 0;
     reply_json(req, status, body);
 }
 
