@@ -122,24 +122,24 @@ def _queued_then_moved(tenant_narrowed):
     return out["slow"], waiting, ch, de, gw
 
 
-def test_queued_requests_checked_at_connect_global():
-    slow, waiting, ch, de, gw = _queued_then_moved(tenant_narrowed=False)
+def _queued_refused(tenant_narrowed):
+    """The slow request served by CH; the three that waited refused, DE never reached."""
+    slow, waiting, ch, de, gw = _queued_then_moved(tenant_narrowed=tenant_narrowed)
     served_by_ch(slow)
     assert len(waiting) == 3, waiting
     for r in waiting:
         assert_error(r, 503, "residency_unavailable")
     de_untouched(de)
     assert len(ch.api_requests()) == 1
+    return gw
+
+
+def test_queued_requests_checked_at_connect_global():
+    _queued_refused(tenant_narrowed=False)
 
 
 def test_queued_requests_checked_at_connect_tenant_policy():
-    slow, waiting, ch, de, gw = _queued_then_moved(tenant_narrowed=True)
-    served_by_ch(slow)
-    assert len(waiting) == 3, waiting
-    for r in waiting:
-        assert_error(r, 503, "residency_unavailable")
-    de_untouched(de)
-    assert len(ch.api_requests()) == 1
+    gw = _queued_refused(tenant_narrowed=True)
     blocks = [a for a in audit(gw, "residency_block") if a.get("backend")]
     assert len(blocks) == 3 and all(b["reason"] == "backend_not_approved_for_tenant" for b in blocks), blocks
 
