@@ -173,7 +173,7 @@ static void xff_mode(const uint8_t *data, size_t size)
     struct sockaddr_storage ss;
     socklen_t sl = 0;
     int rc = gw_xff_client(nets, nnets, v, vl, nvalues, &ss, &sl);
-    check(rc == 0 || rc == 1);
+    check(rc == -1 || rc == 0 || rc == 1); /* -1: an entry it had to read is no address */
     if (rc == 1) {
         check((ss.ss_family == AF_INET && sl == sizeof(struct sockaddr_in)) ||
               (ss.ss_family == AF_INET6 && sl == sizeof(struct sockaddr_in6)));
