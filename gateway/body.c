@@ -109,10 +109,19 @@ static const char *const read_keys[] = {"model",
                                         NULL};
 static const char *const read_option_keys[] = {"include_usage", NULL};
 
+/* Can folding change the key at all: an ASCII capital, or a byte of a longer sequence? Most keys
+ * are lowercase ASCII, which folds only onto itself. */
+static int may_fold(const char *s)
+{
+    for (; *s; s++)
+        if ((*s >= 'A' && *s <= 'Z') || (unsigned char)*s >= 0x80) return 1;
+    return 0;
+}
+
 static int folds_onto(const cJSON *o, const char *const *names)
 {
     for (const cJSON *c = cJSON_IsObject(o) ? o->child : NULL; c; c = c->next)
-        for (const char *const *k = names; *k; k++)
+        for (const char *const *k = names; *k && may_fold(c->string); k++)
             if (fold_cmp(c->string, *k) == 0 && strcmp(c->string, *k) != 0) return 1;
     return 0;
 }

@@ -79,7 +79,9 @@ typedef struct plist {
     size_t nslots;   /* a power of two, at least twice the whole names; 0 when none */
     uint16_t *pre;   /* indexes of the prefix patterns */
     size_t npre;
-    uint64_t first[4]; /* the lowercase first characters of all patterns: most names miss it */
+    /* The lowercase first characters of the whole names and of the prefixes: most header names
+     * miss both, and are turned away before any hashing or comparing. */
+    uint64_t first[4], first_pre[4];
 } plist_t;
 
 typedef struct privacy_conf {
@@ -202,14 +204,14 @@ static int match_hashed(const plist_t *l, const char *name, size_t len, uint32_t
 {
     if (len == 0) return 0;
     unsigned char ch = lower((unsigned char)name[0]);
-    if (!(l->first[ch >> 6] >> (ch & 63) & 1)) return 0;
-    if (l->nslots)
+    if (l->first[ch >> 6] >> (ch & 63) & 1)
         for (size_t i = h & (l->nslots - 1);; i = (i + 1) & (l->nslots - 1)) {
             unsigned s = l->slots[i];
             if (!s) break;
             const pattern_t *p = &l->items[s - 1];
             if (p->hash == h && p->len == len && strncasecmp(name, p->name, len) == 0) return 1;
         }
+    if (!(l->first_pre[ch >> 6] >> (ch & 63) & 1)) return 0;
     for (size_t k = 0; k < l->npre; k++) {
         const pattern_t *p = &l->items[l->pre[k]];
         if ((unsigned char)p->name[0] == ch && len >= p->len && strncasecmp(name, p->name, p->len) == 0)
@@ -238,10 +240,11 @@ static int plist_index(plist_t *l)
         return -1;
     }
     memset(l->first, 0, sizeof(l->first));
+    memset(l->first_pre, 0, sizeof(l->first_pre));
     for (size_t i = 0; i < l->n; i++) {
         pattern_t *p = &l->items[i];
         unsigned char ch = (unsigned char)p->name[0];
-        l->first[ch >> 6] |= 1ull << (ch & 63);
+        (p->prefix ? l->first_pre : l->first)[ch >> 6] |= 1ull << (ch & 63);
         if (p->prefix) {
             pre[npre++] = (uint16_t)i;
             continue;
