@@ -20,6 +20,9 @@
 
 enum { HOOK_HEADERS, HOOK_BODY, HOOK_SELECT };
 
+/* What the gateway's own edits of a body may add past limits.max_body_bytes. */
+#define GW_BODY_EDIT_ROOM 4096
+
 uint64_t gw_now_us(void)
 {
     struct timespec ts;
@@ -585,7 +588,9 @@ static int settle_body(gw_req_t *r)
         /* Numbers as the client wrote them (cJSON's own printing rounds to 15 digits). */
         char *s = gw_body_exact_numbers(r->json) == 0 ? cJSON_PrintUnformatted(r->json) : NULL;
         size_t received = evbuffer_get_length(r->body), len = s ? strlen(s) : 0;
-        if (s && len > (uint64_t)r->cfg->limits.max_body_bytes) { /* grown past the limit */
+        /* Grown past the limit by more than the gateway's own edits (include_usage, a user
+         * hash, an alias) can add: a body of control characters re-printed as \u00XX. */
+        if (s && len > (uint64_t)r->cfg->limits.max_body_bytes + GW_BODY_EDIT_ROOM) {
             cJSON_free(s);
             gw_req_error(r, 413, "request_too_large", "The request body is too large.");
             return -1;
@@ -650,6 +655,7 @@ static void advance(gw_req_t *r)
             rc = run_phase(r, HOOK_SELECT);
             if (rc == GW_WAIT) return;
             if (rc == GW_DONE) goto done;
+            if (r->json_replaced && settle_body(r) < 0) goto done; /* a body set at select */
             r->phase = PH_UPSTREAM;
             gw_upstream_start(r);
             return;

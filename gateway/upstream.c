@@ -149,31 +149,24 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
     struct evbuffer *out = gw_io_out(u->io);
     gw_backend_t *b = u->be;
     const gw_http_head_t *h = &r->head;
-    char *json = NULL;
-    size_t body_len;
-    if (r->json_replaced) {
-        json = cJSON_PrintUnformatted(r->json);
-        body_len = json ? strlen(json) : 0;
-    } else {
-        body_len = evbuffer_get_length(r->body);
-    }
-    size_t cap = 160 + h->target_len + h->method_len + strlen(b->host_header) + strlen(r->id) +
-                 b->auth_line_len;
+    /* The body is the client's or, when a plugin changed it, the one settle_body printed. */
+    size_t body_len = evbuffer_get_length(r->body);
+    /* Room for every part counted; the writer checks as it writes, so a miscount truncates
+     * nothing into memory beyond it, and the request then fails instead of going out cut. */
+    size_t cap = 64 + 41 + 20 + h->target_len + h->method_len + strlen(b->host_header) +
+                 strlen(r->id) + b->auth_line_len;
     for (size_t i = 0; i < h->nheaders; i++) cap += h->headers[i].name_len + h->headers[i].value_len + 4;
     for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next)
         cap += strlen(e->name) + (e->value ? strlen(e->value) : 0) + 4;
     struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(out, (ssize_t)cap, &v, 1) < 1) {
-        cJSON_free(json);
-        return;
-    }
-    char *p = v.iov_base;
-    p = gw_put(p, h->method, h->method_len);
-    *p++ = ' ';
-    p = gw_put(p, h->target, h->target_len);
-    p = gw_put(p, " HTTP/1.1\r\nhost: ", 17);
-    p = gw_put_str(p, b->host_header);
-    p = gw_put(p, "\r\n", 2);
+    if (evbuffer_reserve_space(out, (ssize_t)cap, &v, 1) < 1) return;
+    gw_out_t o = {v.iov_base, 0, v.iov_len};
+    gw_out_put(&o, h->method, h->method_len);
+    gw_out_put(&o, " ", 1);
+    gw_out_put(&o, h->target, h->target_len);
+    gw_out_put(&o, " HTTP/1.1\r\nhost: ", 17);
+    gw_out_str(&o, b->host_header);
+    gw_out_put(&o, "\r\n", 2);
     for (size_t i = 0; i < h->nheaders; i++) {
         const gw_header_t *hd = &h->headers[i];
         int kind = h->kind[i];
@@ -184,10 +177,10 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
         for (gw_hdr_edit_t *e = r->up_edits; e && !edited; e = e->next)
             edited = gw_http_name_eq(hd->name, hd->name_len, e->name);
         if (edited) continue;
-        p = gw_put(p, hd->name, hd->name_len);
-        p = gw_put(p, ": ", 2);
-        p = gw_put(p, hd->value, hd->value_len);
-        p = gw_put(p, "\r\n", 2);
+        gw_out_put(&o, hd->name, hd->name_len);
+        gw_out_put(&o, ": ", 2);
+        gw_out_put(&o, hd->value, hd->value_len);
+        gw_out_put(&o, "\r\n", 2);
     }
     for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next) {
         /* a plugin sets what a client may send, no more (the kinds above are the gateway's) */
@@ -198,26 +191,22 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
         for (gw_hdr_edit_t *f = r->up_edits; f != e && !shadowed; f = f->next)
             shadowed = strcasecmp(f->name, e->name) == 0;
         if (shadowed) continue;
-        p = gw_put_str(p, e->name);
-        p = gw_put(p, ": ", 2);
-        p = gw_put_str(p, e->value);
-        p = gw_put(p, "\r\n", 2);
+        gw_out_str(&o, e->name);
+        gw_out_put(&o, ": ", 2);
+        gw_out_str(&o, e->value);
+        gw_out_put(&o, "\r\n", 2);
     }
-    p = gw_put(p, "accept-encoding: identity\r\nx-request-id: ", 41);
-    p = gw_put_str(p, r->id);
-    p = gw_put(p, "\r\ncontent-length: ", 18);
-    p = gw_put_u64(p, body_len);
-    p = gw_put(p, "\r\n", 2);
-    if (b->auth_line) p = gw_put(p, b->auth_line, b->auth_line_len);
-    p = gw_put(p, "\r\n", 2);
-    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    gw_out_put(&o, "accept-encoding: identity\r\nx-request-id: ", 41);
+    gw_out_str(&o, r->id);
+    gw_out_put(&o, "\r\ncontent-length: ", 18);
+    gw_out_u64(&o, body_len);
+    gw_out_put(&o, "\r\n", 2);
+    if (b->auth_line) gw_out_put(&o, b->auth_line, b->auth_line_len);
+    gw_out_put(&o, "\r\n", 2);
+    if (o.len > o.cap) return; /* miscounted: nothing committed, the first-byte timer ends it */
+    v.iov_len = o.len;
     evbuffer_commit_space(out, &v, 1);
-    if (json) {
-        evbuffer_add(out, json, body_len);
-        cJSON_free(json);
-    } else if (body_len) {
-        evbuffer_add_buffer_reference(out, r->body);
-    }
+    if (body_len) evbuffer_add_buffer_reference(out, r->body);
     gw_io_flush(u->io);
 }
 

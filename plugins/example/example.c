@@ -5,14 +5,17 @@
 #include <string.h>
 
 /*
- * config: {"header": "x-gotthard-example", "value": "hello", "delay_ms": 0}
+ * config: {"header": "x-gotthard-example", "value": "hello", "delay_ms": 0, "select_body": {...}}
  * - request_headers: a request carrying "x-example-deny: 1" is refused with 403.
  * - request_body: with delay_ms > 0 the request waits that long (asynchronously).
+ * - upstream_select: with select_body, the body sent upstream is replaced by that object (a
+ *   plugin may change the body in any phase; the core holds it to the same rules).
  * - upstream request and response both get header: value.
  */
 typedef struct example_conf {
     char *header, *value;
     long delay_ms;
+    cJSON *select_body;
 } example_conf_t;
 
 static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state)
@@ -24,9 +27,11 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, v
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(config, "header");
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(config, "value");
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(config, "delay_ms");
+    const cJSON *sb = cJSON_GetObjectItemCaseSensitive(config, "select_body");
     int rc = 0;
     for (const cJSON *e = config->child; e; e = e->next)
-        if (strcmp(e->string, "header") && strcmp(e->string, "value") && strcmp(e->string, "delay_ms")) {
+        if (strcmp(e->string, "header") && strcmp(e->string, "value") && strcmp(e->string, "delay_ms") &&
+            strcmp(e->string, "select_body")) {
             gw_conf_error(cx, path, "unknown key %s", e->string);
             rc = -1;
         }
@@ -42,12 +47,17 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, v
         gw_conf_error(cx, path, "delay_ms must be between 0 and 60000");
         rc = -1;
     }
+    if (sb && !cJSON_IsObject(sb)) {
+        gw_conf_error(cx, path, "select_body must be an object");
+        rc = -1;
+    }
     if (rc < 0) return -1;
     example_conf_t *c = calloc(1, sizeof(*c));
     if (!c) return -1;
     c->header = strdup(h->valuestring);
     c->value = strdup(v->valuestring);
     c->delay_ms = d ? (long)d->valuedouble : 0;
+    c->select_body = sb ? cJSON_Duplicate(sb, 1) : NULL;
     *state = c;
     return 0;
 }
@@ -57,6 +67,7 @@ static void release(void *state)
     example_conf_t *c = state;
     free(c->header);
     free(c->value);
+    cJSON_Delete(c->select_body);
     free(c);
 }
 
@@ -86,6 +97,13 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     return GW_WAIT;
 }
 
+static int upstream_select(gw_req_t *r, void *conf, void **ctx)
+{
+    example_conf_t *c = conf;
+    if (!c->select_body) return GW_CONTINUE;
+    return gw_req_replace_json(r, cJSON_Duplicate(c->select_body, 1)) == 0 ? GW_CONTINUE : GW_ERROR;
+}
+
 static int response_headers(gw_req_t *r, void *conf, void **ctx)
 {
     example_conf_t *c = conf;
@@ -99,7 +117,7 @@ const gw_plugin_t gotthard_plugin = {
     .release = release,
     .request_headers = request_headers,
     .request_body = request_body,
-    .upstream_select = NULL,
+    .upstream_select = upstream_select,
     .response_headers = response_headers,
     .response_event = NULL,
     .log = NULL,

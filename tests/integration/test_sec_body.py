@@ -522,21 +522,47 @@ def test_strict_json_passes():
 
 
 def test_reprinted_body_over_max_body_bytes_is_413():
-    """A re-printed body (a stream: include_usage added) longer than limits.max_body_bytes is
-    refused 413, not sent; the same body without the stream (not re-printed) is served."""
+    """A re-printed body longer than limits.max_body_bytes plus the room of the gateway's own
+    edits (4 KiB: include_usage, a user hash, an alias) is refused 413, not sent; a stream at the
+    limit, which include_usage makes a little longer, is served."""
     mock = Mock()
     gw = Gateway(gateway_config([mock.port], limits={"max_body_bytes": 4096}))
     head = b'{"model":"m1","stream":true,"messages":[{"role":"user","content":"'
     fill = b"a" * (4096 - len(head) - 4)
     body = head + fill + b'"}]}'
     assert len(body) == 4096
-    _refused_unsent(gw, mock, body, 413, "request_too_large", "stream at the limit")
-    r = _post(gw, body.replace(b'"stream":true', b'"stream":null'))
+    r = _post(gw, body)
     assert r.status == 200, r.describe()
-    # numbers printed in full: 1e15 is 1000000000000000 on the wire
-    nums = b'{"model":"m1","stream":true,"messages":[],"x":[' + b",".join([b"1e15"] * 600) + b"]}"
+    rec = mock.api_requests()[-1]
+    assert json.loads(rec["body"])["stream_options"] == {"include_usage": True}, rec["body"][-200:]
+    # numbers printed in full: 1e15 is 1000000000000000 on the wire (17 bytes for 4)
+    nums = b'{"model":"m1","stream":true,"messages":[],"x":[' + b",".join([b"1e15"] * 800) + b"]}"
     assert len(nums) < 4096
     _refused_unsent(gw, mock, nums, 413, "request_too_large", "numbers grown")
+
+
+def test_body_replaced_at_select_is_held_to_the_same_rules():
+    """A plugin may replace the body in upstream_select, after the core settled it: that body is
+    printed with exact numbers and held to max_body_bytes (plus the room of edits) too, never
+    printed by cJSON's rounding on the way out (found combining the branches of issue 14)."""
+    mock = Mock()
+
+    def gw_with(pad):
+        sel = {"model": "m1", "messages": [], "x": 0.30000000000000004, "pad": "y" * pad}
+        plug = [{"path": gwtest.example_plugin(),
+                 "config": {"header": "x-example", "value": "1", "select_body": sel}}]
+        return Gateway(gateway_config([mock.port], plugins=plug, limits={"max_body_bytes": 1024}))
+    gw = gw_with(3000)  # within 1024 + 4096
+    r = post_json(gw.port, "/v1/chat/completions", {"model": "m1", "messages": []})
+    assert r.status == 200, r.describe()
+    raw = mock.api_requests()[-1]["body"]
+    assert '"x":0.30000000000000004' in raw, raw[:200]
+    gw.stop()
+    gw = gw_with(6000)  # past it
+    before = len(mock.api_requests())
+    r = post_json(gw.port, "/v1/chat/completions", {"model": "m1", "messages": []})
+    assert_error(r, 413, "request_too_large")
+    assert len(mock.api_requests()) == before, "the body past the limit reached the backend"
 
 
 # ------------------------------------------------------------------ review F3: numbers printed exactly
