@@ -116,6 +116,10 @@ int gw_req_aborted(const gw_req_t *r);
 int gw_req_usage(const gw_req_t *r, int64_t *prompt_tokens, int64_t *completion_tokens);
 /* Server-sent events of the answer relayed to the client so far. */
 uint64_t gw_req_events_relayed(const gw_req_t *r);
+/* Did the client receive content: a 2xx answer relayed, or a stream that relayed events (even
+ * one the backend cut short or the client left). The one rule for what is counted: quota
+ * charges, the access log's and the metrics' tokens are 0 for a request not served. */
+int gw_req_served(const gw_req_t *r);
 struct event_base *gw_req_base(gw_req_t *r);
 
 /* Memory that lives as long as the request. */
