@@ -182,6 +182,11 @@ int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *ar
 /* The same without a request, on the calling worker's connection (from a timer on a worker's
  * loop); -1 off a worker thread. */
 int gw_worker_redis_send(int argc, const char **argv, const size_t *argvlen);
+/* A Lua script the plugin runs by EVALSHA: every Redis connection loads it (SCRIPT LOAD) as soon
+ * as it is up, before the commands that waited for it are sent, so that they do not meet
+ * NOSCRIPT on a new server (a restart, a failover, a reload to another redis.url). Call from
+ * configure; the same source again is kept once. 0, or -1 (no memory, or too many scripts). */
+int gw_redis_register_script(const char *source);
 
 /* Metrics: a request refused by a quota, by tenant (a configured id) and kind ("requests",
  * "tokens", "tokens_per_day", "concurrency"): gotthard_ratelimited_total{tenant,kind}. */

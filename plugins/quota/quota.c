@@ -234,6 +234,13 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         c->timeout_ms = cJSON_IsNumber(tmo) && tmo->valuedouble > 0 ? (int)tmo->valuedouble : 100;
         if (!instance_id && getrandom(&instance_id, sizeof(instance_id), 0) != sizeof(instance_id))
             instance_id = (uint64_t)time(NULL);
+        /* Loaded on every new connection before its queued settlements and releases. */
+        for (int s = 0; s < GQ_SCRIPT_COUNT; s++)
+            if (gw_redis_register_script(gq_script_source((gq_script_t)s)) < 0) {
+                gw_conf_error(cx, "$.redis", "cannot be used (out of memory for its scripts)");
+                release(c);
+                return -1;
+            }
     }
     *state = c;
     return 0;

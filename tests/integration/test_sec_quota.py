@@ -586,5 +586,34 @@ def test_unserved_requests_count_no_tokens_anywhere():
     be.stop()
 
 
+def test_queued_settlement_survives_redis_restart():
+    """max_concurrent 1, a stream running, Redis (AOF on) restarted: the stream's settlement and
+    slot release wait in the queue for the new connection, whose server has no scripts; they must
+    not be lost to NOSCRIPT (the slot would stay for its lease, the next request 429)."""
+    redis, be = Redis(extra=("--appendonly", "yes")), Backend()
+    be.delay = 0.1
+    gw = Gateway(config(be, {"max_concurrent": 1}, redis))
+    wait_connected(gw)
+    assert chat(gw).status == 200
+    c, r = stream(gw, max_tokens=30)
+    assert r.status == 200, r.describe()
+    assert redis.cmd("ZCARD", CONC) == 1
+    port, rdir = redis.port, redis.dir
+    redis.stop()
+    finish(c, r)  # the stream ends while Redis is away: its settlement is queued
+    time.sleep(0.3)
+    redis = Redis(port=port, dir=rdir, extra=("--appendonly", "yes"))
+    assert redis.cmd("ZCARD", CONC) == 1, "the AOF did not keep the slot"
+    wait_connected(gw, 2)
+    wait_slots_free(redis, timeout=5)
+    stats = str(redis.cmd("INFO", "errorstats"))
+    assert "NOSCRIPT" not in stats, stats
+    r = chat(gw)
+    assert r.status == 200, r.describe()
+    gw.stop()
+    be.stop()
+    redis.stop()
+
+
 if __name__ == "__main__":
     gwtest.run(globals())
