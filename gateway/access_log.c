@@ -163,11 +163,12 @@ size_t gw_access_log_format(const gw_req_t *r, char *buf, size_t cap)
     }
     int64_t pt = 0, ct = 0;
     int estimated = 0;
-    if (r->usage_known) {
+    if (r->usage_known && gw_req_served(r)) {
         pt = r->usage_prompt;
         ct = r->usage_completion;
-    } else if (r->backend) {
-        /* Sent to a backend that gave no usage: the quota plugin's estimate. */
+    } else if (r->backend && gw_req_served(r)) {
+        /* Served by a backend that gave no usage: the estimate of what was observed (the
+         * prompt's bytes / 4, one token per event relayed). Not served: 0, as quota charges. */
         estimated = 1;
         pt = (int64_t)(gw_req_body_length(r) / 4);
         ct = (int64_t)r->events_relayed;

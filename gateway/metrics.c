@@ -226,7 +226,9 @@ void gw_metrics_request(const gw_req_t *r)
     if (r->aborted && !status) status = 499;
     bump(&s->status[status_slot(status)], 1);
     if (code) bump(&t->rejected[reason_slot(code)], 1);
-    if (r->usage_known) {
+    if (!gw_req_served(r)) {
+        /* not served: no tokens (quota charges none either) */
+    } else if (r->usage_known) {
         if (r->usage_prompt > 0) bump(&s->tokens[0], (uint64_t)r->usage_prompt);
         if (r->usage_completion > 0) bump(&s->tokens[1], (uint64_t)r->usage_completion);
     } else if (r->backend) { /* the estimate the quota plugin and the access log use */

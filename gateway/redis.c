@@ -21,6 +21,7 @@
 
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +96,42 @@ static atomic_int connections_up;
 static atomic_int last_problem;
 /* Queued commands dropped (the queue was full, or out of memory). */
 static atomic_ulong queue_dropped;
+
+/* Lua scripts registered by plugins (gw_redis_register_script): every connection loads them
+ * right after its handshake, before anything queued is sent on it, so that an EVALSHA that
+ * waited for a new connection (Redis restarted, a failover, a new redis.url) finds its script.
+ * Only added to (at configure, on the main thread), read by the workers: under the lock. */
+#define SCRIPTS_MAX 16
+static pthread_mutex_t scripts_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *scripts[SCRIPTS_MAX];
+static int nscripts;
+
+int gw_redis_register_script(const char *source)
+{
+    if (!source) return -1;
+    int rc = 0;
+    pthread_mutex_lock(&scripts_lock);
+    int i = 0;
+    while (i < nscripts && strcmp(scripts[i], source) != 0) i++;
+    if (i == nscripts) {
+        if (nscripts == SCRIPTS_MAX || !(scripts[nscripts] = strdup(source))) rc = -1;
+        else nscripts++;
+    }
+    pthread_mutex_unlock(&scripts_lock);
+    return rc;
+}
+
+/* SCRIPT LOAD of every registered script, pipelined on a connection just up: Redis runs them
+ * before what is sent after them on the same connection. */
+static void load_scripts(gw_redis_t *rd)
+{
+    pthread_mutex_lock(&scripts_lock);
+    for (int i = 0; i < nscripts && rd->ac; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", scripts[i]};
+        if (redisAsyncCommandArgv(rd->ac, NULL, NULL, 3, argv, NULL) != REDIS_OK) break;
+    }
+    pthread_mutex_unlock(&scripts_lock);
+}
 
 unsigned long gw_redis_queue_dropped(void)
 {
@@ -337,6 +374,7 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *priv)
     atomic_store(&last_problem, GW_REDIS_OK);
     set_connected(rd, 1);
     gw_info("worker %d: redis connected (database %d)", rd->w->id, rd->db);
+    load_scripts(rd); /* before what waited: its EVALSHAs need them */
     flush_queue(rd);
 }
 

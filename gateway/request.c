@@ -993,3 +993,8 @@ uint64_t gw_req_events_relayed(const gw_req_t *r)
 {
     return r->events_relayed;
 }
+
+int gw_req_served(const gw_req_t *r)
+{
+    return (r->status >= 200 && r->status < 300) || (r->stream && r->events_relayed > 0);
+}

@@ -116,6 +116,10 @@ int gw_req_aborted(const gw_req_t *r);
 int gw_req_usage(const gw_req_t *r, int64_t *prompt_tokens, int64_t *completion_tokens);
 /* Server-sent events of the answer relayed to the client so far. */
 uint64_t gw_req_events_relayed(const gw_req_t *r);
+/* Did the client receive content: a 2xx answer relayed, or a stream that relayed events (even
+ * one the backend cut short or the client left). The one rule for what is counted: quota
+ * charges, the access log's and the metrics' tokens are 0 for a request not served. */
+int gw_req_served(const gw_req_t *r);
 struct event_base *gw_req_base(gw_req_t *r);
 
 /* Memory that lives as long as the request. */
@@ -178,6 +182,11 @@ int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *ar
 /* The same without a request, on the calling worker's connection (from a timer on a worker's
  * loop); -1 off a worker thread. */
 int gw_worker_redis_send(int argc, const char **argv, const size_t *argvlen);
+/* A Lua script the plugin runs by EVALSHA: every Redis connection loads it (SCRIPT LOAD) as soon
+ * as it is up, before the commands that waited for it are sent, so that they do not meet
+ * NOSCRIPT on a new server (a restart, a failover, a reload to another redis.url). Call from
+ * configure; the same source again is kept once. 0, or -1 (no memory, or too many scripts). */
+int gw_redis_register_script(const char *source);
 
 /* Metrics: a request refused by a quota, by tenant (a configured id) and kind ("requests",
  * "tokens", "tokens_per_day", "concurrency"): gotthard_ratelimited_total{tenant,kind}. */

@@ -234,6 +234,13 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         c->timeout_ms = cJSON_IsNumber(tmo) && tmo->valuedouble > 0 ? (int)tmo->valuedouble : 100;
         if (!instance_id && getrandom(&instance_id, sizeof(instance_id), 0) != sizeof(instance_id))
             instance_id = (uint64_t)time(NULL);
+        /* Loaded on every new connection before its queued settlements and releases. */
+        for (int s = 0; s < GQ_SCRIPT_COUNT; s++)
+            if (gw_redis_register_script(gq_script_source((gq_script_t)s)) < 0) {
+                gw_conf_error(cx, "$.redis", "cannot be used (out of memory for its scripts)");
+                release(c);
+                return -1;
+            }
     }
     *state = c;
     return 0;
@@ -594,17 +601,11 @@ void gw_quota_worker_stop(void)
     flush_pending(); /* every tenant's, whichever worker counted them */
 }
 
-/* Did the client get an answer from a backend: a 2xx, or a stream it left after its head? */
-static int served(gw_req_t *r)
-{
-    int st = gw_req_status(r);
-    return (st >= 200 && st < 300) || (gw_req_is_stream(r) && gw_req_aborted(r) && st);
-}
-
-/* Usage: a request served (2xx, or a stream the client left), with what it used. */
+/* Usage: a request served (gw_req_served: a 2xx, or a stream that relayed events), with what
+ * it used. */
 static void count_usage(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q, int64_t actual)
 {
-    if (!served(r)) return;
+    if (!gw_req_served(r)) return;
     int64_t p, cp, prompt;
     if (gw_req_usage(r, &p, &cp)) {
         prompt = p;
@@ -625,7 +626,7 @@ static void log_hook(gw_req_t *r, void *conf, void **ctx)
     quota_ctx_t *q = *ctx;
     if (!q || (!q->admitted && !q->count_only)) return;
     int64_t p, c, actual = q->est;
-    if (!served(r)) {
+    if (!gw_req_served(r)) {
         /* Nothing produced for the client (the gateway's 502/503/504, a backend's error
          * answer, a client gone before the head): the reservation goes back whole. */
         actual = 0;

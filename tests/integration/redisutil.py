@@ -87,15 +87,17 @@ class Resp:
 class Redis(gwtest.Service):
     """redis-server on 127.0.0.1:port, no persistence; stopped by PID (SIGCONT first)."""
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, dir=None, extra=()):
+        """extra: more redis-server arguments (later ones win: "--appendonly", "yes"); dir: the
+        data directory of a server stopped before (to restart it with its AOF)."""
         self.name = "redis"
         self.port = port or gwtest.free_port()
-        self.dir = gwtest.tempdir("gwtest-redis-")
+        self.dir = dir or gwtest.tempdir("gwtest-redis-")
         self.stderr_path = os.path.join(self.dir, "redis.log")
         self._out = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen([redis_bin(), "--port", str(self.port), "--bind", HOST,
                                       "--save", "", "--appendonly", "no", "--dir", self.dir,
-                                      "--protected-mode", "no"],
+                                      "--protected-mode", "no", *extra],
                                      stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
                                      cwd=self.dir)
         self._register()

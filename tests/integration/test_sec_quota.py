@@ -25,10 +25,13 @@ class Backend:
     """An OpenAI-shaped backend on a free port: honours n, max_tokens, stream and include_usage.
     status: the status of its answers (non-2xx: an OpenAI error body); usage: None (the true
     counts: len(body) // 4 and n * max_tokens), "omit", or an object reported verbatim; pad: bytes
-    of filler in a JSON answer; delay: seconds per token of a stream, or before a JSON answer."""
+    of filler in a JSON answer; delay: seconds per token of a stream, or before a JSON answer;
+    cut: None, or ("close" | "error", k): a stream ends after k content events, by closing the
+    connection or by an error event."""
 
     def __init__(self):
         self.status, self.usage, self.pad, self.delay = 200, None, 0, 0.0
+        self.cut = None
         self.seen = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -123,12 +126,20 @@ class Backend:
                     d = b"data: " + data + b"\n\n"
                     c.sendall(b"%x\r\n" % len(d) + d + b"\r\n")
 
-                for _ in range(mt):
+                for t in range(mt):
+                    if self.cut and t == self.cut[1]:
+                        break
                     for i in range(n):
                         ev(json.dumps({"id": "x", "object": "chat.completion.chunk",
                                        "choices": [{"index": i, "delta": {"content": "tok "}}]})
                            .encode())
                     time.sleep(self.delay)
+                if self.cut and self.cut[0] == "close":
+                    return
+                if self.cut:
+                    ev(b'{"error":{"message":"boom","type":"server_error","code":"server_error"}}')
+                    c.sendall(b"0\r\n\r\n")
+                    continue
                 if (j.get("stream_options") or {}).get("include_usage") and usage != "omit":
                     ev(json.dumps({"id": "x", "object": "chat.completion.chunk", "choices": [],
                                    "usage": usage}).encode())
@@ -502,6 +513,106 @@ def test_partial_usage_is_no_usage():
     got = usage_today(gw).get("completion_tokens", 0)
     assert got >= (done + 1) * 50, "a stream's partial usage: %d" % got
     be.stop()
+
+
+# ---- G: what counts as served (merge review) ---------------------------------------------------
+
+def test_stream_cut_by_backend_is_charged_what_it_relayed():
+    """A backend that closes, or sends an error event, after 40 content events: the client got
+    200 and the events, so quota charges the prompt estimate and the events relayed (not the
+    reservation of max_tokens 500, not nothing), and the access log says the same."""
+    be = Backend()
+    for mode in ("close", "error"):
+        be.cut = (mode, 40)
+        log = os.path.join(gwtest.tempdir(), "access.log")
+        gw = Gateway(config(be, {"tokens_per_minute": 1000000}, access_log={"path": log}))
+        c, r = stream(gw, max_tokens=500)
+        assert r.status == 200, r.describe()
+        got = 0
+        try:
+            for _ in gwtest.iter_sse(c, r, timeout=15):
+                got += 1
+        except Exception:
+            pass
+        c.close()
+        assert got >= 40, "%s: %d events" % (mode, got)
+        gwtest.wait_for(lambda: usage_today(gw).get("requests") == 1, timeout=5,
+                        what="%s: the cut stream counted in /usage" % mode)
+        u = usage_today(gw)
+        assert 40 <= u.get("completion_tokens", 0) < 500, (mode, u)
+        gwtest.wait_for(lambda: os.path.exists(log) and open(log).read().strip(), timeout=5,
+                        what="the access log line")
+        line = json.loads(open(log).read().strip().splitlines()[-1])
+        assert line["completion_tokens"] == u["completion_tokens"], (mode, line, u)
+        assert line["prompt_tokens"] == u["prompt_tokens"], (mode, line, u)
+        gw.stop()
+    be.stop()
+
+
+def tokens_metric(gw):
+    r = gwtest.get(gw.admin_port, "/metrics")
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in r.body.decode().splitlines()
+               if ln.startswith("gotthard_tokens_total{"))
+
+
+def test_unserved_requests_count_no_tokens_anywhere():
+    """The gateway's 502 (backend port closed) and a backend's 500 answer that carries a usage
+    object: nothing served, so /usage, gotthard_tokens_total and the access log all count 0
+    tokens (the log's tokens_estimated false)."""
+    be = Backend()
+    be.status = 500
+    dead = gwtest.free_port()
+    log = os.path.join(gwtest.tempdir(), "access.log")
+    cfg = config(be, {"tokens_per_minute": 100000}, access_log={"path": log},
+                 pools=[gwtest.pool("p1", ["m1"], [be.port]), gwtest.pool("p2", ["m2"], [dead])])
+    gw = Gateway(cfg)
+    for model in ("m2", "m2", "m1", "m1"):
+        r = chat(gw, model=model, messages=[{"role": "user", "content": "x" * 4000}])
+        assert r.status in (500, 502, 503), r.describe()
+    gwtest.wait_for(lambda: os.path.exists(log) and len(open(log).read().splitlines()) == 4,
+                    timeout=5, what="four access log lines")
+    assert usage_today(gw) == {}, usage_today(gw)
+    assert tokens_metric(gw) == 0, tokens_metric(gw)
+    for ln in open(log).read().splitlines():
+        j = json.loads(ln)
+        assert j["prompt_tokens"] == 0 and j["completion_tokens"] == 0, j
+        assert j["tokens_estimated"] is False, j
+    # a served answer still counts
+    be.status = 200
+    r = chat(gw)
+    assert r.status == 200, r.describe()
+    gwtest.wait_for(lambda: tokens_metric(gw) > 0, timeout=5, what="a served answer's tokens")
+    gw.stop()
+    be.stop()
+
+
+def test_queued_settlement_survives_redis_restart():
+    """max_concurrent 1, a stream running, Redis (AOF on) restarted: the stream's settlement and
+    slot release wait in the queue for the new connection, whose server has no scripts; they must
+    not be lost to NOSCRIPT (the slot would stay for its lease, the next request 429)."""
+    redis, be = Redis(extra=("--appendonly", "yes")), Backend()
+    be.delay = 0.1
+    gw = Gateway(config(be, {"max_concurrent": 1}, redis))
+    wait_connected(gw)
+    assert chat(gw).status == 200
+    c, r = stream(gw, max_tokens=30)
+    assert r.status == 200, r.describe()
+    assert redis.cmd("ZCARD", CONC) == 1
+    port, rdir = redis.port, redis.dir
+    redis.stop()
+    finish(c, r)  # the stream ends while Redis is away: its settlement is queued
+    time.sleep(0.3)
+    redis = Redis(port=port, dir=rdir, extra=("--appendonly", "yes"))
+    assert redis.cmd("ZCARD", CONC) == 1, "the AOF did not keep the slot"
+    wait_connected(gw, 2)
+    wait_slots_free(redis, timeout=5)
+    stats = str(redis.cmd("INFO", "errorstats"))
+    assert "NOSCRIPT" not in stats, stats
+    r = chat(gw)
+    assert r.status == 200, r.describe()
+    gw.stop()
+    be.stop()
+    redis.stop()
 
 
 if __name__ == "__main__":
