@@ -34,7 +34,8 @@
 #include "residency.h"
 #include "status_page.h"
 
-/* The admin listener's bounds: connections at once (beyond, closed at accept), seconds from
+/* The admin listener's bounds: connections at once (beyond, the oldest one without a complete
+ * request is closed, so probes get through), seconds from
  * accept to a complete request (a client that trickles its head is closed), a head's and a
  * body's bytes. Every answer closes its connection: the deadline covers one request. */
 enum { ADMIN_MAX_CONNS = 64, ADMIN_REQUEST_S = 5, ADMIN_MAX_HEAD = 8192, ADMIN_MAX_BODY = 4096 };
@@ -657,7 +658,23 @@ static void conn_closed(struct evhttp_connection *evcon, void *arg)
     conn_forget(arg);
 }
 
-/* The first turn: over ADMIN_MAX_CONNS, the connection is closed; else it has
+/* Over ADMIN_MAX_CONNS: closes the oldest connection other than keep that has not completed a
+ * request yet (the list is newest first), so slow or idle clients make room for a probe that
+ * sends its request at once, never the other way round. 1 when one was closed. */
+static int evict_oldest(gw_admin_t *a, admin_conn_t *keep)
+{
+    admin_conn_t *last = a->conns;
+    while (last && last->next) last = last->next;
+    for (admin_conn_t *v = last; v; v = v->prev)
+        if (v != keep && v->evcon && !v->answered) {
+            evhttp_connection_free(v->evcon); /* conn_closed frees v */
+            return 1;
+        }
+    return 0;
+}
+
+/* The first turn: over ADMIN_MAX_CONNS, the oldest connection without a complete request is
+ * closed to make room (none: this one is); then this one has
  * ADMIN_REQUEST_S for a whole request. Then the deadline: closed (evhttp frees the request it
  * was reading, without calling handle). */
 static void conn_timer(evutil_socket_t fd, short what, void *arg)
@@ -682,8 +699,11 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
     evhttp_connection_set_closecb(c->evcon, conn_closed, c);
     bufferevent_decref(bev); /* evhttp's own reference remains */
     struct timeval tv = {ADMIN_REQUEST_S, 0};
-    if (c->a->nconns > ADMIN_MAX_CONNS || (!c->answered && evtimer_add(c->timer, &tv) < 0))
+    if (c->a->nconns > ADMIN_MAX_CONNS && !evict_oldest(c->a, c)) {
         evhttp_connection_free(c->evcon);
+        return;
+    }
+    if (!c->answered && evtimer_add(c->timer, &tv) < 0) evhttp_connection_free(c->evcon);
 }
 
 /* evhttp's bufferevent for each accepted connection, counted (descriptors and head memory

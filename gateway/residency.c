@@ -510,22 +510,48 @@ static int tenant_allows(const cJSON *tenant_residency, const char *cc)
     return 0;
 }
 
-/* The countries of b under rs (declared, then every address's) against the current snapshot
- * `now`: its global policy and the tenant's narrowing there. The old snapshot's verdict was
- * made by its own databases; a country unknown then ("") is allowed by no policy now. */
+/* b's twin in the snapshot `now`: the backend with the same identity (its pool's name and its
+ * url, as live.c keys it), or NULL when the current config no longer has it. */
+static const gw_backend_t *twin_in(const gw_config_t *now, const gw_backend_t *b)
+{
+    const gw_pool_t *ps = now->pools.items;
+    for (size_t i = 0; i < now->pools.n; i++) {
+        if (strcmp(ps[i].name, b->pool->name) != 0) continue;
+        const gw_backend_t *bs = ps[i].backends.items;
+        for (size_t j = 0; j < ps[i].backends.n; j++)
+            if (strcmp(bs[j].url, b->url) == 0) return &bs[j];
+    }
+    return NULL;
+}
+
+/* May a connection go to b under rs (the state of the request's snapshot) as the current
+ * snapshot `now` judges it? b is judged as `now` declares and resolves it: its twin there
+ * (gone: refused), the twin's declared country and its current state, held; and every address
+ * rs may connect to must be one the twin's state approves. The tenant's narrowing is `now`'s. */
 static const char *check_now(const gw_config_t *now, const gw_req_t *r, const gw_backend_t *b,
                              const gw_resolved_t *rs)
 {
     const gw_residency_t *p = now->residency;
     if (!p) return NULL; /* the current config has no policy */
+    const gw_backend_t *cur = twin_in(now, b);
+    if (!cur) return "backend_not_approved";
+    const gw_resolved_t *crs = gw_backend_hold(cur);
+    const char *why = NULL;
+    if (!crs || !crs->approved || !cur->country || !allowed(p, cur->country))
+        why = "backend_not_approved";
+    for (size_t i = 0; !why && i < rs->n; i++) {
+        size_t j = 0;
+        while (j < crs->n && !same_addr(&crs->addrs[j].ss, &rs->addrs[i].ss)) j++;
+        if (j == crs->n || !crs->addrs[j].allowed) why = "backend_not_approved";
+    }
     const gw_tenant_t *t = r->tenant ? gw_config_tenant(now, r->tenant->id) : NULL;
     const cJSON *narrow = t && cJSON_IsObject(t->residency) ? t->residency : NULL;
-    for (size_t i = 0; i <= rs->n; i++) {
-        const char *cc = i == 0 ? b->country : rs->addrs[i - 1].country;
-        if (!cc || !allowed(p, cc)) return "backend_not_approved";
-        if (narrow && !tenant_allows(narrow, cc)) return "backend_not_approved_for_tenant";
+    for (size_t i = 0; !why && narrow && i <= crs->n; i++) {
+        const char *cc = i == 0 ? cur->country : crs->addrs[i - 1].country;
+        if (!tenant_allows(narrow, cc)) why = "backend_not_approved_for_tenant";
     }
-    return NULL;
+    gw_resolved_release(crs);
+    return why;
 }
 
 const char *gw_residency_connect_check(const gw_req_t *r, const gw_backend_t *b,
@@ -899,7 +925,24 @@ const char *gw_req_backend_countries(const gw_req_t *r, size_t i)
      * since then does not change where this answer came from); held by that connection. */
     if (r->up && r->backend == b) {
         const gw_resolved_t *rs = gw_upstream_resolved(r);
-        return rs && rs->approved ? rs->countries : NULL;
+        if (!rs || !rs->approved) return NULL;
+        /* A reload since admission: a backend the current config still has is named as it
+         * gives it now (check_now judged a connection made since by that), and not at all
+         * when it refuses it; one it no longer has can only be answering on a connection made
+         * before the reload, named as verified then. */
+        const gw_config_t *now = atomic_load_explicit(&live_cfg, memory_order_acquire);
+        if (!now || now == r->cfg) return rs->countries;
+        gw_config_t *held = hold_live();
+        const gw_backend_t *cur = held && held != r->cfg ? twin_in(held, b) : NULL;
+        const char *out = rs->countries;
+        if (cur) {
+            const gw_resolved_t *crs = gw_backend_hold(cur);
+            out = held->residency && crs && crs->approved
+                      ? gw_arena_strdup(r->arena, crs->countries) : NULL;
+            gw_resolved_release(crs);
+        }
+        if (held) gw_config_unref(held);
+        return out;
     }
     /* Else the state now, copied for the request: it may be replaced the next moment. */
     const gw_resolved_t *rs = gw_backend_hold(b);

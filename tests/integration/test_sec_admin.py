@@ -388,5 +388,65 @@ def test_admin_host_header_must_be_one_and_valid():
     assert status == 421, out[:300]
 
 
+# --------------------------------------------------------------------------- probes at the cap
+
+
+def test_probes_answered_while_slow_connections_fill_the_cap():
+    """100 connections that never finish their head (reopened as the gateway closes them) keep
+    the admin listener at its cap: every /readyz and /healthz probe, every 200 ms for 4 s,
+    still gets its 200 (the oldest incomplete connection makes room, not the probe)."""
+    mock = Mock()
+    gw = Gateway(gateway_config([mock.port]))
+    socks, stop = [], threading.Event()
+
+    def hold_100():
+        while not stop.is_set():
+            for s in list(socks):
+                try:
+                    if s.recv(1) == b"":
+                        raise OSError("closed")
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    socks.remove(s)
+                    s.close()
+            while len(socks) < 100 and not stop.is_set():
+                try:
+                    s = socket.create_connection((HOST, gw.admin_port), timeout=5)
+                    s.sendall(b"GET /readyz HTTP/1.1\r\n")
+                    s.setblocking(False)
+                    socks.append(s)
+                except OSError:
+                    break
+            time.sleep(0.05)
+
+    t = threading.Thread(target=hold_100, daemon=True)
+    t.start()
+    results = []
+    try:
+        wait_until = time.time() + 10
+        while len(socks) < 100 and time.time() < wait_until:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        t_end = time.time() + 4
+        i = 0
+        while time.time() < t_end:
+            path = ("/readyz", "/healthz")[i % 2]
+            i += 1
+            try:
+                results.append((path, get(gw.admin_port, path, timeout=3).status))
+            except Exception as e:  # noqa: BLE001
+                results.append((path, type(e).__name__))
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        t.join(10)
+        for s in socks:
+            s.close()
+    bad = [x for x in results if x[1] != 200]
+    assert len(results) >= 10 and not bad, "probes not answered: %s of %d" % (bad, len(results))
+    assert get(gw.admin_port, "/healthz", timeout=5).status == 200
+
+
 if __name__ == "__main__":
     gwtest.run(globals())

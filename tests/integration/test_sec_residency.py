@@ -337,6 +337,18 @@ def test_resolver_states_stay_flat_while_names_alternate():
 # --------------------------------------------------------------------------- review follow-up
 
 
+def _reload_then_join(gw, new, out, ts):
+    """Reloads gw with `new` while _slow_and_queued's requests wait, then waits for them all;
+    the slow one must have ended after the reload was accepted."""
+    gw.reload(new)
+    wait_for(lambda: len(audit(gw, "config_loaded")) == 2, 10, what="the reload accepted")
+    reloaded = time.monotonic()
+    for t in ts:
+        t.join(60)
+    assert "slow" in out and out["slow_end"] > reloaded, \
+        "the slow request ended before the reload: the test proves nothing"
+
+
 def _reload_narrows(tenant):
     """A DE backend (max_concurrent 1, a queue) holds one slow request, three more wait; a
     reload narrows the policy to CH (global, or the tenant's) with a CH-only pool. The waiting
@@ -366,13 +378,7 @@ def _reload_narrows(tenant):
     else:
         new = cfgfor(("CH",), ("CH",), [backend_entry(ch.url, max_concurrent=8)])
     new = gwtest.deep_merge(new, {"listen": old["listen"], "admin": old["admin"]})
-    gw.reload(new)
-    wait_for(lambda: len(audit(gw, "config_loaded")) == 2, 10, what="the reload accepted")
-    reloaded = time.monotonic()
-    for t in ts:
-        t.join(60)
-    assert "slow" in out and out["slow_end"] > reloaded, \
-        "the slow request ended before the reload: the test proves nothing"
+    _reload_then_join(gw, new, out, ts)
     return out["slow"], waiting, ch, de, gw, headers
 
 
@@ -496,6 +502,68 @@ def test_backend_verdict_audit_lists_whole_addresses():
     assert len(listed) + int(m.group(1)) == 64, (len(listed), m.group(1))
     assert len(text) <= 1024
     assert v["verdict"] == "refused"
+
+
+# --------------------------------------------------------------------------- queued across a reload
+
+
+def _reload_redeclares(new_backends, new_allowed, allow_refused):
+    """Backend `ch` (declared CH, policy CH, max_concurrent 1, a queue) holds one slow request,
+    three more wait; a reload changes how the current config declares or lists that backend.
+    new_backends(ch) gives p1's backends after the reload. Returns (slow, waiting, ch, gw)."""
+    ch = Mock(args=["--name", "ch"])
+
+    def cfgfor(allowed, backends, refused):
+        return res_config([], allowed=allowed, dbs=[db()], allow_refused=refused,
+                          pools=[pool("p1", ["m1"], backends, queue={"max": 10, "timeout_ms": 60000})])
+
+    old = cfgfor(("CH",), [backend_entry(ch.url, country="CH", max_concurrent=1)], False)
+    gw = Gateway(old)
+    out, waiting, ts = _slow_and_queued(gw, ch, {}, 4000)
+    new = gwtest.deep_merge(cfgfor(new_allowed, new_backends(ch), allow_refused),
+                            {"listen": old["listen"], "admin": old["admin"]})
+    _reload_then_join(gw, new, out, ts)
+    assert out["slow"].status == 200, out["slow"].describe()
+    assert len(waiting) == 3, waiting
+    return out["slow"], waiting, ch, gw
+
+
+def test_reload_redeclaring_a_backend_refused_applies_to_queued_requests():
+    """The same backend (same pool, same url) re-declared DE under a CH-only policy, started
+    refused (allow_refused_backends): the requests queued before the reload are judged as the
+    current config declares it, not by the old snapshot's CH."""
+    _, waiting, ch, gw = _reload_redeclares(
+        lambda ch: [backend_entry(ch.url, country="DE", max_concurrent=1)], ("CH",), True)
+    for r in waiting:
+        assert_error(r, 503, "residency_unavailable")
+    assert len(ch.api_requests()) == 1, "the backend got requests the current config refuses"
+    assert_error(post_json(gw.port, "/v1/chat/completions", chat(), timeout=10), 503,
+                 "residency_unavailable")
+
+
+def test_reload_removing_a_backend_applies_to_queued_requests():
+    """The backend is gone from the current config (p1 lists another one): the requests queued
+    before the reload never reach it."""
+    other = Mock(args=["--name", "other"])
+    _, waiting, ch, gw = _reload_redeclares(
+        lambda ch: [backend_entry(other.url, country="CH", max_concurrent=8)], ("CH",), False)
+    for r in waiting:
+        assert_error(r, 503, "residency_unavailable")
+    assert len(ch.api_requests()) == 1, "a backend the current config no longer has got requests"
+    r = post_json(gw.port, "/v1/chat/completions", chat(), timeout=10)
+    assert r.status == 200 and r.header("x-gotthard-residency") == "CH", r.describe()
+    assert len(other.api_requests()) == 1
+
+
+def test_reload_redeclaring_a_backend_allowed_names_the_current_country():
+    """Re-declared LI with LI now allowed too: the queued requests may go, and their
+    x-gotthard-residency names the country the current config gives (LI), never the old CH."""
+    _, waiting, ch, gw = _reload_redeclares(
+        lambda ch: [backend_entry(ch.url, country="LI", max_concurrent=1)], ("CH", "LI"), False)
+    for r in waiting:
+        assert r.status == 200, r.describe()
+        assert r.header("x-gotthard-residency") == "LI", r.describe()
+    assert len(ch.api_requests()) == 4
 
 
 if __name__ == "__main__":
