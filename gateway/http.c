@@ -196,16 +196,17 @@ static int connection_tokens(gw_http_head_t *h, const char *v, size_t n, conn_to
 }
 
 /* Does Connection make this header hop-by-hop (RFC 9110 7.6.1)? The one place that decides. */
-static int is_credential(int kind)
+static int decided_on(int kind)
 {
-    return kind == GW_H_AUTHORIZATION || kind == GW_H_API_KEY;
+    return kind == GW_H_AUTHORIZATION || kind == GW_H_API_KEY || kind == GW_H_CONTENT_ENCODING;
 }
 
-/* A credential header keeps its kind: it is never forwarded anyway, and naming it must not hide
- * it from authentication. */
+/* A header the gateway decides on keeps its kind: credentials and Content-Encoding are never
+ * forwarded as they are anyway, and naming one must not hide it from authentication or from
+ * the coding check (gw_http_content_coded reads kinds). */
 static int named_by_connection(const gw_header_t *hd, int kind, const conn_tokens_t *ct)
 {
-    if (GW_H_IS_HOP(kind) || is_credential(kind)) return 0; /* already, or never */
+    if (GW_H_IS_HOP(kind) || decided_on(kind)) return 0; /* already, or never */
     for (size_t j = 0; j < ct->n; j++)
         if (names_eq(hd->name, hd->name_len, ct->t[j].p, ct->t[j].n)) return 1;
     return 0;
@@ -378,7 +379,7 @@ static int identity_only(const char *v, size_t n)
 int gw_http_content_coded(const gw_http_head_t *h)
 {
     for (size_t i = 0; i < h->nheaders; i++)
-        if (gw_http_name_eq(h->headers[i].name, h->headers[i].name_len, "content-encoding") &&
+        if (h->kind[i] == GW_H_CONTENT_ENCODING &&
             !identity_only(h->headers[i].value, h->headers[i].value_len))
             return 1;
     return 0;
