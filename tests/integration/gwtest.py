@@ -113,6 +113,15 @@ def example_plugin():
     return os.path.join(d, "gw_example.so")
 
 
+def site_mmdb():
+    """Path of the site GeoIP database CMake builds from conf/geoip/site.csv (SITE_MMDB, set by
+    ctest for whatever build directory it runs from, else build/conf/geoip/site.mmdb)."""
+    p = os.environ.get("SITE_MMDB") or os.path.join(BUILD, "conf", "geoip", "site.mmdb")
+    if not os.path.exists(p):
+        raise AssertionError("no site database at %s (built by CMake's site_mmdb target)" % p)
+    return p
+
+
 def _need_exec(path, what):
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         raise AssertionError("%s binary not found or not executable: %s (build first, or set the env var)"

@@ -247,10 +247,7 @@ def test_report_names_the_foreign_backend_and_why():
 
 def test_shipped_site_database():
     """conf/geoip/site.csv, built by CMake: 127.0.0.1 is CH, 127.0.0.2 DE (the demo's ranges)."""
-    db = os.environ.get("SITE_MMDB")
-    if not db:
-        gwtest.skip("SITE_MMDB not set (run through ctest)")
-    assert os.path.isfile(db), "the build did not make %s" % db
+    db = gwtest.site_mmdb()
     ch, de = Mock(args=["--name", "ch"]), HostMock("127.0.0.2", name="de")
     d = gwtest.tempdir("gwtest-res-")
     path = os.path.join(d, "gw.json")

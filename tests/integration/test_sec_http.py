@@ -217,10 +217,7 @@ def test_head_on_the_admin_listener_has_no_body():
 
 
 def _geoip_db():
-    p = os.path.join(gwtest.BUILD, "conf", "geoip", "site.mmdb")
-    if not os.path.exists(p):
-        raise AssertionError("no site database at %s (built by CMake)" % p)
-    return p
+    return gwtest.site_mmdb()
 
 
 # Every name the gateway and its plugins write into answers (grep gw_req_add_response_header and
