@@ -40,7 +40,7 @@
  */
 #include "privacy.h"
 
-#include "http.h" /* gw_http_header_kind: the names the core never forwards */
+#include "base/http.h" /* gw_http_header_kind: the names the core never forwards */
 
 #include <ctype.h>
 #include <errno.h>

@@ -14,7 +14,7 @@
 
 #include "limiter.h"
 #include "quota.h"
-#include "redis_url.h"
+#include "base/redis_url.h"
 #include "scripts.h"
 
 /*

@@ -25,8 +25,8 @@
 #include <openssl/ssl.h>
 
 #include "guarded.h"
-#include "config.h"
-#include "json.h"
+#include "config/config.h"
+#include "base/json.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -8,7 +8,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "http.h"
+#include "base/http.h"
 #include "jwt_verify.h"
 
 /*

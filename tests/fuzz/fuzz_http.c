@@ -26,8 +26,8 @@
 #include <string.h>
 
 #include "guarded.h"
-#include "http.h"
-#include "sse.h"
+#include "base/http.h"
+#include "base/sse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -37,9 +37,9 @@
 #include <unistd.h>
 
 #include "guarded.h"
-#include "body.h"
-#include "conf.h"
-#include "json.h"
+#include "base/body.h"
+#include "base/conf.h"
+#include "base/json.h"
 #include "privacy.h"
 #include "quota.h"
 

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "guarded.h"
-#include "vllm_metrics.h"
+#include "base/vllm_metrics.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

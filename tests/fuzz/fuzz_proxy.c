@@ -21,9 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client_addr.h"
+#include "base/client_addr.h"
 #include "guarded.h"
-#include "proxy_proto.h"
+#include "base/proxy_proto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

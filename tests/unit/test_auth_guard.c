@@ -1,7 +1,7 @@
 /* Unit tests of the failed-authentication limiter's arithmetic (GCRA), with an injected clock. */
 #include <stdint.h>
 
-#include "auth_guard.h"
+#include "proxy/auth_guard.h"
 #include "check.h"
 
 #define S 1000000ull

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "body.h"
+#include "base/body.h"
 #include "check.h"
-#include "json.h"
+#include "base/json.h"
 
 static char *copy_of(const char *s, size_t *len)
 {

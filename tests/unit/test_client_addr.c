@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "client_addr.h"
+#include "base/client_addr.h"
 
 static struct sockaddr_storage addr(const char *s)
 {

@@ -4,8 +4,8 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "config.h"
-#include "tls.h"
+#include "config/config.h"
+#include "base/tls.h"
 
 #define BASE_LISTEN "\"listen\":[{\"address\":\"127.0.0.1:0\"}],\"admin\":{\"address\":\"127.0.0.1:0\"}"
 #define BASE_POOL                                                                                 \

@@ -6,8 +6,8 @@
 #include <string.h>
 
 #include "check.h"
-#include "config.h"
-#include "json.h"
+#include "config/config.h"
+#include "base/json.h"
 
 /* Every outside thing a config can name, none of which exists here. */
 static const char outside[] =

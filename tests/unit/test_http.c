@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "http.h"
+#include "base/http.h"
 
 static gw_header_t hdrs[16];
 static uint8_t hop[16];

@@ -1,7 +1,7 @@
 /* Unit tests of plugins/auth_jwt/jwt_verify.c: keys and tokens made here, every acceptance and
  * rejection, with an injected clock. */
 #include "check.h"
-#include "http.h"
+#include "base/http.h"
 #include "jwt_verify.h"
 
 #include <stdarg.h>

@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "proxy_proto.h"
+#include "base/proxy_proto.h"
 
 static const uint8_t SIG[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
                                 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};

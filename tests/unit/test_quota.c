@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "body.h"
+#include "base/body.h"
 #include "check.h"
 #include "limiter.h"
 #include "quota.h"

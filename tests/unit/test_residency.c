@@ -7,9 +7,9 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "geoip.h"
-#include "request.h"
-#include "residency.h"
+#include "base/geoip.h"
+#include "proxy/request.h"
+#include "store/residency.h"
 
 static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {

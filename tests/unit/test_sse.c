@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "sse.h"
+#include "base/sse.h"
 
 typedef struct {
     char events[16][128];

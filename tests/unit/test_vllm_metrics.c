@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "vllm_metrics.h"
+#include "base/vllm_metrics.h"
 
 typedef struct expect {
     const char *name, *text;

@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "redis_url.h"
+#include "base/redis_url.h"
 
 #define KEY_BYTES 32
 #define ID_MAX 128 /* a key id's and a tenant id's longest, as the gateway's config */

@@ -16,7 +16,7 @@
  * connections on the hot path.
  */
 
-#include "http.h"
+#include "base/http.h"
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>

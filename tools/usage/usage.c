@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "redis_url.h"
+#include "base/redis_url.h"
 #include "scripts.h"
 
 static void usage_text(FILE *f)

@@ -1,0 +1,47 @@
+/* A client connection: reads HTTP/1.1 requests strictly, one at a time, and writes answers. */
+#ifndef GW_CONN_H
+#define GW_CONN_H
+
+#include "base/http.h"
+#include "io/io.h"
+#include "io/worker.h"
+
+typedef struct gw_req gw_req_t;
+
+enum { CONN_IDLE, CONN_HEAD, CONN_BODY, CONN_BUSY, CONN_CLOSING, CONN_PROXY };
+
+struct gw_conn {
+    gw_worker_t *w;
+    gw_io_t *io;
+    struct event *timer;
+    gw_req_t *req;
+    gw_conn_t *prev, *next;
+    int state;
+    size_t head_scanned;
+    int64_t body_left; /* Content-Length bytes still to read */
+    gw_chunked_t chunked;
+    /* The client's address, for every per-address rule: the peer accept() gave, or the one a
+     * PROXY header named. Never logged. client_len 0: not known. */
+    struct sockaddr_storage client;
+    socklen_t client_len;
+    struct proxy_wait *pp; /* CONN_PROXY: reading the PROXY header; io is NULL until it is whole */
+    unsigned tls : 1, in_process : 1, lingering : 1, dead : 1, head_timer_due : 1;
+    unsigned asks_head : 1; /* the head being read is a HEAD's: its error answer has no body */
+};
+
+/* sa: the peer accept() gave. A listener with proxy_protocol first reads the PROXY header (the
+ * connection is closed without an answer when it is not one), then TLS or HTTP. */
+void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l, const struct sockaddr *sa,
+                    socklen_t salen);
+/* The request's head was handled by the request_headers phase: read its body. */
+void gw_conn_read_body(gw_conn_t *c);
+/* The answer is written (or queued): next request, or close when close is set. */
+void gw_conn_request_done(gw_conn_t *c, int close);
+/* Close at once (a broken stream, a worker stopping). */
+void gw_conn_close(gw_conn_t *c);
+/* Write everything queued, then close (lingering). */
+void gw_conn_close_after_write(gw_conn_t *c);
+/* Drain: close if idle, else close after the current request. */
+void gw_conn_drain(gw_conn_t *c);
+
+#endif

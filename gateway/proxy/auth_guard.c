@@ -1,0 +1,265 @@
+/* The failed-authentication limiter: lock-free GCRA buckets, two per hashed client address. */
+#include "proxy/auth_guard.h"
+
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "base/audit.h"
+#include "base/log.h"
+#include "ops/metrics.h"
+#include "proxy/request.h"
+
+typedef struct slot {
+    _Atomic uint64_t tat;        /* GCRA: theoretical arrival time of the next failure (us) */
+    _Atomic uint64_t refused;    /* 429s since the last summary line */
+    _Atomic uint64_t summary_us; /* when the last summary line was written; 0: never */
+    _Atomic uint32_t inflight;   /* store lookups in flight from the addresses of this slot */
+    _Atomic uint32_t tag;        /* the digest bits of the last address refused here */
+} slot_t;
+
+static slot_t slots[GW_AUTH_GUARD_SLOTS];
+/* Slots with refusals not yet written, one bit each: the sweep visits only these. */
+static _Atomic uint64_t pending[GW_AUTH_GUARD_SLOTS / 64];
+static unsigned char digest_key[32]; /* random per process: digests cannot be precomputed */
+static EVP_MD *sha256;
+static int ready;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void init(void)
+{
+    if (RAND_bytes(digest_key, sizeof(digest_key)) != 1 ||
+        !(sha256 = EVP_MD_fetch(NULL, "SHA256", NULL))) {
+        gw_error("the failed-authentication limiter is off: no random key or SHA-256");
+        return;
+    }
+    ready = 1;
+}
+
+uint64_t gw_auth_guard_gcra(uint64_t tat, uint64_t now, uint64_t t_us, uint64_t burst,
+                            uint64_t *next)
+{
+    uint64_t n = (tat > now ? tat : now) + t_us, limit = burst * t_us;
+    if (n - now > limit) return n - now - limit;
+    *next = n;
+    return 0;
+}
+
+uint64_t gw_auth_guard_room(uint64_t tat, uint64_t now, uint64_t t_us, uint64_t burst)
+{
+    uint64_t base = tat > now ? tat : now, cap = now + burst * t_us;
+    return base >= cap ? 0 : (cap - base) / t_us;
+}
+
+/* The client's address as bytes (IPv6 by its /64: one host holds a whole one), digested with
+ * the process's key; an unknown address is one address of its own. Returns 0, or -1 when the
+ * digest fails. */
+static int client_digest(gw_req_t *r, unsigned char d[32])
+{
+    char text[64];
+    unsigned char in[sizeof(digest_key) + 1 + 16];
+    size_t n = sizeof(digest_key);
+    memcpy(in, digest_key, n);
+    if (gw_req_client_address(r, text, sizeof(text)) < 0) {
+        /* Unknown (a trusted proxy named no usable address): one bucket for all such clients,
+         * so that `X-Forwarded-For: unknown` is no way out of the limiter. */
+        in[n] = 0;
+        n += 1;
+    } else if (inet_pton(AF_INET, text, in + n + 1) == 1) {
+        in[n] = 4;
+        n += 1 + 4;
+    } else if (inet_pton(AF_INET6, text, in + n + 1) == 1) {
+        in[n] = 6;
+        n += 1 + 8;
+    } else {
+        return -1;
+    }
+    int ok = EVP_Digest(in, n, d, NULL, sha256, NULL) == 1;
+    OPENSSL_cleanse(in, sizeof(in));
+    return ok ? 0 : -1;
+}
+
+static uint64_t interval_us(const gw_req_t *r)
+{
+    return 1000000u / (uint64_t)r->cfg->auth.failure_rate;
+}
+
+static uint64_t burst_of(const gw_req_t *r)
+{
+    return (uint64_t)r->cfg->auth.failure_burst;
+}
+
+/* The client's slots, once per request. 0, or -1 when the limiter does not apply. */
+static int locate(gw_req_t *r)
+{
+    gw_auth_guard_req_t *g = &r->guard;
+    if (!g->located) {
+        g->located = 1;
+        unsigned char d[32];
+        if (!r->cfg->tenants.n || r->cfg->auth.failure_rate <= 0) return -1;
+        pthread_once(&once, init);
+        if (!ready || client_digest(r, d) < 0) return -1;
+        for (int i = 0; i < GW_AUTH_GUARD_CHOICES; i++) {
+            uint32_t h;
+            memcpy(&h, d + 4 * i, sizeof(h));
+            g->slot[i] = h % GW_AUTH_GUARD_SLOTS;
+        }
+        if (g->slot[1] == g->slot[0]) g->slot[1] = g->slot[0] ^ 1; /* two distinct slots */
+        memcpy(&g->tag, d + 4 * GW_AUTH_GUARD_CHOICES, sizeof(g->tag));
+        g->known = 1;
+    }
+    return g->known ? 0 : -1;
+}
+
+/* The address's slot with the lower time (count-min: its own failures are at most that). */
+static slot_t *lower(const gw_req_t *r, uint64_t *tat, slot_t **other)
+{
+    slot_t *a = &slots[r->guard.slot[0]], *b = &slots[r->guard.slot[1]];
+    uint64_t ta = atomic_load(&a->tat), tb = atomic_load(&b->tat);
+    *tat = ta <= tb ? ta : tb;
+    *other = ta <= tb ? b : a;
+    return ta <= tb ? a : b;
+}
+
+/* Takes one failure's budget: 0, or the microseconds until there is some. Conservative update:
+ * the lower slot moves on, the other is raised to it if it is behind. */
+static uint64_t take(gw_req_t *r, uint64_t now)
+{
+    for (;;) {
+        slot_t *other;
+        uint64_t tat, next = 0, wait;
+        slot_t *low = lower(r, &tat, &other);
+        if ((wait = gw_auth_guard_gcra(tat, now, interval_us(r), burst_of(r), &next)) != 0)
+            return wait;
+        if (!atomic_compare_exchange_strong(&low->tat, &tat, next)) continue;
+        uint64_t o = atomic_load(&other->tat);
+        while (o < next && !atomic_compare_exchange_weak(&other->tat, &o, next)) {
+        }
+        return 0;
+    }
+}
+
+static void inflight_add(const gw_req_t *r, uint32_t *min)
+{
+    uint32_t a = atomic_fetch_add(&slots[r->guard.slot[0]].inflight, 1) + 1;
+    uint32_t b = atomic_fetch_add(&slots[r->guard.slot[1]].inflight, 1) + 1;
+    *min = a < b ? a : b;
+}
+
+static void inflight_sub(const gw_req_t *r)
+{
+    atomic_fetch_sub(&slots[r->guard.slot[0]].inflight, 1);
+    atomic_fetch_sub(&slots[r->guard.slot[1]].inflight, 1);
+}
+
+int gw_auth_guard_reserve(gw_req_t *r)
+{
+    gw_auth_guard_req_t *g = &r->guard;
+    if (locate(r) < 0 || g->looking) return 1;
+    if (g->throttled || g->busy) return 0;
+    slot_t *other;
+    uint64_t tat, now = gw_now_us();
+    lower(r, &tat, &other);
+    uint64_t room = gw_auth_guard_room(tat, now, interval_us(r), burst_of(r));
+    if (room == 0) {
+        g->throttled = 1; /* the address has failed its whole budget */
+        return 0;
+    }
+    uint32_t flying;
+    inflight_add(r, &flying);
+    if (flying > room) {
+        inflight_sub(r);
+        g->busy = 1; /* its lookups in flight fill what failures it has left */
+        return 0;
+    }
+    g->looking = 1;
+    return 1;
+}
+
+void gw_auth_guard_success(gw_req_t *r)
+{
+    if (!r->guard.looking) return;
+    r->guard.looking = 0;
+    inflight_sub(r);
+}
+
+int gw_auth_guard_busy(const gw_req_t *r)
+{
+    return r->guard.busy;
+}
+
+void gw_auth_guard_end(gw_req_t *r)
+{
+    if (!r->guard.looking) return;
+    take(r, gw_now_us()); /* a lookup that never authenticated is a failure (over or not) */
+    r->guard.looking = 0;
+    inflight_sub(r);
+}
+
+/* A 429: counted in the address's first slot, for the sweep to write. */
+static void count_refusal(const gw_req_t *r)
+{
+    uint32_t i = r->guard.slot[0];
+    atomic_store(&slots[i].tag, r->guard.tag);
+    atomic_fetch_add(&slots[i].refused, 1);
+    atomic_fetch_or(&pending[i / 64], (uint64_t)1 << (i % 64));
+    gw_metrics_auth_failure("rate_limited");
+}
+
+void gw_auth_guard_sweep(int64_t summary_ms, int all)
+{
+    uint64_t now = gw_now_us(), every = (uint64_t)summary_ms * 1000u;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%lld", (long long)summary_ms);
+    for (size_t w = 0; w < GW_AUTH_GUARD_SLOTS / 64; w++) {
+        uint64_t bits = atomic_load(&pending[w]);
+        while (bits) {
+            unsigned b = (unsigned)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            slot_t *s = &slots[w * 64 + b];
+            uint64_t last = atomic_load(&s->summary_us);
+            if (!all && last && now - last < every) continue;
+            /* The bit goes before the count is taken: a refusal after it sets it again. */
+            atomic_fetch_and(&pending[w], ~((uint64_t)1 << b));
+            uint64_t n = atomic_exchange(&s->refused, 0);
+            if (!n) continue;
+            atomic_store(&s->summary_us, now ? now : 1);
+            char client[16], count[24];
+            snprintf(client, sizeof(client), "h:%08x", (unsigned)atomic_load(&s->tag));
+            snprintf(count, sizeof(count), "%llu", (unsigned long long)n);
+            gw_audit("auth_failures_limited", "client", client, "refused", count, "interval_ms", ms,
+                     NULL);
+        }
+    }
+}
+
+int64_t gw_auth_guard_failure(gw_req_t *r)
+{
+    gw_auth_guard_req_t *g = &r->guard;
+    if (locate(r) < 0 || g->busy) return 0;
+    uint64_t now = gw_now_us(), next, wait;
+    if (g->looking) {
+        /* Its lookup found nothing: charged now, and no longer in flight. */
+        wait = take(r, now);
+        g->looking = 0;
+        inflight_sub(r);
+        if (!wait) return 0;
+    } else if (g->throttled) {
+        /* Refused a lookup: answered 429 whatever the budget now, and not counted again. */
+        slot_t *other;
+        uint64_t tat;
+        lower(r, &tat, &other);
+        wait = gw_auth_guard_gcra(tat, now, interval_us(r), burst_of(r), &next);
+        if (!wait) wait = 1;
+    } else if ((wait = take(r, now)) == 0) {
+        return 0;
+    }
+    count_refusal(r);
+    return (int64_t)((wait + 999999u) / 1000000u);
+}

@@ -1,0 +1,94 @@
+/* Residency in the core: backend addresses, their verdicts, the connect-time check, the report. */
+#ifndef GW_RESIDENCY_H
+#define GW_RESIDENCY_H
+
+#include <arpa/inet.h>
+#include <stdio.h>
+
+#include "config/config.h"
+
+typedef struct gw_residency gw_residency_t;
+typedef struct gw_req gw_req_t;
+
+/* One address a backend host resolves to, and what the databases say of it. */
+typedef struct gw_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char text[INET6_ADDRSTRLEN];
+    char country[3];    /* "" when no database knows it */
+    const char *source; /* the database that said so (the policy's copy of its path), or NULL */
+    int allowed;        /* the global policy allows it (always 1 without a policy) */
+} gw_addr_t;
+
+#define GW_MAX_ADDRS 64 /* addresses kept of one resolution */
+
+/* A backend's addresses and verdict at one resolution: immutable once published, counted
+ * (see "Lifetime" in residency.c): freed by whoever drops its last reference. */
+typedef struct gw_resolved {
+    atomic_int refs;     /* the backend's while it is current, and one per holder */
+    size_t n;
+    gw_addr_t *addrs;
+    int approved;        /* may be connected to: declared country and every address allowed */
+    int unknown, failed; /* an address no database knows; a lookup that failed */
+    char reason[384];    /* why not approved ("" when approved) */
+    char countries[3 * GW_MAX_ADDRS + 3]; /* declared first, then the others: "CH,LI" */
+    char when[32];       /* UTC time of the resolution */
+    int cause;           /* GW_RES_LOAD or GW_RES_REFRESH */
+} gw_resolved_t;
+
+enum { GW_RES_LOAD, GW_RES_REFRESH };
+
+/* --residency-report: an unknown address or a failed lookup is a verdict to show, not a
+ * config error. Set before gw_config_load. */
+extern int gw_residency_report_mode;
+
+/* Resolves host (A and AAAA) through resolver.hosts_file, then getaddrinfo. Returns the
+ * number of distinct addresses (> 0) in *out (free it), or -1 with err. */
+int gw_resolve_host(const char *host, const char *port, const char *hosts_file,
+                    struct sockaddr_storage **out, size_t *n, char *err, size_t errlen);
+
+/* Config loading: the backend's first resolution (derive_backend), then, once the plugins are
+ * configured, the verdicts of every backend (errors: unknown addresses, failed lookups). */
+int gw_residency_resolve_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b,
+                                 const char *path, char *err, size_t errlen);
+int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c);
+
+/* The backend's current state, held: valid (from any thread) until gw_resolved_release.
+ * NULL when the backend was not resolved (offline checks). */
+const gw_resolved_t *gw_backend_hold(const gw_backend_t *b);
+void gw_resolved_release(const gw_resolved_t *rs);
+
+/* The connect path: the address to connect to (a verified one), or NULL when the backend may
+ * not be connected to; then, once connected, whether the peer is one of the verified
+ * addresses of that state. */
+const gw_addr_t *gw_residency_connect_addr(const gw_config_t *c, const gw_resolved_t *rs);
+/* The one residency check of a request's connect path, for every try (first, queued,
+ * retried) and every connection (new or idle): may r go to b under rs, b's state current at
+ * this moment (held)? NULL when it may, else the reason (for the audit log):
+ * backend_not_approved (the global verdict) or backend_not_approved_for_tenant (the tenant's
+ * narrowed policy, gw_req_residency_narrow). */
+const char *gw_residency_connect_check(const gw_req_t *r, const gw_backend_t *b,
+                                       const gw_resolved_t *rs);
+int gw_residency_peer_ok(const gw_config_t *c, const gw_resolved_t *rs, int fd);
+/* A pool has at least one approved backend. */
+int gw_residency_pool_ok(const gw_config_t *c, const gw_pool_t *p);
+
+/* Audit: config_loaded and a backend_verdict per backend, after the audit log is open. */
+void gw_residency_audit_loaded(const gw_config_t *c);
+
+/* The report: JSON (free with cJSON_free), or a table; 1 when every backend is approved. */
+char *gw_residency_report_json(const gw_config_t *c);
+void gw_residency_report_table(const gw_config_t *c, FILE *f);
+int gw_residency_all_approved(const gw_config_t *c);
+
+/* The resolver thread: re-resolves backend hosts every resolver.refresh_ms and publishes new
+ * verdicts; a host that now resolves abroad makes its backend refused, never followed. */
+int gw_resolver_start(gw_config_t *c);
+void gw_resolver_set_config(gw_config_t *c);
+void gw_resolver_stop(void);
+/* One pass at once (tests, and the thread's body). */
+void gw_resolver_refresh(gw_config_t *c);
+/* Backend states alive in the process (gotthard_resolver_states). */
+long gw_resolver_states(void);
+
+#endif
