@@ -46,7 +46,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: gotthard -c FILE      run in the foreground\n"
                "       gotthard -t -c FILE   check the config and exit\n"
                "       gotthard --residency-report -c FILE [--json]\n"
-               "                             verify every backend's residency; exit 0 if all are approved\n"
+               "                             verify every backend's residency; exit 0 if all are "
+               "approved\n"
                "       gotthard -v           print the version\n");
 }
 

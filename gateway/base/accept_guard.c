@@ -57,7 +57,8 @@ static void error_cb(struct evconnlistener *l, void *arg)
     time_t now = time(NULL);
     if (now - g->warned >= WARN_EVERY_S) {
         g->warned = now;
-        gw_warn("%s: cannot accept (%s); pausing accept for %d ms", g->who, strerror(err), PAUSE_MS);
+        gw_warn("%s: cannot accept (%s); pausing accept for %d ms", g->who, strerror(err),
+                PAUSE_MS);
     }
     for (size_t i = 0; i < g->n; i++) evconnlistener_disable(g->ls[i]);
     struct timeval tv = {0, PAUSE_MS * 1000};

@@ -57,12 +57,11 @@ static int has_duplicate_key(gw_arena_t *arena, const cJSON *o)
 {
     size_t n = 0;
     for (const cJSON *a = o->child; a; a = a->next) n++;
-    const cJSON **v = n > 16 ? (arena ? gw_arena_alloc(arena, n * sizeof(*v))
-                                      : malloc(n * sizeof(*v)))
-                             : NULL;
+    const cJSON **v =
+        n > 16 ? (arena ? gw_arena_alloc(arena, n * sizeof(*v)) : malloc(n * sizeof(*v))) : NULL;
     int dup = 0;
     if (n > 16 && !v) return 1; /* no memory to sort: refused rather than minutes pairwise */
-    if (!v) { /* few keys: pairwise */
+    if (!v) {                   /* few keys: pairwise */
         for (const cJSON *a = o->child; a && !dup; a = a->next)
             for (const cJSON *b = a->next; b && !dup; b = b->next)
                 dup = fold_cmp(a->string, b->string) == 0;
@@ -71,8 +70,7 @@ static int has_duplicate_key(gw_arena_t *arena, const cJSON *o)
     size_t i = 0;
     for (const cJSON *a = o->child; a; a = a->next) v[i++] = a;
     qsort(v, n, sizeof(*v), by_key);
-    for (i = 1; i < n && !dup; i++)
-        dup = by_key(&v[i - 1], &v[i]) == 0;
+    for (i = 1; i < n && !dup; i++) dup = by_key(&v[i - 1], &v[i]) == 0;
     if (!arena) free(v);
     return dup;
 }
@@ -160,8 +158,7 @@ int gw_body_utf8_valid(const char *p, size_t len)
     while (i < len) {
         /* ASCII, eight bytes at a time: nearly every body is nearly all ASCII. */
         uint64_t w;
-        while (len - i >= 8 && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull)))
-            i += 8;
+        while (len - i >= 8 && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull))) i += 8;
         if (i == len) break;
         if (s[i] < 0x80) {
             i++;
@@ -216,22 +213,19 @@ static int scan_number(const unsigned char *s, size_t *i, size_t len)
     if (s[k] == '0')
         k++;
     else
-        while (is_digit(s, k, len))
-            k++;
+        while (is_digit(s, k, len)) k++;
     size_t ndigits = k - digits;
     int integer = 1;
     if (k < len && s[k] == '.') {
         if (!is_digit(s, ++k, len)) return 0;
-        while (is_digit(s, k, len))
-            k++;
+        while (is_digit(s, k, len)) k++;
         integer = 0;
     }
     if (k < len && (s[k] == 'e' || s[k] == 'E')) {
         k++;
         if (k < len && (s[k] == '+' || s[k] == '-')) k++;
         if (!is_digit(s, k, len)) return 0;
-        while (is_digit(s, k, len))
-            k++;
+        while (is_digit(s, k, len)) k++;
         integer = 0;
     }
     if (k < len && (is_digit(s, k, len) || s[k] == '.' || s[k] == 'e' || s[k] == 'E' ||
@@ -493,8 +487,7 @@ int gw_body_usage(gw_arena_t *arena, const char *text, size_t len, int64_t *prom
      * absent, negative, fractional or absurd) would charge what was not counted as 0. An
      * answer without completion_tokens (embeddings) counts total_tokens - prompt_tokens. */
     int have_c = token_count(ct);
-    if (!ct && token_count(pt) && token_count(tt) && tt->valuedouble >= pt->valuedouble)
-        have_c = 2;
+    if (!ct && token_count(pt) && token_count(tt) && tt->valuedouble >= pt->valuedouble) have_c = 2;
     if (token_count(pt) && have_c) {
         *prompt = (int64_t)pt->valuedouble;
         *completion = have_c == 1 ? (int64_t)ct->valuedouble

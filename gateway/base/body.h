@@ -88,7 +88,8 @@ int gw_body_is_usage_chunk(gw_arena_t *arena, const char *data, size_t len);
  * completion_tokens (without completion_tokens: total_tokens - prompt_tokens, as embeddings
  * report), each a whole number in [0, 1e12), and, when at is not NULL, the offset of the object
  * in text; 0 when there is none or either count is missing or not such a number (a partial
- * usage is no usage: the caller falls back to its estimate). The object is parsed into arena (NULL: the heap) and not kept. */
+ * usage is no usage: the caller falls back to its estimate). The object is parsed into arena (NULL:
+ * the heap) and not kept. */
 int gw_body_usage(gw_arena_t *arena, const char *text, size_t len, int64_t *prompt,
                   int64_t *completion, size_t *at);
 

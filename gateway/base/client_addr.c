@@ -90,7 +90,10 @@ int gw_cidr_match(const gw_cidr_t *nets, size_t n, const struct sockaddr *sa)
     return 0;
 }
 
-static int is_ows(char c) { return c == ' ' || c == '\t'; }
+static int is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
 
 /* A decimal port, 1 to 5 digits without a leading zero, at most 65535: 0, or -1. */
 static int valid_port(const char *s)

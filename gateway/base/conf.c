@@ -38,7 +38,8 @@ void gw_conf_error(gw_conf_ctx_t *cx, const char *path, const char *fmt, ...)
         cx->errors_cap = cap;
     }
     char *line = cx->errors + cx->errors_len;
-    cx->errors_len += (size_t)snprintf(line, cx->errors_cap - cx->errors_len, "%s: %s\n", path, msg);
+    cx->errors_len +=
+        (size_t)snprintf(line, cx->errors_cap - cx->errors_len, "%s: %s\n", path, msg);
     /* One line per error: a key or value from the config may hold a line break. */
     for (char *p = line; p < cx->errors + cx->errors_len - 1; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';

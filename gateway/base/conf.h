@@ -9,7 +9,15 @@
 #include "base/arena.h"
 #include "gotthard/plugin.h"
 
-typedef enum { GW_CT_INT, GW_CT_BOOL, GW_CT_STR, GW_CT_STRS, GW_CT_OBJ, GW_CT_OBJS, GW_CT_FN } gw_conf_type_t;
+typedef enum {
+    GW_CT_INT,
+    GW_CT_BOOL,
+    GW_CT_STR,
+    GW_CT_STRS,
+    GW_CT_OBJ,
+    GW_CT_OBJS,
+    GW_CT_FN
+} gw_conf_type_t;
 
 enum { GW_CK_REQUIRED = 1 };
 

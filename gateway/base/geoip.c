@@ -62,13 +62,16 @@ static int private_copy(const char *path, unsigned char sha[32], char *err, size
     while (ok && have < size) {
         ssize_t k = read(in, map + have, size - have);
         if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) ok = 0; /* a read error, or the file shrank while read */
-        else have += (size_t)k;
+        if (k <= 0)
+            ok = 0; /* a read error, or the file shrank while read */
+        else
+            have += (size_t)k;
     }
     ok = ok && EVP_Digest(map, size, sha, &dl, EVP_sha256(), NULL) && dl == 32;
     if (map != MAP_FAILED) munmap(map, size);
     /* Nobody writes the copy any more, not even this process. */
-    ok = ok && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) == 0;
+    ok =
+        ok && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) == 0;
     close(in);
     if (!ok) {
         snprintf(err, errlen, "cannot load the database %s: cannot read it into a private copy",
@@ -140,9 +143,8 @@ int gw_geoip_lookup(const gw_geoip_t *g, const struct sockaddr *sa, char cc[3], 
             snprintf(err, errlen, "lookup in %s failed: %s", g->paths[i], MMDB_strerror(rc));
             return GW_GEOIP_ERROR;
         }
-        if (d.type != MMDB_DATA_TYPE_UTF8_STRING || d.data_size != 2 ||
-            d.utf8_string[0] < 'A' || d.utf8_string[0] > 'Z' || d.utf8_string[1] < 'A' ||
-            d.utf8_string[1] > 'Z') {
+        if (d.type != MMDB_DATA_TYPE_UTF8_STRING || d.data_size != 2 || d.utf8_string[0] < 'A' ||
+            d.utf8_string[0] > 'Z' || d.utf8_string[1] < 'A' || d.utf8_string[1] > 'Z') {
             snprintf(err, errlen, "%s holds a country that is not an ISO 3166 alpha-2 code",
                      g->paths[i]);
             return GW_GEOIP_ERROR;

@@ -10,7 +10,8 @@ typedef struct gw_geoip gw_geoip_t;
 /* Opens every database, in order: each file is read once into a private, sealed copy that the
  * lookups use until gw_geoip_close (the file changing afterwards changes nothing). On failure
  * returns NULL, names the database that failed in *bad (its index) and says why in err. */
-gw_geoip_t *gw_geoip_open(const char *const *paths, size_t n, size_t *bad, char *err, size_t errlen);
+gw_geoip_t *gw_geoip_open(const char *const *paths, size_t n, size_t *bad, char *err,
+                          size_t errlen);
 /* The SHA-256 (32 bytes) of database i's copy, the bytes the lookups read. */
 const unsigned char *gw_geoip_sha256(const gw_geoip_t *g, size_t i);
 void gw_geoip_close(gw_geoip_t *g);

@@ -7,17 +7,15 @@
 /* tchar per RFC 9110 5.6.2 */
 static const unsigned char tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
-    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1,  ['f'] = 1, ['g'] = 1,
+    ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1,  ['n'] = 1, ['o'] = 1,
+    ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1,  ['v'] = 1, ['w'] = 1,
+    ['x'] = 1, ['y'] = 1, ['z'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1,  ['D'] = 1, ['E'] = 1,
+    ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1,  ['L'] = 1, ['M'] = 1,
+    ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1,  ['T'] = 1, ['U'] = 1,
+    ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
 };
 
 static int is_vchar_or_obs(unsigned char c)
@@ -30,7 +28,8 @@ static unsigned char value_byte[256];
 
 static void init_value_bytes(void)
 {
-    for (int c = 0; c < 256; c++) value_byte[c] = is_vchar_or_obs((unsigned char)c) || c == ' ' || c == '\t';
+    for (int c = 0; c < 256; c++)
+        value_byte[c] = is_vchar_or_obs((unsigned char)c) || c == ' ' || c == '\t';
 }
 
 __attribute__((constructor)) static void http_tables(void)
@@ -102,12 +101,21 @@ static int lc_eq(const char *a, const char *lit, size_t n)
 
 int gw_http_header_kind(const char *n, size_t len)
 {
-#define IS(lit, k) if (lc_eq(n, lit, len)) return k
+#define IS(lit, k)                                                                                 \
+    if (lc_eq(n, lit, len)) return k
     switch (len) {
-    case 2: IS("te", GW_H_TE); break;
-    case 4: IS("host", GW_H_HOST); break;
-    case 5: IS("close", GW_H_CLOSE); break;
-    case 6: IS("expect", GW_H_EXPECT); break;
+    case 2:
+        IS("te", GW_H_TE);
+        break;
+    case 4:
+        IS("host", GW_H_HOST);
+        break;
+    case 5:
+        IS("close", GW_H_CLOSE);
+        break;
+    case 6:
+        IS("expect", GW_H_EXPECT);
+        break;
     case 7:
         IS("api-key", GW_H_API_KEY);
         IS("upgrade", GW_H_UPGRADE);
@@ -121,15 +129,25 @@ int gw_http_header_kind(const char *n, size_t len)
         IS("x-request-id", GW_H_X_REQUEST_ID);
         IS("content-type", GW_H_CONTENT_TYPE);
         break;
-    case 13: IS("authorization", GW_H_AUTHORIZATION); break;
-    case 14: IS("content-length", GW_H_CONTENT_LENGTH); break;
-    case 15: IS("accept-encoding", GW_H_ACCEPT_ENCODING); break;
+    case 13:
+        IS("authorization", GW_H_AUTHORIZATION);
+        break;
+    case 14:
+        IS("content-length", GW_H_CONTENT_LENGTH);
+        break;
+    case 15:
+        IS("accept-encoding", GW_H_ACCEPT_ENCODING);
+        break;
     case 16:
         IS("proxy-connection", GW_H_PROXY_CONNECTION);
         IS("content-encoding", GW_H_CONTENT_ENCODING);
         break;
-    case 17: IS("transfer-encoding", GW_H_TRANSFER_ENCODING); break;
-    case 18: IS("proxy-authenticate", GW_H_PROXY_AUTHENTICATE); break;
+    case 17:
+        IS("transfer-encoding", GW_H_TRANSFER_ENCODING);
+        break;
+    case 18:
+        IS("proxy-authenticate", GW_H_PROXY_AUTHENTICATE);
+        break;
     case 19:
         IS("proxy-authorization", GW_H_PROXY_AUTHORIZATION);
         IS("x-client-request-id", GW_H_X_CLIENT_REQUEST_ID);
@@ -393,50 +411,94 @@ int gw_http_status_has_body(int status)
 const char *gw_http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 203: return "Non-Authoritative Information";
-    case 204: return "No Content";
-    case 205: return "Reset Content";
-    case 206: return "Partial Content";
-    case 207: return "Multi-Status";
-    case 300: return "Multiple Choices";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 421: return "Misdirected Request";
-    case 424: return "Failed Dependency";
-    case 428: return "Precondition Required";
-    case 451: return "Unavailable For Legal Reasons";
-    case 413: return "Content Too Large";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Status";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 203:
+        return "Non-Authoritative Information";
+    case 204:
+        return "No Content";
+    case 205:
+        return "Reset Content";
+    case 206:
+        return "Partial Content";
+    case 207:
+        return "Multi-Status";
+    case 300:
+        return "Multiple Choices";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 421:
+        return "Misdirected Request";
+    case 424:
+        return "Failed Dependency";
+    case 428:
+        return "Precondition Required";
+    case 451:
+        return "Unavailable For Legal Reasons";
+    case 413:
+        return "Content Too Large";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Status";
     }
 }
 
@@ -452,18 +514,15 @@ int gw_http_credential(int is_authorization, const char *value, size_t len, cons
     *cred_len = 0;
     if (!value) return -1;
     size_t b = 0, e = len;
-    while (b < e && is_ws(value[b]))
-        b++;
-    while (e > b && is_ws(value[e - 1]))
-        e--;
+    while (b < e && is_ws(value[b])) b++;
+    while (e > b && is_ws(value[e - 1])) e--;
     if (is_authorization) {
         static const char scheme[] = "bearer";
         if (e - b < sizeof(scheme) || strncasecmp(value + b, scheme, sizeof(scheme) - 1) != 0 ||
             !is_ws(value[b + sizeof(scheme) - 1]))
             return -1;
         b += sizeof(scheme) - 1;
-        while (b < e && is_ws(value[b]))
-            b++;
+        while (b < e && is_ws(value[b])) b++;
     }
     if (b == e) return -1;
     for (size_t i = b; i < e; i++)
@@ -564,11 +623,14 @@ static void answer_head(gw_out_t *o, const gw_http_head_t *h, const gw_answer_he
         gw_out_put(o, "transfer-encoding: chunked\r\n", 28);
         break;
     }
-    if (a->close) gw_out_put(o, "connection: close\r\n", 19);
-    else if (a->keepalive) gw_out_put(o, "connection: keep-alive\r\n", 24);
+    if (a->close)
+        gw_out_put(o, "connection: close\r\n", 19);
+    else if (a->keepalive)
+        gw_out_put(o, "connection: keep-alive\r\n", 24);
 }
 
-size_t gw_http_answer_head(char *out, size_t cap, const gw_http_head_t *h, const gw_answer_head_t *a)
+size_t gw_http_answer_head(char *out, size_t cap, const gw_http_head_t *h,
+                           const gw_answer_head_t *a)
 {
     gw_out_t o = {NULL, 0, 0};
     answer_head(&o, h, a);
@@ -578,8 +640,19 @@ size_t gw_http_answer_head(char *out, size_t cap, const gw_http_head_t *h, const
     return o.len; /* the same code over the same input: need again (the caller checks) */
 }
 
-enum { CK_SIZE, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF, CK_TRAILER, CK_TRAILER_LINE,
-       CK_TRAILER_LF, CK_FINAL_LF, CK_DONE };
+enum {
+    CK_SIZE,
+    CK_EXT,
+    CK_SIZE_LF,
+    CK_DATA,
+    CK_DATA_CR,
+    CK_DATA_LF,
+    CK_TRAILER,
+    CK_TRAILER_LINE,
+    CK_TRAILER_LF,
+    CK_FINAL_LF,
+    CK_DONE
+};
 
 static int hexval(unsigned char c)
 {
@@ -606,15 +679,20 @@ int gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, size_t *consume
                 break;
             }
             if (!c->seen) goto bad;
-            if (ch == ';') c->state = CK_EXT;
-            else if (ch == '\r') c->state = CK_SIZE_LF;
-            else goto bad;
+            if (ch == ';')
+                c->state = CK_EXT;
+            else if (ch == '\r')
+                c->state = CK_SIZE_LF;
+            else
+                goto bad;
             i++;
             break;
         }
         case CK_EXT:
-            if (ch == '\r') c->state = CK_SIZE_LF;
-            else if (ch != '\t' && (ch < 0x20 || ch == 0x7f)) goto bad;
+            if (ch == '\r')
+                c->state = CK_SIZE_LF;
+            else if (ch != '\t' && (ch < 0x20 || ch == 0x7f))
+                goto bad;
             i++;
             break;
         case CK_SIZE_LF:
@@ -644,14 +722,19 @@ int gw_chunked_feed(gw_chunked_t *c, const char *in, size_t len, size_t *consume
             i++;
             break;
         case CK_TRAILER:
-            if (ch == '\r') c->state = CK_FINAL_LF;
-            else if (tchar[ch]) c->state = CK_TRAILER_LINE;
-            else goto bad;
+            if (ch == '\r')
+                c->state = CK_FINAL_LF;
+            else if (tchar[ch])
+                c->state = CK_TRAILER_LINE;
+            else
+                goto bad;
             i++;
             break;
         case CK_TRAILER_LINE:
-            if (ch == '\r') c->state = CK_TRAILER_LF;
-            else if (ch != '\t' && (ch < 0x20 || ch == 0x7f)) goto bad;
+            if (ch == '\r')
+                c->state = CK_TRAILER_LF;
+            else if (ch != '\t' && (ch < 0x20 || ch == 0x7f))
+                goto bad;
             if (++c->remaining > 8192) goto bad;
             i++;
             break;

@@ -57,9 +57,9 @@ typedef struct gw_http_head {
 
 enum {
     GW_HTTP_INCOMPLETE = -1,
-    GW_HTTP_BAD = -2,          /* 400 */
-    GW_HTTP_TOO_MANY = -3,     /* 431 */
-    GW_HTTP_BAD_VERSION = -4,  /* 505 */
+    GW_HTTP_BAD = -2,         /* 400 */
+    GW_HTTP_TOO_MANY = -3,    /* 431 */
+    GW_HTTP_BAD_VERSION = -4, /* 505 */
 };
 
 /* A Connection header field names this many options at most, over all its lines: more makes
@@ -145,7 +145,8 @@ typedef struct gw_answer_head {
  * line, the backend's end-to-end headers except the gateway's own (x-request-id, its namespace,
  * `taken`), then the framing and connection lines. Written into out[0..cap) only when it fits
  * whole; returns its exact length either way (out NULL, cap 0: only the length). */
-size_t gw_http_answer_head(char *out, size_t cap, const gw_http_head_t *h, const gw_answer_head_t *a);
+size_t gw_http_answer_head(char *out, size_t cap, const gw_http_head_t *h,
+                           const gw_answer_head_t *a);
 
 /* Building heads in a buffer the caller sized: each returns the new end. Prefer gw_out_t. */
 char *gw_put(char *p, const char *s, size_t n);

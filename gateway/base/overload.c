@@ -147,8 +147,10 @@ int gw_overload_start(struct event_base *base, int64_t max_memory_bytes)
 void gw_overload_set_limit(int64_t max_memory_bytes)
 {
     atomic_store(&ov.limit, max_memory_bytes);
-    if (ov.timer) sample();
-    else if (max_memory_bytes) gw_warn("limits.max_memory_bytes is not enforced: /proc/self/statm cannot be read");
+    if (ov.timer)
+        sample();
+    else if (max_memory_bytes)
+        gw_warn("limits.max_memory_bytes is not enforced: /proc/self/statm cannot be read");
 }
 
 void gw_overload_stop(void)

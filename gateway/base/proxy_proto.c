@@ -21,9 +21,15 @@ enum { V2_LOCAL = 0, V2_PROXY = 1 };
 enum { AF2_UNSPEC = 0, AF2_INET = 1, AF2_INET6 = 2, AF2_UNIX = 3 };
 enum { TP2_UNSPEC = 0, TP2_STREAM = 1, TP2_DGRAM = 2 };
 
-static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+static size_t min_sz(size_t a, size_t b)
+{
+    return a < b ? a : b;
+}
 
-static unsigned be16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
+static unsigned be16(const uint8_t *p)
+{
+    return (unsigned)p[0] << 8 | p[1];
+}
 
 /* A decimal port: 1 to 5 digits, no leading zero (but "0"), at most 65535. */
 static int parse_port(const char *s, uint16_t *port)
@@ -108,9 +114,12 @@ static long parse_v1(const uint8_t *buf, size_t len, gw_proxy_hdr_t *out)
     out->version = 1;
     if (strncmp(proto, "UNKNOWN", 7) == 0 && (proto[7] == '\0' || proto[7] == ' ')) return hl;
     int af;
-    if (strncmp(proto, "TCP4 ", 5) == 0) af = AF_INET;
-    else if (strncmp(proto, "TCP6 ", 5) == 0) af = AF_INET6;
-    else return GW_PROXY_BAD;
+    if (strncmp(proto, "TCP4 ", 5) == 0)
+        af = AF_INET;
+    else if (strncmp(proto, "TCP6 ", 5) == 0)
+        af = AF_INET6;
+    else
+        return GW_PROXY_BAD;
     return v1_addresses(proto + 5, af, out) < 0 ? GW_PROXY_BAD : hl;
 }
 
@@ -143,8 +152,10 @@ static long parse_v2(const uint8_t *buf, size_t len, gw_proxy_hdr_t *out)
     size_t pos = 16 + addr_len[fam];
     if (pos > total) return GW_PROXY_BAD;
     const uint8_t *a = buf + 16;
-    if (fam == AF2_INET) set_src(out, AF_INET, a, (uint16_t)be16(a + 8));
-    else if (fam == AF2_INET6) set_src(out, AF_INET6, a, (uint16_t)be16(a + 32));
+    if (fam == AF2_INET)
+        set_src(out, AF_INET, a, (uint16_t)be16(a + 8));
+    else if (fam == AF2_INET6)
+        set_src(out, AF_INET6, a, (uint16_t)be16(a + 32));
     /* TLVs: type, 16-bit length, value; each must end within the header. */
     while (pos < total) {
         if (total - pos < 3 || total - pos - 3 < be16(buf + pos + 1)) {

@@ -16,6 +16,7 @@ int gw_redis_url_parse(const char *url, gw_redis_url_t *out);
  * authenticated and on its db, every command bounded by timeout_ms. NULL with a message in
  * err (never the password) on failure. */
 struct redisContext;
-struct redisContext *gw_redis_url_connect(const char *url, int timeout_ms, char *err, size_t errlen);
+struct redisContext *gw_redis_url_connect(const char *url, int timeout_ms, char *err,
+                                          size_t errlen);
 
 #endif

@@ -67,13 +67,18 @@ int gw_sse_feed(gw_sse_t *s, const char *data, size_t len, gw_sse_event_fn fn, v
             }
             break;
         case IN_LINE:
-            if (c == '\n') s->state = LINE_START;
-            else if (c == '\r') s->state = CR_IN_LINE;
+            if (c == '\n')
+                s->state = LINE_START;
+            else if (c == '\r')
+                s->state = CR_IN_LINE;
             break;
         case CR_IN_LINE:
-            if (c == '\n') s->state = LINE_START;
-            else if (c == '\r') s->state = CR_EMPTY;
-            else s->state = IN_LINE;
+            if (c == '\n')
+                s->state = LINE_START;
+            else if (c == '\r')
+                s->state = CR_EMPTY;
+            else
+                s->state = IN_LINE;
             break;
         case CR_EMPTY:
             if (c == '\n') {

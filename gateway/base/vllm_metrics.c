@@ -17,8 +17,10 @@ static int sample_line(const char *p, const char *e, size_t *name_len, char *num
     if (q < e && *q == '{') {
         int quoted = 0;
         for (q++; q < e && (quoted || *q != '}'); q++) {
-            if (quoted && *q == '\\' && q + 1 < e) q++; /* skip the escaped byte too */
-            else if (*q == '"') quoted = !quoted;
+            if (quoted && *q == '\\' && q + 1 < e)
+                q++; /* skip the escaped byte too */
+            else if (*q == '"')
+                quoted = !quoted;
         }
         if (q >= e) return 0;
         q++;
@@ -42,8 +44,7 @@ static int sample_line(const char *p, const char *e, size_t *name_len, char *num
     return q == e || (*q == '\r' && q + 1 == e);
 }
 
-int gw_vllm_metrics_parse(const char *text, size_t len, int *waiting, int *running,
-                          int *cache_pm)
+int gw_vllm_metrics_parse(const char *text, size_t len, int *waiting, int *running, int *cache_pm)
 {
     int found = 0;
     double w = 0, r = 0, c = 0;
@@ -58,8 +59,10 @@ int gw_vllm_metrics_parse(const char *text, size_t len, int *waiting, int *runni
             double v = strtod(num, &e);
 #define IS(name) (name_len == sizeof(name) - 1 && memcmp(p, name, sizeof(name) - 1) == 0)
             if (e != num && *e == '\0' && v >= 0 && v < 1e9) {
-                if (IS("vllm:num_requests_waiting")) w += v, found |= GW_VLLM_WAITING;
-                else if (IS("vllm:num_requests_running")) r += v, found |= GW_VLLM_RUNNING;
+                if (IS("vllm:num_requests_waiting"))
+                    w += v, found |= GW_VLLM_WAITING;
+                else if (IS("vllm:num_requests_running"))
+                    r += v, found |= GW_VLLM_RUNNING;
                 else if (IS("vllm:kv_cache_usage_perc") || IS("vllm:gpu_cache_usage_perc")) {
                     /* the first name since vLLM 0.10, the second before */
                     if (v > c) c = v;

@@ -48,7 +48,10 @@ static const gw_conf_key_t admin_keys[] = {
 };
 static const gw_conf_obj_t admin_obj = {sizeof(gw_listen_t), admin_keys, NULL};
 
-#define LIMIT(k, lo, hi) {#k, GW_CT_INT, offsetof(gw_config_t, limits.k), lo, hi}
+#define LIMIT(k, lo, hi)                                                                           \
+    {                                                                                              \
+#k, GW_CT_INT, offsetof(gw_config_t, limits.k), lo, hi                                     \
+    }
 static const gw_conf_key_t limits_keys[] = {
     LIMIT(max_header_bytes, 1024, 1 << 20),
     LIMIT(max_headers, 8, 1000),
@@ -56,10 +59,17 @@ static const gw_conf_key_t limits_keys[] = {
     LIMIT(max_memory_bytes, 0, 1LL << 50), /* 0: no ceiling; default: 3/4 of RAM (overload.c) */
     {NULL},
 };
-#define TIMEOUT(k) {#k, GW_CT_INT, offsetof(gw_config_t, timeouts.k), 1, INT_MAX_MS}
+#define TIMEOUT(k)                                                                                 \
+    {                                                                                              \
+#k, GW_CT_INT, offsetof(gw_config_t, timeouts.k), 1, INT_MAX_MS                            \
+    }
 static const gw_conf_key_t timeouts_keys[] = {
-    TIMEOUT(client_header_ms), TIMEOUT(client_body_ms), TIMEOUT(keepalive_ms),
-    TIMEOUT(upstream_connect_ms), TIMEOUT(upstream_first_byte_ms), TIMEOUT(upstream_idle_ms),
+    TIMEOUT(client_header_ms),
+    TIMEOUT(client_body_ms),
+    TIMEOUT(keepalive_ms),
+    TIMEOUT(upstream_connect_ms),
+    TIMEOUT(upstream_first_byte_ms),
+    TIMEOUT(upstream_idle_ms),
     TIMEOUT(upstream_keepalive_ms),
     {"drain_ms", GW_CT_INT, offsetof(gw_config_t, timeouts.drain_ms), 0, INT_MAX_MS},
     /* under 100 ms a scheduling hiccup of a client that reads would cut it */
@@ -96,7 +106,10 @@ static int load_node(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *
 }
 
 /* Balancing (issue 7, docs/balancing.md): health checks, the metrics of queue_aware, the queue. */
-#define POOL_MS(o, k, lo) {#k, GW_CT_INT, offsetof(gw_pool_t, o.k), lo, INT_MAX_MS}
+#define POOL_MS(o, k, lo)                                                                          \
+    {                                                                                              \
+#k, GW_CT_INT, offsetof(gw_pool_t, o.k), lo, INT_MAX_MS                                    \
+    }
 static const gw_conf_key_t health_keys[] = {
     {"path", GW_CT_STR, offsetof(gw_pool_t, health.path), .max = 1024},
     POOL_MS(health, interval_ms, 50),
@@ -145,8 +158,7 @@ static const gw_conf_key_t pool_keys[] = {
     {"name", GW_CT_STR, offsetof(gw_pool_t, name), .max = 128, .flags = GW_CK_REQUIRED},
     {"models", GW_CT_STRS, offsetof(gw_pool_t, models), 1, 10000, GW_CK_REQUIRED},
     {"balance", GW_CT_STR, offsetof(gw_pool_t, balance), .max = 64},
-    {"backends", GW_CT_OBJS, offsetof(gw_pool_t, backends), 1, 10000, GW_CK_REQUIRED,
-     &backend_obj},
+    {"backends", GW_CT_OBJS, offsetof(gw_pool_t, backends), 1, 10000, GW_CK_REQUIRED, &backend_obj},
     {"aliases", GW_CT_FN, offsetof(gw_pool_t, aliases), .fn = load_node},
     {"health", GW_CT_OBJ, 0, .obj = &health_obj},
     {"metrics", GW_CT_OBJ, 0, .obj = &metrics_obj},
@@ -175,13 +187,15 @@ static const gw_conf_key_t plugin_keys[] = {
 static const gw_conf_obj_t plugin_obj = {sizeof(gw_plugin_entry_t), plugin_keys, NULL};
 
 static const gw_conf_key_t audit_keys[] = {
-    {"path", GW_CT_STR, offsetof(gw_config_t, audit_log.path), .max = 4096, .flags = GW_CK_REQUIRED},
+    {"path", GW_CT_STR, offsetof(gw_config_t, audit_log.path), .max = 4096,
+     .flags = GW_CK_REQUIRED},
     {NULL},
 };
 static const gw_conf_obj_t audit_obj = {0, audit_keys, NULL};
 
 static const gw_conf_key_t access_log_keys[] = {
-    {"path", GW_CT_STR, offsetof(gw_config_t, access_log.path), .max = 4096, .flags = GW_CK_REQUIRED},
+    {"path", GW_CT_STR, offsetof(gw_config_t, access_log.path), .max = 4096,
+     .flags = GW_CK_REQUIRED},
     {NULL},
 };
 static const gw_conf_obj_t access_log_obj = {0, access_log_keys, NULL};
@@ -198,7 +212,8 @@ static const gw_conf_obj_t redis_obj = {0, redis_keys, NULL};
 static const gw_conf_key_t auth_keys[] = {
     {"failure_rate", GW_CT_INT, offsetof(gw_config_t, auth.failure_rate), 0, 1000000},
     {"failure_burst", GW_CT_INT, offsetof(gw_config_t, auth.failure_burst), 1, 1000000},
-    {"failure_summary_ms", GW_CT_INT, offsetof(gw_config_t, auth.failure_summary_ms), 1000, INT_MAX_MS},
+    {"failure_summary_ms", GW_CT_INT, offsetof(gw_config_t, auth.failure_summary_ms), 1000,
+     INT_MAX_MS},
     {NULL},
 };
 static const gw_conf_obj_t auth_obj = {0, auth_keys, NULL};
@@ -379,7 +394,8 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
         }
         *close = '\0';
         host = hp + 1;
-        if (close[1] == ':') port = close + 2;
+        if (close[1] == ':')
+            port = close + 2;
         else if (close[1]) {
             gw_conf_error(cx, upath, "has a bad host");
             return -1;
@@ -406,7 +422,8 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
     b->host = gw_arena_strdup(cx->arena, host);
     b->port = gw_arena_strdup(cx->arena, port);
     /* Every address (A and AAAA); resolved again by the resolver thread (residency.c). */
-    if (!b->host || !b->port || gw_residency_resolve_backend(cx, c, b, path, err, sizeof(err)) < 0) {
+    if (!b->host || !b->port ||
+        gw_residency_resolve_backend(cx, c, b, path, err, sizeof(err)) < 0) {
         gw_conf_error(cx, upath, "%s", b->host && b->port ? err : "out of memory");
         return -1;
     }
@@ -456,7 +473,8 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
         size_t n = strlen(key) + 32;
         b->auth_line = gw_arena_alloc(c->arena, n);
         if (b->auth_line)
-            b->auth_line_len = (size_t)snprintf(b->auth_line, n, "authorization: Bearer %s\r\n", key);
+            b->auth_line_len =
+                (size_t)snprintf(b->auth_line, n, "authorization: Bearer %s\r\n", key);
         explicit_bzero(key, strlen(key));
         free(key);
         if (!b->auth_line) {
@@ -482,8 +500,10 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
 static int addresses_overlap(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
 {
     for (const struct sockaddr_storage *x = a; x; x = x == a ? b : NULL)
-        if ((x->ss_family == AF_INET && ((const struct sockaddr_in *)(const void *)x)->sin_port == 0) ||
-            (x->ss_family == AF_INET6 && ((const struct sockaddr_in6 *)(const void *)x)->sin6_port == 0))
+        if ((x->ss_family == AF_INET &&
+             ((const struct sockaddr_in *)(const void *)x)->sin_port == 0) ||
+            (x->ss_family == AF_INET6 &&
+             ((const struct sockaddr_in6 *)(const void *)x)->sin6_port == 0))
             return 0;
     if (a->ss_family == AF_INET && b->ss_family == AF_INET) {
         const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
@@ -561,8 +581,9 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
     char **hosts = c->admin.allowed_hosts.items;
     for (size_t i = 0; i < c->admin.allowed_hosts.n; i++) {
         size_t n = strlen(hosts[i]);
-        if (n == 0 || n > 253 || strspn(hosts[i], "abcdefghijklmnopqrstuvwxyz"
-                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != n) {
+        if (n == 0 || n > 253 ||
+            strspn(hosts[i], "abcdefghijklmnopqrstuvwxyz"
+                             "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") != n) {
             gw_conf_error(cx, gw_conf_path_index(cx, "$.admin.allowed_hosts", i),
                           "must be a host name without a port, such as gotthard-1.mgmt.example");
             rc = -1;
@@ -614,8 +635,8 @@ static int derive(gw_conf_ctx_t *cx, gw_config_t *c)
 /* Balancing (issue 7): the algorithm, affinity, aliases; then no alias may shadow a model. */
 static int derive_pool_balance(gw_conf_ctx_t *cx, gw_pool_t *p, const char *pp)
 {
-    static const char *const algos[] = {"least_outstanding", "power_of_two",
-                                        "weighted_round_robin", "queue_aware", NULL};
+    static const char *const algos[] = {"least_outstanding", "power_of_two", "weighted_round_robin",
+                                        "queue_aware", NULL};
     int rc = 0;
     p->algo = GW_BAL_LEAST_OUTSTANDING;
     if (p->balance) {
@@ -689,12 +710,13 @@ static int check_aliases(gw_conf_ctx_t *cx, gw_config_t *c)
                 for (size_t b = 0; j < i && b < pools[j].naliases; b++)
                     clash |= strcmp(pools[j].alias_from[b], name) == 0;
                 if (clash) {
-                    gw_conf_error(cx,
-                                  gw_conf_path_key(cx, gw_conf_path_key(cx, gw_conf_path_index(
-                                                                                cx, "$.pools", i),
-                                                                        "aliases"),
-                                                   name),
-                                  "is already a model of pool %s", pools[j].name);
+                    gw_conf_error(
+                        cx,
+                        gw_conf_path_key(
+                            cx,
+                            gw_conf_path_key(cx, gw_conf_path_index(cx, "$.pools", i), "aliases"),
+                            name),
+                        "is already a model of pool %s", pools[j].name);
                     rc = -1;
                 }
             }
@@ -726,7 +748,8 @@ static int derive_tenants(gw_conf_ctx_t *cx, gw_config_t *c)
         char **models = t->models.items;
         for (size_t m = 0; m < t->models.n; m++) {
             if (!models[m]) continue;
-            if (strcmp(models[m], "*") == 0) t->all_models = 1;
+            if (strcmp(models[m], "*") == 0)
+                t->all_models = 1;
             else if (!gw_config_pool_for_model(c, models[m])) {
                 gw_conf_error(cx, gw_conf_path_index(cx, gw_conf_path_key(cx, tp, "models"), m),
                               "is not served by any pool");
@@ -769,9 +792,9 @@ static int build_models_json(gw_config_t *c)
         char **models = pools[i].models.items;
         for (size_t m = 0; m < pools[i].models.n + pools[i].naliases; m++) {
             cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "id", m < pools[i].models.n
-                                                 ? models[m]
-                                                 : pools[i].alias_from[m - pools[i].models.n]);
+            cJSON_AddStringToObject(
+                o, "id",
+                m < pools[i].models.n ? models[m] : pools[i].alias_from[m - pools[i].models.n]);
             cJSON_AddStringToObject(o, "object", "model");
             cJSON_AddNumberToObject(o, "created", 0);
             cJSON_AddStringToObject(o, "owned_by", "gotthard");

@@ -31,12 +31,12 @@ typedef struct gw_listen {
 /* What balancing and health checks know of a backend: shared by the workers (atomics), never
  * locked. Written by requests (passive failures) and by worker 0's health loop (health.c). */
 typedef struct gw_backend_lb {
-    atomic_int fails;                  /* consecutive failures of requests (passive checks) */
-    _Atomic uint64_t down_until_us;    /* ejected: not re-admitted before this */
-    _Atomic uint64_t slow_from_us, slow_until_us; /* slow start after re-admission */
+    atomic_int fails;               /* consecutive failures of requests (passive checks) */
+    _Atomic uint64_t down_until_us; /* ejected: not re-admitted before this */
+    _Atomic uint64_t slow_from_us, slow_until_us;       /* slow start after re-admission */
     atomic_int m_waiting, m_running, m_cache_pm, m_cap; /* scraped metrics (queue_aware) */
-    atomic_int m_inflight;             /* the gateway's inflight when they were scraped */
-    _Atomic uint64_t m_at_us;          /* when they were scraped; 0: never */
+    atomic_int m_inflight;    /* the gateway's inflight when they were scraped */
+    _Atomic uint64_t m_at_us; /* when they were scraped; 0: never */
 } gw_backend_lb_t;
 
 /* A backend's counters that outlive a snapshot (live.h): the requests of every snapshot count
@@ -85,7 +85,7 @@ typedef struct gw_backend {
     size_t index; /* in the snapshot's backends */
     gw_pool_t *pool;
     gw_backend_live_t *live; /* in-flight, health: owned by the process (live.h) */
-    char *port; /* for re-resolution */
+    char *port;              /* for re-resolution */
     /* Every address the host resolves to, each with its residency verdict: replaced (never
      * changed) by the resolver thread; the old ones live as long as the snapshot. */
     _Atomic(struct gw_resolved *) res;
@@ -98,7 +98,7 @@ struct gw_pool {
     gw_conf_list_t models;   /* char * */
     gw_conf_list_t backends; /* gw_backend_t */
     /* issue 7: balancing (docs/balancing.md) */
-    const cJSON *aliases;    /* {"client name": "backend name"} */
+    const cJSON *aliases; /* {"client name": "backend name"} */
     struct {
         char *path; /* NULL: no active checks */
         int64_t interval_ms, timeout_ms, healthy_threshold, unhealthy_threshold;
@@ -125,8 +125,8 @@ typedef struct gw_tenant {
     char *id;
     gw_conf_list_t models; /* char *; "*" is every model */
     int all_models;
-    const cJSON *api_keys; /* read by the auth_apikey plugin */
-    const cJSON *limits;   /* read by the quota plugin */
+    const cJSON *api_keys;                     /* read by the auth_apikey plugin */
+    const cJSON *limits;                       /* read by the quota plugin */
     const cJSON *residency, *client_countries; /* read by the residency plugin */
 } gw_tenant_t;
 
@@ -144,8 +144,8 @@ typedef struct gw_plugin_entry {
 typedef struct gw_config {
     atomic_int refs;
     gw_arena_t *arena;
-    cJSON *json; /* the parsed file, alive as long as the snapshot */
-    unsigned flags; /* as loaded: GW_CONFIG_OFFLINE */
+    cJSON *json;           /* the parsed file, alive as long as the snapshot */
+    unsigned flags;        /* as loaded: GW_CONFIG_OFFLINE */
     gw_conf_list_t listen; /* gw_listen_t */
     gw_listen_t admin;
     int64_t workers;
@@ -158,8 +158,8 @@ typedef struct gw_config {
             upstream_first_byte_ms, upstream_idle_ms, upstream_keepalive_ms, drain_ms;
         int64_t client_send_ms; /* a client that takes none of its answer for this is closed */
     } timeouts;
-    gw_conf_list_t pools;          /* gw_pool_t */
-    gw_conf_list_t tenants;        /* gw_tenant_t; none: no authentication */
+    gw_conf_list_t pools;   /* gw_pool_t */
+    gw_conf_list_t tenants; /* gw_tenant_t; none: no authentication */
     struct {
         int64_t failure_rate, failure_burst; /* failed authentications per address (0: off) */
         int64_t failure_summary_ms;          /* one auth_failures_limited line per this */

@@ -40,8 +40,10 @@ int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c)
     /* Built-ins see the whole config and stay out of the chain unless it enables them. */
     for (const gw_plugin_t *const *b = builtins; *b; b++) {
         void *state = NULL;
-        if ((*b)->configure(cx, c->json, "$", &state) < 0) rc = -1;
-        else if (state) c->plugins[c->nplugins++] = (gw_plugin_inst_t){*b, state, NULL};
+        if ((*b)->configure(cx, c->json, "$", &state) < 0)
+            rc = -1;
+        else if (state)
+            c->plugins[c->nplugins++] = (gw_plugin_inst_t){*b, state, NULL};
     }
     for (size_t i = 0; i < n; i++) {
         char *path = gw_conf_path_index(cx, "$.plugins", i);
@@ -62,9 +64,8 @@ int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c)
         gw_plugin_inst_t *inst = &c->plugins[c->nplugins++];
         inst->plugin = p;
         inst->dl = dl;
-        if (p->configure &&
-            p->configure(cx, entries[i].config, gw_conf_path_key(cx, path, "config"),
-                         &inst->state) < 0)
+        if (p->configure && p->configure(cx, entries[i].config,
+                                         gw_conf_path_key(cx, path, "config"), &inst->state) < 0)
             rc = -1;
         else if (!p->configure && entries[i].config) {
             gw_conf_error(cx, gw_conf_path_key(cx, path, "config"), "this plugin takes no config");

@@ -49,8 +49,10 @@ static void arm(gw_conn_t *c, int64_t ms)
 static void unlink_conn(gw_conn_t *c)
 {
     gw_worker_t *w = c->w;
-    if (c->prev) c->prev->next = c->next;
-    else w->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     w->nconns--;
 }
@@ -102,8 +104,10 @@ void gw_conn_close_after_write(gw_conn_t *c)
     c->state = CONN_CLOSING;
     evtimer_del(c->timer);
     gw_io_flush(c->io);
-    if (evbuffer_get_length(gw_io_out(c->io)) == 0) linger_start(c);
-    else arm(c, 30000); /* a client that never reads its answer */
+    if (evbuffer_get_length(gw_io_out(c->io)) == 0)
+        linger_start(c);
+    else
+        arm(c, 30000); /* a client that never reads its answer */
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -111,7 +115,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     gw_conn_t *c = arg;
     switch (c->state) {
     case CONN_HEAD:
-        gw_conn_error_reply(c, 408, "request_timeout", "The request head was not received in time.", 1);
+        gw_conn_error_reply(c, 408, "request_timeout", "The request head was not received in time.",
+                            1);
         break;
     case CONN_BODY:
         if (c->req) {
@@ -347,8 +352,7 @@ void gw_conn_read_body(gw_conn_t *c)
     c->body_left = r->head.chunked ? 0 : r->head.content_length;
     memset(&c->chunked, 0, sizeof(c->chunked));
     arm(c, r->cfg->timeouts.client_body_ms);
-    if (r->head.expect_continue && evbuffer_get_length(gw_io_in(c->io)) == 0)
-    {
+    if (r->head.expect_continue && evbuffer_get_length(gw_io_in(c->io)) == 0) {
         evbuffer_add(gw_io_out(c->io), "HTTP/1.1 100 Continue\r\n\r\n", 25);
         gw_io_flush(c->io);
     }
@@ -421,8 +425,10 @@ static void process(gw_conn_t *c)
             c->asks_head = look >= 5 && memcmp(buf, "HEAD ", 5) == 0;
             long hl = gw_http_find_head_end(buf, look, &c->head_scanned);
             if (hl == GW_HTTP_INCOMPLETE) {
-                if (look > max) head_error(c, GW_HTTP_TOO_MANY);
-                else if (c->head_timer_due) arm(c, c->w->cfg->timeouts.client_header_ms);
+                if (look > max)
+                    head_error(c, GW_HTTP_TOO_MANY);
+                else if (c->head_timer_due)
+                    arm(c, c->w->cfg->timeouts.client_header_ms);
                 c->head_timer_due = 0;
                 break;
             }

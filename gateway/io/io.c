@@ -171,8 +171,10 @@ static void plain_cb(evutil_socket_t fd, short what, void *arg)
                     continue;
                 }
                 evbuffer_commit_space(io->in, &v, 0);
-                if (n == 0) io->eof = 1;
-                else if (errno != EAGAIN && errno != EINTR) err = 1;
+                if (n == 0)
+                    io->eof = 1;
+                else if (errno != EAGAIN && errno != EINTR)
+                    err = 1;
                 break;
             }
             if (total && io->cbs.read) {
@@ -225,14 +227,15 @@ static gw_io_t *plain_new(struct event_base *base, int fd, const gw_io_cbs_t *cb
     return io;
 }
 
-static gw_io_t *tls_new(struct event_base *base, int fd, SSL *ssl, int mode,
-                        const gw_io_cbs_t *cbs, void *arg)
+static gw_io_t *tls_new(struct event_base *base, int fd, SSL *ssl, int mode, const gw_io_cbs_t *cbs,
+                        void *arg)
 {
     gw_io_t *io = io_alloc(base, fd, cbs, arg);
     if (!io) return NULL;
-    io->bev = bufferevent_openssl_socket_new(
-        base, fd, ssl, mode == GW_IO_TLS_ACCEPT ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
-        BEV_OPT_CLOSE_ON_FREE);
+    io->bev = bufferevent_openssl_socket_new(base, fd, ssl,
+                                             mode == GW_IO_TLS_ACCEPT ? BUFFEREVENT_SSL_ACCEPTING
+                                                                      : BUFFEREVENT_SSL_CONNECTING,
+                                             BEV_OPT_CLOSE_ON_FREE);
     if (!io->bev) {
         free(io);
         return NULL;
@@ -301,10 +304,22 @@ void gw_io_setcb(gw_io_t *io, const gw_io_cbs_t *cbs, void *arg)
     io->arg = arg;
 }
 
-struct evbuffer *gw_io_in(gw_io_t *io) { return io->in; }
-struct evbuffer *gw_io_out(gw_io_t *io) { return io->out; }
-int gw_io_is_tls(const gw_io_t *io) { return io->bev != NULL; }
-int gw_io_fd(const gw_io_t *io) { return io->bev ? bufferevent_getfd(io->bev) : io->fd; }
+struct evbuffer *gw_io_in(gw_io_t *io)
+{
+    return io->in;
+}
+struct evbuffer *gw_io_out(gw_io_t *io)
+{
+    return io->out;
+}
+int gw_io_is_tls(const gw_io_t *io)
+{
+    return io->bev != NULL;
+}
+int gw_io_fd(const gw_io_t *io)
+{
+    return io->bev ? bufferevent_getfd(io->bev) : io->fd;
+}
 
 void gw_io_flush(gw_io_t *io)
 {
@@ -319,8 +334,10 @@ void gw_io_flush(gw_io_t *io)
 void gw_io_read_enable(gw_io_t *io, int on)
 {
     if (io->bev) {
-        if (on) bufferevent_enable(io->bev, EV_READ);
-        else bufferevent_disable(io->bev, EV_READ);
+        if (on)
+            bufferevent_enable(io->bev, EV_READ);
+        else
+            bufferevent_disable(io->bev, EV_READ);
         return;
     }
     int was = io->reading;

@@ -165,9 +165,12 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     char cmd[16];
     ssize_t n = read(fd, cmd, sizeof(cmd));
     for (ssize_t i = 0; i < n; i++) {
-        if (cmd[i] == 'd') start_drain(w);
-        else if (cmd[i] == 's') event_base_loopbreak(w->base);
-        else if (cmd[i] == 'r') take_reload(w);
+        if (cmd[i] == 'd')
+            start_drain(w);
+        else if (cmd[i] == 's')
+            event_base_loopbreak(w->base);
+        else if (cmd[i] == 'r')
+            take_reload(w);
     }
 }
 
@@ -218,8 +221,8 @@ int gw_worker_start(gw_worker_t *w)
     for (size_t i = 0; i < w->nlisteners; i++) {
         lcs[i].w = w;
         lcs[i].index = i;
-        w->listeners[i] = evconnlistener_new(w->base, accept_cb, &lcs[i], LEV_OPT_CLOSE_ON_FREE, -1,
-                                             w->fds[i]);
+        w->listeners[i] =
+            evconnlistener_new(w->base, accept_cb, &lcs[i], LEV_OPT_CLOSE_ON_FREE, -1, w->fds[i]);
         if (!w->listeners[i]) return -1;
         w->fds[i] = -1; /* the listener owns it now */
         if (gw_accept_guard_add(w->accept_guard, w->listeners[i]) < 0) return -1;

@@ -23,22 +23,22 @@ typedef struct gw_worker {
     int wake_fd;
     struct event *wake;
     struct gw_accept_guard *accept_guard; /* pauses the listeners out of descriptors */
-    gw_conn_t *conns; /* every open client connection */
+    gw_conn_t *conns;                     /* every open client connection */
     size_t nconns;
     int draining;
     atomic_int done;
-    gw_config_t *cfg; /* the snapshot new requests take */
+    gw_config_t *cfg;                /* the snapshot new requests take */
     _Atomic(gw_config_t *) next_cfg; /* handed over by a reload */
     /* idle upstream connections, by backend index of idle_cfg */
     gw_upconn_t **idle;
     size_t *nidle;
     gw_config_t *idle_cfg;
-    uint64_t rng; /* tie-breaks only (gw_worker_random) */
+    uint64_t rng;                /* tie-breaks only (gw_worker_random) */
     unsigned char rand_buf[512]; /* CSPRNG bytes for request ids (gw_worker_random_bytes) */
     size_t rand_left;
     size_t rr;
     void *lctx;
-    struct gw_redis *redis; /* this worker's connection to the shared store, or NULL */
+    struct gw_redis *redis;        /* this worker's connection to the shared store, or NULL */
     struct gw_balance_worker *bal; /* balancing state, wait queues, health loop (balance.c) */
 } gw_worker_t;
 

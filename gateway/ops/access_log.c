@@ -275,8 +275,7 @@ uint64_t gw_access_log_dropped(void)
 static uint64_t count_lines(const char *p, size_t n)
 {
     uint64_t k = 0;
-    for (const char *e = p + n; (p = memchr(p, '\n', (size_t)(e - p))); p++)
-        k++;
+    for (const char *e = p + n; (p = memchr(p, '\n', (size_t)(e - p))); p++) k++;
     return k;
 }
 

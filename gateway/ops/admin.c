@@ -83,20 +83,29 @@ static int quota_store_up(const gw_config_t *cfg)
 static const char *reason_phrase(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 421: return "Misdirected Request";
-    case 422: return "Unprocessable Content";
-    case 500: return "Internal Server Error";
-    default: return "Service Unavailable";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 421:
+        return "Misdirected Request";
+    case 422:
+        return "Unprocessable Content";
+    case 500:
+        return "Internal Server Error";
+    default:
+        return "Service Unavailable";
     }
 }
 
 static void reply(struct evhttp_request *req, int status, const char *type, const void *body,
-                 size_t len)
+                  size_t len)
 {
     struct evbuffer *out = evbuffer_new();
     if (!out) {
@@ -126,7 +135,8 @@ static void reply_json(struct evhttp_request *req, int status, const char *body)
 }
 
 /* An OpenAI-shaped error; message and code are the admin's own constants. */
-static void reply_error(struct evhttp_request *req, int status, const char *code, const char *message)
+static void reply_error(struct evhttp_request *req, int status, const char *code,
+                        const char *message)
 {
     char body[512];
     gw_error_json(body, sizeof(body), status, code, message);
@@ -136,8 +146,10 @@ static void reply_error(struct evhttp_request *req, int status, const char *code
 /* A JSON document (free it with cJSON_free), or a 500 when it could not be made. */
 static void reply_doc(struct evhttp_request *req, char *body)
 {
-    if (body) reply_json(req, 200, body);
-    else reply_error(req, 500, "internal_error", "The report could not be made.");
+    if (body)
+        reply_json(req, 200, body);
+    else
+        reply_error(req, 500, "internal_error", "The report could not be made.");
     cJSON_free(body);
 }
 
@@ -279,11 +291,14 @@ static char *privacy_report(const gw_config_t *cfg)
         cJSON_AddBoolToObject(al, "enabled", cfg->access_log.path != NULL);
         if (cfg->access_log.path) cJSON_AddStringToObject(al, "path", cfg->access_log.path);
         static const char *const fields[] = {
-            "ts", "request_id", "client_request_id", "tenant", "model", "pool", "backend", "status",
-            "code", "prompt_tokens", "completion_tokens", "tokens_estimated", "ttft_ms", "duration_ms",
-            "bytes_in", "bytes_out", NULL};
+            "ts",      "request_id",    "client_request_id", "tenant",
+            "model",   "pool",          "backend",           "status",
+            "code",    "prompt_tokens", "completion_tokens", "tokens_estimated",
+            "ttft_ms", "duration_ms",   "bytes_in",          "bytes_out",
+            NULL};
         cJSON *f = cJSON_AddArrayToObject(al, "fields");
-        for (size_t i = 0; f && fields[i]; i++) cJSON_AddItemToArray(f, cJSON_CreateString(fields[i]));
+        for (size_t i = 0; f && fields[i]; i++)
+            cJSON_AddItemToArray(f, cJSON_CreateString(fields[i]));
         cJSON_AddStringToObject(al, "unknown_model", "<unknown>");
         cJSON_AddNumberToObject(al, "dropped_lines", (double)gw_access_log_dropped());
     }
@@ -325,7 +340,8 @@ static char *status_report(const gw_admin_t *a)
     if (qs) {
         cJSON_AddStringToObject(qs, "kind", cfg->redis.url ? "redis" : "process");
         cJSON_AddBoolToObject(qs, "usable", quota_store_up(cfg));
-        if (cfg->redis.url) cJSON_AddNumberToObject(qs, "connections_up", gw_redis_connections_up());
+        if (cfg->redis.url)
+            cJSON_AddNumberToObject(qs, "connections_up", gw_redis_connections_up());
     }
     cJSON_AddBoolToObject(o, "residency_policy", cfg->residency != NULL);
     cJSON *pools = cJSON_AddArrayToObject(o, "pools");
@@ -357,7 +373,7 @@ static char *status_report(const gw_admin_t *a)
             cJSON_AddNumberToObject(e, "inflight", atomic_load(&b->live->inflight));
             cJSON_AddNumberToObject(e, "max_concurrent", (double)b->max_concurrent);
             cJSON_AddNumberToObject(e, "weight", (double)b->weight);
-            const char *verdict = !cfg->residency ? "unverified"
+            const char *verdict = !cfg->residency      ? "unverified"
                                   : rs && rs->approved ? "approved"
                                                        : "refused";
             cJSON_AddStringToObject(e, "verdict", verdict);
@@ -412,9 +428,10 @@ static void handle_reload(gw_admin_t *a, struct evhttp_request *req)
     int draining = a->draining;
     cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
     if (e) {
-        cJSON_AddStringToObject(e, "message", draining ? "The gateway is draining."
-                                                       : "The new configuration was refused; the "
-                                                         "old one keeps serving.");
+        cJSON_AddStringToObject(e, "message",
+                                draining ? "The gateway is draining."
+                                         : "The new configuration was refused; the "
+                                           "old one keeps serving.");
         cJSON_AddStringToObject(e, "type", draining ? "server_error" : "invalid_request_error");
         cJSON_AddNullToObject(e, "param");
         cJSON_AddStringToObject(e, "code", draining ? "draining" : "config_invalid");
@@ -431,8 +448,10 @@ static void handle_reload(gw_admin_t *a, struct evhttp_request *req)
     free(why);
     char *body = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
-    if (body) reply_json(req, draining ? 503 : 422, body);
-    else reply_error(req, 500, "internal_error", "The answer could not be made.");
+    if (body)
+        reply_json(req, draining ? 503 : 422, body);
+    else
+        reply_error(req, 500, "internal_error", "The answer could not be made.");
     cJSON_free(body);
 }
 
@@ -562,12 +581,15 @@ static void handle(struct evhttp_request *req, void *arg)
         return;
     }
     if (strcmp(path, "/reload") == 0) {
-        if (cmd == EVHTTP_REQ_POST) handle_reload(a, req);
-        else reply_error(req, 405, "method_not_allowed", "Use POST for /reload.");
+        if (cmd == EVHTTP_REQ_POST)
+            handle_reload(a, req);
+        else
+            reply_error(req, 405, "method_not_allowed", "Use POST for /reload.");
         return;
     }
-    static const char *const gets[] = {"/", "/healthz", "/readyz", "/metrics", "/privacy",
-                                       "/usage", "/residency", "/status", "/audit/recent", NULL};
+    static const char *const gets[] = {
+        "/",      "/healthz",   "/readyz", "/metrics",      "/privacy",
+        "/usage", "/residency", "/status", "/audit/recent", NULL};
     size_t known = 0;
     while (gets[known] && strcmp(gets[known], path) != 0) known++;
     if (!gets[known]) {
@@ -597,19 +619,22 @@ static void handle(struct evhttp_request *req, void *arg)
         }
         gw_metrics_render(out, a->cfg);
         gw_overload_render(out);
-        evbuffer_add_printf(out, "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
-                                 "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
+        evbuffer_add_printf(out,
+                            "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
+                            "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
                             a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
-        evbuffer_add_printf(out, "# HELP gotthard_quota_store_dropped_total Settlements, slot "
-                                 "releases and usage counts dropped while the quota store was "
-                                 "away (the per-worker queue was full).\n"
-                                 "# TYPE gotthard_quota_store_dropped_total counter\n"
-                                 "gotthard_quota_store_dropped_total %lu\n",
+        evbuffer_add_printf(out,
+                            "# HELP gotthard_quota_store_dropped_total Settlements, slot "
+                            "releases and usage counts dropped while the quota store was "
+                            "away (the per-worker queue was full).\n"
+                            "# TYPE gotthard_quota_store_dropped_total counter\n"
+                            "gotthard_quota_store_dropped_total %lu\n",
                             gw_redis_queue_dropped());
-        evbuffer_add_printf(out, "# HELP gotthard_access_log_dropped_total Access log lines dropped "
-                                 "(a full buffer or a failed write).\n"
-                                 "# TYPE gotthard_access_log_dropped_total counter\n"
-                                 "gotthard_access_log_dropped_total %llu\n",
+        evbuffer_add_printf(out,
+                            "# HELP gotthard_access_log_dropped_total Access log lines dropped "
+                            "(a full buffer or a failed write).\n"
+                            "# TYPE gotthard_access_log_dropped_total counter\n"
+                            "gotthard_access_log_dropped_total %llu\n",
                             (unsigned long long)gw_access_log_dropped());
         reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(out, -1),
               evbuffer_get_length(out));
@@ -632,8 +657,10 @@ static void handle(struct evhttp_request *req, void *arg)
             evhttp_clear_headers(&q);
         }
         char *body = gw_audit_recent_json(n);
-        if (body) reply_json(req, 200, body);
-        else reply_error(req, 500, "internal_error", "Out of memory.");
+        if (body)
+            reply_json(req, 200, body);
+        else
+            reply_error(req, 500, "internal_error", "Out of memory.");
         free(body);
     } else { /* "/readyz" */
         reply_readyz(req, a);
@@ -643,8 +670,10 @@ static void handle(struct evhttp_request *req, void *arg)
 static void conn_forget(admin_conn_t *c)
 {
     if (c->a) {
-        if (c->prev) c->prev->next = c->next;
-        else c->a->conns = c->next;
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            c->a->conns = c->next;
         if (c->next) c->next->prev = c->prev;
         c->a->nconns--;
     }

@@ -48,10 +48,9 @@ static const char *const status_class[] = {"1xx", "2xx", "3xx", "4xx", "5xx", "o
 #define N_STATUS_SLOTS (N_KNOWN_STATUS + 6)
 /* status -> 1 + its slot in known_status, 0 for a class slot */
 static const uint8_t status_slot_of[600] = {
-    [200] = 1,  [201] = 2,  [202] = 3,  [204] = 4,  [400] = 5,  [401] = 6,
-    [403] = 7,  [404] = 8,  [405] = 9,  [408] = 10, [409] = 11, [413] = 12,
-    [415] = 13, [422] = 14, [429] = 15, [431] = 16, [499] = 17, [500] = 18,
-    [501] = 19, [502] = 20, [503] = 21, [504] = 22, [505] = 23};
+    [200] = 1,  [201] = 2,  [202] = 3,  [204] = 4,  [400] = 5,  [401] = 6,  [403] = 7,  [404] = 8,
+    [405] = 9,  [408] = 10, [409] = 11, [413] = 12, [415] = 13, [422] = 14, [429] = 15, [431] = 16,
+    [499] = 17, [500] = 18, [501] = 19, [502] = 20, [503] = 21, [504] = 22, [505] = 23};
 
 static size_t status_slot(int status)
 {
@@ -62,19 +61,39 @@ static size_t status_slot(int status)
 
 static void put_status(struct evbuffer *out, size_t slot)
 {
-    if (slot < N_KNOWN_STATUS) evbuffer_add_printf(out, "%d", known_status[slot]);
-    else evbuffer_add_printf(out, "%s", status_class[slot - N_KNOWN_STATUS]);
+    if (slot < N_KNOWN_STATUS)
+        evbuffer_add_printf(out, "%d", known_status[slot]);
+    else
+        evbuffer_add_printf(out, "%s", status_class[slot - N_KNOWN_STATUS]);
 }
 
 /* The gateway's own error codes (CONTRACT.md, and the OpenAI codes kept from a backend's
  * error); any other code counts as "other". */
-static const char *const reasons[] = {
-    "invalid_json", "missing_model", "bad_request", "invalid_api_key", "model_not_allowed",
-    "residency_denied", "model_not_found", "not_found", "request_timeout", "request_too_large",
-    "rate_limit_exceeded", "insufficient_quota", "headers_too_large", "upstream_error",
-    "no_backend_available", "residency_unavailable", "quota_unavailable", "upstream_timeout",
-    "internal_error", "context_length_exceeded", "invalid_request_error", "server_overloaded",
-    "auth_lookups_busy", "other", NULL};
+static const char *const reasons[] = {"invalid_json",
+                                      "missing_model",
+                                      "bad_request",
+                                      "invalid_api_key",
+                                      "model_not_allowed",
+                                      "residency_denied",
+                                      "model_not_found",
+                                      "not_found",
+                                      "request_timeout",
+                                      "request_too_large",
+                                      "rate_limit_exceeded",
+                                      "insufficient_quota",
+                                      "headers_too_large",
+                                      "upstream_error",
+                                      "no_backend_available",
+                                      "residency_unavailable",
+                                      "quota_unavailable",
+                                      "upstream_timeout",
+                                      "internal_error",
+                                      "context_length_exceeded",
+                                      "invalid_request_error",
+                                      "server_overloaded",
+                                      "auth_lookups_busy",
+                                      "other",
+                                      NULL};
 #define N_REASONS (sizeof(reasons) / sizeof(reasons[0]) - 1)
 
 static size_t reason_slot(const char *code)
@@ -85,12 +104,11 @@ static size_t reason_slot(const char *code)
 }
 
 /* Histogram buckets, in microseconds (LLM answers take seconds to minutes). */
-static const uint64_t bucket_us[] = {5000,    10000,   25000,    50000,    100000,  250000,
-                                     500000,  1000000, 2500000,  5000000,  10000000, 30000000,
-                                     60000000, 120000000, 300000000};
-static const char *const bucket_le[] = {"0.005", "0.01", "0.025", "0.05", "0.1",
-                                        "0.25",  "0.5",  "1",     "2.5",  "5",
-                                        "10",    "30",   "60",    "120",  "300"};
+static const uint64_t bucket_us[] = {5000,     10000,    25000,    50000,     100000,
+                                     250000,   500000,   1000000,  2500000,   5000000,
+                                     10000000, 30000000, 60000000, 120000000, 300000000};
+static const char *const bucket_le[] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1",
+                                        "2.5",   "5",    "10",    "30",   "60",  "120",  "300"};
 #define N_BUCKETS (sizeof(bucket_us) / sizeof(bucket_us[0]))
 
 static size_t bucket_of(uint64_t us)
@@ -212,7 +230,7 @@ static const char *model_label(const gw_req_t *r)
     const cJSON *m = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "model") : NULL;
     if (!cJSON_IsString(m) || !m->valuestring[0]) return GW_METRICS_NONE;
     return gw_config_pool_for_model(r->cfg, m->valuestring) ? m->valuestring
-                                                             : GW_METRICS_UNKNOWN_MODEL;
+                                                            : GW_METRICS_UNKNOWN_MODEL;
 }
 
 void gw_metrics_request(const gw_req_t *r)
@@ -248,11 +266,23 @@ void gw_metrics_request(const gw_req_t *r)
 /* ---- rarer events: shared relaxed atomics, or small tables ---- */
 
 /* Label values come from this fixed list only, never from a request. */
-static const char *const auth_reasons[] = {
-    "no_credentials", "unknown_key", "unknown_tenant", "revoked_key", "key_store_unavailable",
-    "jwt_malformed", "jwt_alg", "jwt_signature", "jwt_expired", "jwt_not_yet_valid",
-    "jwt_issuer", "jwt_audience", "jwt_tenant", "jwt_tenant_not_bound", "rate_limited", "other",
-    NULL};
+static const char *const auth_reasons[] = {"no_credentials",
+                                           "unknown_key",
+                                           "unknown_tenant",
+                                           "revoked_key",
+                                           "key_store_unavailable",
+                                           "jwt_malformed",
+                                           "jwt_alg",
+                                           "jwt_signature",
+                                           "jwt_expired",
+                                           "jwt_not_yet_valid",
+                                           "jwt_issuer",
+                                           "jwt_audience",
+                                           "jwt_tenant",
+                                           "jwt_tenant_not_bound",
+                                           "rate_limited",
+                                           "other",
+                                           NULL};
 #define N_AUTH_REASONS (sizeof(auth_reasons) / sizeof(auth_reasons[0]) - 1)
 static atomic_ulong auth_failures[N_AUTH_REASONS];
 
@@ -293,13 +323,15 @@ static pthread_mutex_t rl_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void gw_metrics_ratelimited(const char *tenant, const char *kind)
 {
-    static const char *const kinds[] = {"requests", "tokens", "tokens_per_day", "concurrency", NULL};
+    static const char *const kinds[] = {"requests", "tokens", "tokens_per_day", "concurrency",
+                                        NULL};
     size_t k = 0;
     while (kinds[k] && (!kind || strcmp(kinds[k], kind) != 0)) k++;
     if (!kinds[k] || !tenant) return;
     pthread_mutex_lock(&rl_lock);
     size_t i = 0;
-    while (i < rl_n && !(rl_table[i].kind == kinds[k] && strcmp(rl_table[i].tenant, tenant) == 0)) i++;
+    while (i < rl_n && !(rl_table[i].kind == kinds[k] && strcmp(rl_table[i].tenant, tenant) == 0))
+        i++;
     if (i == rl_n && rl_n < MAX_RATELIMITED && (rl_table[i].tenant = strdup(tenant))) {
         rl_table[i].kind = kinds[k];
         rl_n++;
@@ -407,12 +439,18 @@ static void render_backends(struct evbuffer *out, const gw_config_t *cfg)
                 const gw_resolved_t *rs = gw_backend_hold(b);
                 long v = 0;
                 switch (f) {
-                case 0: v = gw_metrics_backend_up(cfg, b); break;
+                case 0:
+                    v = gw_metrics_backend_up(cfg, b);
+                    break;
                 case 1:
                     v = atomic_load_explicit(&b->live->healthy, memory_order_relaxed) != 0;
                     break;
-                case 2: v = rs && (!cfg->residency || rs->approved); break;
-                default: v = atomic_load_explicit(&b->live->inflight, memory_order_relaxed); break;
+                case 2:
+                    v = rs && (!cfg->residency || rs->approved);
+                    break;
+                default:
+                    v = atomic_load_explicit(&b->live->inflight, memory_order_relaxed);
+                    break;
                 }
                 gw_resolved_release(rs);
                 sample_start(out, fams[f].name, "pool", pools[p].name, "backend", b->name);
@@ -570,7 +608,8 @@ void gw_metrics_render(struct evbuffer *out, const gw_config_t *cfg)
            "Failed authentications: the 401s by cause, and as reason rate_limited the 429s of "
            "addresses over auth.failure_rate.");
     for (size_t i = 0; i < N_AUTH_REASONS; i++)
-        evbuffer_add_printf(out, "gotthard_auth_failures_total{reason=\"%s\"} %lu\n", auth_reasons[i],
+        evbuffer_add_printf(out, "gotthard_auth_failures_total{reason=\"%s\"} %lu\n",
+                            auth_reasons[i],
                             atomic_load_explicit(&auth_failures[i], memory_order_relaxed));
 
     family(out, "gotthard_residency_blocked_total", "counter",
@@ -589,10 +628,12 @@ void gw_metrics_render(struct evbuffer *out, const gw_config_t *cfg)
            "Resolved backend states alive (current ones and those connections still use).");
     evbuffer_add_printf(out, "gotthard_resolver_states %ld\n", gw_resolver_states());
 
-    family(out, "gotthard_reloads_total", "counter",
-           "Configuration reloads (SIGHUP, POST /reload): ok, or refused (the old one kept serving).");
-    evbuffer_add_printf(out, "gotthard_reloads_total{result=\"ok\"} %lu\n"
-                             "gotthard_reloads_total{result=\"refused\"} %lu\n",
+    family(
+        out, "gotthard_reloads_total", "counter",
+        "Configuration reloads (SIGHUP, POST /reload): ok, or refused (the old one kept serving).");
+    evbuffer_add_printf(out,
+                        "gotthard_reloads_total{result=\"ok\"} %lu\n"
+                        "gotthard_reloads_total{result=\"refused\"} %lu\n",
                         atomic_load(&reloads[1]), atomic_load(&reloads[0]));
     int64_t last = atomic_load(&last_reload_ok_s);
     if (last) {

@@ -128,12 +128,16 @@ static gw_backend_t *power_of_two(gw_req_t *r, uint64_t now, int *full)
         if (!has_room(r, &bs[i], i, now, &load, &share, full)) continue;
         uint64_t l = weighted(&bs[i], load, share);
         seen++;
-        if (seen == 1) a = &bs[i], la = l;
-        else if (seen == 2) b = &bs[i], lb = l;
+        if (seen == 1)
+            a = &bs[i], la = l;
+        else if (seen == 2)
+            b = &bs[i], lb = l;
         else {
             uint64_t x = gw_worker_random(r->w) % seen;
-            if (x == 0) a = &bs[i], la = l;
-            else if (x == 1) b = &bs[i], lb = l;
+            if (x == 0)
+                a = &bs[i], la = l;
+            else if (x == 1)
+                b = &bs[i], lb = l;
         }
     }
     if (!b) return a;
@@ -266,10 +270,14 @@ static gw_backend_t *pick_now(gw_req_t *r, uint64_t now, int *full)
         if (b) return b;
     }
     switch (r->pool->algo) {
-    case GW_BAL_POWER_OF_TWO: return power_of_two(r, now, full);
-    case GW_BAL_WRR: return weighted_round_robin(r, now, full);
-    case GW_BAL_QUEUE_AWARE: return queue_aware(r, now, full);
-    default: return least_outstanding(r, now, full);
+    case GW_BAL_POWER_OF_TWO:
+        return power_of_two(r, now, full);
+    case GW_BAL_WRR:
+        return weighted_round_robin(r, now, full);
+    case GW_BAL_QUEUE_AWARE:
+        return queue_aware(r, now, full);
+    default:
+        return least_outstanding(r, now, full);
     }
 }
 
@@ -326,10 +334,14 @@ static size_t share_find(const gw_pool_live_t *pl, const char *id)
 static void place_release(gw_pool_live_t *pl, size_t t, struct gw_queue_place *p)
 {
     gw_queue_share_t *s = &pl->tenants[t];
-    if (p->older) p->older->newer = p->newer;
-    else s->oldest = p->newer;
-    if (p->newer) p->newer->older = p->older;
-    else s->newest = p->older;
+    if (p->older)
+        p->older->newer = p->newer;
+    else
+        s->oldest = p->newer;
+    if (p->newer)
+        p->newer->older = p->older;
+    else
+        s->newest = p->older;
     p->older = p->newer = NULL;
     s->n--;
     s->bytes -= (int64_t)p->bytes;
@@ -430,8 +442,10 @@ static int queue_take(gw_req_t *r, struct gw_queue_place *place)
     gw_queue_share_t *s = &pl->tenants[t];
     place->older = s->newest;
     place->newer = NULL;
-    if (s->newest) s->newest->newer = place;
-    else s->oldest = place;
+    if (s->newest)
+        s->newest->newer = place;
+    else
+        s->oldest = place;
     s->newest = place;
     s->n++;
     s->bytes += bytes;
@@ -486,13 +500,17 @@ int gw_balance_enqueue(gw_req_t *r)
     tq_t *q = &bw->q[i];
     if (!r->q_until_us) r->q_until_us = gw_now_us() + (uint64_t)p->queue.timeout_ms * 1000;
     r->q_next = NULL;
-    if (q->tail) q->tail->q_next = r;
-    else q->head = r;
+    if (q->tail)
+        q->tail->q_next = r;
+    else
+        q->head = r;
     q->tail = r;
     r->queued = 1;
     bw->waiting++;
-    if (atomic_load(&bw->evictions)) event_active(bw->tick, EV_TIMEOUT, 1); /* answer them now */
-    else if (!evtimer_pending(bw->tick, NULL)) arm_tick(bw);
+    if (atomic_load(&bw->evictions))
+        event_active(bw->tick, EV_TIMEOUT, 1); /* answer them now */
+    else if (!evtimer_pending(bw->tick, NULL))
+        arm_tick(bw);
     return 0;
 }
 

@@ -13,7 +13,7 @@
 #include "base/tls.h"
 #include "base/vllm_metrics.h"
 
-#define TICK_US 50000            /* the loop looks at every backend this often */
+#define TICK_US 50000 /* the loop looks at every backend this often */
 #define MAX_PROBE_ANSWER (1u << 20)
 
 enum { K_HEALTH, K_METRICS };
@@ -91,8 +91,10 @@ static void metrics_result(bstate_t *st, const char *body, size_t len)
     gw_backend_lb_t *lb = &st->b->live->lb;
     /* What the backend has shown it can run at once: all it runs while others wait. */
     int cap = atomic_load(&lb->m_cap);
-    if (w > 0 && r > 0) cap = r;
-    else if (r > cap) cap = r;
+    if (w > 0 && r > 0)
+        cap = r;
+    else if (r > cap)
+        cap = r;
     if (st->b->max_concurrent && cap > st->b->max_concurrent) cap = (int)st->b->max_concurrent;
     atomic_store(&lb->m_cap, cap < 1 ? 1 : cap);
     atomic_store(&lb->m_waiting, w);
@@ -185,7 +187,8 @@ static void probe_start(gw_health_t *h, bstate_t *st, int kind)
         probe_free(p);
         return;
     }
-    p->io = gw_io_connect(h->base, (const struct sockaddr *)&addr->ss, addr->len, ssl, &probe_cbs, p);
+    p->io =
+        gw_io_connect(h->base, (const struct sockaddr *)&addr->ss, addr->len, ssl, &probe_cbs, p);
     if (!p->io) {
         if (kind == K_HEALTH) health_result(h, st, 0);
         probe_free(p);

@@ -33,10 +33,14 @@ uint64_t gw_now_us(void)
 static const char *error_type(int status)
 {
     switch (status) {
-    case 401: return "authentication_error";
-    case 403: return "permission_error";
-    case 429: return "rate_limit_error";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 403:
+        return "permission_error";
+    case 429:
+        return "rate_limit_error";
+    default:
+        return status >= 500 ? "server_error" : "invalid_request_error";
     }
 }
 
@@ -60,8 +64,10 @@ static void tail_headers(gw_out_t *o, const char *id, const gw_req_t *r, int clo
         gw_out_str(o, h->value);
         gw_out_put(o, "\r\n", 2);
     }
-    if (close) gw_out_put(o, "connection: close\r\n", 19);
-    else if (minor == 0) gw_out_put(o, "connection: keep-alive\r\n", 24);
+    if (close)
+        gw_out_put(o, "connection: close\r\n", 19);
+    else if (minor == 0)
+        gw_out_put(o, "connection: keep-alive\r\n", 24);
 }
 
 /* The head of a JSON answer of n bytes, without its final empty line (status 0: only the tail
@@ -103,15 +109,17 @@ static void write_json(struct evbuffer *out, int status, const char *body, size_
     add_head(out, status, n, id, r, close, minor);
     evbuffer_add(out, "\r\n", 2);
     if (head_only || n == 0) return;
-    if (ref) evbuffer_add_reference(out, body, n, NULL, NULL);
-    else evbuffer_add(out, body, n);
+    if (ref)
+        evbuffer_add_reference(out, body, n, NULL, NULL);
+    else
+        evbuffer_add(out, body, n);
 }
 
 size_t gw_error_json(char *buf, size_t cap, int status, const char *code, const char *message)
 {
-    int n = snprintf(buf, cap,
-                     "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
-                     message, error_type(status), code);
+    int n = snprintf(
+        buf, cap, "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
+        message, error_type(status), code);
     if (n < 0 || (size_t)n >= cap) n = 0;
     if (cap) buf[n] = '\0';
     return (size_t)n;
@@ -145,8 +153,7 @@ static int make_id(gw_worker_t *w, char *id)
     return 0;
 }
 
-void gw_conn_error_reply(gw_conn_t *c, int status, const char *code, const char *message,
-                         int close)
+void gw_conn_error_reply(gw_conn_t *c, int status, const char *code, const char *message, int close)
 {
     char id[33];
     make_id(c->w, id);
@@ -176,8 +183,8 @@ void gw_req_error(gw_req_t *r, int status, const char *code, const char *message
     if (!r->attempts) r->close = 1;
     close_if_body_unread(r);
     r->head_sent = 1;
-    write_error(gw_io_out(r->conn->io), status, code, message, r->id, r, r->close,
-                r->head.minor, r->head_only);
+    write_error(gw_io_out(r->conn->io), status, code, message, r->id, r, r->close, r->head.minor,
+                r->head_only);
 }
 
 void gw_req_respond_error(gw_req_t *r, int status, const char *code, const char *message)
@@ -475,7 +482,7 @@ static void refuse_auth(gw_req_t *r)
         gw_req_error(r, 429, "rate_limit_exceeded", "Too many failed authentications.");
         return;
     }
-    const char *reason = r->auth_reason ? r->auth_reason
+    const char *reason = r->auth_reason               ? r->auth_reason
                          : gw_req_credential(r, NULL) ? "unknown_key"
                                                       : "no_credentials";
     gw_metrics_auth_failure(reason);
@@ -722,7 +729,8 @@ int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len)
     gw_config_t *cfg = r->cfg;
     for (size_t i = 0; i < cfg->nplugins; i++) {
         const gw_plugin_t *p = cfg->plugins[i].plugin;
-        if (p->response_event && p->response_event(r, cfg->plugins[i].state, &r->ctx[i], ev, len) == GW_DROP)
+        if (p->response_event &&
+            p->response_event(r, cfg->plugins[i].state, &r->ctx[i], ev, len) == GW_DROP)
             return GW_DROP;
     }
     return GW_CONTINUE;
@@ -735,19 +743,46 @@ void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out)
 
 /* ---- the plugin interface (include/gotthard/plugin.h) ---- */
 
-const char *gw_req_id(const gw_req_t *r) { return r->id; }
-const char *gw_req_path(const gw_req_t *r) { return r->path; }
-const cJSON *gw_req_json(const gw_req_t *r) { return r->json; }
+const char *gw_req_id(const gw_req_t *r)
+{
+    return r->id;
+}
+const char *gw_req_path(const gw_req_t *r)
+{
+    return r->path;
+}
+const cJSON *gw_req_json(const gw_req_t *r)
+{
+    return r->json;
+}
 size_t gw_req_body_length(const gw_req_t *r)
 {
     return r->body_received ? r->body_received : evbuffer_get_length(r->body);
 }
-const char *gw_req_model(const gw_req_t *r) { return r->model; }
-int gw_req_is_stream(const gw_req_t *r) { return r->stream; }
-int gw_req_status(const gw_req_t *r) { return r->status; }
-int gw_req_aborted(const gw_req_t *r) { return r->aborted; }
-struct event_base *gw_req_base(gw_req_t *r) { return r->w->base; }
-void *gw_req_alloc(gw_req_t *r, size_t size) { return gw_arena_calloc(r->arena, size); }
+const char *gw_req_model(const gw_req_t *r)
+{
+    return r->model;
+}
+int gw_req_is_stream(const gw_req_t *r)
+{
+    return r->stream;
+}
+int gw_req_status(const gw_req_t *r)
+{
+    return r->status;
+}
+int gw_req_aborted(const gw_req_t *r)
+{
+    return r->aborted;
+}
+struct event_base *gw_req_base(gw_req_t *r)
+{
+    return r->w->base;
+}
+void *gw_req_alloc(gw_req_t *r, size_t size)
+{
+    return gw_arena_calloc(r->arena, size);
+}
 
 const char *gw_req_method(const gw_req_t *r)
 {
@@ -805,7 +840,10 @@ int gw_req_response_header_taken(const gw_req_t *r, const char *name, size_t len
     return 0;
 }
 
-size_t gw_req_header_count(const gw_req_t *r) { return r->head.nheaders; }
+size_t gw_req_header_count(const gw_req_t *r)
+{
+    return r->head.nheaders;
+}
 
 const char *gw_req_header_at(const gw_req_t *r, size_t i, size_t *name_len, const char **value,
                              size_t *value_len)
@@ -862,26 +900,42 @@ void gw_req_own_error_body(gw_req_t *r)
 
 /* OpenAI's error codes that say something to a client and never carry content: a backend's
  * error answer keeps its code when it is one of these. */
-static const char *const known_codes[] = {
-    "context_length_exceeded", "model_not_found", "invalid_api_key", "rate_limit_exceeded",
-    "insufficient_quota", "invalid_request_error", "invalid_value", "invalid_type",
-    "missing_required_parameter", "unsupported_parameter", "unsupported_value",
-    "string_above_max_length", "array_above_max_length", "invalid_json", "server_error",
-    "server_overloaded", "model_overloaded", "content_filter", "content_policy_violation", NULL};
+static const char *const known_codes[] = {"context_length_exceeded",
+                                          "model_not_found",
+                                          "invalid_api_key",
+                                          "rate_limit_exceeded",
+                                          "insufficient_quota",
+                                          "invalid_request_error",
+                                          "invalid_value",
+                                          "invalid_type",
+                                          "missing_required_parameter",
+                                          "unsupported_parameter",
+                                          "unsupported_value",
+                                          "string_above_max_length",
+                                          "array_above_max_length",
+                                          "invalid_json",
+                                          "server_error",
+                                          "server_overloaded",
+                                          "model_overloaded",
+                                          "content_filter",
+                                          "content_policy_violation",
+                                          NULL};
 
 const char *gw_req_backend_code(gw_req_t *r, int status, const char *body, size_t len)
 {
     const char *code = NULL;
     const cJSON *json = body && len ? gw_json_parse(r->arena, body, len, NULL) : NULL;
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(json, "error"), "code");
+    const cJSON *c =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(json, "error"), "code");
     for (size_t i = 0; cJSON_IsString(c) && known_codes[i] && !code; i++)
         if (strcmp(c->valuestring, known_codes[i]) == 0) code = known_codes[i];
     if (json) cJSON_Delete((cJSON *)json);
-    if (!code) code = status == 404   ? "not_found"
-                      : status == 413 ? "request_too_large"
-                      : status == 429 ? "rate_limit_exceeded"
-                      : status >= 500 ? "upstream_error"
-                                      : "bad_request";
+    if (!code)
+        code = status == 404   ? "not_found"
+               : status == 413 ? "request_too_large"
+               : status == 429 ? "rate_limit_exceeded"
+               : status >= 500 ? "upstream_error"
+                               : "bad_request";
     return code;
 }
 
@@ -904,7 +958,10 @@ int gw_req_replace_json(gw_req_t *r, cJSON *json)
     return 0;
 }
 
-size_t gw_req_backend_count(const gw_req_t *r) { return r->pool ? r->pool->backends.n : 0; }
+size_t gw_req_backend_count(const gw_req_t *r)
+{
+    return r->pool ? r->pool->backends.n : 0;
+}
 
 const char *gw_req_backend_name(const gw_req_t *r, size_t i)
 {
@@ -945,7 +1002,10 @@ int gw_req_set_tenant(gw_req_t *r, const char *tenant_id)
     return 0;
 }
 
-const char *gw_req_tenant(const gw_req_t *r) { return r->tenant ? r->tenant->id : NULL; }
+const char *gw_req_tenant(const gw_req_t *r)
+{
+    return r->tenant ? r->tenant->id : NULL;
+}
 
 int gw_req_narrow_models(gw_req_t *r, const char *const *models, size_t n)
 {

@@ -24,9 +24,9 @@ struct gw_req {
     gw_config_t *cfg;
     gw_arena_t *arena;
     gw_http_head_t head;
-    char id[33]; /* the gateway's: 32 hex digits from the CSPRNG; what the backend gets */
+    char id[33];           /* the gateway's: 32 hex digits from the CSPRNG; what the backend gets */
     const char *client_id; /* the client's own (a token of 1..128 chars), echoed to it only */
-    const char *path; /* the target without its query, NUL-terminated */
+    const char *path;      /* the target without its query, NUL-terminated */
     int endpoint;
     int phase;
     size_t plugin_pos;
@@ -45,8 +45,8 @@ struct gw_req {
     char (*res_narrow)[3]; /* a tenant's residency countries, checked at connect, or NULL */
     size_t nres_narrow;
     const char *auth_reason, *auth_hint;
-    gw_auth_guard_req_t guard; /* the client's failed-authentication budget (auth_guard.c) */
-    char *credential; /* extracted once, NUL-terminated, in the arena */
+    gw_auth_guard_req_t guard;  /* the client's failed-authentication budget (auth_guard.c) */
+    char *credential;           /* extracted once, NUL-terminated, in the arena */
     struct evbuffer *resp_copy; /* a JSON answer kept for its usage (cfg->want_usage) */
     int64_t usage_prompt, usage_completion;
     uint64_t events_relayed;
@@ -60,10 +60,10 @@ struct gw_req {
     struct evbuffer *out_counted; /* the client output counted into bytes_out, or NULL */
     struct evbuffer_cb_entry *out_cb;
     const gw_http_head_t *resp_head; /* the backend's head, during response_headers only */
-    gw_req_t *q_next;   /* in its pool and tenant's wait queue (balance.c) */
-    uint64_t q_until_us; /* waits for a backend slot until then */
-    struct gw_queue_place *q_place; /* its place in the pool's queue (balance.c) */
-    uint64_t affinity;   /* hash of the session key (pool affinity), read before the plugins */
+    gw_req_t *q_next;                /* in its pool and tenant's wait queue (balance.c) */
+    uint64_t q_until_us;             /* waits for a backend slot until then */
+    struct gw_queue_place *q_place;  /* its place in the pool's queue (balance.c) */
+    uint64_t affinity; /* hash of the session key (pool affinity), read before the plugins */
     /* The client's address: the connection's, or from a trusted proxy the one its
      * X-Forwarded-For names (issue 14). Never logged; client_len 0: not known. */
     struct sockaddr_storage client;

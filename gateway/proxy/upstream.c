@@ -79,8 +79,10 @@ static void idle_remove(gw_upconn_t *u)
 {
     gw_worker_t *w = u->w;
     size_t i = u->be->index;
-    if (u->prev) u->prev->next = u->next;
-    else w->idle[i] = u->next;
+    if (u->prev)
+        u->prev->next = u->next;
+    else
+        w->idle[i] = u->next;
     if (u->next) u->next->prev = u->prev;
     w->nidle[i]--;
 }
@@ -155,7 +157,8 @@ static void write_request(gw_req_t *r, gw_upconn_t *u)
      * nothing into memory beyond it, and the request then fails instead of going out cut. */
     size_t cap = 64 + 41 + 20 + h->target_len + h->method_len + strlen(b->host_header) +
                  strlen(r->id) + b->auth_line_len;
-    for (size_t i = 0; i < h->nheaders; i++) cap += h->headers[i].name_len + h->headers[i].value_len + 4;
+    for (size_t i = 0; i < h->nheaders; i++)
+        cap += h->headers[i].name_len + h->headers[i].value_len + 4;
     for (gw_hdr_edit_t *e = r->up_edits; e; e = e->next)
         cap += strlen(e->name) + (e->value ? strlen(e->value) : 0) + 4;
     struct evbuffer_iovec v;
@@ -231,8 +234,8 @@ static gw_upconn_t *connect_backend(gw_req_t *r, gw_backend_t *b, const gw_resol
     if (!u->timer || !u->held) {
         if (ssl) SSL_free(ssl); /* gw_io_connect would own it, even when it fails */
     } else {
-        u->io = gw_io_connect(w->base, (const struct sockaddr *)&addr->ss, addr->len, ssl,
-                              &up_cbs, u);
+        u->io =
+            gw_io_connect(w->base, (const struct sockaddr *)&addr->ss, addr->len, ssl, &up_cbs, u);
     }
     if (!u->io) {
         if (u->timer) event_free(u->timer);
@@ -361,8 +364,10 @@ static void try_backend(gw_req_t *r)
 
 void gw_upstream_dispatch(gw_req_t *r, gw_backend_t *b)
 {
-    if (b) try_backend_on(r, b, 0);
-    else no_backend(r);
+    if (b)
+        try_backend_on(r, b, 0);
+    else
+        no_backend(r);
 }
 
 const gw_resolved_t *gw_upstream_resolved(const gw_req_t *r)
@@ -535,7 +540,8 @@ static int refusal_status(gw_req_t *r, const char *ev, size_t len, const char **
              (strcmp(type->valuestring, "invalid_request_error") == 0 ||
               strcmp(type->valuestring, "BadRequestError") == 0))
         status = 400;
-    else if (cJSON_IsString(e) && cJSON_IsString(tgi) && strcmp(tgi->valuestring, "validation") == 0)
+    else if (cJSON_IsString(e) && cJSON_IsString(tgi) &&
+             strcmp(tgi->valuestring, "validation") == 0)
         status = 400;
     cJSON_Delete(j); /* nothing for nodes from the arena */
     return status;
@@ -638,8 +644,7 @@ static int on_event(void *arg, const char *ev, size_t len)
     gw_req_t *r = arg;
     int error = gw_sse_is_error_event(ev, len);
     /* Only a successful stream's: an error status already says the answer failed. */
-    if (r->status < 300 && error && stream_error_event(r, r->up, ev, len) < 0)
-        return -1;
+    if (r->status < 300 && error && stream_error_event(r, r->up, ev, len) < 0) return -1;
     char own[512];
     if (own_if_error(r, error, &ev, &len, own, sizeof(own)) < 0) return -1;
     /* Every stream's usage is read: quota, access log and metrics count it (request.c asks the
@@ -723,8 +728,10 @@ static void on_data(void *arg, const char *p, size_t n)
 static void judge_head(gw_req_t *r, gw_upconn_t *u, int status)
 {
     if (r->sse && status < 300) return; /* see stream_error_event and complete */
-    if (status >= 500) gw_balance_failed(u->be);
-    else gw_balance_succeeded(u->be);
+    if (status >= 500)
+        gw_balance_failed(u->be);
+    else
+        gw_balance_succeeded(u->be);
     u->health_told = status >= 500 ? HEALTH_FAILED : HEALTH_OK;
 }
 
@@ -745,7 +752,8 @@ static void redirected(gw_req_t *r)
     gw_upconn_t *u = detach(r);
     gw_balance_succeeded(u->be);
     up_free(u);
-    gw_req_error(r, 502, "upstream_error", "The backend answered with a redirect, which is not relayed.");
+    gw_req_error(r, 502, "upstream_error",
+                 "The backend answered with a redirect, which is not relayed.");
     gw_req_finish(r, 0);
 }
 
@@ -779,10 +787,14 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         /* Asked for identity: a coded body can be neither read for usage nor framed. */
         if (gw_http_content_coded(&h)) return -1;
         u->keepalive = h.minor >= 1 ? !h.conn_close : h.conn_keepalive;
-        if (h.status == 204 || h.status == 304) u->framing = F_NONE;
-        else if (h.chunked) u->framing = F_CHUNKED;
-        else if (h.content_length >= 0) u->framing = F_LENGTH;
-        else u->framing = F_EOF;
+        if (h.status == 204 || h.status == 304)
+            u->framing = F_NONE;
+        else if (h.chunked)
+            u->framing = F_CHUNKED;
+        else if (h.content_length >= 0)
+            u->framing = F_LENGTH;
+        else
+            u->framing = F_EOF;
         u->remaining = h.content_length;
         memset(&u->ck, 0, sizeof(u->ck));
         if (u->framing == F_EOF) u->keepalive = 0;
@@ -811,8 +823,10 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         r->own_stream_errors = r->own_error && r->sse;
         r->own_error = 0;
         int length_known = u->framing == F_NONE || (u->framing == F_LENGTH && !r->sse);
-        if (length_known) r->client_chunked = 0;
-        else if (!r->client_chunked) r->close = 1; /* HTTP/1.0: the end of the answer is the close */
+        if (length_known)
+            r->client_chunked = 0;
+        else if (!r->client_chunked)
+            r->close = 1; /* HTTP/1.0: the end of the answer is the close */
         if (r->w->draining) r->close = 1;
 
         gw_answer_head_t a = {
@@ -878,9 +892,11 @@ static int relay(gw_req_t *r, gw_upconn_t *u)
                 rc = gw_chunked_feed(&u->ck, v.iov_base, v.iov_len, &used, on_data, r);
             } else {
                 used = v.iov_len;
-                if (u->framing == F_LENGTH && used > (size_t)u->remaining) used = (size_t)u->remaining;
+                if (u->framing == F_LENGTH && used > (size_t)u->remaining)
+                    used = (size_t)u->remaining;
                 on_data(r, v.iov_base, used);
-                if (u->framing == F_LENGTH && (u->remaining -= (int64_t)used) == 0) rc = GW_CHUNKED_DONE;
+                if (u->framing == F_LENGTH && (u->remaining -= (int64_t)used) == 0)
+                    rc = GW_CHUNKED_DONE;
             }
             evbuffer_drain(in, used);
             if (rc == GW_CHUNKED_BAD || u->broken) return -1;

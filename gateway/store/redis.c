@@ -30,7 +30,7 @@
 #include "proxy/request.h"
 
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 2000 /* a Redis that returns is used again within about this */
+#define BACKOFF_MAX_MS 2000   /* a Redis that returns is used again within about this */
 #define HANDSHAKE_MIN_MS 1000 /* connect, AUTH and SELECT; redis.timeout_ms if longer */
 #define QUEUE_MAX 4096        /* commands kept per worker while Redis is away */
 
@@ -68,8 +68,8 @@ struct gw_redis {
     int freeing;
     queued_t *qhead, *qtail; /* commands waiting for the handshake (oldest first) */
     size_t nqueued;
-    int retiring;               /* replaced by a reload: finishing what it was sent */
-    struct event *retire_by;    /* then closed by force */
+    int retiring;            /* replaced by a reload: finishing what it was sent */
+    struct event *retire_by; /* then closed by force */
     struct gw_redis *next_retiring;
 };
 
@@ -114,8 +114,10 @@ int gw_redis_register_script(const char *source)
     int i = 0;
     while (i < nscripts && strcmp(scripts[i], source) != 0) i++;
     if (i == nscripts) {
-        if (nscripts == SCRIPTS_MAX || !(scripts[nscripts] = strdup(source))) rc = -1;
-        else nscripts++;
+        if (nscripts == SCRIPTS_MAX || !(scripts[nscripts] = strdup(source)))
+            rc = -1;
+        else
+            nscripts++;
     }
     pthread_mutex_unlock(&scripts_lock);
     return rc;
@@ -174,8 +176,10 @@ static int enqueue(gw_redis_t *rd, int argc, const char **argv, const size_t *ar
         dequeue_head(rd);
         atomic_fetch_add(&queue_dropped, 1);
     }
-    if (rd->qtail) rd->qtail->next = q;
-    else rd->qhead = q;
+    if (rd->qtail)
+        rd->qtail->next = q;
+    else
+        rd->qhead = q;
     rd->qtail = q;
     rd->nqueued++;
     return 0;

@@ -55,7 +55,7 @@ struct gw_residency {
     char (*allowed)[3];
     size_t nallowed;
     int allow_refused; /* residency.allow_refused_backends */
-    char digest[72]; /* "sha256:" + 64 hex */
+    char digest[72];   /* "sha256:" + 64 hex */
 };
 
 /* ---------------------------------------------------------------- resolution */
@@ -133,8 +133,8 @@ int gw_resolve_host(const char *host, const char *port, const char *hosts_file,
         return -1;
     }
     if (*n == 0) {
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                                 .ai_flags = AI_NUMERICSERV};
+        struct addrinfo hints = {
+            .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
         struct addrinfo *res;
         int rc = getaddrinfo(host, port, &hints, &res);
         if (rc != 0) {
@@ -163,7 +163,8 @@ static int allowed(const gw_residency_t *p, const char *cc)
     return 0;
 }
 
-static void append(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void append(char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void append(char *buf, size_t cap, const char *fmt, ...)
 {
     size_t len = strlen(buf);
@@ -258,9 +259,11 @@ static gw_resolved_t *verify(const gw_config_t *c, const gw_backend_t *b,
     for (size_t i = 0; i < n; i++) {
         gw_addr_t *a = &rs->addrs[i];
         a->ss = v[i];
-        a->len = v[i].ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-        const void *raw = v[i].ss_family == AF_INET ? (const void *)&((const struct sockaddr_in *)&v[i])->sin_addr
-                                                    : (const void *)&((const struct sockaddr_in6 *)&v[i])->sin6_addr;
+        a->len =
+            v[i].ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+        const void *raw = v[i].ss_family == AF_INET
+                              ? (const void *)&((const struct sockaddr_in *)&v[i])->sin_addr
+                              : (const void *)&((const struct sockaddr_in6 *)&v[i])->sin6_addr;
         inet_ntop(v[i].ss_family, raw, a->text, sizeof(a->text));
         if (!p) {
             a->allowed = 1;
@@ -274,7 +277,8 @@ static gw_resolved_t *verify(const gw_config_t *c, const gw_backend_t *b,
             if (!a->allowed)
                 append(rs->reason, sizeof(rs->reason), "%s is in %s (%s), not allowed", a->text,
                        a->country, a->source);
-            if (!strstr(rs->countries, a->country) && strlen(rs->countries) + 4 < sizeof(rs->countries)) {
+            if (!strstr(rs->countries, a->country) &&
+                strlen(rs->countries) + 4 < sizeof(rs->countries)) {
                 strcat(rs->countries, ",");
                 strcat(rs->countries, a->country);
             }
@@ -375,7 +379,8 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
     }
     for (size_t i = 0; i < pol->nallowed; i++) {
         const char *a = pol->allowed[i];
-        if (!a || strlen(a) != 2 || !isupper((unsigned char)a[0]) || !isupper((unsigned char)a[1])) {
+        if (!a || strlen(a) != 2 || !isupper((unsigned char)a[0]) ||
+            !isupper((unsigned char)a[1])) {
             gw_conf_error(cx, path, "allowed countries must be ISO 3166 alpha-2 codes such as CH");
             return -1;
         }
@@ -445,7 +450,8 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
         int broken = rs->unknown || rs->failed;
         if (!broken && c->residency->allow_refused) continue;
         gw_pool_t *pools = c->pools.items;
-        size_t pi = (size_t)(b->pool - pools), bi = (size_t)(b - (gw_backend_t *)b->pool->backends.items);
+        size_t pi = (size_t)(b->pool - pools),
+               bi = (size_t)(b - (gw_backend_t *)b->pool->backends.items);
         char *path = gw_conf_path_index(
             cx, gw_conf_path_key(cx, gw_conf_path_index(cx, "$.pools", pi), "backends"), bi);
         path = gw_conf_path_key(cx, path, "url");
@@ -505,8 +511,7 @@ static int tenant_allows(const cJSON *tenant_residency, const char *cc)
 {
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(tenant_residency, "allowed_countries");
     const cJSON *e;
-    cJSON_ArrayForEach(e, a)
-        if (cJSON_IsString(e) && strcmp(e->valuestring, cc) == 0) return 1;
+    cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) && strcmp(e->valuestring, cc) == 0) return 1;
     return 0;
 }
 
@@ -665,7 +670,8 @@ void gw_residency_audit_loaded(const gw_config_t *c)
         snprintf(dbs + strlen(dbs), sizeof(dbs) - strlen(dbs), "%s%s", i ? "," : "",
                  p->databases[i]);
     gw_audit("config_loaded", "digest", p ? p->digest : "none", "residency", p ? "on" : "off",
-             "allowed_countries", allowed_s, "databases", dbs, "backends", nb, "approved", na, NULL);
+             "allowed_countries", allowed_s, "databases", dbs, "backends", nb, "approved", na,
+             NULL);
     for (size_t i = 0; i < c->nbackends; i++) {
         const gw_resolved_t *rs = gw_backend_hold(c->backends[i]);
         audit_verdict(c, c->backends[i], rs);
@@ -693,7 +699,8 @@ static cJSON *report(const gw_config_t *c)
     if (p) {
         cJSON *pol = cJSON_AddObjectToObject(root, "policy");
         cJSON *al = cJSON_AddArrayToObject(pol, "allowed_countries");
-        for (size_t i = 0; i < p->nallowed; i++) cJSON_AddItemToArray(al, cJSON_CreateString(p->allowed[i]));
+        for (size_t i = 0; i < p->nallowed; i++)
+            cJSON_AddItemToArray(al, cJSON_CreateString(p->allowed[i]));
         cJSON *dbs = cJSON_AddArrayToObject(pol, "databases");
         for (size_t i = 0; i < p->ndatabases; i++)
             cJSON_AddItemToArray(dbs, cJSON_CreateString(p->databases[i]));
@@ -719,17 +726,24 @@ static cJSON *report(const gw_config_t *c)
             cJSON *ao = cJSON_CreateObject();
             cJSON_AddItemToArray(as, ao);
             cJSON_AddStringToObject(ao, "address", a->text);
-            if (p && a->country[0]) cJSON_AddStringToObject(ao, "country", a->country);
-            else cJSON_AddNullToObject(ao, "country");
-            if (p && a->source) cJSON_AddStringToObject(ao, "database", a->source);
-            else cJSON_AddNullToObject(ao, "database");
+            if (p && a->country[0])
+                cJSON_AddStringToObject(ao, "country", a->country);
+            else
+                cJSON_AddNullToObject(ao, "country");
+            if (p && a->source)
+                cJSON_AddStringToObject(ao, "database", a->source);
+            else
+                cJSON_AddNullToObject(ao, "database");
             cJSON_AddBoolToObject(ao, "allowed", p && a->allowed);
         }
         cJSON_AddStringToObject(o, "verdict", verdict_of(c, rs));
-        cJSON_AddStringToObject(o, "reason", !p ? "no residency policy is configured"
-                                             : rs && rs->reason[0] ? rs->reason : "");
+        cJSON_AddStringToObject(o, "reason",
+                                !p                    ? "no residency policy is configured"
+                                : rs && rs->reason[0] ? rs->reason
+                                                      : "");
         cJSON_AddStringToObject(o, "resolved_at", rs ? rs->when : "");
-        cJSON_AddStringToObject(o, "resolved_by", rs && rs->cause == GW_RES_REFRESH ? "re-resolution" : "config");
+        cJSON_AddStringToObject(o, "resolved_by",
+                                rs && rs->cause == GW_RES_REFRESH ? "re-resolution" : "config");
         gw_resolved_release(rs);
     }
     return root;
@@ -750,7 +764,8 @@ void gw_residency_report_table(const gw_config_t *c, FILE *f)
         fprintf(f, "policy: allowed countries");
         for (size_t i = 0; i < p->nallowed; i++) fprintf(f, "%s%s", i ? ", " : " ", p->allowed[i]);
         fprintf(f, "\ndatabases:");
-        for (size_t i = 0; i < p->ndatabases; i++) fprintf(f, "%s%s", i ? ", " : " ", p->databases[i]);
+        for (size_t i = 0; i < p->ndatabases; i++)
+            fprintf(f, "%s%s", i ? ", " : " ", p->databases[i]);
         fprintf(f, "\ndigest: %s\n\n", p->digest);
     } else {
         fprintf(f, "policy: none (no \"residency\" in the config): no backend is verified\n\n");
@@ -767,12 +782,15 @@ void gw_residency_report_table(const gw_config_t *c, FILE *f)
                     p ? (a->country[0] ? a->country : "unknown") : "-",
                     p && a->source ? a->source : "-", k ? "" : verdict_of(c, rs));
         }
-        if (!p) fprintf(f, "%16s   why: no residency policy is configured\n", "");
-        else if (rs && !rs->approved) fprintf(f, "%16s   why: %s\n", "", rs->reason);
+        if (!p)
+            fprintf(f, "%16s   why: no residency policy is configured\n", "");
+        else if (rs && !rs->approved)
+            fprintf(f, "%16s   why: %s\n", "", rs->reason);
         gw_resolved_release(rs);
     }
-    fprintf(f, "\n%s\n", gw_residency_all_approved(c) ? "every backend is approved"
-                                                      : "NOT every backend is approved");
+    fprintf(f, "\n%s\n",
+            gw_residency_all_approved(c) ? "every backend is approved"
+                                         : "NOT every backend is approved");
 }
 
 /* ---------------------------------------------------------------- the resolver thread */
@@ -803,7 +821,8 @@ void gw_resolver_refresh(gw_config_t *c)
         struct sockaddr_storage *v;
         size_t n;
         char err[512];
-        if (gw_resolve_host(b->host, b->port, c->resolver.hosts_file, &v, &n, err, sizeof(err)) < 0) {
+        if (gw_resolve_host(b->host, b->port, c->resolver.hosts_file, &v, &n, err, sizeof(err)) <
+            0) {
             /* Nothing new to connect to: the verified addresses stay (they are still checked). */
             gw_warn("backend %s: %s; keeping its verified addresses", b->name, err);
             continue;
@@ -824,7 +843,8 @@ void gw_resolver_refresh(gw_config_t *c)
         addresses_text(rs, addrs, sizeof(addrs));
         if (c->residency && !rs->approved)
             gw_warn("backend %s re-resolved to %s: refused (%s)", b->name, addrs, rs->reason);
-        else gw_info("backend %s re-resolved to %s", b->name, addrs);
+        else
+            gw_info("backend %s re-resolved to %s", b->name, addrs);
         audit_verdict(c, b, rs);
         gw_resolved_release(rs);
     }
@@ -938,7 +958,8 @@ const char *gw_req_backend_countries(const gw_req_t *r, size_t i)
         if (cur) {
             const gw_resolved_t *crs = gw_backend_hold(cur);
             out = held->residency && crs && crs->approved
-                      ? gw_arena_strdup(r->arena, crs->countries) : NULL;
+                      ? gw_arena_strdup(r->arena, crs->countries)
+                      : NULL;
             gw_resolved_release(crs);
         }
         if (held) gw_config_unref(held);

@@ -25,15 +25,15 @@ typedef struct gw_addr {
 /* A backend's addresses and verdict at one resolution: immutable once published, counted
  * (see "Lifetime" in residency.c): freed by whoever drops its last reference. */
 typedef struct gw_resolved {
-    atomic_int refs;     /* the backend's while it is current, and one per holder */
+    atomic_int refs; /* the backend's while it is current, and one per holder */
     size_t n;
     gw_addr_t *addrs;
     int approved;        /* may be connected to: declared country and every address allowed */
     int unknown, failed; /* an address no database knows; a lookup that failed */
     char reason[384];    /* why not approved ("" when approved) */
     char countries[3 * GW_MAX_ADDRS + 3]; /* declared first, then the others: "CH,LI" */
-    char when[32];       /* UTC time of the resolution */
-    int cause;           /* GW_RES_LOAD or GW_RES_REFRESH */
+    char when[32];                        /* UTC time of the resolution */
+    int cause;                            /* GW_RES_LOAD or GW_RES_REFRESH */
 } gw_resolved_t;
 
 enum { GW_RES_LOAD, GW_RES_REFRESH };

@@ -99,9 +99,12 @@ static int parse_hex(const char *hex, unsigned char *out)
         unsigned v = 0;
         for (int k = 0; k < 2; k++) {
             char ch = (char)tolower((unsigned char)hex[2 * i + k]);
-            if (ch >= '0' && ch <= '9') v = v * 16 + (unsigned)(ch - '0');
-            else if (ch >= 'a' && ch <= 'f') v = v * 16 + (unsigned)(ch - 'a' + 10);
-            else return -1;
+            if (ch >= '0' && ch <= '9')
+                v = v * 16 + (unsigned)(ch - '0');
+            else if (ch >= 'a' && ch <= 'f')
+                v = v * 16 + (unsigned)(ch - 'a' + 10);
+            else
+                return -1;
         }
         out[i] = (unsigned char)v;
     }
@@ -185,7 +188,8 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     if (total == 0 && !redis) {
         /* No keys: still check the shape of any api_keys given. */
         int rc = 0, ti = 0;
-        for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, ti++) {
+        for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t;
+             t = t->next, ti++) {
             const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
             if (keys && !cJSON_IsArray(keys)) {
                 char p[96];
@@ -314,8 +318,10 @@ static int fresh(int used, long long expires_ms, const unsigned char *have, cons
 /* Applies a known answer: a tenant, or none. */
 static void apply(gw_req_t *r, const unsigned char *d, const char *tenant, const char *id)
 {
-    if (!tenant[0]) fail_unknown(r, d);
-    else if (gw_req_set_tenant(r, tenant) < 0) gw_req_auth_failed(r, "unknown_tenant", id);
+    if (!tenant[0])
+        fail_unknown(r, d);
+    else if (gw_req_set_tenant(r, tenant) < 0)
+        gw_req_auth_failed(r, "unknown_tenant", id);
 }
 
 typedef struct lookup {

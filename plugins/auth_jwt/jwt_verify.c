@@ -250,8 +250,7 @@ static int parse_tenants(errs_t *e, const char *base, const cJSON *t, gwjwt_issu
     }
     int i = 0;
     for (const cJSON *x = t->child; x; x = x->next, i++) {
-        if (!cJSON_IsString(x) || !x->valuestring[0] ||
-            strlen(x->valuestring) > GWJWT_MAX_TENANT) {
+        if (!cJSON_IsString(x) || !x->valuestring[0] || strlen(x->valuestring) > GWJWT_MAX_TENANT) {
             char key[48];
             snprintf(key, sizeof(key), "tenants[%d]", i);
             report(e, base, key, "must be a tenant id (a non-empty string of at most %d bytes)",
@@ -350,8 +349,7 @@ static void issuer_free(gwjwt_issuer_t *is)
     free(is->issuer);
     free(is->audience);
     free(is->tenant_claim);
-    for (size_t i = 0; i < is->ntenants; i++)
-        free(is->tenants[i]);
+    for (size_t i = 0; i < is->ntenants; i++) free(is->tenants[i]);
     free(is->tenants);
     wipe_free(is->key, is->key_len);
     EVP_PKEY_free(is->pkey_);
@@ -361,8 +359,7 @@ static void issuer_free(gwjwt_issuer_t *is)
 void gwjwt_conf_free(gwjwt_conf_t *c)
 {
     if (!c) return;
-    for (size_t i = 0; i < c->n; i++)
-        issuer_free(&c->issuers[i]);
+    for (size_t i = 0; i < c->n; i++) issuer_free(&c->issuers[i]);
     free(c->issuers);
     free(c);
 }
@@ -473,14 +470,12 @@ static int cmp_key(const void *a, const void *b)
 static int no_duplicate_keys(const cJSON *o)
 {
     size_t n = 0;
-    for (const cJSON *c = o->child; c; c = c->next)
-        n++;
+    for (const cJSON *c = o->child; c; c = c->next) n++;
     if (n < 2) return 1;
     const char **keys = malloc(n * sizeof(*keys));
     if (!keys) return 0;
     n = 0;
-    for (const cJSON *c = o->child; c; c = c->next)
-        keys[n++] = c->string;
+    for (const cJSON *c = o->child; c; c = c->next) keys[n++] = c->string;
     qsort(keys, n, sizeof(*keys), cmp_key);
     int ok = 1;
     for (size_t i = 1; i < n && ok; i++)
@@ -818,5 +813,3 @@ const char *gwjwt_reason(int rc)
 }
 
 /* ------------------------------------------------------------------ credential header */
-
-

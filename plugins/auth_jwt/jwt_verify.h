@@ -36,8 +36,8 @@ typedef struct gwjwt_issuer {
     gwjwt_alg_t alg;
     unsigned char *key; /* PEM of the public key (RS/ES), or the secret's bytes (HS): secret */
     size_t key_len;
-    void *pkey_;   /* private: the parsed public key (EVP_PKEY), RS/ES */
-    long leeway_s; /* 0..300, default 30 */
+    void *pkey_;    /* private: the parsed public key (EVP_PKEY), RS/ES */
+    long leeway_s;  /* 0..300, default 30 */
     char **tenants; /* the tenants this issuer may name ("tenants"); NULL: any (one issuer only) */
     size_t ntenants;
 } gwjwt_issuer_t;

@@ -30,8 +30,8 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, v
     const cJSON *sb = cJSON_GetObjectItemCaseSensitive(config, "select_body");
     int rc = 0;
     for (const cJSON *e = config->child; e; e = e->next)
-        if (strcmp(e->string, "header") && strcmp(e->string, "value") && strcmp(e->string, "delay_ms") &&
-            strcmp(e->string, "select_body")) {
+        if (strcmp(e->string, "header") && strcmp(e->string, "value") &&
+            strcmp(e->string, "delay_ms") && strcmp(e->string, "select_body")) {
             gw_conf_error(cx, path, "unknown key %s", e->string);
             rc = -1;
         }
@@ -77,7 +77,8 @@ static int request_headers(gw_req_t *r, void *conf, void **ctx)
     size_t n;
     const char *deny = gw_req_header(r, "x-example-deny", &n);
     if (deny && n == 1 && deny[0] == '1') {
-        gw_req_respond_error(r, 403, "denied_by_example", "The example plugin refused this request.");
+        gw_req_respond_error(r, 403, "denied_by_example",
+                             "The example plugin refused this request.");
         return GW_DONE;
     }
     return gw_req_set_upstream_header(r, c->header, c->value) == 0 ? GW_CONTINUE : GW_ERROR;

@@ -98,29 +98,56 @@ static const char *const default_strip[] = {"cookie", "openai-organization", "op
 /* Removed whatever the lists say: they carry (or forge) the client's address, or where the
  * address places the client. */
 static const char *const address_headers[] = {
-    "forwarded", "x-forwarded-for", "x-forwarded", "x-forwarded-*", /* RFC 7239, de facto */
-    "x-original-forwarded-for",                                    /* ingress-nginx */
-    "x-real-ip", "x-client-ip", "client-ip", "x-remote-ip", "x-remote-addr", /* nginx, generic */
-    "x-cluster-client-ip", "x-originating-ip", "x-proxyuser-ip",   /* Rackspace, Microsoft, Google */
-    "cluster-client-ip",                                           /* the same without x- */
-    "via", /* a client-side proxy's Via names the client's network (RFC 9110 7.6.3) */
-    "wl-proxy-client-ip", "proxy-client-ip",                       /* WebLogic, Apache plugins */
-    "true-client-ip", "x-akamai-edgescape",                        /* Akamai, Cloudflare */
-    "cf-connecting-ip", "cf-connecting-ipv6", "cf-pseudo-ipv4",    /* Cloudflare: addresses */
-    "cf-ip*", "cf-postal-code", "cf-region*", "cf-metro-code", "cf-timezone", /* and location */
-    "fastly-client-ip", "fastly-geo*", "client-geo-*",             /* Fastly (its geo example) */
-    "cloudfront-viewer-*",                                         /* AWS CloudFront */
-    "x-envoy-external-address",                                    /* Envoy, Istio */
-    "x-azure-clientip", "x-azure-socketip",                        /* Azure Front Door */
-    "x-appengine-*",                                               /* Google App Engine */
-    "x-client-geo-location", "x-client-region*", "x-client-city*", /* Google Cloud LB, CDN */
-    "fly-client-ip",                                               /* Fly.io */
-    "x-vercel-forwarded-for", "x-vercel-ip-*",                     /* Vercel */
-    "x-nf-client-connection-ip", "x-nf-geo",                       /* Netlify */
-    "do-connecting-ip",                                            /* DigitalOcean */
-    "cdn-requestcountrycode",                                      /* Bunny CDN */
-    "visitor-ip-*", "pantheon-geo",                                /* Contentstack, Pantheon */
-    "incap-client-ip", "x-sucuri-clientip", "x-sucuri-country",    /* Imperva, Sucuri */
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded",
+    "x-forwarded-*",            /* RFC 7239, de facto */
+    "x-original-forwarded-for", /* ingress-nginx */
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-remote-ip",
+    "x-remote-addr", /* nginx, generic */
+    "x-cluster-client-ip",
+    "x-originating-ip",
+    "x-proxyuser-ip",    /* Rackspace, Microsoft, Google */
+    "cluster-client-ip", /* the same without x- */
+    "via",               /* a client-side proxy's Via names the client's network (RFC 9110 7.6.3) */
+    "wl-proxy-client-ip",
+    "proxy-client-ip", /* WebLogic, Apache plugins */
+    "true-client-ip",
+    "x-akamai-edgescape", /* Akamai, Cloudflare */
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "cf-pseudo-ipv4", /* Cloudflare: addresses */
+    "cf-ip*",
+    "cf-postal-code",
+    "cf-region*",
+    "cf-metro-code",
+    "cf-timezone", /* and location */
+    "fastly-client-ip",
+    "fastly-geo*",
+    "client-geo-*",             /* Fastly (its geo example) */
+    "cloudfront-viewer-*",      /* AWS CloudFront */
+    "x-envoy-external-address", /* Envoy, Istio */
+    "x-azure-clientip",
+    "x-azure-socketip", /* Azure Front Door */
+    "x-appengine-*",    /* Google App Engine */
+    "x-client-geo-location",
+    "x-client-region*",
+    "x-client-city*", /* Google Cloud LB, CDN */
+    "fly-client-ip",  /* Fly.io */
+    "x-vercel-forwarded-for",
+    "x-vercel-ip-*", /* Vercel */
+    "x-nf-client-connection-ip",
+    "x-nf-geo",               /* Netlify */
+    "do-connecting-ip",       /* DigitalOcean */
+    "cdn-requestcountrycode", /* Bunny CDN */
+    "visitor-ip-*",
+    "pantheon-geo", /* Contentstack, Pantheon */
+    "incap-client-ip",
+    "x-sucuri-clientip",
+    "x-sucuri-country", /* Imperva, Sucuri */
     NULL};
 static const char *const default_hide[] = {"server",
                                            "x-powered-by",
@@ -154,8 +181,7 @@ static int process_salt_ready;
 
 static void plist_free(plist_t *l)
 {
-    for (size_t i = 0; i < l->n; i++)
-        free(l->items[i].name);
+    for (size_t i = 0; i < l->n; i++) free(l->items[i].name);
     free(l->items);
     free(l->slots);
     free(l->pre);
@@ -182,7 +208,8 @@ static size_t first_at(const plist_t *l, unsigned ch)
         size_t mid = lo + (hi - lo) / 2;
         if ((unsigned char)l->items[mid].name[0] < ch)
             lo = mid + 1;
-        else hi = mid;
+        else
+            hi = mid;
     }
     return lo;
 }
@@ -214,7 +241,8 @@ static int match_hashed(const plist_t *l, const char *name, size_t len, uint32_t
     if (!(l->first_pre[ch >> 6] >> (ch & 63) & 1)) return 0;
     for (size_t k = 0; k < l->npre; k++) {
         const pattern_t *p = &l->items[l->pre[k]];
-        if ((unsigned char)p->name[0] == ch && len >= p->len && strncasecmp(name, p->name, p->len) == 0)
+        if ((unsigned char)p->name[0] == ch && len >= p->len &&
+            strncasecmp(name, p->name, p->len) == 0)
             return 1;
     }
     return 0;
@@ -289,8 +317,7 @@ static int plist_add(plist_t *l, const char *s)
     l->items = items;
     char *name = malloc(n + 1);
     if (!name) return -1;
-    for (size_t i = 0; i < n; i++)
-        name[i] = (char)tolower((unsigned char)s[i]);
+    for (size_t i = 0; i < n; i++) name[i] = (char)tolower((unsigned char)s[i]);
     name[n] = '\0';
     size_t at = first_at(l, (unsigned char)name[0] + 1u); /* after its letter's others */
     memmove(&l->items[at + 1], &l->items[at], (l->n - at) * sizeof(*items));
@@ -340,7 +367,8 @@ static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const c
             gw_conf_error(cx, ep, "must be one header name, not a prefix");
             rc = -1;
         } else if (never && match(never, e->valuestring, n)) {
-            gw_conf_error(cx, ep, "is a client-address header: never forwarded (see forward_client_ip)");
+            gw_conf_error(cx, ep,
+                          "is a client-address header: never forwarded (see forward_client_ip)");
             rc = -1;
         } else if (never && strchr(e->valuestring, '_')) {
             gw_conf_error(cx, ep, "is never forwarded: a name with '_' is always dropped");
@@ -358,8 +386,7 @@ static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const c
 static int load_salt_bytes(gw_conf_ctx_t *cx, privacy_conf_t *c, const char *path,
                            const unsigned char *s, size_t n)
 {
-    while (n && isspace(s[n - 1]))
-        n--;
+    while (n && isspace(s[n - 1])) n--;
     if (n < MIN_SALT || n > MAX_SALT) {
         gw_conf_error(cx, path, "the salt must have between %d and %d bytes", MIN_SALT, MAX_SALT);
         return -1;
@@ -426,10 +453,14 @@ static int load_salt(gw_conf_ctx_t *cx, const cJSON *o, const char *path, privac
 
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *rootpath, void **state)
 {
-    static const char *const keys[] = {"strip_request_headers", "forward_request_headers",
-                                       "forward_client_ip",     "user_field",
-                                       "user_hash_salt_file",   "user_hash_salt_env",
-                                       "hide_response_headers", "backend_errors",
+    static const char *const keys[] = {"strip_request_headers",
+                                       "forward_request_headers",
+                                       "forward_client_ip",
+                                       "user_field",
+                                       "user_hash_salt_file",
+                                       "user_hash_salt_env",
+                                       "hide_response_headers",
+                                       "backend_errors",
                                        NULL};
     const char *path = "$.privacy";
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "privacy");
@@ -440,8 +471,7 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *rootpath,
     }
     for (const cJSON *k = o ? o->child : NULL; k; k = k->next) {
         size_t i = 0;
-        while (keys[i] && strcmp(keys[i], k->string) != 0)
-            i++;
+        while (keys[i] && strcmp(keys[i], k->string) != 0) i++;
         if (!keys[i]) {
             char p[160];
             snprintf(p, sizeof(p), "%s.%.100s", path, k->string);

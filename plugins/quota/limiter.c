@@ -133,20 +133,28 @@ const char *gq_reason_code(gq_reason_t why)
     switch (why) {
     case GQ_RPM:
     case GQ_TPM:
-    case GQ_CONC: return "rate_limit_exceeded";
-    case GQ_TPD: return "insufficient_quota";
-    default: return NULL;
+    case GQ_CONC:
+        return "rate_limit_exceeded";
+    case GQ_TPD:
+        return "insufficient_quota";
+    default:
+        return NULL;
     }
 }
 
 const char *gq_reason_kind(gq_reason_t why)
 {
     switch (why) {
-    case GQ_RPM: return "requests";
-    case GQ_TPM: return "tokens";
-    case GQ_TPD: return "tokens_per_day";
-    case GQ_CONC: return "concurrency";
-    default: return NULL;
+    case GQ_RPM:
+        return "requests";
+    case GQ_TPM:
+        return "tokens";
+    case GQ_TPD:
+        return "tokens_per_day";
+    case GQ_CONC:
+        return "concurrency";
+    default:
+        return NULL;
     }
 }
 
@@ -193,14 +201,16 @@ void gq_state_merge(gq_state_t *s, int n, const gq_limits_t *const lim[],
     for (int i = 0; i < n; i++) {
         const gq_limits_t *l = lim[i];
         const gq_level_fig_t *f = &fig[i];
-        if (l->rpm && (!s->req_limit || f->req_remaining < s->req_remaining ||
-                       (f->req_remaining == s->req_remaining && f->req_reset_ms > s->req_reset_ms))) {
+        if (l->rpm &&
+            (!s->req_limit || f->req_remaining < s->req_remaining ||
+             (f->req_remaining == s->req_remaining && f->req_reset_ms > s->req_reset_ms))) {
             s->req_limit = l->rpm;
             s->req_remaining = f->req_remaining;
             s->req_reset_ms = f->req_reset_ms;
         }
-        if (l->tpm && (!s->tok_limit || f->tok_remaining < s->tok_remaining ||
-                       (f->tok_remaining == s->tok_remaining && f->tok_reset_ms > s->tok_reset_ms))) {
+        if (l->tpm &&
+            (!s->tok_limit || f->tok_remaining < s->tok_remaining ||
+             (f->tok_remaining == s->tok_remaining && f->tok_reset_ms > s->tok_reset_ms))) {
             s->tok_limit = l->tpm;
             s->tok_remaining = f->tok_remaining;
             s->tok_reset_ms = f->tok_reset_ms;
@@ -252,9 +262,9 @@ typedef struct lease {
     int64_t sec, rpm, tpm; /* the bucket they were counted in; what is left */
     int64_t day, tpd;
     int64_t g_rpm, g_tpm, g_tpd; /* what was granted */
-    int64_t deadline; /* monotonic ms; spendable before */
-    int64_t granted;  /* monotonic ms of the grant's call */
-    uint32_t gen;     /* 0: none */
+    int64_t deadline;            /* monotonic ms; spendable before */
+    int64_t granted;             /* monotonic ms of the grant's call */
+    uint32_t gen;                /* 0: none */
     gq_level_fig_t fig;
     gq_lease_ret_t back; /* the rest of a lease replaced while it lived, for the next call */
 } lease_t;
@@ -262,13 +272,13 @@ typedef struct lease {
 typedef struct bucket {
     lock_t mu;
     atomic_int refs;
-    int renewing; /* a lease renewal is in flight for this key (as the leaf) */
+    int renewing;                    /* a lease renewal is in flight for this key (as the leaf) */
     int64_t closed_at, closed_until; /* a refusal from Redis, repeated here (as the leaf) */
     gq_decision_t closed;
     int64_t day, used; /* tpd */
     int64_t in_use;    /* concurrency */
     lease_t lease;
-    win_t req, tok; /* rpm, tpm */
+    win_t req, tok;                 /* rpm, tpm */
     gq_usage_t days[GQ_USAGE_DAYS]; /* usage by day % GQ_USAGE_DAYS (tenant level) */
     gq_usage_t pending;             /* not yet sent to Redis */
     int64_t pending_since;          /* monotonic ms of its first request; 0: empty */
@@ -642,7 +652,8 @@ const gq_key_t *gq_find_tenant(const gq_limiter_t *lim, const char *tenant)
 
 int gq_key_limited(const gq_key_t *key)
 {
-    return key && (!limits_empty(&key->limits) || (key->parent && !limits_empty(&key->parent->limits)));
+    return key &&
+           (!limits_empty(&key->limits) || (key->parent && !limits_empty(&key->parent->limits)));
 }
 
 size_t gq_tenants(const gq_limiter_t *lim, const char **out, size_t max)
@@ -788,8 +799,8 @@ static int lease_ageing(const gq_key_t *k, int64_t mono)
            (l->tpm && ls->tpm * 4 < ls->g_tpm) || (l->tpd && ls->tpd * 4 < ls->g_tpd);
 }
 
-int gq_lease_admit(const gq_key_t *key, int64_t mono, int64_t est, gq_decision_t *d,
-                   gq_ticket_t *t, int *renew, gq_lease_ret_t ret[2])
+int gq_lease_admit(const gq_key_t *key, int64_t mono, int64_t est, gq_decision_t *d, gq_ticket_t *t,
+                   int *renew, gq_lease_ret_t ret[2])
 {
     const gq_key_t *lv[2];
     int n = levels(key, lv);

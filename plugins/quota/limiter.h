@@ -48,8 +48,8 @@
 #include <stdint.h>
 
 #define GQ_PERIOD_MS 60000
-#define GQ_WINDOW_S 61   /* the in-process window, in one-second buckets */
-#define GQ_LEASE_MS 1000 /* a lease is spent only this long after its call was sent */
+#define GQ_WINDOW_S 61    /* the in-process window, in one-second buckets */
+#define GQ_LEASE_MS 1000  /* a lease is spent only this long after its call was sent */
 #define GQ_REFUSAL_MS 100 /* a refusal from Redis is repeated here this long, at most */
 #define GQ_DAY_MS 86400000LL
 #define GQ_MAX_LIMIT 10000000000LL /* any limit or burst; keeps every value below 2^53 */
@@ -85,8 +85,8 @@ typedef struct gq_decision {
     gq_reason_t reason; /* GQ_OK when allowed */
     int level;          /* refused by the tenant's limits (0) or the model override's (1) */
     int64_t retry_after_ms;
-    int64_t now_ms;     /* the clock the decision used (Redis: the server's) */
-    gq_state_t state;   /* after the admission (or, refused, as it stands) */
+    int64_t now_ms;   /* the clock the decision used (Redis: the server's) */
+    gq_state_t state; /* after the admission (or, refused, as it stands) */
 } gq_decision_t;
 
 typedef struct gq_key gq_key_t;
@@ -99,7 +99,7 @@ typedef struct gq_ticket {
     int64_t day;      /* UTC day (days since the epoch) of the admission */
     int slot_taken[2];
     uint32_t lease_gen[2]; /* admitted from (or with) these leases; 0: not */
-    char slot[48]; /* Redis: the concurrency slot id */
+    char slot[48];         /* Redis: the concurrency slot id */
 } gq_ticket_t;
 
 /* One level's raw figures; gq_state_merge turns them into a gq_state_t. */

@@ -41,7 +41,7 @@
  * estimate plus one token per event relayed (at least the estimate when it ended well).
  */
 #define DEFAULT_COMPLETION 256
-#define MAX_CHOICES 128 /* n / best_of counted up to this (OpenAI's bound for n) */
+#define MAX_CHOICES 128                /* n / best_of counted up to this (OpenAI's bound for n) */
 #define SLOT_LEASE_MS (15 * 60 * 1000) /* a concurrency slot outlives a dead gateway this long */
 
 typedef struct quota_conf {
@@ -325,8 +325,9 @@ static int decided(gw_req_t *r, quota_ctx_t *q, int allowed, const gq_decision_t
         add_int_header(r, "retry-after", gq_retry_after_seconds(d->retry_after_ms));
         add_int_header(r, "retry-after-ms", d->retry_after_ms);
         gw_req_respond_error(r, 429, gq_reason_code(d->reason),
-                             d->reason == GQ_TPD ? "The tenant's token budget for today is spent."
-                                                 : "Rate limit reached; retry after the indicated time.");
+                             d->reason == GQ_TPD
+                                 ? "The tenant's token budget for today is spent."
+                                 : "Rate limit reached; retry after the indicated time.");
         return GW_DONE;
     }
     q->admitted = 1;
@@ -344,7 +345,8 @@ static int admit_local(gw_req_t *r, quota_ctx_t *q)
 static int unavailable(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q)
 {
     if (c->fallback_local) return admit_local(r, q);
-    gw_req_respond_error(r, 503, "quota_unavailable", "The quota store is unavailable; retry later.");
+    gw_req_respond_error(r, 503, "quota_unavailable",
+                         "The quota store is unavailable; retry later.");
     return GW_DONE;
 }
 
@@ -398,9 +400,8 @@ static void on_admit(gw_req_t *r, const struct redisReply *reply, void *arg)
     gq_decision_t d;
     gq_lease_grant_t g[2];
     gq_level_fig_t fig[2];
-    int allowed = reply ? gq_redis_admit_parse(reply, q->key, q->est, q->slot, &d, &q->ticket, g,
-                                               fig)
-                        : -1;
+    int allowed =
+        reply ? gq_redis_admit_parse(reply, q->key, q->est, q->slot, &d, &q->ticket, g, fig) : -1;
     q->in_redis = allowed == 1;
     if (allowed < 0) release_lost_slot(r, q);
     renewed(q, allowed >= 0, g, fig);
@@ -438,14 +439,14 @@ static void on_renewed(const struct redisReply *reply, void *arg)
 static void renew_ahead(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q, const gq_lease_ret_t ret[2])
 {
     renewal_t *rn = malloc(sizeof(*rn));
-    if (rn && gq_redis_admit_cmd(&rn->cmd, q->key, 0, "", SLOT_LEASE_MS, GQ_REDIS_WINDOW_S, 2,
-                                 ret, 0) == 0) {
+    if (rn && gq_redis_admit_cmd(&rn->cmd, q->key, 0, "", SLOT_LEASE_MS, GQ_REDIS_WINDOW_S, 2, ret,
+                                 0) == 0) {
         rn->c = c;
         rn->key = q->key;
         rn->sent = q->sent;
         atomic_fetch_add(&c->refs, 1);
-        if (gw_req_redis_detached(r, on_renewed, rn, rn->cmd.argc, rn->cmd.argv,
-                                  rn->cmd.argvlen) == 0)
+        if (gw_req_redis_detached(r, on_renewed, rn, rn->cmd.argc, rn->cmd.argv, rn->cmd.argvlen) ==
+            0)
             return;
         atomic_fetch_sub(&c->refs, 1);
     }
@@ -457,8 +458,7 @@ static void renew_ahead(gw_req_t *r, quota_conf_t *c, quota_ctx_t *q, const gq_l
  * override of the model the backend serves (the alias's target, the body's model once the
  * alias is applied) holds it, else the override of the name the client sent, else the
  * tenant's limits. */
-static const gq_key_t *held_to(quota_conf_t *c, gw_req_t *r, const char *tenant,
-                               const char *model)
+static const gq_key_t *held_to(quota_conf_t *c, gw_req_t *r, const char *tenant, const char *model)
 {
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(gw_req_json(r), "model");
     if (cJSON_IsString(m) && strcmp(m->valuestring, model) != 0) {
@@ -747,14 +747,17 @@ cJSON *gw_quota_usage_report(const void *state, int days, int *late)
         char err[256];
         rc = gw_redis_url_connect(c->url, c->timeout_ms, err, sizeof(err));
         if (!rc)
-            cJSON_AddStringToObject(o, "error", "the quota store did not answer: these are this "
-                                                "instance's own counts");
+            cJSON_AddStringToObject(o, "error",
+                                    "the quota store did not answer: these are this "
+                                    "instance's own counts");
     }
     int64_t today = gq_utc_day(now_ms());
     size_t n = gq_tenants(c->lim, NULL, 0);
     const char **ids = malloc((n ? n : 1) * sizeof(*ids));
-    if (!ids) days = 0;
-    else n = gq_tenants(c->lim, ids, n);
+    if (!ids)
+        days = 0;
+    else
+        n = gq_tenants(c->lim, ids, n);
     for (int d = 0; d < days; d++) {
         cJSON *day = cJSON_CreateObject();
         char date[11];

@@ -14,6 +14,8 @@
 #define STR(x) STR_(x)
 
 /* Shared by the three scripts. fdiv/cdiv are floor/ceil of a/b, exact for a, b < 2^53. */
+// The Lua sources keep one line of Lua per line of C: clang-format leaves them alone.
+// clang-format off
 static const char prelude[] =
     "local DAY = 86400000\n"
     "local DMAX = 4503599627370496\n"
@@ -118,6 +120,7 @@ static const char prelude[] =
     "    redis.call('DEL', key)\n"
     "  end\n"
     "end\n";
+// clang-format on
 
 /* KEYS: rpm, tpm, tpd, conc per level (tenant, then the model override if any).
  * ARGV: now_override, est, slot, slot_lease_ms, window_s, lease (0: none, 1: admit and lease,
@@ -127,6 +130,7 @@ static const char prelude[] =
  * Reply: allowed, reason, level, retry_after_ms, now_ms, day, sec, then per level
  * req_remaining, req_reset_ms, tok_remaining, tok_reset_ms, day_remaining, conc_in_use,
  * grant_rpm, grant_tpm, grant_tpd. */
+// clang-format off
 static const char admit_body[] =
     "local now = clock(ARGV[1])\n"
     "local est = clamp(tonumber(ARGV[2]), 0, MAXL)\n"
@@ -222,9 +226,11 @@ static const char admit_body[] =
     "  for _, x in ipairs({rr, rs, tr, ts, dr, ci, s.grpm, s.gtpm, s.gtpd}) do out[#out + 1] = x end\n"
     "end\n"
     "return out\n";
+// clang-format on
 
 /* KEYS as admit. ARGV: now_override, window_s, diff (actual - reserved), sec, day, slot, then
  * per level tpm, tpd, concurrent. */
+// clang-format off
 static const char settle_body[] =
     "local now = clock(ARGV[1])\n"
     "local W, diff, tsec, tday, slot = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]\n"
@@ -249,8 +255,10 @@ static const char settle_body[] =
     "  end\n"
     "end\n"
     "return 1\n";
+// clang-format on
 
 /* KEYS: the conc keys. ARGV: now_override, slot, lease_ms. */
+// clang-format off
 static const char touch_body[] =
     "local now = clock(ARGV[1])\n"
     "local slot, lease = ARGV[2], tonumber(ARGV[3])\n"
@@ -263,6 +271,7 @@ static const char touch_body[] =
     "  end\n"
     "end\n"
     "return held\n";
+// clang-format on
 
 _Static_assert(sizeof(admit_body) > sizeof(settle_body) && sizeof(admit_body) > sizeof(touch_body),
                "sources[] is sized by the admit script");
@@ -379,8 +388,7 @@ static int add_int(gq_redis_cmd_t *c, int64_t v)
 static int add_keyarg(gq_redis_cmd_t *c, const gq_level_info_t *lv, const char *suffix)
 {
     if (c->used >= sizeof(c->buf)) return -1;
-    int n = gq_redis_key(c->buf + c->used, sizeof(c->buf) - c->used, lv->tenant, lv->model,
-                         suffix);
+    int n = gq_redis_key(c->buf + c->used, sizeof(c->buf) - c->used, lv->tenant, lv->model, suffix);
     if (n < 0 || c->argc >= GQ_REDIS_MAX_ARGV) return -1;
     c->argv[c->argc] = c->buf + c->used;
     c->argvlen[c->argc] = (size_t)n;
@@ -414,7 +422,10 @@ int gq_redis_admit_cmd(gq_redis_cmd_t *c, const gq_key_t *key, int64_t est, cons
     int n = gq_key_levels(key, lv);
     if (evalsha_head(c, GQ_SCRIPT_ADMIT, lv, n) || add_int(c, now_override) ||
         add_int(c, clamp_tokens(est)) || add_str(c, slot ? slot : "") ||
-        add_int(c, lease_ms > 0 ? lease_ms : 1) || add_int(c, window_s) || add_int(c, lease < 0 ? 0 : lease > 2 ? 2 : lease))
+        add_int(c, lease_ms > 0 ? lease_ms : 1) || add_int(c, window_s) ||
+        add_int(c, lease < 0   ? 0
+                   : lease > 2 ? 2
+                               : lease))
         return -1;
     for (int i = 0; i < n; i++) {
         const gq_limits_t *l = lv[i].limits;
@@ -473,8 +484,8 @@ void gq_day_string(char out[11], int64_t day)
 int64_t gq_day_parse(const char *s)
 {
     int y, m, d, n = 0;
-    if (!s || sscanf(s, "%4d-%2d-%2d%n", &y, &m, &d, &n) != 3 || s[n] || m < 1 || m > 12 ||
-        d < 1 || d > 31 || y < 1970)
+    if (!s || sscanf(s, "%4d-%2d-%2d%n", &y, &m, &d, &n) != 3 || s[n] || m < 1 || m > 12 || d < 1 ||
+        d > 31 || y < 1970)
         return -1;
     struct tm tm = {.tm_year = y - 1900, .tm_mon = m - 1, .tm_mday = d};
     time_t t = timegm(&tm);

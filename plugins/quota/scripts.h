@@ -60,8 +60,7 @@ typedef struct gq_redis_cmd {
 
 /* The Redis key of one level: suffix "rpm", "tpm", "tpd" or "conc"; model NULL at the tenant
  * level. Returns the length, or -1 when it does not fit. */
-int gq_redis_key(char *out, size_t cap, const char *tenant, const char *model,
-                 const char *suffix);
+int gq_redis_key(char *out, size_t cap, const char *tenant, const char *model, const char *suffix);
 
 /* A concurrency slot id from an instance id (random at start) and a per-instance counter. */
 void gq_slot_id(char out[48], uint64_t instance, uint64_t seq);
@@ -74,9 +73,9 @@ void gq_slot_id(char out[48], uint64_t instance, uint64_t seq);
  * the window in seconds; lease 1: also take leases for this process and give back ret (per
  * level; NULL: nothing); lease 2: only that, admitting nothing (a renewal ahead of time; the
  * reply then says allowed). 0 or -1. */
-int gq_redis_admit_cmd(gq_redis_cmd_t *c, const gq_key_t *key, int64_t est_tokens,
-                       const char *slot, int64_t slot_ms, int window_s, int lease,
-                       const gq_lease_ret_t *ret, int64_t now_override);
+int gq_redis_admit_cmd(gq_redis_cmd_t *c, const gq_key_t *key, int64_t est_tokens, const char *slot,
+                       int64_t slot_ms, int window_s, int lease, const gq_lease_ret_t *ret,
+                       int64_t now_override);
 /* The admit script's reply into a decision (and, allowed, a ticket), as gq_admit gives them,
  * and (when not NULL) the leases granted and each level's figures. Returns 1 allowed,
  * 0 refused, -1 a malformed reply (or an error reply). */

@@ -46,7 +46,7 @@ typedef struct tenant_policy {
 
 typedef struct residency_conf {
     policy_t global;
-    int allow_refused; /* residency.allow_refused_backends */
+    int allow_refused;        /* residency.allow_refused_backends */
     tenant_policy_t *tenants; /* only those with their own residency or client_countries */
     size_t ntenants;
     size_t *index; /* open addressing over tenants by id; nindex slots, SIZE_MAX empty */
@@ -103,7 +103,8 @@ static void release(void *state)
 
 /* ---------------------------------------------------------------- config */
 
-static char *path_of(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static char *path_of(char *buf, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static char *path_of(char *buf, size_t cap, const char *fmt, ...)
 {
     va_list ap;
@@ -217,7 +218,9 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         /* No policy: tenants may not have one of their own either. */
         int i = 0;
         for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, i++)
-            for (const char *const *k = (const char *const[]){"residency", "client_countries", NULL}; *k; k++)
+            for (const char *const *k =
+                     (const char *const[]){"residency", "client_countries", NULL};
+                 *k; k++)
                 if (cJSON_GetObjectItemCaseSensitive(t, *k)) {
                     gw_conf_error(cx, path_of(p, sizeof(p), "$.tenants[%d].%s", i, *k),
                                   "needs the global \"residency\" policy and \"geoip\" databases");
@@ -227,13 +230,15 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     }
     if (!res || !cJSON_IsObject(res)) {
         gw_conf_error(cx, "$.residency",
-                      res ? "must be an object" : "is required with geoip: {\"allowed_countries\": [\"CH\"]}");
+                      res ? "must be an object"
+                          : "is required with geoip: {\"allowed_countries\": [\"CH\"]}");
         return -1;
     }
     if (!geoip || !cJSON_IsObject(geoip)) {
-        gw_conf_error(cx, "$.geoip",
-                      geoip ? "must be an object"
-                            : "is required with residency: {\"databases\": [\"conf/geoip/site.mmdb\"]}");
+        gw_conf_error(
+            cx, "$.geoip",
+            geoip ? "must be an object"
+                  : "is required with residency: {\"databases\": [\"conf/geoip/site.mmdb\"]}");
         return -1;
     }
     if (only_keys(cx, geoip, "$.geoip", (const char *const[]){"databases", NULL}) < 0 ||
@@ -248,7 +253,8 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
     const cJSON *dbs = cJSON_GetObjectItemCaseSensitive(geoip, "databases");
     const char *paths[MAX_DATABASES];
     size_t ndb = 0;
-    if (!cJSON_IsArray(dbs) || cJSON_GetArraySize(dbs) < 1 || cJSON_GetArraySize(dbs) > MAX_DATABASES) {
+    if (!cJSON_IsArray(dbs) || cJSON_GetArraySize(dbs) < 1 ||
+        cJSON_GetArraySize(dbs) > MAX_DATABASES) {
         gw_conf_error(cx, "$.geoip.databases", "must list 1 to %d MaxMind DB files", MAX_DATABASES);
         return -1;
     }
@@ -288,13 +294,14 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
             if (!cJSON_IsObject(tr)) {
                 gw_conf_error(cx, tpath, "must be an object: {\"allowed_countries\": [\"CH\"]}");
                 rc = -1;
-            } else if (only_keys(cx, tr, tpath, (const char *const[]){"allowed_countries", NULL}) < 0) {
+            } else if (only_keys(cx, tr, tpath, (const char *const[]){"allowed_countries", NULL}) <
+                       0) {
                 rc = -1;
             } else {
                 char apath[600];
                 snprintf(apath, sizeof(apath), "%s.allowed_countries", tpath);
-                if (parse_countries(cx, cJSON_GetObjectItemCaseSensitive(tr, "allowed_countries"), apath,
-                                    &tp->allowed) < 0)
+                if (parse_countries(cx, cJSON_GetObjectItemCaseSensitive(tr, "allowed_countries"),
+                                    apath, &tp->allowed) < 0)
                     rc = -1;
                 tp->narrowed = 1;
                 for (size_t k = 0; k < tp->allowed.n; k++)
@@ -373,8 +380,9 @@ static int request_headers(gw_req_t *r, void *conf, void **ctx)
     if (rc == 1 && in_policy(&tp->clients, cc)) return GW_CONTINUE;
     /* Neither the address nor its country is written anywhere. */
     gw_audit("residency_block", "request_id", gw_req_id(r), "tenant", tp->id, "reason",
-             rc == 1 ? "client_country_not_allowed" : rc == 0 ? "client_country_unknown"
-                                                    : "client_country_lookup_failed",
+             rc == 1   ? "client_country_not_allowed"
+             : rc == 0 ? "client_country_unknown"
+                       : "client_country_lookup_failed",
              NULL);
     gw_req_respond_error(r, 403, "residency_denied",
                          "Requests from this location are not allowed for this tenant.");
@@ -407,9 +415,8 @@ static int upstream_select(gw_req_t *r, void *conf, void **ctx)
     }
     if (left) return GW_CONTINUE;
     gw_audit("residency_block", "request_id", gw_req_id(r), "tenant", tenant ? tenant : "-", "pool",
-             pool ? pool : "-", "reason", tp && tp->narrowed ? "no_backend_approved_for_tenant"
-                                                            : "no_backend_approved",
-             NULL);
+             pool ? pool : "-", "reason",
+             tp && tp->narrowed ? "no_backend_approved_for_tenant" : "no_backend_approved", NULL);
     gw_req_respond_error(r, 503, "residency_unavailable",
                          "No backend of this model's pool is approved by the residency policy.");
     return GW_DONE;

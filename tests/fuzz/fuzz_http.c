@@ -13,9 +13,9 @@
  *   - the client's head rebuilt from a parsed response head (gw_http_answer_head, framing and
  *     connection lines picked by the second byte): written into room of exactly the length it
  *     says, nothing written when the room is a byte short, and it parses back as a response
- *     with the same status, one framing header at most (none for 1xx, 204, 304), and none of the gateway's own headers
- *     (x-request-id, x-gotthard-*, x-ratelimit-*, those the gateway takes) nor hop-by-hop ones
- *     from the backend.
+ *     with the same status, one framing header at most (none for 1xx, 204, 304), and none of the
+ * gateway's own headers (x-request-id, x-gotthard-*, x-ratelimit-*, those the gateway takes) nor
+ * hop-by-hop ones from the backend.
  *   - chunked: the data and the verdict are the same whatever the split of the input; the
  *     data never exceeds the input.
  *   - SSE: the events (and the bytes left over) are the same whatever the split; each event
@@ -118,7 +118,7 @@ static void heads(const char *buf, size_t len, int response, uint32_t seed)
         check(!(h.chunked && h.content_length >= 0)); /* request smuggling */
     } else {
         check(h.status >= 100 && h.status <= 599);
-        check(h.minor == 1 || !h.chunked); /* RFC 9112 6.1 */
+        check(h.minor == 1 || !h.chunked);                  /* RFC 9112 6.1 */
         check(gw_http_response_start_ok(buf, (size_t)end)); /* never failed early by mistake */
     }
     for (size_t i = 0; i < h.nheaders; i++) {
@@ -277,9 +277,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         heads(buf, len, 0, seed);
         blank_lines_mode(buf, len, seed);
         break;
-    case 1: heads(buf, len, 1, seed); break;
-    case 2: chunked_mode(buf, len, seed); break;
-    default: sse_mode(buf, len, seed); break;
+    case 1:
+        heads(buf, len, 1, seed);
+        break;
+    case 2:
+        chunked_mode(buf, len, seed);
+        break;
+    default:
+        sse_mode(buf, len, seed);
+        break;
     }
     free(buf);
     return 0;

@@ -76,7 +76,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-
 /* ------------------------------------------------------------------ request bodies */
 
 static int json_ws(char c)
@@ -152,8 +151,7 @@ static int folds_onto(const cJSON *o, const char *list)
         check(cp && ascii);
         size_t m = folded(c->string, cp, n);
         ascii[k++] = ' ';
-        for (size_t i = 0; i < m && cp[i] < 0x80 && cp[i] != ' '; i++)
-            ascii[k++] = (char)cp[i];
+        for (size_t i = 0; i < m && cp[i] < 0x80 && cp[i] != ' '; i++) ascii[k++] = (char)cp[i];
         ascii[k++] = ' ';
         ascii[k] = 0;
         int onto = k == m + 2 && strstr(list, ascii); /* all of it ASCII, and a name */
@@ -183,8 +181,7 @@ typedef struct {
 
 static void skip_ws(strict_t *t)
 {
-    while (t->p < t->end && json_ws(*t->p))
-        t->p++;
+    while (t->p < t->end && json_ws(*t->p)) t->p++;
 }
 
 static int strict_lit(strict_t *t, const char *lit)
@@ -198,8 +195,7 @@ static int strict_lit(strict_t *t, const char *lit)
 static int digits(strict_t *t)
 {
     const char *s = t->p;
-    while (t->p < t->end && *t->p >= '0' && *t->p <= '9')
-        t->p++;
+    while (t->p < t->end && *t->p >= '0' && *t->p <= '9') t->p++;
     return t->p > s;
 }
 
@@ -416,7 +412,8 @@ static void check_estimate(size_t n, const cJSON *json)
     if (!cJSON_GetObjectItemCaseSensitive(json, "n") &&
         !cJSON_GetObjectItemCaseSensitive(json, "best_of") &&
         !cJSON_GetObjectItemCaseSensitive(json, "max_completion_tokens") && cJSON_IsNumber(mt) &&
-        mt->valuedouble >= 0 && mt->valuedouble < 1e9 && mt->valuedouble == floor(mt->valuedouble)) {
+        mt->valuedouble >= 0 && mt->valuedouble < 1e9 &&
+        mt->valuedouble == floor(mt->valuedouble)) {
         int64_t want = q + (int64_t)mt->valuedouble;
         check(e == (want > 0 ? want : 1));
     }
@@ -442,8 +439,10 @@ static void check_privacy(const cJSON *json, void *state, int hash)
     check(copy != NULL);
     int had = 0, other = 0, strings = 0;
     for (const cJSON *e = json->child; e; e = e->next) {
-        if (user_key(e->string)) had++, strings += cJSON_IsString(e);
-        else other++;
+        if (user_key(e->string))
+            had++, strings += cJSON_IsString(e);
+        else
+            other++;
     }
     int rc = gw_privacy_user_field(state, hash ? "tenant-a" : NULL, copy);
     check(rc == (had > 0));
@@ -678,18 +677,23 @@ static void written_mode(const uint8_t *d, size_t n)
     /* the rest of the content: the data, as a JSON string's characters */
     for (size_t i = 0; i < n && i < 64; i++) {
         char c[8];
-        if (d[i] == '"' || d[i] == '\\') snprintf(c, sizeof(c), "\\%c", d[i]);
-        else if (d[i] < 0x20 || d[i] >= 0x7f) snprintf(c, sizeof(c), "\\u%04x", d[i]);
-        else snprintf(c, sizeof(c), "%c", d[i]);
+        if (d[i] == '"' || d[i] == '\\')
+            snprintf(c, sizeof(c), "\\%c", d[i]);
+        else if (d[i] < 0x20 || d[i] >= 0x7f)
+            snprintf(c, sizeof(c), "\\u%04x", d[i]);
+        else
+            snprintf(c, sizeof(c), "%c", d[i]);
         put(&t, c);
     }
     put(&t, "\"},\"finish_reason\":\"stop\"}],");
     snprintf(num, sizeof(num), "\"usage\"%s:%s{\"prompt_tokens\":%" PRIu64 ",", w1, w2, prompt);
     put(&t, num);
-    if (bad_completion) put(&t, "\"completion_tokens\":-1}}");
+    if (bad_completion)
+        put(&t, "\"completion_tokens\":-1}}");
     else {
-        snprintf(num, sizeof(num), "\"completion_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64 "}}",
-                 completion, prompt + completion);
+        snprintf(num, sizeof(num),
+                 "\"completion_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64 "}}", completion,
+                 prompt + completion);
         put(&t, num);
     }
     int64_t pt = -1, ct = -1;
@@ -707,9 +711,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *p = (const char *)data + 1;
     size_t n = size - 1;
     switch (data[0] % 3) {
-    case 0: body_mode(p, n); break;
-    case 1: usage_mode(p, n); break;
-    default: written_mode(data + 1, n); break;
+    case 0:
+        body_mode(p, n);
+        break;
+    case 1:
+        usage_mode(p, n);
+        break;
+    default:
+        written_mode(data + 1, n);
+        break;
     }
     return 0;
 }

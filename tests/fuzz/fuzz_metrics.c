@@ -129,13 +129,18 @@ static void sample_mode(const uint8_t *d, size_t n)
             add(&pg, "%s%s %u.0%s%s", names[kind], label, (unsigned)x, tail, eol);
         }
         found |= kind == 0 ? GW_VLLM_WAITING : kind == 1 ? GW_VLLM_RUNNING : GW_VLLM_CACHE;
-        if (kind == 0) waiting += x;
-        else if (kind == 1) running += x;
-        else if (x > cache) cache = x;
+        if (kind == 0)
+            waiting += x;
+        else if (kind == 1)
+            running += x;
+        else if (x > cache)
+            cache = x;
     }
     if (n >= 2 && (d[1] & 1)) pg.len -= strlen(eol); /* the last line without its end */
     result_t r = parse(pg.p, pg.len);
-    if (getenv("FUZZ_DEBUG")) fprintf(stderr, "%.*s\n-- %d %d %d %d / %d %g %g %g\n", (int)pg.len, pg.p, r.found, r.waiting, r.running, r.cache, found, waiting, running, cache);
+    if (getenv("FUZZ_DEBUG"))
+        fprintf(stderr, "%.*s\n-- %d %d %d %d / %d %g %g %g\n", (int)pg.len, pg.p, r.found,
+                r.waiting, r.running, r.cache, found, waiting, running, cache);
     check(r.found == found);
     check(r.waiting == (int)waiting && r.running == (int)running);
     check(r.cache == (cache > 1 ? 1000 : (int)(cache * 1000)));
@@ -145,7 +150,9 @@ static void sample_mode(const uint8_t *d, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1 || size - 1 > GW_FUZZ_AREA) return 0;
-    if (data[0] % 2 == 0) page_mode((const char *)data + 1, size - 1);
-    else sample_mode(data + 1, size - 1);
+    if (data[0] % 2 == 0)
+        page_mode((const char *)data + 1, size - 1);
+    else
+        sample_mode(data + 1, size - 1);
     return 0;
 }

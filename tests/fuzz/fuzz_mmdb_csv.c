@@ -71,8 +71,10 @@ static void one_line(const char *p, size_t n)
     char *err = NULL, *err2 = NULL;
     int rc = line(p, n, &net, &err);
     if (rc == SITE_CSV_NET) check_net(&net);
-    if (memchr(p, '\0', n)) check(rc == SITE_CSV_BAD);
-    else check((rc == SITE_CSV_SKIP) == blank_or_comment(p, n));
+    if (memchr(p, '\0', n))
+        check(rc == SITE_CSV_BAD);
+    else
+        check((rc == SITE_CSV_SKIP) == blank_or_comment(p, n));
     for (int variant = 0; variant < 3; variant++) {
         size_t k = bare;
         if (variant >= 1) lf[k++] = variant == 2 ? '\r' : '\n';

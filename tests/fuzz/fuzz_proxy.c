@@ -195,9 +195,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0 || size > GW_FUZZ_AREA) return 0;
     switch (data[0] % 3) {
-    case 0: raw_mode(data + 1, size - 1); break;
-    case 1: written_mode(data + 1, size - 1); break;
-    default: xff_mode(data + 1, size - 1); break;
+    case 0:
+        raw_mode(data + 1, size - 1);
+        break;
+    case 1:
+        written_mode(data + 1, size - 1);
+        break;
+    default:
+        xff_mode(data + 1, size - 1);
+        break;
     }
     return 0;
 }

@@ -12,8 +12,8 @@ static char *area; /* GW_FUZZ_AREA readable bytes, then a page that is not */
 static void guard_init(void)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    char *m = mmap(NULL, GW_FUZZ_AREA + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+    char *m =
+        mmap(NULL, GW_FUZZ_AREA + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED || mprotect(m + GW_FUZZ_AREA, page, PROT_NONE) != 0) abort();
     area = m;
 }

@@ -34,8 +34,8 @@ static void expect_body(const char *text, int want, const char *model, int strea
 
 static void test_inspect(void)
 {
-    expect_body("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", GW_BODY_OK,
-                "m", 0);
+    expect_body("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                GW_BODY_OK, "m", 0);
     expect_body("{\"model\":\"m\",\"stream\":true}", GW_BODY_OK, "m", 1);
     expect_body("{\"model\":\"m\",\"stream\":false}", GW_BODY_OK, "m", 0);
     expect_body("{\"model\":\"m\",\"stream\":null}", GW_BODY_OK, "m", 0);
@@ -55,9 +55,11 @@ static void test_inspect(void)
     /* fuzz_json: cJSON ends a string at \u0000; the backend does not. */
     expect_body("{\"model\\u0000x\":\"m\"}", GW_BODY_NUL, NULL, 0);
     expect_body("{\"model\":\"m\\u0000evil\"}", GW_BODY_NUL, NULL, 0);
-    expect_body("{\"model\":\"m\",\"messages\":[{\"content\":\"a\\u0000\"}]}", GW_BODY_NUL, NULL, 0);
+    expect_body("{\"model\":\"m\",\"messages\":[{\"content\":\"a\\u0000\"}]}", GW_BODY_NUL, NULL,
+                0);
     expect_body("{\"model\":\"m\",\"x\":\"\\\\u0000\"}", GW_BODY_OK, "m", 0); /* the text \u0000 */
-    expect_body("{\"model\":\"m\",\"x\":\"\\\\\\u0000\"}", GW_BODY_NUL, NULL, 0); /* \\ then \u0000 */
+    expect_body("{\"model\":\"m\",\"x\":\"\\\\\\u0000\"}", GW_BODY_NUL, NULL,
+                0); /* \\ then \u0000 */
     expect_body("{\"model\":\"m\",\"x\":\"\\u0001\"}", GW_BODY_OK, "m", 0);
     /* a raw NUL: not JSON, but cJSON takes it and ends the string there (a raw control
      * character: not strict JSON, refused before the parse) */
@@ -111,8 +113,7 @@ static void test_budget(void)
     size_t cap = 4u << 20, len = 0;
     char *p = malloc(cap + 64);
     len += (size_t)sprintf(p + len, "{\"model\":\"m\",\"x\":[0");
-    while (len < cap - 8)
-        len += (size_t)sprintf(p + len, ",0");
+    while (len < cap - 8) len += (size_t)sprintf(p + len, ",0");
     len += (size_t)sprintf(p + len, "]}");
     gw_arena_t *a = gw_arena_new(4096);
     gw_body_t b;
@@ -226,8 +227,7 @@ static void test_folded_keys(void)
     {
         char text[2048];
         size_t n = (size_t)sprintf(text, "{\"model\":\"m\",\"x\":{\"Abc\":0");
-        for (int i = 0; i < 40; i++)
-            n += (size_t)sprintf(text + n, ",\"k%d\":0", i);
+        for (int i = 0; i < 40; i++) n += (size_t)sprintf(text + n, ",\"k%d\":0", i);
         sprintf(text + n, ",\"aBC\":1}}");
         expect_body(text, GW_BODY_DUPLICATE_KEY, NULL, 0);
     }
@@ -477,8 +477,7 @@ static void test_usage(void)
     expect_usage(" {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],"
                  "\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":40}}",
                  1, 9, 40);
-    expect_usage("{\"usage\" \r\n:\t {\"prompt_tokens\" : 7 , \"completion_tokens\":9}}", 1, 7,
-                 9);
+    expect_usage("{\"usage\" \r\n:\t {\"prompt_tokens\" : 7 , \"completion_tokens\":9}}", 1, 7, 9);
     /* A partial usage is none (the caller's estimate applies): a fractional, negative, huge or
      * missing completion_tokens (without total_tokens). */
     expect_usage("{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":0.9}}", 0, 0, 0);

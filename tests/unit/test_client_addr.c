@@ -12,8 +12,10 @@ static struct sockaddr_storage addr(const char *s)
     memset(&ss, 0, sizeof(ss));
     struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, s, &v4->sin_addr) == 1) v4->sin_family = AF_INET;
-    else if (inet_pton(AF_INET6, s, &v6->sin6_addr) == 1) v6->sin6_family = AF_INET6;
+    if (inet_pton(AF_INET, s, &v4->sin_addr) == 1)
+        v4->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, s, &v6->sin6_addr) == 1)
+        v6->sin6_family = AF_INET6;
     return ss;
 }
 
@@ -32,14 +34,25 @@ static int matches(const gw_cidr_t *nets, size_t n, const char *a)
 
 static void test_cidr(void)
 {
-    const char *good[] = {"10.0.0.0/8", "192.0.2.7", "192.0.2.6/31", "0.0.0.0/0", "fd00::/8",
-                          "2001:db8::1", "::/0", "::ffff:0:0/96", "172.16.0.0/12"};
+    const char *good[] = {"10.0.0.0/8",  "192.0.2.7", "192.0.2.6/31",  "0.0.0.0/0",    "fd00::/8",
+                          "2001:db8::1", "::/0",      "::ffff:0:0/96", "172.16.0.0/12"};
     gw_cidr_t nets[16];
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
         CHECK(gw_cidr_parse(good[i], &nets[i]) == 0, "%s", good[i]);
-    const char *bad[] = {"", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/08", "10.1.0.0/8",
-                         "fd00::/129", "example.com", "10.0.0.0/8 ", " 10.0.0.0/8", "10.0.0.0/-1",
-                         "10.0.0.0/8/8", "192.0.2.7/31", "10.0.0.0/1000",
+    const char *bad[] = {"",
+                         "/8",
+                         "10.0.0.0/",
+                         "10.0.0.0/33",
+                         "10.0.0.0/08",
+                         "10.1.0.0/8",
+                         "fd00::/129",
+                         "example.com",
+                         "10.0.0.0/8 ",
+                         " 10.0.0.0/8",
+                         "10.0.0.0/-1",
+                         "10.0.0.0/8/8",
+                         "192.0.2.7/31",
+                         "10.0.0.0/1000",
                          "1111:2222:3333:4444:5555:6666:7777:8888:9999/128"};
     gw_cidr_t c;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -50,14 +63,17 @@ static void test_cidr(void)
     gw_cidr_parse("192.0.2.6/31", &one[1]);
     gw_cidr_parse("2001:db8::/33", &one[2]);
     CHECK(matches(one, 3, "10.255.1.2") && !matches(one, 3, "11.0.0.1"), "/8");
-    CHECK(matches(one, 3, "192.0.2.6") && matches(one, 3, "192.0.2.7") && !matches(one, 3, "192.0.2.8"), "/31");
+    CHECK(matches(one, 3, "192.0.2.6") && matches(one, 3, "192.0.2.7") &&
+              !matches(one, 3, "192.0.2.8"),
+          "/31");
     CHECK(matches(one, 3, "2001:db8:7fff::1") && !matches(one, 3, "2001:db8:8000::1"), "/33");
     /* An IPv4 peer of a dual-stack listener matches IPv4 networks; nothing else does. */
     CHECK(matches(one, 3, "::ffff:10.1.2.3") && !matches(one, 3, "::a01:203"), "IPv4-mapped");
     CHECK(!matches(one, 0, "10.1.2.3"), "no networks");
     gw_cidr_t all4;
     gw_cidr_parse("0.0.0.0/0", &all4);
-    CHECK(matches(&all4, 1, "1.2.3.4") && !matches(&all4, 1, "2001:db8::1"), "0.0.0.0/0 is IPv4 only");
+    CHECK(matches(&all4, 1, "1.2.3.4") && !matches(&all4, 1, "2001:db8::1"),
+          "0.0.0.0/0 is IPv4 only");
 }
 
 /* The client for the values (";" separates headers), "peer" when there are none, "unknown"
@@ -84,7 +100,9 @@ static const char *client(const char *values, char *buf, size_t len)
     if (rc == 0) return "peer";
     if (rc < 0) return "unknown";
     CHECK(rc == 1, "rc %d", rc);
-    CHECK(sl == (ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)), "len");
+    CHECK(sl ==
+              (ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)),
+          "len");
     return text(&ss, buf, len);
 }
 

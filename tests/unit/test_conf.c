@@ -7,9 +7,10 @@
 #include "config/config.h"
 #include "base/tls.h"
 
-#define BASE_LISTEN "\"listen\":[{\"address\":\"127.0.0.1:0\"}],\"admin\":{\"address\":\"127.0.0.1:0\"}"
-#define BASE_POOL                                                                                 \
-    "\"pools\":[{\"name\":\"p\",\"models\":[\"m1\",\"m2\"],\"backends\":[{\"url\":"              \
+#define BASE_LISTEN                                                                                \
+    "\"listen\":[{\"address\":\"127.0.0.1:0\"}],\"admin\":{\"address\":\"127.0.0.1:0\"}"
+#define BASE_POOL                                                                                  \
+    "\"pools\":[{\"name\":\"p\",\"models\":[\"m1\",\"m2\"],\"backends\":[{\"url\":"                \
     "\"http://127.0.0.1:9\",\"country\":\"CH\"}]}]"
 
 static gw_config_t *load(const char *json, char **errors)
@@ -32,7 +33,8 @@ static void expect_error(const char *json, const char *path)
     char want[256];
     snprintf(want, sizeof(want), "%s: ", path);
     int found = 0;
-    for (const char *line = errors; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : "")
+    for (const char *line = errors; line && *line;
+         line = strchr(line, '\n') ? strchr(line, '\n') + 1 : "")
         if (strncmp(line, want, strlen(want)) == 0) found = 1;
     CHECK(!c && found, "want an error at %s, got: %s", path, errors ? errors : "(none)");
     if (c) gw_config_unref(c);
@@ -48,7 +50,8 @@ static void test_good(void)
     CHECK(c != NULL, "good config: %s", errors ? errors : "");
     if (!c) return;
     CHECK(c->workers == 3, "workers");
-    CHECK(c->limits.max_headers == 50 && c->limits.max_header_bytes == 32768, "limits and defaults");
+    CHECK(c->limits.max_headers == 50 && c->limits.max_header_bytes == 32768,
+          "limits and defaults");
     CHECK(c->timeouts.drain_ms == 0 && c->timeouts.keepalive_ms == 60000, "timeouts");
     CHECK(c->nbackends == 1 && strcmp(c->backends[0]->name, "127.0.0.1:9") == 0, "backend name");
     CHECK(gw_config_pool_for_model(c, "m2") != NULL, "route m2");
@@ -62,8 +65,10 @@ static void test_routing(void)
 {
     char *errors = NULL;
     gw_config_t *c = load("{" BASE_LISTEN ",\"pools\":["
-                          "{\"name\":\"a\",\"models\":[\"llama\",\"mixtral\"],\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]},"
-                          "{\"name\":\"b\",\"models\":[\"embed\"],\"backends\":[{\"url\":\"http://127.0.0.1:2\",\"country\":\"CH\"},"
+                          "{\"name\":\"a\",\"models\":[\"llama\",\"mixtral\"],\"backends\":[{"
+                          "\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]},"
+                          "{\"name\":\"b\",\"models\":[\"embed\"],\"backends\":[{\"url\":\"http://"
+                          "127.0.0.1:2\",\"country\":\"CH\"},"
                           "{\"url\":\"http://127.0.0.1:3\",\"country\":\"CH\"}]}]}",
                           &errors);
     CHECK(c != NULL, "routing config: %s", errors ? errors : "");
@@ -75,7 +80,8 @@ static void test_routing(void)
     CHECK(!gw_config_pool_for_model(c, "LLAMA") && !gw_config_pool_for_model(c, "llama ") &&
               !gw_config_pool_for_model(c, ""),
           "model names match exactly");
-    CHECK(c->nbackends == 3 && c->backends[2]->pool == b && c->backends[2]->index == 2, "backend index");
+    CHECK(c->nbackends == 3 && c->backends[2]->pool == b && c->backends[2]->index == 2,
+          "backend index");
     gw_config_unref(c);
 }
 
@@ -85,38 +91,57 @@ static void test_errors(void)
     expect_error("{" BASE_LISTEN ",\"workers\":1.5," BASE_POOL "}", "$.workers");
     expect_error("{" BASE_LISTEN ",\"workers\":\"2\"," BASE_POOL "}", "$.workers");
     expect_error("{" BASE_LISTEN ",\"limits\":{\"bogus\":1}," BASE_POOL "}", "$.limits.bogus");
-    expect_error("{" BASE_LISTEN ",\"timeouts\":{\"drain_ms\":\"x\"}," BASE_POOL "}", "$.timeouts.drain_ms");
-    expect_error("{" BASE_LISTEN ",\"limits\":{\"max_headers\":1}," BASE_POOL "}", "$.limits.max_headers");
+    expect_error("{" BASE_LISTEN ",\"timeouts\":{\"drain_ms\":\"x\"}," BASE_POOL "}",
+                 "$.timeouts.drain_ms");
+    expect_error("{" BASE_LISTEN ",\"limits\":{\"max_headers\":1}," BASE_POOL "}",
+                 "$.limits.max_headers");
     expect_error("{" BASE_LISTEN ",\"nope\":true," BASE_POOL "}", "$.nope");
     expect_error("{" BASE_LISTEN ",\"workers\":1,\"workers\":2," BASE_POOL "}", "$.workers");
     expect_error("{" BASE_LISTEN "}", "$.pools");
     expect_error("{\"admin\":{\"address\":\"127.0.0.1:0\"}," BASE_POOL "}", "$.listen");
-    expect_error("{\"listen\":[{\"address\":\"nohost\"}],\"admin\":{\"address\":\"127.0.0.1:0\"}," BASE_POOL "}",
-                 "$.listen[0].address");
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{\"url\":\"ftp://x\",\"country\":\"CH\"}]}]}",
+    expect_error(
+        "{\"listen\":[{\"address\":\"nohost\"}],\"admin\":{\"address\":\"127.0.0.1:0\"}," BASE_POOL
+        "}",
+        "$.listen[0].address");
+    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{"
+                 "\"url\":\"ftp://x\",\"country\":\"CH\"}]}]}",
                  "$.pools[0].backends[0].url");
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{\"url\":\"http://127.0.0.1:1/v1\",\"country\":\"CH\"}]}]}",
+    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{"
+                 "\"url\":\"http://127.0.0.1:1/v1\",\"country\":\"CH\"}]}]}",
                  "$.pools[0].backends[0].url");
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"ch\"}]}]}",
+    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{"
+                 "\"url\":\"http://127.0.0.1:1\",\"country\":\"ch\"}]}]}",
                  "$.pools[0].backends[0].country");
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{\"url\":\"http://127.0.0.1:1\"}]}]}",
+    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{"
+                 "\"url\":\"http://127.0.0.1:1\"}]}]}",
                  "$.pools[0].backends[0].country");
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\",\"api_key_env\":\"GW_TEST_UNSET_VAR\"}]}]}",
+    expect_error("{" BASE_LISTEN
+                 ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"backends\":[{\"url\":\"http://"
+                 "127.0.0.1:1\",\"country\":\"CH\",\"api_key_env\":\"GW_TEST_UNSET_VAR\"}]}]}",
                  "$.pools[0].backends[0].api_key_env");
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[],\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]}]}",
+    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[],\"backends\":[{\"url\":"
+                 "\"http://127.0.0.1:1\",\"country\":\"CH\"}]}]}",
                  "$.pools[0].models");
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"balance\":\"random\",\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]}]}",
+    expect_error("{" BASE_LISTEN
+                 ",\"pools\":[{\"name\":\"p\",\"models\":[\"m\"],\"balance\":\"random\","
+                 "\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]}]}",
                  "$.pools[0].balance");
-    expect_error("{" BASE_LISTEN "," BASE_POOL ",\"plugins\":[{\"path\":\"/nonexistent.so\"}]}", "$.plugins[0].path");
+    expect_error("{" BASE_LISTEN "," BASE_POOL ",\"plugins\":[{\"path\":\"/nonexistent.so\"}]}",
+                 "$.plugins[0].path");
     expect_error("{" BASE_LISTEN ",\"listen\":[]," BASE_POOL "}", "$.listen");
     /* a model served by two pools is ambiguous */
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"a\",\"models\":[\"m\"],\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]},"
-                 "{\"name\":\"b\",\"models\":[\"x\",\"m\"],\"backends\":[{\"url\":\"http://127.0.0.1:2\",\"country\":\"CH\"}]}]}",
+    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"a\",\"models\":[\"m\"],\"backends\":[{"
+                 "\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]},"
+                 "{\"name\":\"b\",\"models\":[\"x\",\"m\"],\"backends\":[{\"url\":\"http://"
+                 "127.0.0.1:2\",\"country\":\"CH\"}]}]}",
                  "$.pools[1].models[1]");
-    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"a\",\"models\":[\"m\"],\"backends\":[{\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]},"
-                 "{\"name\":\"a\",\"models\":[\"x\"],\"backends\":[{\"url\":\"http://127.0.0.1:2\",\"country\":\"CH\"}]}]}",
+    expect_error("{" BASE_LISTEN ",\"pools\":[{\"name\":\"a\",\"models\":[\"m\"],\"backends\":[{"
+                 "\"url\":\"http://127.0.0.1:1\",\"country\":\"CH\"}]},"
+                 "{\"name\":\"a\",\"models\":[\"x\"],\"backends\":[{\"url\":\"http://"
+                 "127.0.0.1:2\",\"country\":\"CH\"}]}]}",
                  "$.pools[1].name");
-    expect_error("{\"listen\":[{\"address\":\"127.0.0.1:0\",\"tls\":{\"cert\":\"/nonexistent.pem\",\"key\":\"/nonexistent.pem\"}}],"
+    expect_error("{\"listen\":[{\"address\":\"127.0.0.1:0\",\"tls\":{\"cert\":\"/"
+                 "nonexistent.pem\",\"key\":\"/nonexistent.pem\"}}],"
                  "\"admin\":{\"address\":\"127.0.0.1:0\"}," BASE_POOL "}",
                  "$.listen[0].tls");
     expect_error("{ not json", "$");
@@ -127,7 +152,8 @@ static void test_errors_all_reported(void)
 {
     /* several problems: one line each */
     char *errors = NULL;
-    gw_config_t *c = load("{" BASE_LISTEN ",\"workers\":-1,\"limits\":{\"x\":1}," BASE_POOL "}", &errors);
+    gw_config_t *c =
+        load("{" BASE_LISTEN ",\"workers\":-1,\"limits\":{\"x\":1}," BASE_POOL "}", &errors);
     int lines = 0;
     for (const char *p = errors; p && *p; p++) lines += *p == '\n';
     CHECK(!c && lines == 2, "two problems, two lines: %s", errors ? errors : "");

@@ -22,7 +22,8 @@ static const char outside[] =
     "{\"url\":\"http://vllm-0.inference.invalid:8000\",\"country\":\"CH\"},"
     "{\"url\":\"https://10.0.0.1:8443\",\"country\":\"CH\",\"ca_file\":\"/nonexistent/ca.pem\","
     "\"api_key_file\":\"/nonexistent/key\"},"
-    "{\"url\":\"http://10.0.0.2:8000\",\"country\":\"CH\",\"api_key_env\":\"GW_TEST_UNSET_KEY\"}]}]}";
+    "{\"url\":\"http://"
+    "10.0.0.2:8000\",\"country\":\"CH\",\"api_key_env\":\"GW_TEST_UNSET_KEY\"}]}]}";
 
 /* A copy without a terminating NUL: the loader must keep to the length. */
 static gw_config_t *load(const char *text, unsigned flags, char **errors)
@@ -134,7 +135,7 @@ static void test_found_by_fuzzing(void)
            "$.limits: has a key that is not valid UTF-8 or holds a control");
     /* Strings: UTF-8 without control characters, and \u0000 not cut short (admin review). */
     static const char *const bad_names[] = {"z\xfcrich", "p\xc0\xafx", "p\xed\xa0\x80x", "p\x01x",
-                                            "p\\u0000x", "p\\u001fx", "p\x7fx", "\\u0000"};
+                                            "p\\u0000x", "p\\u001fx",  "p\x7fx",         "\\u0000"};
     for (size_t i = 0; i < sizeof(bad_names) / sizeof(*bad_names); i++) {
         char extra[128];
         snprintf(extra, sizeof(extra), "\"tenants\":[{\"id\":\"%s\",\"models\":[\"*\"]}]",

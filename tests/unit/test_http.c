@@ -22,7 +22,8 @@ static void test_valid(void)
 {
     gw_http_head_t h;
     int rc = req("POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n"
-                 "X-Custom:  spaced value \t\r\n\r\n", &h);
+                 "X-Custom:  spaced value \t\r\n\r\n",
+                 &h);
     CHECK(rc == 0, "rc=%d", rc);
     CHECK(h.content_length == 12, "cl=%lld", (long long)h.content_length);
     CHECK(h.method_len == 4 && memcmp(h.method, "POST", 4) == 0, "method");
@@ -39,13 +40,17 @@ static void test_valid(void)
     rc = req("GET / HTTP/1.0\r\n\r\n", &h);
     CHECK(rc == 0 && h.minor == 0, "HTTP/1.0 without Host rc=%d", rc);
 
-    rc = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nX-Other: 2\r\n\r\n", &h);
+    rc = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nX-Other: "
+             "2\r\n\r\n",
+             &h);
     CHECK(rc == 0 && h.conn_close, "connection close");
-    CHECK(GW_H_IS_HOP(hop[2]) && !GW_H_IS_HOP(hop[3]), "a header named by Connection is hop-by-hop");
+    CHECK(GW_H_IS_HOP(hop[2]) && !GW_H_IS_HOP(hop[3]),
+          "a header named by Connection is hop-by-hop");
     CHECK(hop[1] == GW_H_CONNECTION, "kind of Connection");
     /* Connection never hides a credential header: it keeps its kind (and is never forwarded) */
     rc = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: authorization, API-Key\r\n"
-             "Authorization: Bearer a\r\napi-key: b\r\n\r\n", &h);
+             "Authorization: Bearer a\r\napi-key: b\r\n\r\n",
+             &h);
     CHECK(rc == 0 && hop[2] == GW_H_AUTHORIZATION && hop[3] == GW_H_API_KEY,
           "a credential named by Connection keeps its kind: %d %d", hop[2], hop[3]);
     CHECK(gw_http_find_kind(&h, GW_H_AUTHORIZATION) == &h.headers[2], "Authorization still found");
@@ -60,18 +65,29 @@ static void test_rejects(void)
         const char *why, *head;
         int want;
     } cases[] = {
-        {"CL and TE", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", GW_HTTP_BAD},
-        {"two CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", GW_HTTP_BAD},
+        {"CL and TE",
+         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+         GW_HTTP_BAD},
+        {"two CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+         GW_HTTP_BAD},
         {"CL list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", GW_HTTP_BAD},
         {"CL sign", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", GW_HTTP_BAD},
         {"CL hex", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x3\r\n\r\n", GW_HTTP_BAD},
         {"CL empty", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", GW_HTTP_BAD},
-        {"CL huge", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", GW_HTTP_BAD},
-        {"TE gzip, chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", GW_HTTP_BAD},
-        {"TE chunked, chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", GW_HTTP_BAD},
-        {"TE twice", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", GW_HTTP_BAD},
-        {"TE identity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", GW_HTTP_BAD},
-        {"TE xchunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", GW_HTTP_BAD},
+        {"CL huge", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+         GW_HTTP_BAD},
+        {"TE gzip, chunked",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", GW_HTTP_BAD},
+        {"TE chunked, chunked",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", GW_HTTP_BAD},
+        {"TE twice",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n",
+         GW_HTTP_BAD},
+        {"TE identity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+         GW_HTTP_BAD},
+        {"TE xchunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+         GW_HTTP_BAD},
         {"TE in 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", GW_HTTP_BAD},
         {"obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", GW_HTTP_BAD},
         {"obs-fold tab", "GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n\tb\r\n\r\n", GW_HTTP_BAD},
@@ -81,9 +97,14 @@ static void test_rejects(void)
         {"NUL in value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\001b\r\n\r\n", GW_HTTP_BAD},
         {"no Host in 1.1", "GET / HTTP/1.1\r\nX: a\r\n\r\n", GW_HTTP_BAD},
         {"two Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", GW_HTTP_BAD},
-        {"two Authorization", "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n", GW_HTTP_BAD},
-        {"two Authorization, one empty", "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nAuthorization:\r\n\r\n", GW_HTTP_BAD},
-        {"two api-key", "GET / HTTP/1.1\r\nHost: a\r\napi-key: a\r\nAPI-KEY: b\r\n\r\n", GW_HTTP_BAD},
+        {"two Authorization",
+         "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n",
+         GW_HTTP_BAD},
+        {"two Authorization, one empty",
+         "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer a\r\nAuthorization:\r\n\r\n",
+         GW_HTTP_BAD},
+        {"two api-key", "GET / HTTP/1.1\r\nHost: a\r\napi-key: a\r\nAPI-KEY: b\r\n\r\n",
+         GW_HTTP_BAD},
         {"HTTP/2.0", "GET / HTTP/2.0\r\nHost: a\r\n\r\n", GW_HTTP_BAD_VERSION},
         {"HTTP/1.2", "GET / HTTP/1.2\r\nHost: a\r\n\r\n", GW_HTTP_BAD_VERSION},
         {"bad version", "GET / HTTX/1.1\r\nHost: a\r\n\r\n", GW_HTTP_BAD},
@@ -144,9 +165,11 @@ static void test_content_coded(void)
         {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: identityx\r\n\r\n", 1},
         {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: identity;q=1\r\n\r\n", 1},
         {"POST / HTTP/1.1\r\nHost: a\r\nContent-Encoding: identity\r\n"
-         "content-encoding: zstd\r\n\r\n", 1},
+         "content-encoding: zstd\r\n\r\n",
+         1},
         {"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-encoding\r\n"
-         "Content-Encoding: gzip\r\n\r\n", 1},
+         "Content-Encoding: gzip\r\n\r\n",
+         1},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         gw_http_head_t h;
@@ -174,21 +197,27 @@ static void test_incremental_end(void)
 static void test_response(void)
 {
     gw_http_head_t h;
-    const char *s = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
-    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == 0 && h.status == 200 && h.chunked,
+    const char *s =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == 0 && h.status == 200 &&
+              h.chunked,
           "response");
     s = "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
     CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "CL+TE response");
     s = "HTTP/1.1 2000 OK\r\n\r\n";
     CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "bad status");
     s = "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "1.0 chunked response");
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD,
+          "1.0 chunked response");
     s = "HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n";
-    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD, "status over 599");
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == GW_HTTP_BAD,
+          "status over 599");
     s = "HTTP/1.1 599 Odd\r\nContent-Length: 0\r\n\r\n";
-    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == 0 && h.status == 599, "status 599");
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == 0 && h.status == 599,
+          "status 599");
     s = "HTTP/1.0 404 \r\n\r\n";
-    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == 0 && h.status == 404 && h.minor == 0,
+    CHECK(gw_http_parse_response(s, strlen(s), &h, hdrs, hop, 16) == 0 && h.status == 404 &&
+              h.minor == 0,
           "empty reason");
 }
 
@@ -235,8 +264,8 @@ static void test_chunked(void)
               "step %zu: rc=%d n=%zu used=%zu", step, rc, s.n, used);
     }
     static const char *bad[] = {
-        "x\r\n", "-1\r\n", "ffffffffffffffffff\r\n", "5\r\nhelloXX", "5\nhello\r\n", "\r\n",
-        "5 \r\nhello\r\n0\r\n\r\n", "0\r\n\r\r",
+        "x\r\n",        "-1\r\n", "ffffffffffffffffff\r\n",   "5\r\nhelloXX",
+        "5\nhello\r\n", "\r\n",   "5 \r\nhello\r\n0\r\n\r\n", "0\r\n\r\r",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         sink_t s;
@@ -254,7 +283,7 @@ static void test_response_start(void)
         CHECK(gw_http_response_start_ok(ok, n), "HTTP/1.1 prefix of %zu bytes", n);
     CHECK(gw_http_response_start_ok("HTTP/1.0 200", 12), "HTTP/1.0");
     static const char *const bad[] = {"SSH-2.0-OpenSSH_9.2\r\n", "HTTP/2 200", "http/1.1 200",
-                                      "\x00\x00\x12\x04", "ICY 200 OK", " HTTP/1.1"};
+                                      "\x00\x00\x12\x04",        "ICY 200 OK", " HTTP/1.1"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         CHECK(!gw_http_response_start_ok(bad[i], strlen(bad[i]) ? strlen(bad[i]) : 4),
               "not HTTP/1.x: %zu", i);
@@ -278,7 +307,10 @@ static void test_answer_head(void)
                      "x-hop: 1\r\nContent-Length: 2\r\nx-gotthardish: ok\r\nClose: x\r\n\r\n";
     int rc = gw_http_parse_response(in, strlen(in), &h, hs, kinds, 300);
     CHECK(rc == 0, "rc=%d", rc);
-    gw_answer_head_t a = {.status = 203, .framing = GW_AH_LENGTH, .length = 2, .keepalive = 1,
+    gw_answer_head_t a = {.status = 203,
+                          .framing = GW_AH_LENGTH,
+                          .length = 2,
+                          .keepalive = 1,
                           .taken = taken_x_plugin};
     const char *want = "HTTP/1.1 203 Non-Authoritative Information\r\nx-a: \r\n"
                        "x-gotthardish: ok\r\ncontent-length: 2\r\nconnection: keep-alive\r\n";
@@ -289,7 +321,8 @@ static void test_answer_head(void)
     CHECK(out && memcmp(out, want, strlen(want)) == 0, "got '%.*s'", (int)need, out);
     char shortbuf[8];
     memset(shortbuf, 'z', sizeof(shortbuf));
-    CHECK(gw_http_answer_head(shortbuf, sizeof(shortbuf), &h, &a) == need, "a short room: the length");
+    CHECK(gw_http_answer_head(shortbuf, sizeof(shortbuf), &h, &a) == need,
+          "a short room: the length");
     CHECK(shortbuf[0] == 'z' && shortbuf[7] == 'z', "a short room: nothing written");
     free(out);
 
@@ -302,7 +335,8 @@ static void test_answer_head(void)
     CHECK(rc == 0, "rc=%d", rc);
     gw_answer_head_t b = {.status = 203, .framing = GW_AH_CHUNKED, .close = 1};
     need = gw_http_answer_head(NULL, 0, &h, &b);
-    size_t expect = strlen("HTTP/1.1 203 Non-Authoritative Information\r\n") + 250 * strlen("x-e000: \r\n") +
+    size_t expect = strlen("HTTP/1.1 203 Non-Authoritative Information\r\n") +
+                    250 * strlen("x-e000: \r\n") +
                     strlen("transfer-encoding: chunked\r\nconnection: close\r\n");
     CHECK(need == expect && need > (size_t)(p - big) + 160, "need=%zu expect=%zu", need, expect);
     out = malloc(need);
@@ -330,34 +364,49 @@ static void test_connection_tokens(void)
     for (int n = 30; n <= 34; n++) {
         char *p = line;
         for (int i = 0; i < n; i++) p += sprintf(p, "%st%d", i ? ", " : "", i);
-        snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nT5: x\r\nT6: y\r\n\r\n", line);
+        snprintf(head, sizeof(head),
+                 "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nT5: x\r\nT6: y\r\n\r\n", line);
         int rc = req(head, &h);
-        CHECK(n <= GW_HTTP_MAX_CONNECTION_TOKENS ? rc == 0 : rc == GW_HTTP_BAD, "%d tokens: rc=%d", n, rc);
-        if (rc == 0) CHECK(hop[2] == GW_H_NAMED_BY_CONNECTION && hop[3] == GW_H_NAMED_BY_CONNECTION, "named");
-        snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nConnection: %s\r\nContent-Length: 0\r\n\r\n", line);
+        CHECK(n <= GW_HTTP_MAX_CONNECTION_TOKENS ? rc == 0 : rc == GW_HTTP_BAD, "%d tokens: rc=%d",
+              n, rc);
+        if (rc == 0)
+            CHECK(hop[2] == GW_H_NAMED_BY_CONNECTION && hop[3] == GW_H_NAMED_BY_CONNECTION,
+                  "named");
+        snprintf(head, sizeof(head),
+                 "HTTP/1.1 200 OK\r\nConnection: %s\r\nContent-Length: 0\r\n\r\n", line);
         rc = gw_http_parse_response(head, strlen(head), &h, hdrs, hop, 16);
-        CHECK(n <= GW_HTTP_MAX_CONNECTION_TOKENS ? rc == 0 : rc == GW_HTTP_BAD, "answer, %d tokens: rc=%d", n, rc);
+        CHECK(n <= GW_HTTP_MAX_CONNECTION_TOKENS ? rc == 0 : rc == GW_HTTP_BAD,
+              "answer, %d tokens: rc=%d", n, rc);
     }
     /* counted over every Connection line, close and keep-alive included */
     char a[512], b[512], *p = a, *q = b;
     for (int i = 0; i < 20; i++) p += sprintf(p, "a%d,", i);
     for (int i = 0; i < 11; i++) q += sprintf(q, "b%d,", i);
-    snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nConnection: %s close\r\n\r\n", a, b);
+    snprintf(head, sizeof(head),
+             "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nConnection: %s close\r\n\r\n", a, b);
     int rc = req(head, &h);
     CHECK(rc == 0 && h.conn_close, "32 over two lines: rc=%d", rc);
-    snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nConnection: %s keep-alive, close\r\n\r\n", a, b);
+    snprintf(
+        head, sizeof(head),
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nConnection: %s keep-alive, close\r\n\r\n",
+        a, b);
     CHECK(req(head, &h) == GW_HTTP_BAD, "33 over two lines");
     /* a list of mostly empty elements holds few tokens */
     p = line;
     p += sprintf(p, "x");
     for (int i = 0; i < 500; i++) *p++ = ',';
     sprintf(p, " ,y");
-    snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nY: 1\r\nZ: 2\r\n\r\n", line);
+    snprintf(head, sizeof(head),
+             "GET / HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nY: 1\r\nZ: 2\r\n\r\n", line);
     rc = req(head, &h);
-    CHECK(rc == 0 && hop[2] == GW_H_NAMED_BY_CONNECTION && hop[3] == GW_H_OTHER, "empty elements: rc=%d", rc);
+    CHECK(rc == 0 && hop[2] == GW_H_NAMED_BY_CONNECTION && hop[3] == GW_H_OTHER,
+          "empty elements: rc=%d", rc);
     /* naming a framing header leaves it what it is */
-    rc = req("POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n", &h);
-    CHECK(rc == 0 && hop[2] == GW_H_CONTENT_LENGTH && h.content_length == 2, "content-length kept: rc=%d", rc);
+    rc =
+        req("POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n",
+            &h);
+    CHECK(rc == 0 && hop[2] == GW_H_CONTENT_LENGTH && h.content_length == 2,
+          "content-length kept: rc=%d", rc);
 }
 
 /* RFC 9110 10.1.1: Expect: 100-continue from an HTTP/1.0 client is ignored. */
@@ -414,13 +463,15 @@ static void test_answer_head_no_body(void)
             char out[256];
             size_t n = gw_http_answer_head(out, sizeof(out), &h, &a);
             CHECK(n < sizeof(out), "fits");
-            int framed = memmem(out, n, "content-length", 14) || memmem(out, n, "transfer-encoding", 17);
+            int framed =
+                memmem(out, n, "content-length", 14) || memmem(out, n, "transfer-encoding", 17);
             int want = gw_http_status_has_body(statuses[i]) && f != GW_AH_EOF;
             CHECK(framed == want, "status %d framing %d: '%.*s'", statuses[i], f, (int)n, out);
             CHECK(memmem(out, n, "X-A: 1\r\n", 8) != NULL, "the other headers stay");
         }
-    CHECK(!gw_http_status_has_body(204) && !gw_http_status_has_body(304) && !gw_http_status_has_body(101) &&
-              gw_http_status_has_body(200) && gw_http_status_has_body(502),
+    CHECK(!gw_http_status_has_body(204) && !gw_http_status_has_body(304) &&
+              !gw_http_status_has_body(101) && gw_http_status_has_body(200) &&
+              gw_http_status_has_body(502),
           "has_body");
 }
 

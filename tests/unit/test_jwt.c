@@ -972,8 +972,7 @@ static void test_credential_header(void)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const char *c;
         size_t n;
-        int rc =
-            gw_http_credential(cases[i].auth, cases[i].in, strlen(cases[i].in), &c, &n);
+        int rc = gw_http_credential(cases[i].auth, cases[i].in, strlen(cases[i].in), &c, &n);
         if (cases[i].want)
             CHECK(rc == 0 && n == strlen(cases[i].want) && memcmp(c, cases[i].want, n) == 0,
                   "%d %s", cases[i].auth, cases[i].in);

@@ -18,7 +18,8 @@ static const char *src_text(const gw_proxy_hdr_t *h, char *buf, size_t len)
     if (h->src.ss_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)&h->src)->sin_addr, buf, (socklen_t)len);
     else
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&h->src)->sin6_addr, buf, (socklen_t)len);
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)&h->src)->sin6_addr, buf,
+                  (socklen_t)len);
     return buf;
 }
 
@@ -83,7 +84,8 @@ static void test_v1(void)
     const char *t4 = "PROXY TCP4 198.51.100.7 192.0.2.1 56324 443\r\n";
     CHECK(parse_str(t4, &h) == (long)strlen(t4), "TCP4");
     CHECK(h.version == 1 && h.has_addr && h.src.ss_family == AF_INET, "TCP4 address");
-    CHECK(strcmp(src_text(&h, a, sizeof(a)), "198.51.100.7") == 0 && src_port(&h) == 56324, "%s", a);
+    CHECK(strcmp(src_text(&h, a, sizeof(a)), "198.51.100.7") == 0 && src_port(&h) == 56324, "%s",
+          a);
 
     const char *t6 = "PROXY TCP6 2001:db8:1::7 2001:db8::1 0 65535\r\n";
     CHECK(parse_str(t6, &h) == (long)strlen(t6), "TCP6");
@@ -95,11 +97,11 @@ static void test_v1(void)
     CHECK(parse_str(unk, &h) == (long)strlen(unk) && !h.has_addr, "UNKNOWN with addresses");
 
     /* The longest lines: 104 bytes for TCP6, 107 for UNKNOWN (the protocol's limit). */
-    const char *tcp6 =
-        "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
+    const char *tcp6 = "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
+                       "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
     CHECK(parse_str(tcp6, &h) == 104 && h.has_addr, "the longest TCP6 line");
-    const char *longest =
-        "PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
+    const char *longest = "PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
+                          "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
     CHECK(strlen(longest) == GW_PROXY_V1_MAX, "the test's longest line");
     CHECK(parse_str(longest, &h) == GW_PROXY_V1_MAX, "the longest line");
 }
@@ -180,10 +182,12 @@ static void test_v2(void)
     size_t n = v2(hdr, 1, 0x11, body, bl);
     CHECK(whole_and_split(hdr, n, &h) == (long)n, "INET");
     CHECK(h.version == 2 && h.has_addr && strcmp(src_text(&h, a, sizeof(a)), "198.51.100.7") == 0 &&
-              src_port(&h) == 40000, "INET address %s", a);
+              src_port(&h) == 40000,
+          "INET address %s", a);
     CHECK(gw_proxy_v2_length(hdr, n) == n && gw_proxy_v2_length(hdr, 15) == 0, "v2 length");
     /* With TLVs: authority, NOOP, an empty one. */
-    const uint8_t tlvs[] = {0x02, 0x00, 0x03, 'a', '.', 'b', 0x04, 0x00, 0x02, 0, 0, 0x30, 0x00, 0x00};
+    const uint8_t tlvs[] = {0x02, 0x00, 0x03, 'a', '.',  'b',  0x04,
+                            0x00, 0x02, 0,    0,   0x30, 0x00, 0x00};
     memcpy(body + 12, tlvs, sizeof(tlvs));
     n = v2(hdr, 1, 0x11, body, 12 + sizeof(tlvs));
     CHECK(whole_and_split(hdr, n, &h) == (long)n && h.has_addr, "INET with TLVs");
@@ -194,7 +198,8 @@ static void test_v2(void)
     body[32] = 0x12, body[33] = 0x34;
     n = v2(hdr, 1, 0x21, body, 36);
     CHECK(whole_and_split(hdr, n, &h) == (long)n, "INET6");
-    CHECK(h.has_addr && strcmp(src_text(&h, a, sizeof(a)), "2001:db8:1::7") == 0 && src_port(&h) == 0x1234,
+    CHECK(h.has_addr && strcmp(src_text(&h, a, sizeof(a)), "2001:db8:1::7") == 0 &&
+              src_port(&h) == 0x1234,
           "INET6 address %s", a);
     /* UNIX: the peer stays the client. */
     memset(body, 'x', 216);

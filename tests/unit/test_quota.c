@@ -41,10 +41,22 @@ static void test_format(void)
         int64_t ms;
         const char *want;
     } cases[] = {
-        {-5, "0s"},          {0, "0s"},           {1, "1ms"},          {120, "120ms"},
-        {999, "999ms"},      {1000, "1s"},        {1500, "1.5s"},      {1050, "1.05s"},
-        {1001, "1.001s"},    {59999, "59.999s"},  {60000, "1m0s"},     {360000, "6m0s"},
-        {90500, "1m30.5s"},  {3600000, "1h0m0s"}, {3723000, "1h2m3s"}, {86400000, "24h0m0s"},
+        {-5, "0s"},
+        {0, "0s"},
+        {1, "1ms"},
+        {120, "120ms"},
+        {999, "999ms"},
+        {1000, "1s"},
+        {1500, "1.5s"},
+        {1050, "1.05s"},
+        {1001, "1.001s"},
+        {59999, "59.999s"},
+        {60000, "1m0s"},
+        {360000, "6m0s"},
+        {90500, "1m30.5s"},
+        {3600000, "1h0m0s"},
+        {3723000, "1h2m3s"},
+        {86400000, "24h0m0s"},
         {3723004, "1h2m3.004s"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -207,7 +219,8 @@ static void test_tokens(void)
     gq_ticket_t t1, t2, t3, t4;
     int64_t t = T0 + 12345;
     CHECK(admit(k, t, 600, &d, &t1) && t1.reserved == 600, "600 of 1000");
-    CHECK(d.state.tok_limit == 1000 && d.state.tok_remaining == 400 && d.state.tok_reset_ms == 60655,
+    CHECK(d.state.tok_limit == 1000 && d.state.tok_remaining == 400 &&
+              d.state.tok_reset_ms == 60655,
           "state %lld %lld", (long long)d.state.tok_remaining, (long long)d.state.tok_reset_ms);
     CHECK(d.state.req_limit == 0, "no request limit configured");
     CHECK(!admit(k, t, 600, &d, NULL) && d.reason == GQ_TPM && d.retry_after_ms == 60655,
@@ -268,7 +281,8 @@ static void test_day(void)
     gq_ticket_t ta, tb;
     int64_t late = T0 + DAY - 30000; /* 23:59:30 UTC */
     CHECK(admit(k, late, 900, &d, &ta), "900 of 1000");
-    CHECK(d.state.day_limit == 1000 && d.state.day_remaining == 100 && d.state.day_reset_ms == 30000,
+    CHECK(d.state.day_limit == 1000 && d.state.day_remaining == 100 &&
+              d.state.day_reset_ms == 30000,
           "day state");
     CHECK(!admit(k, late, 200, &d, NULL) && d.reason == GQ_TPD && d.retry_after_ms == 30000,
           "budget spent: until midnight: %d %lld", d.reason, (long long)d.retry_after_ms);
@@ -405,7 +419,8 @@ static void test_reload(void)
     CHECK(admit(kb, T0, 1, &d, NULL) == 0 && d.reason == GQ_CONC, "slot held across the reload");
     gq_settle(&t1, T0, 1); /* the old limiter's ticket frees the shared slot */
     gq_ticket_t t2;
-    CHECK(admit(kb, T0, 1, &d, &t2) && d.state.req_remaining == 0, "the sixth, under the new limit");
+    CHECK(admit(kb, T0, 1, &d, &t2) && d.state.req_remaining == 0,
+          "the sixth, under the new limit");
     CHECK(!admit(kb, T0, 1, &d, NULL), "and no more: the count carried over");
     gq_limiter_free(a);
     gq_settle(&t2, T0, 1);
@@ -672,14 +687,15 @@ static int same_decision(const gq_decision_t *a, const gq_decision_t *b)
 static void show(const char *who, const gq_decision_t *d)
 {
     const gq_state_t *s = &d->state;
-    fprintf(stderr,
-            "  %s: allowed %d reason %d level %d retry %lld | req %lld/%lld/%lld tok %lld/%lld/%lld "
-            "day %lld/%lld/%lld conc %lld/%lld\n",
-            who, d->allowed, d->reason, d->level, (long long)d->retry_after_ms,
-            (long long)s->req_limit, (long long)s->req_remaining, (long long)s->req_reset_ms,
-            (long long)s->tok_limit, (long long)s->tok_remaining, (long long)s->tok_reset_ms,
-            (long long)s->day_limit, (long long)s->day_remaining, (long long)s->day_reset_ms,
-            (long long)s->conc_limit, (long long)s->conc_in_use);
+    fprintf(
+        stderr,
+        "  %s: allowed %d reason %d level %d retry %lld | req %lld/%lld/%lld tok %lld/%lld/%lld "
+        "day %lld/%lld/%lld conc %lld/%lld\n",
+        who, d->allowed, d->reason, d->level, (long long)d->retry_after_ms, (long long)s->req_limit,
+        (long long)s->req_remaining, (long long)s->req_reset_ms, (long long)s->tok_limit,
+        (long long)s->tok_remaining, (long long)s->tok_reset_ms, (long long)s->day_limit,
+        (long long)s->day_remaining, (long long)s->day_reset_ms, (long long)s->conc_limit,
+        (long long)s->conc_in_use);
 }
 
 /* The scenario: tenants and overrides exercising every rule. `walk` gives the random walk
@@ -712,35 +728,59 @@ typedef struct step {
 
 /* Hand-written: edges of each rule. Starts 23:58:00 UTC, crosses midnight. */
 static const step_t table[] = {
-    {0, 'A', "acme", NULL, 400, 0},           {0, 'A', "acme", NULL, 400, 1},
-    {0, 'A', "acme", NULL, 400, 2},           /* tpm refuses, conc refuses: tpm longer */
-    {0, 'S', NULL, NULL, 100, 0},             {0, 'A', "acme", NULL, 400, 2},
-    {1, 'A', "acme", "mixtral-8x7b", 10, 3},  /* conc full at the tenant */
-    {2, 'S', NULL, NULL, 400, 1},             {3, 'A', "acme", "mixtral-8x7b", 10, 3},
-    {3, 'A', "acme", "mixtral-8x7b", 10, 4},  /* model conc 1 */
-    {4, 'S', NULL, NULL, 0, 3},               {5, 'A', "acme", "mixtral-8x7b", 500, 4},
-    {6, 'A', "acme", "mixtral-8x7b", 10, 4},  {7, 'A', "acme", "other", 10, 5},
-    {8, 'A', "acme", NULL, 10, 6},            {12000, 'A', "acme", NULL, 10, 6},
-    {12001, 'S', NULL, NULL, 10, 2},          {12001, 'S', NULL, NULL, 10, 5},
-    {30000, 'A', "acme", NULL, 2000, 7},      {90000, 'A', "acme", NULL, 900, 7},
-    {90000, 'S', NULL, NULL, 900, 7},         {100000, 'A', "acme", NULL, 900, 8},
-    {100000, 'A', "acme", NULL, 10, 9},       {119999, 'A', "acme", NULL, 10, 10},
-    {120000, 'A', "acme", NULL, 10, 10},      {120001, 'S', NULL, NULL, 5000, 8},
-    {120002, 'A', "acme", NULL, 10, 11},      {0, 'A', "beta", NULL, 1, 12},
-    {0, 'A', "beta", NULL, 1, 12},            {0, 'A', "beta", NULL, 1, 12},
-    {0, 'A', "beta", NULL, 1, 12},            {19999, 'A', "beta", NULL, 1, 12},
-    {20000, 'A', "beta", NULL, 1, 12},        {0, 'A', "bursty", NULL, 30, 13},
-    {0, 'A', "bursty", NULL, 30, 13},         {0, 'A', "bursty", NULL, 30, 13},
-    {0, 'A', "bursty", NULL, 30, 13},         {0, 'A', "bursty", NULL, 1, 13},
-    {1000, 'A', "bursty", NULL, 500, 13},     {10000, 'A', "bursty", NULL, 1, 13},
-    {0, 'A', "odd/tenant{x}", NULL, 333, 14}, {0, 'A', "odd/tenant{x}", NULL, 1, 15},
-    {8571, 'A', "odd/tenant{x}", NULL, 1, 15}, {8572, 'A', "odd/tenant{x}", NULL, 1, 15},
+    {0, 'A', "acme", NULL, 400, 0},
+    {0, 'A', "acme", NULL, 400, 1},
+    {0, 'A', "acme", NULL, 400, 2}, /* tpm refuses, conc refuses: tpm longer */
+    {0, 'S', NULL, NULL, 100, 0},
+    {0, 'A', "acme", NULL, 400, 2},
+    {1, 'A', "acme", "mixtral-8x7b", 10, 3}, /* conc full at the tenant */
+    {2, 'S', NULL, NULL, 400, 1},
+    {3, 'A', "acme", "mixtral-8x7b", 10, 3},
+    {3, 'A', "acme", "mixtral-8x7b", 10, 4}, /* model conc 1 */
+    {4, 'S', NULL, NULL, 0, 3},
+    {5, 'A', "acme", "mixtral-8x7b", 500, 4},
+    {6, 'A', "acme", "mixtral-8x7b", 10, 4},
+    {7, 'A', "acme", "other", 10, 5},
+    {8, 'A', "acme", NULL, 10, 6},
+    {12000, 'A', "acme", NULL, 10, 6},
+    {12001, 'S', NULL, NULL, 10, 2},
+    {12001, 'S', NULL, NULL, 10, 5},
+    {30000, 'A', "acme", NULL, 2000, 7},
+    {90000, 'A', "acme", NULL, 900, 7},
+    {90000, 'S', NULL, NULL, 900, 7},
+    {100000, 'A', "acme", NULL, 900, 8},
+    {100000, 'A', "acme", NULL, 10, 9},
+    {119999, 'A', "acme", NULL, 10, 10},
+    {120000, 'A', "acme", NULL, 10, 10},
+    {120001, 'S', NULL, NULL, 5000, 8},
+    {120002, 'A', "acme", NULL, 10, 11},
+    {0, 'A', "beta", NULL, 1, 12},
+    {0, 'A', "beta", NULL, 1, 12},
+    {0, 'A', "beta", NULL, 1, 12},
+    {0, 'A', "beta", NULL, 1, 12},
+    {19999, 'A', "beta", NULL, 1, 12},
+    {20000, 'A', "beta", NULL, 1, 12},
+    {0, 'A', "bursty", NULL, 30, 13},
+    {0, 'A', "bursty", NULL, 30, 13},
+    {0, 'A', "bursty", NULL, 30, 13},
+    {0, 'A', "bursty", NULL, 30, 13},
+    {0, 'A', "bursty", NULL, 1, 13},
+    {1000, 'A', "bursty", NULL, 500, 13},
+    {10000, 'A', "bursty", NULL, 1, 13},
+    {0, 'A', "odd/tenant{x}", NULL, 333, 14},
+    {0, 'A', "odd/tenant{x}", NULL, 1, 15},
+    {8571, 'A', "odd/tenant{x}", NULL, 1, 15},
+    {8572, 'A', "odd/tenant{x}", NULL, 1, 15},
     {60061, 'A', "odd/tenant{x}", "meta/llama:3", 300, 16},
     {60062, 'A', "odd/tenant{x}", "meta/llama:3", 300, 17},
-    {60063, 'S', NULL, NULL, 1, 16},          {90000, 'A', "odd/tenant{x}", NULL, 500, 18},
-    {0, 'A', "big", NULL, 4999999, 19},       {0, 'A', "big", NULL, 2, 20},
-    {1, 'A', "big", NULL, 83, 20},            {1, 'A', "big", NULL, 0, 21},
-    {0, 'S', NULL, NULL, 12345678, 19},       {5000, 'A', "big", NULL, 1, 21},
+    {60063, 'S', NULL, NULL, 1, 16},
+    {90000, 'A', "odd/tenant{x}", NULL, 500, 18},
+    {0, 'A', "big", NULL, 4999999, 19},
+    {0, 'A', "big", NULL, 2, 20},
+    {1, 'A', "big", NULL, 83, 20},
+    {1, 'A', "big", NULL, 0, 21},
+    {0, 'S', NULL, NULL, 12345678, 19},
+    {5000, 'A', "big", NULL, 1, 21},
 };
 
 /* What the compared admissions covered: [0] allowed, [1..4] refused by GQ_RPM..GQ_CONC,
@@ -796,10 +836,10 @@ static int run_steps(redisContext *c, gq_limiter_t *lim, const step_t *steps, si
 /* A long pseudo-random walk over the same tenants: times, estimates, settlements. */
 static size_t random_steps(step_t *out, size_t n, uint64_t seed)
 {
-    static const char *const tenants[] = {"acme", "acme", "beta", "bursty", "odd/tenant{x}",
-                                          "odd/tenant{x}", "big", "acme"};
-    static const char *const models[] = {NULL, "mixtral-8x7b", NULL, NULL, NULL,
-                                         "meta/llama:3", NULL, "other"};
+    static const char *const tenants[] = {"acme",          "acme",          "beta", "bursty",
+                                          "odd/tenant{x}", "odd/tenant{x}", "big",  "acme"};
+    static const char *const models[] = {NULL, "mixtral-8x7b", NULL, NULL,
+                                         NULL, "meta/llama:3", NULL, "other"};
     int64_t at = 0;
     int open[64] = {0};
     for (size_t i = 0; i < n; i++) {
@@ -826,8 +866,8 @@ static int local_refusals; /* refusals repeated from a recent refusal of Redis *
 /* One attempt of an "instance" with leases, as the plugin does it: from the leases, or one
  * admit call that gives back the old ones and takes new ones (or a plain admit while another
  * renewal is in flight, which cannot happen here). Settles with actual (>= 0) at once. */
-static int lease_try(redisContext *c, const gq_key_t *k, int64_t mono, int64_t est,
-                     int64_t actual, int *calls)
+static int lease_try(redisContext *c, const gq_key_t *k, int64_t mono, int64_t est, int64_t actual,
+                     int *calls)
 {
     static gq_redis_cmd_t cmd;
     gq_decision_t d;
@@ -847,10 +887,10 @@ static int lease_try(redisContext *c, const gq_key_t *k, int64_t mono, int64_t e
         gq_level_fig_t f[2];
         rc = gq_redis_admit_parse(r, k, est, "", &d, &t, g, f);
         freeReplyObject(r);
-        if (renew) gq_lease_install(k, mono + GQ_LEASE_MS, rc >= 0 ? g : NULL, f, rc == 1 ? &t : NULL);
+        if (renew)
+            gq_lease_install(k, mono + GQ_LEASE_MS, rc >= 0 ? g : NULL, f, rc == 1 ? &t : NULL);
         if (rc == 0) gq_lease_refused(k, mono, &d);
-    }
-    else if (renew) { /* admitted, and the leases are ageing: a renewal that admits nothing */
+    } else if (renew) { /* admitted, and the leases are ageing: a renewal that admits nothing */
         gq_redis_admit_cmd(&cmd, k, 0, "", 1000, GQ_REDIS_WINDOW_S, 2, ret, 0);
         redisReply *r = run(c, &cmd, GQ_SCRIPT_ADMIT);
         (*calls)++;
@@ -1100,7 +1140,8 @@ static void test_redis(void)
     lim = one("inst", L(100, 0, 0, 0));
     k = gq_find(lim, "inst", NULL);
     int admitted = 0;
-    for (int i = 0; i < 300; i++) admitted += r_admit(i % 2 ? c2 : c, k, 0, 1, "s", 1000, &d, NULL) == 1;
+    for (int i = 0; i < 300; i++)
+        admitted += r_admit(i % 2 ? c2 : c, k, 0, 1, "s", 1000, &d, NULL) == 1;
     CHECK(admitted == 100, "two connections alternating: %d of 100", admitted);
     CHECK(d.state.req_remaining == 0 && d.reason == GQ_RPM, "the last refused");
     gq_limiter_free(lim);
@@ -1169,11 +1210,13 @@ static void test_usage(void)
 {
     int64_t p, c;
     CHECK(usage_of("{\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":9}}", &p, &c) == 1 &&
-              p == 7 && c == 9, "whole usage");
+              p == 7 && c == 9,
+          "whole usage");
     CHECK(usage_of("{\"usage\":{\"prompt_tokens\":7,\"total_tokens\":7}}", &p, &c) == 1 && p == 7 &&
-              c == 0, "embeddings: total_tokens");
-    CHECK(usage_of("{\"usage\":{\"prompt_tokens\":7,\"total_tokens\":12}}", &p, &c) == 1 &&
-              c == 5, "completion from total_tokens");
+              c == 0,
+          "embeddings: total_tokens");
+    CHECK(usage_of("{\"usage\":{\"prompt_tokens\":7,\"total_tokens\":12}}", &p, &c) == 1 && c == 5,
+          "completion from total_tokens");
     const char *partial[] = {
         "{\"usage\":{\"prompt_tokens\":7}}",
         "{\"usage\":{\"prompt_tokens\":7,\"total_tokens\":3}}",

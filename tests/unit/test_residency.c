@@ -13,8 +13,9 @@
 
 static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {
-    const void *raw = ss->ss_family == AF_INET ? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
-                                               : (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+    const void *raw = ss->ss_family == AF_INET
+                          ? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
+                          : (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
     return inet_ntop(ss->ss_family, raw, buf, (socklen_t)cap);
 }
 
@@ -53,7 +54,8 @@ static void test_hosts_file(void)
     free(v);
     unlink(path);
     rc = gw_resolve_host("llm.test", "80", path, &v, &n, err, sizeof(err));
-    CHECK(rc < 0 && strstr(err, "cannot read the hosts file"), "a missing hosts file is an error: %s", err);
+    CHECK(rc < 0 && strstr(err, "cannot read the hosts file"),
+          "a missing hosts file is an error: %s", err);
 }
 
 static void test_open_errors(void)
@@ -62,7 +64,8 @@ static void test_open_errors(void)
     size_t bad = 99;
     const char *paths[] = {"/nonexistent/site.mmdb"};
     gw_geoip_t *g = gw_geoip_open(paths, 1, &bad, err, sizeof(err));
-    CHECK(!g && bad == 0 && strstr(err, "cannot load the database /nonexistent/site.mmdb"), "%s", err);
+    CHECK(!g && bad == 0 && strstr(err, "cannot load the database /nonexistent/site.mmdb"), "%s",
+          err);
     char junk[] = "/tmp/gw-test-mmdb-XXXXXX";
     int fd = mkstemp(junk);
     CHECK(fd >= 0 && write(fd, "not a database", 14) == 14, "junk");
@@ -107,9 +110,11 @@ static void test_lookups(void)
         const char *src = NULL;
         int rc = gw_geoip_lookup(g, (struct sockaddr *)&ss, cc, &src, err, sizeof(err));
         if (cases[i].want[0])
-            CHECK(rc == GW_GEOIP_FOUND && strcmp(cc, cases[i].want) == 0 && src && strcmp(src, db) == 0,
+            CHECK(rc == GW_GEOIP_FOUND && strcmp(cc, cases[i].want) == 0 && src &&
+                      strcmp(src, db) == 0,
                   "%s: rc %d cc %s", cases[i].ip, rc, cc);
-        else CHECK(rc == GW_GEOIP_UNKNOWN && cc[0] == '\0', "%s: rc %d cc %s", cases[i].ip, rc, cc);
+        else
+            CHECK(rc == GW_GEOIP_UNKNOWN && cc[0] == '\0', "%s: rc %d cc %s", cases[i].ip, rc, cc);
     }
     gw_geoip_close(g);
 }
@@ -136,12 +141,14 @@ static void test_connect_check(void)
     gw_backend_t b = {0};
     b.country = "CH";
     const char *ch[] = {"CH"}, *ch_de[] = {"CH", "DE"}, *li[] = {"LI"};
-    gw_resolved_t *home = state(1, ch, 1), *mixed = state(1, ch_de, 2), *refused = state(0, ch_de, 2),
-                  *liech = state(1, li, 1);
+    gw_resolved_t *home = state(1, ch, 1), *mixed = state(1, ch_de, 2),
+                  *refused = state(0, ch_de, 2), *liech = state(1, li, 1);
     CHECK(!gw_residency_connect_check(&r, &b, home), "approved, no tenant policy");
-    CHECK(!gw_residency_connect_check(&r, &b, mixed), "globally approved CH,DE without a tenant policy");
+    CHECK(!gw_residency_connect_check(&r, &b, mixed),
+          "globally approved CH,DE without a tenant policy");
     const char *why = gw_residency_connect_check(&r, &b, refused);
-    CHECK(why && strcmp(why, "backend_not_approved") == 0, "the global verdict: %s", why ? why : "-");
+    CHECK(why && strcmp(why, "backend_not_approved") == 0, "the global verdict: %s",
+          why ? why : "-");
     why = gw_residency_connect_check(&r, &b, NULL);
     CHECK(why && strcmp(why, "backend_not_approved") == 0, "no state: refused");
     /* a tenant narrowed to CH: every address, and the declared country, must be in CH */
@@ -150,7 +157,8 @@ static void test_connect_check(void)
     r.nres_narrow = 1;
     CHECK(!gw_residency_connect_check(&r, &b, home), "CH for a CH tenant");
     why = gw_residency_connect_check(&r, &b, mixed);
-    CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "a DE address: %s", why ? why : "-");
+    CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "a DE address: %s",
+          why ? why : "-");
     why = gw_residency_connect_check(&r, &b, liech);
     CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "an LI address for CH only");
     r.nres_narrow = 2;
@@ -158,10 +166,12 @@ static void test_connect_check(void)
     b.country = "LI";
     r.nres_narrow = 1;
     why = gw_residency_connect_check(&r, &b, home);
-    CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "declared LI for a CH tenant");
+    CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0,
+          "declared LI for a CH tenant");
     r.nres_narrow = 0;
     b.country = "CH";
-    CHECK(gw_residency_connect_check(&r, &b, home) != NULL, "a tenant policy of no country allows none");
+    CHECK(gw_residency_connect_check(&r, &b, home) != NULL,
+          "a tenant policy of no country allows none");
     /* without a policy, any resolved backend */
     cfg.residency = NULL;
     CHECK(!gw_residency_connect_check(&r, &b, refused), "no policy");

@@ -80,7 +80,7 @@ int main(void)
         const char *ev;
         int error;
     } errs[] = {
-        {"data: {\"error\": {\"message\": \"x\", \"code\": 400}}\n\n", 1}, /* OpenAI, vLLM */
+        {"data: {\"error\": {\"message\": \"x\", \"code\": 400}}\n\n", 1},   /* OpenAI, vLLM */
         {"data:{\"error\":\"x\",\"error_type\":\"generation\"}\r\n\r\n", 1}, /* TGI */
         {"event: error\ndata: {}\n\n", 1},
         {"event: error\r\n\r\n", 1},
@@ -92,7 +92,7 @@ int main(void)
         {": ping\n\n", 0},
         {"event: errors\ndata: {}\n\n", 0},
         {"data: {}\ndata: {\"error\": {}}\n\n", 0}, /* only the first data line */
-        {"data: {\"error\"", 0},                     /* cut short: nothing after the key */
+        {"data: {\"error\"", 0},                    /* cut short: nothing after the key */
         {"data: {\"err", 0},
         {"", 0},
     };

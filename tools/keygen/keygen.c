@@ -160,11 +160,16 @@ int main(int argc, char **argv)
     const char *tenant = NULL, *id = NULL, *redis = NULL, *revoke_id = NULL;
     int replace = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--tenant") == 0 && i + 1 < argc) tenant = argv[++i];
-        else if (strcmp(argv[i], "--id") == 0 && i + 1 < argc) id = argv[++i];
-        else if (strcmp(argv[i], "--redis") == 0 && i + 1 < argc) redis = argv[++i];
-        else if (strcmp(argv[i], "--revoke") == 0 && i + 1 < argc) revoke_id = argv[++i];
-        else if (strcmp(argv[i], "--replace") == 0) replace = 1;
+        if (strcmp(argv[i], "--tenant") == 0 && i + 1 < argc)
+            tenant = argv[++i];
+        else if (strcmp(argv[i], "--id") == 0 && i + 1 < argc)
+            id = argv[++i];
+        else if (strcmp(argv[i], "--redis") == 0 && i + 1 < argc)
+            redis = argv[++i];
+        else if (strcmp(argv[i], "--revoke") == 0 && i + 1 < argc)
+            revoke_id = argv[++i];
+        else if (strcmp(argv[i], "--replace") == 0)
+            replace = 1;
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -212,7 +217,8 @@ int main(int argc, char **argv)
     char hex[2 * SHA256_DIGEST_LENGTH + 1];
     for (size_t i = 0; i < sizeof(d); i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
     char kid[160];
-    if (id) snprintf(kid, sizeof(kid), "%s", id);
+    if (id)
+        snprintf(kid, sizeof(kid), "%s", id);
     else {
         /* <tenant>-<8 hex digits>, the tenant cut so that the id stays within the 128 that
          * --revoke, the config and the gateway's log accept (id_ok). */

@@ -58,25 +58,21 @@ static void die_oom(void)
 
 static void *grow(void *p, size_t *cap, size_t need, size_t elem)
 {
-    if (need <= *cap)
-        return p;
+    if (need <= *cap) return p;
     size_t n = *cap ? *cap : 64;
     while (n < need) {
-        if (n > SIZE_MAX / 2 / elem)
-            die_oom();
+        if (n > SIZE_MAX / 2 / elem) die_oom();
         n *= 2;
     }
     void *q = realloc(p, n * elem);
-    if (!q)
-        die_oom();
+    if (!q) die_oom();
     *cap = n;
     return q;
 }
 
 static int32_t new_node(void)
 {
-    if (nnodes >= INT32_MAX - 1)
-        die_oom();
+    if (nnodes >= INT32_MAX - 1) die_oom();
     nodes = grow(nodes, &capnodes, nnodes + 1, sizeof *nodes);
     tnode_t *n = &nodes[nnodes];
     n->child[0] = n->child[1] = -1;
@@ -89,8 +85,7 @@ static int32_t new_node(void)
 static int32_t country_index(const char *cc)
 {
     for (size_t i = 0; i < ncountries; i++)
-        if (countries[i][0] == cc[0] && countries[i][1] == cc[1])
-            return (int32_t)i;
+        if (countries[i][0] == cc[0] && countries[i][1] == cc[1]) return (int32_t)i;
     countries = grow(countries, &capcountries, ncountries + 1, sizeof *countries);
     countries[ncountries][0] = cc[0];
     countries[ncountries][1] = cc[1];
@@ -152,8 +147,7 @@ static void add_network(const site_net_t *n, long line)
         if (n->v4) {
             /* ::a.b.c.d/96+n, then the IPv4-mapped ::ffff:a.b.c.d/96+n. */
             memset(m, 0, sizeof m);
-            if (k == 1)
-                m[10] = m[11] = 0xff;
+            if (k == 1) m[10] = m[11] = 0xff;
             memcpy(m + 12, n->addr, 4);
             mlen += 96;
         } else {
@@ -183,8 +177,7 @@ static void read_input(FILE *f)
         if (rc == SITE_CSV_NET) {
             add_network(&net, line);
         } else if (rc == SITE_CSV_BAD) {
-            if (!err)
-                die_oom();
+            if (!err) die_oom();
             line_error(line, "%s", err);
             free(err);
         }
@@ -240,8 +233,7 @@ static void put_ctrl(buf_t *b, int type, size_t size)
         ext[next++] = (uint8_t)size;
     }
     put_byte(b, t | sz);
-    if (type > 7)
-        put_byte(b, (unsigned)type - 7);
+    if (type > 7) put_byte(b, (unsigned)type - 7);
     put(b, ext, next);
 }
 
@@ -258,8 +250,7 @@ static void put_uint(buf_t *b, int type, uint64_t v)
     size_t n = 0;
     for (int i = 7; i >= 0; i--) {
         uint8_t byte = (uint8_t)(v >> (8 * i));
-        if (n || byte)
-            be[n++] = byte;
+        if (n || byte) be[n++] = byte;
     }
     put_ctrl(b, type, n);
     put(b, be, n);
@@ -283,8 +274,7 @@ static void number_nodes(int32_t n, int depth)
 
 static uint64_t leaf_record(int32_t country, const uint32_t *data_off)
 {
-    if (country < 0)
-        return node_count; /* no data: "not found" */
+    if (country < 0) return node_count; /* no data: "not found" */
     return (uint64_t)node_count + 16 + data_off[country];
 }
 
@@ -318,8 +308,7 @@ static void put_record_pair(buf_t *b, int record_size, uint64_t l, uint64_t r)
 static void emit_nodes(buf_t *b, int record_size, int32_t n, int32_t inherited,
                        const uint32_t *data_off)
 {
-    if (nodes[n].country >= 0)
-        inherited = nodes[n].country;
+    if (nodes[n].country >= 0) inherited = nodes[n].country;
     uint64_t rec[2];
     for (int k = 0; k < 2; k++) {
         int32_t c = nodes[n].child[k];
@@ -333,15 +322,14 @@ static void emit_nodes(buf_t *b, int record_size, int32_t n, int32_t inherited,
     put_record_pair(b, record_size, rec[0], rec[1]);
     for (int k = 0; k < 2; k++) {
         int32_t c = nodes[n].child[k];
-        if (c >= 0 && nodes[c].number >= 0)
-            emit_nodes(b, record_size, c, inherited, data_off);
+        if (c >= 0 && nodes[c].number >= 0) emit_nodes(b, record_size, c, inherited, data_off);
     }
 }
 
 /* ---------------------------------------------------------------- main */
 
 static char *tmp_path;
-static buf_t data, db;  /* the data section; the whole file */
+static buf_t data, db;     /* the data section; the whole file */
 static uint32_t *data_off; /* offset of each country's record in the data section */
 
 static void free_all(void)
@@ -374,8 +362,7 @@ static int write_all(int fd, const uint8_t *p, size_t n)
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR) continue;
             return -1;
         }
         p += w;
@@ -388,10 +375,8 @@ static int fail_output(const char *out, const char *what, int fd)
 {
     int e = errno;
     fprintf(stderr, PROG ": %s: %s: %s\n", out, what, strerror(e));
-    if (fd >= 0)
-        close(fd);
-    if (tmp_path)
-        unlink(tmp_path);
+    if (fd >= 0) close(fd);
+    if (tmp_path) unlink(tmp_path);
     return 1;
 }
 
@@ -445,8 +430,7 @@ int main(int argc, char **argv)
         return 1;
     }
     fclose(f);
-    if (nerrors)
-        return 1;
+    if (nerrors) return 1;
     if (ncountries == 0) {
         fprintf(stderr, "%s: no networks (every line is blank or a comment)\n", in_name);
         return 1;
@@ -454,8 +438,7 @@ int main(int argc, char **argv)
 
     /* Data section: one {"country": {"iso_code": CC}} per country. */
     data_off = calloc(ncountries, sizeof *data_off);
-    if (!data_off)
-        die_oom();
+    if (!data_off) die_oom();
     for (size_t i = 0; i < ncountries; i++) {
         data_off[i] = (uint32_t)data.len;
         put_ctrl(&data, T_MAP, 1);
@@ -513,8 +496,7 @@ int main(int argc, char **argv)
     /* Write to OUT.tmp.XXXXXX beside OUT, then rename over OUT. */
     size_t tl = strlen(out) + sizeof ".tmp.XXXXXX";
     tmp_path = malloc(tl);
-    if (!tmp_path)
-        die_oom();
+    if (!tmp_path) die_oom();
     snprintf(tmp_path, tl, "%s.tmp.XXXXXX", out);
     int fd = mkstemp(tmp_path);
     if (fd < 0) {
@@ -524,16 +506,11 @@ int main(int argc, char **argv)
     }
     mode_t um = umask(0);
     umask(um);
-    if (fchmod(fd, 0666 & ~um) < 0)
-        return fail_output(out, "chmod", fd);
-    if (write_all(fd, db.p, db.len) < 0)
-        return fail_output(out, "write", fd);
-    if (fsync(fd) < 0)
-        return fail_output(out, "fsync", fd);
-    if (close(fd) < 0)
-        return fail_output(out, "close", -1);
-    if (rename(tmp_path, out) < 0)
-        return fail_output(out, "rename", -1);
+    if (fchmod(fd, 0666 & ~um) < 0) return fail_output(out, "chmod", fd);
+    if (write_all(fd, db.p, db.len) < 0) return fail_output(out, "write", fd);
+    if (fsync(fd) < 0) return fail_output(out, "fsync", fd);
+    if (close(fd) < 0) return fail_output(out, "close", -1);
+    if (rename(tmp_path, out) < 0) return fail_output(out, "rename", -1);
 
     printf("%s: %zu networks in %zu countries, %u nodes, record size %d, %zu bytes\n", out,
            nnetworks, ncountries, node_count, record_size, db.len);

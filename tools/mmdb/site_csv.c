@@ -14,16 +14,14 @@ static int bad(char **err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    if (vasprintf(err, fmt, ap) < 0)
-        *err = NULL;
+    if (vasprintf(err, fmt, ap) < 0) *err = NULL;
     va_end(ap);
     return SITE_CSV_BAD;
 }
 
 static char *trim(char *s)
 {
-    while (*s == ' ' || *s == '\t')
-        s++;
+    while (*s == ' ' || *s == '\t') s++;
     size_t n = strlen(s);
     while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n'))
         s[--n] = '\0';
@@ -33,8 +31,7 @@ static char *trim(char *s)
 void site_csv_format(char *out, size_t outsz, int v4, const uint8_t *addr, int plen)
 {
     char buf[INET6_ADDRSTRLEN];
-    if (!inet_ntop(v4 ? AF_INET : AF_INET6, addr, buf, sizeof buf))
-        snprintf(buf, sizeof buf, "?");
+    if (!inet_ntop(v4 ? AF_INET : AF_INET6, addr, buf, sizeof buf)) snprintf(buf, sizeof buf, "?");
     snprintf(out, outsz, "%s/%d", buf, plen);
 }
 
@@ -42,15 +39,12 @@ void site_csv_format(char *out, size_t outsz, int v4, const uint8_t *addr, int p
 static int parse(char *text, site_net_t *net, char **err)
 {
     char *comma = strchr(text, ',');
-    if (!comma)
-        return bad(err, "expected 'cidr,country' (e.g. 10.1.0.0/16,CH), got '%s'", text);
+    if (!comma) return bad(err, "expected 'cidr,country' (e.g. 10.1.0.0/16,CH), got '%s'", text);
     *comma = '\0';
     char *cidr = trim(text);
     char *cc = trim(comma + 1);
-    if (strchr(cc, ','))
-        return bad(err, "expected 'cidr,country' (two fields), got more fields");
-    if (!*cidr)
-        return bad(err, "missing network before the comma");
+    if (strchr(cc, ',')) return bad(err, "expected 'cidr,country' (two fields), got more fields");
+    if (!*cidr) return bad(err, "missing network before the comma");
 
     char *slash = strchr(cidr, '/');
     if (!slash)
@@ -78,8 +72,7 @@ static int parse(char *text, site_net_t *net, char **err)
     int bytes = v4 ? 4 : 16;
     uint8_t netw[16];
     memcpy(netw, a, sizeof netw);
-    for (int i = (int)plen; i < bytes * 8; i++)
-        netw[i / 8] &= (uint8_t) ~(0x80u >> (i % 8));
+    for (int i = (int)plen; i < bytes * 8; i++) netw[i / 8] &= (uint8_t) ~(0x80u >> (i % 8));
     if (memcmp(netw, a, (size_t)bytes) != 0) {
         char want[64];
         site_csv_format(want, sizeof want, v4, netw, (int)plen);
@@ -99,11 +92,9 @@ static int parse(char *text, site_net_t *net, char **err)
 int site_csv_line(const char *line, size_t len, site_net_t *net, char **err)
 {
     *err = NULL;
-    if (memchr(line, '\0', len))
-        return bad(err, "NUL byte in line");
+    if (memchr(line, '\0', len)) return bad(err, "NUL byte in line");
     char *copy = malloc(len + 1);
-    if (!copy)
-        return SITE_CSV_BAD;
+    if (!copy) return SITE_CSV_BAD;
     memcpy(copy, line, len);
     copy[len] = '\0';
     char *t = trim(copy);

@@ -50,17 +50,17 @@
 #define MAX_HEAD_BYTES (64 * 1024)
 #define MAX_HEADERS 256
 #define MAX_BODY_BYTES (64 * 1024 * 1024)
-#define MAX_MS 86400000L         /* one day: the largest delay accepted */
-#define MAX_TOKENS 10000000L     /* per answer */
+#define MAX_MS 86400000L             /* one day: the largest delay accepted */
+#define MAX_TOKENS 10000000L         /* per answer */
 #define STREAM_OUT_HIGH (256 * 1024) /* token-ms 0: pause a stream above this much unsent */
 
 /* ---- options and global state ---------------------------------------- */
 
 struct model {
     char *id;
-    long running;              /* requests for this model in progress (slot or queue) */
-    long waiting;              /* of those, waiting for a slot (--slots) */
-    uint64_t requests_total;   /* answered completely */
+    long running;            /* requests for this model in progress (slot or queue) */
+    long waiting;            /* of those, waiting for a slot (--slots) */
+    uint64_t requests_total; /* answered completely */
     uint64_t prompt_tokens_total;
     uint64_t generation_tokens_total;
 };
@@ -119,16 +119,14 @@ static void die_oom(void)
 static void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
-    if (!p)
-        die_oom();
+    if (!p) die_oom();
     return p;
 }
 
 static void *xrealloc(void *p, size_t n)
 {
     p = realloc(p, n ? n : 1);
-    if (!p)
-        die_oom();
+    if (!p) die_oom();
     return p;
 }
 
@@ -157,18 +155,13 @@ static long parse_num(const char *s, long max)
 {
     char *end;
     long v;
-    if (!s)
-        return -1;
-    while (*s == ' ' || *s == '\t')
-        s++;
-    if (!isdigit((unsigned char)*s))
-        return -1;
+    if (!s) return -1;
+    while (*s == ' ' || *s == '\t') s++;
+    if (!isdigit((unsigned char)*s)) return -1;
     errno = 0;
     v = strtol(s, &end, 10);
-    while (*end == ' ' || *end == '\t')
-        end++;
-    if (errno || *end || v < 0 || v > max)
-        return -1;
+    while (*end == ' ' || *end == '\t') end++;
+    if (errno || *end || v < 0 || v > max) return -1;
     return v;
 }
 
@@ -198,8 +191,7 @@ static void json_str(struct evbuffer *o, const char *s, size_t n)
             if (seq && i + seq <= n) {
                 size_t k;
                 for (k = 1; k < seq; k++) {
-                    if ((p[i + k] & 0xc0) != 0x80)
-                        break;
+                    if ((p[i + k] & 0xc0) != 0x80) break;
                     cp = (cp << 6) | (p[i + k] & 0x3f);
                 }
                 if (k == seq && !(seq == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
@@ -212,11 +204,21 @@ static void json_str(struct evbuffer *o, const char *s, size_t n)
         /* flush the plain run before i, then the escape for byte i */
         evbuffer_add(o, s + plain, i - plain);
         switch (ch) {
-        case '"': ADD_LIT(o, "\\\""); break;
-        case '\\': ADD_LIT(o, "\\\\"); break;
-        case '\n': ADD_LIT(o, "\\n"); break;
-        case '\r': ADD_LIT(o, "\\r"); break;
-        case '\t': ADD_LIT(o, "\\t"); break;
+        case '"':
+            ADD_LIT(o, "\\\"");
+            break;
+        case '\\':
+            ADD_LIT(o, "\\\\");
+            break;
+        case '\n':
+            ADD_LIT(o, "\\n");
+            break;
+        case '\r':
+            ADD_LIT(o, "\\r");
+            break;
+        case '\t':
+            ADD_LIT(o, "\\t");
+            break;
         default:
             snprintf(esc, sizeof esc, "\\u%04x", (unsigned)ch);
             evbuffer_add(o, esc, 6);
@@ -240,8 +242,7 @@ static char *evbuffer_take_str(struct evbuffer *b, size_t *len)
     char *s = xmalloc(n + 1);
     evbuffer_remove(b, s, n);
     s[n] = 0;
-    if (len)
-        *len = n;
+    if (len) *len = n;
     return s;
 }
 
@@ -251,13 +252,11 @@ static long count_words(const char *s)
     bool in = false;
     for (; *s; s++) {
         bool sp = isspace((unsigned char)*s);
-        if (!sp && !in)
-            n++;
+        if (!sp && !in) n++;
         in = !sp;
     }
     return n;
 }
-
 
 /* ---- the record ------------------------------------------------------- */
 
@@ -272,8 +271,7 @@ static struct rec *rec_new(void)
 
 static void rec_unref(struct rec *r)
 {
-    if (!r || --r->refs > 0)
-        return;
+    if (!r || --r->refs > 0) return;
     free(r->method);
     free(r->target);
     free(r->hbuf);
@@ -289,8 +287,7 @@ static void rec_add_header(struct rec *r, const char *name, size_t nlen, const c
         r->hcap = need * 2 > 512 ? need * 2 : 512;
         r->hbuf = xrealloc(r->hbuf, r->hcap);
     }
-    for (size_t i = 0; i < nlen; i++)
-        r->hbuf[r->hlen + i] = (char)tolower((unsigned char)name[i]);
+    for (size_t i = 0; i < nlen; i++) r->hbuf[r->hlen + i] = (char)tolower((unsigned char)name[i]);
     r->hlen += nlen;
     r->hbuf[r->hlen++] = 0;
     memcpy(r->hbuf + r->hlen, val, vlen);
@@ -305,8 +302,7 @@ static const char *rec_header(const struct rec *r, const char *name)
     const char *p = r->hbuf, *end = r->hbuf + r->hlen;
     while (p && p < end) {
         const char *v = p + strlen(p) + 1;
-        if (strcmp(p, name) == 0)
-            return v;
+        if (strcmp(p, name) == 0) return v;
         p = v + strlen(v) + 1;
     }
     return NULL;
@@ -323,14 +319,11 @@ static bool rec_header_has_token(const struct rec *r, const char *name, const ch
             const char *s = v;
             while (*s) {
                 size_t n;
-                while (*s == ' ' || *s == '\t' || *s == ',')
-                    s++;
+                while (*s == ' ' || *s == '\t' || *s == ',') s++;
                 n = strcspn(s, ",");
                 size_t m = n;
-                while (m > 0 && (s[m - 1] == ' ' || s[m - 1] == '\t'))
-                    m--;
-                if (m == tlen && strncasecmp(s, tok, tlen) == 0)
-                    return true;
+                while (m > 0 && (s[m - 1] == ' ' || s[m - 1] == '\t')) m--;
+                if (m == tlen && strncasecmp(s, tok, tlen) == 0) return true;
                 s += n;
             }
         }
@@ -354,8 +347,7 @@ static void record_push(struct rec *r)
 
 static void record_clear(void)
 {
-    for (size_t i = 0; i < G.ring_count; i++)
-        rec_unref(G.ring[(G.ring_head + i) % RECORD_MAX]);
+    for (size_t i = 0; i < G.ring_count; i++) rec_unref(G.ring[(G.ring_head + i) % RECORD_MAX]);
     G.ring_head = G.ring_count = 0;
 }
 
@@ -372,8 +364,7 @@ static void record_entry_json(struct evbuffer *o, const struct rec *r)
     ADD_LIT(o, ",\"headers\":[");
     while (p && p < end) {
         const char *v = p + strlen(p) + 1;
-        if (!first)
-            ADD_LIT(o, ",");
+        if (!first) ADD_LIT(o, ",");
         first = false;
         ADD_LIT(o, "[");
         json_cstr(o, p);
@@ -403,14 +394,14 @@ static void record_entry_json(struct evbuffer *o, const struct rec *r)
 /* ---- connections ------------------------------------------------------ */
 
 enum cstate {
-    C_HEAD,        /* reading the request line and headers */
-    C_BODY_CL,     /* reading a Content-Length body */
-    C_CHUNK_SIZE,  /* chunked body: the size line */
-    C_CHUNK_DATA,  /* chunked body: data */
-    C_CHUNK_CRLF,  /* chunked body: the CRLF after data */
-    C_TRAILERS,    /* chunked body: trailers up to the empty line */
-    C_BUSY,        /* a request is being answered */
-    C_CLOSING,     /* the last answer is being flushed; input is discarded */
+    C_HEAD,       /* reading the request line and headers */
+    C_BODY_CL,    /* reading a Content-Length body */
+    C_CHUNK_SIZE, /* chunked body: the size line */
+    C_CHUNK_DATA, /* chunked body: data */
+    C_CHUNK_CRLF, /* chunked body: the CRLF after data */
+    C_TRAILERS,   /* chunked body: trailers up to the empty line */
+    C_BUSY,       /* a request is being answered */
+    C_CLOSING,    /* the last answer is being flushed; input is discarded */
 };
 
 enum phase { P_NONE, P_IDLE, P_RESUME, P_DELAY, P_WAIT, P_STREAM, P_CLOSE, P_START };
@@ -422,23 +413,23 @@ enum kind { K_NONE, K_CHAT, K_COMPL, K_EMBED, K_MODELS, K_HEALTH, K_METRICS, K_N
 
 /* What the current request asks for, worked out once it is received. */
 struct job {
-    bool active;       /* received and not finished yet */
+    bool active; /* received and not finished yet */
     enum kind kind;
-    int model;         /* index into G.models, or -1 */
-    bool running;      /* counted in G.models[model].running */
+    int model;    /* index into G.models, or -1 */
+    bool running; /* counted in G.models[model].running */
     bool stream, include_usage;
     long delay_ms, ttft_ms, token_ms, ntokens, reset_after, error_after, mock_status;
     bool mock_close;
-    bool failed;       /* ended by an injected error event (x-mock-error-after) */
+    bool failed; /* ended by an injected error event (x-mock-error-after) */
     long prompt_tokens, sent;
-    int err_status;    /* a request error to answer after the delay, or 0 */
+    int err_status; /* a request error to answer after the delay, or 0 */
     const char *err_code;
     char err_msg[256];
     time_t created;
-    char *prefix;      /* a stream event up to the choice's fields */
+    char *prefix; /* a stream event up to the choice's fields */
     size_t prefix_len;
-    char *model_json;  /* the model name as a JSON string */
-    char *body;        /* a precomputed answer body (embeddings) */
+    char *model_json; /* the model name as a JSON string */
+    char *body;       /* a precomputed answer body (embeddings) */
     size_t body_len;
     int64_t first_us;  /* when the first stream event is due */
     bool slot, queued; /* holds one of the --slots; waits for one */
@@ -472,18 +463,15 @@ static void run_job(struct conn *c);
 static void flush(struct conn *c)
 {
     struct evbuffer *o = bufferevent_get_output(c->bev);
-    if (evbuffer_get_length(o) == 0 || (bufferevent_get_enabled(c->bev) & EV_WRITE))
-        return;
+    if (evbuffer_get_length(o) == 0 || (bufferevent_get_enabled(c->bev) & EV_WRITE)) return;
     evbuffer_write(o, bufferevent_getfd(c->bev));
-    if (evbuffer_get_length(o) > 0)
-        bufferevent_enable(c->bev, EV_WRITE);
+    if (evbuffer_get_length(o) > 0) bufferevent_enable(c->bev, EV_WRITE);
 }
 
 static void arm(struct conn *c, enum phase p, int64_t delay_us)
 {
     struct timeval tv;
-    if (delay_us < 0)
-        delay_us = 0;
+    if (delay_us < 0) delay_us = 0;
     tv.tv_sec = (time_t)(delay_us / 1000000);
     tv.tv_usec = (suseconds_t)(delay_us % 1000000);
     c->phase = p;
@@ -528,11 +516,9 @@ static void slot_freed(void)
 static void job_end(struct conn *c, bool completed, bool client_closed)
 {
     struct job *j = &c->job;
-    if (!j->active)
-        return;
+    if (!j->active) return;
     j->active = false;
-    if (j->queued)
-        wait_remove(c);
+    if (j->queued) wait_remove(c);
     if (j->slot) {
         j->slot = false;
         slot_freed();
@@ -567,8 +553,7 @@ static void conn_free(struct conn *c, bool client_closed)
         c->prev->next = c->next;
     else
         G.conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->next) c->next->prev = c->prev;
     event_free(c->timer);
     bufferevent_free(c->bev);
     G.conns_open--;
@@ -580,8 +565,7 @@ static void conn_reset(struct conn *c)
 {
     struct linger lg = {1, 0};
     evutil_socket_t fd = bufferevent_getfd(c->bev);
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     conn_free(c, false);
 }
 
@@ -645,37 +629,35 @@ static void write_head(struct conn *c, int status, const char *ctype, long conte
         }
     }
     evbuffer_add_printf(o, "X-Mock-Backend: %s\r\n", G.name);
-    if (c->rec && c->rec->seq)
-        evbuffer_add_printf(o, "X-Mock-Seq: %" PRIu64 "\r\n", c->rec->seq);
+    if (c->rec && c->rec->seq) evbuffer_add_printf(o, "X-Mock-Seq: %" PRIu64 "\r\n", c->rec->seq);
     if (c->rec && rec_header(c->rec, "x-mock-reveal"))
         /* What inference servers tell about themselves (for the gateway's privacy tests). */
-        evbuffer_add_printf(o, "Server: uvicorn\r\nX-Powered-By: mock/1.0\r\nX-Request-Id: mock-%" PRIu64
-                               "\r\nSet-Cookie: backend-node=gpu-7\r\nRetry-After: 7\r\n",
-                            c->rec->seq);
+        evbuffer_add_printf(
+            o,
+            "Server: uvicorn\r\nX-Powered-By: mock/1.0\r\nX-Request-Id: mock-%" PRIu64
+            "\r\nSet-Cookie: backend-node=gpu-7\r\nRetry-After: 7\r\n",
+            c->rec->seq);
     if (!c->keepalive)
         evbuffer_add_printf(o, "Connection: close\r\n\r\n");
     else if (c->http10)
         evbuffer_add_printf(o, "Connection: keep-alive\r\n\r\n");
     else
         ADD_LIT(o, "\r\n");
-    if (c->rec)
-        c->rec->status = status;
+    if (c->rec) c->rec->status = status;
 }
 
 /* A complete answer with a body; ends the request. */
 static void send_body(struct conn *c, int status, const char *ctype, const char *body, size_t len)
 {
     write_head(c, status, ctype, (long)len);
-    if (status != 204 && status != 304)
-        evbuffer_add(bufferevent_get_output(c->bev), body, len);
+    if (status != 204 && status != 304) evbuffer_add(bufferevent_get_output(c->bev), body, len);
     respond_done(c);
 }
 
 static void send_evbody(struct conn *c, int status, const char *ctype, struct evbuffer *body)
 {
     write_head(c, status, ctype, (long)evbuffer_get_length(body));
-    if (status != 204 && status != 304)
-        evbuffer_add_buffer(bufferevent_get_output(c->bev), body);
+    if (status != 204 && status != 304) evbuffer_add_buffer(bufferevent_get_output(c->bev), body);
     respond_done(c);
 }
 
@@ -683,8 +665,7 @@ static void send_error(struct conn *c, int status, const char *type, const char 
                        const char *msg)
 {
     struct evbuffer *b = evbuffer_new();
-    if (!b)
-        die_oom();
+    if (!b) die_oom();
     ADD_LIT(b, "{\"error\":{\"message\":");
     json_cstr(b, msg);
     ADD_LIT(b, ",\"type\":");
@@ -710,14 +691,12 @@ static void bad_request(struct conn *c, int status, const char *msg)
 static void sse_write(struct conn *c, const char *a, size_t alen, const char *b, size_t blen)
 {
     struct evbuffer *o = bufferevent_get_output(c->bev);
-    if (c->chunked_out)
-        evbuffer_add_printf(o, "%zx\r\n", alen + blen + 8);
+    if (c->chunked_out) evbuffer_add_printf(o, "%zx\r\n", alen + blen + 8);
     ADD_LIT(o, "data: ");
     evbuffer_add(o, a, alen);
     evbuffer_add(o, b, blen);
     ADD_LIT(o, "\n\n");
-    if (c->chunked_out)
-        ADD_LIT(o, "\r\n");
+    if (c->chunked_out) ADD_LIT(o, "\r\n");
 }
 
 /* ---- the endpoints ---------------------------------------------------- */
@@ -725,8 +704,7 @@ static void sse_write(struct conn *c, const char *a, size_t alen, const char *b,
 static int find_model(const char *name)
 {
     for (size_t i = 0; i < G.nmodels; i++)
-        if (strcmp(G.models[i].id, name) == 0)
-            return (int)i;
+        if (strcmp(G.models[i].id, name) == 0) return (int)i;
     return -1;
 }
 
@@ -740,8 +718,7 @@ static long prompt_words(const cJSON *v)
 {
     long n = 0;
     const cJSON *e;
-    if (cJSON_IsString(v))
-        return count_words(v->valuestring);
+    if (cJSON_IsString(v)) return count_words(v->valuestring);
     if (cJSON_IsArray(v)) {
         cJSON_ArrayForEach(e, v)
         {
@@ -763,10 +740,8 @@ static void embedding_json(struct evbuffer *o, const cJSON *in, size_t index)
 {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a over the input */
     char *text = cJSON_PrintUnformatted(in);
-    if (!text)
-        die_oom();
-    for (const char *p = text; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    if (!text) die_oom();
+    for (const char *p = text; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ULL;
     free(text);
     evbuffer_add_printf(o, "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":[",
                         index ? "," : "", index);
@@ -816,8 +791,7 @@ static void analyze_inference(struct conn *c)
     }
     {
         struct evbuffer *b = evbuffer_new();
-        if (!b)
-            die_oom();
+        if (!b) die_oom();
         json_cstr(b, G.models[j->model].id);
         j->model_json = evbuffer_take_str(b, NULL);
         evbuffer_free(b);
@@ -835,8 +809,7 @@ static void analyze_inference(struct conn *c)
             goto out;
         }
         b = evbuffer_new();
-        if (!b)
-            die_oom();
+        if (!b) die_oom();
         evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[");
         if (cJSON_IsString(in) || (cJSON_GetArraySize(in) > 0 && cJSON_IsNumber(in->child))) {
             embedding_json(b, in, count++); /* one text, or one list of token ids */
@@ -859,14 +832,14 @@ static void analyze_inference(struct conn *c)
     v = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
     j->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(v, "include_usage"));
     v = cJSON_GetObjectItemCaseSensitive(root, "max_tokens");
-    if (!cJSON_IsNumber(v))
-        v = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
+    if (!cJSON_IsNumber(v)) v = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
     if (cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < (double)j->ntokens)
         j->ntokens = (long)v->valuedouble;
     if (j->kind == K_CHAT) {
         const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages"), *m;
         n = 0;
-        cJSON_ArrayForEach(m, msgs) n += prompt_words(cJSON_GetObjectItemCaseSensitive(m, "content"));
+        cJSON_ArrayForEach(m, msgs) n +=
+            prompt_words(cJSON_GetObjectItemCaseSensitive(m, "content"));
     } else {
         n = prompt_words(cJSON_GetObjectItemCaseSensitive(root, "prompt"));
     }
@@ -892,20 +865,13 @@ static void analyze(struct conn *c)
     j->ntokens = G.tokens;
     j->reset_after = -1;
     j->error_after = -1;
-    if ((v = parse_num(rec_header(r, "x-mock-delay-ms"), MAX_MS)) >= 0)
-        j->delay_ms = v;
-    if ((v = parse_num(rec_header(r, "x-mock-ttft-ms"), MAX_MS)) >= 0)
-        j->ttft_ms = v;
-    if ((v = parse_num(rec_header(r, "x-mock-token-ms"), MAX_MS)) >= 0)
-        j->token_ms = v;
-    if ((v = parse_num(rec_header(r, "x-mock-tokens"), MAX_TOKENS)) >= 0)
-        j->ntokens = v;
-    if ((v = parse_num(rec_header(r, "x-mock-reset-after"), MAX_TOKENS)) >= 0)
-        j->reset_after = v;
-    if ((v = parse_num(rec_header(r, "x-mock-error-after"), MAX_TOKENS)) >= 0)
-        j->error_after = v;
-    if ((v = parse_num(rec_header(r, "x-mock-status"), 599)) >= 200)
-        j->mock_status = v;
+    if ((v = parse_num(rec_header(r, "x-mock-delay-ms"), MAX_MS)) >= 0) j->delay_ms = v;
+    if ((v = parse_num(rec_header(r, "x-mock-ttft-ms"), MAX_MS)) >= 0) j->ttft_ms = v;
+    if ((v = parse_num(rec_header(r, "x-mock-token-ms"), MAX_MS)) >= 0) j->token_ms = v;
+    if ((v = parse_num(rec_header(r, "x-mock-tokens"), MAX_TOKENS)) >= 0) j->ntokens = v;
+    if ((v = parse_num(rec_header(r, "x-mock-reset-after"), MAX_TOKENS)) >= 0) j->reset_after = v;
+    if ((v = parse_num(rec_header(r, "x-mock-error-after"), MAX_TOKENS)) >= 0) j->error_after = v;
+    if ((v = parse_num(rec_header(r, "x-mock-status"), 599)) >= 200) j->mock_status = v;
     j->mock_close = parse_num(rec_header(r, "x-mock-close"), LONG_MAX) > 0;
 
     if (post && path_is(r, "/v1/chat/completions"))
@@ -930,15 +896,13 @@ static void analyze(struct conn *c)
             return;
         }
     }
-    if (j->kind == K_CHAT || j->kind == K_COMPL || j->kind == K_EMBED)
-        analyze_inference(c);
+    if (j->kind == K_CHAT || j->kind == K_COMPL || j->kind == K_EMBED) analyze_inference(c);
 }
 
 static void answer_models(struct conn *c)
 {
     struct evbuffer *b = evbuffer_new();
-    if (!b)
-        die_oom();
+    if (!b) die_oom();
     evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[");
     for (size_t i = 0; i < G.nmodels; i++) {
         evbuffer_add_printf(b, "%s{\"id\":", i ? "," : "");
@@ -965,8 +929,7 @@ static void answer_metrics(struct conn *c)
         {"vllm:generation_tokens_total", "counter", "Number of generation tokens processed."},
     };
     struct evbuffer *b = evbuffer_new();
-    if (!b)
-        die_oom();
+    if (!b) die_oom();
     for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
         evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", fams[f].name, fams[f].help,
                             fams[f].name, fams[f].type);
@@ -974,16 +937,27 @@ static void answer_metrics(struct conn *c)
             const struct model *m = &G.models[i];
             long run = m->running - m->waiting;
             double usage = G.slots ? (double)G.busy / (double)G.slots : run * 0.01;
-            if (usage > 1.0)
-                usage = 1.0;
+            if (usage > 1.0) usage = 1.0;
             evbuffer_add_printf(b, "%s{model_name=\"%s\"} ", fams[f].name, m->id);
             switch (f) {
-            case 0: evbuffer_add_printf(b, "%ld\n", run); break;
-            case 1: evbuffer_add_printf(b, "%ld\n", m->waiting); break;
-            case 2: evbuffer_add_printf(b, "%.4f\n", usage); break;
-            case 3: evbuffer_add_printf(b, "%" PRIu64 "\n", m->requests_total); break;
-            case 4: evbuffer_add_printf(b, "%" PRIu64 "\n", m->prompt_tokens_total); break;
-            default: evbuffer_add_printf(b, "%" PRIu64 "\n", m->generation_tokens_total); break;
+            case 0:
+                evbuffer_add_printf(b, "%ld\n", run);
+                break;
+            case 1:
+                evbuffer_add_printf(b, "%ld\n", m->waiting);
+                break;
+            case 2:
+                evbuffer_add_printf(b, "%.4f\n", usage);
+                break;
+            case 3:
+                evbuffer_add_printf(b, "%" PRIu64 "\n", m->requests_total);
+                break;
+            case 4:
+                evbuffer_add_printf(b, "%" PRIu64 "\n", m->prompt_tokens_total);
+                break;
+            default:
+                evbuffer_add_printf(b, "%" PRIu64 "\n", m->generation_tokens_total);
+                break;
             }
         }
     }
@@ -995,10 +969,10 @@ static void build_prefix(struct conn *c)
 {
     struct job *j = &c->job;
     struct evbuffer *b = evbuffer_new();
-    if (!b)
-        die_oom();
-    evbuffer_add_printf(b, "{\"id\":\"%s-mock-%" PRIu64 "\",\"object\":\"%s\",\"created\":%lld,"
-                           "\"model\":",
+    if (!b) die_oom();
+    evbuffer_add_printf(b,
+                        "{\"id\":\"%s-mock-%" PRIu64 "\",\"object\":\"%s\",\"created\":%lld,"
+                        "\"model\":",
                         j->kind == K_CHAT ? "chatcmpl" : "cmpl", c->rec->seq,
                         j->kind == K_CHAT ? "chat.completion.chunk" : "text_completion",
                         (long long)j->created);
@@ -1014,10 +988,10 @@ static void answer_completion(struct conn *c)
     struct job *j = &c->job;
     struct evbuffer *b = evbuffer_new();
     char tok[32];
-    if (!b)
-        die_oom();
-    evbuffer_add_printf(b, "{\"id\":\"%s-mock-%" PRIu64 "\",\"object\":\"%s\",\"created\":%lld,"
-                           "\"model\":",
+    if (!b) die_oom();
+    evbuffer_add_printf(b,
+                        "{\"id\":\"%s-mock-%" PRIu64 "\",\"object\":\"%s\",\"created\":%lld,"
+                        "\"model\":",
                         j->kind == K_CHAT ? "chatcmpl" : "cmpl", c->rec->seq,
                         j->kind == K_CHAT ? "chat.completion" : "text_completion",
                         (long long)j->created);
@@ -1032,8 +1006,9 @@ static void answer_completion(struct conn *c)
         evbuffer_add(b, tok, (size_t)n);
     }
     j->sent = j->ntokens;
-    evbuffer_add_printf(b, "\"%s,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":%ld,"
-                           "\"completion_tokens\":%ld,\"total_tokens\":%ld}}",
+    evbuffer_add_printf(b,
+                        "\"%s,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":%ld,"
+                        "\"completion_tokens\":%ld,\"total_tokens\":%ld}}",
                         j->kind == K_CHAT ? "}" : "", j->prompt_tokens, j->ntokens,
                         j->prompt_tokens + j->ntokens);
     send_evbody(c, 200, "application/json", b);
@@ -1058,8 +1033,7 @@ static void stream_tail(struct conn *c)
     char buf[256];
     int n;
     if (j->kind == K_CHAT)
-        n = snprintf(buf, sizeof buf,
-                     "[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}");
+        n = snprintf(buf, sizeof buf, "[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}");
     else
         n = snprintf(buf, sizeof buf, "[{\"index\":0,\"text\":\"\",\"finish_reason\":\"stop\"}]}");
     sse_write(c, j->prefix, j->prefix_len, buf, (size_t)n);
@@ -1104,8 +1078,9 @@ static void stream_tick(struct conn *c)
         }
         if (j->sent >= j->ntokens) { /* no tokens at all: a role-only event, then the end */
             if (j->kind == K_CHAT) {
-                n = snprintf(buf, sizeof buf, "[{\"index\":0,\"delta\":{\"role\":\"assistant\","
-                                              "\"content\":\"\"},\"finish_reason\":null}]}");
+                n = snprintf(buf, sizeof buf,
+                             "[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+                             "\"content\":\"\"},\"finish_reason\":null}]}");
                 sse_write(c, j->prefix, j->prefix_len, buf, (size_t)n);
             }
             stream_tail(c);
@@ -1133,8 +1108,7 @@ static void stream_tick(struct conn *c)
         }
         if (evbuffer_get_length(o) > STREAM_OUT_HIGH) {
             flush(c);
-            if (evbuffer_get_length(o) == 0)
-                continue;
+            if (evbuffer_get_length(o) == 0) continue;
             c->on_drain = D_STREAM; /* token-ms 0: go on once the peer has read some */
             return;
         }
@@ -1158,9 +1132,9 @@ static void dispatch(struct conn *c)
     }
     if (j->mock_status) {
         snprintf(msg, sizeof msg, "Injected status %ld.", j->mock_status);
-        send_error(c, (int)j->mock_status, j->mock_status >= 500 ? "server_error"
-                                                                 : "invalid_request_error",
-                   "mock_error", msg);
+        send_error(c, (int)j->mock_status,
+                   j->mock_status >= 500 ? "server_error" : "invalid_request_error", "mock_error",
+                   msg);
         return;
     }
     if (j->err_status) {
@@ -1197,8 +1171,12 @@ static void run_job(struct conn *c)
     case K_HEALTH:
         send_body(c, 200, "application/json", OK_BODY, sizeof OK_BODY - 1);
         return;
-    case K_MODELS: answer_models(c); return;
-    case K_METRICS: answer_metrics(c); return;
+    case K_MODELS:
+        answer_models(c);
+        return;
+    case K_METRICS:
+        answer_metrics(c);
+        return;
     case K_EMBED:
         if (j->ttft_ms > 0) {
             arm(c, P_WAIT, j->ttft_ms * 1000);
@@ -1262,15 +1240,12 @@ static void handle_mock(struct conn *c)
         if (q && strchr(r->target, '?') && q > strchr(r->target, '?'))
             since = strtoull(q + 6, NULL, 10);
         b = evbuffer_new();
-        if (!b)
-            die_oom();
+        if (!b) die_oom();
         ADD_LIT(b, "[");
         for (size_t i = 0; i < G.ring_count; i++) {
             const struct rec *e = G.ring[(G.ring_head + i) % RECORD_MAX];
-            if (e->seq <= since)
-                continue;
-            if (!first)
-                ADD_LIT(b, ",\n");
+            if (e->seq <= since) continue;
+            if (!first) ADD_LIT(b, ",\n");
             first = false;
             record_entry_json(b, e);
         }
@@ -1309,11 +1284,9 @@ static void handle_request(struct conn *c)
 static bool parse_request_line(struct conn *c, char *line)
 {
     char *sp1 = strchr(line, ' '), *sp2;
-    if (!sp1 || sp1 == line)
-        return false;
+    if (!sp1 || sp1 == line) return false;
     sp2 = strchr(sp1 + 1, ' ');
-    if (!sp2 || sp2 == sp1 + 1 || strchr(sp2 + 1, ' '))
-        return false;
+    if (!sp2 || sp2 == sp1 + 1 || strchr(sp2 + 1, ' ')) return false;
     *sp1 = *sp2 = 0;
     if (strcmp(sp2 + 1, "HTTP/1.1") == 0)
         c->http10 = false;
@@ -1322,8 +1295,7 @@ static bool parse_request_line(struct conn *c, char *line)
     else
         return false;
     for (const char *p = line; *p; p++)
-        if (!isupper((unsigned char)*p))
-            return false;
+        if (!isupper((unsigned char)*p)) return false;
     c->rec = rec_new();
     c->rec->method = xstrdup(line);
     c->rec->target = xstrdup(sp1 + 1);
@@ -1333,17 +1305,13 @@ static bool parse_request_line(struct conn *c, char *line)
 static bool parse_header_line(struct conn *c, const char *line, size_t len)
 {
     const char *colon = memchr(line, ':', len), *v, *e;
-    if (!colon || colon == line || c->rec->nhdr >= MAX_HEADERS)
-        return false;
+    if (!colon || colon == line || c->rec->nhdr >= MAX_HEADERS) return false;
     for (const char *p = line; p < colon; p++)
-        if (*p <= ' ' || *p >= 127)
-            return false;
+        if (*p <= ' ' || *p >= 127) return false;
     v = colon + 1;
     e = line + len;
-    while (v < e && (*v == ' ' || *v == '\t'))
-        v++;
-    while (e > v && (e[-1] == ' ' || e[-1] == '\t'))
-        e--;
+    while (v < e && (*v == ' ' || *v == '\t')) v++;
+    while (e > v && (e[-1] == ' ' || e[-1] == '\t')) e--;
     rec_add_header(c->rec, line, (size_t)(colon - line), v, (size_t)(e - v));
     return true;
 }
@@ -1352,8 +1320,7 @@ static void body_append(struct rec *r, struct evbuffer *in, size_t n)
 {
     if (r->body_len + n + 1 > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 1024;
-        while (cap < r->body_len + n + 1)
-            cap *= 2;
+        while (cap < r->body_len + n + 1) cap *= 2;
         r->body = xrealloc(r->body, cap);
         r->body_cap = cap;
     }
@@ -1376,18 +1343,15 @@ static bool head_done(struct conn *c)
     /* every Content-Length must agree */
     while (p < end) {
         const char *v = p + strlen(p) + 1;
-        if (strcmp(p, "content-length") == 0 && strcmp(v, cl) != 0)
-            return false;
+        if (strcmp(p, "content-length") == 0 && strcmp(v, cl) != 0) return false;
         p = v + strlen(v) + 1;
     }
     if (rec_header(r, "transfer-encoding")) {
-        if (!rec_header_has_token(r, "transfer-encoding", "chunked") || c->http10)
-            return false;
+        if (!rec_header_has_token(r, "transfer-encoding", "chunked") || c->http10) return false;
         c->st = C_CHUNK_SIZE;
     } else if (cl) {
         long n = parse_num(cl, MAX_BODY_BYTES);
-        if (n < 0)
-            return false;
+        if (n < 0) return false;
         c->body_left = (size_t)n;
         r->body = xmalloc((size_t)n + 1);
         r->body_cap = (size_t)n + 1;
@@ -1399,8 +1363,7 @@ static bool head_done(struct conn *c)
     }
     if (c->st != C_BODY_CL || c->body_left > 0) {
         if (rec_header_has_token(r, "expect", "100-continue") && !c->http10 &&
-            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
-        {
+            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
             ADD_LIT(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
             flush(c);
         }
@@ -1451,14 +1414,12 @@ static void process_input(struct conn *c)
             break;
         case C_BODY_CL:
             n = evbuffer_get_length(in);
-            if (n > c->body_left)
-                n = c->body_left;
+            if (n > c->body_left) n = c->body_left;
             if (n > 0) {
                 body_append(c->rec, in, n);
                 c->body_left -= n;
             }
-            if (c->body_left > 0)
-                return;
+            if (c->body_left > 0) return;
             handle_request(c);
             return;
         case C_CHUNK_SIZE:
@@ -1466,8 +1427,7 @@ static void process_input(struct conn *c)
         case C_TRAILERS:
             line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
             if (!line) {
-                if (evbuffer_get_length(in) > 4096)
-                    bad_request(c, 400, "Malformed chunked body.");
+                if (evbuffer_get_length(in) > 4096) bad_request(c, 400, "Malformed chunked body.");
                 return;
             }
             if (c->st == C_CHUNK_SIZE) {
@@ -1492,8 +1452,7 @@ static void process_input(struct conn *c)
                 c->st = C_CHUNK_SIZE;
             } else if (n == 0) {
                 free(line);
-                if (!c->rec->body)
-                    c->rec->body = xstrdup("");
+                if (!c->rec->body) c->rec->body = xstrdup("");
                 handle_request(c);
                 return;
             }
@@ -1501,14 +1460,11 @@ static void process_input(struct conn *c)
             break;
         case C_CHUNK_DATA:
             n = evbuffer_get_length(in);
-            if (n > c->body_left)
-                n = c->body_left;
-            if (n == 0)
-                return;
+            if (n > c->body_left) n = c->body_left;
+            if (n == 0) return;
             body_append(c->rec, in, n);
             c->body_left -= n;
-            if (c->body_left == 0)
-                c->st = C_CHUNK_CRLF;
+            if (c->body_left == 0) c->st = C_CHUNK_CRLF;
             break;
         case C_BUSY:
         case C_CLOSING:
@@ -1528,18 +1484,29 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     c->phase = P_NONE;
     switch (p) {
     case P_IDLE:
-    case P_CLOSE: conn_free(c, false); return;
-    case P_RESUME: process_input(c); return;
-    case P_DELAY: dispatch(c); return;
-    case P_START: run_job(c); return;
+    case P_CLOSE:
+        conn_free(c, false);
+        return;
+    case P_RESUME:
+        process_input(c);
+        return;
+    case P_DELAY:
+        dispatch(c);
+        return;
+    case P_START:
+        run_job(c);
+        return;
     case P_WAIT:
         if (c->job.kind == K_EMBED)
             send_body(c, 200, "application/json", c->job.body, c->job.body_len);
         else
             answer_completion(c);
         return;
-    case P_STREAM: stream_tick(c); return;
-    case P_NONE: return;
+    case P_STREAM:
+        stream_tick(c);
+        return;
+    case P_NONE:
+        return;
     }
 }
 
@@ -1551,10 +1518,8 @@ static void read_cb(struct bufferevent *bev, void *arg)
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
-    if (c->st == C_BUSY)
-        return; /* pipelined: waits until the current answer is done */
-    if (c->phase == P_IDLE || c->phase == P_RESUME)
-        disarm(c);
+    if (c->st == C_BUSY) return; /* pipelined: waits until the current answer is done */
+    if (c->phase == P_IDLE || c->phase == P_RESUME) disarm(c);
     process_input(c);
 }
 
@@ -1562,15 +1527,21 @@ static void write_cb(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
     enum drain d = c->on_drain;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
-        return;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) > 0) return;
     bufferevent_disable(bev, EV_WRITE); /* back to writing directly, see flush() */
     c->on_drain = D_NONE;
     switch (d) {
-    case D_CLOSE: conn_free(c, false); return;
-    case D_RESET: conn_reset(c); return;
-    case D_STREAM: stream_tick(c); return;
-    case D_NONE: return;
+    case D_CLOSE:
+        conn_free(c, false);
+        return;
+    case D_RESET:
+        conn_reset(c);
+        return;
+    case D_STREAM:
+        stream_tick(c);
+        return;
+    case D_NONE:
+        return;
     }
 }
 
@@ -1582,8 +1553,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
         conn_free(c, true); /* the peer went away: an unfinished job is client_closed */
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                      int salen, void *arg)
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg)
 {
     struct conn *c;
     int one = 1;
@@ -1602,22 +1573,19 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
             bufferevent_free(c->bev);
         else
             evutil_closesocket(fd);
-        if (c->timer)
-            event_free(c->timer);
+        if (c->timer) event_free(c->timer);
         free(c);
         return;
     }
     c->id = ++G.next_conn_id;
     c->next = G.conns;
-    if (G.conns)
-        G.conns->prev = c;
+    if (G.conns) G.conns->prev = c;
     G.conns = c;
     G.conns_accepted++;
     G.conns_open++;
     bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
     bufferevent_enable(c->bev, EV_READ); /* EV_WRITE only while output waits, see flush() */
-    if (G.keepalive_ms > 0)
-        arm(c, P_IDLE, (int64_t)G.keepalive_ms * 1000);
+    if (G.keepalive_ms > 0) arm(c, P_IDLE, (int64_t)G.keepalive_ms * 1000);
 }
 
 static void relisten_cb(evutil_socket_t fd, short what, void *arg)
@@ -1700,8 +1668,20 @@ static int parse_models(const char *list)
 
 static int parse_args(int argc, char **argv)
 {
-    enum { O_PORT = 1, O_HOST, O_MODELS, O_TTFT, O_TOKEN, O_TOKENS, O_KEY, O_NAME, O_KA, O_SLOTS,
-           O_PROMPT, O_HELP };
+    enum {
+        O_PORT = 1,
+        O_HOST,
+        O_MODELS,
+        O_TTFT,
+        O_TOKEN,
+        O_TOKENS,
+        O_KEY,
+        O_NAME,
+        O_KA,
+        O_SLOTS,
+        O_PROMPT,
+        O_HELP
+    };
     static const struct option longopts[] = {
         {"port", required_argument, NULL, O_PORT},
         {"host", required_argument, NULL, O_HOST},
@@ -1727,24 +1707,49 @@ static int parse_args(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         long *num = NULL, max = MAX_MS;
         switch (opt) {
-        case O_PORT: num = &G.port, max = 65535; break;
-        case O_HOST: G.host = optarg; break;
-        case O_MODELS: models = optarg; break;
-        case O_TTFT: num = &G.ttft_ms; break;
-        case O_TOKEN: num = &G.token_ms; break;
-        case O_TOKENS: num = &G.tokens, max = MAX_TOKENS; break;
-        case O_KEY: G.api_key = optarg; break;
-        case O_NAME: G.name = optarg; break;
-        case O_KA: num = &G.keepalive_ms; break;
-        case O_SLOTS: num = &G.slots, max = 1000000; break;
-        case O_PROMPT: num = &G.prompt_us; break;
+        case O_PORT:
+            num = &G.port, max = 65535;
+            break;
+        case O_HOST:
+            G.host = optarg;
+            break;
+        case O_MODELS:
+            models = optarg;
+            break;
+        case O_TTFT:
+            num = &G.ttft_ms;
+            break;
+        case O_TOKEN:
+            num = &G.token_ms;
+            break;
+        case O_TOKENS:
+            num = &G.tokens, max = MAX_TOKENS;
+            break;
+        case O_KEY:
+            G.api_key = optarg;
+            break;
+        case O_NAME:
+            G.name = optarg;
+            break;
+        case O_KA:
+            num = &G.keepalive_ms;
+            break;
+        case O_SLOTS:
+            num = &G.slots, max = 1000000;
+            break;
+        case O_PROMPT:
+            num = &G.prompt_us;
+            break;
         case 'h':
-        case O_HELP: usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case O_HELP:
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
         }
         if (num && (*num = parse_num(optarg, max)) < 0) {
-            fprintf(stderr, "gotthard-mock-backend: bad number for --%s\n",
-                    longopts[opt - 1].name);
+            fprintf(stderr, "gotthard-mock-backend: bad number for --%s\n", longopts[opt - 1].name);
             return -1;
         }
     }
@@ -1796,10 +1801,9 @@ static int listen_on(void)
         fprintf(stderr, "gotthard-mock-backend: %s: %s\n", G.host, gai_strerror(rc));
         return -1;
     }
-    G.listener = evconnlistener_new_bind(G.base, accept_cb, NULL,
-                                         LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
-                                             LEV_OPT_CLOSE_ON_EXEC,
-                                         4096, ai->ai_addr, (int)ai->ai_addrlen);
+    G.listener = evconnlistener_new_bind(
+        G.base, accept_cb, NULL, LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+        4096, ai->ai_addr, (int)ai->ai_addrlen);
     freeaddrinfo(ai);
     if (!G.listener) {
         fprintf(stderr, "gotthard-mock-backend: cannot listen on %s:%ld: %s\n", G.host, G.port,
@@ -1822,8 +1826,7 @@ int main(int argc, char **argv)
     int rc = 1;
 
     if (parse_args(argc, argv) != 0) {
-        for (size_t i = 0; i < G.nmodels; i++)
-            free(G.models[i].id);
+        for (size_t i = 0; i < G.nmodels; i++) free(G.models[i].id);
         free(G.models);
         return 2;
     }
@@ -1844,27 +1847,19 @@ int main(int argc, char **argv)
         fputs("gotthard-mock-backend: cannot set up signals\n", stderr);
         goto out;
     }
-    if (listen_on() != 0)
-        goto out;
+    if (listen_on() != 0) goto out;
     event_base_dispatch(G.base);
     rc = 0;
 out:
-    while (G.conns)
-        conn_free(G.conns, false);
+    while (G.conns) conn_free(G.conns, false);
     record_clear();
-    if (G.listener)
-        evconnlistener_free(G.listener);
-    if (G.ev_relisten)
-        event_free(G.ev_relisten);
-    if (G.ev_int)
-        event_free(G.ev_int);
-    if (G.ev_term)
-        event_free(G.ev_term);
-    if (G.base)
-        event_base_free(G.base);
+    if (G.listener) evconnlistener_free(G.listener);
+    if (G.ev_relisten) event_free(G.ev_relisten);
+    if (G.ev_int) event_free(G.ev_int);
+    if (G.ev_term) event_free(G.ev_term);
+    if (G.base) event_base_free(G.base);
     libevent_global_shutdown();
-    for (size_t i = 0; i < G.nmodels; i++)
-        free(G.models[i].id);
+    for (size_t i = 0; i < G.nmodels; i++) free(G.models[i].id);
     free(G.models);
     return rc;
 }

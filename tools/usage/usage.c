@@ -22,7 +22,8 @@ static void usage_text(FILE *f)
           "Requests, prompt and completion tokens per tenant and UTC day (today first, N days,\n"
           "default 1). --admin asks a gateway's admin listener (GET /usage): with Redis every\n"
           "instance's counts, without it that instance's own. --redis reads the shared store\n"
-          "directly (keys gotthard:u:{tenant}:YYYY-MM-DD).\n", f);
+          "directly (keys gotthard:u:{tenant}:YYYY-MM-DD).\n",
+          f);
 }
 
 /* GET path from host:port over HTTP/1.0; the body, or NULL. */
@@ -231,8 +232,10 @@ static cJSON *from_redis(const char *url, int days)
             return NULL;
         } while (strcmp(cursor, "0") != 0 && ++rounds < SCAN_ROUNDS);
         if (strcmp(cursor, "0") != 0) {
-            fprintf(stderr, "gotthard-usage: SCAN did not finish in %d rounds; no report (it "
-                            "would be partial)\n", SCAN_ROUNDS);
+            fprintf(stderr,
+                    "gotthard-usage: SCAN did not finish in %d rounds; no report (it "
+                    "would be partial)\n",
+                    SCAN_ROUNDS);
             redisFree(rc);
             cJSON_Delete(o);
             return NULL;
@@ -248,8 +251,10 @@ static const char *shown(const char *s, char *buf, size_t cap)
 {
     size_t o = 0;
     for (; s && *s && o + 4 < cap; s++) {
-        if (is_id_char(*s)) buf[o++] = *s;
-        else o += (size_t)snprintf(buf + o, cap - o, "%%%02X", (unsigned char)*s);
+        if (is_id_char(*s))
+            buf[o++] = *s;
+        else
+            o += (size_t)snprintf(buf + o, cap - o, "%%%02X", (unsigned char)*s);
     }
     buf[o] = '\0';
     return buf;
@@ -283,22 +288,32 @@ static void print_table(const cJSON *o)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {{"admin", required_argument, NULL, 'a'},
-                                         {"redis", required_argument, NULL, 'r'},
-                                         {"days", required_argument, NULL, 'd'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"admin", required_argument, NULL, 'a'}, {"redis", required_argument, NULL, 'r'},
+        {"days", required_argument, NULL, 'd'},  {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
     const char *admin = NULL, *redis = NULL;
     int days = 1, json = 0, c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'a': admin = optarg; break;
-        case 'r': redis = optarg; break;
-        case 'd': days = atoi(optarg); break;
-        case 'j': json = 1; break;
-        case 'h': usage_text(stdout); return 0;
-        default: usage_text(stderr); return 2;
+        case 'a':
+            admin = optarg;
+            break;
+        case 'r':
+            redis = optarg;
+            break;
+        case 'd':
+            days = atoi(optarg);
+            break;
+        case 'j':
+            json = 1;
+            break;
+        case 'h':
+            usage_text(stdout);
+            return 0;
+        default:
+            usage_text(stderr);
+            return 2;
         }
     }
     if (optind != argc || !admin == !redis || days < 1 || days > 40) {
