@@ -16,6 +16,8 @@
  * UNKNOWN_MODEL. */
 #include "ops/access_log.h"
 
+#include "base/clock.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>

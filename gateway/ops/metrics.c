@@ -14,6 +14,8 @@
  * Every label value is escaped as the Prometheus text format says anyway. */
 #include "ops/metrics.h"
 
+#include "base/clock.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>

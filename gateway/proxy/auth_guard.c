@@ -1,6 +1,8 @@
 /* The failed-authentication limiter: lock-free GCRA buckets, two per hashed client address. */
 #include "proxy/auth_guard.h"
 
+#include "base/clock.h"
+
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <stdatomic.h>

@@ -1,6 +1,8 @@
 /* Load balancing: choosing a backend per request, per-pool wait queues, passive health. */
 #include "proxy/balance.h"
 
+#include "base/clock.h"
+
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,6 +1,8 @@
 /* Active health checks and metrics scraping: worker 0's loop probes each backend. */
 #include "proxy/health.h"
 
+#include "base/clock.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

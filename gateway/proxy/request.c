@@ -1,6 +1,8 @@
 /* One request: its memory, the plugin phases, routing, and the answers the gateway makes. */
 #include "proxy/request.h"
 
+#include "base/clock.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,13 +24,6 @@ enum { HOOK_HEADERS, HOOK_BODY, HOOK_SELECT };
 
 /* What the gateway's own edits of a body may add past limits.max_body_bytes. */
 #define GW_BODY_EDIT_ROOM 4096
-
-uint64_t gw_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static const char *error_type(int status)
 {

@@ -103,7 +103,6 @@ int gw_req_run_response_headers(gw_req_t *r);
 int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len);
 /* Appends the extra headers of every answer (x-request-id, plugin headers). */
 void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out);
-uint64_t gw_now_us(void);
 /* An OpenAI-shaped error body ({"error": {message, type (from the status), param, code}}) for
  * the gateway's own constant code and message, never request content; its length (0 when it
  * does not fit). Served by the public listener and the admin listener alike. */

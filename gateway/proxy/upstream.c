@@ -1,6 +1,8 @@
 /* The backend side: keep-alive pools, connecting, sending the request, relaying the answer. */
 #include "proxy/upstream.h"
 
+#include "base/clock.h"
+
 #include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>
