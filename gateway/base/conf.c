@@ -73,6 +73,25 @@ static const char *type_name(const cJSON *n)
     return "invalid";
 }
 
+/* "one of a, b or c", for an error: the table's names only, never the value given. */
+static int load_enum(gw_conf_ctx_t *cx, const cJSON *n, const char *path, const gw_conf_key_t *k,
+                     void *dst)
+{
+    if (cJSON_IsString(n))
+        for (int i = 0; k->names[i]; i++)
+            if (strcmp(k->names[i], n->valuestring) == 0) {
+                *(int *)dst = i;
+                return 0;
+            }
+    char list[256] = "";
+    size_t len = 0;
+    for (int i = 0; k->names[i] && len < sizeof(list); i++)
+        len += (size_t)snprintf(list + len, sizeof(list) - len, "%s\"%s\"",
+                                i == 0 ? "" : (k->names[i + 1] ? ", " : " or "), k->names[i]);
+    gw_conf_error(cx, path, "must be %s%s", k->names[1] ? "one of " : "", list);
+    return -1;
+}
+
 static int load_value(gw_conf_ctx_t *cx, const cJSON *n, const char *path, const gw_conf_key_t *k,
                       void *dst)
 {
@@ -141,21 +160,38 @@ static int load_value(gw_conf_ctx_t *cx, const cJSON *n, const char *path, const
                 rc |= load_value(cx, e, ip, &sk, slot);
             } else {
                 if (k->obj->init) k->obj->init(slot);
-                rc |= gw_conf_load_obj(cx, e, ip, k->obj, slot);
+                rc |= gw_conf_load(cx, e, ip, k->obj, slot);
             }
         }
         return rc;
     }
     case GW_CT_OBJ:
-        return gw_conf_load_obj(cx, n, path, k->obj, dst);
+        return gw_conf_load(cx, n, path, k->obj, dst);
     case GW_CT_FN:
         return k->fn(cx, n, path, dst);
+    case GW_CT_ENUM:
+        return load_enum(cx, n, path, k, dst);
+    case GW_CT_NUM:
+        if (!cJSON_IsNumber(n)) {
+            gw_conf_error(cx, path, "must be a number, not %s", type_name(n));
+            return -1;
+        }
+        if (!(n->valuedouble >= (double)k->min && n->valuedouble <= (double)k->max)) {
+            gw_conf_error(cx, path, "must be between %lld and %lld", (long long)k->min,
+                          (long long)k->max);
+            return -1;
+        }
+        *(double *)dst = n->valuedouble;
+        return 0;
+    case GW_CT_JSON:
+        *(const cJSON **)dst = n;
+        return 0;
     }
     return -1;
 }
 
-int gw_conf_load_obj(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
-                     const gw_conf_obj_t *obj, void *dst)
+static int load(gw_conf_ctx_t *cx, const cJSON *node, const char *path, const gw_conf_obj_t *obj,
+                void *dst, int some)
 {
     if (!cJSON_IsObject(node)) {
         gw_conf_error(cx, path, "must be an object, not %s", type_name(node));
@@ -172,7 +208,8 @@ int gw_conf_load_obj(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
             }
         const gw_conf_key_t *k = obj->keys;
         while (k->name && strcmp(k->name, e->string) != 0) k++;
-        if (!k->name && obj->owned_elsewhere && obj->owned_elsewhere(e->string)) continue;
+        if (!k->name && (some || (obj->owned_elsewhere && obj->owned_elsewhere(e->string))))
+            continue;
         if (!k->name) {
             gw_conf_error(cx, kpath, "unknown key");
             rc = -1;
@@ -186,6 +223,61 @@ int gw_conf_load_obj(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
             rc = -1;
         }
     return rc;
+}
+
+int gw_conf_load(gw_conf_ctx_t *cx, const cJSON *node, const char *path, const gw_conf_obj_t *obj,
+                 void *dst)
+{
+    return load(cx, node, path, obj, dst, 0);
+}
+
+int gw_conf_load_some(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
+                      const gw_conf_obj_t *obj, void *dst)
+{
+    return load(cx, node, path, obj, dst, 1);
+}
+
+void *gw_conf_alloc(gw_conf_ctx_t *cx, size_t size)
+{
+    return gw_arena_calloc(cx->arena, size ? size : 1);
+}
+
+char *gw_conf_strdup(gw_conf_ctx_t *cx, const char *s)
+{
+    return s ? gw_arena_strdup(cx->arena, s) : NULL;
+}
+
+int gw_conf_on_release(gw_conf_ctx_t *cx, void (*fn)(void *), void *arg)
+{
+    return gw_arena_cleanup(cx->arena, fn, arg);
+}
+
+const cJSON *gw_conf_root(gw_conf_ctx_t *cx)
+{
+    return cx->root;
+}
+
+static const cJSON *tenants(gw_conf_ctx_t *cx)
+{
+    const cJSON *t = cx->root ? cJSON_GetObjectItemCaseSensitive(cx->root, "tenants") : NULL;
+    return cJSON_IsArray(t) ? t : NULL;
+}
+
+size_t gw_conf_tenant_count(gw_conf_ctx_t *cx)
+{
+    const cJSON *t = tenants(cx);
+    return t ? (size_t)cJSON_GetArraySize(t) : 0;
+}
+
+const cJSON *gw_conf_tenant(gw_conf_ctx_t *cx, size_t i, const char **id, const char **path)
+{
+    const cJSON *t = tenants(cx), *e = t ? t->child : NULL;
+    for (size_t k = 0; e && k < i; k++) e = e->next;
+    if (!e) return NULL;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, "id");
+    if (id) *id = cJSON_IsString(v) ? v->valuestring : NULL;
+    if (path) *path = gw_conf_path_index(cx, "$.tenants", i);
+    return cJSON_IsObject(e) ? e : NULL;
 }
 
 /* cJSON decodes \u0000 (and takes a raw NUL) into a NUL that ends its C string: "p\u0000x"

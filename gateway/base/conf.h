@@ -9,60 +9,21 @@
 #include "base/arena.h"
 #include "gotthard/plugin.h"
 
-typedef enum {
-    GW_CT_INT,
-    GW_CT_BOOL,
-    GW_CT_STR,
-    GW_CT_STRS,
-    GW_CT_OBJ,
-    GW_CT_OBJS,
-    GW_CT_FN
-} gw_conf_type_t;
-
-enum { GW_CK_REQUIRED = 1 };
-
-typedef struct gw_conf_key gw_conf_key_t;
-
-typedef struct gw_conf_obj {
-    size_t size;               /* of one item (GW_CT_OBJS) */
-    const gw_conf_key_t *keys; /* ends with a NULL name */
-    void (*init)(void *item);  /* defaults; may be NULL */
-    /* A key not in the table that someone else parses (a built-in plugin): 1 to accept. */
-    int (*owned_elsewhere)(const char *key);
-} gw_conf_obj_t;
-
-struct gw_conf_key {
-    const char *name;
-    gw_conf_type_t type;
-    size_t offset;
-    int64_t min, max; /* INT: bounds. STR: max length. STRS/OBJS: min and max count (max 0: any) */
-    unsigned flags;
-    const gw_conf_obj_t *obj;
-    /* GW_CT_FN: parses the node itself. */
-    int (*fn)(gw_conf_ctx_t *cx, const cJSON *node, const char *path, void *dst);
-};
-
-/* A list of strings (char *) or of objects (obj->size bytes each). */
-typedef struct gw_conf_list {
-    void *items;
-    size_t n;
-} gw_conf_list_t;
+/* The table types (gw_conf_key_t, gw_conf_obj_t, gw_conf_list_t) and the loader's public calls
+ * (gw_conf_load, gw_conf_load_some, gw_conf_error, gw_conf_alloc...) are in gotthard/plugin.h:
+ * the core and the plugins read their config with the same tables. */
 
 struct gw_conf_ctx {
     gw_arena_t *arena;
     char *errors; /* lines "path: message\n" */
     size_t errors_len, errors_cap;
     int nerrors;
-    void *config; /* the gw_config_t being loaded, when there is one */
+    void *config;      /* the gw_config_t being loaded, when there is one */
+    const cJSON *root; /* the whole config being loaded (gw_conf_root) */
 };
 
 void gw_conf_ctx_init(gw_conf_ctx_t *cx, gw_arena_t *arena);
 void gw_conf_ctx_release(gw_conf_ctx_t *cx);
-int gw_conf_load_obj(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
-                     const gw_conf_obj_t *obj, void *dst);
-/* path + "." + key, or path + "[i]", in the context's arena. */
-char *gw_conf_path_key(gw_conf_ctx_t *cx, const char *path, const char *key);
-char *gw_conf_path_index(gw_conf_ctx_t *cx, const char *path, size_t i);
 /* Config text parsed like cJSON_ParseWithLengthOpts (end: where it stopped), except that a
  * \u0000 escape or a raw NUL reads as U+0001, for gw_conf_check_strings to refuse. */
 cJSON *gw_conf_parse(const char *text, size_t len, const char **end);

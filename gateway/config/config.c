@@ -248,7 +248,7 @@ static int load_tls(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *d
 {
     gw_tls_conf_t *t = gw_arena_calloc(cx->arena, sizeof(*t));
     *(gw_tls_conf_t **)dst = t;
-    return gw_conf_load_obj(cx, n, path, &tls_obj, t);
+    return gw_conf_load(cx, n, path, &tls_obj, t);
 }
 
 static int load_plugin_config(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
@@ -883,9 +883,10 @@ gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, c
     gw_conf_ctx_t cx;
     gw_conf_ctx_init(&cx, arena);
     cx.config = c;
+    cx.root = json;
     /* First: the loader's messages name keys, which must be printable. */
     int rc = gw_conf_check_strings(&cx, json, "$");
-    if (rc == 0) rc = gw_conf_load_obj(&cx, json, "$", &top_obj, c);
+    if (rc == 0) rc = gw_conf_load(&cx, json, "$", &top_obj, c);
     if (rc == 0) rc = derive(&cx, c);
     if (rc == 0) rc = check_aliases(&cx, c);
     if (rc == 0) rc = derive_tenants(&cx, c);

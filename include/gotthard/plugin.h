@@ -8,7 +8,7 @@
 
 /* Raised whenever gw_plugin_t changes: a plugin built against another table is refused at
  * load instead of having its hooks read from the wrong slots. 2: upstream_select, wants_usage.
- * 3: activate. */
+ * 3: the core's config tables, tenant keys, positions, admin contributions, activate. */
 #define GW_PLUGIN_ABI 3
 
 typedef struct gw_req gw_req_t;
@@ -30,10 +30,127 @@ struct event_base;
  */
 enum { GW_CONTINUE = 0, GW_DONE = 1, GW_WAIT = 2, GW_DROP = 3, GW_ERROR = -1 };
 
+/* ------------------------------------------------------------------------ config tables
+ *
+ * A plugin declares its keys once, in tables, and the core's loader reads them: type, bounds,
+ * default (the table's init), unknown keys refused, duplicate keys refused, every problem
+ * reported with its JSON path. Memory for what it loads comes from the config's arena and
+ * dies with the snapshot; release is needed only for foreign objects (a file handle, an
+ * OpenSSL key), or register those with gw_conf_on_release. */
+typedef enum {
+    GW_CT_INT,  /* int64_t, within [min, max] */
+    GW_CT_BOOL, /* int, 0 or 1 */
+    GW_CT_STR,  /* char *, not empty, at most max bytes (0: any), UTF-8 without controls */
+    GW_CT_STRS, /* gw_conf_list_t of char *, between min and max entries (max 0: any) */
+    GW_CT_OBJ,  /* an object loaded by obj into the struct at offset */
+    GW_CT_OBJS, /* gw_conf_list_t of obj->size items, between min and max entries */
+    GW_CT_FN,   /* fn parses the node itself */
+    GW_CT_ENUM, /* int: the index of the string in names (NULL-terminated) */
+    GW_CT_NUM,  /* double, within [min, max] */
+    GW_CT_JSON, /* const cJSON *: the node itself, alive as long as the snapshot */
+} gw_conf_type_t;
+
+enum {
+    GW_CK_REQUIRED = 1,
+    /* The value is a secret (a password, a key, a salt): never quoted by an error, a report,
+     * `gotthard -t` or the admin listener, which show "(secret)" in its place. */
+    GW_CK_SECRET = 2,
+};
+
+typedef struct gw_conf_key gw_conf_key_t;
+
+typedef struct gw_conf_obj {
+    size_t size;               /* of one item (GW_CT_OBJS), or of the struct loaded */
+    const gw_conf_key_t *keys; /* ends with a NULL name */
+    void (*init)(void *item);  /* defaults; may be NULL */
+    /* A key not in the table that someone else reads: 1 to accept it. */
+    int (*owned_elsewhere)(const char *key);
+} gw_conf_obj_t;
+
+struct gw_conf_key {
+    const char *name;
+    gw_conf_type_t type;
+    size_t offset;
+    int64_t min, max; /* INT, NUM: bounds. STR: max length. STRS, OBJS: min and max count */
+    unsigned flags;   /* GW_CK_* */
+    const gw_conf_obj_t *obj;
+    /* GW_CT_FN: parses the node itself into dst; 0, or -1 after gw_conf_error. */
+    int (*fn)(gw_conf_ctx_t *cx, const cJSON *node, const char *path, void *dst);
+    const char *const *names; /* GW_CT_ENUM */
+};
+
+/* A list of strings (char *) or of objects (obj->size bytes each). */
+typedef struct gw_conf_list {
+    void *items;
+    size_t n;
+} gw_conf_list_t;
+
+/* Loads the object node (at JSON path `path`) into dst by the table obj: 0, or -1 with an error
+ * for each problem. Every key of node must be in the table (or owned elsewhere). */
+int gw_conf_load(gw_conf_ctx_t *cx, const cJSON *node, const char *path, const gw_conf_obj_t *obj,
+                 void *dst);
+/* The same, reading only the table's keys and leaving any other key of node alone (a plugin's
+ * keys inside an object that the core, or another plugin, also reads: a tenant entry). */
+int gw_conf_load_some(gw_conf_ctx_t *cx, const cJSON *node, const char *path,
+                      const gw_conf_obj_t *obj, void *dst);
+/* Config problems, reported with the JSON path they concern. Never put a secret in them. */
+void gw_conf_error(gw_conf_ctx_t *cx, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Memory that lives as long as the config (zeroed), and a copy of a string in it. */
+void *gw_conf_alloc(gw_conf_ctx_t *cx, size_t size);
+char *gw_conf_strdup(gw_conf_ctx_t *cx, const char *s);
+/* fn(arg) runs when the config is released (or refused), in the reverse order of registration. */
+int gw_conf_on_release(gw_conf_ctx_t *cx, void (*fn)(void *), void *arg);
+/* path + "." + key, and path + "[i]", in the config's memory. */
+char *gw_conf_path_key(gw_conf_ctx_t *cx, const char *path, const char *key);
+char *gw_conf_path_index(gw_conf_ctx_t *cx, const char *path, size_t i);
+/* The whole config being loaded (read-only), for a plugin's top-level keys (config_keys). */
+const cJSON *gw_conf_root(gw_conf_ctx_t *cx);
+/* The config's tenants, for a plugin's tenant-level keys (tenant_keys): how many, and the
+ * i-th's id, its object (with every key, the core's and other plugins' too: read yours with
+ * gw_conf_load_some) and its JSON path ("$.tenants[2]"). */
+size_t gw_conf_tenant_count(gw_conf_ctx_t *cx);
+const cJSON *gw_conf_tenant(gw_conf_ctx_t *cx, size_t i, const char **id, const char **path);
+
+/* ------------------------------------------------------------------------ the chain
+ *
+ * Each plugin has a place in the chain of hooks: its rank (lower runs first, in every phase),
+ * then `after` and `before` (a plugin's name) move it relative to another one. A name that is
+ * no plugin at all is a config error; one that names a plugin the config leaves off is ignored.
+ * The built-in plugins' ranks: */
+enum {
+    GW_RANK_AUTH = 100,    /* auth_apikey 100, auth_jwt 110: who the tenant is */
+    GW_RANK_QUOTA = 200,   /* quota: how much it may */
+    GW_RANK_ROUTE = 300,   /* residency: where it may go */
+    GW_RANK_PRIVACY = 900, /* privacy: what is stripped, always on */
+    GW_RANK_LAST = 1000,   /* rank 0 means this: after every built-in */
+};
+
+/* ------------------------------------------------------------------------ the admin listener
+ *
+ * What a plugin contributes to the admin listener's documents. report is called with page:
+ *   "status"   GET /status: add your part (one member named after the plugin) to out.
+ *   "privacy"  GET /privacy: add what you do to data (facts derived from your loaded config).
+ *   a name in pages, for GET /<name>: fill out, the whole answer.
+ * query is the URL's query string (NULL when none). Return 0, or an HTTP status >= 400 after
+ * writing a constant error code and message into err (the client then gets an OpenAI-shaped
+ * error; a 503 is served again for five seconds without asking the plugin). Runs on the admin
+ * thread, concurrently with the workers: read only what is safe to read from another thread. */
+typedef struct gw_admin_err {
+    const char *code; /* a constant, e.g. "quota_store_timeout" */
+    char message[200];
+} gw_admin_err_t;
+
+/* Metrics a plugin adds to GET /metrics: text in the Prometheus format, through out. */
+typedef void (*gw_metrics_out)(void *out, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /*
  * A plugin is one const table. Every hook is optional (NULL where unused) and receives
  * the plugin's configured state (`conf`, from configure) and a per-request slot (`ctx`,
  * NULL at start; memory for it should come from gw_req_alloc so it dies with the request).
+ * Built-in plugins (compiled into the gotthard program; the build lists them) and external
+ * ones (a .so named in the config's plugins[]) have exactly this interface.
  *
  * Phases, in request order:
  *   request_headers   the head is parsed, the body not yet read (auth).
@@ -48,13 +165,23 @@ enum { GW_CONTINUE = 0, GW_DONE = 1, GW_WAIT = 2, GW_DROP = 3, GW_ERROR = -1 };
 typedef struct gw_plugin {
     const char *name;
     int abi; /* GW_PLUGIN_ABI */
-    /* Built-in plugins only: the top-level config keys this plugin owns (NULL-terminated).
-     * Their configure gets the whole config object at path "$", and returns with *state
-     * NULL when the config does not enable them. */
-    const char *const *config_keys;
 
-    /* configure: read this plugin's JSON config (may be NULL when absent) into *state.
-     * Report problems with gw_conf_error(cx, path, ...) and return -1.
+    /* The top-level config keys this plugin owns (NULL-terminated; may be NULL): the core
+     * accepts them and leaves them to it. The tenant-level keys it owns likewise, in every
+     * tenants[] entry. A key owned by two plugins, or by the core and a plugin, is refused. */
+    const char *const *config_keys;
+    const char *const *tenant_keys;
+
+    /* Its place in the chain (see above). */
+    int rank;
+    const char *after, *before;
+
+    /* configure: read the plugin's config into *state. `config` is its entry's "config" in
+     * plugins[] (path "$.plugins[i].config"), NULL when absent; a built-in plugin, which has no
+     * entry, gets the whole config at path "$". Top-level keys it owns: gw_conf_root (or that
+     * whole config); tenant keys: gw_conf_tenant. Returning with *state NULL leaves it out of the
+     * chain (a built-in that the config does not enable). Report problems with gw_conf_error and
+     * return -1.
      *
      * A config is a transaction (a reload, or a check on the admin listener): configure builds
      * its state privately and publishes nothing process-wide, because a later check may still
@@ -65,6 +192,7 @@ typedef struct gw_plugin {
      * check (-t, --residency-report). */
     int (*configure)(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state);
     void (*release)(void *state);
+    void (*activate)(void *state);
 
     int (*request_headers)(gw_req_t *r, void *conf, void **ctx);
     int (*request_body)(gw_req_t *r, void *conf, void **ctx);
@@ -76,16 +204,21 @@ typedef struct gw_plugin {
     /* Set when the plugin reads gw_req_usage: the core then reads the usage of answers. */
     int wants_usage;
 
-    /* activate: the config of state is kept (see configure); may be NULL. */
-    void (*activate)(void *state);
+    /* The admin listener (see above): pages it serves (NULL-terminated names, each GET /name;
+     * may be NULL), and its report for those and for "status" and "privacy". */
+    const char *const *admin_pages;
+    int (*admin_report)(void *state, const char *page, const char *query, cJSON *out,
+                        gw_admin_err_t *err);
+    /* Its lines of GET /metrics, written with out_fn(out, ...). */
+    void (*admin_metrics)(void *state, gw_metrics_out out_fn, void *out);
+
+    /* thread_exit: runs on each worker thread as it stops, for the plugin's thread-local
+     * state (not for state, which release frees). */
+    void (*thread_exit)(void);
 } gw_plugin_t;
 
 /* An external plugin (.so) exports its table under this name. */
 #define GW_PLUGIN_SYMBOL "gotthard_plugin"
-
-/* Config problems, reported with the JSON path they concern. */
-void gw_conf_error(gw_conf_ctx_t *cx, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 /* The request, read-only. Header names are case-insensitive; values are not copied. */
 const char *gw_req_id(const gw_req_t *r);

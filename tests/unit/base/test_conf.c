@@ -6,6 +6,7 @@
 #include "check.h"
 #include "config/config.h"
 #include "base/tls.h"
+#include "base/conf.h"
 
 #define BASE_LISTEN                                                                                \
     "\"listen\":[{\"address\":\"127.0.0.1:0\"}],\"admin\":{\"address\":\"127.0.0.1:0\"}"
@@ -160,6 +161,93 @@ static void test_errors_all_reported(void)
     free(errors);
 }
 
+/* The public table loader (gotthard/plugin.h): the kinds a plugin's table declares, a partial
+ * load beside other readers' keys, and the tenants of the config being loaded. */
+typedef struct {
+    int64_t n;
+    int mode;
+    double price;
+    const cJSON *raw;
+    char *secret;
+} table_t;
+
+static const char *const modes[] = {"keep", "drop", "hash", NULL};
+static const gw_conf_key_t table_keys[] = {
+    {"n", GW_CT_INT, offsetof(table_t, n), 1, 10},
+    {"mode", GW_CT_ENUM, offsetof(table_t, mode), .names = modes},
+    {"price", GW_CT_NUM, offsetof(table_t, price), 0, 1000},
+    {"raw", GW_CT_JSON, offsetof(table_t, raw)},
+    {"secret", GW_CT_STR, offsetof(table_t, secret), .max = 64, .flags = GW_CK_SECRET},
+    {NULL},
+};
+static const gw_conf_obj_t table_obj = {sizeof(table_t), table_keys, NULL, NULL};
+
+static int table_load(const char *text, int some, table_t *t, char **errors)
+{
+    gw_arena_t *a = gw_arena_new(4096);
+    gw_conf_ctx_t cx;
+    gw_conf_ctx_init(&cx, a);
+    cJSON *j = cJSON_Parse(text);
+    cx.root = j;
+    memset(t, 0, sizeof(*t));
+    int rc = some ? gw_conf_load_some(&cx, j, "$.x", &table_obj, t)
+                  : gw_conf_load(&cx, j, "$.x", &table_obj, t);
+    if (rc == 0 && t->raw) CHECK(cJSON_IsArray(t->raw), "raw node kept as it is");
+    *errors = cx.errors ? strdup(cx.errors) : NULL;
+    gw_conf_ctx_release(&cx);
+    cJSON_Delete(j);
+    gw_arena_free(a);
+    return rc;
+}
+
+static void test_public_tables(void)
+{
+    table_t t;
+    char *err = NULL;
+    CHECK(table_load("{\"n\":3,\"mode\":\"hash\",\"price\":0.25,\"raw\":[1]}", 0, &t, &err) == 0,
+          "good table: %s", err ? err : "");
+    CHECK(t.n == 3 && t.mode == 2 && t.price == 0.25, "values: %lld %d %g", (long long)t.n, t.mode,
+          t.price);
+    free(err);
+    CHECK(table_load("{\"mode\":\"shred\"}", 0, &t, &err) < 0 && err &&
+              strstr(err, "$.x.mode: must be one of \"keep\", \"drop\" or \"hash\"") &&
+              !strstr(err, "shred"),
+          "enum error names the choices, never the value: %s", err ? err : "");
+    free(err);
+    CHECK(table_load("{\"price\":-1}", 0, &t, &err) < 0 && err && strstr(err, "$.x.price: "),
+          "number bounds: %s", err ? err : "");
+    free(err);
+    CHECK(table_load("{\"n\":2,\"other\":1}", 0, &t, &err) < 0 && err &&
+              strstr(err, "$.x.other: unknown key"),
+          "unknown key refused: %s", err ? err : "");
+    free(err);
+    CHECK(table_load("{\"n\":2,\"other\":1}", 1, &t, &err) == 0 && t.n == 2,
+          "a partial load leaves other keys alone: %s", err ? err : "");
+    free(err);
+    CHECK(table_load("{\"secret\":\""
+                     "0123456789012345678901234567890123456789012345678901234567890123456789"
+                     "\"}",
+                     0, &t, &err) < 0 &&
+              err && !strstr(err, "0123456789"),
+          "a secret's error never quotes it: %s", err ? err : "");
+    free(err);
+
+    gw_arena_t *a = gw_arena_new(4096);
+    gw_conf_ctx_t cx;
+    gw_conf_ctx_init(&cx, a);
+    cJSON *j = cJSON_Parse("{\"tenants\":[{\"id\":\"a\"},{\"id\":\"b\",\"k\":1}]}");
+    cx.root = j;
+    const char *id = NULL, *path = NULL;
+    CHECK(gw_conf_root(&cx) == j && gw_conf_tenant_count(&cx) == 2, "root and tenants");
+    const cJSON *b = gw_conf_tenant(&cx, 1, &id, &path);
+    CHECK(b && id && strcmp(id, "b") == 0 && path && strcmp(path, "$.tenants[1]") == 0,
+          "tenant 1: %s at %s", id ? id : "-", path ? path : "-");
+    CHECK(!gw_conf_tenant(&cx, 2, &id, &path), "no tenant 2");
+    gw_conf_ctx_release(&cx);
+    cJSON_Delete(j);
+    gw_arena_free(a);
+}
+
 int main(void)
 {
     gw_tls_init();
@@ -168,5 +256,6 @@ int main(void)
     test_routing();
     test_errors();
     test_errors_all_reported();
+    test_public_tables();
     return check_done();
 }
