@@ -46,8 +46,6 @@
 
 #define MAX_ADDRS GW_MAX_ADDRS
 
-int gw_residency_report_mode;
-
 struct gw_residency {
     gw_geoip_t *geoip;
     char **databases;
@@ -446,7 +444,7 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
             return -1;
         }
         publish(b, rs); /* nobody else sees the snapshot yet: rs stays b's while it loads */
-        if (!c->residency || gw_residency_report_mode || rs->approved) continue;
+        if (!c->residency || (c->flags & GW_CONFIG_REPORT) || rs->approved) continue;
         int broken = rs->unknown || rs->failed;
         if (!broken && c->residency->allow_refused) continue;
         gw_pool_t *pools = c->pools.items;
@@ -466,6 +464,9 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
     }
     return rc;
 }
+
+const gw_config_steps_t gw_residency_config_steps = {gw_residency_resolve_backend,
+                                                     gw_residency_derive};
 
 /* ---------------------------------------------------------------- the connect path */
 

@@ -38,10 +38,6 @@ typedef struct gw_resolved {
 
 enum { GW_RES_LOAD, GW_RES_REFRESH };
 
-/* --residency-report: an unknown address or a failed lookup is a verdict to show, not a
- * config error. Set before gw_config_load. */
-extern int gw_residency_report_mode;
-
 /* Resolves host (A and AAAA) through resolver.hosts_file, then getaddrinfo. Returns the
  * number of distinct addresses (> 0) in *out (free it), or -1 with err. */
 int gw_resolve_host(const char *host, const char *port, const char *hosts_file,
@@ -52,6 +48,9 @@ int gw_resolve_host(const char *host, const char *port, const char *hosts_file,
 int gw_residency_resolve_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b,
                                  const char *path, char *err, size_t errlen);
 int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c);
+/* Both, as the steps the config loader runs (gw_config_set_steps); with GW_CONFIG_REPORT an
+ * unknown address or a failed lookup is a verdict to show, not a config error. */
+extern const gw_config_steps_t gw_residency_config_steps;
 
 /* The backend's current state, held: valid (from any thread) until gw_resolved_release.
  * NULL when the backend was not resolved (offline checks). */
