@@ -21,6 +21,7 @@
 #include "ops/metrics.h"
 #include "base/overload.h"
 #include "config/plugin_host.h"
+#include "proxy/serve.h"
 #include "store/residency.h"
 #include "base/tls.h"
 #include "io/worker.h"
@@ -263,6 +264,7 @@ static int run(const char *file)
     if (!m.base || !m.workers) goto fail;
     for (size_t i = 0; i < m.nworkers; i++) {
         m.workers[i].id = (int)i;
+        m.workers[i].hooks = &gw_serve_hooks;
         m.workers[i].cfg = gw_config_ref(cfg);
     }
     if (gw_workers_bind(m.workers, m.nworkers, cfg) < 0) goto fail;
