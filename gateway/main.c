@@ -22,7 +22,7 @@
 #include "base/overload.h"
 #include "config/plugin_host.h"
 #include "proxy/serve.h"
-#include "store/residency.h"
+#include "store/backend_geo.h"
 #include "base/tls.h"
 #include "io/worker.h"
 
@@ -279,7 +279,7 @@ static int run(const char *file)
             gw_error("cannot start worker %zu", started);
             goto fail;
         }
-    if (gw_resolver_start(cfg) < 0) {
+    if (gw_resolver_start(cfg, &gw_backend_geo_resolver_cbs) < 0) {
         gw_error("cannot start the resolver thread");
         goto fail;
     }
@@ -392,7 +392,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     gw_tls_init();
     gw_json_init();
-    gw_config_set_steps(&gw_residency_config_steps); /* backends resolved and judged at load */
+    gw_config_set_steps(&gw_backend_geo_config_steps); /* backends resolved and judged at load */
     if (report || test) { /* one-shot: no logs to reopen, the default actions otherwise */
         signal(SIGUSR1, SIG_IGN);
         async_signals(SIG_UNBLOCK);

@@ -14,7 +14,7 @@
 #include "base/body.h"
 #include "base/json.h"
 #include "base/log.h"
-#include "store/residency.h"
+#include "store/backend_geo.h"
 #include "base/tls.h"
 
 #define CLIENT_HIGH (256 * 1024) /* stop reading the backend past this much unsent */

@@ -1,6 +1,6 @@
-/* Unit tests of gateway/residency.c and gateway/geoip.c: the hosts-file resolver, database errors,
- * lookups in the site database the build makes (SITE_MMDB, when given), the connect-time check
- * and the counted backend states. */
+/* Unit tests of gateway/store/backend_geo.c, store/resolver.c and base/geoip.c: the hosts-file
+ * resolver, database errors, lookups in the site database the build makes (SITE_MMDB, when given),
+ * the connect-time check and the counted backend states. */
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +9,7 @@
 #include "check.h"
 #include "base/geoip.h"
 #include "proxy/request.h"
-#include "store/residency.h"
+#include "store/backend_geo.h"
 
 static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 {
