@@ -383,10 +383,10 @@ const gw_addr_t *gw_residency_connect_addr(const gw_config_t *c, const gw_resolv
     return &rs->addrs[0];
 }
 
-static int in_narrow(const gw_req_t *r, const char *cc)
+static int in_narrow(const gw_geo_ask_t *r, const char *cc)
 {
-    for (size_t i = 0; i < r->nres_narrow; i++)
-        if (strcmp(r->res_narrow[i], cc) == 0) return 1;
+    for (size_t i = 0; i < r->nnarrow; i++)
+        if (strcmp(r->narrow[i], cc) == 0) return 1;
     return 0;
 }
 
@@ -440,7 +440,7 @@ static const gw_backend_t *twin_in(const gw_config_t *now, const gw_backend_t *b
  * snapshot `now` judges it? b is judged as `now` declares and resolves it: its twin there
  * (gone: refused), the twin's declared country and its current state, held; and every address
  * rs may connect to must be one the twin's state approves. The tenant's narrowing is `now`'s. */
-static const char *check_now(const gw_config_t *now, const gw_req_t *r, const gw_backend_t *b,
+static const char *check_now(const gw_config_t *now, const gw_geo_ask_t *r, const gw_backend_t *b,
                              const gw_resolved_t *rs)
 {
     const gw_residency_t *p = now->residency;
@@ -456,7 +456,7 @@ static const char *check_now(const gw_config_t *now, const gw_req_t *r, const gw
         while (j < crs->n && !gw_addr_same(&crs->addrs[j].ss, &rs->addrs[i].ss)) j++;
         if (j == crs->n || !crs->addrs[j].allowed) why = "backend_not_approved";
     }
-    const gw_tenant_t *t = r->tenant ? gw_config_tenant(now, r->tenant->id) : NULL;
+    const gw_tenant_t *t = r->tenant_id ? gw_config_tenant(now, r->tenant_id) : NULL;
     const cJSON *narrow = t && cJSON_IsObject(t->residency) ? t->residency : NULL;
     for (size_t i = 0; !why && narrow && i <= crs->n; i++) {
         const char *cc = i == 0 ? cur->country : crs->addrs[i - 1].country;
@@ -466,11 +466,11 @@ static const char *check_now(const gw_config_t *now, const gw_req_t *r, const gw
     return why;
 }
 
-const char *gw_residency_connect_check(const gw_req_t *r, const gw_backend_t *b,
+const char *gw_residency_connect_check(const gw_geo_ask_t *r, const gw_backend_t *b,
                                        const gw_resolved_t *rs)
 {
     if (!gw_residency_connect_addr(r->cfg, rs)) return "backend_not_approved";
-    if (r->cfg->residency && r->res_narrow) {
+    if (r->cfg->residency && r->narrow) {
         /* Approved: the declared country and every address's are known and allowed globally. */
         if (!b->country || !in_narrow(r, b->country)) return "backend_not_approved_for_tenant";
         for (size_t i = 0; i < rs->n; i++)

@@ -57,12 +57,20 @@ void gw_resolved_release(const gw_resolved_t *rs);
  * not be connected to; then, once connected, whether the peer is one of the verified
  * addresses of that state. */
 const gw_addr_t *gw_residency_connect_addr(const gw_config_t *c, const gw_resolved_t *rs);
+/* Who asks to connect: the snapshot the request was admitted under, its tenant (NULL: none) and
+ * the countries the tenant's policy narrowed it to (gw_req_residency_narrow; NULL: none). */
+typedef struct gw_geo_ask {
+    const gw_config_t *cfg;
+    const char *tenant_id;
+    char (*narrow)[3];
+    size_t nnarrow;
+} gw_geo_ask_t;
 /* The one residency check of a request's connect path, for every try (first, queued,
  * retried) and every connection (new or idle): may r go to b under rs, b's state current at
  * this moment (held)? NULL when it may, else the reason (for the audit log):
  * backend_not_approved (the global verdict) or backend_not_approved_for_tenant (the tenant's
- * narrowed policy, gw_req_residency_narrow). */
-const char *gw_residency_connect_check(const gw_req_t *r, const gw_backend_t *b,
+ * narrowed policy). */
+const char *gw_residency_connect_check(const gw_geo_ask_t *r, const gw_backend_t *b,
                                        const gw_resolved_t *rs);
 int gw_residency_peer_ok(const gw_config_t *c, const gw_resolved_t *rs, int fd);
 /* A pool has at least one approved backend. */

@@ -8,7 +8,6 @@
 
 #include "check.h"
 #include "base/geoip.h"
-#include "proxy/request.h"
 #include "store/backend_geo.h"
 
 static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
@@ -136,7 +135,7 @@ static void test_connect_check(void)
     int policy; /* only "there is a policy" matters here */
     gw_config_t cfg = {0};
     cfg.residency = (gw_residency_t *)&policy;
-    gw_req_t r = {0};
+    gw_geo_ask_t r = {0};
     r.cfg = &cfg;
     gw_backend_t b = {0};
     b.country = "CH";
@@ -153,22 +152,22 @@ static void test_connect_check(void)
     CHECK(why && strcmp(why, "backend_not_approved") == 0, "no state: refused");
     /* a tenant narrowed to CH: every address, and the declared country, must be in CH */
     char narrow[2][3] = {"CH", "LI"};
-    r.res_narrow = narrow;
-    r.nres_narrow = 1;
+    r.narrow = narrow;
+    r.nnarrow = 1;
     CHECK(!gw_residency_connect_check(&r, &b, home), "CH for a CH tenant");
     why = gw_residency_connect_check(&r, &b, mixed);
     CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "a DE address: %s",
           why ? why : "-");
     why = gw_residency_connect_check(&r, &b, liech);
     CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "an LI address for CH only");
-    r.nres_narrow = 2;
+    r.nnarrow = 2;
     CHECK(!gw_residency_connect_check(&r, &b, liech), "LI for a CH,LI tenant");
     b.country = "LI";
-    r.nres_narrow = 1;
+    r.nnarrow = 1;
     why = gw_residency_connect_check(&r, &b, home);
     CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0,
           "declared LI for a CH tenant");
-    r.nres_narrow = 0;
+    r.nnarrow = 0;
     b.country = "CH";
     CHECK(gw_residency_connect_check(&r, &b, home) != NULL,
           "a tenant policy of no country allows none");
