@@ -1,5 +1,6 @@
-/* Unit tests of gateway/store/resolver.c: address comparison, and what a refresh and the
- * resolver thread hand to their callbacks (names from a hosts file: no DNS is asked). */
+/* Unit tests of gateway/store/resolver.c: the hosts-file resolver, address comparison, and what a
+ * refresh and the resolver thread hand to their callbacks (names from a hosts file: no DNS is
+ * asked). */
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,6 +8,72 @@
 
 #include "check.h"
 #include "store/resolver.h"
+
+static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
+{
+    const void *raw = ss->ss_family == AF_INET
+                          ? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
+                          : (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+    return inet_ntop(ss->ss_family, raw, buf, (socklen_t)cap);
+}
+
+static void test_hosts_file(void)
+{
+    char path[] = "/tmp/gw-test-hosts-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    const char *text = "# comment\n"
+                       "127.0.0.1   llm.test alias.test   # trailing comment\n"
+                       "\n"
+                       "127.0.0.2 other.test\n"
+                       "::1 llm.test\n"
+                       "127.0.0.1 llm.test\n" /* a duplicate: once */
+                       "not-an-address llm.test\n";
+    CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text), "write");
+    close(fd);
+    struct sockaddr_storage *v;
+    size_t n;
+    char err[256], buf[64];
+    int rc = gw_resolve_host("LLM.test", "8000", path, &v, &n, err, sizeof(err));
+    CHECK(rc == 2 && n == 2, "two distinct addresses, got %d (%s)", rc, rc < 0 ? err : "");
+    if (rc == 2) {
+        CHECK(strcmp(addr_text(&v[0], buf, sizeof(buf)), "127.0.0.1") == 0, "first %s", buf);
+        CHECK(ntohs(((struct sockaddr_in *)&v[0])->sin_port) == 8000, "port");
+        CHECK(strcmp(addr_text(&v[1], buf, sizeof(buf)), "::1") == 0, "second %s", buf);
+        CHECK(ntohs(((struct sockaddr_in6 *)&v[1])->sin6_port) == 8000, "v6 port");
+    }
+    free(v);
+    rc = gw_resolve_host("alias.test", "1", path, &v, &n, err, sizeof(err));
+    CHECK(rc == 1, "an alias resolves");
+    free(v);
+    /* not in the file: the system resolver (a numeric host needs no DNS) */
+    rc = gw_resolve_host("127.0.0.9", "80", path, &v, &n, err, sizeof(err));
+    CHECK(rc == 1 && strcmp(addr_text(&v[0], buf, sizeof(buf)), "127.0.0.9") == 0, "fallback");
+    free(v);
+    unlink(path);
+    rc = gw_resolve_host("llm.test", "80", path, &v, &n, err, sizeof(err));
+    CHECK(rc < 0 && strstr(err, "cannot read the hosts file"),
+          "a missing hosts file is an error: %s", err);
+}
+
+/* More addresses than a state keeps: GW_MAX_ADDRS + 1 of them come back, so that the backend is
+ * refused (never approved on the first GW_MAX_ADDRS while the others go unverified). */
+static void test_too_many_addresses(void)
+{
+    char path[] = "/tmp/gw-test-hosts-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    FILE *f = fdopen(fd, "w");
+    for (int i = 1; i <= GW_MAX_ADDRS + 6; i++) fprintf(f, "127.0.3.%d many.test\n", i);
+    fclose(f);
+    struct sockaddr_storage *v;
+    size_t n;
+    char err[256];
+    int rc = gw_resolve_host("many.test", "80", path, &v, &n, err, sizeof(err));
+    CHECK(rc == GW_MAX_ADDRS + 1 && n == GW_MAX_ADDRS + 1, "more than the limit is told: %d", rc);
+    if (rc > 0) free(v);
+    unlink(path);
+}
 
 static struct {
     const gw_backend_t *b[8];
@@ -133,6 +200,8 @@ int main(void)
     const char *text = "127.0.0.1 a.test\n::1 a.test # and v6\n127.0.0.3 b.test\n";
     CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text), "write");
     close(fd);
+    test_hosts_file();
+    test_too_many_addresses();
     test_addr_same();
     test_refresh(path);
     test_thread_tells_serving(path);
