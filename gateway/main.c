@@ -21,7 +21,8 @@
 #include "ops/metrics.h"
 #include "base/overload.h"
 #include "config/plugin_host.h"
-#include "store/residency.h"
+#include "proxy/serve.h"
+#include "store/backend_geo.h"
 #include "base/tls.h"
 #include "io/worker.h"
 
@@ -239,10 +240,10 @@ static void async_signals(int how)
 }
 
 /* Loads FILE, or prints its problems ("FILE: $.path: what") and returns NULL. */
-static gw_config_t *load_or_report(const char *file)
+static gw_config_t *load_or_report(const char *file, unsigned flags)
 {
     char *errors = NULL;
-    gw_config_t *cfg = gw_config_load(file, &errors);
+    gw_config_t *cfg = gw_config_load_flags(file, flags, &errors);
     if (!cfg) print_errors(file, errors);
     free(errors);
     return cfg;
@@ -250,7 +251,7 @@ static gw_config_t *load_or_report(const char *file)
 
 static int run(const char *file)
 {
-    gw_config_t *cfg = load_or_report(file);
+    gw_config_t *cfg = load_or_report(file, 0);
     if (!cfg) return 1;
     gw_plugins_activate(cfg);
     gw_main_t m = {0};
@@ -263,6 +264,7 @@ static int run(const char *file)
     if (!m.base || !m.workers) goto fail;
     for (size_t i = 0; i < m.nworkers; i++) {
         m.workers[i].id = (int)i;
+        m.workers[i].hooks = &gw_serve_hooks;
         m.workers[i].cfg = gw_config_ref(cfg);
     }
     if (gw_workers_bind(m.workers, m.nworkers, cfg) < 0) goto fail;
@@ -277,7 +279,7 @@ static int run(const char *file)
             gw_error("cannot start worker %zu", started);
             goto fail;
         }
-    if (gw_resolver_start(cfg) < 0) {
+    if (gw_resolver_start(cfg, &gw_backend_geo_resolver_cbs) < 0) {
         gw_error("cannot start the resolver thread");
         goto fail;
     }
@@ -339,8 +341,8 @@ fail:
 /* --residency-report: every backend resolved and verified; exit 0 only if all are approved. */
 static int residency_report(const char *file, int json)
 {
-    gw_residency_report_mode = 1; /* unknown addresses are verdicts to show, not errors */
-    gw_config_t *cfg = load_or_report(file);
+    /* unknown addresses are verdicts to show, not errors */
+    gw_config_t *cfg = load_or_report(file, GW_CONFIG_REPORT);
     if (!cfg) return 1;
     int ok = gw_residency_all_approved(cfg);
     if (json) {
@@ -390,13 +392,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     gw_tls_init();
     gw_json_init();
+    gw_config_set_steps(&gw_backend_geo_config_steps); /* backends resolved and judged at load */
     if (report || test) { /* one-shot: no logs to reopen, the default actions otherwise */
         signal(SIGUSR1, SIG_IGN);
         async_signals(SIG_UNBLOCK);
     }
     if (report) return residency_report(file, json);
     if (test) {
-        gw_config_t *cfg = load_or_report(file);
+        gw_config_t *cfg = load_or_report(file, 0);
         if (!cfg) return 1;
         gw_config_unref(cfg);
         printf("%s: ok\n", file);

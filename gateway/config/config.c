@@ -15,8 +15,8 @@
 #include "base/overload.h"
 #include "config/plugin_host.h"
 #include "base/redis_url.h"
-#include "store/residency.h"
 #include "base/tls.h"
+#include "base/url.h"
 
 #define MAX_CONFIG_BYTES (16u << 20)
 #define INT_MAX_MS (24LL * 3600 * 1000)
@@ -359,92 +359,16 @@ static int check_secret(const char *s)
     return 0;
 }
 
-static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, const char *path)
+/* The backend's key, from the environment or a file, as a ready header line (b->auth_line). */
+static int backend_key(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, const char *path)
 {
     char err[512];
-    const char *u = b->url, *rest;
-    const char *upath = gw_conf_path_key(cx, path, "url");
-    if (strncmp(u, "http://", 7) == 0) {
-        rest = u + 7;
-    } else if (strncmp(u, "https://", 8) == 0) {
-        rest = u + 8;
-        b->tls = 1;
-    } else {
-        gw_conf_error(cx, upath, "must start with http:// or https://");
-        return -1;
-    }
-    size_t hostport_len = strcspn(rest, "/");
-    if (rest[hostport_len] && strcmp(rest + hostport_len, "/") != 0) {
-        gw_conf_error(cx, upath, "must not have a path");
-        return -1;
-    }
-    char hp[300];
-    if (hostport_len == 0 || hostport_len >= sizeof(hp)) {
-        gw_conf_error(cx, upath, "has no host");
-        return -1;
-    }
-    memcpy(hp, rest, hostport_len);
-    hp[hostport_len] = '\0';
-    char *host = hp, *port = NULL;
-    if (hp[0] == '[') {
-        char *close = strchr(hp, ']');
-        if (!close) {
-            gw_conf_error(cx, upath, "has a bad IPv6 address");
-            return -1;
-        }
-        *close = '\0';
-        host = hp + 1;
-        if (close[1] == ':')
-            port = close + 2;
-        else if (close[1]) {
-            gw_conf_error(cx, upath, "has a bad host");
-            return -1;
-        }
-    } else {
-        char *colon = strchr(hp, ':');
-        if (colon) {
-            *colon = '\0';
-            port = colon + 1;
-        }
-    }
-    if (!port) port = b->tls ? "443" : "80";
-    char *end;
-    long pn = strtol(port, &end, 10);
-    if (!*host || !*port || *end || pn < 1 || pn > 65535) {
-        gw_conf_error(cx, upath, "has a bad host or port");
-        return -1;
-    }
-    for (const char *p = host; *p; p++)
-        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-' && *p != ':') {
-            gw_conf_error(cx, upath, "has a bad host");
-            return -1;
-        }
-    b->host = gw_arena_strdup(cx->arena, host);
-    b->port = gw_arena_strdup(cx->arena, port);
-    /* Every address (A and AAAA); resolved again by the resolver thread (residency.c). */
-    if (!b->host || !b->port ||
-        gw_residency_resolve_backend(cx, c, b, path, err, sizeof(err)) < 0) {
-        gw_conf_error(cx, upath, "%s", b->host && b->port ? err : "out of memory");
-        return -1;
-    }
-    int v6 = strchr(host, ':') != NULL;
-    char buf[320];
-    snprintf(buf, sizeof(buf), v6 ? "[%s]:%s" : "%s:%s", host, port);
-    b->name = gw_arena_strdup(cx->arena, buf);
-    b->host_header = b->name;
-
-    if (!isupper((unsigned char)b->country[0]) || !isupper((unsigned char)b->country[1]) ||
-        b->country[2]) {
-        gw_conf_error(cx, gw_conf_path_key(cx, path, "country"),
-                      "must be an ISO 3166 alpha-2 code such as CH");
-        return -1;
-    }
     char *key = NULL;
     if (b->api_key_env && b->api_key_file) {
         gw_conf_error(cx, path, "api_key_env and api_key_file exclude each other");
         return -1;
     }
-    int offline = c->flags & GW_CONFIG_OFFLINE; /* no key read, no TLS context made */
+    int offline = c->flags & GW_CONFIG_OFFLINE; /* no key read */
     if (b->api_key_env && !offline) {
         const char *v = getenv(b->api_key_env);
         if (!v || !*v) {
@@ -464,25 +388,30 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
             return -1;
         }
     }
-    if (key) {
-        if (check_secret(key) < 0) {
-            gw_conf_error(cx, path, "the backend key has characters a header cannot carry");
-            free(key);
-            return -1;
-        }
-        size_t n = strlen(key) + 32;
-        b->auth_line = gw_arena_alloc(c->arena, n);
-        if (b->auth_line)
-            b->auth_line_len =
-                (size_t)snprintf(b->auth_line, n, "authorization: Bearer %s\r\n", key);
-        explicit_bzero(key, strlen(key));
+    if (!key) return 0;
+    if (check_secret(key) < 0) {
+        gw_conf_error(cx, path, "the backend key has characters a header cannot carry");
         free(key);
-        if (!b->auth_line) {
-            gw_conf_error(cx, path, "out of memory");
-            return -1;
-        }
+        return -1;
     }
-    if (b->tls && !offline) {
+    size_t n = strlen(key) + 32;
+    b->auth_line = gw_arena_alloc(c->arena, n);
+    if (b->auth_line)
+        b->auth_line_len = (size_t)snprintf(b->auth_line, n, "authorization: Bearer %s\r\n", key);
+    explicit_bzero(key, strlen(key));
+    free(key);
+    if (!b->auth_line) {
+        gw_conf_error(cx, path, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* An https backend's TLS client context (none offline); ca_file only for https. */
+static int backend_tls(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, const char *path)
+{
+    char err[512];
+    if (b->tls && !(c->flags & GW_CONFIG_OFFLINE)) {
         b->ssl = gw_tls_client_ctx(b->ca_file, err, sizeof(err));
         if (!b->ssl) {
             gw_conf_error(cx, gw_conf_path_key(cx, path, b->ca_file ? "ca_file" : "url"), "%s",
@@ -494,6 +423,48 @@ static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, co
         return -1;
     }
     return 0;
+}
+
+/* The registered steps of the store layer (gw_config_set_steps), or NULL. */
+static const gw_config_steps_t *store_steps;
+
+void gw_config_set_steps(const gw_config_steps_t *steps)
+{
+    store_steps = steps;
+}
+
+static int derive_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, const char *path)
+{
+    char err[512];
+    const char *upath = gw_conf_path_key(cx, path, "url");
+    gw_url_t u;
+    const char *why;
+    if (gw_url_parse(b->url, &u, &why) < 0) {
+        gw_conf_error(cx, upath, "%s", why);
+        return -1;
+    }
+    b->tls = u.tls;
+    b->host = gw_arena_strdup(cx->arena, u.host);
+    b->port = gw_arena_strdup(cx->arena, u.port);
+    b->name = gw_arena_strdup(cx->arena, u.name);
+    b->host_header = b->name;
+    if (!b->host || !b->port || !b->name) {
+        gw_conf_error(cx, upath, "out of memory");
+        return -1;
+    }
+    /* Every address (A and AAAA); resolved again by the resolver thread (store/resolver.c). */
+    if (store_steps && store_steps->resolve_backend(cx, c, b, path, err, sizeof(err)) < 0) {
+        gw_conf_error(cx, upath, "%s", err);
+        return -1;
+    }
+    if (!isupper((unsigned char)b->country[0]) || !isupper((unsigned char)b->country[1]) ||
+        b->country[2]) {
+        gw_conf_error(cx, gw_conf_path_key(cx, path, "country"),
+                      "must be an ISO 3166 alpha-2 code such as CH");
+        return -1;
+    }
+    if (backend_key(cx, c, b, path) < 0) return -1;
+    return backend_tls(cx, c, b, path);
 }
 
 /* Same port (not 0: each gets its own), and the same address or a wildcard on either side. */
@@ -838,6 +809,11 @@ static char *read_file(const char *file, size_t *len, char *err, size_t errlen)
 
 gw_config_t *gw_config_load(const char *file, char **errors)
 {
+    return gw_config_load_flags(file, 0, errors);
+}
+
+gw_config_t *gw_config_load_flags(const char *file, unsigned flags, char **errors)
+{
     *errors = NULL;
     char err[512];
     size_t len;
@@ -847,7 +823,7 @@ gw_config_t *gw_config_load(const char *file, char **errors)
         if (*errors) sprintf(*errors, "$: %s\n", err);
         return NULL;
     }
-    gw_config_t *c = gw_config_load_text(text, len, 0, errors);
+    gw_config_t *c = gw_config_load_text(text, len, flags, errors);
     free(text);
     return c;
 }
@@ -898,7 +874,7 @@ gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, c
     if (rc == 0) rc = gw_plugins_configure(&cx, c);
     c->plugin_entries.n = nexternal;
     if (c->access_log.path) c->want_usage = 1; /* the access log carries the tokens */
-    if (rc == 0) rc = gw_residency_derive(&cx, c);
+    if (rc == 0 && store_steps) rc = store_steps->verdicts(&cx, c);
     if (rc == 0 && gw_live_attach(c) < 0) { /* in-flight, health, queues carry over */
         gw_conf_error(&cx, "$", "out of memory");
         rc = -1;

@@ -145,7 +145,7 @@ typedef struct gw_config {
     atomic_int refs;
     gw_arena_t *arena;
     cJSON *json;           /* the parsed file, alive as long as the snapshot */
-    unsigned flags;        /* as loaded: GW_CONFIG_OFFLINE */
+    unsigned flags;        /* as loaded: GW_CONFIG_OFFLINE, GW_CONFIG_REPORT */
     gw_conf_list_t listen; /* gw_listen_t */
     gw_listen_t admin;
     int64_t workers;
@@ -208,8 +208,26 @@ gw_config_t *gw_config_load(const char *file, char **errors);
  * configured as always. A snapshot loaded so is for checking only, never for serving. */
 enum { GW_CONFIG_OFFLINE = 1 };
 
-/* As gw_config_load, from the len bytes of text (no NUL needed); flags: GW_CONFIG_OFFLINE or 0. */
+/* GW_CONFIG_REPORT (--residency-report): a backend address no database knows, or a lookup that
+ * failed, is a verdict to show, not a config error. */
+enum { GW_CONFIG_REPORT = 2 };
+
+/* As gw_config_load, from the len bytes of text (no NUL needed); flags: GW_CONFIG_* or 0. */
 gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, char **errors);
+/* As gw_config_load, with flags. */
+gw_config_t *gw_config_load_flags(const char *file, unsigned flags, char **errors);
+
+/* What a higher layer adds to every load (the store's backend_geo.c: resolution and verdicts),
+ * registered once at start-up, before any load; without it backends are not resolved (no
+ * addresses, gw_backend_hold gives NULL). resolve_backend: b's first resolution, from
+ * derive_backend (0, or -1 with err, reported at the backend's url); verdicts: once the plugins
+ * are configured, every backend's (0, or -1 having reported its errors through cx). */
+typedef struct gw_config_steps {
+    int (*resolve_backend)(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, const char *path,
+                           char *err, size_t errlen);
+    int (*verdicts)(gw_conf_ctx_t *cx, gw_config_t *c);
+} gw_config_steps_t;
+void gw_config_set_steps(const gw_config_steps_t *steps);
 gw_config_t *gw_config_ref(gw_config_t *c);
 void gw_config_unref(gw_config_t *c);
 gw_pool_t *gw_config_pool_for_model(const gw_config_t *c, const char *model);

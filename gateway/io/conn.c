@@ -9,10 +9,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
-#include "base/overload.h"
 #include "base/proxy_proto.h"
-#include "proxy/request.h"
-#include "proxy/upstream.h"
 
 #define CLIENT_WRITE_LOW (64 * 1024)
 #define LINGER_MS 2000
@@ -30,6 +27,12 @@ struct proxy_wait {
 };
 
 static void process(gw_conn_t *c);
+
+/* The request layer above (gw_worker_hooks_t.conn). */
+static const gw_conn_handler_t *handler(const gw_conn_t *c)
+{
+    return c->w->hooks->conn;
+}
 
 static void proxy_wait_free(struct proxy_wait *p)
 {
@@ -63,8 +66,7 @@ void gw_conn_close(gw_conn_t *c)
     if (c->req) {
         gw_req_t *r = c->req;
         c->req = NULL;
-        r->conn = NULL;
-        gw_req_abort(r);
+        handler(c)->abort(r);
     }
     if (c->in_process) {
         /* process() is below us on the stack: it frees the connection when it returns. */
@@ -115,15 +117,13 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     gw_conn_t *c = arg;
     switch (c->state) {
     case CONN_HEAD:
-        gw_conn_error_reply(c, 408, "request_timeout", "The request head was not received in time.",
-                            1);
+        handler(c)->reply(c, 408, "request_timeout", "The request head was not received in time.",
+                          1);
         break;
     case CONN_BODY:
         if (c->req) {
-            gw_req_t *r = c->req;
-            r->close = 1;
-            gw_req_error(r, 408, "request_timeout", "The request body was not received in time.");
-            gw_req_finish(r, 1);
+            handler(c)->fail(c->req, 408, "request_timeout",
+                             "The request body was not received in time.");
         } else {
             gw_conn_close(c);
         }
@@ -155,7 +155,7 @@ static void write_cb(gw_io_t *io, void *arg)
         if (!c->lingering && evbuffer_get_length(gw_io_out(io)) == 0) linger_start(c);
         return;
     }
-    if (c->req) gw_upstream_client_drained(c->req);
+    if (c->req) handler(c)->drained(c->req);
 }
 
 static void event_cb(gw_io_t *io, int what, void *arg)
@@ -302,19 +302,18 @@ void gw_conn_accept(gw_worker_t *w, int fd, gw_listen_t *l, const struct sockadd
 /* Reads the body into the request as it arrives. Returns 1 when it is whole. */
 static void body_data(void *arg, const char *p, size_t n)
 {
-    gw_req_t *r = arg;
-    evbuffer_add(r->body, p, n);
+    struct evbuffer *into = arg;
+    evbuffer_add(into, p, n);
 }
 
 static int read_body(gw_conn_t *c)
 {
-    gw_req_t *r = c->req;
+    const gw_conn_body_t *b = &c->body;
     struct evbuffer *in = gw_io_in(c->io);
-    int64_t max = r->cfg->limits.max_body_bytes;
-    if (!r->head.chunked) {
+    if (!b->chunked) {
         size_t have = evbuffer_get_length(in);
         size_t take = have < (size_t)c->body_left ? have : (size_t)c->body_left;
-        if (take) evbuffer_remove_buffer(in, r->body, take);
+        if (take) evbuffer_remove_buffer(in, b->into, take);
         c->body_left -= (int64_t)take;
         return c->body_left == 0;
     }
@@ -322,18 +321,14 @@ static int read_body(gw_conn_t *c)
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0) return 0;
         size_t used = 0;
-        int rc = gw_chunked_feed(&c->chunked, v.iov_base, v.iov_len, &used, body_data, r);
+        int rc = gw_chunked_feed(&c->chunked, v.iov_base, v.iov_len, &used, body_data, b->into);
         evbuffer_drain(in, used);
         if (rc == GW_CHUNKED_BAD) {
-            r->close = 1;
-            gw_req_error(r, 400, "bad_request", "The chunked request body is malformed.");
-            gw_req_finish(r, 1);
+            handler(c)->fail(c->req, 400, "bad_request", "The chunked request body is malformed.");
             return -1;
         }
-        if ((int64_t)evbuffer_get_length(r->body) > max) {
-            r->close = 1;
-            gw_req_error(r, 413, "request_too_large", "The request body is too large.");
-            gw_req_finish(r, 1);
+        if ((int64_t)evbuffer_get_length(b->into) > b->max_bytes) {
+            handler(c)->fail(c->req, 413, "request_too_large", "The request body is too large.");
             return -1;
         }
         if (rc == GW_CHUNKED_DONE) return 1;
@@ -343,16 +338,18 @@ static int read_body(gw_conn_t *c)
 void gw_conn_read_body(gw_conn_t *c)
 {
     gw_req_t *r = c->req;
-    if (!r->head.chunked && r->head.content_length <= 0) {
+    memset(&c->body, 0, sizeof(c->body));
+    handler(c)->body_plan(r, &c->body);
+    if (!c->body.chunked && c->body.length <= 0) {
         c->state = CONN_BUSY;
-        gw_req_body_ready(r);
+        handler(c)->body(r);
         return;
     }
     c->state = CONN_BODY;
-    c->body_left = r->head.chunked ? 0 : r->head.content_length;
+    c->body_left = c->body.chunked ? 0 : c->body.length;
     memset(&c->chunked, 0, sizeof(c->chunked));
-    arm(c, r->cfg->timeouts.client_body_ms);
-    if (r->head.expect_continue && evbuffer_get_length(gw_io_in(c->io)) == 0) {
+    arm(c, c->body.timeout_ms);
+    if (c->body.expect_continue && evbuffer_get_length(gw_io_in(c->io)) == 0) {
         evbuffer_add(gw_io_out(c->io), "HTTP/1.1 100 Continue\r\n\r\n", 25);
         gw_io_flush(c->io);
     }
@@ -382,20 +379,11 @@ void gw_conn_drain(gw_conn_t *c)
 static void head_error(gw_conn_t *c, int rc)
 {
     if (rc == GW_HTTP_TOO_MANY)
-        gw_conn_error_reply(c, 431, "headers_too_large", "The request headers are too large.", 1);
+        handler(c)->reply(c, 431, "headers_too_large", "The request headers are too large.", 1);
     else if (rc == GW_HTTP_BAD_VERSION)
-        gw_conn_error_reply(c, 505, "bad_request", "Only HTTP/1.0 and HTTP/1.1 are supported.", 1);
+        handler(c)->reply(c, 505, "bad_request", "Only HTTP/1.0 and HTTP/1.1 are supported.", 1);
     else
-        gw_conn_error_reply(c, 400, "bad_request", "The request is malformed.", 1);
-}
-
-/* Answers a request refused before its body is read; the connection closes after it (the body
- * would otherwise be taken for the next request). */
-static void refuse_unread(gw_req_t *r, int status, const char *code, const char *message)
-{
-    r->close = 1;
-    gw_req_error(r, status, code, message);
-    gw_req_finish(r, 1);
+        handler(c)->reply(c, 400, "bad_request", "The request is malformed.", 1);
 }
 
 /* Parses as many requests as the input holds, one at a time. */
@@ -438,7 +426,7 @@ static void process(gw_conn_t *c)
                 break;
             }
             int err = 0;
-            gw_req_t *r = gw_req_new(c, buf, (size_t)hl, &err);
+            gw_req_t *r = handler(c)->begin(c, buf, (size_t)hl, &err);
             evbuffer_drain(in, (size_t)hl);
             c->head_scanned = 0;
             if (!r) {
@@ -448,18 +436,7 @@ static void process(gw_conn_t *c)
             c->req = r;
             c->state = CONN_BUSY;
             evtimer_del(c->timer);
-            if (gw_overload_memory()) {
-                /* Short of memory: running requests go on, this one is refused cheaply. */
-                gw_req_add_response_header(r, "retry-after", "1");
-                refuse_unread(r, 503, "server_overloaded",
-                              "The gateway is short of memory; try again shortly.");
-                break;
-            }
-            if (r->head.content_length > r->cfg->limits.max_body_bytes) {
-                refuse_unread(r, 413, "request_too_large", "The request body is too large.");
-                break;
-            }
-            gw_req_headers_ready(r);
+            handler(c)->headers(r); /* which may refuse it, the connection closing after */
             continue;
         }
         if (c->state == CONN_BODY) {
@@ -468,7 +445,7 @@ static void process(gw_conn_t *c)
             if (rc == 0) break;
             evtimer_del(c->timer);
             c->state = CONN_BUSY;
-            gw_req_body_ready(c->req);
+            handler(c)->body(c->req);
             continue;
         }
         /* CONN_BUSY: a pipelined request waits in the input; CONN_CLOSING: ignore. */

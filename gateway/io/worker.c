@@ -11,13 +11,10 @@
 #include <unistd.h>
 
 #include "base/arena.h"
-#include "proxy/balance.h"
 #include "io/conn.h"
 #include "base/accept_guard.h"
 #include "base/log.h"
 #include "quota.h"
-#include "store/redis.h"
-#include "proxy/upstream.h"
 
 typedef struct listen_ctx {
     gw_worker_t *w;
@@ -99,8 +96,7 @@ static void start_drain(gw_worker_t *w)
     if (w->draining) return;
     w->draining = 1;
     free_listeners(w);
-    gw_balance_worker_drain(w);
-    gw_upstream_close_idle(w);
+    w->hooks->drain(w);
     gw_conn_t *c = w->conns;
     while (c) {
         gw_conn_t *next = c->next;
@@ -108,11 +104,6 @@ static void start_drain(gw_worker_t *w)
         c = next;
     }
     if (w->nconns == 0) event_base_loopexit(w->base, NULL);
-}
-
-void gw_worker_conn_gone(gw_worker_t *w)
-{
-    if (w->draining && w->nconns == 0) event_base_loopexit(w->base, NULL);
 }
 
 /* Takes the snapshot a reload handed over; requests in flight keep theirs. */
@@ -129,27 +120,15 @@ static void take_reload(gw_worker_t *w)
         gw_warn("worker %d: out of memory taking the new configuration", w->id);
         return;
     }
-    gw_upstream_close_idle(w);
+    w->hooks->reload(w, next); /* the idle connections go: the arrays are replaced */
     free(w->idle);
     free(w->nidle);
     w->idle = idle;
     w->nidle = nidle;
-    /* A changed store: a new connection, while the old one finishes what it was sent (its
-     * answers settle the admissions in flight; its queue moves over). A changed timeout only
-     * applies to the commands sent from now on. */
-    const char *old_url = w->cfg->redis.url, *new_url = next->redis.url;
-    if ((old_url == NULL) != (new_url == NULL) || (old_url && strcmp(old_url, new_url) != 0)) {
-        gw_redis_t *old = w->redis;
-        w->redis = gw_redis_new(w, next);
-        gw_redis_hand_over(old, w->redis);
-        gw_redis_retire(old);
-    } else if (w->cfg->redis.timeout_ms != next->redis.timeout_ms) {
-        gw_redis_set_timeout(w->redis, next->redis.timeout_ms);
-    }
     gw_config_unref(w->cfg);
     w->cfg = next;
     w->idle_cfg = next;
-    gw_balance_worker_reload(w);
+    w->hooks->reloaded(w);
 }
 
 void gw_worker_reload(gw_worker_t *w, gw_config_t *cfg)
@@ -177,19 +156,14 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 static void *run(void *arg)
 {
     gw_worker_t *w = arg;
-    gw_redis_thread(w);
+    w->hooks->thread(w);
     event_base_dispatch(w->base);
     /* Stopped: whatever is still open is closed now. */
     while (w->conns) gw_conn_close(w->conns);
-    gw_upstream_close_idle(w);
     /* The quota counts still pending go to Redis; a drained worker waits for them to arrive
-     * (no listener is left to accept anything meanwhile). */
+     * (no listener is left to accept anything meanwhile: the stop hook delivers them). */
     gw_quota_worker_stop();
-    if (w->draining) gw_redis_deliver(w->redis, w->base);
-    gw_balance_worker_free(w);
-    gw_redis_free(w->redis); /* answers what still waits on it */
-    w->redis = NULL;
-    gw_redis_free_retiring();
+    w->hooks->stop(w);
     gw_arena_thread_cleanup();
     atomic_store(&w->done, 1);
     return NULL;
@@ -237,8 +211,7 @@ int gw_worker_start(gw_worker_t *w)
     w->nidle = calloc(w->cfg->nbackends + 1, sizeof(*w->nidle));
     if (!w->idle || !w->nidle) return -1;
     w->lctx = lcs;
-    if (gw_balance_worker_init(w) < 0) return -1;
-    w->redis = gw_redis_new(w, w->cfg);
+    if (w->hooks->start(w) < 0) return -1;
     return pthread_create(&w->thread, NULL, run, w) == 0 ? 0 : -1;
 }
 
@@ -255,7 +228,7 @@ void gw_worker_join(gw_worker_t *w)
 
 void gw_worker_discard(gw_worker_t *w)
 {
-    gw_balance_worker_free(w); /* before its event base */
+    if (w->hooks) w->hooks->discard(w); /* before its event base */
     for (size_t i = 0; w->fds && i < w->nlisteners; i++)
         if (w->fds[i] >= 0) close(w->fds[i]);
     free_listeners(w);

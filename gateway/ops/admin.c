@@ -31,7 +31,7 @@
 #include "quota.h"
 #include "store/redis.h"
 #include "proxy/request.h"
-#include "store/residency.h"
+#include "store/backend_geo.h"
 #include "ops/status_page.h"
 
 /* The admin listener's bounds: connections at once (beyond, the oldest one without a complete

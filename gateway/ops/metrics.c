@@ -25,7 +25,7 @@
 #include <time.h>
 
 #include "proxy/request.h"
-#include "store/residency.h"
+#include "store/backend_geo.h"
 
 typedef atomic_ullong counter_t;
 

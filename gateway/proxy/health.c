@@ -11,7 +11,7 @@
 #include "io/io.h"
 #include "base/log.h"
 #include "proxy/request.h"
-#include "store/residency.h"
+#include "store/backend_geo.h"
 #include "base/tls.h"
 #include "base/vllm_metrics.h"
 

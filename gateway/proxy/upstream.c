@@ -14,7 +14,7 @@
 #include "base/body.h"
 #include "base/json.h"
 #include "base/log.h"
-#include "store/residency.h"
+#include "store/backend_geo.h"
 #include "base/tls.h"
 
 #define CLIENT_HIGH (256 * 1024) /* stop reading the backend past this much unsent */
@@ -321,7 +321,8 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b, int fresh)
      * as it is now (it may have been re-resolved since the request chose b, waited in the
      * queue or failed elsewhere). */
     const gw_resolved_t *rs = gw_backend_hold(b);
-    const char *why = gw_residency_connect_check(r, b, rs);
+    gw_geo_ask_t ask = {r->cfg, r->tenant ? r->tenant->id : NULL, r->res_narrow, r->nres_narrow};
+    const char *why = gw_residency_connect_check(&ask, b, rs);
     if (why) {
         gw_resolved_release(rs);
         residency_refused(r, b, why);

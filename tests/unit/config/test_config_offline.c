@@ -8,6 +8,7 @@
 #include "check.h"
 #include "config/config.h"
 #include "base/json.h"
+#include "store/backend_geo.h"
 
 /* Every outside thing a config can name, none of which exists here. */
 static const char outside[] =
@@ -160,6 +161,8 @@ static void test_found_by_fuzzing(void)
 int main(void)
 {
     gw_json_init();
+    /* As main.c: a load resolves and judges backends through the store's registered steps. */
+    gw_config_set_steps(&gw_backend_geo_config_steps);
     test_offline();
     test_online_fails();
     test_offline_still_checks();

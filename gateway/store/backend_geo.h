@@ -1,11 +1,14 @@
-/* Residency in the core: backend addresses, their verdicts, the connect-time check, the report. */
-#ifndef GW_RESIDENCY_H
-#define GW_RESIDENCY_H
+/* Where backends are: their addresses' countries, the verdicts under the global policy, the
+ * connect-time check, the audit lines and the report. The plugin owns the policy's config; the
+ * core judges backends by it. */
+#ifndef GW_BACKEND_GEO_H
+#define GW_BACKEND_GEO_H
 
 #include <arpa/inet.h>
 #include <stdio.h>
 
 #include "config/config.h"
+#include "store/resolver.h"
 
 typedef struct gw_residency gw_residency_t;
 typedef struct gw_req gw_req_t;
@@ -20,10 +23,8 @@ typedef struct gw_addr {
     int allowed;        /* the global policy allows it (always 1 without a policy) */
 } gw_addr_t;
 
-#define GW_MAX_ADDRS 64 /* addresses kept of one resolution */
-
 /* A backend's addresses and verdict at one resolution: immutable once published, counted
- * (see "Lifetime" in residency.c): freed by whoever drops its last reference. */
+ * (see "Lifetime" in backend_geo.c): freed by whoever drops its last reference. */
 typedef struct gw_resolved {
     atomic_int refs; /* the backend's while it is current, and one per holder */
     size_t n;
@@ -38,20 +39,14 @@ typedef struct gw_resolved {
 
 enum { GW_RES_LOAD, GW_RES_REFRESH };
 
-/* --residency-report: an unknown address or a failed lookup is a verdict to show, not a
- * config error. Set before gw_config_load. */
-extern int gw_residency_report_mode;
-
-/* Resolves host (A and AAAA) through resolver.hosts_file, then getaddrinfo. Returns the
- * number of distinct addresses (> 0) in *out (free it), or -1 with err. */
-int gw_resolve_host(const char *host, const char *port, const char *hosts_file,
-                    struct sockaddr_storage **out, size_t *n, char *err, size_t errlen);
-
 /* Config loading: the backend's first resolution (derive_backend), then, once the plugins are
  * configured, the verdicts of every backend (errors: unknown addresses, failed lookups). */
 int gw_residency_resolve_backend(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b,
                                  const char *path, char *err, size_t errlen);
 int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c);
+/* Both, as the steps the config loader runs (gw_config_set_steps); with GW_CONFIG_REPORT an
+ * unknown address or a failed lookup is a verdict to show, not a config error. */
+extern const gw_config_steps_t gw_backend_geo_config_steps;
 
 /* The backend's current state, held: valid (from any thread) until gw_resolved_release.
  * NULL when the backend was not resolved (offline checks). */
@@ -62,12 +57,20 @@ void gw_resolved_release(const gw_resolved_t *rs);
  * not be connected to; then, once connected, whether the peer is one of the verified
  * addresses of that state. */
 const gw_addr_t *gw_residency_connect_addr(const gw_config_t *c, const gw_resolved_t *rs);
+/* Who asks to connect: the snapshot the request was admitted under, its tenant (NULL: none) and
+ * the countries the tenant's policy narrowed it to (gw_req_residency_narrow; NULL: none). */
+typedef struct gw_geo_ask {
+    const gw_config_t *cfg;
+    const char *tenant_id;
+    char (*narrow)[3];
+    size_t nnarrow;
+} gw_geo_ask_t;
 /* The one residency check of a request's connect path, for every try (first, queued,
  * retried) and every connection (new or idle): may r go to b under rs, b's state current at
  * this moment (held)? NULL when it may, else the reason (for the audit log):
  * backend_not_approved (the global verdict) or backend_not_approved_for_tenant (the tenant's
- * narrowed policy, gw_req_residency_narrow). */
-const char *gw_residency_connect_check(const gw_req_t *r, const gw_backend_t *b,
+ * narrowed policy). */
+const char *gw_residency_connect_check(const gw_geo_ask_t *r, const gw_backend_t *b,
                                        const gw_resolved_t *rs);
 int gw_residency_peer_ok(const gw_config_t *c, const gw_resolved_t *rs, int fd);
 /* A pool has at least one approved backend. */
@@ -81,13 +84,9 @@ char *gw_residency_report_json(const gw_config_t *c);
 void gw_residency_report_table(const gw_config_t *c, FILE *f);
 int gw_residency_all_approved(const gw_config_t *c);
 
-/* The resolver thread: re-resolves backend hosts every resolver.refresh_ms and publishes new
- * verdicts; a host that now resolves abroad makes its backend refused, never followed. */
-int gw_resolver_start(gw_config_t *c);
-void gw_resolver_set_config(gw_config_t *c);
-void gw_resolver_stop(void);
-/* One pass at once (tests, and the thread's body). */
-void gw_resolver_refresh(gw_config_t *c);
+/* What the resolver thread hands over (gw_resolver_start): new addresses of a backend, verified
+ * and published when they changed; the snapshot served now. */
+extern const gw_resolver_cbs_t gw_backend_geo_resolver_cbs;
 /* Backend states alive in the process (gotthard_resolver_states). */
 long gw_resolver_states(void);
 

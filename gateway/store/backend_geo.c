@@ -1,4 +1,6 @@
-/* Residency in the core: backend addresses, their verdicts, the connect-time check, the report.
+/* Where backends are: their addresses' countries and verdicts, the connect-time check, the
+ * audit lines and the report (the core's residency verification; the policy's config is the
+ * plugin's, the resolver and its thread are store/resolver.c).
  *
  * The residency plugin hands over the global policy (gw_conf_residency) while the config is
  * loaded. Every backend host is resolved (A and AAAA, through resolver.hosts_file first) and
@@ -7,10 +9,10 @@
  * failed lookup is never allowed (fail closed), and at load it is a config error.
  *
  * A backend's addresses and verdict form one immutable gw_resolved_t, published through an
- * atomic pointer. The resolver thread resolves every host again each resolver.refresh_ms and,
- * when the answer changed, verifies the new addresses and publishes a new state: a host that
- * now resolves abroad makes its backend refused; its old addresses are not used any more and
- * the new ones never.
+ * atomic pointer. The resolver thread resolves every host again each resolver.refresh_ms and
+ * hands the addresses here (gw_backend_geo_resolver_cbs): when the answer changed, this verifies
+ * the new addresses and publishes a new state: a host that now resolves abroad makes its backend
+ * refused; its old addresses are not used any more and the new ones never.
  *
  * Lifetime. A state is counted (refs): one reference is the backend's while the state is its
  * current one (b->res), one is taken by every holder (gw_backend_hold: a connection for its
@@ -23,7 +25,7 @@
  * states alive are the current ones plus those that connections and readers still hold
  * (gotthard_resolver_states), however often names change. The connect path costs one
  * uncontended lock per try and, per new connection, one getpeername. */
-#include "store/residency.h"
+#include "store/backend_geo.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -46,8 +48,6 @@
 
 #define MAX_ADDRS GW_MAX_ADDRS
 
-int gw_residency_report_mode;
-
 struct gw_residency {
     gw_geoip_t *geoip;
     char **databases;
@@ -57,102 +57,6 @@ struct gw_residency {
     int allow_refused; /* residency.allow_refused_backends */
     char digest[72];   /* "sha256:" + 64 hex */
 };
-
-/* ---------------------------------------------------------------- resolution */
-
-static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family) return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-    }
-    return 0;
-}
-
-static int add_addr(struct sockaddr_storage *v, size_t *n, const struct sockaddr *sa, socklen_t len)
-{
-    if ((sa->sa_family != AF_INET && sa->sa_family != AF_INET6) || len > sizeof(*v)) return 0;
-    struct sockaddr_storage ss = {0};
-    memcpy(&ss, sa, len);
-    for (size_t i = 0; i < *n; i++)
-        if (same_addr(&v[i], &ss)) return 0;
-    /* One past the limit is kept to say so: such a backend is refused (verify), never judged on
-     * its first MAX_ADDRS addresses alone. */
-    if (*n > MAX_ADDRS) return 0;
-    v[(*n)++] = ss;
-    return 0;
-}
-
-/* Lines "address name [alias...]" as in /etc/hosts; '#' starts a comment. */
-static int from_hosts_file(const char *file, const char *host, int port, struct sockaddr_storage *v,
-                           size_t *n, char *err, size_t errlen)
-{
-    FILE *f = fopen(file, "r");
-    if (!f) {
-        snprintf(err, errlen, "cannot read the hosts file %s: %s", file, strerror(errno));
-        return -1;
-    }
-    char line[1024];
-    while (fgets(line, sizeof(line), f)) {
-        line[strcspn(line, "#\r\n")] = '\0';
-        char *save = NULL, *addr = strtok_r(line, " \t", &save);
-        if (!addr) continue;
-        int match = 0;
-        for (char *name; (name = strtok_r(NULL, " \t", &save));)
-            match |= strcasecmp(name, host) == 0;
-        if (!match) continue;
-        struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-        struct sockaddr_in6 v6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
-        if (inet_pton(AF_INET, addr, &v4.sin_addr) == 1)
-            add_addr(v, n, (struct sockaddr *)&v4, sizeof(v4));
-        else if (inet_pton(AF_INET6, addr, &v6.sin6_addr) == 1)
-            add_addr(v, n, (struct sockaddr *)&v6, sizeof(v6));
-    }
-    fclose(f);
-    return 0;
-}
-
-int gw_resolve_host(const char *host, const char *port, const char *hosts_file,
-                    struct sockaddr_storage **out, size_t *n, char *err, size_t errlen)
-{
-    *out = NULL;
-    *n = 0;
-    struct sockaddr_storage *v = calloc(MAX_ADDRS + 1, sizeof(*v));
-    if (!v) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    if (hosts_file && from_hosts_file(hosts_file, host, atoi(port), v, n, err, errlen) < 0) {
-        free(v);
-        return -1;
-    }
-    if (*n == 0) {
-        struct addrinfo hints = {
-            .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-        struct addrinfo *res;
-        int rc = getaddrinfo(host, port, &hints, &res);
-        if (rc != 0) {
-            snprintf(err, errlen, "cannot be resolved: %s", gai_strerror(rc));
-            free(v);
-            return -1;
-        }
-        for (struct addrinfo *a = res; a; a = a->ai_next) add_addr(v, n, a->ai_addr, a->ai_addrlen);
-        freeaddrinfo(res);
-    }
-    if (*n == 0) {
-        snprintf(err, errlen, "cannot be resolved: no address");
-        free(v);
-        return -1;
-    }
-    *out = v;
-    return (int)*n;
-}
 
 /* ---------------------------------------------------------------- verdicts */
 
@@ -446,7 +350,7 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
             return -1;
         }
         publish(b, rs); /* nobody else sees the snapshot yet: rs stays b's while it loads */
-        if (!c->residency || gw_residency_report_mode || rs->approved) continue;
+        if (!c->residency || (c->flags & GW_CONFIG_REPORT) || rs->approved) continue;
         int broken = rs->unknown || rs->failed;
         if (!broken && c->residency->allow_refused) continue;
         gw_pool_t *pools = c->pools.items;
@@ -467,6 +371,9 @@ int gw_residency_derive(gw_conf_ctx_t *cx, gw_config_t *c)
     return rc;
 }
 
+const gw_config_steps_t gw_backend_geo_config_steps = {gw_residency_resolve_backend,
+                                                       gw_residency_derive};
+
 /* ---------------------------------------------------------------- the connect path */
 
 const gw_addr_t *gw_residency_connect_addr(const gw_config_t *c, const gw_resolved_t *rs)
@@ -476,10 +383,10 @@ const gw_addr_t *gw_residency_connect_addr(const gw_config_t *c, const gw_resolv
     return &rs->addrs[0];
 }
 
-static int in_narrow(const gw_req_t *r, const char *cc)
+static int in_narrow(const gw_geo_ask_t *r, const char *cc)
 {
-    for (size_t i = 0; i < r->nres_narrow; i++)
-        if (strcmp(r->res_narrow[i], cc) == 0) return 1;
+    for (size_t i = 0; i < r->nnarrow; i++)
+        if (strcmp(r->narrow[i], cc) == 0) return 1;
     return 0;
 }
 
@@ -533,7 +440,7 @@ static const gw_backend_t *twin_in(const gw_config_t *now, const gw_backend_t *b
  * snapshot `now` judges it? b is judged as `now` declares and resolves it: its twin there
  * (gone: refused), the twin's declared country and its current state, held; and every address
  * rs may connect to must be one the twin's state approves. The tenant's narrowing is `now`'s. */
-static const char *check_now(const gw_config_t *now, const gw_req_t *r, const gw_backend_t *b,
+static const char *check_now(const gw_config_t *now, const gw_geo_ask_t *r, const gw_backend_t *b,
                              const gw_resolved_t *rs)
 {
     const gw_residency_t *p = now->residency;
@@ -546,10 +453,10 @@ static const char *check_now(const gw_config_t *now, const gw_req_t *r, const gw
         why = "backend_not_approved";
     for (size_t i = 0; !why && i < rs->n; i++) {
         size_t j = 0;
-        while (j < crs->n && !same_addr(&crs->addrs[j].ss, &rs->addrs[i].ss)) j++;
+        while (j < crs->n && !gw_addr_same(&crs->addrs[j].ss, &rs->addrs[i].ss)) j++;
         if (j == crs->n || !crs->addrs[j].allowed) why = "backend_not_approved";
     }
-    const gw_tenant_t *t = r->tenant ? gw_config_tenant(now, r->tenant->id) : NULL;
+    const gw_tenant_t *t = r->tenant_id ? gw_config_tenant(now, r->tenant_id) : NULL;
     const cJSON *narrow = t && cJSON_IsObject(t->residency) ? t->residency : NULL;
     for (size_t i = 0; !why && narrow && i <= crs->n; i++) {
         const char *cc = i == 0 ? cur->country : crs->addrs[i - 1].country;
@@ -559,11 +466,11 @@ static const char *check_now(const gw_config_t *now, const gw_req_t *r, const gw
     return why;
 }
 
-const char *gw_residency_connect_check(const gw_req_t *r, const gw_backend_t *b,
+const char *gw_residency_connect_check(const gw_geo_ask_t *r, const gw_backend_t *b,
                                        const gw_resolved_t *rs)
 {
     if (!gw_residency_connect_addr(r->cfg, rs)) return "backend_not_approved";
-    if (r->cfg->residency && r->res_narrow) {
+    if (r->cfg->residency && r->narrow) {
         /* Approved: the declared country and every address's are known and allowed globally. */
         if (!b->country || !in_narrow(r, b->country)) return "backend_not_approved_for_tenant";
         for (size_t i = 0; i < rs->n; i++)
@@ -597,7 +504,7 @@ int gw_residency_peer_ok(const gw_config_t *c, const gw_resolved_t *rs, int fd)
     socklen_t len = sizeof(peer);
     if (getpeername(fd, (struct sockaddr *)&peer, &len) < 0) return 0;
     for (size_t i = 0; i < rs->n; i++)
-        if (rs->addrs[i].allowed && same_addr(&rs->addrs[i].ss, &peer)) return 1;
+        if (rs->addrs[i].allowed && gw_addr_same(&rs->addrs[i].ss, &peer)) return 1;
     return 0;
 }
 
@@ -793,142 +700,43 @@ void gw_residency_report_table(const gw_config_t *c, FILE *f)
                                          : "NOT every backend is approved");
 }
 
-/* ---------------------------------------------------------------- the resolver thread */
-
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pthread_t th;
-    gw_config_t *cfg;
-    int running, stop;
-} R = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+/* ---------------------------------------------------------------- re-resolution */
 
 static int same_set(const gw_resolved_t *rs, const struct sockaddr_storage *v, size_t n)
 {
     if (!rs || rs->n != n) return 0;
     for (size_t i = 0; i < n; i++) {
         int found = 0;
-        for (size_t k = 0; k < n && !found; k++) found = same_addr(&rs->addrs[k].ss, &v[i]);
+        for (size_t k = 0; k < n && !found; k++) found = gw_addr_same(&rs->addrs[k].ss, &v[i]);
         if (!found) return 0;
     }
     return 1;
 }
 
-void gw_resolver_refresh(gw_config_t *c)
+/* The resolver thread found b's addresses: when they changed, a new state, verified and
+ * published, logged and audited; a host that now resolves abroad makes its backend refused. */
+static void resolved(const gw_config_t *c, gw_backend_t *b, const struct sockaddr_storage *v,
+                     size_t n)
 {
-    for (size_t i = 0; i < c->nbackends; i++) {
-        gw_backend_t *b = c->backends[i];
-        struct sockaddr_storage *v;
-        size_t n;
-        char err[512];
-        if (gw_resolve_host(b->host, b->port, c->resolver.hosts_file, &v, &n, err, sizeof(err)) <
-            0) {
-            /* Nothing new to connect to: the verified addresses stay (they are still checked). */
-            gw_warn("backend %s: %s; keeping its verified addresses", b->name, err);
-            continue;
-        }
-        const gw_resolved_t *old = gw_backend_hold(b);
-        int same = same_set(old, v, n);
-        gw_resolved_release(old);
-        if (same) {
-            free(v);
-            continue;
-        }
-        gw_resolved_t *rs = verify(c, b, v, n, GW_RES_REFRESH);
-        free(v);
-        if (!rs) continue;
-        atomic_fetch_add_explicit(&rs->refs, 1, memory_order_relaxed); /* ours, for the audit */
-        publish(b, rs);
-        char addrs[1024];
-        addresses_text(rs, addrs, sizeof(addrs));
-        if (c->residency && !rs->approved)
-            gw_warn("backend %s re-resolved to %s: refused (%s)", b->name, addrs, rs->reason);
-        else
-            gw_info("backend %s re-resolved to %s", b->name, addrs);
-        audit_verdict(c, b, rs);
-        gw_resolved_release(rs);
-    }
+    const gw_resolved_t *old = gw_backend_hold(b);
+    int same = same_set(old, v, n);
+    gw_resolved_release(old);
+    if (same) return;
+    gw_resolved_t *rs = verify(c, b, v, n, GW_RES_REFRESH);
+    if (!rs) return;
+    atomic_fetch_add_explicit(&rs->refs, 1, memory_order_relaxed); /* ours, for the audit */
+    publish(b, rs);
+    char addrs[1024];
+    addresses_text(rs, addrs, sizeof(addrs));
+    if (c->residency && !rs->approved)
+        gw_warn("backend %s re-resolved to %s: refused (%s)", b->name, addrs, rs->reason);
+    else
+        gw_info("backend %s re-resolved to %s", b->name, addrs);
+    audit_verdict(c, b, rs);
+    gw_resolved_release(rs);
 }
 
-static void *resolver_main(void *arg)
-{
-    pthread_mutex_lock(&R.mu);
-    while (!R.stop) {
-        int64_t ms = R.cfg->resolver.refresh_ms;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += ms / 1000;
-        ts.tv_nsec += (ms % 1000) * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        gw_config_t *before = R.cfg;
-        int rc = 0;
-        while (!R.stop && R.cfg == before && rc != ETIMEDOUT)
-            rc = pthread_cond_timedwait(&R.cv, &R.mu, &ts);
-        if (R.stop || R.cfg != before) continue; /* a new snapshot was resolved just now */
-        gw_config_t *c = gw_config_ref(R.cfg);
-        pthread_mutex_unlock(&R.mu);
-        gw_resolver_refresh(c);
-        gw_config_unref(c);
-        pthread_mutex_lock(&R.mu);
-    }
-    pthread_mutex_unlock(&R.mu);
-    gw_arena_thread_cleanup(); /* a snapshot it released last may have left blocks here */
-    return NULL;
-}
-
-int gw_resolver_start(gw_config_t *c)
-{
-    set_live(c);
-    pthread_mutex_lock(&R.mu);
-    R.cfg = gw_config_ref(c);
-    R.stop = 0;
-    int rc = pthread_create(&R.th, NULL, resolver_main, NULL);
-    R.running = rc == 0;
-    if (rc != 0) {
-        gw_config_unref(R.cfg);
-        R.cfg = NULL;
-    }
-    pthread_mutex_unlock(&R.mu);
-    return rc == 0 ? 0 : -1;
-}
-
-void gw_resolver_set_config(gw_config_t *c)
-{
-    set_live(c);
-    pthread_mutex_lock(&R.mu);
-    if (R.running) {
-        gw_config_t *old = R.cfg;
-        R.cfg = gw_config_ref(c);
-        pthread_cond_signal(&R.cv);
-        pthread_mutex_unlock(&R.mu);
-        gw_config_unref(old);
-        return;
-    }
-    pthread_mutex_unlock(&R.mu);
-}
-
-void gw_resolver_stop(void)
-{
-    set_live(NULL);
-    pthread_mutex_lock(&R.mu);
-    if (!R.running) {
-        pthread_mutex_unlock(&R.mu);
-        return;
-    }
-    R.stop = 1;
-    pthread_cond_signal(&R.cv);
-    pthread_mutex_unlock(&R.mu);
-    pthread_join(R.th, NULL);
-    pthread_mutex_lock(&R.mu);
-    R.running = 0;
-    gw_config_t *c = R.cfg;
-    R.cfg = NULL;
-    pthread_mutex_unlock(&R.mu);
-    gw_config_unref(c);
-}
+const gw_resolver_cbs_t gw_backend_geo_resolver_cbs = {resolved, set_live};
 
 /* ---------------------------------------------------------------- the plugin interface */
 

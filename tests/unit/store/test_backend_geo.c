@@ -1,6 +1,6 @@
-/* Unit tests of gateway/residency.c and gateway/geoip.c: the hosts-file resolver, database errors,
- * lookups in the site database the build makes (SITE_MMDB, when given), the connect-time check
- * and the counted backend states. */
+/* Unit tests of gateway/store/backend_geo.c and base/geoip.c: database errors, lookups in the
+ * site database the build makes (SITE_MMDB, when given), the connect-time check and the counted
+ * backend states. */
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,55 +8,7 @@
 
 #include "check.h"
 #include "base/geoip.h"
-#include "proxy/request.h"
-#include "store/residency.h"
-
-static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
-{
-    const void *raw = ss->ss_family == AF_INET
-                          ? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
-                          : (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
-    return inet_ntop(ss->ss_family, raw, buf, (socklen_t)cap);
-}
-
-static void test_hosts_file(void)
-{
-    char path[] = "/tmp/gw-test-hosts-XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0, "mkstemp");
-    const char *text = "# comment\n"
-                       "127.0.0.1   llm.test alias.test   # trailing comment\n"
-                       "\n"
-                       "127.0.0.2 other.test\n"
-                       "::1 llm.test\n"
-                       "127.0.0.1 llm.test\n" /* a duplicate: once */
-                       "not-an-address llm.test\n";
-    CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text), "write");
-    close(fd);
-    struct sockaddr_storage *v;
-    size_t n;
-    char err[256], buf[64];
-    int rc = gw_resolve_host("LLM.test", "8000", path, &v, &n, err, sizeof(err));
-    CHECK(rc == 2 && n == 2, "two distinct addresses, got %d (%s)", rc, rc < 0 ? err : "");
-    if (rc == 2) {
-        CHECK(strcmp(addr_text(&v[0], buf, sizeof(buf)), "127.0.0.1") == 0, "first %s", buf);
-        CHECK(ntohs(((struct sockaddr_in *)&v[0])->sin_port) == 8000, "port");
-        CHECK(strcmp(addr_text(&v[1], buf, sizeof(buf)), "::1") == 0, "second %s", buf);
-        CHECK(ntohs(((struct sockaddr_in6 *)&v[1])->sin6_port) == 8000, "v6 port");
-    }
-    free(v);
-    rc = gw_resolve_host("alias.test", "1", path, &v, &n, err, sizeof(err));
-    CHECK(rc == 1, "an alias resolves");
-    free(v);
-    /* not in the file: the system resolver (a numeric host needs no DNS) */
-    rc = gw_resolve_host("127.0.0.9", "80", path, &v, &n, err, sizeof(err));
-    CHECK(rc == 1 && strcmp(addr_text(&v[0], buf, sizeof(buf)), "127.0.0.9") == 0, "fallback");
-    free(v);
-    unlink(path);
-    rc = gw_resolve_host("llm.test", "80", path, &v, &n, err, sizeof(err));
-    CHECK(rc < 0 && strstr(err, "cannot read the hosts file"),
-          "a missing hosts file is an error: %s", err);
-}
+#include "store/backend_geo.h"
 
 static void test_open_errors(void)
 {
@@ -136,7 +88,7 @@ static void test_connect_check(void)
     int policy; /* only "there is a policy" matters here */
     gw_config_t cfg = {0};
     cfg.residency = (gw_residency_t *)&policy;
-    gw_req_t r = {0};
+    gw_geo_ask_t r = {0};
     r.cfg = &cfg;
     gw_backend_t b = {0};
     b.country = "CH";
@@ -153,22 +105,22 @@ static void test_connect_check(void)
     CHECK(why && strcmp(why, "backend_not_approved") == 0, "no state: refused");
     /* a tenant narrowed to CH: every address, and the declared country, must be in CH */
     char narrow[2][3] = {"CH", "LI"};
-    r.res_narrow = narrow;
-    r.nres_narrow = 1;
+    r.narrow = narrow;
+    r.nnarrow = 1;
     CHECK(!gw_residency_connect_check(&r, &b, home), "CH for a CH tenant");
     why = gw_residency_connect_check(&r, &b, mixed);
     CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "a DE address: %s",
           why ? why : "-");
     why = gw_residency_connect_check(&r, &b, liech);
     CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0, "an LI address for CH only");
-    r.nres_narrow = 2;
+    r.nnarrow = 2;
     CHECK(!gw_residency_connect_check(&r, &b, liech), "LI for a CH,LI tenant");
     b.country = "LI";
-    r.nres_narrow = 1;
+    r.nnarrow = 1;
     why = gw_residency_connect_check(&r, &b, home);
     CHECK(why && strcmp(why, "backend_not_approved_for_tenant") == 0,
           "declared LI for a CH tenant");
-    r.nres_narrow = 0;
+    r.nnarrow = 0;
     b.country = "CH";
     CHECK(gw_residency_connect_check(&r, &b, home) != NULL,
           "a tenant policy of no country allows none");
@@ -198,25 +150,6 @@ static void test_hold_release(void)
     gw_resolved_release(h2); /* freed here */
     CHECK(gw_backend_hold(&b) == NULL, "an unresolved backend: NULL");
     gw_resolved_release(NULL);
-}
-
-/* More addresses than a state keeps: GW_MAX_ADDRS + 1 of them come back, so that the backend is
- * refused (never approved on the first GW_MAX_ADDRS while the others go unverified). */
-static void test_too_many_addresses(void)
-{
-    char path[] = "/tmp/gw-test-hosts-XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0, "mkstemp");
-    FILE *f = fdopen(fd, "w");
-    for (int i = 1; i <= GW_MAX_ADDRS + 6; i++) fprintf(f, "127.0.3.%d many.test\n", i);
-    fclose(f);
-    struct sockaddr_storage *v;
-    size_t n;
-    char err[256];
-    int rc = gw_resolve_host("many.test", "80", path, &v, &n, err, sizeof(err));
-    CHECK(rc == GW_MAX_ADDRS + 1 && n == GW_MAX_ADDRS + 1, "more than the limit is told: %d", rc);
-    if (rc > 0) free(v);
-    unlink(path);
 }
 
 /* The database in use is the bytes read at open: the file truncated or rewritten in place
@@ -255,11 +188,9 @@ static void test_database_copied_at_open(void)
 
 int main(void)
 {
-    test_too_many_addresses();
     test_database_copied_at_open();
     test_connect_check();
     test_hold_release();
-    test_hosts_file();
     test_open_errors();
     test_lookups();
     return check_done();
