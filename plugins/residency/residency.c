@@ -205,7 +205,7 @@ static int policy_present(gw_conf_ctx_t *cx, const cJSON *root)
         return -1;
     }
     int rc = 0;
-    for (size_t i = 0; i < gw_conf_tenant_count(cx); i++) {
+    for (size_t i = 0, nt = gw_conf_tenant_count(cx); i < nt; i++) {
         const char *tpath;
         const cJSON *t = gw_conf_tenant(cx, i, NULL, &tpath);
         for (const gw_conf_key_t *k = tenant_conf_keys; t && k->name; k++)
