@@ -8,8 +8,6 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <pthread.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

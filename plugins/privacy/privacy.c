@@ -44,7 +44,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <stddef.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdint.h>

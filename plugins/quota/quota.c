@@ -1,7 +1,6 @@
 /* Quotas: each tenant held to its requests and tokens per minute, tokens per day and
  * concurrent requests, with OpenAI's x-ratelimit-* headers and 429s the SDKs honour. */
 #include <gotthard/plugin.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,6 @@
 /* Residency: requests reach only backends in the countries the policy allows, and a tenant's
  * clients only from the countries it allows. */
 #include <gotthard/plugin.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
