@@ -199,17 +199,20 @@ static int load(gw_conf_ctx_t *cx, const cJSON *node, const char *path, const gw
     }
     int rc = 0;
     for (const cJSON *e = node->child; e; e = e->next) {
-        const char *kpath = gw_conf_path_key(cx, path, e->string);
-        for (const cJSON *p = node->child; p != e; p = p->next)
-            if (strcmp(p->string, e->string) == 0) {
-                gw_conf_error(cx, kpath, "duplicate key");
-                rc = -1;
-                break;
-            }
+        int dup = 0;
+        for (const cJSON *p = node->child; p != e && !dup; p = p->next)
+            dup = strcmp(p->string, e->string) == 0;
         const gw_conf_key_t *k = obj->keys;
         while (k->name && strcmp(k->name, e->string) != 0) k++;
-        if (!k->name && (some || (obj->owned_elsewhere && obj->owned_elsewhere(e->string))))
-            continue;
+        int others =
+            !k->name && (some || (obj->owned_elsewhere && obj->owned_elsewhere(e->string)));
+        if (others && !dup) continue; /* not even its path in the config's memory */
+        const char *kpath = gw_conf_path_key(cx, path, e->string);
+        if (dup) {
+            gw_conf_error(cx, kpath, "duplicate key");
+            rc = -1;
+        }
+        if (others) continue;
         if (!k->name) {
             gw_conf_error(cx, kpath, "unknown key");
             rc = -1;
@@ -272,8 +275,17 @@ size_t gw_conf_tenant_count(gw_conf_ctx_t *cx)
 const cJSON *gw_conf_tenant(gw_conf_ctx_t *cx, size_t i, const char **id, const char **path)
 {
     const cJSON *t = tenants(cx), *e = t ? t->child : NULL;
-    for (size_t k = 0; e && k < i; k++) e = e->next;
+    size_t k = 0;
+    /* Plugins read the tenants in order: from the last one given, not from the first. */
+    if (t && t == cx->tenant_list && cx->tenant_node && cx->tenant_index <= i) {
+        e = cx->tenant_node;
+        k = cx->tenant_index;
+    }
+    for (; e && k < i; k++) e = e->next;
     if (!e) return NULL;
+    cx->tenant_list = t;
+    cx->tenant_node = e;
+    cx->tenant_index = i;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, "id");
     if (id) *id = cJSON_IsString(v) ? v->valuestring : NULL;
     if (path) *path = gw_conf_path_index(cx, "$.tenants", i);

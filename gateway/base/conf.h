@@ -20,6 +20,9 @@ struct gw_conf_ctx {
     int nerrors;
     void *config;      /* the gw_config_t being loaded, when there is one */
     const cJSON *root; /* the whole config being loaded (gw_conf_root) */
+    /* The tenant gw_conf_tenant gave last, in which list: the next is one step away. */
+    const cJSON *tenant_list, *tenant_node;
+    size_t tenant_index;
 };
 
 void gw_conf_ctx_init(gw_conf_ctx_t *cx, gw_arena_t *arena);

@@ -37,7 +37,7 @@ typedef struct apikey_conf {
     key_entry_t *slots; /* open addressing on the digest's first bytes */
     size_t cap, n;
     int redis;
-    long cache_ms;
+    int64_t cache_ms;
     EVP_MD *sha256; /* fetched once: the one-shot SHA256() looks it up on every call */
 } apikey_conf_t;
 
@@ -114,14 +114,7 @@ static int parse_hex(const char *hex, unsigned char *out)
 static void release(void *state)
 {
     apikey_conf_t *c = state;
-    if (!c) return;
-    for (size_t i = 0; c->slots && i < c->cap; i++) {
-        free(c->slots[i].tenant);
-        free(c->slots[i].id);
-    }
-    free(c->slots);
-    EVP_MD_free(c->sha256);
-    free(c);
+    if (c) EVP_MD_free(c->sha256); /* the rest is in the config's memory */
 }
 
 static int id_ok(const char *s)
@@ -132,150 +125,110 @@ static int id_ok(const char *s)
     return 1;
 }
 
-/* The top-level "api_keys": {"redis": true, "cache_ms": 5000}. */
-static int configure_store(gw_conf_ctx_t *cx, const cJSON *root, int *redis, long *cache_ms)
+/* One key of a tenant's "api_keys": {"id": "acme-1", "sha256": "<64 hex>"}. */
+typedef struct key_conf {
+    char *id;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+} key_conf_t;
+
+static int load_key_id(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
 {
-    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "api_keys");
-    *redis = 0;
-    *cache_ms = 5000;
-    if (!o) return 0;
-    if (!cJSON_IsObject(o)) {
-        gw_conf_error(cx, "$.api_keys", "must be an object");
+    if (!cJSON_IsString(n) || !id_ok(n->valuestring) ||
+        !(*(char **)dst = gw_conf_strdup(cx, n->valuestring))) {
+        gw_conf_error(cx, path, "must be letters, digits, '-', '_' or '.' (1 to 128)");
         return -1;
     }
-    int rc = 0;
-    for (const cJSON *f = o->child; f; f = f->next) {
-        char p[128];
-        snprintf(p, sizeof(p), "$.api_keys.%s", f->string);
-        if (strcmp(f->string, "redis") == 0) {
-            if (!cJSON_IsBool(f)) {
-                gw_conf_error(cx, p, "must be true or false");
-                rc = -1;
-            } else {
-                *redis = cJSON_IsTrue(f);
-            }
-        } else if (strcmp(f->string, "cache_ms") == 0) {
-            if (!cJSON_IsNumber(f) || f->valuedouble < 0 || f->valuedouble > 300000 ||
-                f->valuedouble != (double)(long)f->valuedouble) {
-                gw_conf_error(cx, p, "must be an integer between 0 and 300000");
-                rc = -1;
-            } else {
-                *cache_ms = (long)f->valuedouble;
-            }
-        } else {
-            gw_conf_error(cx, p, "unknown key");
-            rc = -1;
-        }
+    return 0;
+}
+
+static int load_digest(gw_conf_ctx_t *cx, const cJSON *n, const char *path, void *dst)
+{
+    if (!cJSON_IsString(n) || parse_hex(n->valuestring, dst) < 0) {
+        gw_conf_error(cx, path, "must be 64 hexadecimal digits (gotthard-keygen prints it)");
+        return -1;
     }
-    if (*redis && !cJSON_GetObjectItemCaseSensitive(root, "redis")) {
-        gw_conf_error(cx, "$.api_keys.redis", "needs the top-level redis");
-        rc = -1;
+    return 0;
+}
+
+static const gw_conf_key_t key_keys[] = {
+    {"id", GW_CT_FN, offsetof(key_conf_t, id), .flags = GW_CK_REQUIRED, .fn = load_key_id},
+    {"sha256", GW_CT_FN, offsetof(key_conf_t, digest), .flags = GW_CK_REQUIRED | GW_CK_SECRET,
+     .fn = load_digest},
+    {NULL},
+};
+static const gw_conf_obj_t key_obj = {sizeof(key_conf_t), key_keys, NULL, NULL};
+/* A tenant's "api_keys", into a gw_conf_list_t of key_conf_t. */
+static const gw_conf_key_t tenant_conf_keys[] = {
+    {"api_keys", GW_CT_OBJS, 0, .obj = &key_obj},
+    {NULL},
+};
+static const gw_conf_obj_t tenant_obj = {sizeof(gw_conf_list_t), tenant_conf_keys, NULL, NULL};
+/* The top level's "api_keys": {"redis": true, "cache_ms": 5000}, into the apikey_conf_t. */
+static const gw_conf_key_t store_keys[] = {
+    {"redis", GW_CT_BOOL, offsetof(apikey_conf_t, redis)},
+    {"cache_ms", GW_CT_INT, offsetof(apikey_conf_t, cache_ms), 0, 300000},
+    {NULL},
+};
+static const gw_conf_obj_t store_obj = {0, store_keys, NULL, NULL};
+static const gw_conf_key_t top_conf_keys[] = {
+    {"api_keys", GW_CT_OBJ, 0, .obj = &store_obj},
+    {NULL},
+};
+static const gw_conf_obj_t top_obj = {sizeof(apikey_conf_t), top_conf_keys, NULL, NULL};
+
+/* Tenant ti's keys into the table: a digest is one key's, across all tenants. */
+static int add_keys(gw_conf_ctx_t *cx, apikey_conf_t *c, size_t ti, const gw_conf_list_t *keys)
+{
+    const char *id, *tpath;
+    if (!keys->n || !gw_conf_tenant(cx, ti, &id, &tpath) || !id) return 0; /* the core reports it */
+    char *tenant = gw_conf_strdup(cx, id);
+    if (!tenant) return -1;
+    const key_conf_t *k = keys->items;
+    int rc = 0;
+    for (size_t i = 0; i < keys->n; i++) {
+        if (find(c, k[i].digest)) {
+            char *kp = gw_conf_path_index(cx, gw_conf_path_key(cx, tpath, "api_keys"), i);
+            gw_conf_error(cx, gw_conf_path_key(cx, kp, "sha256"), "is the digest of another key");
+            rc = -1;
+            continue;
+        }
+        size_t s = slot_of(k[i].digest, c->cap);
+        while (c->slots[s].used) s = (s + 1) & (c->cap - 1);
+        key_entry_t *e = &c->slots[s];
+        memcpy(e->digest, k[i].digest, sizeof(e->digest));
+        e->tenant = tenant;
+        e->id = k[i].id;
+        e->used = 1;
+        c->n++;
     }
     return rc;
 }
 
+/* The plugin is on when a tenant has a key, or keys are kept in Redis. */
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
 {
-    const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
-    int redis;
-    long cache_ms;
-    if (configure_store(cx, root, &redis, &cache_ms) < 0) return -1;
-    size_t total = 0;
-    for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next) {
-        const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
-        if (cJSON_IsArray(keys)) total += (size_t)cJSON_GetArraySize(keys);
+    size_t nt = gw_conf_tenant_count(cx), total = 0;
+    apikey_conf_t *c = gw_conf_alloc(cx, sizeof(*c));
+    gw_conf_list_t *keys = gw_conf_alloc(cx, nt * sizeof(*keys));
+    if (!c || !keys) return -1;
+    c->cache_ms = 5000;
+    int rc = gw_conf_load_some(cx, root, "$", &top_obj, c);
+    if (c->redis && !cJSON_GetObjectItemCaseSensitive(root, "redis")) {
+        gw_conf_error(cx, "$.api_keys.redis", "needs the top-level redis");
+        rc = -1;
     }
-    if (total == 0 && !redis) {
-        /* No keys: still check the shape of any api_keys given. */
-        int rc = 0, ti = 0;
-        for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t;
-             t = t->next, ti++) {
-            const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
-            if (keys && !cJSON_IsArray(keys)) {
-                char p[96];
-                snprintf(p, sizeof(p), "$.tenants[%d].api_keys", ti);
-                gw_conf_error(cx, p, "must be an array");
-                rc = -1;
-            }
-        }
-        return rc;
+    for (size_t i = 0; i < nt; i++) {
+        const char *tpath;
+        const cJSON *t = gw_conf_tenant(cx, i, NULL, &tpath);
+        if (t && gw_conf_load_some(cx, t, tpath, &tenant_obj, &keys[i]) < 0) rc = -1;
+        total += keys[i].n;
     }
-    apikey_conf_t *c = calloc(1, sizeof(*c));
-    if (!c) return -1;
-    c->cap = 16;
-    while (c->cap < total * 2) c->cap *= 2;
-    c->slots = calloc(c->cap, sizeof(*c->slots));
-    c->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-    if (!c->slots || !c->sha256) {
-        release(c);
-        return -1;
-    }
-    c->redis = redis;
-    c->cache_ms = cache_ms;
-    int rc = 0, ti = 0;
-    for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, ti++) {
-        const cJSON *tid = cJSON_GetObjectItemCaseSensitive(t, "id");
-        const cJSON *keys = cJSON_GetObjectItemCaseSensitive(t, "api_keys");
-        char kp[96], fp[128];
-        snprintf(kp, sizeof(kp), "$.tenants[%d].api_keys", ti);
-        if (!keys) continue;
-        if (!cJSON_IsArray(keys)) {
-            gw_conf_error(cx, kp, "must be an array");
-            rc = -1;
-            continue;
-        }
-        int ki = 0;
-        for (const cJSON *k = keys->child; k; k = k->next, ki++) {
-            snprintf(fp, sizeof(fp), "%s[%d]", kp, ki);
-            if (!cJSON_IsObject(k)) {
-                gw_conf_error(cx, fp, "must be an object with id and sha256");
-                rc = -1;
-                continue;
-            }
-            for (const cJSON *f = k->child; f; f = f->next)
-                if (strcmp(f->string, "id") && strcmp(f->string, "sha256")) {
-                    char up[192];
-                    snprintf(up, sizeof(up), "%s.%s", fp, f->string);
-                    gw_conf_error(cx, up, "unknown key");
-                    rc = -1;
-                }
-            const cJSON *id = cJSON_GetObjectItemCaseSensitive(k, "id");
-            const cJSON *sha = cJSON_GetObjectItemCaseSensitive(k, "sha256");
-            char sub[160];
-            if (!cJSON_IsString(id) || !id_ok(id->valuestring)) {
-                snprintf(sub, sizeof(sub), "%s.id", fp);
-                gw_conf_error(cx, sub, "must be letters, digits, '-', '_' or '.' (1 to 128)");
-                rc = -1;
-                continue;
-            }
-            unsigned char d[SHA256_DIGEST_LENGTH];
-            if (!cJSON_IsString(sha) || parse_hex(sha->valuestring, d) < 0) {
-                snprintf(sub, sizeof(sub), "%s.sha256", fp);
-                gw_conf_error(cx, sub, "must be 64 hexadecimal digits (gotthard-keygen prints it)");
-                rc = -1;
-                continue;
-            }
-            if (!cJSON_IsString(tid)) continue; /* the core reports the tenant's id */
-            if (find(c, d)) {
-                snprintf(sub, sizeof(sub), "%s.sha256", fp);
-                gw_conf_error(cx, sub, "is the digest of another key");
-                rc = -1;
-                continue;
-            }
-            size_t i = slot_of(d, c->cap);
-            while (c->slots[i].used) i = (i + 1) & (c->cap - 1);
-            key_entry_t *e = &c->slots[i];
-            memcpy(e->digest, d, sizeof(d));
-            e->tenant = strdup(tid->valuestring);
-            e->id = strdup(id->valuestring);
-            e->used = 1;
-            c->n++;
-        }
-    }
-    if (rc < 0) {
-        release(c);
-        return -1;
-    }
+    if (rc < 0 || (total == 0 && !c->redis)) return rc; /* no keys: off */
+    for (c->cap = 16; c->cap < total * 2;) c->cap *= 2;
+    if (!(c->slots = gw_conf_alloc(cx, c->cap * sizeof(*c->slots)))) return -1;
+    for (size_t i = 0; i < nt; i++)
+        if (add_keys(cx, c, i, &keys[i]) < 0) rc = -1;
+    if (rc < 0 || !(c->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL))) return -1;
     *state = c;
     return 0;
 }

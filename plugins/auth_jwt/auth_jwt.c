@@ -34,26 +34,23 @@ static void conf_err(void *arg, const char *path, const char *msg)
     gw_conf_error(arg, path, "%s", msg);
 }
 
-static int tenant_configured(const cJSON *config, const char *id)
+static int tenant_configured(gw_conf_ctx_t *cx, const char *id)
 {
-    const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(config, "tenants");
-    for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next) {
-        const cJSON *tid = cJSON_GetObjectItemCaseSensitive(t, "id");
-        if (cJSON_IsString(tid) && strcmp(tid->valuestring, id) == 0) return 1;
-    }
+    const char *tid;
+    for (size_t i = 0, n = gw_conf_tenant_count(cx); i < n; i++)
+        if (gw_conf_tenant(cx, i, &tid, NULL) && tid && strcmp(tid, id) == 0) return 1;
     return 0;
 }
 
 /* Every tenant an issuer is bound to is one of the config's. */
-static int check_bound_tenants(gw_conf_ctx_t *cx, const cJSON *config, const cJSON *jwt,
-                               const char *where)
+static int check_bound_tenants(gw_conf_ctx_t *cx, const cJSON *jwt, const char *where)
 {
     int rc = 0, i = 0;
     for (const cJSON *e = jwt->child; e; e = e->next, i++) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(e, "tenants");
         int j = 0;
         for (const cJSON *t = list ? list->child : NULL; t; t = t->next, j++)
-            if (!tenant_configured(config, t->valuestring)) {
+            if (!tenant_configured(cx, t->valuestring)) {
                 char p[320];
                 snprintf(p, sizeof(p), "%s[%d].tenants[%d]", where, i, j);
                 gw_conf_error(cx, p, "is not the id of a tenant in $.tenants");
@@ -63,27 +60,42 @@ static int check_bound_tenants(gw_conf_ctx_t *cx, const cJSON *config, const cJS
     return rc;
 }
 
-static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state)
+static void free_conf(void *c)
 {
-    *state = NULL;
-    const cJSON *jwt =
-        cJSON_IsObject(config) ? cJSON_GetObjectItemCaseSensitive(config, "jwt") : NULL;
-    if (!jwt) return 0;
-    char where[256];
-    snprintf(where, sizeof(where), "%s.jwt", path ? path : "$");
+    gwjwt_conf_free(c);
+}
+
+/* GW_CT_FN: the "jwt" array into a gwjwt_conf_t *, freed with the config. */
+static int load_jwt(gw_conf_ctx_t *cx, const cJSON *jwt, const char *path, void *dst)
+{
     gwjwt_conf_t *c = NULL;
-    if (gwjwt_conf_parse(jwt, where, conf_err, cx, &c) < 0) return -1;
-    if (check_bound_tenants(cx, config, jwt, where) < 0) {
+    if (gwjwt_conf_parse(jwt, path, conf_err, cx, &c) < 0) return -1;
+    if (gw_conf_on_release(cx, free_conf, c) < 0) {
         gwjwt_conf_free(c);
         return -1;
     }
+    *(gwjwt_conf_t **)dst = c;
+    return check_bound_tenants(cx, jwt, path);
+}
+
+static const gw_conf_key_t top_conf_keys[] = {
+    {"jwt", GW_CT_FN, 0, .fn = load_jwt},
+    {NULL},
+};
+static const gw_conf_obj_t top_obj = {sizeof(gwjwt_conf_t *), top_conf_keys, NULL, NULL};
+
+/* No "jwt": off (*state NULL). */
+static int configure(gw_conf_ctx_t *cx, const cJSON *config, const char *path, void **state)
+{
+    gwjwt_conf_t *c = NULL;
+    if (gw_conf_load_some(cx, config, "$", &top_obj, &c) < 0) return -1;
     *state = c;
     return 0;
 }
 
 static void release(void *state)
 {
-    gwjwt_conf_free(state);
+    (void)state; /* free_conf runs when the config is released (load_jwt) */
 }
 
 static int request_headers(gw_req_t *r, void *conf, void **ctx)

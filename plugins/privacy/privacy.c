@@ -89,6 +89,9 @@ typedef struct privacy_conf {
     int forward_client_ip, user_field, salt_source, replace_errors;
     unsigned char salt[MAX_SALT];
     size_t salt_len;
+    /* as written (configure reads them into the above) */
+    const cJSON *strip_json, *forward_json, *hide_json;
+    char *salt_file, *salt_env;
 } privacy_conf_t;
 
 /* x-session-id steers affinity (read from the head before the plugins), and is not the
@@ -171,7 +174,8 @@ static const char *const default_hide[] = {"server",
                                            NULL};
 static const char *const user_fields[] = {"user", "safety_identifier", NULL};
 
-static const char *const user_names[] = {"keep", "drop", "hash"};
+static const char *const user_names[] = {"keep", "drop", "hash", NULL};
+static const char *const backend_errors_names[] = {"pass", "replace", NULL}; /* replace_errors */
 static const char *const salt_names[] = {"random", "file", "env"};
 
 /* One salt per process for user_field "hash" without a configured one: stable across
@@ -179,25 +183,15 @@ static const char *const salt_names[] = {"random", "file", "env"};
 static unsigned char process_salt[32];
 static int process_salt_ready;
 
-static void plist_free(plist_t *l)
-{
-    for (size_t i = 0; i < l->n; i++) free(l->items[i].name);
-    free(l->items);
-    free(l->slots);
-    free(l->pre);
-    *l = (plist_t){0};
-}
-
 static void release(void *state)
 {
+    (void)state; /* in the config's memory; its salt is wiped by wipe_salt */
+}
+
+static void wipe_salt(void *state)
+{
     privacy_conf_t *c = state;
-    if (!c) return;
-    plist_free(&c->strip);
-    plist_free(&c->forward);
-    plist_free(&c->address);
-    plist_free(&c->hide);
     explicit_bzero(c->salt, sizeof(c->salt));
-    free(c);
 }
 
 /* The first pattern whose name begins with ch or a later character (names are tchar). */
@@ -253,20 +247,16 @@ static int match(const plist_t *l, const char *name, size_t len)
     return match_hashed(l, name, len, name_hash(name, len));
 }
 
-/* Rebuilds the lookup of l after a change of its items. */
-static int plist_index(plist_t *l)
+/* Builds the lookup of l once its items are in. */
+static int plist_index(gw_conf_ctx_t *cx, plist_t *l)
 {
     size_t whole = 0, npre = 0;
     for (size_t i = 0; i < l->n; i++) whole += !l->items[i].prefix;
     size_t nslots = whole ? 4 : 0;
     while (nslots && nslots < 2 * whole) nslots *= 2;
-    uint16_t *slots = nslots ? calloc(nslots, sizeof(*slots)) : NULL;
-    uint16_t *pre = l->n - whole ? malloc((l->n - whole) * sizeof(*pre)) : NULL;
-    if ((nslots && !slots) || (l->n - whole && !pre)) {
-        free(slots);
-        free(pre);
-        return -1;
-    }
+    uint16_t *slots = nslots ? gw_conf_alloc(cx, nslots * sizeof(*slots)) : NULL;
+    uint16_t *pre = l->n - whole ? gw_conf_alloc(cx, (l->n - whole) * sizeof(*pre)) : NULL;
+    if ((nslots && !slots) || (l->n - whole && !pre)) return -1;
     memset(l->first, 0, sizeof(l->first));
     memset(l->first_pre, 0, sizeof(l->first_pre));
     for (size_t i = 0; i < l->n; i++) {
@@ -281,8 +271,6 @@ static int plist_index(plist_t *l)
         while (slots[at]) at = (at + 1) & (nslots - 1);
         slots[at] = (uint16_t)(i + 1);
     }
-    free(l->slots);
-    free(l->pre);
     l->slots = slots;
     l->nslots = nslots;
     l->pre = pre;
@@ -303,7 +291,8 @@ static int valid_pattern(const char *s)
     return 1;
 }
 
-static int plist_add(plist_t *l, const char *s)
+/* Adds a pattern (not already there) to l, whose items have room for it. */
+static int plist_add(gw_conf_ctx_t *cx, plist_t *l, const char *s)
 {
     size_t n = strlen(s);
     int prefix = n && s[n - 1] == '*';
@@ -312,24 +301,13 @@ static int plist_add(plist_t *l, const char *s)
         if (l->items[i].len == n && l->items[i].prefix == prefix &&
             strncasecmp(l->items[i].name, s, n) == 0)
             return 0;
-    pattern_t *items = realloc(l->items, (l->n + 1) * sizeof(*items));
-    if (!items) return -1;
-    l->items = items;
-    char *name = malloc(n + 1);
+    char *name = gw_conf_alloc(cx, n + 1);
     if (!name) return -1;
     for (size_t i = 0; i < n; i++) name[i] = (char)tolower((unsigned char)s[i]);
-    name[n] = '\0';
     size_t at = first_at(l, (unsigned char)name[0] + 1u); /* after its letter's others */
-    memmove(&l->items[at + 1], &l->items[at], (l->n - at) * sizeof(*items));
+    memmove(&l->items[at + 1], &l->items[at], (l->n - at) * sizeof(*l->items));
     l->items[at] = (pattern_t){name, n, prefix, name_hash(name, n)};
     l->n++;
-    return plist_index(l);
-}
-
-static int plist_add_all(plist_t *l, const char *const *names)
-{
-    for (; *names; names++)
-        if (plist_add(l, *names) < 0) return -1;
     return 0;
 }
 
@@ -341,45 +319,65 @@ static int core_forwards(const char *name, size_t len)
     return kind == GW_H_OTHER || kind == GW_H_CONTENT_TYPE;
 }
 
-/* A list of header name patterns from the config: it replaces `defaults` (`add` 0), or adds to
- * them (`add` 1). With `never`, a list of names one by one (no prefix), none matched by never. */
-static int load_list(gw_conf_ctx_t *cx, const cJSON *o, const char *key, const char *path,
+/* Why a header name from the config cannot be in the list (NULL: it can). With `never`, a
+ * list of names one by one (no prefix), none matched by never. */
+static const char *list_refuses(const cJSON *e, const plist_t *never)
+{
+    if (!cJSON_IsString(e) || !valid_pattern(e->valuestring))
+        return "must be a header name (a trailing * matches a prefix)";
+    const char *s = e->valuestring;
+    size_t n = strlen(s);
+    if (!never) return NULL;
+    if (s[n - 1] == '*') return "must be one header name, not a prefix";
+    if (match(never, s, n))
+        return "is a client-address header: never forwarded (see forward_client_ip)";
+    if (strchr(s, '_')) return "is never forwarded: a name with '_' is always dropped";
+    if (!core_forwards(s, n))
+        return "is never forwarded: the gateway writes it itself, or drops it";
+    return NULL;
+}
+
+/* A list of header name patterns from the config (a, at path; NULL when absent): it replaces
+ * `defaults` (`add` 0), or adds to them (`add` 1). */
+static int load_list(gw_conf_ctx_t *cx, const cJSON *a, const char *path,
                      const char *const *defaults, int add, const plist_t *never, plist_t *l)
 {
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key);
-    char p[160];
-    snprintf(p, sizeof(p), "%s.%s", path, key);
-    if ((!a || add) && defaults && plist_add_all(l, defaults) < 0) return -1;
-    if (!a) return 0;
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) > MAX_NAMES) {
-        gw_conf_error(cx, p, "must be an array of at most %d header names", MAX_NAMES);
+    if (a && (!cJSON_IsArray(a) || cJSON_GetArraySize(a) > MAX_NAMES)) {
+        gw_conf_error(cx, path, "must be an array of at most %d header names", MAX_NAMES);
         return -1;
     }
-    int rc = 0, i = 0;
-    for (const cJSON *e = a->child; e; e = e->next, i++) {
-        char ep[180];
-        snprintf(ep, sizeof(ep), "%s[%d]", p, i);
-        size_t n = cJSON_IsString(e) ? strlen(e->valuestring) : 0;
-        if (!cJSON_IsString(e) || !valid_pattern(e->valuestring)) {
-            gw_conf_error(cx, ep, "must be a header name (a trailing * matches a prefix)");
+    size_t room = a ? (size_t)cJSON_GetArraySize(a) : 0;
+    for (size_t i = 0; defaults && defaults[i]; i++) room++;
+    if (!(l->items = gw_conf_alloc(cx, room * sizeof(*l->items)))) return -1;
+    for (size_t i = 0; (!a || add) && defaults && defaults[i]; i++)
+        if (plist_add(cx, l, defaults[i]) < 0) return -1;
+    int rc = 0;
+    size_t i = 0;
+    for (const cJSON *e = a ? a->child : NULL; e; e = e->next, i++) {
+        const char *why = list_refuses(e, never);
+        if (why) {
+            gw_conf_error(cx, gw_conf_path_index(cx, path, i), "%s", why);
             rc = -1;
-        } else if (never && e->valuestring[n - 1] == '*') {
-            gw_conf_error(cx, ep, "must be one header name, not a prefix");
-            rc = -1;
-        } else if (never && match(never, e->valuestring, n)) {
-            gw_conf_error(cx, ep,
-                          "is a client-address header: never forwarded (see forward_client_ip)");
-            rc = -1;
-        } else if (never && strchr(e->valuestring, '_')) {
-            gw_conf_error(cx, ep, "is never forwarded: a name with '_' is always dropped");
-            rc = -1;
-        } else if (never && !core_forwards(e->valuestring, n)) {
-            gw_conf_error(cx, ep, "is never forwarded: the gateway writes it itself, or drops it");
-            rc = -1;
-        } else if (plist_add(l, e->valuestring) < 0) {
+        } else if (plist_add(cx, l, e->valuestring) < 0) {
             return -1;
         }
     }
+    return plist_index(cx, l) < 0 ? -1 : rc;
+}
+
+/* The header lists: strip_request_headers adds to its defaults, hide_response_headers replaces
+ * them, forward_request_headers names headers the address list and the core do not forbid. */
+static int load_lists(gw_conf_ctx_t *cx, privacy_conf_t *c, const char *path)
+{
+    if (load_list(cx, NULL, path, address_headers, 1, NULL, &c->address) < 0) return -1;
+    int rc = load_list(cx, c->strip_json, gw_conf_path_key(cx, path, "strip_request_headers"),
+                       default_strip, 1, NULL, &c->strip);
+    if (load_list(cx, c->forward_json, gw_conf_path_key(cx, path, "forward_request_headers"), NULL,
+                  0, &c->address, &c->forward) < 0)
+        rc = -1;
+    if (load_list(cx, c->hide_json, gw_conf_path_key(cx, path, "hide_response_headers"),
+                  default_hide, 0, NULL, &c->hide) < 0)
+        rc = -1;
     return rc;
 }
 
@@ -396,41 +394,34 @@ static int load_salt_bytes(gw_conf_ctx_t *cx, privacy_conf_t *c, const char *pat
     return 0;
 }
 
-static int load_salt(gw_conf_ctx_t *cx, const cJSON *o, const char *path, privacy_conf_t *c)
+static int load_salt_file(gw_conf_ctx_t *cx, privacy_conf_t *c, const char *path)
 {
-    const cJSON *file = cJSON_GetObjectItemCaseSensitive(o, "user_hash_salt_file");
-    const cJSON *env = cJSON_GetObjectItemCaseSensitive(o, "user_hash_salt_env");
-    char p[160];
-    if (file && env) {
+    const char *p = gw_conf_path_key(cx, path, "user_hash_salt_file");
+    FILE *f = fopen(c->salt_file, "rb");
+    if (!f) {
+        gw_conf_error(cx, p, "cannot read the salt file: %s", strerror(errno));
+        return -1;
+    }
+    unsigned char buf[MAX_SALT + 1];
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    int rc = load_salt_bytes(cx, c, p, buf, n);
+    explicit_bzero(buf, sizeof(buf));
+    c->salt_source = SALT_FILE;
+    return rc;
+}
+
+/* The salt of user_field "hash": from a file, an environment variable, or the process's. */
+static int load_salt(gw_conf_ctx_t *cx, privacy_conf_t *c, const char *path)
+{
+    if (c->salt_file && c->salt_env) {
         gw_conf_error(cx, path, "user_hash_salt_file and user_hash_salt_env exclude each other");
         return -1;
     }
-    if (file) {
-        snprintf(p, sizeof(p), "%s.user_hash_salt_file", path);
-        if (!cJSON_IsString(file) || !file->valuestring[0]) {
-            gw_conf_error(cx, p, "must be a file name");
-            return -1;
-        }
-        FILE *f = fopen(file->valuestring, "rb");
-        if (!f) {
-            gw_conf_error(cx, p, "cannot read the salt file: %s", strerror(errno));
-            return -1;
-        }
-        unsigned char buf[MAX_SALT + 1];
-        size_t n = fread(buf, 1, sizeof(buf), f);
-        fclose(f);
-        int rc = load_salt_bytes(cx, c, p, buf, n);
-        explicit_bzero(buf, sizeof(buf));
-        c->salt_source = SALT_FILE;
-        return rc;
-    }
-    if (env) {
-        snprintf(p, sizeof(p), "%s.user_hash_salt_env", path);
-        if (!cJSON_IsString(env) || !env->valuestring[0]) {
-            gw_conf_error(cx, p, "must be the name of an environment variable");
-            return -1;
-        }
-        const char *v = getenv(env->valuestring);
+    if (c->salt_file) return load_salt_file(cx, c, path);
+    if (c->salt_env) {
+        const char *p = gw_conf_path_key(cx, path, "user_hash_salt_env");
+        const char *v = getenv(c->salt_env);
         if (!v) {
             gw_conf_error(cx, p, "the environment variable is not set");
             return -1;
@@ -451,80 +442,35 @@ static int load_salt(gw_conf_ctx_t *cx, const cJSON *o, const char *path, privac
     return 0;
 }
 
+/* "privacy": the lists as JSON (load_lists reads them), the rest into the privacy_conf_t. */
+static const gw_conf_key_t privacy_keys[] = {
+    {"strip_request_headers", GW_CT_JSON, offsetof(privacy_conf_t, strip_json)},
+    {"forward_request_headers", GW_CT_JSON, offsetof(privacy_conf_t, forward_json)},
+    {"forward_client_ip", GW_CT_BOOL, offsetof(privacy_conf_t, forward_client_ip)},
+    {"user_field", GW_CT_ENUM, offsetof(privacy_conf_t, user_field), .names = user_names},
+    {"user_hash_salt_file", GW_CT_STR, offsetof(privacy_conf_t, salt_file)},
+    {"user_hash_salt_env", GW_CT_STR, offsetof(privacy_conf_t, salt_env)},
+    {"hide_response_headers", GW_CT_JSON, offsetof(privacy_conf_t, hide_json)},
+    {"backend_errors", GW_CT_ENUM, offsetof(privacy_conf_t, replace_errors),
+     .names = backend_errors_names},
+    {NULL},
+};
+static const gw_conf_obj_t privacy_obj = {0, privacy_keys, NULL, NULL};
+static const gw_conf_key_t top_conf_keys[] = {
+    {"privacy", GW_CT_OBJ, 0, .obj = &privacy_obj},
+    {NULL},
+};
+static const gw_conf_obj_t top_obj = {sizeof(privacy_conf_t), top_conf_keys, NULL, NULL};
+
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *rootpath, void **state)
 {
-    static const char *const keys[] = {"strip_request_headers",
-                                       "forward_request_headers",
-                                       "forward_client_ip",
-                                       "user_field",
-                                       "user_hash_salt_file",
-                                       "user_hash_salt_env",
-                                       "hide_response_headers",
-                                       "backend_errors",
-                                       NULL};
-    const char *path = "$.privacy";
-    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, "privacy");
-    int rc = 0;
-    if (o && !cJSON_IsObject(o)) {
-        gw_conf_error(cx, path, "must be an object");
-        return -1;
-    }
-    for (const cJSON *k = o ? o->child : NULL; k; k = k->next) {
-        size_t i = 0;
-        while (keys[i] && strcmp(keys[i], k->string) != 0) i++;
-        if (!keys[i]) {
-            char p[160];
-            snprintf(p, sizeof(p), "%s.%.100s", path, k->string);
-            gw_conf_error(cx, p, "unknown key");
-            rc = -1;
-        }
-    }
-    privacy_conf_t *c = calloc(1, sizeof(*c));
-    if (!c) return -1;
+    privacy_conf_t *c = gw_conf_alloc(cx, sizeof(*c));
+    if (!c || gw_conf_on_release(cx, wipe_salt, c) < 0) return -1;
     c->user_field = USER_DROP;
     c->replace_errors = 1;
-    if (load_list(cx, o, "strip_request_headers", path, default_strip, 1, NULL, &c->strip) < 0)
-        rc = -1;
-    if (plist_add_all(&c->address, address_headers) < 0) rc = -1;
-    if (load_list(cx, o, "forward_request_headers", path, NULL, 0, &c->address, &c->forward) < 0)
-        rc = -1;
-    if (load_list(cx, o, "hide_response_headers", path, default_hide, 0, NULL, &c->hide) < 0)
-        rc = -1;
-    const cJSON *fwd = cJSON_GetObjectItemCaseSensitive(o, "forward_client_ip");
-    if (fwd && !cJSON_IsBool(fwd)) {
-        gw_conf_error(cx, "$.privacy.forward_client_ip", "must be true or false");
-        rc = -1;
-    }
-    c->forward_client_ip = cJSON_IsTrue(fwd);
-    const cJSON *uf = cJSON_GetObjectItemCaseSensitive(o, "user_field");
-    if (uf) {
-        int m = -1;
-        for (int i = 0; i < 3 && cJSON_IsString(uf); i++)
-            if (strcmp(uf->valuestring, user_names[i]) == 0) m = i;
-        if (m < 0) {
-            gw_conf_error(cx, "$.privacy.user_field", "must be keep, drop or hash");
-            rc = -1;
-        } else {
-            c->user_field = m;
-        }
-    }
-    const cJSON *be = cJSON_GetObjectItemCaseSensitive(o, "backend_errors");
-    if (be) {
-        if (cJSON_IsString(be) && strcmp(be->valuestring, "replace") == 0)
-            c->replace_errors = 1;
-        else if (cJSON_IsString(be) && strcmp(be->valuestring, "pass") == 0)
-            c->replace_errors = 0;
-        else {
-            gw_conf_error(cx, "$.privacy.backend_errors", "must be replace or pass");
-            rc = -1;
-        }
-    }
-    if (load_salt(cx, o, path, c) < 0) rc = -1;
-    if (rc < 0) {
-        release(c);
-        return -1;
-    }
-    (void)rootpath;
+    int rc = gw_conf_load_some(cx, root, "$", &top_obj, c);
+    if (load_lists(cx, c, "$.privacy") < 0 || load_salt(cx, c, "$.privacy") < 0) rc = -1;
+    if (rc < 0) return -1;
     *state = c;
     return 0;
 }

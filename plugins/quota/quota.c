@@ -89,59 +89,53 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static const struct {
-    const char *name;
-    size_t offset;
-} limit_keys[] = {
-    {"requests_per_minute", offsetof(gq_limits_t, rpm)},
-    {"tokens_per_minute", offsetof(gq_limits_t, tpm)},
-    {"tokens_per_day", offsetof(gq_limits_t, tpd)},
-    {"max_concurrent", offsetof(gq_limits_t, concurrent)},
-    {NULL, 0},
-};
+/* A tenant's "limits" and, in its "models", a model's override. */
+typedef struct model_limits {
+    const char *model;
+    gq_limits_t limits;
+} model_limits_t;
+typedef struct tenant_limits {
+    gq_limits_t limits;
+    gw_conf_list_t models; /* model_limits_t */
+} tenant_limits_t;
+_Static_assert(offsetof(tenant_limits_t, limits) == 0, "limit_keys serve both");
 
-/* One limits object (the tenant's, or a model's override). */
-static int parse_limits(gw_conf_ctx_t *cx, const cJSON *o, const char *path, gq_limits_t *l,
-                        const cJSON **models)
+static int load_models(gw_conf_ctx_t *cx, const cJSON *o, const char *path, void *dst);
+
+/* "models" first: an override is read by the same keys without it (limit_keys + 1). */
+static const gw_conf_key_t limit_keys[] = {
+    {"models", GW_CT_FN, offsetof(tenant_limits_t, models), .fn = load_models},
+    {"requests_per_minute", GW_CT_INT, offsetof(gq_limits_t, rpm), 0, GQ_MAX_LIMIT},
+    {"tokens_per_minute", GW_CT_INT, offsetof(gq_limits_t, tpm), 0, GQ_MAX_LIMIT},
+    {"tokens_per_day", GW_CT_INT, offsetof(gq_limits_t, tpd), 0, GQ_MAX_LIMIT},
+    {"max_concurrent", GW_CT_INT, offsetof(gq_limits_t, concurrent), 0, GQ_MAX_LIMIT},
+    {NULL},
+};
+static const gw_conf_obj_t model_obj = {sizeof(gq_limits_t), limit_keys + 1, NULL, NULL};
+static const gw_conf_obj_t limits_obj = {sizeof(tenant_limits_t), limit_keys, NULL, NULL};
+static const gw_conf_key_t tenant_conf_keys[] = {
+    {"limits", GW_CT_OBJ, 0, .obj = &limits_obj},
+    {NULL},
+};
+static const gw_conf_obj_t tenant_obj = {sizeof(tenant_limits_t), tenant_conf_keys, NULL, NULL};
+
+/* GW_CT_FN: "models": {"<model>": {limits}}, into a gw_conf_list_t of model_limits_t. */
+static int load_models(gw_conf_ctx_t *cx, const cJSON *o, const char *path, void *dst)
 {
-    memset(l, 0, sizeof(*l));
-    if (models) *models = NULL;
+    gw_conf_list_t *l = dst;
     if (!cJSON_IsObject(o)) {
-        gw_conf_error(cx, path, "must be an object");
+        gw_conf_error(cx, path, "must be an object of model name to limits");
         return -1;
     }
+    model_limits_t *m = gw_conf_alloc(cx, (size_t)cJSON_GetArraySize(o) * sizeof(*m));
+    if (!m) return -1;
+    l->items = m;
     int rc = 0;
-    for (const cJSON *f = o->child; f; f = f->next) {
-        char p[512];
-        int pn = snprintf(p, sizeof(p), "%s.%s", path, f->string);
-        if (pn < 0 || (size_t)pn >= sizeof(p)) {
-            gw_conf_error(cx, path, "has a key name that is too long");
+    for (const cJSON *e = o->child; e; e = e->next, l->n++) {
+        m[l->n].model = e->string;
+        if (gw_conf_load(cx, e, gw_conf_path_key(cx, path, e->string), &model_obj,
+                         &m[l->n].limits) < 0)
             rc = -1;
-            continue;
-        }
-        if (models && strcmp(f->string, "models") == 0) {
-            if (!cJSON_IsObject(f)) {
-                gw_conf_error(cx, p, "must be an object of model name to limits");
-                rc = -1;
-            }
-            *models = f;
-            continue;
-        }
-        size_t i = 0;
-        while (limit_keys[i].name && strcmp(limit_keys[i].name, f->string) != 0) i++;
-        if (!limit_keys[i].name) {
-            gw_conf_error(cx, p, "unknown key");
-            rc = -1;
-            continue;
-        }
-        if (!cJSON_IsNumber(f) || f->valuedouble < 0 || f->valuedouble > (double)GQ_MAX_LIMIT ||
-            f->valuedouble != (double)(int64_t)f->valuedouble) {
-            gw_conf_error(cx, p, "must be an integer between 0 and %lld (0: no limit)",
-                          (long long)GQ_MAX_LIMIT);
-            rc = -1;
-            continue;
-        }
-        *(int64_t *)((char *)l + limit_keys[i].offset) = (int64_t)f->valuedouble;
     }
     return rc;
 }
@@ -169,10 +163,52 @@ static quota_conf_t *latest_ref(void)
     return n > 0 ? c : NULL;
 }
 
+/* A tenant's limits and its models' into the limiter. Every tenant has a key, limited or not:
+ * its usage is counted. */
+static int set_limits(gw_conf_ctx_t *cx, gq_limiter_t *lim, const char *id, const char *tpath,
+                      const tenant_limits_t *t)
+{
+    const char *p = gw_conf_path_key(cx, tpath, "limits");
+    int rc = 0;
+    if (gq_limiter_set(lim, id, NULL, &t->limits) < 0) {
+        gw_conf_error(cx, p, "cannot be used (tenant id too long?)");
+        rc = -1;
+    }
+    const model_limits_t *m = t->models.items;
+    for (size_t i = 0; i < t->models.n; i++)
+        if (gq_limiter_set(lim, id, m[i].model, &m[i].limits) < 0) {
+            gw_conf_error(cx, gw_conf_path_key(cx, gw_conf_path_key(cx, p, "models"), m[i].model),
+                          "cannot be used (model name too long?)");
+            rc = -1;
+        }
+    return rc;
+}
+
+/* The counts in Redis: the core's "redis" (checked by the core) read for the usage report. */
+static int use_redis(gw_conf_ctx_t *cx, const cJSON *redis, quota_conf_t *c)
+{
+    const cJSON *ou = cJSON_GetObjectItemCaseSensitive(redis, "on_unavailable");
+    const cJSON *url = cJSON_GetObjectItemCaseSensitive(redis, "url");
+    const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(redis, "timeout_ms");
+    c->redis = 1;
+    c->fallback_local = cJSON_IsString(ou) && strcmp(ou->valuestring, "local") == 0;
+    if (cJSON_IsString(url)) snprintf(c->url, sizeof(c->url), "%s", url->valuestring);
+    c->timeout_ms = cJSON_IsNumber(tmo) && tmo->valuedouble > 0 ? (int)tmo->valuedouble : 100;
+    if (!instance_id && getrandom(&instance_id, sizeof(instance_id), 0) != sizeof(instance_id))
+        instance_id = (uint64_t)time(NULL);
+    /* Loaded on every new connection before its queued settlements and releases. */
+    for (int s = 0; s < GQ_SCRIPT_COUNT; s++)
+        if (gw_redis_register_script(gq_script_source((gq_script_t)s)) < 0) {
+            gw_conf_error(cx, "$.redis", "cannot be used (out of memory for its scripts)");
+            return -1;
+        }
+    return 0;
+}
+
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
 {
-    const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
-    if (!cJSON_IsArray(tenants) || !tenants->child) return 0; /* no tenants: nothing to count */
+    size_t nt = gw_conf_tenant_count(cx);
+    if (!nt) return 0; /* no tenants: nothing to count */
     quota_conf_t *c = calloc(1, sizeof(*c));
     if (c) atomic_init(&c->refs, 1);
     quota_conf_t *prev = latest_ref(); /* held until the new limiter is built on it */
@@ -181,66 +217,21 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
         free(c);
         return -1;
     }
-    int rc = 0, ti = 0;
-    for (const cJSON *t = tenants->child; t; t = t->next, ti++) {
-        const cJSON *limits = cJSON_GetObjectItemCaseSensitive(t, "limits");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
-        if (!cJSON_IsString(id)) continue; /* the core reports it */
-        char p[128];
-        snprintf(p, sizeof(p), "$.tenants[%d].limits", ti);
-        gq_limits_t l = {0};
-        const cJSON *models = NULL;
-        if (limits && parse_limits(cx, limits, p, &l, &models) < 0) {
+    int rc = 0;
+    for (size_t i = 0; i < nt; i++) {
+        const char *id, *tpath;
+        const cJSON *t = gw_conf_tenant(cx, i, &id, &tpath);
+        tenant_limits_t l = {0};
+        if (!t || !id) continue; /* the core reports it */
+        if (gw_conf_load_some(cx, t, tpath, &tenant_obj, &l) < 0 ||
+            set_limits(cx, c->lim, id, tpath, &l) < 0)
             rc = -1;
-            continue;
-        }
-        /* Every tenant has a key, limited or not: its usage is counted. */
-        if (gq_limiter_set(c->lim, id->valuestring, NULL, &l) < 0) {
-            gw_conf_error(cx, p, "cannot be used (tenant id too long?)");
-            rc = -1;
-        }
-        for (const cJSON *m = models ? models->child : NULL; m; m = m->next) {
-            char mp[512];
-            int mn = snprintf(mp, sizeof(mp), "%s.models.%s", p, m->string);
-            if (mn < 0 || (size_t)mn >= sizeof(mp)) {
-                gw_conf_error(cx, p, "has a model name that is too long");
-                rc = -1;
-                continue;
-            }
-            gq_limits_t ml;
-            if (parse_limits(cx, m, mp, &ml, NULL) < 0) {
-                rc = -1;
-                continue;
-            }
-            if (gq_limiter_set(c->lim, id->valuestring, m->string, &ml) < 0) {
-                gw_conf_error(cx, mp, "cannot be used (model name too long?)");
-                rc = -1;
-            }
-        }
     }
     release(prev);
-    if (rc < 0) {
+    const cJSON *redis = cJSON_GetObjectItemCaseSensitive(root, "redis");
+    if (rc < 0 || (redis && use_redis(cx, redis, c) < 0)) {
         release(c);
         return -1;
-    }
-    const cJSON *redis = cJSON_GetObjectItemCaseSensitive(root, "redis");
-    if (redis) {
-        const cJSON *ou = cJSON_GetObjectItemCaseSensitive(redis, "on_unavailable");
-        const cJSON *url = cJSON_GetObjectItemCaseSensitive(redis, "url");
-        const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(redis, "timeout_ms");
-        c->redis = 1;
-        c->fallback_local = cJSON_IsString(ou) && strcmp(ou->valuestring, "local") == 0;
-        if (cJSON_IsString(url)) snprintf(c->url, sizeof(c->url), "%s", url->valuestring);
-        c->timeout_ms = cJSON_IsNumber(tmo) && tmo->valuedouble > 0 ? (int)tmo->valuedouble : 100;
-        if (!instance_id && getrandom(&instance_id, sizeof(instance_id), 0) != sizeof(instance_id))
-            instance_id = (uint64_t)time(NULL);
-        /* Loaded on every new connection before its queued settlements and releases. */
-        for (int s = 0; s < GQ_SCRIPT_COUNT; s++)
-            if (gw_redis_register_script(gq_script_source((gq_script_t)s)) < 0) {
-                gw_conf_error(cx, "$.redis", "cannot be used (out of memory for its scripts)");
-                release(c);
-                return -1;
-            }
     }
     *state = c;
     return 0;

@@ -1,7 +1,6 @@
 /* Residency: requests reach only backends in the countries the policy allows, and a tenant's
  * clients only from the countries it allows. */
 #include <gotthard/plugin.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +44,7 @@ typedef struct tenant_policy {
 } tenant_policy_t;
 
 typedef struct residency_conf {
+    gw_conf_list_t databases; /* geoip.databases: char * */
     policy_t global;
     int allow_refused;        /* residency.allow_refused_backends */
     tenant_policy_t *tenants; /* only those with their own residency or client_countries */
@@ -88,51 +88,15 @@ static const tenant_policy_t *tenant_policy(const residency_conf_t *c, const cha
 
 static void release(void *state)
 {
-    residency_conf_t *c = state;
-    if (!c) return;
-    free(c->global.cc);
-    for (size_t i = 0; i < c->ntenants; i++) {
-        free(c->tenants[i].id);
-        free(c->tenants[i].allowed.cc);
-        free(c->tenants[i].clients.cc);
-    }
-    free(c->tenants);
-    free(c->index);
-    free(c);
+    (void)state; /* everything it holds is in the config's memory */
 }
 
 /* ---------------------------------------------------------------- config */
 
-static char *path_of(char *buf, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static char *path_of(char *buf, size_t cap, const char *fmt, ...)
+/* GW_CT_FN: a non-empty array of ISO 3166 alpha-2 codes, into a policy_t. */
+static int load_countries(gw_conf_ctx_t *cx, const cJSON *a, const char *path, void *dst)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, cap, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
-/* Only these keys in an object. */
-static int only_keys(gw_conf_ctx_t *cx, const cJSON *o, const char *path, const char *const *keys)
-{
-    int rc = 0;
-    char p[512];
-    for (const cJSON *k = o->child; k; k = k->next) {
-        int known = 0;
-        for (const char *const *n = keys; *n && !known; n++) known = strcmp(*n, k->string) == 0;
-        if (!known) {
-            gw_conf_error(cx, path_of(p, sizeof(p), "%s.%s", path, k->string), "unknown key");
-            rc = -1;
-        }
-    }
-    return rc;
-}
-
-/* A non-empty array of ISO 3166 alpha-2 codes. */
-static int parse_countries(gw_conf_ctx_t *cx, const cJSON *a, const char *path, policy_t *out)
-{
+    policy_t *out = dst;
     if (!cJSON_IsArray(a)) {
         gw_conf_error(cx, path, "must be an array of ISO 3166 alpha-2 codes such as [\"CH\"]");
         return -1;
@@ -146,23 +110,153 @@ static int parse_countries(gw_conf_ctx_t *cx, const cJSON *a, const char *path, 
         gw_conf_error(cx, path, "has more than %d countries", MAX_COUNTRIES);
         return -1;
     }
-    out->cc = calloc((size_t)n, sizeof(*out->cc));
+    out->cc = gw_conf_alloc(cx, (size_t)n * sizeof(*out->cc));
     if (!out->cc) {
         gw_conf_error(cx, path, "out of memory");
         return -1;
     }
     out->n = 0;
-    int i = 0, rc = 0;
-    char p[512];
+    int rc = 0;
+    size_t i = 0;
     for (const cJSON *e = a->child; e; e = e->next, i++) {
         const char *s = cJSON_IsString(e) ? e->valuestring : NULL;
         if (!s || strlen(s) != 2 || s[0] < 'A' || s[0] > 'Z' || s[1] < 'A' || s[1] > 'Z') {
-            gw_conf_error(cx, path_of(p, sizeof(p), "%s[%d]", path, i),
+            gw_conf_error(cx, gw_conf_path_index(cx, path, i),
                           "must be an ISO 3166 alpha-2 code in capitals, such as CH");
             rc = -1;
             continue;
         }
         if (!in_policy(out, s)) memcpy(out->cc[out->n++], s, 3);
+    }
+    return rc;
+}
+
+/* GW_CT_FN: geoip.databases, 1 to MAX_DATABASES paths of MaxMind DB files (a gw_conf_list_t). */
+static int load_databases(gw_conf_ctx_t *cx, const cJSON *a, const char *path, void *dst)
+{
+    gw_conf_list_t *l = dst;
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : 0;
+    if (n < 1 || n > MAX_DATABASES) {
+        gw_conf_error(cx, path, "must list 1 to %d MaxMind DB files", MAX_DATABASES);
+        return -1;
+    }
+    char **paths = gw_conf_alloc(cx, (size_t)n * sizeof(*paths));
+    if (!paths) return -1;
+    l->items = paths;
+    for (const cJSON *d = a->child; d; d = d->next, l->n++) {
+        if (!cJSON_IsString(d) || !d->valuestring[0] || strlen(d->valuestring) > 4096 ||
+            !(paths[l->n] = gw_conf_strdup(cx, d->valuestring))) {
+            gw_conf_error(cx, gw_conf_path_index(cx, path, l->n),
+                          "must be the path of a MaxMind DB file");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The top level: "geoip" and "residency", both loaded into the residency_conf_t. */
+static const gw_conf_key_t geoip_keys[] = {
+    {"databases", GW_CT_FN, offsetof(residency_conf_t, databases), .flags = GW_CK_REQUIRED,
+     .fn = load_databases},
+    {NULL},
+};
+static const gw_conf_key_t global_keys[] = {
+    {"allowed_countries", GW_CT_FN, offsetof(residency_conf_t, global), .flags = GW_CK_REQUIRED,
+     .fn = load_countries},
+    {"allow_refused_backends", GW_CT_BOOL, offsetof(residency_conf_t, allow_refused)},
+    {NULL},
+};
+static const gw_conf_obj_t geoip_obj = {0, geoip_keys, NULL, NULL};
+static const gw_conf_obj_t global_obj = {0, global_keys, NULL, NULL};
+static const gw_conf_key_t top_conf_keys[] = {
+    {"geoip", GW_CT_OBJ, 0, .obj = &geoip_obj},
+    {"residency", GW_CT_OBJ, 0, .obj = &global_obj},
+    {NULL},
+};
+static const gw_conf_obj_t top_obj = {sizeof(residency_conf_t), top_conf_keys, NULL, NULL};
+
+/* A tenant's "residency" and "client_countries", both loaded into its tenant_policy_t. */
+static const gw_conf_key_t narrow_keys[] = {
+    {"allowed_countries", GW_CT_FN, offsetof(tenant_policy_t, allowed), .flags = GW_CK_REQUIRED,
+     .fn = load_countries},
+    {NULL},
+};
+static const gw_conf_obj_t narrow_obj = {0, narrow_keys, NULL, NULL};
+static const gw_conf_key_t tenant_conf_keys[] = {
+    {"residency", GW_CT_OBJ, 0, .obj = &narrow_obj},
+    {"client_countries", GW_CT_FN, offsetof(tenant_policy_t, clients), .fn = load_countries},
+    {NULL},
+};
+static const gw_conf_obj_t tenant_obj = {sizeof(tenant_policy_t), tenant_conf_keys, NULL, NULL};
+
+/* "geoip" and "residency" come together, or neither does; then no tenant may have a policy of
+ * its own either. 1: a policy, 0: none, -1 after an error. */
+static int policy_present(gw_conf_ctx_t *cx, const cJSON *root)
+{
+    int geoip = cJSON_GetObjectItemCaseSensitive(root, "geoip") != NULL;
+    int res = cJSON_GetObjectItemCaseSensitive(root, "residency") != NULL;
+    if (geoip && res) return 1;
+    if (geoip || res) {
+        gw_conf_error(cx, geoip ? "$.residency" : "$.geoip", "%s",
+                      geoip ? "is required with geoip: {\"allowed_countries\": [\"CH\"]}"
+                            : "is required with residency: {\"databases\": "
+                              "[\"conf/geoip/site.mmdb\"]}");
+        return -1;
+    }
+    int rc = 0;
+    for (size_t i = 0, nt = gw_conf_tenant_count(cx); i < nt; i++) {
+        const char *tpath;
+        const cJSON *t = gw_conf_tenant(cx, i, NULL, &tpath);
+        for (const gw_conf_key_t *k = tenant_conf_keys; t && k->name; k++)
+            if (cJSON_GetObjectItemCaseSensitive(t, k->name)) {
+                gw_conf_error(cx, gw_conf_path_key(cx, tpath, k->name),
+                              "needs the global \"residency\" policy and \"geoip\" databases");
+                rc = -1;
+            }
+    }
+    return rc;
+}
+
+/* A tenant's policy can only narrow the global one. */
+static int narrows(gw_conf_ctx_t *cx, const policy_t *global, const tenant_policy_t *tp,
+                   const char *tpath)
+{
+    int rc = 0;
+    for (size_t k = 0; k < tp->allowed.n; k++)
+        if (!in_policy(global, tp->allowed.cc[k])) {
+            gw_conf_error(
+                cx,
+                gw_conf_path_key(cx, gw_conf_path_key(cx, tpath, "residency"), "allowed_countries"),
+                "%s is not allowed by the global policy: a tenant's policy "
+                "can only narrow it",
+                tp->allowed.cc[k]);
+            rc = -1;
+        }
+    return rc;
+}
+
+/* The tenants with a policy of their own. */
+static int load_tenants(gw_conf_ctx_t *cx, residency_conf_t *c)
+{
+    size_t nt = gw_conf_tenant_count(cx);
+    c->tenants = gw_conf_alloc(cx, nt * sizeof(*c->tenants));
+    if (!c->tenants) return -1;
+    int rc = 0;
+    for (size_t i = 0; i < nt; i++) {
+        const char *id, *tpath;
+        const cJSON *t = gw_conf_tenant(cx, i, &id, &tpath);
+        tenant_policy_t *tp = &c->tenants[c->ntenants];
+        *tp = (tenant_policy_t){0};
+        if (!t || !id) continue; /* the core reports it */
+        if (gw_conf_load_some(cx, t, tpath, &tenant_obj, tp) < 0) {
+            rc = -1;
+            continue;
+        }
+        tp->narrowed = tp->allowed.n > 0;
+        tp->geofenced = tp->clients.n > 0;
+        if (!tp->narrowed && !tp->geofenced) continue;
+        if (!(tp->id = gw_conf_strdup(cx, id)) || narrows(cx, &c->global, tp, tpath) < 0) rc = -1;
+        c->ntenants++;
     }
     return rc;
 }
@@ -190,11 +284,40 @@ static void canon_policy(char **buf, size_t *len, size_t *cap, const char *label
     *len += (size_t)snprintf(*buf + *len, *cap - *len, "\n");
 }
 
-static int build_index(residency_conf_t *c)
+/* The whole policy as text (malloc'd; NULL when out of memory), digested for the audit log: the
+ * allowed countries, the databases and every tenant's policy. */
+static char *canonical(residency_conf_t *c)
+{
+    size_t len = 0, cap = 256;
+    char *canon = malloc(cap), line[4200];
+    policy_t none = {0};
+    if (!canon) return NULL;
+    canon[0] = '\0';
+    canon_policy(&canon, &len, &cap, "allowed", &c->global);
+    if (c->allow_refused) canon_policy(&canon, &len, &cap, "allow_refused_backends", &none);
+    for (size_t k = 0; k < c->databases.n; k++) {
+        snprintf(line, sizeof(line), "database %s", ((char **)c->databases.items)[k]);
+        canon_policy(&canon, &len, &cap, line, &none);
+    }
+    for (size_t k = 0; k < c->ntenants; k++) {
+        tenant_policy_t *tp = &c->tenants[k];
+        if (tp->narrowed) {
+            snprintf(line, sizeof(line), "tenant %s allowed", tp->id);
+            canon_policy(&canon, &len, &cap, line, &tp->allowed);
+        }
+        if (tp->geofenced) {
+            snprintf(line, sizeof(line), "tenant %s clients", tp->id);
+            canon_policy(&canon, &len, &cap, line, &tp->clients);
+        }
+    }
+    return canon;
+}
+
+static int build_index(gw_conf_ctx_t *cx, residency_conf_t *c)
 {
     size_t slots = 8;
     while (slots < c->ntenants * 2) slots *= 2;
-    c->index = malloc(slots * sizeof(*c->index));
+    c->index = gw_conf_alloc(cx, slots * sizeof(*c->index));
     if (!c->index) return -1;
     c->nindex = slots;
     for (size_t i = 0; i < slots; i++) c->index[i] = SIZE_MAX;
@@ -206,165 +329,31 @@ static int build_index(residency_conf_t *c)
     return 0;
 }
 
+/* Reads the policy and hands it to the core (gw_conf_residency), which verifies the backends. */
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
 {
     *state = NULL;
-    const cJSON *geoip = cJSON_GetObjectItemCaseSensitive(root, "geoip");
-    const cJSON *res = cJSON_GetObjectItemCaseSensitive(root, "residency");
-    const cJSON *tenants = cJSON_GetObjectItemCaseSensitive(root, "tenants");
-    char p[512];
-    int rc = 0;
-    if (!geoip && !res) {
-        /* No policy: tenants may not have one of their own either. */
-        int i = 0;
-        for (const cJSON *t = cJSON_IsArray(tenants) ? tenants->child : NULL; t; t = t->next, i++)
-            for (const char *const *k =
-                     (const char *const[]){"residency", "client_countries", NULL};
-                 *k; k++)
-                if (cJSON_GetObjectItemCaseSensitive(t, *k)) {
-                    gw_conf_error(cx, path_of(p, sizeof(p), "$.tenants[%d].%s", i, *k),
-                                  "needs the global \"residency\" policy and \"geoip\" databases");
-                    rc = -1;
-                }
-        return rc;
-    }
-    if (!res || !cJSON_IsObject(res)) {
-        gw_conf_error(cx, "$.residency",
-                      res ? "must be an object"
-                          : "is required with geoip: {\"allowed_countries\": [\"CH\"]}");
+    int present = policy_present(cx, root);
+    if (present <= 0) return present;
+    residency_conf_t *c = gw_conf_alloc(cx, sizeof(*c));
+    if (!c || gw_conf_load_some(cx, root, "$", &top_obj, c) < 0 || load_tenants(cx, c) < 0)
         return -1;
-    }
-    if (!geoip || !cJSON_IsObject(geoip)) {
-        gw_conf_error(
-            cx, "$.geoip",
-            geoip ? "must be an object"
-                  : "is required with residency: {\"databases\": [\"conf/geoip/site.mmdb\"]}");
-        return -1;
-    }
-    if (only_keys(cx, geoip, "$.geoip", (const char *const[]){"databases", NULL}) < 0 ||
-        only_keys(cx, res, "$.residency",
-                  (const char *const[]){"allowed_countries", "allow_refused_backends", NULL}) < 0)
-        return -1;
-    const cJSON *allow = cJSON_GetObjectItemCaseSensitive(res, "allow_refused_backends");
-    if (allow && !cJSON_IsBool(allow)) {
-        gw_conf_error(cx, "$.residency.allow_refused_backends", "must be true or false");
-        return -1;
-    }
-    const cJSON *dbs = cJSON_GetObjectItemCaseSensitive(geoip, "databases");
-    const char *paths[MAX_DATABASES];
-    size_t ndb = 0;
-    if (!cJSON_IsArray(dbs) || cJSON_GetArraySize(dbs) < 1 ||
-        cJSON_GetArraySize(dbs) > MAX_DATABASES) {
-        gw_conf_error(cx, "$.geoip.databases", "must list 1 to %d MaxMind DB files", MAX_DATABASES);
-        return -1;
-    }
-    for (const cJSON *d = dbs->child; d; d = d->next, ndb++) {
-        if (!cJSON_IsString(d) || !d->valuestring[0] || strlen(d->valuestring) > 4096) {
-            gw_conf_error(cx, path_of(p, sizeof(p), "$.geoip.databases[%zu]", ndb),
-                          "must be the path of a MaxMind DB file");
-            return -1;
-        }
-        paths[ndb] = d->valuestring;
-    }
-    residency_conf_t *c = calloc(1, sizeof(*c));
-    if (!c) {
+    char *canon = build_index(cx, c) < 0 ? NULL : canonical(c);
+    if (!canon) {
         gw_conf_error(cx, path, "out of memory");
         return -1;
     }
-    c->allow_refused = cJSON_IsTrue(allow);
-    if (parse_countries(cx, cJSON_GetObjectItemCaseSensitive(res, "allowed_countries"),
-                        "$.residency.allowed_countries", &c->global) < 0) {
-        release(c);
-        return -1;
-    }
-    size_t nt = cJSON_IsArray(tenants) ? (size_t)cJSON_GetArraySize(tenants) : 0;
-    c->tenants = calloc(nt ? nt : 1, sizeof(*c->tenants));
-    if (!c->tenants) rc = -1;
-    int i = 0;
-    for (const cJSON *t = nt ? tenants->child : NULL; t && c->tenants; t = t->next, i++) {
-        const cJSON *tr = cJSON_GetObjectItemCaseSensitive(t, "residency");
-        const cJSON *cl = cJSON_GetObjectItemCaseSensitive(t, "client_countries");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
-        if ((!tr && !cl) || !cJSON_IsString(id)) continue; /* the core reports a missing id */
-        tenant_policy_t *tp = &c->tenants[c->ntenants++];
-        tp->id = strdup(id->valuestring);
-        if (!tp->id) rc = -1;
-        if (tr) {
-            char *tpath = path_of(p, sizeof(p), "$.tenants[%d].residency", i);
-            if (!cJSON_IsObject(tr)) {
-                gw_conf_error(cx, tpath, "must be an object: {\"allowed_countries\": [\"CH\"]}");
-                rc = -1;
-            } else if (only_keys(cx, tr, tpath, (const char *const[]){"allowed_countries", NULL}) <
-                       0) {
-                rc = -1;
-            } else {
-                char apath[600];
-                snprintf(apath, sizeof(apath), "%s.allowed_countries", tpath);
-                if (parse_countries(cx, cJSON_GetObjectItemCaseSensitive(tr, "allowed_countries"),
-                                    apath, &tp->allowed) < 0)
-                    rc = -1;
-                tp->narrowed = 1;
-                for (size_t k = 0; k < tp->allowed.n; k++)
-                    if (!in_policy(&c->global, tp->allowed.cc[k])) {
-                        gw_conf_error(cx, apath,
-                                      "%s is not allowed by the global policy: a tenant's policy "
-                                      "can only narrow it",
-                                      tp->allowed.cc[k]);
-                        rc = -1;
-                    }
-            }
-        }
-        if (cl) {
-            if (parse_countries(cx, cl, path_of(p, sizeof(p), "$.tenants[%d].client_countries", i),
-                                &tp->clients) < 0)
-                rc = -1;
-            tp->geofenced = 1;
-        }
-    }
-    if (rc == 0 && build_index(c) < 0) rc = -1;
-    if (rc < 0) {
-        release(c);
-        return -1;
-    }
-    /* The digest covers the allowed countries, every tenant's, and the databases. */
-    size_t len = 0, cap = 256;
-    char *canon = malloc(cap);
-    if (canon) {
-        canon[0] = '\0';
-        canon_policy(&canon, &len, &cap, "allowed", &c->global);
-        if (c->allow_refused) {
-            policy_t none = {0};
-            canon_policy(&canon, &len, &cap, "allow_refused_backends", &none);
-        }
-        for (size_t k = 0; k < ndb; k++) {
-            char line[4200];
-            snprintf(line, sizeof(line), "database %s", paths[k]);
-            policy_t none = {0};
-            canon_policy(&canon, &len, &cap, line, &none);
-        }
-        for (size_t k = 0; k < c->ntenants; k++) {
-            char line[300];
-            tenant_policy_t *tp = &c->tenants[k];
-            if (tp->narrowed) {
-                snprintf(line, sizeof(line), "tenant %s allowed", tp->id);
-                canon_policy(&canon, &len, &cap, line, &tp->allowed);
-            }
-            if (tp->geofenced) {
-                snprintf(line, sizeof(line), "tenant %s clients", tp->id);
-                canon_policy(&canon, &len, &cap, line, &tp->clients);
-            }
-        }
-    }
     const char *allowed[MAX_COUNTRIES];
     for (size_t k = 0; k < c->global.n; k++) allowed[k] = c->global.cc[k];
-    gw_residency_policy_t pol = {paths, ndb, allowed, c->global.n, canon, c->allow_refused};
-    rc = canon ? gw_conf_residency(cx, "$.residency", &pol) : -1;
-    if (!canon) gw_conf_error(cx, path, "out of memory");
+    gw_residency_policy_t pol = {(const char *const *)c->databases.items,
+                                 c->databases.n,
+                                 allowed,
+                                 c->global.n,
+                                 canon,
+                                 c->allow_refused};
+    int rc = gw_conf_residency(cx, "$.residency", &pol);
     free(canon);
-    if (rc < 0) {
-        release(c);
-        return -1;
-    }
+    if (rc < 0) return -1;
     *state = c;
     return 0;
 }
