@@ -15,7 +15,7 @@
 #include "io/conn.h"
 #include "base/accept_guard.h"
 #include "base/log.h"
-#include "quota.h"
+#include "config/plugin_host.h"
 #include "store/redis.h"
 #include "proxy/upstream.h"
 
@@ -182,9 +182,9 @@ static void *run(void *arg)
     /* Stopped: whatever is still open is closed now. */
     while (w->conns) gw_conn_close(w->conns);
     gw_upstream_close_idle(w);
-    /* The quota counts still pending go to Redis; a drained worker waits for them to arrive
-     * (no listener is left to accept anything meanwhile). */
-    gw_quota_worker_stop();
+    /* The plugins' thread state goes (the quota counts still pending go to Redis); a drained
+     * worker waits for them to arrive (no listener is left to accept anything meanwhile). */
+    gw_plugins_thread_exit(w->cfg);
     if (w->draining) gw_redis_deliver(w->redis, w->base);
     gw_balance_worker_free(w);
     gw_redis_free(w->redis); /* answers what still waits on it */

@@ -21,6 +21,9 @@ void gw_access_log_close(void);
  * thread's buffer is dropped and counted. Called once per request (from the log phase). */
 void gw_access_log_request(const gw_req_t *r);
 
+/* The fields of every line, in order (NULL-terminated): what GET /privacy reports. */
+extern const char *const gw_access_log_fields[];
+
 /* Lines dropped because a buffer was full or a write failed, since start. */
 uint64_t gw_access_log_dropped(void);
 
