@@ -133,11 +133,38 @@ static int check_names(gw_conf_ctx_t *cx, const gw_plugin_inst_t *ps, size_t n)
     return rc;
 }
 
-/* ps in chain order into out: by rank (then as listed), each after what must precede it. */
+/* Where a plugin sorts: its rank, moved to the rank of the plugin it runs before (when lower)
+ * or after (when higher), just before or after that one; then as listed. */
+typedef struct {
+    int rank, side; /* side: -1 just before, +1 just after a plugin of that rank, 0 none */
+} place_t;
+
+static void places(const gw_plugin_inst_t *ps, size_t n, place_t *pl)
+{
+    for (size_t i = 0; i < n; i++) pl[i] = (place_t){rank_of(ps[i].plugin), 0};
+    for (size_t round = 0; round < n; round++) /* along chains of after/before */
+        for (size_t i = 0; i < n; i++) {
+            const gw_plugin_t *p = ps[i].plugin;
+            long b = p->before ? find_named(ps, n, p->before) : -1;
+            long a = p->after ? find_named(ps, n, p->after) : -1;
+            if (b >= 0 && pl[b].rank <= pl[i].rank) pl[i] = (place_t){pl[b].rank, -1};
+            if (a >= 0 && pl[a].rank >= pl[i].rank) pl[i] = (place_t){pl[a].rank, +1};
+        }
+}
+
+static int sorts_first(const place_t *pl, size_t i, long best)
+{
+    return best < 0 || pl[i].rank < pl[best].rank ||
+           (pl[i].rank == pl[best].rank && pl[i].side < pl[best].side);
+}
+
+/* ps in chain order into out: by place, each after what must precede it. */
 static int order(gw_conf_ctx_t *cx, const gw_plugin_inst_t *ps, size_t n, gw_plugin_inst_t *out)
 {
     char *done = gw_conf_alloc(cx, n);
-    if (!done) return -1;
+    place_t *pl = gw_conf_alloc(cx, n * sizeof(*pl));
+    if (!done || !pl) return -1;
+    places(ps, n, pl);
     for (size_t k = 0; k < n; k++) {
         long best = -1;
         for (size_t i = 0; i < n; i++) {
@@ -145,17 +172,15 @@ static int order(gw_conf_ctx_t *cx, const gw_plugin_inst_t *ps, size_t n, gw_plu
             int ready = 1;
             for (size_t j = 0; j < n && ready; j++)
                 if (j != i && !done[j] && must_precede(&ps[j], &ps[i])) ready = 0;
-            if (ready && (best < 0 || rank_of(ps[i].plugin) < rank_of(ps[best].plugin)))
-                best = (long)i;
+            if (ready && sorts_first(pl, i, best)) best = (long)i;
         }
-        if (best < 0) { /* what is left waits on itself */
+        if (best < 0) {    /* what is left waits on itself */
+            size_t at = n; /* preferably an external plugin: the config can change it */
             for (size_t i = 0; i < n; i++)
-                if (!done[i]) {
-                    gw_conf_error(cx, ps[i].path,
-                                  "the positions of plugin \"%s\" (after/before) make a cycle",
-                                  ps[i].plugin->name);
-                    break;
-                }
+                if (!done[i] && (at == n || (ps[at].entry < 0 && ps[i].entry >= 0))) at = i;
+            gw_conf_error(cx, ps[at].path,
+                          "the positions of plugin \"%s\" (after/before) make a cycle",
+                          ps[at].plugin->name);
             return -1;
         }
         done[best] = 1;
