@@ -546,6 +546,42 @@ __attribute__((format(printf, 2, 3))) static void metrics_out(void *out, const c
     va_end(ap);
 }
 
+/* GET /metrics: the core's, the overload guard's, then each plugin's (admin_metrics). */
+static void reply_metrics(gw_admin_t *a, struct evhttp_request *req)
+{
+    struct evbuffer *out = evbuffer_new();
+    if (!out) {
+        reply_error(req, 500, "internal_error", "Out of memory.");
+        return;
+    }
+    gw_metrics_render(out, a->cfg);
+    gw_overload_render(out);
+    evbuffer_add_printf(out,
+                        "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
+                        "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
+                        a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
+    evbuffer_add_printf(out,
+                        "# HELP gotthard_quota_store_dropped_total Settlements, slot "
+                        "releases and usage counts dropped while the quota store was "
+                        "away (the per-worker queue was full).\n"
+                        "# TYPE gotthard_quota_store_dropped_total counter\n"
+                        "gotthard_quota_store_dropped_total %lu\n",
+                        gw_redis_queue_dropped());
+    evbuffer_add_printf(out,
+                        "# HELP gotthard_access_log_dropped_total Access log lines dropped "
+                        "(a full buffer or a failed write).\n"
+                        "# TYPE gotthard_access_log_dropped_total counter\n"
+                        "gotthard_access_log_dropped_total %llu\n",
+                        (unsigned long long)gw_access_log_dropped());
+    for (size_t i = 0; i < a->cfg->nknown; i++) {
+        const gw_plugin_inst_t *inst = &a->cfg->known[i];
+        if (inst->plugin->admin_metrics) inst->plugin->admin_metrics(inst->state, metrics_out, out);
+    }
+    reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(out, -1),
+          evbuffer_get_length(out));
+    evbuffer_free(out);
+}
+
 static admin_conn_t *conn_of(gw_admin_t *a, struct evhttp_request *req)
 {
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
@@ -620,38 +656,7 @@ static void handle(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/healthz") == 0) {
         reply_json(req, 200, "{\"status\":\"ok\"}");
     } else if (strcmp(path, "/metrics") == 0) {
-        struct evbuffer *out = evbuffer_new();
-        if (!out) {
-            reply_error(req, 500, "internal_error", "Out of memory.");
-            return;
-        }
-        gw_metrics_render(out, a->cfg);
-        gw_overload_render(out);
-        evbuffer_add_printf(out,
-                            "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
-                            "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
-                            a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
-        evbuffer_add_printf(out,
-                            "# HELP gotthard_quota_store_dropped_total Settlements, slot "
-                            "releases and usage counts dropped while the quota store was "
-                            "away (the per-worker queue was full).\n"
-                            "# TYPE gotthard_quota_store_dropped_total counter\n"
-                            "gotthard_quota_store_dropped_total %lu\n",
-                            gw_redis_queue_dropped());
-        evbuffer_add_printf(out,
-                            "# HELP gotthard_access_log_dropped_total Access log lines dropped "
-                            "(a full buffer or a failed write).\n"
-                            "# TYPE gotthard_access_log_dropped_total counter\n"
-                            "gotthard_access_log_dropped_total %llu\n",
-                            (unsigned long long)gw_access_log_dropped());
-        for (size_t i = 0; i < a->cfg->nknown; i++) {
-            const gw_plugin_inst_t *inst = &a->cfg->known[i];
-            if (inst->plugin->admin_metrics)
-                inst->plugin->admin_metrics(inst->state, metrics_out, out);
-        }
-        reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(out, -1),
-              evbuffer_get_length(out));
-        evbuffer_free(out);
+        reply_metrics(a, req);
     } else if (strcmp(path, "/privacy") == 0) {
         reply_doc(req, privacy_report(a->cfg));
     } else if (strcmp(path, "/residency") == 0) {
