@@ -169,37 +169,36 @@ def test_tenant_key_nobody_owns_is_refused_with_its_path():
     assert rc == 0, text[-800:]
 
 
+def refused(sos, want, env=None):
+    """gotthard -t with the plugins sos (paths of .so files): refused, and want in what it says."""
+    rc, text = check(gateway_config([1], tenants=tenants(), plugins=[{"path": so} for so in sos]),
+                     env=env)
+    assert rc == 1 and want in text, "want %r: %s" % (want, text[-800:])
+    return text
+
+
 def test_abi2_plugin_is_refused_without_being_called():
     so = build(gwtest.tempdir(), ABI="2")
-    rc, text = check(gateway_config([1], tenants=tenants(), plugins=[{"path": so}]),
-                     env={"ABI3_MARK_CONFIGURE": "1"})
-    assert rc == 1, text[-800:]
-    assert "$.plugins[0].path: built against plugin ABI 2; this gateway loads ABI 3" in text, text[-800:]
+    text = refused([so], "$.plugins[0].path: built against plugin ABI 2; this gateway loads ABI 3",
+                   env={"ABI3_MARK_CONFIGURE": "1"})
     assert "configure was called" not in text, text[-800:]
 
 
 def test_key_owned_twice_is_refused_naming_both():
     tmp = gwtest.tempdir()
-    so = build(tmp, "limits.so", TKEY='"limits"')
-    rc, text = check(gateway_config([1], tenants=tenants(), plugins=[{"path": so}]))
-    assert rc == 1 and ('$.plugins[0]: plugin "abi3" claims the tenant key "limits", which plugin '
-                        '"quota" owns') in text, text[-800:]
-    so = build(tmp, "pools.so", CKEY='"pools"')
-    rc, text = check(gateway_config([1], tenants=tenants(), plugins=[{"path": so}]))
-    assert rc == 1 and ('$.plugins[0]: plugin "abi3" claims the top-level key "pools", which the '
-                        'core owns') in text, text[-800:]
+    refused([build(tmp, "limits.so", TKEY='"limits"')],
+            '$.plugins[0]: plugin "abi3" claims the tenant key "limits", which plugin "quota" owns')
+    refused([build(tmp, "pools.so", CKEY='"pools"')],
+            '$.plugins[0]: plugin "abi3" claims the top-level key "pools", which the core owns')
 
 
 def test_unknown_position_and_cycle_are_refused_with_paths():
     tmp = gwtest.tempdir()
-    so = build(tmp, "nosuch.so", BEFORE='"nosuch"')
-    rc, text = check(gateway_config([1], tenants=tenants(), plugins=[{"path": so}]))
-    assert rc == 1 and ('$.plugins[0]: plugin "abi3" wants to run before "nosuch", which is no '
-                        'plugin') in text, text[-800:]
+    refused([build(tmp, "nosuch.so", BEFORE='"nosuch"')],
+            '$.plugins[0]: plugin "abi3" wants to run before "nosuch", which is no plugin')
     a = build(tmp, "a.so", NAME='"a"', BEFORE='"b"', TKEY='"a_tag"')
     b = build(tmp, "b.so", NAME='"b"', BEFORE='"a"', TKEY='"b_tag"')
-    rc, text = check(gateway_config([1], tenants=tenants(), plugins=[{"path": a}, {"path": b}]))
-    assert rc == 1 and "(after/before) make a cycle" in text, text[-800:]
+    text = refused([a, b], "(after/before) make a cycle")
     assert "$.plugins[0]: " in text or "$.plugins[1]: " in text, text[-800:]
 
 
