@@ -13,7 +13,7 @@
  *
  * What a line holds is fixed here and nothing else: ids, names from the config, numbers.
  * A model name that the config does not know is request content and is logged as
- * UNKNOWN_MODEL. */
+ * GW_ACCESS_LOG_UNKNOWN_MODEL. */
 #include "ops/access_log.h"
 
 #include "base/clock.h"
@@ -35,7 +35,6 @@
 #define RING_BYTES (2u << 20)
 #define FLUSH_MS 100
 #define MAX_LINE 8192
-#define UNKNOWN_MODEL "<unknown>"
 #define PENDING_NONE (-1)
 #define PENDING_CLOSE (-2)
 
@@ -187,7 +186,8 @@ static const char *model_of(const gw_req_t *r)
     if (r->pool && r->model) return r->model; /* routed: a name from the config */
     const cJSON *m = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "model") : NULL;
     if (!cJSON_IsString(m) || !m->valuestring[0]) return NULL;
-    return gw_config_pool_for_model(r->cfg, m->valuestring) ? m->valuestring : UNKNOWN_MODEL;
+    return gw_config_pool_for_model(r->cfg, m->valuestring) ? m->valuestring
+                                                            : GW_ACCESS_LOG_UNKNOWN_MODEL;
 }
 
 size_t gw_access_log_format(const gw_req_t *r, char *buf, size_t cap)

@@ -296,7 +296,7 @@ static char *privacy_report(const gw_config_t *cfg)
         cJSON *f = cJSON_AddArrayToObject(al, "fields");
         for (size_t i = 0; f && gw_access_log_fields[i]; i++)
             cJSON_AddItemToArray(f, cJSON_CreateString(gw_access_log_fields[i]));
-        cJSON_AddStringToObject(al, "unknown_model", "<unknown>");
+        cJSON_AddStringToObject(al, "unknown_model", GW_ACCESS_LOG_UNKNOWN_MODEL);
         cJSON_AddNumberToObject(al, "dropped_lines", (double)gw_access_log_dropped());
     }
     cJSON_AddBoolToObject(o, "audit_log", cfg->audit_log.path != NULL);

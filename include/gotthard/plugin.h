@@ -264,7 +264,7 @@ void *gw_req_alloc(gw_req_t *r, size_t size);
 
 /* Change what goes upstream: set (or, with value NULL, remove) a header. The headers the
  * gateway writes itself (Host, framing and hop-by-hop, credentials, x-request-id,
- * x-client-request-id, Accept-Encoding, Content-Encoding; see gateway/http.h) are not set by
+ * x-client-request-id, Accept-Encoding, Content-Encoding; see gw_header_forwarded) are not set by
  * it: such a value is left out. */
 int gw_req_set_upstream_header(gw_req_t *r, const char *name, const char *value);
 /* Replace the body sent upstream by this JSON (the gateway takes ownership). `json` may be
