@@ -197,8 +197,24 @@ static void test_keys(void)
     delta.tenant_keys = delta.config_keys = NULL;
 }
 
+/* The public answer to "does the core forward this client header as it is?" (privacy reads it). */
+static void test_header_forwarded(void)
+{
+    static const char *const kept[] = {"x-custom", "Content-Type", "openai-organization", NULL};
+    static const char *const never[] = {
+        "authorization",     "API-Key",    "host",         "content-length",
+        "transfer-encoding", "connection", "x-request-id", "x-client-request-id",
+        "accept-encoding",   NULL};
+    for (const char *const *h = kept; *h; h++)
+        CHECK(gw_header_forwarded(*h, strlen(*h)) == 1, "%s is forwarded", *h);
+    for (const char *const *h = never; *h; h++)
+        CHECK(gw_header_forwarded(*h, strlen(*h)) == 0, "%s is the gateway's own", *h);
+    CHECK(gw_header_forwarded("authorization-x", 13) == 0, "the length is the name's");
+}
+
 int main(void)
 {
+    test_header_forwarded();
     test_rank_order();
     test_after_before();
     test_unknown_and_cycle();
