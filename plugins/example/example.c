@@ -6,7 +6,7 @@
 #include <string.h>
 
 /*
- * What it does (docs/plugins.md):
+ * What it does (README.md, Plugins):
  *   - request_headers: a request carrying "x-example-deny: 1" is refused with 403; every other
  *     one goes upstream with `header: value`, with "x-example-token: <upstream_token>" when one
  *     is configured (a secret), and with "x-example-tag: <tag>" when its tenant has an
