@@ -171,13 +171,11 @@ static const gw_conf_obj_t pool_obj = {sizeof(gw_pool_t), pool_keys, pool_init};
 static const gw_conf_key_t tenant_keys[] = {
     {"id", GW_CT_STR, offsetof(gw_tenant_t, id), .max = 128, .flags = GW_CK_REQUIRED},
     {"models", GW_CT_STRS, offsetof(gw_tenant_t, models), 1, 10000, GW_CK_REQUIRED},
-    {"api_keys", GW_CT_FN, offsetof(gw_tenant_t, api_keys), .fn = load_node},
-    {"limits", GW_CT_FN, offsetof(gw_tenant_t, limits), .fn = load_node},
-    {"residency", GW_CT_FN, offsetof(gw_tenant_t, residency), .fn = load_node},
-    {"client_countries", GW_CT_FN, offsetof(gw_tenant_t, client_countries), .fn = load_node},
     {NULL},
 };
-static const gw_conf_obj_t tenant_obj = {sizeof(gw_tenant_t), tenant_keys, NULL};
+/* Every other key of a tenant belongs to the plugin that declares it (tenant_keys). */
+static const gw_conf_obj_t tenant_obj = {sizeof(gw_tenant_t), tenant_keys, NULL,
+                                         gw_plugins_own_tenant_key};
 
 static const gw_conf_key_t plugin_keys[] = {
     {"path", GW_CT_STR, offsetof(gw_plugin_entry_t, path), .max = 4096, .flags = GW_CK_REQUIRED},
@@ -703,6 +701,7 @@ static int derive_tenants(gw_conf_ctx_t *cx, gw_config_t *c)
     for (size_t i = 0; i < c->tenants.n; i++) {
         gw_tenant_t *t = &ts[i];
         char *tp = gw_conf_path_index(cx, "$.tenants", i);
+        t->json = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(c->json, "tenants"), (int)i);
         if (!t->id) continue;
         for (const char *p = t->id; *p; p++)
             if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_' || *p == '.')) {
@@ -862,6 +861,9 @@ gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, c
     cx.root = json;
     /* First: the loader's messages name keys, which must be printable. */
     int rc = gw_conf_check_strings(&cx, json, "$");
+    /* The plugins' tables first: the keys they own are theirs, not unknown. Its problems (a
+     * plugin that does not load) do not keep the rest of the config from being checked. */
+    int plugins_rc = rc == 0 ? gw_plugins_open(&cx, c, &top_obj, &tenant_obj) : -1;
     if (rc == 0) rc = gw_conf_load(&cx, json, "$", &top_obj, c);
     if (rc == 0) rc = derive(&cx, c);
     if (rc == 0) rc = check_aliases(&cx, c);
@@ -869,10 +871,8 @@ gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, c
     if (rc == 0) rc = derive_redis(&cx, c);
     if (rc == 0) rc = derive_trusted_proxies(&cx, c);
     /* Offline, external plugins are not loaded: their entries are checked, not their configs. */
-    size_t nexternal = c->plugin_entries.n;
-    if (flags & GW_CONFIG_OFFLINE) c->plugin_entries.n = 0;
+    if (rc == 0) rc = plugins_rc;
     if (rc == 0) rc = gw_plugins_configure(&cx, c);
-    c->plugin_entries.n = nexternal;
     if (c->access_log.path) c->want_usage = 1; /* the access log carries the tokens */
     if (rc == 0 && store_steps) rc = store_steps->verdicts(&cx, c);
     if (rc == 0 && gw_live_attach(c) < 0) { /* in-flight, health, queues carry over */

@@ -125,15 +125,15 @@ typedef struct gw_tenant {
     char *id;
     gw_conf_list_t models; /* char *; "*" is every model */
     int all_models;
-    const cJSON *api_keys;                     /* read by the auth_apikey plugin */
-    const cJSON *limits;                       /* read by the quota plugin */
-    const cJSON *residency, *client_countries; /* read by the residency plugin */
+    const cJSON *json; /* the whole entry: its other keys are the plugins' (tenant_keys) */
 } gw_tenant_t;
 
 typedef struct gw_plugin_inst {
     const gw_plugin_t *plugin;
     void *state;
-    void *dl; /* dlopen handle of an external plugin */
+    void *dl;         /* dlopen handle of an external plugin */
+    const char *path; /* its entry in the config ("$.plugins[2]"), "$" for a built-in */
+    long entry;       /* the index of that entry in plugins[], -1 for a built-in */
 } gw_plugin_inst_t;
 
 typedef struct gw_plugin_entry {
@@ -188,9 +188,12 @@ typedef struct gw_config {
     struct gw_cidr *trusted_nets;
     size_t ntrusted_nets;
     /* derived */
-    gw_plugin_inst_t *plugins;
+    gw_plugin_inst_t *plugins; /* the chain: the plugins that run, in order */
     size_t nplugins;
-    int want_usage; /* a plugin reads the answers' usage */
+    gw_plugin_inst_t *known; /* every plugin, in chain order (state NULL when not in it) */
+    size_t nknown;
+    int keys_unchecked; /* offline with external plugins: keys nobody owns are not refused */
+    int want_usage;     /* a plugin reads the answers' usage */
     gw_backend_t **backends;
     size_t nbackends;
     char *models_json; /* the body of GET /v1/models */

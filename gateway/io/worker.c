@@ -14,7 +14,7 @@
 #include "io/conn.h"
 #include "base/accept_guard.h"
 #include "base/log.h"
-#include "quota.h"
+#include "config/plugin_host.h"
 
 typedef struct listen_ctx {
     gw_worker_t *w;
@@ -160,9 +160,10 @@ static void *run(void *arg)
     event_base_dispatch(w->base);
     /* Stopped: whatever is still open is closed now. */
     while (w->conns) gw_conn_close(w->conns);
-    /* The quota counts still pending go to Redis; a drained worker waits for them to arrive
-     * (no listener is left to accept anything meanwhile: the stop hook delivers them). */
-    gw_quota_worker_stop();
+    /* The plugins' thread state goes (the quota counts still pending go to Redis); a drained
+     * worker waits for them to arrive (no listener is left to accept anything meanwhile: the
+     * stop hook delivers them). */
+    gw_plugins_thread_exit(w->cfg);
     w->hooks->stop(w);
     gw_arena_thread_cleanup();
     atomic_store(&w->done, 1);

@@ -13,7 +13,7 @@
  *
  * What a line holds is fixed here and nothing else: ids, names from the config, numbers.
  * A model name that the config does not know is request content and is logged as
- * UNKNOWN_MODEL. */
+ * GW_ACCESS_LOG_UNKNOWN_MODEL. */
 #include "ops/access_log.h"
 
 #include "base/clock.h"
@@ -35,7 +35,6 @@
 #define RING_BYTES (2u << 20)
 #define FLUSH_MS 100
 #define MAX_LINE 8192
-#define UNKNOWN_MODEL "<unknown>"
 #define PENDING_NONE (-1)
 #define PENDING_CLOSE (-2)
 
@@ -79,6 +78,43 @@ static void put(out_t *o, const char *s, size_t n)
 }
 
 #define PUT_LIT(o, s) put(o, s, sizeof(s) - 1)
+
+/* The fields of a line, in order: the writer's and GET /privacy's one list. */
+const char *const gw_access_log_fields[] = {
+    "ts",      "request_id",    "client_request_id", "tenant",
+    "model",   "pool",          "backend",           "status",
+    "code",    "prompt_tokens", "completion_tokens", "tokens_estimated",
+    "ttft_ms", "duration_ms",   "bytes_in",          "bytes_out",
+    NULL,
+};
+enum {
+    F_TS,
+    F_REQUEST_ID,
+    F_CLIENT_REQUEST_ID,
+    F_TENANT,
+    F_MODEL,
+    F_POOL,
+    F_BACKEND,
+    F_STATUS,
+    F_CODE,
+    F_PROMPT_TOKENS,
+    F_COMPLETION_TOKENS,
+    F_TOKENS_ESTIMATED,
+    F_TTFT_MS,
+    F_DURATION_MS,
+    F_BYTES_IN,
+    F_BYTES_OUT
+};
+
+/* ,"name": (the first field without the comma) */
+static void put_key(out_t *o, int field)
+{
+    const char *k = gw_access_log_fields[field];
+    if (field) PUT_LIT(o, ",");
+    PUT_LIT(o, "\"");
+    put(o, k, strlen(k));
+    PUT_LIT(o, "\":");
+}
 
 static void put_u64(out_t *o, uint64_t v)
 {
@@ -150,7 +186,8 @@ static const char *model_of(const gw_req_t *r)
     if (r->pool && r->model) return r->model; /* routed: a name from the config */
     const cJSON *m = r->json ? cJSON_GetObjectItemCaseSensitive(r->json, "model") : NULL;
     if (!cJSON_IsString(m) || !m->valuestring[0]) return NULL;
-    return gw_config_pool_for_model(r->cfg, m->valuestring) ? m->valuestring : UNKNOWN_MODEL;
+    return gw_config_pool_for_model(r->cfg, m->valuestring) ? m->valuestring
+                                                            : GW_ACCESS_LOG_UNKNOWN_MODEL;
 }
 
 size_t gw_access_log_format(const gw_req_t *r, char *buf, size_t cap)
@@ -175,42 +212,44 @@ size_t gw_access_log_format(const gw_req_t *r, char *buf, size_t cap)
         pt = (int64_t)(gw_req_body_length(r) / 4);
         ct = (int64_t)r->events_relayed;
     }
-    PUT_LIT(&o, "{\"ts\":");
+    PUT_LIT(&o, "{");
+    put_key(&o, F_TS);
     put_ts(&o);
-    PUT_LIT(&o, ",\"request_id\":");
+    put_key(&o, F_REQUEST_ID);
     put_str(&o, r->id);
-    PUT_LIT(&o, ",\"client_request_id\":");
+    put_key(&o, F_CLIENT_REQUEST_ID);
     put_str(&o, r->client_id);
-    PUT_LIT(&o, ",\"tenant\":");
+    put_key(&o, F_TENANT);
     put_str(&o, r->tenant ? r->tenant->id : NULL);
-    PUT_LIT(&o, ",\"model\":");
+    put_key(&o, F_MODEL);
     put_str(&o, model_of(r));
-    PUT_LIT(&o, ",\"pool\":");
+    put_key(&o, F_POOL);
     put_str(&o, r->pool ? r->pool->name : NULL);
-    PUT_LIT(&o, ",\"backend\":");
+    put_key(&o, F_BACKEND);
     put_str(&o, r->backend ? r->backend->name : NULL);
-    PUT_LIT(&o, ",\"status\":");
+    put_key(&o, F_STATUS);
     put_u64(&o, (uint64_t)(status > 0 ? status : 0));
-    PUT_LIT(&o, ",\"code\":");
+    put_key(&o, F_CODE);
     put_str(&o, code);
-    PUT_LIT(&o, ",\"prompt_tokens\":");
+    put_key(&o, F_PROMPT_TOKENS);
     put_u64(&o, (uint64_t)pt);
-    PUT_LIT(&o, ",\"completion_tokens\":");
+    put_key(&o, F_COMPLETION_TOKENS);
     put_u64(&o, (uint64_t)ct);
+    put_key(&o, F_TOKENS_ESTIMATED);
     if (estimated)
-        PUT_LIT(&o, ",\"tokens_estimated\":true");
+        PUT_LIT(&o, "true");
     else
-        PUT_LIT(&o, ",\"tokens_estimated\":false");
-    PUT_LIT(&o, ",\"ttft_ms\":");
+        PUT_LIT(&o, "false");
+    put_key(&o, F_TTFT_MS);
     if (r->ttft_us && r->ttft_us >= r->start_us)
         put_ms(&o, r->ttft_us - r->start_us);
     else
         PUT_LIT(&o, "null");
-    PUT_LIT(&o, ",\"duration_ms\":");
+    put_key(&o, F_DURATION_MS);
     put_ms(&o, now >= r->start_us ? now - r->start_us : 0);
-    PUT_LIT(&o, ",\"bytes_in\":");
+    put_key(&o, F_BYTES_IN);
     put_u64(&o, (uint64_t)(r->head_len + gw_req_body_length(r))); /* as received */
-    PUT_LIT(&o, ",\"bytes_out\":");
+    put_key(&o, F_BYTES_OUT);
     put_u64(&o, r->bytes_out);
     PUT_LIT(&o, "}\n");
     return o.overflow ? 0 : (size_t)(o.p - buf);

@@ -21,6 +21,12 @@ void gw_access_log_close(void);
  * thread's buffer is dropped and counted. Called once per request (from the log phase). */
 void gw_access_log_request(const gw_req_t *r);
 
+/* A model the config does not know is logged as this (never the client's text). */
+#define GW_ACCESS_LOG_UNKNOWN_MODEL "<unknown>"
+
+/* The fields of every line, in order (NULL-terminated): what GET /privacy reports. */
+extern const char *const gw_access_log_fields[];
+
 /* Lines dropped because a buffer was full or a write failed, since start. */
 uint64_t gw_access_log_dropped(void);
 

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <ctype.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -27,8 +28,6 @@
 #include "base/accept_guard.h"
 #include "ops/metrics.h"
 #include "base/overload.h"
-#include "privacy.h"
-#include "quota.h"
 #include "store/redis.h"
 #include "proxy/request.h"
 #include "store/backend_geo.h"
@@ -58,10 +57,11 @@ struct gw_admin {
     admin_conn_t *conns;
     int nconns;
     struct {
-        int days, status;
+        char *key; /* path and query */
+        int status;
         int64_t until;
         char *body;
-    } usage; /* the last /usage answer, served again until `until` */
+    } page; /* the last 503 of a plugin's page, served again until `until` */
     gw_accept_guard_t *guard;
     gw_config_t *cfg;
     int draining;
@@ -220,43 +220,41 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* GET /usage[?days=N]: requests and tokens per tenant and UTC day (plugins/quota/quota.h),
- * today first, 1 <= N <= 40 days (default 1). With Redis this blocks the admin loop (never
- * a worker's) until the report's deadline at most; past it, 503, which serves again for five
- * seconds: a slow store is not asked again and again. An answer is never served stale. */
-static void reply_usage(gw_admin_t *a, struct evhttp_request *req)
+/* A plugin's own page (its admin_pages): that plugin, with its state (NULL when the config
+ * leaves it out of the chain), or NULL when none serves it. */
+static const gw_plugin_inst_t *page_owner(const gw_config_t *cfg, const char *name)
 {
-    const gw_config_t *cfg = a->cfg;
-    int days = 1;
-    struct evkeyvalq q;
+    for (size_t i = 0; i < cfg->nknown; i++)
+        for (const char *const *p = cfg->known[i].plugin->admin_pages; p && *p; p++)
+            if (strcmp(*p, name) == 0 && cfg->known[i].plugin->admin_report) return &cfg->known[i];
+    return NULL;
+}
+
+/* GET /<page>: the whole answer is the plugin's (admin_report). Its 503 is served again for five
+ * seconds without asking the plugin: a slow store (the quota plugin's GET /usage) is not asked
+ * again and again. An answer is never served stale otherwise. */
+static void reply_page(gw_admin_t *a, struct evhttp_request *req, const gw_plugin_inst_t *inst,
+                       const char *path)
+{
     const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
-    if (query && evhttp_parse_query_str(query, &q) == 0) {
-        const char *d = evhttp_find_header(&q, "days");
-        if (d) days = atoi(d);
-        evhttp_clear_headers(&q);
-    }
-    if (days < 1) days = 1;
-    if (days > 40) days = 40;
-    if (a->usage.body && a->usage.days == days && mono_ms() < a->usage.until) {
-        reply_json(req, a->usage.status, a->usage.body);
+    char key[600];
+    snprintf(key, sizeof(key), "%s?%s", path, query ? query : "");
+    if (a->page.body && strcmp(a->page.key, key) == 0 && mono_ms() < a->page.until) {
+        reply_json(req, a->page.status, a->page.body);
         return;
     }
-    const void *state = NULL;
-    for (size_t i = 0; i < cfg->nplugins; i++)
-        if (cfg->plugins[i].plugin == &gw_plugin_quota) state = cfg->plugins[i].state;
-    int late = 0, status = 200;
-    cJSON *o = gw_quota_usage_report(state, days, &late);
-    char *printed = o && !late ? cJSON_PrintUnformatted(o) : NULL, *body;
+    cJSON *o = cJSON_CreateObject();
+    gw_admin_err_t err = {NULL, {0}};
+    int status = o ? inst->plugin->admin_report(inst->state, path + 1, query, o, &err) : 500;
+    char *printed = status < 400 ? cJSON_PrintUnformatted(o) : NULL, *body = NULL;
     cJSON_Delete(o);
-    if (late) {
-        char msg[160], err[512];
-        snprintf(msg, sizeof(msg),
-                 "The quota store did not answer within %d ms; try again in a few seconds.",
-                 gw_quota_usage_deadline_ms(state));
-        gw_error_json(err, sizeof(err), 503, "quota_store_timeout", msg);
-        body = strdup(err);
-        status = 503;
+    if (status >= 400) {
+        char e[512];
+        gw_error_json(e, sizeof(e), status, err.code ? err.code : "internal_error",
+                      err.message[0] ? err.message : "The report could not be made.");
+        body = strdup(e);
     } else {
+        status = 200;
         body = printed ? strdup(printed) : NULL;
     }
     cJSON_free(printed);
@@ -264,42 +262,41 @@ static void reply_usage(gw_admin_t *a, struct evhttp_request *req)
         reply_error(req, 500, "internal_error", "The report could not be made.");
         return;
     }
-    free(a->usage.body);
-    a->usage.body = body;
-    a->usage.days = days;
-    a->usage.status = status;
-    a->usage.until = late ? mono_ms() + 5000 : 0;
+    free(a->page.body);
+    free(a->page.key);
+    a->page.body = body;
+    a->page.key = strdup(key);
+    a->page.status = status;
+    a->page.until = status == 503 && a->page.key ? mono_ms() + 5000 : 0;
     reply_json(req, status, body);
 }
 
-/* GET /privacy: the effective privacy settings, for auditors (docs/privacy.md). */
+/* Each plugin's part of a document (GW_ADMIN_STATUS, GW_ADMIN_PRIVACY), in chain order. */
+static void plugin_parts(const gw_config_t *cfg, const char *page, cJSON *o)
+{
+    for (size_t i = 0; i < cfg->nknown; i++) {
+        const gw_plugin_inst_t *inst = &cfg->known[i];
+        gw_admin_err_t err = {NULL, {0}};
+        if (inst->plugin->admin_report)
+            inst->plugin->admin_report(inst->state, page, NULL, o, &err);
+    }
+}
+
+/* GET /privacy: the effective privacy settings, for auditors (docs/privacy.md): the plugins'
+ * parts, then the core's, from the loaded config. */
 static char *privacy_report(const gw_config_t *cfg)
 {
-    const void *state = NULL;
-    for (size_t i = 0; i < cfg->nplugins; i++)
-        if (cfg->plugins[i].plugin == &gw_plugin_privacy) state = cfg->plugins[i].state;
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
-    cJSON *p = gw_privacy_report(state);
-    if (p) {
-        cJSON_AddBoolToObject(p, "enabled", state != NULL);
-        cJSON_AddBoolToObject(p, "client_credentials_forwarded", 0);
-    }
-    cJSON_AddItemToObject(o, "privacy", p);
+    plugin_parts(cfg, GW_ADMIN_PRIVACY, o);
     cJSON *al = cJSON_AddObjectToObject(o, "access_log");
     if (al) {
         cJSON_AddBoolToObject(al, "enabled", cfg->access_log.path != NULL);
         if (cfg->access_log.path) cJSON_AddStringToObject(al, "path", cfg->access_log.path);
-        static const char *const fields[] = {
-            "ts",      "request_id",    "client_request_id", "tenant",
-            "model",   "pool",          "backend",           "status",
-            "code",    "prompt_tokens", "completion_tokens", "tokens_estimated",
-            "ttft_ms", "duration_ms",   "bytes_in",          "bytes_out",
-            NULL};
         cJSON *f = cJSON_AddArrayToObject(al, "fields");
-        for (size_t i = 0; f && fields[i]; i++)
-            cJSON_AddItemToArray(f, cJSON_CreateString(fields[i]));
-        cJSON_AddStringToObject(al, "unknown_model", "<unknown>");
+        for (size_t i = 0; f && gw_access_log_fields[i]; i++)
+            cJSON_AddItemToArray(f, cJSON_CreateString(gw_access_log_fields[i]));
+        cJSON_AddStringToObject(al, "unknown_model", GW_ACCESS_LOG_UNKNOWN_MODEL);
         cJSON_AddNumberToObject(al, "dropped_lines", (double)gw_access_log_dropped());
     }
     cJSON_AddBoolToObject(o, "audit_log", cfg->audit_log.path != NULL);
@@ -396,9 +393,8 @@ static char *status_report(const gw_admin_t *a)
         char **ms = ts[i].models.items;
         for (size_t m = 0; models && m < ts[i].models.n; m++)
             cJSON_AddItemToArray(models, cJSON_CreateString(ms[m]));
-        /* limits hold numbers only (and per-model limits): safe to show as they are */
-        if (ts[i].limits) cJSON_AddItemToObject(t, "limits", cJSON_Duplicate(ts[i].limits, 1));
     }
+    plugin_parts(cfg, GW_ADMIN_STATUS, o); /* e.g. the tenants' limits */
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
@@ -541,6 +537,51 @@ static int head_ok(struct evhttp_request *req, const char **host, const char **w
     return -1;
 }
 
+/* A plugin's lines of GET /metrics (admin_metrics), into the answer's buffer. */
+__attribute__((format(printf, 2, 3))) static void metrics_out(void *out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(out, fmt, ap);
+    va_end(ap);
+}
+
+/* GET /metrics: the core's, the overload guard's, then each plugin's (admin_metrics). */
+static void reply_metrics(gw_admin_t *a, struct evhttp_request *req)
+{
+    struct evbuffer *out = evbuffer_new();
+    if (!out) {
+        reply_error(req, 500, "internal_error", "Out of memory.");
+        return;
+    }
+    gw_metrics_render(out, a->cfg);
+    gw_overload_render(out);
+    evbuffer_add_printf(out,
+                        "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
+                        "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
+                        a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
+    evbuffer_add_printf(out,
+                        "# HELP gotthard_quota_store_dropped_total Settlements, slot "
+                        "releases and usage counts dropped while the quota store was "
+                        "away (the per-worker queue was full).\n"
+                        "# TYPE gotthard_quota_store_dropped_total counter\n"
+                        "gotthard_quota_store_dropped_total %lu\n",
+                        gw_redis_queue_dropped());
+    evbuffer_add_printf(out,
+                        "# HELP gotthard_access_log_dropped_total Access log lines dropped "
+                        "(a full buffer or a failed write).\n"
+                        "# TYPE gotthard_access_log_dropped_total counter\n"
+                        "gotthard_access_log_dropped_total %llu\n",
+                        (unsigned long long)gw_access_log_dropped());
+    for (size_t i = 0; i < a->cfg->nknown; i++) {
+        const gw_plugin_inst_t *inst = &a->cfg->known[i];
+        if (inst->plugin->admin_metrics) inst->plugin->admin_metrics(inst->state, metrics_out, out);
+    }
+    reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(out, -1),
+          evbuffer_get_length(out));
+    evbuffer_free(out);
+}
+
 static admin_conn_t *conn_of(gw_admin_t *a, struct evhttp_request *req)
 {
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
@@ -587,12 +628,13 @@ static void handle(struct evhttp_request *req, void *arg)
             reply_error(req, 405, "method_not_allowed", "Use POST for /reload.");
         return;
     }
-    static const char *const gets[] = {
-        "/",      "/healthz",   "/readyz", "/metrics",      "/privacy",
-        "/usage", "/residency", "/status", "/audit/recent", NULL};
+    static const char *const gets[] = {"/",        "/healthz", "/readyz",       "/metrics",
+                                       "/privacy", "/status",  "/audit/recent", "/residency",
+                                       NULL};
     size_t known = 0;
     while (gets[known] && strcmp(gets[known], path) != 0) known++;
-    if (!gets[known]) {
+    const gw_plugin_inst_t *page = path[0] == '/' ? page_owner(a->cfg, path + 1) : NULL;
+    if (!gets[known] && !page) {
         reply_error(req, 404, "not_found", "There is nothing at this path.");
         return;
     }
@@ -600,7 +642,9 @@ static void handle(struct evhttp_request *req, void *arg)
         reply_error(req, 405, "method_not_allowed", "Use GET for this path.");
         return;
     }
-    if (strcmp(path, "/") == 0) {
+    if (!gets[known]) {
+        reply_page(a, req, page, path);
+    } else if (strcmp(path, "/") == 0) {
         struct evkeyvalq *h = evhttp_request_get_output_headers(req);
         /* Self-contained: inline script and style, data only from this origin. */
         evhttp_add_header(h, "content-security-policy",
@@ -612,37 +656,9 @@ static void handle(struct evhttp_request *req, void *arg)
     } else if (strcmp(path, "/healthz") == 0) {
         reply_json(req, 200, "{\"status\":\"ok\"}");
     } else if (strcmp(path, "/metrics") == 0) {
-        struct evbuffer *out = evbuffer_new();
-        if (!out) {
-            reply_error(req, 500, "internal_error", "Out of memory.");
-            return;
-        }
-        gw_metrics_render(out, a->cfg);
-        gw_overload_render(out);
-        evbuffer_add_printf(out,
-                            "# HELP gotthard_quota_store_up Whether the quota store can be used.\n"
-                            "# TYPE gotthard_quota_store_up gauge\ngotthard_quota_store_up %d\n",
-                            a->cfg->redis.url ? gw_redis_connections_up() > 0 : 1);
-        evbuffer_add_printf(out,
-                            "# HELP gotthard_quota_store_dropped_total Settlements, slot "
-                            "releases and usage counts dropped while the quota store was "
-                            "away (the per-worker queue was full).\n"
-                            "# TYPE gotthard_quota_store_dropped_total counter\n"
-                            "gotthard_quota_store_dropped_total %lu\n",
-                            gw_redis_queue_dropped());
-        evbuffer_add_printf(out,
-                            "# HELP gotthard_access_log_dropped_total Access log lines dropped "
-                            "(a full buffer or a failed write).\n"
-                            "# TYPE gotthard_access_log_dropped_total counter\n"
-                            "gotthard_access_log_dropped_total %llu\n",
-                            (unsigned long long)gw_access_log_dropped());
-        reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", evbuffer_pullup(out, -1),
-              evbuffer_get_length(out));
-        evbuffer_free(out);
+        reply_metrics(a, req);
     } else if (strcmp(path, "/privacy") == 0) {
         reply_doc(req, privacy_report(a->cfg));
-    } else if (strcmp(path, "/usage") == 0) {
-        reply_usage(a, req);
     } else if (strcmp(path, "/residency") == 0) {
         reply_doc(req, gw_residency_report_json(a->cfg));
     } else if (strcmp(path, "/status") == 0) {
@@ -808,8 +824,9 @@ void gw_admin_set_draining(gw_admin_t *a)
 
 void gw_admin_set_config(gw_admin_t *a, gw_config_t *cfg)
 {
-    free(a->usage.body); /* other tenants, or another store */
-    a->usage.body = NULL;
+    free(a->page.body); /* other tenants, or another store */
+    free(a->page.key);
+    a->page.body = a->page.key = NULL;
     gw_config_unref(a->cfg);
     a->cfg = gw_config_ref(cfg);
 }
@@ -828,7 +845,8 @@ void gw_admin_free(gw_admin_t *a)
         }
     }
     evhttp_free(a->http);
-    free(a->usage.body);
+    free(a->page.body);
+    free(a->page.key);
     gw_config_unref(a->cfg);
     free(a);
 }

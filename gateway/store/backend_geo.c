@@ -457,7 +457,8 @@ static const char *check_now(const gw_config_t *now, const gw_geo_ask_t *r, cons
         if (j == crs->n || !crs->addrs[j].allowed) why = "backend_not_approved";
     }
     const gw_tenant_t *t = r->tenant_id ? gw_config_tenant(now, r->tenant_id) : NULL;
-    const cJSON *narrow = t && cJSON_IsObject(t->residency) ? t->residency : NULL;
+    const cJSON *tr = t ? cJSON_GetObjectItemCaseSensitive(t->json, "residency") : NULL;
+    const cJSON *narrow = cJSON_IsObject(tr) ? tr : NULL;
     for (size_t i = 0; !why && narrow && i <= crs->n; i++) {
         const char *cc = i == 0 ? cur->country : crs->addrs[i - 1].country;
         if (!tenant_allows(narrow, cc)) why = "backend_not_approved_for_tenant";

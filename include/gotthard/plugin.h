@@ -129,13 +129,17 @@ enum {
 /* ------------------------------------------------------------------------ the admin listener
  *
  * What a plugin contributes to the admin listener's documents. report is called with page:
- *   "status"   GET /status: add your part (one member named after the plugin) to out.
+ *   "status"   GET /status: add your part (one member named after the plugin) to out; a
+ *              plugin with something to say per tenant may add members to the entries of
+ *              out's "tenants" array (each has the tenant's "id") instead.
  *   "privacy"  GET /privacy: add what you do to data (facts derived from your loaded config).
  *   a name in pages, for GET /<name>: fill out, the whole answer.
  * query is the URL's query string (NULL when none). Return 0, or an HTTP status >= 400 after
  * writing a constant error code and message into err (the client then gets an OpenAI-shaped
  * error; a 503 is served again for five seconds without asking the plugin). Runs on the admin
  * thread, concurrently with the workers: read only what is safe to read from another thread. */
+#define GW_ADMIN_STATUS "status"
+#define GW_ADMIN_PRIVACY "privacy"
 typedef struct gw_admin_err {
     const char *code; /* a constant, e.g. "quota_store_timeout" */
     char message[200];
@@ -260,7 +264,7 @@ void *gw_req_alloc(gw_req_t *r, size_t size);
 
 /* Change what goes upstream: set (or, with value NULL, remove) a header. The headers the
  * gateway writes itself (Host, framing and hop-by-hop, credentials, x-request-id,
- * x-client-request-id, Accept-Encoding, Content-Encoding; see gateway/http.h) are not set by
+ * x-client-request-id, Accept-Encoding, Content-Encoding; see gw_header_forwarded) are not set by
  * it: such a value is left out. */
 int gw_req_set_upstream_header(gw_req_t *r, const char *name, const char *value);
 /* Replace the body sent upstream by this JSON (the gateway takes ownership). `json` may be
@@ -320,6 +324,19 @@ int gw_worker_redis_send(int argc, const char **argv, const size_t *argvlen);
  * NOSCRIPT on a new server (a restart, a failover, a reload to another redis.url). Call from
  * configure; the same source again is kept once. 0, or -1 (no memory, or too many scripts). */
 int gw_redis_register_script(const char *source);
+
+/* A blocking connection to the Redis server of url (redis://[:password@]host[:port][/db]), for
+ * an admin report (never on a worker's loop): connected, authenticated and on its db, every
+ * command bounded by timeout_ms. NULL with a message in err (never the password) on failure;
+ * free it with redisFree. */
+struct redisContext;
+struct redisContext *gw_redis_url_connect(const char *url, int timeout_ms, char *err,
+                                          size_t errlen);
+
+/* Does the core forward a client's request header of this name as it is (1), or is it one the
+ * gateway writes itself or never forwards (0: framing, hop-by-hop, credentials, the request
+ * ids, the codings; see gw_req_set_upstream_header)? Case-insensitive; len bytes of name. */
+int gw_header_forwarded(const char *name, size_t len);
 
 /* Metrics: a request refused by a quota, by tenant (a configured id) and kind ("requests",
  * "tokens", "tokens_per_day", "concurrency"): gotthard_ratelimited_total{tenant,kind}. */

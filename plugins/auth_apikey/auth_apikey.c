@@ -383,11 +383,14 @@ static int request_headers(gw_req_t *r, void *conf, void **ctx)
 }
 
 static const char *const config_keys[] = {"api_keys", NULL};
+static const char *const tenant_keys[] = {"api_keys", NULL};
 
 const gw_plugin_t gw_plugin_auth_apikey = {
     .name = "auth_apikey",
     .abi = GW_PLUGIN_ABI,
     .config_keys = config_keys,
+    .tenant_keys = tenant_keys,
+    .rank = GW_RANK_AUTH,
     .configure = configure,
     .release = release,
     .request_headers = request_headers,

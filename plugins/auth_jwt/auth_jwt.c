@@ -126,6 +126,7 @@ const gw_plugin_t gw_plugin_auth_jwt = {
     .name = "auth_jwt",
     .abi = GW_PLUGIN_ABI,
     .config_keys = config_keys,
+    .rank = GW_RANK_AUTH + 10,
     .configure = configure,
     .release = release,
     .request_headers = request_headers,

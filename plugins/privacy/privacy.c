@@ -40,8 +40,6 @@
  */
 #include "privacy.h"
 
-#include "base/http.h" /* gw_http_header_kind: the names the core never forwards */
-
 #include <ctype.h>
 #include <errno.h>
 #include <openssl/evp.h>
@@ -311,12 +309,11 @@ static int plist_add(gw_conf_ctx_t *cx, plist_t *l, const char *s)
     return 0;
 }
 
-/* Does the core forward a client's header of this name (gw_http_header_kind: not framing,
- * hop-by-hop, credentials, the request ids or the codings)? */
+/* Does the core forward a client's header of this name (not framing, hop-by-hop,
+ * credentials, the request ids or the codings)? */
 static int core_forwards(const char *name, size_t len)
 {
-    int kind = gw_http_header_kind(name, len);
-    return kind == GW_H_OTHER || kind == GW_H_CONTENT_TYPE;
+    return gw_header_forwarded(name, len);
 }
 
 /* Why a header name from the config cannot be in the list (NULL: it can). With `never`, a
@@ -630,7 +627,7 @@ static cJSON *list_json(const plist_t *l, const plist_t *more)
     return a;
 }
 
-cJSON *gw_privacy_report(const void *state)
+static cJSON *privacy_report(const void *state)
 {
     const privacy_conf_t *c = state;
     cJSON *o = cJSON_CreateObject();
@@ -652,12 +649,31 @@ cJSON *gw_privacy_report(const void *state)
     return o;
 }
 
+/* GET /privacy: the effective settings (the salt itself never: only where it comes from). */
+static int admin_report(void *state, const char *page, const char *query, cJSON *out,
+                        gw_admin_err_t *err)
+{
+    (void)query;
+    (void)err;
+    if (strcmp(page, "privacy") != 0) return 0;
+    cJSON *p = privacy_report(state);
+    if (!p) return 0;
+    cJSON_AddBoolToObject(p, "enabled", state != NULL);
+    /* what the core really forwards: neither credential header ever goes upstream */
+    cJSON_AddBoolToObject(p, "client_credentials_forwarded",
+                          gw_header_forwarded("authorization", 13) ||
+                              gw_header_forwarded("api-key", 7));
+    cJSON_AddItemToObject(out, "privacy", p);
+    return 0;
+}
+
 static const char *const config_keys[] = {"privacy", NULL};
 
 const gw_plugin_t gw_plugin_privacy = {
     .name = "privacy",
     .abi = GW_PLUGIN_ABI,
     .config_keys = config_keys,
+    .rank = GW_RANK_PRIVACY,
     .configure = configure,
     .release = release,
     .request_headers = on_request_headers,
@@ -666,4 +682,5 @@ const gw_plugin_t gw_plugin_privacy = {
     .response_headers = on_response_headers,
     .response_event = NULL,
     .log = NULL,
+    .admin_report = admin_report,
 };

@@ -14,7 +14,6 @@
 
 #include "limiter.h"
 #include "quota.h"
-#include "base/redis_url.h"
 #include "scripts.h"
 
 /*
@@ -550,7 +549,7 @@ static void send_usage(gw_req_t *r, const gq_key_t *key, const gq_usage_t *u)
 
 /* Pending usage counts reach Redis within about GQ_USAGE_FLUSH_MS even when no request follows
  * (a burst, then silence): each worker that leaves counts pending arms a timer that sends every
- * tenant's pending counts; gw_quota_worker_stop sends them when the worker stops. */
+ * tenant's pending counts; thread_exit sends them when the worker stops. */
 static _Thread_local struct event *flush_timer;
 
 static void flush_pending(void)
@@ -585,7 +584,9 @@ static void arm_flush(gw_req_t *r)
     evtimer_add(flush_timer, &tv);
 }
 
-void gw_quota_worker_stop(void)
+/* thread_exit: the calling worker stops; its pending usage counts go to Redis now (the core
+ * then gives its connection a moment to deliver them) and its flush timer is freed. */
+static void thread_exit(void)
 {
     if (flush_timer) event_free(flush_timer);
     flush_timer = NULL;
@@ -716,14 +717,21 @@ static int usage_day(const quota_conf_t *c, redisContext *rc, int64_t deadline, 
     return 0;
 }
 
-int gw_quota_usage_deadline_ms(const void *state)
+/* The whole usage report's deadline: 4 x redis.timeout_ms, at least 1 s, at most 10 s. */
+static int usage_deadline_ms(const void *state)
 {
     const quota_conf_t *c = state;
     int64_t t = c && c->redis ? 4 * (int64_t)c->timeout_ms : 0;
     return t < 1000 ? 1000 : t > 10000 ? 10000 : (int)t;
 }
 
-cJSON *gw_quota_usage_report(const void *state, int days, int *late)
+/* Usage per tenant and UTC day, the last `days` days (today first), as a new JSON object:
+ * {"store": "redis"|"process", "days": [{"date", "tenants": {id: {requests, prompt_tokens,
+ * completion_tokens}}}]}. With Redis the counts are every instance's, read with a blocking
+ * connection (the admin's thread, never a worker's loop); when Redis does not answer, this
+ * process's own counts, with "error". Every reply must be in by usage_deadline_ms from the call,
+ * however slowly the server sends: else *late is set (and "error"). NULL when out of memory. */
+static cJSON *usage_report(const void *state, int days, int *late)
 {
     const quota_conf_t *c = state;
     *late = 0;
@@ -732,7 +740,7 @@ cJSON *gw_quota_usage_report(const void *state, int days, int *late)
     cJSON_AddStringToObject(o, "store", c && c->redis ? "redis" : "process");
     cJSON *arr = cJSON_AddArrayToObject(o, "days");
     if (!c || !arr) return o;
-    int64_t deadline = mono_ms() + gw_quota_usage_deadline_ms(state);
+    int64_t deadline = mono_ms() + usage_deadline_ms(state);
     redisContext *rc = NULL;
     if (c->redis) {
         char err[256];
@@ -768,12 +776,74 @@ cJSON *gw_quota_usage_report(const void *state, int days, int *late)
     return o;
 }
 
+/* GET /usage[?days=N], 1 <= N <= 40 (default 1): usage_report; 503 quota_store_timeout when
+ * the store is late (the admin serves that again for five seconds). */
+static int report_usage(void *state, const char *query, cJSON *out, gw_admin_err_t *err)
+{
+    int days = 1;
+    for (const char *q = query; q && *q;) {
+        if (strncmp(q, "days=", 5) == 0) days = atoi(q + 5);
+        q = strchr(q, '&');
+        if (q) q++;
+    }
+    days = days < 1 ? 1 : days > 40 ? 40 : days;
+    int late = 0;
+    cJSON *o = usage_report(state, days, &late);
+    if (late) {
+        cJSON_Delete(o);
+        err->code = "quota_store_timeout";
+        snprintf(err->message, sizeof(err->message),
+                 "The quota store did not answer within %d ms; try again in a few seconds.",
+                 usage_deadline_ms(state));
+        return 503;
+    }
+    if (!o) return 500;
+    for (cJSON *e = o->child; e;) { /* the whole answer */
+        cJSON *next = e->next;
+        cJSON_AddItemToObject(out, e->string, cJSON_DetachItemViaPointer(o, e));
+        e = next;
+    }
+    cJSON_Delete(o);
+    return 0;
+}
+
+/* GET /status: each tenant's limits (numbers only), in its entry of "tenants". */
+static void report_status(const quota_conf_t *c, cJSON *out)
+{
+    static const char *const names[] = {"requests_per_minute", "tokens_per_minute",
+                                        "tokens_per_day", "max_concurrent"};
+    cJSON *ts = cJSON_GetObjectItemCaseSensitive(out, "tenants");
+    for (cJSON *t = c && cJSON_IsArray(ts) ? ts->child : NULL; t; t = t->next) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(t, "id");
+        const gq_key_t *k = cJSON_IsString(id) ? gq_find(c->lim, id->valuestring, NULL) : NULL;
+        gq_level_info_t lv[2];
+        if (!k || gq_key_levels(k, lv) < 1) continue;
+        const int64_t v[4] = {lv[0].limits->rpm, lv[0].limits->tpm, lv[0].limits->tpd,
+                              lv[0].limits->concurrent};
+        cJSON *l = cJSON_AddObjectToObject(t, "limits");
+        for (int i = 0; l && i < 4; i++)
+            if (v[i]) cJSON_AddNumberToObject(l, names[i], (double)v[i]);
+    }
+}
+
+static int admin_report(void *state, const char *page, const char *query, cJSON *out,
+                        gw_admin_err_t *err)
+{
+    if (strcmp(page, "usage") == 0) return report_usage(state, query, out, err);
+    if (strcmp(page, "status") == 0) report_status(state, out);
+    return 0;
+}
+
 static const char *const config_keys[] = {NULL};
+static const char *const tenant_keys[] = {"limits", NULL};
+static const char *const admin_pages[] = {"usage", NULL};
 
 const gw_plugin_t gw_plugin_quota = {
     .name = "quota",
     .abi = GW_PLUGIN_ABI,
     .config_keys = config_keys,
+    .tenant_keys = tenant_keys,
+    .rank = GW_RANK_QUOTA,
     .configure = configure,
     .release = release,
     .request_body = request_body,
@@ -781,4 +851,7 @@ const gw_plugin_t gw_plugin_quota = {
     .log = log_hook,
     .wants_usage = 1,
     .activate = activate,
+    .admin_pages = admin_pages,
+    .admin_report = admin_report,
+    .thread_exit = thread_exit,
 };

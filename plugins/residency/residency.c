@@ -423,11 +423,14 @@ static int response_headers(gw_req_t *r, void *conf, void **ctx)
 }
 
 static const char *const config_keys[] = {"geoip", "residency", NULL};
+static const char *const tenant_keys[] = {"residency", "client_countries", NULL};
 
 const gw_plugin_t gw_plugin_residency = {
     .name = "residency",
     .abi = GW_PLUGIN_ABI,
     .config_keys = config_keys,
+    .tenant_keys = tenant_keys,
+    .rank = GW_RANK_ROUTE,
     .configure = configure,
     .release = release,
     .request_headers = request_headers,

@@ -8,6 +8,23 @@
 #include "plugins/conf_load.h"
 #include "privacy.h"
 
+extern const gw_plugin_t gw_plugin_privacy;
+
+/* The plugin's part of GET /privacy, through its admin hook (what the admin listener shows). */
+static cJSON *privacy_report(void *state)
+{
+    cJSON *out = cJSON_CreateObject();
+    gw_admin_err_t err;
+    memset(&err, 0, sizeof(err));
+    if (!out || gw_plugin_privacy.admin_report(state, "privacy", NULL, out, &err) != 0) {
+        cJSON_Delete(out);
+        return NULL;
+    }
+    cJSON *p = cJSON_DetachItemFromObjectCaseSensitive(out, "privacy");
+    cJSON_Delete(out);
+    return p;
+}
+
 /* The report of {conf_base, extra}'s privacy state (NULL when refused): the settings in force. */
 static cJSON *report(const char *extra, gw_config_t **c)
 {
@@ -17,7 +34,7 @@ static cJSON *report(const char *extra, gw_config_t **c)
     free(errors);
     void *state = conf_plugin_state(*c, "privacy");
     CHECK(!*c || state, "%s: privacy is always on", extra);
-    return state ? gw_privacy_report(state) : NULL;
+    return state ? privacy_report(state) : NULL;
 }
 
 static int lists(const cJSON *r, const char *key, const char *name)
