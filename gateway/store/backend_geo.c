@@ -55,7 +55,9 @@ struct gw_residency {
     char (*allowed)[3];
     size_t nallowed;
     int allow_refused; /* residency.allow_refused_backends */
-    char digest[72];   /* "sha256:" + 64 hex */
+    int (*tenant_allows)(const void *arg, const char *tenant_id, const char *cc);
+    const void *tenant_arg;
+    char digest[72]; /* "sha256:" + 64 hex */
 };
 
 /* ---------------------------------------------------------------- verdicts */
@@ -292,6 +294,8 @@ int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_po
     }
     p->nallowed = pol->nallowed;
     p->allow_refused = pol->allow_refused_backends;
+    p->tenant_allows = pol->tenant_allows;
+    p->tenant_arg = pol->arg;
     if (c->flags & GW_CONFIG_OFFLINE) { /* the databases are neither opened nor digested */
         c->residency = p;
         return 0;
@@ -414,14 +418,6 @@ static gw_config_t *hold_live(void)
 }
 
 /* Is cc in the tenant's residency.allowed_countries (checked by the plugin when loaded)? */
-static int tenant_allows(const cJSON *tenant_residency, const char *cc)
-{
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(tenant_residency, "allowed_countries");
-    const cJSON *e;
-    cJSON_ArrayForEach(e, a) if (cJSON_IsString(e) && strcmp(e->valuestring, cc) == 0) return 1;
-    return 0;
-}
-
 /* b's twin in the snapshot `now`: the backend with the same identity (its pool's name and its
  * url, as live.c keys it), or NULL when the current config no longer has it. */
 static const gw_backend_t *twin_in(const gw_config_t *now, const gw_backend_t *b)
@@ -456,12 +452,12 @@ static const char *check_now(const gw_config_t *now, const gw_geo_ask_t *r, cons
         while (j < crs->n && !gw_addr_same(&crs->addrs[j].ss, &rs->addrs[i].ss)) j++;
         if (j == crs->n || !crs->addrs[j].allowed) why = "backend_not_approved";
     }
-    const gw_tenant_t *t = r->tenant_id ? gw_config_tenant(now, r->tenant_id) : NULL;
-    const cJSON *tr = t ? cJSON_GetObjectItemCaseSensitive(t->json, "residency") : NULL;
-    const cJSON *narrow = cJSON_IsObject(tr) ? tr : NULL;
-    for (size_t i = 0; !why && narrow && i <= crs->n; i++) {
+    /* the tenant's own narrowing, as the current config's policy says */
+    int narrowed = r->tenant_id && p->tenant_allows;
+    for (size_t i = 0; !why && narrowed && i <= crs->n; i++) {
         const char *cc = i == 0 ? cur->country : crs->addrs[i - 1].country;
-        if (!tenant_allows(narrow, cc)) why = "backend_not_approved_for_tenant";
+        if (!p->tenant_allows(p->tenant_arg, r->tenant_id, cc))
+            why = "backend_not_approved_for_tenant";
     }
     gw_resolved_release(crs);
     return why;

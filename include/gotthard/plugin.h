@@ -356,6 +356,12 @@ typedef struct gw_residency_policy {
     /* residency.allow_refused_backends: a config with a backend the policy refuses at load
      * is taken (503 for what only it could serve) instead of refused. */
     int allow_refused_backends;
+    /* Whether a tenant's requests may reach country cc under this config (its own narrowing of
+     * the policy); NULL: every tenant follows the global policy. The core asks it at connect
+     * time, with arg, for a request admitted under an older config than the one serving now
+     * (a request's own narrowing is gw_req_residency_narrow). arg lives as long as the config. */
+    int (*tenant_allows)(const void *arg, const char *tenant_id, const char *cc);
+    const void *arg;
 } gw_residency_policy_t;
 int gw_conf_residency(gw_conf_ctx_t *cx, const char *path, const gw_residency_policy_t *policy);
 /* The pool chosen for the request (upstream_select on), or NULL. */

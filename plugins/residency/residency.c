@@ -329,6 +329,14 @@ static int build_index(gw_conf_ctx_t *cx, residency_conf_t *c)
     return 0;
 }
 
+/* The tenant's own narrowing, for the core's check of a request admitted under an older config
+ * (gw_residency_policy_t.tenant_allows): conf is this config's state. */
+static int tenant_allows(const void *conf, const char *tenant_id, const char *cc)
+{
+    const tenant_policy_t *tp = tenant_policy(conf, tenant_id);
+    return !tp || !tp->narrowed || in_policy(&tp->allowed, cc);
+}
+
 /* Reads the policy and hands it to the core (gw_conf_residency), which verifies the backends. */
 static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, void **state)
 {
@@ -350,7 +358,9 @@ static int configure(gw_conf_ctx_t *cx, const cJSON *root, const char *path, voi
                                  allowed,
                                  c->global.n,
                                  canon,
-                                 c->allow_refused};
+                                 c->allow_refused,
+                                 tenant_allows,
+                                 c};
     int rc = gw_conf_residency(cx, "$.residency", &pol);
     free(canon);
     if (rc < 0) return -1;
