@@ -16,6 +16,7 @@
 #include "base/body.h"
 #include "base/client_addr.h"
 #include "base/json.h"
+#include "base/oai_error.h"
 #include "base/log.h"
 #include "ops/metrics.h"
 #include "proxy/upstream.h"
@@ -24,20 +25,6 @@ enum { HOOK_HEADERS, HOOK_BODY, HOOK_SELECT };
 
 /* What the gateway's own edits of a body may add past limits.max_body_bytes. */
 #define GW_BODY_EDIT_ROOM 4096
-
-static const char *error_type(int status)
-{
-    switch (status) {
-    case 401:
-        return "authentication_error";
-    case 403:
-        return "permission_error";
-    case 429:
-        return "rate_limit_error";
-    default:
-        return status >= 500 ? "server_error" : "invalid_request_error";
-    }
-}
 
 /* The lines every answer of a request carries, and the connection line. */
 static void tail_headers(gw_out_t *o, const char *id, const gw_req_t *r, int close, int minor)
@@ -108,16 +95,6 @@ static void write_json(struct evbuffer *out, int status, const char *body, size_
         evbuffer_add_reference(out, body, n, NULL, NULL);
     else
         evbuffer_add(out, body, n);
-}
-
-size_t gw_error_json(char *buf, size_t cap, int status, const char *code, const char *message)
-{
-    int n = snprintf(
-        buf, cap, "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
-        message, error_type(status), code);
-    if (n < 0 || (size_t)n >= cap) n = 0;
-    if (cap) buf[n] = '\0';
-    return (size_t)n;
 }
 
 /* Messages are the gateway's own constants: they never hold request content. */

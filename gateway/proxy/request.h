@@ -103,10 +103,6 @@ int gw_req_run_response_headers(gw_req_t *r);
 int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len);
 /* Appends the extra headers of every answer (x-request-id, plugin headers). */
 void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out);
-/* An OpenAI-shaped error body ({"error": {message, type (from the status), param, code}}) for
- * the gateway's own constant code and message, never request content; its length (0 when it
- * does not fit). Served by the public listener and the admin listener alike. */
-size_t gw_error_json(char *buf, size_t cap, int status, const char *code, const char *message);
 /* Reads "usage" from an answer's JSON text (a whole body, or one event's data). */
 void gw_req_take_usage(gw_req_t *r, const char *json, size_t len);
 /* A backend's error answer (own_error set by a plugin): answers the client with the

@@ -14,6 +14,7 @@
 #include "base/body.h"
 #include "base/json.h"
 #include "base/log.h"
+#include "base/oai_error.h"
 #include "store/residency.h"
 #include "base/tls.h"
 
