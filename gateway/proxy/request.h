@@ -88,6 +88,8 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err);
 void gw_req_headers_ready(gw_req_t *r);
 /* The body is read: inspect it, run the phases, go upstream. */
 void gw_req_body_ready(gw_req_t *r);
+/* A plugin's asynchronous work is over (gw_req_resume): go on with result's phase. */
+void gw_req_continue(gw_req_t *r, int result);
 /* The client went away. */
 void gw_req_abort(gw_req_t *r);
 /* Runs log hooks once and hands the connection on; frees the request. */
