@@ -15,7 +15,6 @@
 
 #include "base/audit.h"
 #include "base/log.h"
-#include "ops/metrics.h"
 #include "proxy/request.h"
 
 typedef struct slot {
@@ -211,7 +210,44 @@ static void count_refusal(const gw_req_t *r)
     atomic_store(&slots[i].tag, r->guard.tag);
     atomic_fetch_add(&slots[i].refused, 1);
     atomic_fetch_or(&pending[i / 64], (uint64_t)1 << (i % 64));
-    gw_metrics_auth_failure("rate_limited");
+    gw_auth_guard_count("rate_limited");
+}
+
+/* Failed authentications by reason (gotthard_auth_failures_total). Label values come from
+ * this fixed list only, never from a request. */
+static const char *const auth_reasons[] = {"no_credentials",
+                                           "unknown_key",
+                                           "unknown_tenant",
+                                           "revoked_key",
+                                           "key_store_unavailable",
+                                           "jwt_malformed",
+                                           "jwt_alg",
+                                           "jwt_signature",
+                                           "jwt_expired",
+                                           "jwt_not_yet_valid",
+                                           "jwt_issuer",
+                                           "jwt_audience",
+                                           "jwt_tenant",
+                                           "jwt_tenant_not_bound",
+                                           "rate_limited",
+                                           "other",
+                                           NULL};
+#define N_AUTH_REASONS (sizeof(auth_reasons) / sizeof(auth_reasons[0]) - 1)
+static atomic_ulong auth_failures[N_AUTH_REASONS];
+
+void gw_auth_guard_count(const char *reason)
+{
+    size_t i = 0;
+    while (auth_reasons[i] && (!reason || strcmp(auth_reasons[i], reason) != 0)) i++;
+    if (!auth_reasons[i]) i = N_AUTH_REASONS - 1; /* "other" */
+    atomic_fetch_add_explicit(&auth_failures[i], 1, memory_order_relaxed);
+}
+
+const char *gw_auth_guard_counted(size_t i, unsigned long *count)
+{
+    if (i >= N_AUTH_REASONS) return NULL;
+    *count = atomic_load_explicit(&auth_failures[i], memory_order_relaxed);
+    return auth_reasons[i];
 }
 
 void gw_auth_guard_sweep(int64_t summary_ms, int all)

@@ -2,6 +2,7 @@
 #ifndef GW_AUTH_GUARD_H
 #define GW_AUTH_GUARD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct gw_req gw_req_t;
@@ -59,6 +60,12 @@ int64_t gw_auth_guard_failure(gw_req_t *r);
  * with pending counts. Called by one thread (the main loop's timer, then at exit). */
 void gw_auth_guard_sweep(int64_t summary_ms, int all);
 #define GW_AUTH_GUARD_SWEEP_MS 250
+
+/* A failed authentication, by reason (a 401's cause, or "rate_limited" for a 429); a reason not
+ * in the fixed list counts as "other". Read for gotthard_auth_failures_total: the i-th reason of
+ * the list and its count, NULL past the end. */
+void gw_auth_guard_count(const char *reason);
+const char *gw_auth_guard_counted(size_t i, unsigned long *count);
 
 /* Pure GCRA arithmetic (unit-tested): one event at `now` against a slot whose theoretical
  * arrival time is `tat` (microseconds), an emission interval of t_us and a burst of `burst`.

@@ -11,14 +11,12 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
-#include "ops/access_log.h"
 #include "proxy/balance.h"
 #include "base/body.h"
 #include "base/client_addr.h"
 #include "base/json.h"
 #include "base/oai_error.h"
 #include "base/log.h"
-#include "ops/metrics.h"
 #include "proxy/upstream.h"
 
 enum { HOOK_HEADERS, HOOK_BODY, HOOK_SELECT };
@@ -329,13 +327,26 @@ void gw_req_free(gw_req_t *r)
     gw_config_unref(cfg);
 }
 
+/* The log phase's own loggers (ops/: metrics, the access log), registered at start-up. */
+#define MAX_LOGGERS 4
+static gw_req_log_fn loggers[MAX_LOGGERS];
+static size_t nloggers;
+
+int gw_req_add_logger(gw_req_log_fn fn)
+{
+    for (size_t i = 0; i < nloggers; i++)
+        if (loggers[i] == fn) return 0;
+    if (nloggers == MAX_LOGGERS) return -1;
+    loggers[nloggers++] = fn;
+    return 0;
+}
+
 static void run_log(gw_req_t *r)
 {
     if (r->logged) return;
     r->logged = 1;
     gw_config_t *cfg = r->cfg;
-    gw_metrics_request(r);
-    if (cfg->access_log.path) gw_access_log_request(r);
+    for (size_t i = 0; i < nloggers; i++) loggers[i](r);
     for (size_t i = 0; i < cfg->nplugins; i++)
         if (cfg->plugins[i].plugin->log)
             cfg->plugins[i].plugin->log(r, cfg->plugins[i].state, &r->ctx[i]);
@@ -452,7 +463,7 @@ static void refuse_auth(gw_req_t *r)
     const char *reason = r->auth_reason               ? r->auth_reason
                          : gw_req_credential(r, NULL) ? "unknown_key"
                                                       : "no_credentials";
-    gw_metrics_auth_failure(reason);
+    gw_auth_guard_count(reason);
     gw_audit("auth_failure", "request_id", r->id, "reason", reason, "key",
              r->auth_hint ? r->auth_hint : "-", NULL);
     gw_req_error(r, 401, "invalid_api_key", "Invalid authentication credentials.");

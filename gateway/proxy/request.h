@@ -92,6 +92,11 @@ void gw_req_body_ready(gw_req_t *r);
 void gw_req_continue(gw_req_t *r, int result);
 /* The client went away. */
 void gw_req_abort(gw_req_t *r);
+/* A logger of the log phase: runs once per request, whatever happened, before the plugins' log
+ * hooks, in the order registered. Registered at start-up, before any worker runs (main.c:
+ * the metrics, then the access log); the same one again is kept once. 0, or -1 when full. */
+typedef void (*gw_req_log_fn)(const gw_req_t *r);
+int gw_req_add_logger(gw_req_log_fn fn);
 /* Runs log hooks once and hands the connection on; frees the request. */
 void gw_req_finish(gw_req_t *r, int close);
 void gw_req_free(gw_req_t *r);
