@@ -9,7 +9,6 @@
 #include "proxy/health.h"
 #include "config/live.h"
 #include "base/log.h"
-#include "proxy/upstream.h"
 
 #define QUEUE_TICK_US 5000 /* waiters look for a slot freed by another worker this often */
 #define SLOW_MIN 64        /* of 1024: the smallest share a slow-starting backend gets */
@@ -322,6 +321,7 @@ struct gw_queue_place {
     uint64_t bytes;                       /* its body as received (and the tree beside it) */
     int held;                             /* counted in the pool's queue (pool lock) */
     atomic_int evicted; /* given to another tenant: the request gets the full queue's 503 */
+    gw_balance_dispatch_fn dispatch; /* sends the request on when it leaves the queue */
 };
 
 static size_t share_find(const gw_pool_live_t *pl, const char *id)
@@ -474,7 +474,7 @@ static void queue_give(gw_req_t *r)
     pthread_mutex_unlock(&pl->lock);
 }
 
-int gw_balance_enqueue(gw_req_t *r)
+int gw_balance_enqueue(gw_req_t *r, gw_balance_dispatch_fn dispatch)
 {
     struct gw_balance_worker *bw = r->w->bal;
     gw_pool_t *p = r->pool;
@@ -495,6 +495,7 @@ int gw_balance_enqueue(gw_req_t *r)
     }
     struct gw_queue_place *place = r->q_place;
     place->bw = bw;
+    place->dispatch = dispatch;
     place->bytes = gw_req_body_length(r);
     atomic_store(&place->evicted, 0);
     if (queue_take(r, place) < 0) return -1;
@@ -571,7 +572,7 @@ static void answer_evicted(struct gw_balance_worker *bw)
         gw_req_t *r = out;
         out = r->q_next;
         r->q_next = NULL;
-        gw_upstream_dispatch(r, NULL); /* 503 no_backend_available with retry-after */
+        r->q_place->dispatch(r, NULL); /* 503 no_backend_available with retry-after */
     }
 }
 
@@ -598,7 +599,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         gw_balance_dequeue(r);
         bw->rr = bw->nq == before ? i + 1 : i; /* next tenant, or the FIFO moved into i */
         stalled = 0;
-        gw_upstream_dispatch(r, b); /* b NULL: 503 no_backend_available with retry-after */
+        r->q_place->dispatch(r, b); /* b NULL: 503 no_backend_available with retry-after */
     }
     if (bw->nq == 0) bw->rr = 0;
     arm_tick(bw);
@@ -689,7 +690,7 @@ int gw_balance_worker_init(gw_worker_t *w)
     bw->tick = evtimer_new(w->base, tick_cb, bw);
     if (!bw->tick || size_for(bw, w->cfg) < 0) return -1;
     if (w->id == 0) {
-        bw->health = gw_health_new(w->base, w->cfg);
+        bw->health = gw_health_new(w->base, w->cfg, gw_balance_readmit);
         if (!bw->health) return -1;
     }
     return 0;

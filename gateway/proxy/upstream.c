@@ -312,7 +312,7 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b, int fresh)
     if (!b) {
         int full = 0;
         b = gw_balance_pick(r, &full);
-        if (!b && full && gw_balance_enqueue(r) == 0) return;
+        if (!b && full && gw_balance_enqueue(r, gw_upstream_dispatch) == 0) return;
     }
     if (!b) {
         no_backend(r);
