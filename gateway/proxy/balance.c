@@ -217,30 +217,6 @@ static uint64_t mix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-/* The session key: x-session-id, else the body's user field, read before any plugin (the
- * privacy plugin may drop it); only its hash is kept, and it never leaves the process. */
-void gw_balance_affinity_key(gw_req_t *r)
-{
-    const char *s = NULL;
-    size_t n = 0;
-    const gw_header_t *hd = gw_http_find(&r->head, "x-session-id");
-    if (hd && hd->value_len) {
-        s = hd->value;
-        n = hd->value_len;
-    } else if (r->json) {
-        const cJSON *u = cJSON_GetObjectItemCaseSensitive(r->json, "user");
-        if (cJSON_IsString(u) && u->valuestring[0]) {
-            s = u->valuestring;
-            n = strlen(s);
-        }
-    }
-    if (!s) return;
-    uint64_t x = 0xcbf29ce484222325ULL; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) x = (x ^ (unsigned char)s[i]) * 0x100000001b3ULL;
-    r->affinity = x;
-    r->affine = 1;
-}
-
 /* Rendezvous hashing over the healthy, not vetoed backends: a session stays on its backend
  * while that one is healthy, and only its sessions move when it is not. NULL if it is full. */
 static gw_backend_t *affine(gw_req_t *r, uint64_t now, uint64_t key)
@@ -641,31 +617,6 @@ void gw_balance_readmit(gw_backend_t *b, uint64_t now)
     }
     if (!atomic_exchange(&b->live->healthy, 1))
         gw_info("pool %s: backend %s re-admitted", p->name, b->name);
-}
-
-/* ------------------------------------------------------------------ aliases */
-
-int gw_balance_apply_alias(gw_req_t *r)
-{
-    gw_pool_t *p = r->pool;
-    for (size_t a = 0; a < p->naliases; a++) {
-        if (strcmp(p->alias_from[a], r->model) != 0) continue;
-        /* r->model lives in the JSON tree being changed: keep the client's name. */
-        char *client = gw_arena_strdup(r->arena, r->model);
-        cJSON *to = cJSON_CreateString(p->alias_to[a]);
-        if (!client || !to) {
-            cJSON_Delete(to);
-            return -1;
-        }
-        r->model = client;
-        if (!cJSON_ReplaceItemInObjectCaseSensitive(r->json, "model", to)) {
-            cJSON_Delete(to);
-            return -1;
-        }
-        r->json_replaced = 1;
-        return 0;
-    }
-    return 0;
 }
 
 /* ------------------------------------------------------------------ per worker */

@@ -27,11 +27,6 @@ void gw_balance_succeeded(gw_backend_t *b);
 /* Makes b choosable again, with slow start (health.c). */
 void gw_balance_readmit(gw_backend_t *b, uint64_t now_us);
 
-/* Hashes r's session key (x-session-id, else the body's user field) into r->affinity. */
-void gw_balance_affinity_key(gw_req_t *r);
-/* The pool alias of r->model: the body sent upstream carries the backend's name. */
-int gw_balance_apply_alias(gw_req_t *r);
-
 /* The per-worker state: WRR weights, queues; worker 0 also runs the health loop (health.c). */
 int gw_balance_worker_init(gw_worker_t *w);
 void gw_balance_worker_reload(gw_worker_t *w);

@@ -241,7 +241,7 @@ void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint)
 
 int gw_req_auth_lookup(gw_req_t *r)
 {
-    return gw_auth_guard_reserve(r);
+    return gw_auth_guard_reserve(&r->guard);
 }
 
 /* ---- answers ---- */

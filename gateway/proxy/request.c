@@ -11,15 +11,20 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
-#include "proxy/balance.h"
 #include "base/body.h"
 #include "base/client_addr.h"
 #include "base/json.h"
 #include "base/oai_error.h"
 #include "base/log.h"
-#include "proxy/upstream.h"
 
 enum { HOOK_HEADERS, HOOK_BODY, HOOK_SELECT };
+
+static const gw_req_upstream_t *upstream; /* upstream.c's, gw_req_set_upstream */
+
+void gw_req_set_upstream(const gw_req_upstream_t *u)
+{
+    upstream = u;
+}
 
 /* What the gateway's own edits of a body may add past limits.max_body_bytes. */
 #define GW_BODY_EDIT_ROOM 4096
@@ -300,6 +305,8 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
     r->ctx = gw_arena_calloc(a, (cfg->nplugins + 1) * sizeof(void *));
     gw_sse_init(&r->sse_framer, 1u << 20);
     find_client(r, c);
+    gw_auth_guard_bind(&r->guard, cfg->tenants.n ? cfg->auth.failure_rate : 0,
+                       cfg->auth.failure_burst, &r->client, r->client_len);
     return r;
 }
 
@@ -315,9 +322,9 @@ static void drop_json(gw_req_t *r)
 void gw_req_free(gw_req_t *r)
 {
     stop_counting(r);
-    gw_auth_guard_end(r); /* a lookup still in flight did not authenticate */
-    if (r->queued) gw_balance_dequeue(r);
-    if (r->up) gw_upstream_abort(r);
+    gw_auth_guard_end(&r->guard); /* a lookup still in flight did not authenticate */
+    if (r->queued) upstream->dequeue(r);
+    if (r->up) upstream->abort(r);
     if (r->resp_copy) evbuffer_free(r->resp_copy);
     gw_sse_release(&r->sse_framer);
     drop_json(r);
@@ -355,7 +362,7 @@ static void run_log(gw_req_t *r)
 void gw_req_finish(gw_req_t *r, int close)
 {
     gw_conn_t *c = r->conn;
-    if (r->up) gw_upstream_abort(r);
+    if (r->up) upstream->abort(r);
     run_log(r);
     close_if_body_unread(r);
     close = close || r->close;
@@ -371,7 +378,7 @@ void gw_req_abort(gw_req_t *r)
     stop_counting(r); /* the connection's buffers go now */
     r->aborted = 1;
     r->conn = NULL;
-    if (r->up) gw_upstream_abort(r);
+    if (r->up) upstream->abort(r);
     if (r->waiting) return; /* gw_req_resume frees it */
     run_log(r);
     gw_req_free(r);
@@ -446,13 +453,13 @@ static void respond_models(gw_req_t *r)
  * looked up because the address's lookups in flight filled its budget did not fail: 503. */
 static void refuse_auth(gw_req_t *r)
 {
-    if (gw_auth_guard_busy(r)) {
+    if (gw_auth_guard_busy(&r->guard)) {
         gw_req_add_response_header(r, "retry-after", "1");
         gw_req_error(r, 503, "auth_lookups_busy",
                      "Too many credential lookups in flight from this address; try again shortly.");
         return;
     }
-    int64_t wait = gw_auth_guard_failure(r);
+    int64_t wait = gw_auth_guard_failure(&r->guard);
     if (wait > 0) {
         char s[24];
         snprintf(s, sizeof(s), "%lld", (long long)wait);
@@ -498,6 +505,54 @@ static const struct {
      "stream_options must be an object whose include_usage is a boolean."},
 };
 
+/* The session key: x-session-id, else the body's user field, read before any plugin (the
+ * privacy plugin may drop it); only its hash is kept, and it never leaves the process. */
+static void affinity_key(gw_req_t *r)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    const gw_header_t *hd = gw_http_find(&r->head, "x-session-id");
+    if (hd && hd->value_len) {
+        s = hd->value;
+        n = hd->value_len;
+    } else if (r->json) {
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(r->json, "user");
+        if (cJSON_IsString(u) && u->valuestring[0]) {
+            s = u->valuestring;
+            n = strlen(s);
+        }
+    }
+    if (!s) return;
+    uint64_t x = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) x = (x ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    r->affinity = x;
+    r->affine = 1;
+}
+
+/* The pool alias of r->model: the body sent upstream carries the backend's name. */
+static int apply_alias(gw_req_t *r)
+{
+    gw_pool_t *p = r->pool;
+    for (size_t a = 0; a < p->naliases; a++) {
+        if (strcmp(p->alias_from[a], r->model) != 0) continue;
+        /* r->model lives in the JSON tree being changed: keep the client's name. */
+        char *client = gw_arena_strdup(r->arena, r->model);
+        cJSON *to = cJSON_CreateString(p->alias_to[a]);
+        if (!client || !to) {
+            cJSON_Delete(to);
+            return -1;
+        }
+        r->model = client;
+        if (!cJSON_ReplaceItemInObjectCaseSensitive(r->json, "model", to)) {
+            cJSON_Delete(to);
+            return -1;
+        }
+        r->json_replaced = 1;
+        return 0;
+    }
+    return 0;
+}
+
 /* Reads the few keys the gateway routes on. Returns 0, or answers and returns -1. */
 static int inspect_body(gw_req_t *r)
 {
@@ -537,8 +592,8 @@ static int inspect_body(gw_req_t *r)
         return -1;
     }
     /* A pool alias: the backend gets its own name for the model (docs/balancing.md). */
-    if (r->pool->affine) gw_balance_affinity_key(r); /* before a plugin drops the user field */
-    if (r->pool->naliases && gw_balance_apply_alias(r) < 0) {
+    if (r->pool->affine) affinity_key(r); /* before a plugin drops the user field */
+    if (r->pool->naliases && apply_alias(r) < 0) {
         gw_req_error(r, 500, "internal_error", "Out of memory.");
         return -1;
     }
@@ -602,7 +657,7 @@ static void advance(gw_req_t *r)
             rc = run_phase(r, HOOK_HEADERS);
             if (rc == GW_WAIT) return;
             if (rc == GW_DONE) goto done;
-            if (r->tenant) gw_auth_guard_success(r);
+            if (r->tenant) gw_auth_guard_success(&r->guard);
             if (r->cfg->tenants.n && !r->tenant) {
                 refuse_auth(r);
                 goto done;
@@ -642,7 +697,7 @@ static void advance(gw_req_t *r)
             if (rc == GW_DONE) goto done;
             if (r->json_replaced && settle_body(r) < 0) goto done; /* a body set at select */
             r->phase = PH_UPSTREAM;
-            gw_upstream_start(r);
+            upstream->start(r);
             return;
         default:
             return;

@@ -92,6 +92,14 @@ void gw_req_body_ready(gw_req_t *r);
 void gw_req_continue(gw_req_t *r, int result);
 /* The client went away. */
 void gw_req_abort(gw_req_t *r);
+/* The proxy's way to a backend (upstream.c, gw_upstream_install), installed at start-up before
+ * any request: the phases reach it only through these. */
+typedef struct gw_req_upstream {
+    void (*start)(gw_req_t *r);   /* the phases are over: choose a backend, send r there */
+    void (*abort)(gw_req_t *r);   /* r ends with its upstream side alive (r->up) */
+    void (*dequeue)(gw_req_t *r); /* r ends while it waits for a backend (r->queued) */
+} gw_req_upstream_t;
+void gw_req_set_upstream(const gw_req_upstream_t *u);
 /* A logger of the log phase: runs once per request, whatever happened, before the plugins' log
  * hooks, in the order registered. Registered at start-up, before any worker runs (main.c:
  * the metrics, then the access log); the same one again is kept once. 0, or -1 when full. */

@@ -378,6 +378,14 @@ const gw_resolved_t *gw_upstream_resolved(const gw_req_t *r)
     return r->up ? r->up->res : NULL;
 }
 
+static const gw_req_upstream_t upstream_ops = {gw_upstream_start, gw_upstream_abort,
+                                               gw_balance_dequeue};
+
+void gw_upstream_install(void)
+{
+    gw_req_set_upstream(&upstream_ops);
+}
+
 void gw_upstream_start(gw_req_t *r)
 {
     try_backend(r);
