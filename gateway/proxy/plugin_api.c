@@ -5,7 +5,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "base/geoip.h"
 #include "proxy/auth_guard.h"
 #include "proxy/request.h"
 #include "proxy/upstream.h"
