@@ -21,7 +21,9 @@
 #include "ops/metrics.h"
 #include "base/overload.h"
 #include "config/plugin_host.h"
+#include "proxy/request.h"
 #include "proxy/serve.h"
+#include "proxy/upstream.h"
 #include "store/backend_geo.h"
 #include "base/tls.h"
 #include "io/worker.h"
@@ -271,6 +273,10 @@ static int run(const char *file)
     if (gw_audit_open(cfg->audit_log.path) < 0) goto fail;
     gw_residency_audit_loaded(cfg);
     if (gw_access_log_open(cfg->access_log.path) < 0) goto fail;
+    /* The proxy's upstream side and the log phase's own loggers, before any worker runs. */
+    gw_upstream_install();
+    gw_req_add_logger(gw_metrics_request);
+    gw_req_add_logger(gw_access_log_request);
     m.admin = gw_admin_start(m.base, cfg);
     if (!m.admin) goto fail;
     gw_admin_set_reload(m.admin, admin_reload, &m);

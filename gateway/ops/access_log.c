@@ -282,6 +282,7 @@ static ring_t *ring_register(void)
 
 void gw_access_log_request(const gw_req_t *r)
 {
+    if (!r->cfg->access_log.path) return; /* none in the request's config */
     if (!atomic_load_explicit(&L.running, memory_order_relaxed)) return;
     char line[MAX_LINE];
     size_t n = gw_access_log_format(r, line, sizeof(line));

@@ -17,8 +17,9 @@ int gw_access_log_reopen(void);
 /* Writes what is queued and stops the writer (at exit). */
 void gw_access_log_close(void);
 
-/* One line for a finished request; never blocks: a line that does not fit in the calling
- * thread's buffer is dropped and counted. Called once per request (from the log phase). */
+/* One line for a finished request whose config has an access log; never blocks: a line that
+ * does not fit in the calling thread's buffer is dropped and counted. A logger of the log phase
+ * (gw_req_add_logger): called once per request. */
 void gw_access_log_request(const gw_req_t *r);
 
 /* A model the config does not know is logged as this (never the client's text). */

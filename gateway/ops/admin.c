@@ -25,6 +25,7 @@
 #include "ops/access_log.h"
 #include "base/audit.h"
 #include "base/log.h"
+#include "base/oai_error.h"
 #include "base/accept_guard.h"
 #include "ops/metrics.h"
 #include "base/overload.h"

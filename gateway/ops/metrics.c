@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "proxy/auth_guard.h"
 #include "proxy/request.h"
 #include "store/backend_geo.h"
 
@@ -266,35 +267,6 @@ void gw_metrics_request(const gw_req_t *r)
 }
 
 /* ---- rarer events: shared relaxed atomics, or small tables ---- */
-
-/* Label values come from this fixed list only, never from a request. */
-static const char *const auth_reasons[] = {"no_credentials",
-                                           "unknown_key",
-                                           "unknown_tenant",
-                                           "revoked_key",
-                                           "key_store_unavailable",
-                                           "jwt_malformed",
-                                           "jwt_alg",
-                                           "jwt_signature",
-                                           "jwt_expired",
-                                           "jwt_not_yet_valid",
-                                           "jwt_issuer",
-                                           "jwt_audience",
-                                           "jwt_tenant",
-                                           "jwt_tenant_not_bound",
-                                           "rate_limited",
-                                           "other",
-                                           NULL};
-#define N_AUTH_REASONS (sizeof(auth_reasons) / sizeof(auth_reasons[0]) - 1)
-static atomic_ulong auth_failures[N_AUTH_REASONS];
-
-void gw_metrics_auth_failure(const char *reason)
-{
-    size_t i = 0;
-    while (auth_reasons[i] && (!reason || strcmp(auth_reasons[i], reason) != 0)) i++;
-    if (!auth_reasons[i]) i = N_AUTH_REASONS - 1; /* "other" */
-    atomic_fetch_add_explicit(&auth_failures[i], 1, memory_order_relaxed);
-}
 
 static atomic_ulong reloads[2]; /* refused, ok */
 static _Atomic int64_t last_reload_ok_s;
@@ -609,10 +581,11 @@ void gw_metrics_render(struct evbuffer *out, const gw_config_t *cfg)
     family(out, "gotthard_auth_failures_total", "counter",
            "Failed authentications: the 401s by cause, and as reason rate_limited the 429s of "
            "addresses over auth.failure_rate.");
-    for (size_t i = 0; i < N_AUTH_REASONS; i++)
-        evbuffer_add_printf(out, "gotthard_auth_failures_total{reason=\"%s\"} %lu\n",
-                            auth_reasons[i],
-                            atomic_load_explicit(&auth_failures[i], memory_order_relaxed));
+    const char *reason;
+    unsigned long count;
+    for (size_t i = 0; (reason = gw_auth_guard_counted(i, &count)); i++)
+        evbuffer_add_printf(out, "gotthard_auth_failures_total{reason=\"%s\"} %lu\n", reason,
+                            count);
 
     family(out, "gotthard_residency_blocked_total", "counter",
            "Requests and connections the residency policy kept from a backend.");

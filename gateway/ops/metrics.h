@@ -11,9 +11,8 @@
 #define GW_METRICS_UNKNOWN_MODEL "<unknown>" /* a model the config does not know */
 #define GW_METRICS_NONE "<none>"             /* no tenant, or no model in the request */
 
-/* A failed authentication, by reason (an unknown reason counts as "other"). */
-void gw_metrics_auth_failure(const char *reason);
-/* A finished request (called once, from the log phase, on the worker that ran it): requests
+/* A finished request (a logger of the log phase, gw_req_add_logger: called once, on the worker
+ * that ran it): requests
  * by tenant, model and status, tokens, duration and time to first token, refusals by code.
  * No lock and no allocation once the thread has seen this tenant and model. */
 void gw_metrics_request(const gw_req_t *r);

@@ -14,9 +14,8 @@
 #include <openssl/rand.h>
 
 #include "base/audit.h"
+#include "gotthard/plugin.h" /* gw_audit */
 #include "base/log.h"
-#include "ops/metrics.h"
-#include "proxy/request.h"
 
 typedef struct slot {
     _Atomic uint64_t tat;        /* GCRA: theoretical arrival time of the next failure (us) */
@@ -62,51 +61,55 @@ uint64_t gw_auth_guard_room(uint64_t tat, uint64_t now, uint64_t t_us, uint64_t 
 /* The client's address as bytes (IPv6 by its /64: one host holds a whole one), digested with
  * the process's key; an unknown address is one address of its own. Returns 0, or -1 when the
  * digest fails. */
-static int client_digest(gw_req_t *r, unsigned char d[32])
+static int client_digest(const gw_auth_guard_req_t *g, unsigned char d[32])
 {
-    char text[64];
     unsigned char in[sizeof(digest_key) + 1 + 16];
     size_t n = sizeof(digest_key);
     memcpy(in, digest_key, n);
-    if (gw_req_client_address(r, text, sizeof(text)) < 0) {
+    const struct sockaddr_storage *ss = g->client;
+    const struct in6_addr *a6 =
+        ss && ss->ss_family == AF_INET6 ? &((const struct sockaddr_in6 *)ss)->sin6_addr : NULL;
+    if (ss && ss->ss_family == AF_INET) {
+        in[n] = 4;
+        memcpy(in + n + 1, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+        n += 1 + 4;
+    } else if (a6 && IN6_IS_ADDR_V4MAPPED(a6)) {
+        in[n] = 4; /* an IPv4 client of a dual-stack listener: the same address */
+        memcpy(in + n + 1, &a6->s6_addr[12], 4);
+        n += 1 + 4;
+    } else if (a6) {
+        in[n] = 6;
+        memcpy(in + n + 1, a6->s6_addr, 8);
+        n += 1 + 8;
+    } else {
         /* Unknown (a trusted proxy named no usable address): one bucket for all such clients,
          * so that `X-Forwarded-For: unknown` is no way out of the limiter. */
         in[n] = 0;
         n += 1;
-    } else if (inet_pton(AF_INET, text, in + n + 1) == 1) {
-        in[n] = 4;
-        n += 1 + 4;
-    } else if (inet_pton(AF_INET6, text, in + n + 1) == 1) {
-        in[n] = 6;
-        n += 1 + 8;
-    } else {
-        return -1;
     }
     int ok = EVP_Digest(in, n, d, NULL, sha256, NULL) == 1;
     OPENSSL_cleanse(in, sizeof(in));
     return ok ? 0 : -1;
 }
 
-static uint64_t interval_us(const gw_req_t *r)
+void gw_auth_guard_bind(gw_auth_guard_req_t *g, int64_t failure_rate, int64_t failure_burst,
+                        const struct sockaddr_storage *client, socklen_t client_len)
 {
-    return 1000000u / (uint64_t)r->cfg->auth.failure_rate;
-}
-
-static uint64_t burst_of(const gw_req_t *r)
-{
-    return (uint64_t)r->cfg->auth.failure_burst;
+    g->on = failure_rate > 0;
+    g->t_us = g->on ? 1000000u / (uint64_t)failure_rate : 0;
+    g->burst = (uint64_t)failure_burst;
+    g->client = client_len ? client : NULL;
 }
 
 /* The client's slots, once per request. 0, or -1 when the limiter does not apply. */
-static int locate(gw_req_t *r)
+static int locate(gw_auth_guard_req_t *g)
 {
-    gw_auth_guard_req_t *g = &r->guard;
     if (!g->located) {
         g->located = 1;
         unsigned char d[32];
-        if (!r->cfg->tenants.n || r->cfg->auth.failure_rate <= 0) return -1;
+        if (!g->on) return -1;
         pthread_once(&once, init);
-        if (!ready || client_digest(r, d) < 0) return -1;
+        if (!ready || client_digest(g, d) < 0) return -1;
         for (int i = 0; i < GW_AUTH_GUARD_CHOICES; i++) {
             uint32_t h;
             memcpy(&h, d + 4 * i, sizeof(h));
@@ -120,9 +123,9 @@ static int locate(gw_req_t *r)
 }
 
 /* The address's slot with the lower time (count-min: its own failures are at most that). */
-static slot_t *lower(const gw_req_t *r, uint64_t *tat, slot_t **other)
+static slot_t *lower(const gw_auth_guard_req_t *g, uint64_t *tat, slot_t **other)
 {
-    slot_t *a = &slots[r->guard.slot[0]], *b = &slots[r->guard.slot[1]];
+    slot_t *a = &slots[g->slot[0]], *b = &slots[g->slot[1]];
     uint64_t ta = atomic_load(&a->tat), tb = atomic_load(&b->tat);
     *tat = ta <= tb ? ta : tb;
     *other = ta <= tb ? b : a;
@@ -131,14 +134,13 @@ static slot_t *lower(const gw_req_t *r, uint64_t *tat, slot_t **other)
 
 /* Takes one failure's budget: 0, or the microseconds until there is some. Conservative update:
  * the lower slot moves on, the other is raised to it if it is behind. */
-static uint64_t take(gw_req_t *r, uint64_t now)
+static uint64_t take(gw_auth_guard_req_t *g, uint64_t now)
 {
     for (;;) {
         slot_t *other;
         uint64_t tat, next = 0, wait;
-        slot_t *low = lower(r, &tat, &other);
-        if ((wait = gw_auth_guard_gcra(tat, now, interval_us(r), burst_of(r), &next)) != 0)
-            return wait;
+        slot_t *low = lower(g, &tat, &other);
+        if ((wait = gw_auth_guard_gcra(tat, now, g->t_us, g->burst, &next)) != 0) return wait;
         if (!atomic_compare_exchange_strong(&low->tat, &tat, next)) continue;
         uint64_t o = atomic_load(&other->tat);
         while (o < next && !atomic_compare_exchange_weak(&other->tat, &o, next)) {
@@ -147,36 +149,35 @@ static uint64_t take(gw_req_t *r, uint64_t now)
     }
 }
 
-static void inflight_add(const gw_req_t *r, uint32_t *min)
+static void inflight_add(const gw_auth_guard_req_t *g, uint32_t *min)
 {
-    uint32_t a = atomic_fetch_add(&slots[r->guard.slot[0]].inflight, 1) + 1;
-    uint32_t b = atomic_fetch_add(&slots[r->guard.slot[1]].inflight, 1) + 1;
+    uint32_t a = atomic_fetch_add(&slots[g->slot[0]].inflight, 1) + 1;
+    uint32_t b = atomic_fetch_add(&slots[g->slot[1]].inflight, 1) + 1;
     *min = a < b ? a : b;
 }
 
-static void inflight_sub(const gw_req_t *r)
+static void inflight_sub(const gw_auth_guard_req_t *g)
 {
-    atomic_fetch_sub(&slots[r->guard.slot[0]].inflight, 1);
-    atomic_fetch_sub(&slots[r->guard.slot[1]].inflight, 1);
+    atomic_fetch_sub(&slots[g->slot[0]].inflight, 1);
+    atomic_fetch_sub(&slots[g->slot[1]].inflight, 1);
 }
 
-int gw_auth_guard_reserve(gw_req_t *r)
+int gw_auth_guard_reserve(gw_auth_guard_req_t *g)
 {
-    gw_auth_guard_req_t *g = &r->guard;
-    if (locate(r) < 0 || g->looking) return 1;
+    if (locate(g) < 0 || g->looking) return 1;
     if (g->throttled || g->busy) return 0;
     slot_t *other;
     uint64_t tat, now = gw_now_us();
-    lower(r, &tat, &other);
-    uint64_t room = gw_auth_guard_room(tat, now, interval_us(r), burst_of(r));
+    lower(g, &tat, &other);
+    uint64_t room = gw_auth_guard_room(tat, now, g->t_us, g->burst);
     if (room == 0) {
         g->throttled = 1; /* the address has failed its whole budget */
         return 0;
     }
     uint32_t flying;
-    inflight_add(r, &flying);
+    inflight_add(g, &flying);
     if (flying > room) {
-        inflight_sub(r);
+        inflight_sub(g);
         g->busy = 1; /* its lookups in flight fill what failures it has left */
         return 0;
     }
@@ -184,34 +185,71 @@ int gw_auth_guard_reserve(gw_req_t *r)
     return 1;
 }
 
-void gw_auth_guard_success(gw_req_t *r)
+void gw_auth_guard_success(gw_auth_guard_req_t *g)
 {
-    if (!r->guard.looking) return;
-    r->guard.looking = 0;
-    inflight_sub(r);
+    if (!g->looking) return;
+    g->looking = 0;
+    inflight_sub(g);
 }
 
-int gw_auth_guard_busy(const gw_req_t *r)
+int gw_auth_guard_busy(const gw_auth_guard_req_t *g)
 {
-    return r->guard.busy;
+    return g->busy;
 }
 
-void gw_auth_guard_end(gw_req_t *r)
+void gw_auth_guard_end(gw_auth_guard_req_t *g)
 {
-    if (!r->guard.looking) return;
-    take(r, gw_now_us()); /* a lookup that never authenticated is a failure (over or not) */
-    r->guard.looking = 0;
-    inflight_sub(r);
+    if (!g->looking) return;
+    take(g, gw_now_us()); /* a lookup that never authenticated is a failure (over or not) */
+    g->looking = 0;
+    inflight_sub(g);
 }
 
 /* A 429: counted in the address's first slot, for the sweep to write. */
-static void count_refusal(const gw_req_t *r)
+static void count_refusal(const gw_auth_guard_req_t *g)
 {
-    uint32_t i = r->guard.slot[0];
-    atomic_store(&slots[i].tag, r->guard.tag);
+    uint32_t i = g->slot[0];
+    atomic_store(&slots[i].tag, g->tag);
     atomic_fetch_add(&slots[i].refused, 1);
     atomic_fetch_or(&pending[i / 64], (uint64_t)1 << (i % 64));
-    gw_metrics_auth_failure("rate_limited");
+    gw_auth_guard_count("rate_limited");
+}
+
+/* Failed authentications by reason (gotthard_auth_failures_total). Label values come from
+ * this fixed list only, never from a request. */
+static const char *const auth_reasons[] = {"no_credentials",
+                                           "unknown_key",
+                                           "unknown_tenant",
+                                           "revoked_key",
+                                           "key_store_unavailable",
+                                           "jwt_malformed",
+                                           "jwt_alg",
+                                           "jwt_signature",
+                                           "jwt_expired",
+                                           "jwt_not_yet_valid",
+                                           "jwt_issuer",
+                                           "jwt_audience",
+                                           "jwt_tenant",
+                                           "jwt_tenant_not_bound",
+                                           "rate_limited",
+                                           "other",
+                                           NULL};
+#define N_AUTH_REASONS (sizeof(auth_reasons) / sizeof(auth_reasons[0]) - 1)
+static atomic_ulong auth_failures[N_AUTH_REASONS];
+
+void gw_auth_guard_count(const char *reason)
+{
+    size_t i = 0;
+    while (auth_reasons[i] && (!reason || strcmp(auth_reasons[i], reason) != 0)) i++;
+    if (!auth_reasons[i]) i = N_AUTH_REASONS - 1; /* "other" */
+    atomic_fetch_add_explicit(&auth_failures[i], 1, memory_order_relaxed);
+}
+
+const char *gw_auth_guard_counted(size_t i, unsigned long *count)
+{
+    if (i >= N_AUTH_REASONS) return NULL;
+    *count = atomic_load_explicit(&auth_failures[i], memory_order_relaxed);
+    return auth_reasons[i];
 }
 
 void gw_auth_guard_sweep(int64_t summary_ms, int all)
@@ -241,27 +279,26 @@ void gw_auth_guard_sweep(int64_t summary_ms, int all)
     }
 }
 
-int64_t gw_auth_guard_failure(gw_req_t *r)
+int64_t gw_auth_guard_failure(gw_auth_guard_req_t *g)
 {
-    gw_auth_guard_req_t *g = &r->guard;
-    if (locate(r) < 0 || g->busy) return 0;
+    if (locate(g) < 0 || g->busy) return 0;
     uint64_t now = gw_now_us(), next, wait;
     if (g->looking) {
         /* Its lookup found nothing: charged now, and no longer in flight. */
-        wait = take(r, now);
+        wait = take(g, now);
         g->looking = 0;
-        inflight_sub(r);
+        inflight_sub(g);
         if (!wait) return 0;
     } else if (g->throttled) {
         /* Refused a lookup: answered 429 whatever the budget now, and not counted again. */
         slot_t *other;
         uint64_t tat;
-        lower(r, &tat, &other);
-        wait = gw_auth_guard_gcra(tat, now, interval_us(r), burst_of(r), &next);
+        lower(g, &tat, &other);
+        wait = gw_auth_guard_gcra(tat, now, g->t_us, g->burst, &next);
         if (!wait) wait = 1;
-    } else if ((wait = take(r, now)) == 0) {
+    } else if ((wait = take(g, now)) == 0) {
         return 0;
     }
-    count_refusal(r);
+    count_refusal(g);
     return (int64_t)((wait + 999999u) / 1000000u);
 }

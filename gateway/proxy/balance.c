@@ -6,13 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "proxy/balance_math.h"
 #include "proxy/health.h"
 #include "config/live.h"
 #include "base/log.h"
-#include "proxy/upstream.h"
 
 #define QUEUE_TICK_US 5000 /* waiters look for a slot freed by another worker this often */
-#define SLOW_MIN 64        /* of 1024: the smallest share a slow-starting backend gets */
 
 /* The requests of one tenant waiting for one pool, oldest first. The pool is its live state
  * and the tenant its id (the head's), so that the requests of an old snapshot and of the new
@@ -35,15 +34,6 @@ struct gw_balance_worker {
 
 /* ------------------------------------------------------------------ choosing */
 
-/* The share (of 1024) a backend in slow start gets, growing linearly to 1024. */
-static unsigned slow_share(const gw_backend_t *b, uint64_t until, uint64_t now)
-{
-    uint64_t from = atomic_load_explicit(&b->live->lb.slow_from_us, memory_order_relaxed);
-    if (until <= from || now <= from) return SLOW_MIN;
-    uint64_t s = (now - from) * 1024 / (until - from);
-    return s < SLOW_MIN ? SLOW_MIN : (unsigned)s;
-}
-
 enum { C_NO, C_FULL, C_ROOM };
 
 /* May b (index i of the pool) take r now? Its load and share (slow start) when it may. */
@@ -54,14 +44,12 @@ static inline int candidate(const gw_req_t *r, gw_backend_t *b, size_t i, uint64
     *load = atomic_load_explicit(&b->live->inflight, memory_order_relaxed);
     *share = 1024;
     uint64_t su = atomic_load_explicit(&b->live->lb.slow_until_us, memory_order_relaxed);
-    if (su > now) *share = slow_share(b, su, now);
+    if (su > now)
+        *share = gw_lb_slow_share(
+            atomic_load_explicit(&b->live->lb.slow_from_us, memory_order_relaxed), su, now);
     /* The live cap, not the snapshot's: a request waiting through a reload gets the new one. */
     int64_t mc = atomic_load_explicit(&b->live->max_concurrent, memory_order_relaxed);
-    if (mc) {
-        int64_t cap = mc * (int64_t)*share / 1024;
-        if (cap < 1) cap = 1;
-        if (*load >= cap) return C_FULL;
-    }
+    if (mc && *load >= gw_lb_cap(mc, *share)) return C_FULL;
     return C_ROOM;
 }
 
@@ -82,18 +70,10 @@ static inline int64_t weight_of(const gw_backend_t *b)
     return w > 0 ? w : 1;
 }
 
-/* Load scaled by the share: a backend at half its slow start looks twice as loaded. */
-static inline uint64_t scaled(int load, unsigned share)
-{
-    return ((uint64_t)(load < 0 ? 0 : load) + 1) * 1024 * 1024 / share;
-}
-
-/* The load that least_outstanding and power_of_two compare: in flight (plus the one to come)
- * per unit of weight, as nginx's least_conn takes weights into account; equal weights keep
- * plain least outstanding. */
+/* The load that least_outstanding and power_of_two compare (gw_lb_weighted_load). */
 static inline uint64_t weighted(const gw_backend_t *b, int load, unsigned share)
 {
-    return scaled(load, share) / (uint64_t)weight_of(b);
+    return gw_lb_weighted_load(load, share, weight_of(b));
 }
 
 static gw_backend_t *least_outstanding(gw_req_t *r, uint64_t now, int *full)
@@ -143,8 +123,7 @@ static gw_backend_t *power_of_two(gw_req_t *r, uint64_t now, int *full)
         }
     }
     if (!b) return a;
-    if (la == lb) return gw_worker_random(r->w) & 1 ? a : b;
-    return la < lb ? a : b;
+    return gw_lb_two_choices(la, lb, la == lb ? gw_worker_random(r->w) : 0) ? b : a;
 }
 
 static gw_backend_t *weighted_round_robin(gw_req_t *r, uint64_t now, int *full)
@@ -152,32 +131,26 @@ static gw_backend_t *weighted_round_robin(gw_req_t *r, uint64_t now, int *full)
     struct gw_balance_worker *bw = r->w->bal;
     if (!bw || bw->cfg != r->cfg || !bw->wrr) return least_outstanding(r, now, full);
     gw_pool_t *p = r->pool;
-    gw_backend_t *bs = p->backends.items, *best = NULL;
-    int64_t total = 0, best_cur = 0;
+    gw_backend_t *bs = p->backends.items;
+    gw_lb_swrr_t s;
     /* nginx's smooth weighted round robin over the backends with room. */
+    gw_lb_swrr_start(&s);
     for (size_t i = 0; i < p->backends.n; i++) {
         int load;
         unsigned share;
         if (!has_room(r, &bs[i], i, now, &load, &share, full)) continue;
-        int64_t w = weight_of(&bs[i]) * (int64_t)share / 1024;
-        if (w < 1) w = 1;
-        int64_t *cur = &bw->wrr[bs[i].index];
-        *cur += w;
-        total += w;
-        if (!best || *cur > best_cur) {
-            best = &bs[i];
-            best_cur = *cur;
-        }
+        gw_lb_swrr_offer(&s, (long)i, &bw->wrr[bs[i].index],
+                         gw_lb_wrr_weight(weight_of(&bs[i]), share));
     }
-    if (best) bw->wrr[best->index] -= total;
-    return best;
+    long best = gw_lb_swrr_done(&s);
+    return best < 0 ? NULL : &bs[best];
 }
 
 static gw_backend_t *queue_aware(gw_req_t *r, uint64_t now, int *full)
 {
     gw_pool_t *p = r->pool;
     gw_backend_t *bs = p->backends.items, *best = NULL;
-    uint64_t best_score = 0, stale = 3 * (uint64_t)p->metrics.interval_ms * 1000 + 100000;
+    uint64_t best_score = 0;
     int best_load = 0;
     for (size_t i = 0; i < p->backends.n; i++) {
         int load;
@@ -186,20 +159,15 @@ static gw_backend_t *queue_aware(gw_req_t *r, uint64_t now, int *full)
         gw_backend_lb_t *lb = &bs[i].live->lb;
         uint64_t at = atomic_load_explicit(&lb->m_at_us, memory_order_acquire);
         /* No recent metrics from a backend with room: least outstanding for this pick. */
-        if (!at || (now > at && now - at > stale)) return least_outstanding(r, now, full);
-        /* The scraped queue, plus what this gateway sent (or saw end) since the scrape, per
-         * slot the backend has shown it has. */
-        int64_t est = (int64_t)atomic_load_explicit(&lb->m_running, memory_order_relaxed) +
-                      atomic_load_explicit(&lb->m_waiting, memory_order_relaxed) +
-                      (load - atomic_load_explicit(&lb->m_inflight, memory_order_relaxed));
-        if (est < load) est = load;
-        int64_t cap = atomic_load_explicit(&lb->m_cap, memory_order_relaxed);
-        if (cap < 1) cap = 1;
-        uint64_t score = (uint64_t)((est + 1) * 1000 / cap) +
-                         (uint64_t)atomic_load_explicit(&lb->m_cache_pm, memory_order_relaxed) / 4;
-        if (share != 1024) score = score * 1024 / share;
-        /* Slots are not speed: the operator's weight says how much faster a backend is. */
-        score /= (uint64_t)weight_of(&bs[i]);
+        if (!gw_lb_metrics_fresh(at, now, p->metrics.interval_ms))
+            return least_outstanding(r, now, full);
+        /* The scraped queue, plus what this gateway sent (or saw end) since the scrape. */
+        gw_lb_scraped_t m = {(int64_t)atomic_load_explicit(&lb->m_running, memory_order_relaxed),
+                             (int64_t)atomic_load_explicit(&lb->m_waiting, memory_order_relaxed),
+                             (int64_t)atomic_load_explicit(&lb->m_inflight, memory_order_relaxed),
+                             (int64_t)atomic_load_explicit(&lb->m_cap, memory_order_relaxed),
+                             (int64_t)atomic_load_explicit(&lb->m_cache_pm, memory_order_relaxed)};
+        uint64_t score = gw_lb_queue_score(&m, load, share, weight_of(&bs[i]));
         if (!best || score < best_score || (score == best_score && load < best_load)) {
             best = &bs[i];
             best_score = score;
@@ -216,30 +184,6 @@ static uint64_t mix64(uint64_t x)
     x ^= x >> 27;
     x *= 0x94d049bb133111ebULL;
     return x ^ (x >> 31);
-}
-
-/* The session key: x-session-id, else the body's user field, read before any plugin (the
- * privacy plugin may drop it); only its hash is kept, and it never leaves the process. */
-void gw_balance_affinity_key(gw_req_t *r)
-{
-    const char *s = NULL;
-    size_t n = 0;
-    const gw_header_t *hd = gw_http_find(&r->head, "x-session-id");
-    if (hd && hd->value_len) {
-        s = hd->value;
-        n = hd->value_len;
-    } else if (r->json) {
-        const cJSON *u = cJSON_GetObjectItemCaseSensitive(r->json, "user");
-        if (cJSON_IsString(u) && u->valuestring[0]) {
-            s = u->valuestring;
-            n = strlen(s);
-        }
-    }
-    if (!s) return;
-    uint64_t x = 0xcbf29ce484222325ULL; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) x = (x ^ (unsigned char)s[i]) * 0x100000001b3ULL;
-    r->affinity = x;
-    r->affine = 1;
 }
 
 /* Rendezvous hashing over the healthy, not vetoed backends: a session stays on its backend
@@ -322,6 +266,7 @@ struct gw_queue_place {
     uint64_t bytes;                       /* its body as received (and the tree beside it) */
     int held;                             /* counted in the pool's queue (pool lock) */
     atomic_int evicted; /* given to another tenant: the request gets the full queue's 503 */
+    gw_balance_dispatch_fn dispatch; /* sends the request on when it leaves the queue */
 };
 
 static size_t share_find(const gw_pool_live_t *pl, const char *id)
@@ -474,7 +419,7 @@ static void queue_give(gw_req_t *r)
     pthread_mutex_unlock(&pl->lock);
 }
 
-int gw_balance_enqueue(gw_req_t *r)
+int gw_balance_enqueue(gw_req_t *r, gw_balance_dispatch_fn dispatch)
 {
     struct gw_balance_worker *bw = r->w->bal;
     gw_pool_t *p = r->pool;
@@ -495,6 +440,7 @@ int gw_balance_enqueue(gw_req_t *r)
     }
     struct gw_queue_place *place = r->q_place;
     place->bw = bw;
+    place->dispatch = dispatch;
     place->bytes = gw_req_body_length(r);
     atomic_store(&place->evicted, 0);
     if (queue_take(r, place) < 0) return -1;
@@ -571,7 +517,7 @@ static void answer_evicted(struct gw_balance_worker *bw)
         gw_req_t *r = out;
         out = r->q_next;
         r->q_next = NULL;
-        gw_upstream_dispatch(r, NULL); /* 503 no_backend_available with retry-after */
+        r->q_place->dispatch(r, NULL); /* 503 no_backend_available with retry-after */
     }
 }
 
@@ -598,7 +544,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         gw_balance_dequeue(r);
         bw->rr = bw->nq == before ? i + 1 : i; /* next tenant, or the FIFO moved into i */
         stalled = 0;
-        gw_upstream_dispatch(r, b); /* b NULL: 503 no_backend_available with retry-after */
+        r->q_place->dispatch(r, b); /* b NULL: 503 no_backend_available with retry-after */
     }
     if (bw->nq == 0) bw->rr = 0;
     arm_tick(bw);
@@ -642,31 +588,6 @@ void gw_balance_readmit(gw_backend_t *b, uint64_t now)
         gw_info("pool %s: backend %s re-admitted", p->name, b->name);
 }
 
-/* ------------------------------------------------------------------ aliases */
-
-int gw_balance_apply_alias(gw_req_t *r)
-{
-    gw_pool_t *p = r->pool;
-    for (size_t a = 0; a < p->naliases; a++) {
-        if (strcmp(p->alias_from[a], r->model) != 0) continue;
-        /* r->model lives in the JSON tree being changed: keep the client's name. */
-        char *client = gw_arena_strdup(r->arena, r->model);
-        cJSON *to = cJSON_CreateString(p->alias_to[a]);
-        if (!client || !to) {
-            cJSON_Delete(to);
-            return -1;
-        }
-        r->model = client;
-        if (!cJSON_ReplaceItemInObjectCaseSensitive(r->json, "model", to)) {
-            cJSON_Delete(to);
-            return -1;
-        }
-        r->json_replaced = 1;
-        return 0;
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------ per worker */
 
 static int size_for(struct gw_balance_worker *bw, gw_config_t *cfg)
@@ -689,7 +610,7 @@ int gw_balance_worker_init(gw_worker_t *w)
     bw->tick = evtimer_new(w->base, tick_cb, bw);
     if (!bw->tick || size_for(bw, w->cfg) < 0) return -1;
     if (w->id == 0) {
-        bw->health = gw_health_new(w->base, w->cfg);
+        bw->health = gw_health_new(w->base, w->cfg, gw_balance_readmit);
         if (!bw->health) return -1;
     }
     return 0;

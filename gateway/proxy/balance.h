@@ -10,8 +10,11 @@
  * no lock, no allocation. NULL when none: *full is set when the request should wait for a slot
  * (some eligible backend is full, or other requests already wait). */
 gw_backend_t *gw_balance_pick(gw_req_t *r, int *full);
-/* Queues r until a backend has room (0), or -1 when the pool's queue is off or full. */
-int gw_balance_enqueue(gw_req_t *r);
+/* Queues r until a backend has room (0), or -1 when the pool's queue is off or full. When r
+ * leaves the queue, dispatch(r, b) sends it on: to backend b, or with b NULL to its 503 (time up,
+ * place taken, no eligible backend left); the balancer reaches upstream only through it. */
+typedef void (*gw_balance_dispatch_fn)(gw_req_t *r, gw_backend_t *b);
+int gw_balance_enqueue(gw_req_t *r, gw_balance_dispatch_fn dispatch);
 /* Takes r out of its queue (it ended while waiting). */
 void gw_balance_dequeue(gw_req_t *r);
 /* A backend slot was freed on this worker: serve the waiters soon (not from this call). */
@@ -23,11 +26,6 @@ void gw_balance_failed(gw_backend_t *b);
 void gw_balance_succeeded(gw_backend_t *b);
 /* Makes b choosable again, with slow start (health.c). */
 void gw_balance_readmit(gw_backend_t *b, uint64_t now_us);
-
-/* Hashes r's session key (x-session-id, else the body's user field) into r->affinity. */
-void gw_balance_affinity_key(gw_req_t *r);
-/* The pool alias of r->model: the body sent upstream carries the backend's name. */
-int gw_balance_apply_alias(gw_req_t *r);
 
 /* The per-worker state: WRR weights, queues; worker 0 also runs the health loop (health.c). */
 int gw_balance_worker_init(gw_worker_t *w);

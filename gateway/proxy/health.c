@@ -7,10 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proxy/balance.h"
 #include "io/io.h"
 #include "base/log.h"
-#include "proxy/request.h"
 #include "store/backend_geo.h"
 #include "base/tls.h"
 #include "base/vllm_metrics.h"
@@ -41,6 +39,7 @@ struct probe {
 
 struct gw_health {
     struct event_base *base;
+    gw_health_readmit_fn readmit; /* the balancer's: back in rotation, with slow start */
     gw_config_t *cfg;
     struct event *tick;
     bstate_t *bs;
@@ -73,7 +72,7 @@ static void health_result(gw_health_t *h, bstate_t *st, int ok)
         st->ok++;
         if (!atomic_load(&b->live->healthy) && st->ok >= p->health.healthy_threshold &&
             now >= atomic_load(&b->live->lb.down_until_us))
-            gw_balance_readmit(b, now);
+            h->readmit(b, now);
     } else {
         st->ok = 0;
         st->bad++;
@@ -216,7 +215,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             }
         } else if (!atomic_load(&b->live->healthy) &&
                    now >= atomic_load(&b->live->lb.down_until_us)) {
-            gw_balance_readmit(b, now); /* passive only: back after fail_timeout_ms */
+            h->readmit(b, now); /* passive only: back after fail_timeout_ms */
         }
         if (p->algo == GW_BAL_QUEUE_AWARE && !st->probe[K_METRICS] && now >= st->next_metrics_us) {
             st->next_metrics_us = now + (uint64_t)p->metrics.interval_ms * 1000;
@@ -263,11 +262,12 @@ void gw_health_set_config(gw_health_t *h, gw_config_t *cfg)
     h->n = cfg->nbackends;
 }
 
-gw_health_t *gw_health_new(struct event_base *base, gw_config_t *cfg)
+gw_health_t *gw_health_new(struct event_base *base, gw_config_t *cfg, gw_health_readmit_fn readmit)
 {
     gw_health_t *h = calloc(1, sizeof(*h));
     if (!h) return NULL;
     h->base = base;
+    h->readmit = readmit;
     h->tick = evtimer_new(base, tick_cb, h);
     if (!h->tick) {
         free(h);

@@ -11,33 +11,24 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
-#include "ops/access_log.h"
-#include "proxy/balance.h"
 #include "base/body.h"
 #include "base/client_addr.h"
 #include "base/json.h"
+#include "base/oai_error.h"
 #include "base/log.h"
-#include "ops/metrics.h"
-#include "proxy/upstream.h"
+#include "io/worker.h"
 
 enum { HOOK_HEADERS, HOOK_BODY, HOOK_SELECT };
 
+static const gw_req_upstream_t *upstream; /* upstream.c's, gw_req_set_upstream */
+
+void gw_req_set_upstream(const gw_req_upstream_t *u)
+{
+    upstream = u;
+}
+
 /* What the gateway's own edits of a body may add past limits.max_body_bytes. */
 #define GW_BODY_EDIT_ROOM 4096
-
-static const char *error_type(int status)
-{
-    switch (status) {
-    case 401:
-        return "authentication_error";
-    case 403:
-        return "permission_error";
-    case 429:
-        return "rate_limit_error";
-    default:
-        return status >= 500 ? "server_error" : "invalid_request_error";
-    }
-}
 
 /* The lines every answer of a request carries, and the connection line. */
 static void tail_headers(gw_out_t *o, const char *id, const gw_req_t *r, int close, int minor)
@@ -110,16 +101,6 @@ static void write_json(struct evbuffer *out, int status, const char *body, size_
         evbuffer_add(out, body, n);
 }
 
-size_t gw_error_json(char *buf, size_t cap, int status, const char *code, const char *message)
-{
-    int n = snprintf(
-        buf, cap, "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":\"%s\"}}",
-        message, error_type(status), code);
-    if (n < 0 || (size_t)n >= cap) n = 0;
-    if (cap) buf[n] = '\0';
-    return (size_t)n;
-}
-
 /* Messages are the gateway's own constants: they never hold request content. */
 static void write_error(struct evbuffer *out, int status, const char *code, const char *message,
                         const char *id, gw_req_t *r, int close, int minor, int head_only)
@@ -180,11 +161,6 @@ void gw_req_error(gw_req_t *r, int status, const char *code, const char *message
     r->head_sent = 1;
     write_error(gw_io_out(r->conn->io), status, code, message, r->id, r, r->close, r->head.minor,
                 r->head_only);
-}
-
-void gw_req_respond_error(gw_req_t *r, int status, const char *code, const char *message)
-{
-    gw_req_error(r, status, code, message);
 }
 
 /* A token (RFC 9110 tchar) of at most 128 characters. */
@@ -330,6 +306,8 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err)
     r->ctx = gw_arena_calloc(a, (cfg->nplugins + 1) * sizeof(void *));
     gw_sse_init(&r->sse_framer, 1u << 20);
     find_client(r, c);
+    gw_auth_guard_bind(&r->guard, cfg->tenants.n ? cfg->auth.failure_rate : 0,
+                       cfg->auth.failure_burst, &r->client, r->client_len);
     return r;
 }
 
@@ -345,9 +323,9 @@ static void drop_json(gw_req_t *r)
 void gw_req_free(gw_req_t *r)
 {
     stop_counting(r);
-    gw_auth_guard_end(r); /* a lookup still in flight did not authenticate */
-    if (r->queued) gw_balance_dequeue(r);
-    if (r->up) gw_upstream_abort(r);
+    gw_auth_guard_end(&r->guard); /* a lookup still in flight did not authenticate */
+    if (r->queued) upstream->dequeue(r);
+    if (r->up) upstream->abort(r);
     if (r->resp_copy) evbuffer_free(r->resp_copy);
     gw_sse_release(&r->sse_framer);
     drop_json(r);
@@ -357,13 +335,26 @@ void gw_req_free(gw_req_t *r)
     gw_config_unref(cfg);
 }
 
+/* The log phase's own loggers (ops/: metrics, the access log), registered at start-up. */
+#define MAX_LOGGERS 4
+static gw_req_log_fn loggers[MAX_LOGGERS];
+static size_t nloggers;
+
+int gw_req_add_logger(gw_req_log_fn fn)
+{
+    for (size_t i = 0; i < nloggers; i++)
+        if (loggers[i] == fn) return 0;
+    if (nloggers == MAX_LOGGERS) return -1;
+    loggers[nloggers++] = fn;
+    return 0;
+}
+
 static void run_log(gw_req_t *r)
 {
     if (r->logged) return;
     r->logged = 1;
     gw_config_t *cfg = r->cfg;
-    gw_metrics_request(r);
-    if (cfg->access_log.path) gw_access_log_request(r);
+    for (size_t i = 0; i < nloggers; i++) loggers[i](r);
     for (size_t i = 0; i < cfg->nplugins; i++)
         if (cfg->plugins[i].plugin->log)
             cfg->plugins[i].plugin->log(r, cfg->plugins[i].state, &r->ctx[i]);
@@ -372,7 +363,7 @@ static void run_log(gw_req_t *r)
 void gw_req_finish(gw_req_t *r, int close)
 {
     gw_conn_t *c = r->conn;
-    if (r->up) gw_upstream_abort(r);
+    if (r->up) upstream->abort(r);
     run_log(r);
     close_if_body_unread(r);
     close = close || r->close;
@@ -388,7 +379,7 @@ void gw_req_abort(gw_req_t *r)
     stop_counting(r); /* the connection's buffers go now */
     r->aborted = 1;
     r->conn = NULL;
-    if (r->up) gw_upstream_abort(r);
+    if (r->up) upstream->abort(r);
     if (r->waiting) return; /* gw_req_resume frees it */
     run_log(r);
     gw_req_free(r);
@@ -463,13 +454,13 @@ static void respond_models(gw_req_t *r)
  * looked up because the address's lookups in flight filled its budget did not fail: 503. */
 static void refuse_auth(gw_req_t *r)
 {
-    if (gw_auth_guard_busy(r)) {
+    if (gw_auth_guard_busy(&r->guard)) {
         gw_req_add_response_header(r, "retry-after", "1");
         gw_req_error(r, 503, "auth_lookups_busy",
                      "Too many credential lookups in flight from this address; try again shortly.");
         return;
     }
-    int64_t wait = gw_auth_guard_failure(r);
+    int64_t wait = gw_auth_guard_failure(&r->guard);
     if (wait > 0) {
         char s[24];
         snprintf(s, sizeof(s), "%lld", (long long)wait);
@@ -480,7 +471,7 @@ static void refuse_auth(gw_req_t *r)
     const char *reason = r->auth_reason               ? r->auth_reason
                          : gw_req_credential(r, NULL) ? "unknown_key"
                                                       : "no_credentials";
-    gw_metrics_auth_failure(reason);
+    gw_auth_guard_count(reason);
     gw_audit("auth_failure", "request_id", r->id, "reason", reason, "key",
              r->auth_hint ? r->auth_hint : "-", NULL);
     gw_req_error(r, 401, "invalid_api_key", "Invalid authentication credentials.");
@@ -514,6 +505,54 @@ static const struct {
     {GW_BODY_BAD_STREAM_OPTIONS, 400, "invalid_request_error",
      "stream_options must be an object whose include_usage is a boolean."},
 };
+
+/* The session key: x-session-id, else the body's user field, read before any plugin (the
+ * privacy plugin may drop it); only its hash is kept, and it never leaves the process. */
+static void affinity_key(gw_req_t *r)
+{
+    const char *s = NULL;
+    size_t n = 0;
+    const gw_header_t *hd = gw_http_find(&r->head, "x-session-id");
+    if (hd && hd->value_len) {
+        s = hd->value;
+        n = hd->value_len;
+    } else if (r->json) {
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(r->json, "user");
+        if (cJSON_IsString(u) && u->valuestring[0]) {
+            s = u->valuestring;
+            n = strlen(s);
+        }
+    }
+    if (!s) return;
+    uint64_t x = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) x = (x ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    r->affinity = x;
+    r->affine = 1;
+}
+
+/* The pool alias of r->model: the body sent upstream carries the backend's name. */
+static int apply_alias(gw_req_t *r)
+{
+    gw_pool_t *p = r->pool;
+    for (size_t a = 0; a < p->naliases; a++) {
+        if (strcmp(p->alias_from[a], r->model) != 0) continue;
+        /* r->model lives in the JSON tree being changed: keep the client's name. */
+        char *client = gw_arena_strdup(r->arena, r->model);
+        cJSON *to = cJSON_CreateString(p->alias_to[a]);
+        if (!client || !to) {
+            cJSON_Delete(to);
+            return -1;
+        }
+        r->model = client;
+        if (!cJSON_ReplaceItemInObjectCaseSensitive(r->json, "model", to)) {
+            cJSON_Delete(to);
+            return -1;
+        }
+        r->json_replaced = 1;
+        return 0;
+    }
+    return 0;
+}
 
 /* Reads the few keys the gateway routes on. Returns 0, or answers and returns -1. */
 static int inspect_body(gw_req_t *r)
@@ -554,8 +593,8 @@ static int inspect_body(gw_req_t *r)
         return -1;
     }
     /* A pool alias: the backend gets its own name for the model (docs/balancing.md). */
-    if (r->pool->affine) gw_balance_affinity_key(r); /* before a plugin drops the user field */
-    if (r->pool->naliases && gw_balance_apply_alias(r) < 0) {
+    if (r->pool->affine) affinity_key(r); /* before a plugin drops the user field */
+    if (r->pool->naliases && apply_alias(r) < 0) {
         gw_req_error(r, 500, "internal_error", "Out of memory.");
         return -1;
     }
@@ -619,7 +658,7 @@ static void advance(gw_req_t *r)
             rc = run_phase(r, HOOK_HEADERS);
             if (rc == GW_WAIT) return;
             if (rc == GW_DONE) goto done;
-            if (r->tenant) gw_auth_guard_success(r);
+            if (r->tenant) gw_auth_guard_success(&r->guard);
             if (r->cfg->tenants.n && !r->tenant) {
                 refuse_auth(r);
                 goto done;
@@ -659,7 +698,7 @@ static void advance(gw_req_t *r)
             if (rc == GW_DONE) goto done;
             if (r->json_replaced && settle_body(r) < 0) goto done; /* a body set at select */
             r->phase = PH_UPSTREAM;
-            gw_upstream_start(r);
+            upstream->start(r);
             return;
         default:
             return;
@@ -689,7 +728,7 @@ void gw_req_body_ready(gw_req_t *r)
     advance(r);
 }
 
-void gw_req_resume(gw_req_t *r, int result)
+void gw_req_continue(gw_req_t *r, int result)
 {
     r->waiting = 0;
     if (r->aborted) {
@@ -736,96 +775,7 @@ void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out)
     add_head(out, 0, 0, r->id, r, 0, 1);
 }
 
-/* ---- the plugin interface (include/gotthard/plugin.h) ---- */
-
-const char *gw_req_id(const gw_req_t *r)
-{
-    return r->id;
-}
-const char *gw_req_path(const gw_req_t *r)
-{
-    return r->path;
-}
-const cJSON *gw_req_json(const gw_req_t *r)
-{
-    return r->json;
-}
-size_t gw_req_body_length(const gw_req_t *r)
-{
-    return r->body_received ? r->body_received : evbuffer_get_length(r->body);
-}
-const char *gw_req_model(const gw_req_t *r)
-{
-    return r->model;
-}
-int gw_req_is_stream(const gw_req_t *r)
-{
-    return r->stream;
-}
-int gw_req_status(const gw_req_t *r)
-{
-    return r->status;
-}
-int gw_req_aborted(const gw_req_t *r)
-{
-    return r->aborted;
-}
-struct event_base *gw_req_base(gw_req_t *r)
-{
-    return r->w->base;
-}
-void *gw_req_alloc(gw_req_t *r, size_t size)
-{
-    return gw_arena_calloc(r->arena, size);
-}
-
-const char *gw_req_method(const gw_req_t *r)
-{
-    /* The method is followed by a space in the head copy: hand out a terminated copy. */
-    return gw_arena_strndup(r->arena, r->head.method, r->head.method_len);
-}
-
-const char *gw_req_header(const gw_req_t *r, const char *name, size_t *len)
-{
-    const gw_header_t *h = gw_http_find(&r->head, name);
-    if (!h) return NULL;
-    if (len) *len = h->value_len;
-    return h->value;
-}
-
-/* Header names and values that plugins set must not be able to break the framing. */
-static int header_ok(const char *s, int is_name)
-{
-    if (!*s && is_name) return 0;
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '\r' || ch == '\n' || ch == 0 || (is_name && (ch <= ' ' || ch == ':'))) return 0;
-    }
-    return 1;
-}
-
-static int add_edit(gw_req_t *r, gw_hdr_edit_t **list, const char *name, const char *value)
-{
-    if (!header_ok(name, 1) || (value && !header_ok(value, 0))) return -1;
-    gw_hdr_edit_t *e = gw_arena_alloc(r->arena, sizeof(*e));
-    if (!e) return -1;
-    e->name = gw_arena_strdup(r->arena, name);
-    e->value = value ? gw_arena_strdup(r->arena, value) : NULL;
-    if (!e->name || (value && !e->value)) return -1;
-    e->next = *list;
-    *list = e;
-    return 0;
-}
-
-int gw_req_set_upstream_header(gw_req_t *r, const char *name, const char *value)
-{
-    return add_edit(r, &r->up_edits, name, value);
-}
-
-int gw_req_add_response_header(gw_req_t *r, const char *name, const char *value)
-{
-    return add_edit(r, &r->resp_headers, name, value);
-}
+/* ---- answers relayed from a backend ---- */
 
 int gw_req_response_header_taken(const gw_req_t *r, const char *name, size_t len)
 {
@@ -833,64 +783,6 @@ int gw_req_response_header_taken(const gw_req_t *r, const char *name, size_t len
         if ((e->name[0] | 0x20) == (name[0] | 0x20) && gw_http_name_eq(name, len, e->name))
             return 1;
     return 0;
-}
-
-size_t gw_req_header_count(const gw_req_t *r)
-{
-    return r->head.nheaders;
-}
-
-const char *gw_req_header_at(const gw_req_t *r, size_t i, size_t *name_len, const char **value,
-                             size_t *value_len)
-{
-    if (i >= r->head.nheaders) return NULL;
-    const gw_header_t *h = &r->head.headers[i];
-    if (name_len) *name_len = h->name_len;
-    if (value) *value = h->value;
-    if (value_len) *value_len = h->value_len;
-    return h->name;
-}
-
-int gw_req_client_address(const gw_req_t *r, char *buf, size_t len)
-{
-    const struct sockaddr_storage *ss = &r->client;
-    if (!r->client_len) return -1;
-    const void *a;
-    int af = ss->ss_family;
-    if (af == AF_INET) {
-        a = &((const struct sockaddr_in *)ss)->sin_addr;
-    } else if (af == AF_INET6) {
-        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)ss)->sin6_addr;
-        a = a6;
-        if (IN6_IS_ADDR_V4MAPPED(a6)) {
-            a = &a6->s6_addr[12];
-            af = AF_INET;
-        }
-    } else {
-        return -1;
-    }
-    return inet_ntop(af, a, buf, (socklen_t)len) ? 0 : -1;
-}
-
-size_t gw_req_response_header_count(const gw_req_t *r)
-{
-    return r->resp_head ? r->resp_head->nheaders : 0;
-}
-
-const char *gw_req_response_header_at(const gw_req_t *r, size_t i, size_t *name_len,
-                                      const char **value, size_t *value_len)
-{
-    if (!r->resp_head || i >= r->resp_head->nheaders) return NULL;
-    const gw_header_t *h = &r->resp_head->headers[i];
-    if (name_len) *name_len = h->name_len;
-    if (value) *value = h->value;
-    if (value_len) *value_len = h->value_len;
-    return h->name;
-}
-
-void gw_req_own_error_body(gw_req_t *r)
-{
-    r->own_error = 1;
 }
 
 /* OpenAI's error codes that say something to a client and never carry content: a backend's
@@ -944,86 +836,6 @@ void gw_req_backend_error(gw_req_t *r, int status, const char *body, size_t len)
     gw_req_error(r, status, code, message);
 }
 
-int gw_req_replace_json(gw_req_t *r, cJSON *json)
-{
-    if (!json) return -1;
-    if (r->json && r->json != json) cJSON_Delete(r->json);
-    r->json = json;
-    r->json_replaced = 1;
-    return 0;
-}
-
-size_t gw_req_backend_count(const gw_req_t *r)
-{
-    return r->pool ? r->pool->backends.n : 0;
-}
-
-const char *gw_req_backend_name(const gw_req_t *r, size_t i)
-{
-    if (!r->pool || i >= r->pool->backends.n) return NULL;
-    return ((gw_backend_t *)r->pool->backends.items)[i].name;
-}
-
-void gw_req_backend_veto(gw_req_t *r, size_t i)
-{
-    if (r->vetoed && r->pool && i < r->pool->backends.n) r->vetoed[i] = 1;
-}
-
-/* ---- tenants and credentials ---- */
-
-const char *gw_req_credential(const gw_req_t *cr, size_t *len)
-{
-    gw_req_t *r = (gw_req_t *)cr; /* the extraction is cached in the request */
-    if (!r->credential_done) {
-        r->credential_done = 1;
-        const char *v = NULL;
-        size_t n = 0;
-        /* Authorization wins; api-key is read only when there is no Authorization at all. */
-        const gw_header_t *h = gw_http_find_kind(&r->head, GW_H_AUTHORIZATION);
-        int is_auth = h != NULL;
-        if (!h) h = gw_http_find_kind(&r->head, GW_H_API_KEY);
-        if (h && gw_http_credential(is_auth, h->value, h->value_len, &v, &n) == 0 && n <= 8192)
-            r->credential = gw_arena_strndup(r->arena, v, n);
-    }
-    if (len) *len = r->credential ? strlen(r->credential) : 0;
-    return r->credential;
-}
-
-int gw_req_set_tenant(gw_req_t *r, const char *tenant_id)
-{
-    const gw_tenant_t *t = gw_config_tenant(r->cfg, tenant_id);
-    if (!t) return -1;
-    r->tenant = t;
-    return 0;
-}
-
-const char *gw_req_tenant(const gw_req_t *r)
-{
-    return r->tenant ? r->tenant->id : NULL;
-}
-
-int gw_req_narrow_models(gw_req_t *r, const char *const *models, size_t n)
-{
-    char **copy = gw_arena_alloc(r->arena, (n + 1) * sizeof(char *));
-    if (!copy) return -1;
-    for (size_t i = 0; i < n; i++)
-        if (!(copy[i] = gw_arena_strdup(r->arena, models[i]))) return -1;
-    r->narrow = copy;
-    r->nnarrow = n;
-    return 0;
-}
-
-void gw_req_auth_failed(gw_req_t *r, const char *reason, const char *key_hint)
-{
-    r->auth_reason = reason ? gw_arena_strdup(r->arena, reason) : NULL;
-    r->auth_hint = key_hint ? gw_arena_strdup(r->arena, key_hint) : NULL;
-}
-
-int gw_req_auth_lookup(gw_req_t *r)
-{
-    return gw_auth_guard_reserve(r);
-}
-
 /* ---- usage ---- */
 
 /* Reads "usage" from an answer's JSON text (gw_body_usage). */
@@ -1034,22 +846,4 @@ void gw_req_take_usage(gw_req_t *r, const char *text, size_t len)
     r->usage_prompt = prompt;
     r->usage_completion = completion;
     r->usage_known = 1;
-}
-
-int gw_req_usage(const gw_req_t *r, int64_t *prompt_tokens, int64_t *completion_tokens)
-{
-    if (!r->usage_known) return 0;
-    if (prompt_tokens) *prompt_tokens = r->usage_prompt;
-    if (completion_tokens) *completion_tokens = r->usage_completion;
-    return 1;
-}
-
-uint64_t gw_req_events_relayed(const gw_req_t *r)
-{
-    return r->events_relayed;
-}
-
-int gw_req_served(const gw_req_t *r)
-{
-    return (r->status >= 200 && r->status < 300) || (r->stream && r->events_relayed > 0);
 }

@@ -88,8 +88,23 @@ gw_req_t *gw_req_new(gw_conn_t *c, const char *head, size_t head_len, int *err);
 void gw_req_headers_ready(gw_req_t *r);
 /* The body is read: inspect it, run the phases, go upstream. */
 void gw_req_body_ready(gw_req_t *r);
+/* A plugin's asynchronous work is over (gw_req_resume): go on with result's phase. */
+void gw_req_continue(gw_req_t *r, int result);
 /* The client went away. */
 void gw_req_abort(gw_req_t *r);
+/* The proxy's way to a backend (upstream.c, gw_upstream_install), installed at start-up before
+ * any request: the phases reach it only through these. */
+typedef struct gw_req_upstream {
+    void (*start)(gw_req_t *r);   /* the phases are over: choose a backend, send r there */
+    void (*abort)(gw_req_t *r);   /* r ends with its upstream side alive (r->up) */
+    void (*dequeue)(gw_req_t *r); /* r ends while it waits for a backend (r->queued) */
+} gw_req_upstream_t;
+void gw_req_set_upstream(const gw_req_upstream_t *u);
+/* A logger of the log phase: runs once per request, whatever happened, before the plugins' log
+ * hooks, in the order registered. Registered at start-up, before any worker runs (main.c:
+ * the metrics, then the access log); the same one again is kept once. 0, or -1 when full. */
+typedef void (*gw_req_log_fn)(const gw_req_t *r);
+int gw_req_add_logger(gw_req_log_fn fn);
 /* Runs log hooks once and hands the connection on; frees the request. */
 void gw_req_finish(gw_req_t *r, int close);
 void gw_req_free(gw_req_t *r);
@@ -103,10 +118,6 @@ int gw_req_run_response_headers(gw_req_t *r);
 int gw_req_run_response_event(gw_req_t *r, const char *ev, size_t len);
 /* Appends the extra headers of every answer (x-request-id, plugin headers). */
 void gw_req_add_common_headers(gw_req_t *r, struct evbuffer *out);
-/* An OpenAI-shaped error body ({"error": {message, type (from the status), param, code}}) for
- * the gateway's own constant code and message, never request content; its length (0 when it
- * does not fit). Served by the public listener and the admin listener alike. */
-size_t gw_error_json(char *buf, size_t cap, int status, const char *code, const char *message);
 /* Reads "usage" from an answer's JSON text (a whole body, or one event's data). */
 void gw_req_take_usage(gw_req_t *r, const char *json, size_t len);
 /* A backend's error answer (own_error set by a plugin): answers the client with the

@@ -14,6 +14,7 @@
 #include "base/body.h"
 #include "base/json.h"
 #include "base/log.h"
+#include "base/oai_error.h"
 #include "store/backend_geo.h"
 #include "base/tls.h"
 
@@ -311,7 +312,7 @@ static void try_backend_on(gw_req_t *r, gw_backend_t *b, int fresh)
     if (!b) {
         int full = 0;
         b = gw_balance_pick(r, &full);
-        if (!b && full && gw_balance_enqueue(r) == 0) return;
+        if (!b && full && gw_balance_enqueue(r, gw_upstream_dispatch) == 0) return;
     }
     if (!b) {
         no_backend(r);
@@ -376,6 +377,14 @@ void gw_upstream_dispatch(gw_req_t *r, gw_backend_t *b)
 const gw_resolved_t *gw_upstream_resolved(const gw_req_t *r)
 {
     return r->up ? r->up->res : NULL;
+}
+
+static const gw_req_upstream_t upstream_ops = {gw_upstream_start, gw_upstream_abort,
+                                               gw_balance_dequeue};
+
+void gw_upstream_install(void)
+{
+    gw_req_set_upstream(&upstream_ops);
 }
 
 void gw_upstream_start(gw_req_t *r)
@@ -760,9 +769,10 @@ static void redirected(gw_req_t *r)
     gw_req_finish(r, 0);
 }
 
-/* Parses the backend's head and prepares the client's (held, see release_head). Returns 1 when
- * done, 0 for more, -1, or REDIRECTED. */
-static int on_head(gw_req_t *r, gw_upconn_t *u)
+/* Finds the backend's head and parses it in place (its bytes stay in the input until the
+ * client's head is written), past interim (1xx) answers. Returns its length, 0 for more, -1, or
+ * REDIRECTED. */
+static long parse_head(gw_upconn_t *u, gw_http_head_t *h, gw_header_t *hdrs, uint8_t *kinds)
 {
     struct evbuffer *in = gw_io_in(u->io);
     for (;;) {
@@ -774,91 +784,123 @@ static int on_head(gw_req_t *r, gw_upconn_t *u)
         long hl = gw_http_find_head_end(buf, look, &u->head_scanned);
         if (hl == GW_HTTP_INCOMPLETE) return look >= MAX_RESPONSE_HEAD ? -1 : 0;
         if (hl < 0) return -1;
-        /* Parsed in place: the client's head is written before the bytes are drained. */
-        gw_http_head_t h;
-        gw_header_t hdrs[MAX_RESPONSE_HEADERS];
-        uint8_t kinds[MAX_RESPONSE_HEADERS];
-        if (gw_http_parse_response(buf, (size_t)hl, &h, hdrs, kinds, MAX_RESPONSE_HEADERS) < 0)
+        if (gw_http_parse_response(buf, (size_t)hl, h, hdrs, kinds, MAX_RESPONSE_HEADERS) < 0)
             return -1;
-        if (h.status < 200) {
-            if (h.status == 101) return -1;
+        if (h->status < 200) {
+            if (h->status == 101) return -1;
             evbuffer_drain(in, (size_t)hl);
             u->head_scanned = 0;
             continue; /* an interim answer: the real one follows */
         }
-        if (h.status >= 300 && h.status < 400) return REDIRECTED;
+        if (h->status >= 300 && h->status < 400) return REDIRECTED;
         /* Asked for identity: a coded body can be neither read for usage nor framed. */
-        if (gw_http_content_coded(&h)) return -1;
-        u->keepalive = h.minor >= 1 ? !h.conn_close : h.conn_keepalive;
-        if (h.status == 204 || h.status == 304)
-            u->framing = F_NONE;
-        else if (h.chunked)
-            u->framing = F_CHUNKED;
-        else if (h.content_length >= 0)
-            u->framing = F_LENGTH;
-        else
-            u->framing = F_EOF;
-        u->remaining = h.content_length;
-        memset(&u->ck, 0, sizeof(u->ck));
-        if (u->framing == F_EOF) u->keepalive = 0;
-        if (u->framing == F_LENGTH && u->remaining == 0) u->framing = F_NONE;
+        if (gw_http_content_coded(h)) return -1;
+        return hl;
+    }
+}
 
-        const gw_header_t *ct = gw_http_find_kind(&h, GW_H_CONTENT_TYPE);
-        r->sse = ct && ct->value_len >= 17 && strncasecmp(ct->value, "text/event-stream", 17) == 0;
-        if (r->cfg->want_usage && !r->sse && h.status == 200 && ct && ct->value_len >= 16 &&
-            strncasecmp(ct->value, "application/json", 16) == 0)
-            r->resp_copy = evbuffer_new();
-        judge_head(r, u, h.status);
-        r->status = h.status;
-        r->resp_head = &h;
-        int hooks = gw_req_run_response_headers(r);
-        r->resp_head = NULL;
-        if (hooks != GW_CONTINUE) return -1;
-        if (r->own_error && h.status >= 400) {
-            /* A plugin answers with the gateway's own error: the backend's body is read
-             * (a copy of at most MAX_USAGE_COPY for its error code), never relayed. */
-            r->sse = 0;
-            if (!r->resp_copy) r->resp_copy = evbuffer_new();
-            evbuffer_drain(in, (size_t)hl);
-            u->head_scanned = 0;
-            return 1;
-        }
-        r->own_stream_errors = r->own_error && r->sse;
-        r->own_error = 0;
-        int length_known = u->framing == F_NONE || (u->framing == F_LENGTH && !r->sse);
-        if (length_known)
-            r->client_chunked = 0;
-        else if (!r->client_chunked)
-            r->close = 1; /* HTTP/1.0: the end of the answer is the close */
-        if (r->w->draining) r->close = 1;
+/* How the backend frames its answer and whether its connection stays; whether the answer is a
+ * stream (SSE) and whether a JSON answer is copied for its usage; passive health hears of it. */
+static void frame_answer(gw_req_t *r, gw_upconn_t *u, const gw_http_head_t *h)
+{
+    u->keepalive = h->minor >= 1 ? !h->conn_close : h->conn_keepalive;
+    if (h->status == 204 || h->status == 304)
+        u->framing = F_NONE;
+    else if (h->chunked)
+        u->framing = F_CHUNKED;
+    else if (h->content_length >= 0)
+        u->framing = F_LENGTH;
+    else
+        u->framing = F_EOF;
+    u->remaining = h->content_length;
+    memset(&u->ck, 0, sizeof(u->ck));
+    if (u->framing == F_EOF) u->keepalive = 0;
+    if (u->framing == F_LENGTH && u->remaining == 0) u->framing = F_NONE;
 
-        gw_answer_head_t a = {
-            .status = h.status,
-            .framing = u->framing == F_NONE ? GW_AH_EMPTY
-                       : length_known       ? GW_AH_LENGTH
-                       : r->client_chunked  ? GW_AH_CHUNKED
-                                            : GW_AH_EOF,
-            .length = u->framing == F_NONE ? 0 : (uint64_t)u->remaining,
-            .close = r->close,
-            .keepalive = !r->close && r->head.minor == 0,
-            .taken = header_taken,
-            .arg = r,
-        };
-        struct evbuffer *out = u->held;
-        size_t need = gw_http_answer_head(NULL, 0, &h, &a);
-        struct evbuffer_iovec v;
-        if (evbuffer_reserve_space(out, (ssize_t)need, &v, 1) < 1 ||
-            gw_http_answer_head(v.iov_base, v.iov_len, &h, &a) != need)
-            return -1;
-        v.iov_len = need;
-        evbuffer_commit_space(out, &v, 1);
-        gw_req_add_common_headers(r, out);
-        evbuffer_add(out, "\r\n", 2);
+    const gw_header_t *ct = gw_http_find_kind(h, GW_H_CONTENT_TYPE);
+    r->sse = ct && ct->value_len >= 17 && strncasecmp(ct->value, "text/event-stream", 17) == 0;
+    if (r->cfg->want_usage && !r->sse && h->status == 200 && ct && ct->value_len >= 16 &&
+        strncasecmp(ct->value, "application/json", 16) == 0)
+        r->resp_copy = evbuffer_new();
+    judge_head(r, u, h->status);
+}
+
+/* How the client's answer is framed (GW_AH_*): its length when known (the backend's, never a
+ * stream's), else chunked for an HTTP/1.1 client and to the close for an HTTP/1.0 one. */
+static int client_framing(gw_req_t *r, const gw_upconn_t *u)
+{
+    int length_known = u->framing == F_NONE || (u->framing == F_LENGTH && !r->sse);
+    if (length_known)
+        r->client_chunked = 0;
+    else if (!r->client_chunked)
+        r->close = 1; /* HTTP/1.0: the end of the answer is the close */
+    if (r->w->draining) r->close = 1;
+    return u->framing == F_NONE ? GW_AH_EMPTY
+           : length_known       ? GW_AH_LENGTH
+           : r->client_chunked  ? GW_AH_CHUNKED
+                                : GW_AH_EOF;
+}
+
+/* Writes the client's head into u->held (held back, see release_head): the backend's status and
+ * headers as the gateway rebuilds them (gw_http_answer_head), then the gateway's own lines.
+ * 0, or -1. */
+static int write_client_head(gw_req_t *r, gw_upconn_t *u, const gw_http_head_t *h, int framing)
+{
+    gw_answer_head_t a = {
+        .status = h->status,
+        .framing = framing,
+        .length = u->framing == F_NONE ? 0 : (uint64_t)u->remaining,
+        .close = r->close,
+        .keepalive = !r->close && r->head.minor == 0,
+        .taken = header_taken,
+        .arg = r,
+    };
+    struct evbuffer *out = u->held;
+    size_t need = gw_http_answer_head(NULL, 0, h, &a);
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ssize_t)need, &v, 1) < 1 ||
+        gw_http_answer_head(v.iov_base, v.iov_len, h, &a) != need)
+        return -1;
+    v.iov_len = need;
+    evbuffer_commit_space(out, &v, 1);
+    gw_req_add_common_headers(r, out);
+    evbuffer_add(out, "\r\n", 2);
+    return 0;
+}
+
+/* The backend's head: parsed and framed, shown to the plugins (response_headers), and the
+ * client's head prepared (held, see release_head). Returns 1 when done, 0 for more, -1, or
+ * REDIRECTED. */
+static int on_head(gw_req_t *r, gw_upconn_t *u)
+{
+    gw_http_head_t h;
+    gw_header_t hdrs[MAX_RESPONSE_HEADERS];
+    uint8_t kinds[MAX_RESPONSE_HEADERS];
+    long hl = parse_head(u, &h, hdrs, kinds);
+    if (hl <= 0) return (int)hl;
+    frame_answer(r, u, &h);
+    r->status = h.status;
+    r->resp_head = &h;
+    int hooks = gw_req_run_response_headers(r);
+    r->resp_head = NULL;
+    if (hooks != GW_CONTINUE) return -1;
+    struct evbuffer *in = gw_io_in(u->io);
+    if (r->own_error && h.status >= 400) {
+        /* A plugin answers with the gateway's own error: the backend's body is read
+         * (a copy of at most MAX_USAGE_COPY for its error code), never relayed. */
+        r->sse = 0;
+        if (!r->resp_copy) r->resp_copy = evbuffer_new();
         evbuffer_drain(in, (size_t)hl);
         u->head_scanned = 0;
-        u->head_held = 1;
         return 1;
     }
+    r->own_stream_errors = r->own_error && r->sse;
+    r->own_error = 0;
+    if (write_client_head(r, u, &h, client_framing(r, u)) < 0) return -1;
+    evbuffer_drain(in, (size_t)hl);
+    u->head_scanned = 0;
+    u->head_held = 1;
+    return 1;
 }
 
 /* Relays what the backend sent. Returns 1 when the answer is complete, 0 for more, -1. */

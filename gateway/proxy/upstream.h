@@ -4,6 +4,9 @@
 
 #include "proxy/request.h"
 
+/* Installs the functions below as the request phases' way upstream (gw_req_set_upstream): at
+ * start-up, before any request. */
+void gw_upstream_install(void);
 /* Picks a backend of r->pool (balance.c: the pool's algorithm, not vetoed, healthy, with
  * room) and sends the request; waits in the pool's queue when all are full; answers 503
  * itself when none can take it. */

@@ -43,8 +43,6 @@
 #include "base/audit.h"
 #include "base/geoip.h"
 #include "base/log.h"
-#include "proxy/request.h"
-#include "proxy/upstream.h"
 
 #define MAX_ADDRS GW_MAX_ADDRS
 
@@ -483,16 +481,6 @@ const char *gw_residency_connect_check(const gw_geo_ask_t *r, const gw_backend_t
     return why;
 }
 
-int gw_req_residency_narrow(gw_req_t *r, const char *const *countries, size_t n)
-{
-    char(*v)[3] = gw_arena_alloc(r->arena, (n ? n : 1) * sizeof(*v));
-    if (!v) return -1;
-    for (size_t i = 0; i < n; i++) snprintf(v[i], sizeof(v[i]), "%s", countries[i]);
-    r->res_narrow = v;
-    r->nres_narrow = n;
-    return 0;
-}
-
 int gw_residency_peer_ok(const gw_config_t *c, const gw_resolved_t *rs, int fd)
 {
     if (!c->residency) return 1;
@@ -735,64 +723,46 @@ static void resolved(const gw_config_t *c, gw_backend_t *b, const struct sockadd
 
 const gw_resolver_cbs_t gw_backend_geo_resolver_cbs = {resolved, set_live};
 
-/* ---------------------------------------------------------------- the plugin interface */
+/* ---------------------------------------------------------------- for the plugin interface
+ * (proxy/plugin_api.c: gw_req_backend_countries, gw_req_client_country) */
 
-const char *gw_req_pool(const gw_req_t *r)
+const char *gw_residency_conn_countries(const gw_config_t *cfg, const gw_backend_t *b,
+                                        const gw_resolved_t *rs, gw_arena_t *a)
 {
-    return r->pool ? r->pool->name : NULL;
+    if (!rs || !rs->approved) return NULL;
+    /* A reload since admission: a backend the current config still has is named as it
+     * gives it now (check_now judged a connection made since by that), and not at all
+     * when it refuses it; one it no longer has can only be answering on a connection made
+     * before the reload, named as verified then. */
+    const gw_config_t *now = atomic_load_explicit(&live_cfg, memory_order_acquire);
+    if (!now || now == cfg) return rs->countries;
+    gw_config_t *held = hold_live();
+    const gw_backend_t *cur = held && held != cfg ? twin_in(held, b) : NULL;
+    const char *out = rs->countries;
+    if (cur) {
+        const gw_resolved_t *crs = gw_backend_hold(cur);
+        out = held->residency && crs && crs->approved ? gw_arena_strdup(a, crs->countries) : NULL;
+        gw_resolved_release(crs);
+    }
+    if (held) gw_config_unref(held);
+    return out;
 }
 
-const char *gw_req_backend_countries(const gw_req_t *r, size_t i)
+const char *gw_residency_countries_now(const gw_backend_t *b, gw_arena_t *a)
 {
-    if (!r->pool || i >= r->pool->backends.n || !r->cfg->residency) return NULL;
-    gw_backend_t *b = &((gw_backend_t *)r->pool->backends.items)[i];
-    /* The backend answering: the state its connection was verified under (a re-resolution
-     * since then does not change where this answer came from); held by that connection. */
-    if (r->up && r->backend == b) {
-        const gw_resolved_t *rs = gw_upstream_resolved(r);
-        if (!rs || !rs->approved) return NULL;
-        /* A reload since admission: a backend the current config still has is named as it
-         * gives it now (check_now judged a connection made since by that), and not at all
-         * when it refuses it; one it no longer has can only be answering on a connection made
-         * before the reload, named as verified then. */
-        const gw_config_t *now = atomic_load_explicit(&live_cfg, memory_order_acquire);
-        if (!now || now == r->cfg) return rs->countries;
-        gw_config_t *held = hold_live();
-        const gw_backend_t *cur = held && held != r->cfg ? twin_in(held, b) : NULL;
-        const char *out = rs->countries;
-        if (cur) {
-            const gw_resolved_t *crs = gw_backend_hold(cur);
-            out = held->residency && crs && crs->approved
-                      ? gw_arena_strdup(r->arena, crs->countries)
-                      : NULL;
-            gw_resolved_release(crs);
-        }
-        if (held) gw_config_unref(held);
-        return out;
-    }
-    /* Else the state now, copied for the request: it may be replaced the next moment. */
     const gw_resolved_t *rs = gw_backend_hold(b);
-    char *copy = rs && rs->approved ? gw_arena_strdup(r->arena, rs->countries) : NULL;
+    char *copy = rs && rs->approved ? gw_arena_strdup(a, rs->countries) : NULL;
     gw_resolved_release(rs);
     return copy;
 }
 
-long gw_req_backend_index(const gw_req_t *r)
-{
-    if (!r->pool || !r->backend) return -1;
-    return (long)(r->backend - (gw_backend_t *)r->pool->backends.items);
-}
-
-int gw_req_client_country(const gw_req_t *r, char cc[3])
+int gw_residency_country_of(const gw_config_t *c, const struct sockaddr *sa, char cc[3])
 {
     cc[0] = '\0';
-    const gw_residency_t *p = r->cfg->residency;
+    const gw_residency_t *p = c->residency;
     if (!p) return -1;
-    if (!r->client_len) return 0; /* no usable address (PROXY LOCAL, a bad X-Forwarded-For) */
-    /* The client's address stored once per request (the peer, PROXY's, or X-Forwarded-For's
-     * from a trusted proxy): never the balancer's own. */
+    if (!sa) return 0;
     char err[256];
-    const struct sockaddr *client = (const struct sockaddr *)&r->client;
-    int rc = gw_geoip_lookup(p->geoip, client, cc, NULL, err, sizeof(err));
+    int rc = gw_geoip_lookup(p->geoip, sa, cc, NULL, err, sizeof(err));
     return rc == GW_GEOIP_FOUND ? 1 : rc == GW_GEOIP_UNKNOWN ? 0 : -1;
 }

@@ -90,4 +90,15 @@ extern const gw_resolver_cbs_t gw_backend_geo_resolver_cbs;
 /* Backend states alive in the process (gotthard_resolver_states). */
 long gw_resolver_states(void);
 
+/* For the plugin interface (proxy/plugin_api.c). The countries behind b, as named by rs, the
+ * state its connection was verified under, judged by the config serving now when a reload
+ * came since cfg (the request's); NULL when refused. Copies live in a. */
+const char *gw_residency_conn_countries(const gw_config_t *cfg, const gw_backend_t *b,
+                                        const gw_resolved_t *rs, gw_arena_t *a);
+/* The countries behind b's current state, copied into a; NULL when it is not approved. */
+const char *gw_residency_countries_now(const gw_backend_t *b, gw_arena_t *a);
+/* The country of sa (NULL: not known) in c's residency databases: 1 and cc set, 0 when none
+ * knows it, -1 without a policy or on error. */
+int gw_residency_country_of(const gw_config_t *c, const struct sockaddr *sa, char cc[3]);
+
 #endif

@@ -12,7 +12,7 @@
  * none within the handshake deadline drops the connection and retries with the same backoff;
  * gw_redis_problem() says why for /readyz, in constant words (never the password).
  *
- * A command nobody waits for (gw_req_redis_send: settlements, slot releases, usage counts) that
+ * A command nobody waits for (gw_redis_send: settlements, slot releases, usage counts) that
  * cannot be sent now (no connection, a connection being dropped) is kept in a bounded
  * per-worker queue and sent, in order, once a connection completes its handshake; a reload that
  * replaces the connection hands the queue over. Past QUEUE_MAX the oldest is dropped and
@@ -27,7 +27,6 @@
 #include <string.h>
 
 #include "base/log.h"
-#include "proxy/request.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000   /* a Redis that returns is used again within about this */
@@ -44,9 +43,7 @@ typedef struct queued {
 
 typedef struct pending {
     gw_redis_t *rd;
-    gw_req_t *r;
-    gw_redis_cb cb;
-    gw_redis_detached_cb dcb; /* instead of cb: a call not tied to the request */
+    gw_redis_detached_cb cb;
     void *arg;
     struct event *timer;
     int answered; /* the callback has run */
@@ -250,10 +247,7 @@ static void answer(pending_t *p, redisReply *reply)
     if (p->answered) return;
     p->answered = 1;
     if (p->timer) evtimer_del(p->timer);
-    if (p->dcb)
-        p->dcb(reply, p->arg);
-    else
-        p->cb(p->r, reply, p->arg);
+    p->cb(reply, p->arg);
 }
 
 static void pending_free(pending_t *p)
@@ -525,19 +519,16 @@ void gw_redis_free(gw_redis_t *rd)
     free(rd);
 }
 
-static int call(gw_req_t *r, gw_redis_cb cb, gw_redis_detached_cb dcb, void *arg, int argc,
-                const char **argv, const size_t *argvlen)
+int gw_redis_command(gw_redis_t *rd, gw_redis_detached_cb cb, void *arg, int argc,
+                     const char **argv, const size_t *argvlen)
 {
-    gw_redis_t *rd = r->w->redis;
     if (!rd || !rd->connected || !rd->ac) return -1;
     pending_t *p = calloc(1, sizeof(*p));
     if (!p) return -1;
     p->rd = rd;
-    p->r = dcb ? NULL : r;
     p->cb = cb;
-    p->dcb = dcb;
     p->arg = arg;
-    p->timer = evtimer_new(r->w->base, on_timeout, p);
+    p->timer = evtimer_new(rd->w->base, on_timeout, p);
     if (!p->timer || redisAsyncCommandArgv(rd->ac, on_reply, p, argc, argv, argvlen) != REDIS_OK) {
         pending_free(p);
         return -1;
@@ -545,18 +536,6 @@ static int call(gw_req_t *r, gw_redis_cb cb, gw_redis_detached_cb dcb, void *arg
     struct timeval tv = {rd->timeout_ms / 1000, (rd->timeout_ms % 1000) * 1000};
     evtimer_add(p->timer, &tv);
     return 0;
-}
-
-int gw_req_redis(gw_req_t *r, gw_redis_cb cb, void *arg, int argc, const char **argv,
-                 const size_t *argvlen)
-{
-    return call(r, cb, NULL, arg, argc, argv, argvlen);
-}
-
-int gw_req_redis_detached(gw_req_t *r, gw_redis_detached_cb cb, void *arg, int argc,
-                          const char **argv, const size_t *argvlen)
-{
-    return call(r, NULL, cb, arg, argc, argv, argvlen);
 }
 
 static int send_or_queue(gw_redis_t *rd, int argc, const char **argv, const size_t *argvlen)
@@ -569,9 +548,9 @@ static int send_or_queue(gw_redis_t *rd, int argc, const char **argv, const size
     return enqueue(rd, argc, argv, argvlen);
 }
 
-int gw_req_redis_send(gw_req_t *r, int argc, const char **argv, const size_t *argvlen)
+int gw_redis_send(gw_redis_t *rd, int argc, const char **argv, const size_t *argvlen)
 {
-    return send_or_queue(r->w->redis, argc, argv, argvlen);
+    return send_or_queue(rd, argc, argv, argvlen);
 }
 
 static _Thread_local gw_worker_t *this_worker;

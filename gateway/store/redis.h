@@ -4,6 +4,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "gotthard/plugin.h" /* gw_redis_detached_cb */
 #include "io/worker.h"
 
 typedef struct gw_redis gw_redis_t;
@@ -27,6 +28,14 @@ void gw_redis_thread(gw_worker_t *w);
 void gw_redis_deliver(gw_redis_t *rd, struct event_base *base);
 /* Commands dropped from the per-worker queues (full, or out of memory), since start. */
 unsigned long gw_redis_queue_dropped(void);
+/* One command on rd (a worker's connection): cb runs exactly once on that worker's loop, with the
+ * reply (possibly an error reply), or NULL when none came within redis.timeout_ms or the connection
+ * failed. -1 (cb never runs) when rd is NULL or not up. */
+int gw_redis_command(gw_redis_t *rd, gw_redis_detached_cb cb, void *arg, int argc,
+                     const char **argv, const size_t *argvlen);
+/* One command whose answer nobody waits for: sent now, or queued (bounded) until rd is up
+ * again. -1 only when rd is NULL or being freed, or without memory. */
+int gw_redis_send(gw_redis_t *rd, int argc, const char **argv, const size_t *argvlen);
 /* How many workers' connections are up (all workers, any snapshot). */
 int gw_redis_connections_up(void);
 

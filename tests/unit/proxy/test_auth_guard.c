@@ -1,5 +1,6 @@
 /* Unit tests of the failed-authentication limiter's arithmetic (GCRA), with an injected clock. */
 #include <stdint.h>
+#include <string.h>
 
 #include "proxy/auth_guard.h"
 #include "check.h"
@@ -71,5 +72,23 @@ int main(void)
               (unsigned long long)n);
         if (k % 2 && gw_auth_guard_gcra(tat, at, t, 7, &next) == 0) tat = next;
     }
+    /* Failures counted by reason, in the fixed list's order; an unknown reason as "other". */
+    unsigned long before_exp = 0, before_other = 0, c = 0;
+    const char *name;
+    size_t n = 0, i_exp = 0, i_other = 0;
+    for (size_t i = 0; (name = gw_auth_guard_counted(i, &c)); i++, n++) {
+        if (strcmp(name, "jwt_expired") == 0) i_exp = i, before_exp = c;
+        if (strcmp(name, "other") == 0) i_other = i, before_other = c;
+    }
+    CHECK(n == 16 && i_exp && i_other == n - 1, "16 reasons, other last: %zu", n);
+    gw_auth_guard_count("jwt_expired");
+    gw_auth_guard_count("jwt_expired");
+    gw_auth_guard_count("no_such_reason");
+    gw_auth_guard_count(NULL);
+    gw_auth_guard_counted(i_exp, &c);
+    CHECK(c == before_exp + 2, "jwt_expired counted twice: %lu", c);
+    gw_auth_guard_counted(i_other, &c);
+    CHECK(c == before_other + 2, "unknown reasons as other: %lu", c);
+    CHECK(gw_auth_guard_counted(n, &c) == NULL, "NULL past the end");
     return check_done();
 }
