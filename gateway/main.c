@@ -16,6 +16,7 @@
 #include "base/audit.h"
 #include "proxy/auth_guard.h"
 #include "config/config.h"
+#include "config/load.h"
 #include "base/json.h"
 #include "base/log.h"
 #include "ops/metrics.h"

@@ -200,10 +200,6 @@ typedef struct gw_config {
     size_t models_json_len;
 } gw_config_t;
 
-/* Loads and checks FILE. On failure returns NULL and *errors holds lines
- * "$.path: message\n" (free it). */
-gw_config_t *gw_config_load(const char *file, char **errors);
-
 /* Checks a config without the world beyond its text: backend host names are not resolved (the
  * backends get no addresses), no backend key is read (file or environment), no TLS context is
  * made (no certificate, key or CA file read), the GeoIP databases are not opened, external
@@ -215,22 +211,8 @@ enum { GW_CONFIG_OFFLINE = 1 };
  * failed, is a verdict to show, not a config error. */
 enum { GW_CONFIG_REPORT = 2 };
 
-/* As gw_config_load, from the len bytes of text (no NUL needed); flags: GW_CONFIG_* or 0. */
-gw_config_t *gw_config_load_text(const char *text, size_t len, unsigned flags, char **errors);
-/* As gw_config_load, with flags. */
-gw_config_t *gw_config_load_flags(const char *file, unsigned flags, char **errors);
-
-/* What a higher layer adds to every load (the store's backend_geo.c: resolution and verdicts),
- * registered once at start-up, before any load; without it backends are not resolved (no
- * addresses, gw_backend_hold gives NULL). resolve_backend: b's first resolution, from
- * derive_backend (0, or -1 with err, reported at the backend's url); verdicts: once the plugins
- * are configured, every backend's (0, or -1 having reported its errors through cx). */
-typedef struct gw_config_steps {
-    int (*resolve_backend)(gw_conf_ctx_t *cx, gw_config_t *c, gw_backend_t *b, const char *path,
-                           char *err, size_t errlen);
-    int (*verdicts)(gw_conf_ctx_t *cx, gw_config_t *c);
-} gw_config_steps_t;
-void gw_config_set_steps(const gw_config_steps_t *steps);
+/* The snapshot's life (a reference count; the last unref releases its plugins and its live
+ * counters, then its memory) and its lookups. Loading: config/load.h. */
 gw_config_t *gw_config_ref(gw_config_t *c);
 void gw_config_unref(gw_config_t *c);
 gw_pool_t *gw_config_pool_for_model(const gw_config_t *c, const char *model);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "config/config.h"
+#include "config/load.h"
 #include "store/resolver.h"
 
 typedef struct gw_residency gw_residency_t;

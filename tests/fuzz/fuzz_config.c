@@ -26,6 +26,7 @@
 
 #include "guarded.h"
 #include "config/config.h"
+#include "config/load.h"
 #include "base/json.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);

@@ -6,6 +6,7 @@
 
 #include "check.h"
 #include "config/config.h"
+#include "config/load.h"
 #include "base/tls.h"
 #include "base/conf.h"
 

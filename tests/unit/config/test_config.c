@@ -7,6 +7,7 @@
 #include "base/json.h"
 #include "check.h"
 #include "config/config.h"
+#include "config/load.h"
 
 static struct {
     char hosts[4][64];

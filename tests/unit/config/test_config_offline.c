@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "config/config.h"
+#include "config/load.h"
 #include "base/json.h"
 #include "store/backend_geo.h"
 

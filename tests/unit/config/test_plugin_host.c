@@ -8,6 +8,7 @@
 
 #include "check.h"
 #include "config/config.h"
+#include "config/load.h"
 #include "config/plugin_host.h"
 
 /* configure: in the chain when the config has the plugin's first top-level key, or when the

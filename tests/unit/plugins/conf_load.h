@@ -9,6 +9,7 @@
 
 #include "check.h"
 #include "config/config.h"
+#include "config/load.h"
 
 /* A listener, the admin and one pool: extra adds the keys under test. */
 static const char conf_base[] =
