@@ -79,41 +79,44 @@ static void put(out_t *o, const char *s, size_t n)
 
 #define PUT_LIT(o, s) put(o, s, sizeof(s) - 1)
 
-/* The fields of a line, in order: the writer's and GET /privacy's one list. */
-const char *const gw_access_log_fields[] = {
-    "ts",      "request_id",    "client_request_id", "tenant",
-    "model",   "pool",          "backend",           "status",
-    "code",    "prompt_tokens", "completion_tokens", "tokens_estimated",
-    "ttft_ms", "duration_ms",   "bytes_in",          "bytes_out",
-    NULL,
-};
-enum {
-    F_TS,
-    F_REQUEST_ID,
-    F_CLIENT_REQUEST_ID,
-    F_TENANT,
-    F_MODEL,
-    F_POOL,
-    F_BACKEND,
-    F_STATUS,
-    F_CODE,
-    F_PROMPT_TOKENS,
-    F_COMPLETION_TOKENS,
-    F_TOKENS_ESTIMATED,
-    F_TTFT_MS,
-    F_DURATION_MS,
-    F_BYTES_IN,
-    F_BYTES_OUT
-};
+/* The fields of a line, in order: the writer's and GET /privacy's one list, written once. */
+#define FIELDS(X)                                                                                  \
+    X(TS, "ts")                                                                                    \
+    X(REQUEST_ID, "request_id")                                                                    \
+    X(CLIENT_REQUEST_ID, "client_request_id")                                                      \
+    X(TENANT, "tenant")                                                                            \
+    X(MODEL, "model")                                                                              \
+    X(POOL, "pool")                                                                                \
+    X(BACKEND, "backend")                                                                          \
+    X(STATUS, "status")                                                                            \
+    X(CODE, "code")                                                                                \
+    X(PROMPT_TOKENS, "prompt_tokens")                                                              \
+    X(COMPLETION_TOKENS, "completion_tokens")                                                      \
+    X(TOKENS_ESTIMATED, "tokens_estimated")                                                        \
+    X(TTFT_MS, "ttft_ms")                                                                          \
+    X(DURATION_MS, "duration_ms")                                                                  \
+    X(BYTES_IN, "bytes_in")                                                                        \
+    X(BYTES_OUT, "bytes_out")
+
+#define AS_NAME(id, name) name,
+const char *const gw_access_log_fields[] = {FIELDS(AS_NAME) NULL};
+#define AS_ENUM(id, name) F_##id,
+enum { FIELDS(AS_ENUM) F_COUNT };
+/* Each key as it is written, ,"name": with its length known at build time (a line is written
+ * per request: no strlen). */
+#define AS_KEY(id, name) {",\"" name "\":", sizeof(",\"" name "\":") - 1},
+static const struct {
+    const char *text;
+    size_t len;
+} keys[F_COUNT] = {FIELDS(AS_KEY)};
 
 /* ,"name": (the first field without the comma) */
 static void put_key(out_t *o, int field)
 {
-    const char *k = gw_access_log_fields[field];
-    if (field) PUT_LIT(o, ",");
-    PUT_LIT(o, "\"");
-    put(o, k, strlen(k));
-    PUT_LIT(o, "\":");
+    if (field)
+        put(o, keys[field].text, keys[field].len);
+    else
+        put(o, keys[field].text + 1, keys[field].len - 1);
 }
 
 static void put_u64(out_t *o, uint64_t v)
