@@ -20,6 +20,7 @@ LAYERS = ["base", "config", "io", "store", "proxy", "ops"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 TOP = len(LAYERS)  # gateway/main.c
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+SYSTEM_INCLUDE = re.compile(r'^\s*#\s*include\s+<([^>]+)>', re.M)
 
 
 def layer_of(rel):
@@ -35,10 +36,48 @@ def strip_comments(text):
     return re.sub(r"//[^\n]*", "", text)
 
 
+def plugin_headers(root):
+    """The plugins' folder names and the names their headers may be included by ('quota.h',
+    'quota/quota.h', 'plugins/quota/quota.h')."""
+    base = os.path.join(root, "plugins")
+    names = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))) \
+        if os.path.isdir(base) else []
+    headers = set()
+    for dp, _, fn in os.walk(base):
+        for f in fn:
+            if f.endswith(".h"):
+                rel = os.path.relpath(os.path.join(dp, f), base)
+                headers.update((f, rel, "plugins/" + rel))
+    return names, headers
+
+
+def check_include(gw, rel, rank, inc, plugin_hdrs, problems):
+    """One #include "inc" of gateway/rel: the included module, or None (outside gateway/)."""
+    target = os.path.normpath(os.path.join(gw, inc))
+    if not os.path.isfile(target) or not target.startswith(gw + os.sep):
+        beside = os.path.normpath(os.path.join(gw, os.path.dirname(rel), inc))
+        if inc in plugin_hdrs or os.path.normpath(inc) in plugin_hdrs:
+            problems.append("gateway/%s: includes \"%s\", a plugin's header: the core names no "
+                            "plugin" % (rel, inc))
+        elif os.path.isfile(beside) and beside.startswith(gw + os.sep):
+            problems.append("gateway/%s: includes \"%s\" without its folder (write \"%s\")"
+                            % (rel, inc, os.path.relpath(beside, gw)))
+        else:
+            problems.append("gateway/%s: includes \"%s\", which is not a header of gateway/ "
+                            "(a plugin's or a private one elsewhere)" % (rel, inc))
+        return None
+    trel = os.path.relpath(target, gw)
+    trank = layer_of(trel)
+    if trank is not None and trank > rank:
+        problems.append("gateway/%s (%s) includes %s (%s): a lower layer may not include a "
+                        "higher one" % (rel, LAYERS[rank] if rank < TOP else "main",
+                                        trel, LAYERS[trank]))
+    return trel.rsplit(".", 1)[0]
+
+
 def main(root):
     gw = os.path.join(root, "gateway")
-    plugins = sorted(d for d in os.listdir(os.path.join(root, "plugins"))
-                     if os.path.isdir(os.path.join(root, "plugins", d)))
+    plugins, plugin_hdrs = plugin_headers(root)
     problems = []
     files = []
     for dp, _, fn in os.walk(gw):
@@ -59,20 +98,13 @@ def main(root):
         for inc in INCLUDE.findall(code):
             if inc.startswith("gotthard/"):
                 continue  # the public plugin interface
-            target = os.path.normpath(os.path.join(gw, inc))
-            if not os.path.exists(target) or not target.startswith(gw + os.sep):
-                problems.append("gateway/%s: includes \"%s\", which is not a header of gateway/ "
-                                "(a plugin's or a private one elsewhere)" % (rel, inc))
-                continue
-            trel = os.path.relpath(target, gw)
-            trank = layer_of(trel)
-            if trank is not None and trank > rank:
-                problems.append("gateway/%s (%s) includes %s (%s): a lower layer may not include a "
-                                "higher one" % (rel, LAYERS[rank] if rank < TOP else "main",
-                                                trel, LAYERS[trank]))
-            tmod = trel.rsplit(".", 1)[0]
-            if tmod != mod:
+            tmod = check_include(gw, rel, rank, inc, plugin_hdrs, problems)
+            if tmod is not None and tmod != mod:
                 deps.add(tmod)
+        for inc in SYSTEM_INCLUDE.findall(code):
+            if inc in plugin_hdrs or os.path.normpath(inc) in plugin_hdrs:
+                problems.append("gateway/%s: includes <%s>, a plugin's header: the core names no "
+                                "plugin" % (rel, inc))
         for name in plugins:
             if re.search(r"\bgw_plugin_%s\b" % re.escape(name), code):
                 problems.append("gateway/%s: names the plugin table gw_plugin_%s" % (rel, name))
