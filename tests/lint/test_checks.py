@@ -157,6 +157,31 @@ def test_layers_main_may_include_every_layer():
                                         '#include "store/redis.h"\n#include "ops/admin.h"\n'}, 0)
 
 
+def test_layers_plugin_includes_core_header():
+    expect("layers", {"plugins/quota/quota.c": '#include "gotthard/plugin.h"\n#include "quota.h"\n'
+                                               '#include "base/log.h"\n'}, 1,
+           'plugins/quota/quota.c: includes "base/log.h": a plugin includes only gotthard/plugin.h',
+           forbid=('"quota.h"', '"gotthard/plugin.h"'))
+
+
+def test_layers_plugin_includes_core_header_in_brackets():
+    expect("layers", {"plugins/example/example.c": "#include <gotthard/plugin.h>\n"
+                                                   "#include <stdio.h>\n#include <base/log.h>\n"}, 1,
+           "plugins/example/example.c: includes <base/log.h>, a header of gateway/",
+           forbid=("<stdio.h>", "<gotthard/plugin.h>"))
+
+
+def test_layers_plugin_includes_another_plugins_header():
+    expect("layers", {"plugins/example/example.c": '#include "../quota/quota.h"\n'}, 1,
+           'plugins/example/example.c: includes "../quota/quota.h"')
+
+
+def test_layers_plugin_subfolder_header_allowed():
+    expect("layers", {"plugins/quota/lua/scripts.h": "int n;\n",
+                      "plugins/quota/lua/scripts.c": '#include "scripts.h"\n#include "../quota.h"\n'},
+           0)
+
+
 # --------------------------------------------------------------------------------- functions.py
 
 def function_of(lines):
