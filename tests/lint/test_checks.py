@@ -143,6 +143,14 @@ def test_layers_plugin_name_in_core():
            'gateway/config/config.c: names the plugin "example"')
 
 
+def test_layers_comment_markers_in_strings():
+    # "*/*" (an Accept value) opens no comment: the include after it is still read
+    expect("layers", {"gateway/ops/admin.c": '#include "ops/admin.h"\n'
+                                             'static const char *any = "*/*";\n#include "quota.h"\n'
+                                             'static const char *url = "http://x"; /* c */\n'}, 1,
+           'gateway/ops/admin.c: includes "quota.h", a plugin\'s header')
+
+
 def test_layers_file_outside_every_layer():
     expect("layers", {"gateway/misc/x.c": "int x;\n"}, 1, "gateway/misc/x.c: outside every layer")
 

@@ -33,9 +33,16 @@ def layer_of(rel):
     return RANK.get(parts[0])
 
 
+TOKENS = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
+
+
 def strip_comments(text):
-    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
-    return re.sub(r"//[^\n]*", "", text)
+    """text without its comments (their line breaks kept); string and character literals, which
+    may hold "/*" or "//", are left as they are."""
+    def blank(m):
+        t = m.group(0)
+        return "\n" * t.count("\n") if t.startswith("/") else t
+    return TOKENS.sub(blank, text)
 
 
 def plugin_headers(root):
