@@ -151,6 +151,15 @@ def test_layers_comment_markers_in_strings():
            'gateway/ops/admin.c: includes "quota.h", a plugin\'s header')
 
 
+def test_layers_core_words_only_where_listed():
+    # CORE_WORDS lets store/backend_geo.c write its audit field "residency", and nothing else
+    expect("layers", {"plugins/residency/residency.c": '#include "gotthard/plugin.h"\n',
+                      "gateway/store/backend_geo.c": 'static const char *f = "residency";\n'}, 0)
+    expect("layers", {"plugins/residency/residency.c": '#include "gotthard/plugin.h"\n',
+                      "gateway/store/redis.c": 'static const char *f = "residency";\n'}, 1,
+           'gateway/store/redis.c: names the plugin "residency"')
+
+
 def test_layers_file_outside_every_layer():
     expect("layers", {"gateway/misc/x.c": "int x;\n"}, 1, "gateway/misc/x.c: outside every layer")
 
