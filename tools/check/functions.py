@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """No function of the tree over 120 lines outside tests (docs/architecture.md).
 
-Reads the C sources of gateway/, plugins/ and tools/ as clang-format writes them (.clang-format:
-a function's opening brace alone at the start of a line, its closing brace likewise) and counts
-each function's lines from its signature to its closing brace. Exit 0, or 1 naming each longer one.
+Reads the C sources and headers (static inline functions) of gateway/, include/, plugins/ and
+tools/ as clang-format writes them (.clang-format: a function's opening brace alone at the start
+of a line, its closing brace likewise) and counts each function's lines from its signature to
+its closing brace. Exit 0, or 1 naming each longer one.
 """
 import os
 import re
 import sys
 
 LIMIT = 120
-DIRS = ("gateway", "plugins", "tools")
+DIRS = ("gateway", "include", "plugins", "tools")
 
 
 def functions(path):
@@ -38,7 +39,7 @@ def main(root):
     for d in DIRS:
         for dp, _, fn in os.walk(os.path.join(root, d)):
             for f in sorted(fn):
-                if not f.endswith(".c"):
+                if not f.endswith((".c", ".h")):
                     continue
                 p = os.path.join(dp, f)
                 for name, line, n in functions(p):

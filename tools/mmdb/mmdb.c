@@ -380,16 +380,18 @@ static int fail_output(const char *out, const char *what, int fd)
     return 1;
 }
 
-int main(int argc, char **argv)
+/* The options: fills *record_size (0: the smallest that fits), *in and *out. Returns -1 to go
+ * on, else the exit status. */
+static int parse_args(int argc, char **argv, int *record_size, const char **in, const char **out)
 {
-    int record_size = 0;
     int argi = 1;
+    *record_size = 0;
     if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
         usage(stdout);
         return 0;
     }
     if (argc >= 3 && !strcmp(argv[1], "--record-size")) {
-        record_size = atoi(argv[2]);
+        *record_size = atoi(argv[2]);
         if (strcmp(argv[2], "24") && strcmp(argv[2], "28") && strcmp(argv[2], "32")) {
             fprintf(stderr, PROG ": --record-size must be 24, 28 or 32\n");
             return 2;
@@ -400,10 +402,15 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    in_name = argv[argi];
-    const char *out = argv[argi + 1];
+    *in = argv[argi];
+    *out = argv[argi + 1];
+    return -1;
+}
 
-    time_t epoch = time(NULL);
+/* build_epoch: SOURCE_DATE_EPOCH when set, else now. Returns 0, or 1 when it is not a number. */
+static int build_epoch(time_t *epoch)
+{
+    *epoch = time(NULL);
     const char *sde = getenv("SOURCE_DATE_EPOCH");
     if (sde && *sde) {
         char *end;
@@ -413,15 +420,20 @@ int main(int argc, char **argv)
             fprintf(stderr, PROG ": SOURCE_DATE_EPOCH '%s' is not a number of seconds\n", sde);
             return 1;
         }
-        epoch = (time_t)v;
+        *epoch = (time_t)v;
     }
+    return 0;
+}
 
+/* Reads in_name into the trie. Returns 0, or 1 when it cannot be read or holds an error or no
+ * network (each reported). */
+static int load_input(void)
+{
     FILE *f = fopen(in_name, "r");
     if (!f) {
         fprintf(stderr, PROG ": %s: %s\n", in_name, strerror(errno));
         return 1;
     }
-    atexit(free_all);
     new_node(); /* the root, ::/0 */
     read_input(f);
     if (ferror(f)) {
@@ -435,8 +447,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: no networks (every line is blank or a comment)\n", in_name);
         return 1;
     }
+    return 0;
+}
 
-    /* Data section: one {"country": {"iso_code": CC}} per country. */
+/* Data section: one {"country": {"iso_code": CC}} per country, at data_off[i]. */
+static void put_data_section(void)
+{
     data_off = calloc(ncountries, sizeof *data_off);
     if (!data_off) die_oom();
     for (size_t i = 0; i < ncountries; i++) {
@@ -447,27 +463,31 @@ int main(int argc, char **argv)
         put_str(&data, "iso_code");
         put_str(&data, countries[i]);
     }
+}
 
-    number_nodes(0, 0);
+/* The record size for the numbered tree: *record_size if given and large enough, else the
+ * smallest that fits. Returns 0, or 1 (reported). */
+static int choose_record_size(int *record_size)
+{
     uint64_t max_record = (uint64_t)node_count + 16 + data.len;
     int fits = max_record < (1ull << 24) ? 24 : max_record < (1ull << 28) ? 28 : 32;
     if (max_record >= (1ull << 32)) {
         fprintf(stderr, "%s: too many networks for a MaxMind DB\n", in_name);
         return 1;
     }
-    if (!record_size)
-        record_size = fits;
-    else if (record_size < fits) {
+    if (!*record_size)
+        *record_size = fits;
+    else if (*record_size < fits) {
         fprintf(stderr, PROG ": --record-size %d is too small for %u nodes (needs %d)\n",
-                record_size, node_count, fits);
+                *record_size, node_count, fits);
         return 1;
     }
+    return 0;
+}
 
-    emit_nodes(&db, record_size, 0, -1, data_off);
-    static const uint8_t zeros[16];
-    put(&db, zeros, sizeof zeros);
-    put(&db, data.p, data.len);
-
+/* The metadata section, after its marker, at the end of the file. */
+static void put_metadata(int record_size, time_t epoch)
+{
     static const uint8_t marker[] = "\xAB\xCD\xEFMaxMind.com";
     put(&db, marker, sizeof marker - 1);
     put_ctrl(&db, T_MAP, 9);
@@ -492,8 +512,12 @@ int main(int argc, char **argv)
     put_uint(&db, T_UINT32, node_count);
     put_str(&db, "record_size");
     put_uint(&db, T_UINT16, (uint64_t)record_size);
+}
 
-    /* Write to OUT.tmp.XXXXXX beside OUT, then rename over OUT. */
+/* Writes db to OUT.tmp.XXXXXX beside out, then renames it over out. Returns 0, or 1 (reported,
+ * the temporary file removed). */
+static int write_output(const char *out)
+{
     size_t tl = strlen(out) + sizeof ".tmp.XXXXXX";
     tmp_path = malloc(tl);
     if (!tmp_path) die_oom();
@@ -511,6 +535,29 @@ int main(int argc, char **argv)
     if (fsync(fd) < 0) return fail_output(out, "fsync", fd);
     if (close(fd) < 0) return fail_output(out, "close", -1);
     if (rename(tmp_path, out) < 0) return fail_output(out, "rename", -1);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int record_size;
+    const char *out = NULL;
+    int rc = parse_args(argc, argv, &record_size, &in_name, &out);
+    if (rc >= 0) return rc;
+    time_t epoch;
+    if (build_epoch(&epoch)) return 1;
+    atexit(free_all);
+    if (load_input()) return 1;
+
+    put_data_section();
+    number_nodes(0, 0);
+    if (choose_record_size(&record_size)) return 1;
+    emit_nodes(&db, record_size, 0, -1, data_off);
+    static const uint8_t zeros[16];
+    put(&db, zeros, sizeof zeros);
+    put(&db, data.p, data.len);
+    put_metadata(record_size, epoch);
+    if (write_output(out)) return 1;
 
     printf("%s: %zu networks in %zu countries, %u nodes, record size %d, %zu bytes\n", out,
            nnetworks, ncountries, node_count, record_size, db.len);
