@@ -105,8 +105,9 @@ static int load_value(gw_conf_ctx_t *cx, const cJSON *n, const char *path, const
             return -1;
         }
         if (!in64 || (int64_t)d < k->min || (int64_t)d > k->max) {
-            gw_conf_error(cx, path, "must be between %lld and %lld", (long long)k->min,
-                          (long long)k->max);
+            gw_conf_error(cx, path, "must be between %lld and %lld%s%s%s", (long long)k->min,
+                          (long long)k->max, k->note ? " (" : "", k->note ? k->note : "",
+                          k->note ? ")" : "");
             return -1;
         }
         *(int64_t *)dst = (int64_t)d;
@@ -177,8 +178,9 @@ static int load_value(gw_conf_ctx_t *cx, const cJSON *n, const char *path, const
             return -1;
         }
         if (!(n->valuedouble >= (double)k->min && n->valuedouble <= (double)k->max)) {
-            gw_conf_error(cx, path, "must be between %lld and %lld", (long long)k->min,
-                          (long long)k->max);
+            gw_conf_error(cx, path, "must be between %lld and %lld%s%s%s", (long long)k->min,
+                          (long long)k->max, k->note ? " (" : "", k->note ? k->note : "",
+                          k->note ? ")" : "");
             return -1;
         }
         *(double *)dst = n->valuedouble;

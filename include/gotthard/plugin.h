@@ -77,6 +77,7 @@ struct gw_conf_key {
     /* GW_CT_FN: parses the node itself into dst; 0, or -1 after gw_conf_error. */
     int (*fn)(gw_conf_ctx_t *cx, const cJSON *node, const char *path, void *dst);
     const char *const *names; /* GW_CT_ENUM */
+    const char *note;         /* INT, NUM: what a bound means, added to its error ("0: no limit") */
 };
 
 /* A list of strings (char *) or of objects (obj->size bytes each). */

@@ -101,13 +101,17 @@ _Static_assert(offsetof(tenant_limits_t, limits) == 0, "limit_keys serve both");
 
 static int load_models(gw_conf_ctx_t *cx, const cJSON *o, const char *path, void *dst);
 
+#define NO_LIMIT "0: no limit" /* what a limit of 0 means, in its bound error */
+
 /* "models" first: an override is read by the same keys without it (limit_keys + 1). */
 static const gw_conf_key_t limit_keys[] = {
     {"models", GW_CT_FN, offsetof(tenant_limits_t, models), .fn = load_models},
-    {"requests_per_minute", GW_CT_INT, offsetof(gq_limits_t, rpm), 0, GQ_MAX_LIMIT},
-    {"tokens_per_minute", GW_CT_INT, offsetof(gq_limits_t, tpm), 0, GQ_MAX_LIMIT},
-    {"tokens_per_day", GW_CT_INT, offsetof(gq_limits_t, tpd), 0, GQ_MAX_LIMIT},
-    {"max_concurrent", GW_CT_INT, offsetof(gq_limits_t, concurrent), 0, GQ_MAX_LIMIT},
+    {"requests_per_minute", GW_CT_INT, offsetof(gq_limits_t, rpm), 0, GQ_MAX_LIMIT,
+     .note = NO_LIMIT},
+    {"tokens_per_minute", GW_CT_INT, offsetof(gq_limits_t, tpm), 0, GQ_MAX_LIMIT, .note = NO_LIMIT},
+    {"tokens_per_day", GW_CT_INT, offsetof(gq_limits_t, tpd), 0, GQ_MAX_LIMIT, .note = NO_LIMIT},
+    {"max_concurrent", GW_CT_INT, offsetof(gq_limits_t, concurrent), 0, GQ_MAX_LIMIT,
+     .note = NO_LIMIT},
     {NULL},
 };
 static const gw_conf_obj_t model_obj = {sizeof(gq_limits_t), limit_keys + 1, NULL, NULL};

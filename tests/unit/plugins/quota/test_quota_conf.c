@@ -19,8 +19,9 @@ static void test_refused(void)
     conf_refused(TENANT(",\"limits\":[]"), "$.tenants[0].limits: must be an object");
     conf_refused(TENANT(",\"limits\":{\"tokens_per_hour\":1}"),
                  "$.tenants[0].limits.tokens_per_hour: unknown key");
-    conf_refused(TENANT(",\"limits\":{\"requests_per_minute\":-1}"),
-                 "$.tenants[0].limits.requests_per_minute: must be between 0 and 10000000000");
+    conf_refused(
+        TENANT(",\"limits\":{\"requests_per_minute\":-1}"),
+        "$.tenants[0].limits.requests_per_minute: must be between 0 and 10000000000 (0: no limit)");
     conf_refused(TENANT(",\"limits\":{\"tokens_per_minute\":10000000001}"),
                  "$.tenants[0].limits.tokens_per_minute: must be between");
     conf_refused(TENANT(",\"limits\":{\"tokens_per_day\":1.5}"),
