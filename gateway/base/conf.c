@@ -271,7 +271,13 @@ static const cJSON *tenants(gw_conf_ctx_t *cx)
 size_t gw_conf_tenant_count(gw_conf_ctx_t *cx)
 {
     const cJSON *t = tenants(cx);
-    return t ? (size_t)cJSON_GetArraySize(t) : 0;
+    if (!t) return 0;
+    /* counted once per list: a plugin may ask in its loop's condition */
+    if (cx->count_list != t) {
+        cx->count_list = t;
+        cx->count = (size_t)cJSON_GetArraySize(t);
+    }
+    return cx->count;
 }
 
 const cJSON *gw_conf_tenant(gw_conf_ctx_t *cx, size_t i, const char **id, const char **path)

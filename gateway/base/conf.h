@@ -23,6 +23,8 @@ struct gw_conf_ctx {
     /* The tenant gw_conf_tenant gave last, in which list: the next is one step away. */
     const cJSON *tenant_list, *tenant_node;
     size_t tenant_index;
+    const cJSON *count_list; /* the list gw_conf_tenant_count counted, and its count */
+    size_t count;
 };
 
 void gw_conf_ctx_init(gw_conf_ctx_t *cx, gw_arena_t *arena);

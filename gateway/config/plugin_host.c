@@ -2,6 +2,8 @@
 #include "config/plugin_host.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/http.h"
@@ -40,7 +42,10 @@ static int open_external(gw_conf_ctx_t *cx, const char *file, size_t i, gw_plugi
     inst->path = gw_conf_path_index(cx, "$.plugins", i);
     inst->entry = (long)i;
     char *ppath = gw_conf_path_key(cx, inst->path, "path");
-    void *dl = dlopen(file, RTLD_NOW | RTLD_LOCAL);
+    /* RTLD_NODELETE: a plugin's code stays mapped after the last config that loaded it is
+     * released, for what still points into it (a worker's thread-local state that its
+     * thread_exit frees only when the worker stops, a detached Redis callback). */
+    void *dl = dlopen(file, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!dl) {
         gw_conf_error(cx, ppath, "cannot load: %s", dlerror());
         return -1;
@@ -256,8 +261,38 @@ int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c)
     return rc;
 }
 
+/* The thread_exit of every plugin that has served since start, once each: a worker calls them
+ * all as it stops, also those of plugins a reload has removed since (their thread-local state
+ * on the workers outlives their config). Grows by one per plugin build ever served. */
+static struct {
+    pthread_mutex_t mu;
+    void (**fn)(void);
+    size_t n, cap;
+} exits = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0};
+
+static int exit_known(void (*fn)(void))
+{
+    for (size_t i = 0; i < exits.n; i++)
+        if (exits.fn[i] == fn) return 1;
+    return 0;
+}
+
+static void note_thread_exit(void (*fn)(void))
+{
+    pthread_mutex_lock(&exits.mu);
+    if (!exit_known(fn) && exits.n == exits.cap) {
+        size_t cap = exits.cap ? exits.cap * 2 : 8;
+        void (**v)(void) = realloc(exits.fn, cap * sizeof(*v));
+        if (v) exits.fn = v, exits.cap = cap;
+    }
+    if (!exit_known(fn) && exits.n < exits.cap) exits.fn[exits.n++] = fn;
+    pthread_mutex_unlock(&exits.mu);
+}
+
 void gw_plugins_activate(gw_config_t *c)
 {
+    for (size_t i = 0; i < c->nknown; i++)
+        if (c->known[i].plugin->thread_exit) note_thread_exit(c->known[i].plugin->thread_exit);
     for (size_t i = 0; i < c->nplugins; i++) {
         gw_plugin_inst_t *inst = &c->plugins[i];
         if (inst->plugin->activate) inst->plugin->activate(inst->state);
@@ -266,8 +301,20 @@ void gw_plugins_activate(gw_config_t *c)
 
 void gw_plugins_thread_exit(const gw_config_t *c)
 {
-    for (size_t i = 0; c && i < c->nknown; i++)
-        if (c->known[i].plugin->thread_exit) c->known[i].plugin->thread_exit();
+    pthread_mutex_lock(&exits.mu);
+    size_t n = exits.n;
+    void (**fn)(void) = n ? malloc(n * sizeof(*fn)) : NULL;
+    if (fn) memcpy(fn, exits.fn, n * sizeof(*fn));
+    pthread_mutex_unlock(&exits.mu);
+    for (size_t i = 0; i < (fn ? n : 0); i++) fn[i]();
+    /* a config never activated (a unit test's): its own plugins */
+    for (size_t i = 0; c && i < c->nknown; i++) {
+        void (*f)(void) = c->known[i].plugin->thread_exit;
+        int done = 0;
+        for (size_t k = 0; f && fn && k < n; k++) done |= fn[k] == f;
+        if (f && !done) f();
+    }
+    free(fn);
 }
 
 void gw_plugins_release(gw_config_t *c)

@@ -24,7 +24,8 @@ int gw_plugins_configure(gw_conf_ctx_t *cx, gw_config_t *c);
 void gw_plugins_release(gw_config_t *c);
 /* The config passed every check and is about to serve: each plugin's activate, in order. */
 void gw_plugins_activate(gw_config_t *c);
-/* A worker thread stops: each plugin's thread_exit (of every plugin c knows). */
+/* A worker thread stops: the thread_exit of every plugin that has served since start (also one a
+ * reload removed since) and of every plugin c knows, once each. */
 void gw_plugins_thread_exit(const gw_config_t *c);
 
 #endif

@@ -100,7 +100,8 @@ void gw_conf_error(gw_conf_ctx_t *cx, const char *path, const char *fmt, ...)
 /* Memory that lives as long as the config (zeroed), and a copy of a string in it. */
 void *gw_conf_alloc(gw_conf_ctx_t *cx, size_t size);
 char *gw_conf_strdup(gw_conf_ctx_t *cx, const char *s);
-/* fn(arg) runs when the config is released (or refused), in the reverse order of registration. */
+/* fn(arg) runs when the config is released (or refused), in the reverse order of registration,
+ * before the plugin's release. */
 int gw_conf_on_release(gw_conf_ctx_t *cx, void (*fn)(void *), void *arg);
 /* path + "." + key, and path + "[i]", in the config's memory. */
 char *gw_conf_path_key(gw_conf_ctx_t *cx, const char *path, const char *key);
@@ -218,7 +219,11 @@ typedef struct gw_plugin {
     void (*admin_metrics)(void *state, gw_metrics_out out_fn, void *out);
 
     /* thread_exit: runs on each worker thread as it stops, for the plugin's thread-local
-     * state (not for state, which release frees). */
+     * state (not for state, which release frees): for every plugin that has served since the
+     * start, also one a reload has removed since, whether or not it ran on that thread. An
+     * external plugin's code stays loaded until the process ends, so that such state (or a
+     * detached Redis callback) never points into unmapped code; a new build of a plugin
+     * therefore needs a new file name (loading the same path again reuses the loaded code). */
     void (*thread_exit)(void);
 } gw_plugin_t;
 
