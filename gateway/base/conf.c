@@ -88,7 +88,8 @@ static int load_enum(gw_conf_ctx_t *cx, const cJSON *n, const char *path, const 
     for (int i = 0; k->names[i] && len < sizeof(list); i++)
         len += (size_t)snprintf(list + len, sizeof(list) - len, "%s\"%s\"",
                                 i == 0 ? "" : (k->names[i + 1] ? ", " : " or "), k->names[i]);
-    gw_conf_error(cx, path, "must be %s%s", k->names[1] ? "one of " : "", list);
+    gw_conf_error(cx, path, "must be %s%s", k->names[0] && k->names[1] ? "one of " : "",
+                  k->names[0] ? list : "(no value is allowed)");
     return -1;
 }
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/conf.h"
 #include "base/http.h"
 
 /* The config whose plugins answer gw_plugins_own_key, between gw_plugins_open and
@@ -116,12 +117,41 @@ static int must_precede(const gw_plugin_inst_t *a, const gw_plugin_inst_t *b)
            (b->plugin->after && strcmp(b->plugin->after, a->plugin->name) == 0);
 }
 
-/* Names: unique, and after/before name a plugin. */
+/* The admin listener's own pages (ops/admin.c serves them): no plugin's page may take one. */
+static const char *const core_pages[] = {"",       "healthz",   "readyz", "metrics",      "privacy",
+                                         "status", "residency", "reload", "audit/recent", NULL};
+
+/* Why page (a plugin's GET /<page>) cannot be one, or NULL: a short path of [a-z0-9_-] words
+ * joined by '/', not the core's, not another plugin's. */
+static const char *page_problem(const gw_plugin_inst_t *ps, size_t i, const char *page)
+{
+    size_t len = strlen(page);
+    if (len == 0 || len > 64 || page[0] == '/' || page[len - 1] == '/' || strstr(page, "//"))
+        return "is not a page name (1 to 64 characters, words joined by '/')";
+    for (const char *c = page; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || strchr("_-/", *c)))
+            return "is not a page name (lower-case letters, digits, '_', '-' and '/')";
+    for (const char *const *k = core_pages; *k; k++)
+        if (strcmp(*k, page) == 0) return "is a page of the core's";
+    for (size_t j = 0; j < i; j++)
+        for (const char *const *q = ps[j].plugin->admin_pages; q && *q; q++)
+            if (strcmp(*q, page) == 0) return "is served by another plugin";
+    return NULL;
+}
+
+/* Names: unique, after/before name a plugin, admin pages are free. */
 static int check_names(gw_conf_ctx_t *cx, const gw_plugin_inst_t *ps, size_t n)
 {
     int rc = 0;
     for (size_t i = 0; i < n; i++) {
         const gw_plugin_t *p = ps[i].plugin;
+        for (const char *const *q = p->admin_pages; q && *q; q++) {
+            const char *why = page_problem(ps, i, *q);
+            if (!why) continue;
+            gw_conf_error(cx, ps[i].path, "plugin \"%s\": its admin page \"%s\" %s", p->name,
+                          gw_conf_string_ok(*q) ? *q : "?", why);
+            rc = -1;
+        }
         if (find_named(ps, i, p->name) >= 0) {
             gw_conf_error(cx, ps[i].path, "a plugin named \"%s\" is loaded already", p->name);
             rc = -1;
@@ -163,6 +193,32 @@ static int sorts_first(const place_t *pl, size_t i, long best)
            (pl[i].rank == pl[best].rank && pl[i].side < pl[best].side);
 }
 
+static int placed(const gw_plugin_t *p)
+{
+    return p->after || p->before;
+}
+
+/* A position moves its own plugin only: two plugins that name no position keep the order of
+ * their ranks (an external plugin "after quota, before auth_apikey" would put authentication
+ * after the quota: refused, at that plugin). */
+static int kept_ranks(gw_conf_ctx_t *cx, const gw_plugin_inst_t *out, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        for (size_t l = k + 1; l < n; l++) {
+            const gw_plugin_t *a = out[k].plugin, *b = out[l].plugin;
+            if (placed(a) || placed(b) || rank_of(a) <= rank_of(b)) continue;
+            size_t at = 0; /* the plugin whose positions did it: an external one if any */
+            for (size_t i = 0; i < n; i++)
+                if (placed(out[i].plugin) && (!placed(out[at].plugin) || out[i].entry >= 0)) at = i;
+            gw_conf_error(cx, out[at].path,
+                          "the positions of plugin \"%s\" (after/before) would run \"%s\" "
+                          "after \"%s\", against their ranks",
+                          out[at].plugin->name, b->name, a->name);
+            return -1;
+        }
+    return 0;
+}
+
 /* ps in chain order into out: by place, each after what must precede it. */
 static int order(gw_conf_ctx_t *cx, const gw_plugin_inst_t *ps, size_t n, gw_plugin_inst_t *out)
 {
@@ -191,7 +247,7 @@ static int order(gw_conf_ctx_t *cx, const gw_plugin_inst_t *ps, size_t n, gw_plu
         done[best] = 1;
         out[k] = ps[best];
     }
-    return 0;
+    return kept_ranks(cx, out, n);
 }
 
 int gw_plugins_open(gw_conf_ctx_t *cx, gw_config_t *c, const gw_conf_obj_t *top,
@@ -211,9 +267,12 @@ int gw_plugins_open(gw_conf_ctx_t *cx, gw_config_t *c, const gw_conf_obj_t *top,
     /* Offline, external plugins are not loaded (gw_config_load_text): their keys are unknown. */
     c->keys_unchecked = (c->flags & GW_CONFIG_OFFLINE) && ne > 0;
     size_t i = 0;
+    /* Nothing is loaded from a list the core's loader refuses (too long): no .so runs for it. */
+    if (ne > GW_MAX_PLUGINS) c->keys_unchecked = 1, rc = -1;
     for (const cJSON *e = ne && !c->keys_unchecked ? entries->child : NULL; e; e = e->next, i++) {
         const cJSON *file = cJSON_GetObjectItemCaseSensitive(e, "path");
-        if (!cJSON_IsString(file)) continue; /* the core's loader says what is wrong */
+        if (!cJSON_IsString(file) || !*file->valuestring)
+            continue; /* the core's loader says what is wrong */
         if (open_external(cx, file->valuestring, i, &ps[n]) == 0) {
             n++;
         } else {

@@ -4,6 +4,9 @@
 
 #include "config/config.h"
 
+/* External plugins a config may list (plugins[]). */
+#define GW_MAX_PLUGINS 64
+
 /* The built-in plugins, NULL-terminated: the list the build generates (builtin_plugins.c, from
  * plugins/CMakeLists.txt), linked into the gotthard program with the plugins themselves. */
 extern const gw_plugin_t *const gw_builtin_plugins[];

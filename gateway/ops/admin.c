@@ -221,6 +221,28 @@ static int64_t mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* A plugin's error for one of its pages, as an OpenAI-shaped body: its code kept when it is a
+ * short token of [a-z0-9_], its message escaped (and cut at its buffer's end, NUL or not), its
+ * status when it is an error status (else 500). */
+static char *plugin_error(int *status, gw_admin_err_t *err)
+{
+    int ok = err->code && *err->code && strlen(err->code) <= 64;
+    for (const char *c = err->code; ok && *c; c++)
+        ok = (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_';
+    err->message[sizeof(err->message) - 1] = '\0';
+    if (*status < 400 || *status > 599) *status = 500;
+    cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
+    cJSON_AddStringToObject(e, "message",
+                            err->message[0] ? err->message : "The report could not be made.");
+    cJSON_AddStringToObject(e, "type", gw_error_type(*status));
+    cJSON_AddNullToObject(e, "param");
+    cJSON_AddStringToObject(e, "code", ok ? err->code : "internal_error");
+    char *printed = e ? cJSON_PrintUnformatted(o) : NULL, *body = printed ? strdup(printed) : NULL;
+    cJSON_free(printed);
+    cJSON_Delete(o);
+    return body;
+}
+
 /* A plugin's own page (its admin_pages): that plugin, with its state (NULL when the config
  * leaves it out of the chain), or NULL when none serves it. */
 static const gw_plugin_inst_t *page_owner(const gw_config_t *cfg, const char *name)
@@ -247,13 +269,10 @@ static void reply_page(gw_admin_t *a, struct evhttp_request *req, const gw_plugi
     cJSON *o = cJSON_CreateObject();
     gw_admin_err_t err = {NULL, {0}};
     int status = o ? inst->plugin->admin_report(inst->state, path + 1, query, o, &err) : 500;
-    char *printed = status < 400 ? cJSON_PrintUnformatted(o) : NULL, *body = NULL;
+    char *printed = status == 0 ? cJSON_PrintUnformatted(o) : NULL, *body = NULL;
     cJSON_Delete(o);
-    if (status >= 400) {
-        char e[512];
-        gw_error_json(e, sizeof(e), status, err.code ? err.code : "internal_error",
-                      err.message[0] ? err.message : "The report could not be made.");
-        body = strdup(e);
+    if (status != 0) { /* an error status, or anything else but 0 (an error too) */
+        body = plugin_error(&status, &err);
     } else {
         status = 200;
         body = printed ? strdup(printed) : NULL;
@@ -272,14 +291,34 @@ static void reply_page(gw_admin_t *a, struct evhttp_request *req, const gw_plugi
     reply_json(req, status, body);
 }
 
-/* Each plugin's part of a document (GW_ADMIN_STATUS, GW_ADMIN_PRIVACY), in chain order. */
+/* Members a plugin added to o (those after `before`) that another, earlier member already names:
+ * dropped, so that no plugin can shadow the core's or another plugin's part of a document. */
+static void drop_repeated(cJSON *o, const cJSON *before)
+{
+    cJSON *e = before ? before->next : o->child;
+    while (e) {
+        cJSON *next = e->next;
+        for (const cJSON *p = o->child; p != e; p = p->next)
+            if (p->string && e->string && strcmp(p->string, e->string) == 0) {
+                cJSON_Delete(cJSON_DetachItemViaPointer(o, e));
+                break;
+            }
+        e = next;
+    }
+}
+
+/* Each plugin's part of a document (GW_ADMIN_STATUS, GW_ADMIN_PRIVACY), in chain order, after
+ * the core's own members. */
 static void plugin_parts(const gw_config_t *cfg, const char *page, cJSON *o)
 {
     for (size_t i = 0; i < cfg->nknown; i++) {
         const gw_plugin_inst_t *inst = &cfg->known[i];
         gw_admin_err_t err = {NULL, {0}};
+        const cJSON *last =
+            o->child ? o->child->prev : NULL; /* cJSON: the head's prev is the tail */
         if (inst->plugin->admin_report)
             inst->plugin->admin_report(inst->state, page, NULL, o, &err);
+        drop_repeated(o, last);
     }
 }
 
@@ -289,7 +328,6 @@ static char *privacy_report(const gw_config_t *cfg)
 {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
-    plugin_parts(cfg, GW_ADMIN_PRIVACY, o);
     cJSON *al = cJSON_AddObjectToObject(o, "access_log");
     if (al) {
         cJSON_AddBoolToObject(al, "enabled", cfg->access_log.path != NULL);
@@ -310,6 +348,7 @@ static char *privacy_report(const gw_config_t *cfg)
         cJSON_AddBoolToObject(proc, "bodies_on_disk", 0);
     }
     cJSON_AddBoolToObject(o, "content_in_logs", 0);
+    plugin_parts(cfg, GW_ADMIN_PRIVACY, o);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;

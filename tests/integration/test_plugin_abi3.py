@@ -78,6 +78,31 @@ static int request_body(gw_req_t *r, void *conf, void **ctx)
     return GW_CONTINUE;
 }
 
+#ifdef ADMIN
+/* A hostile admin side: a page answering odd statuses and a message filling its buffer, a
+ * /status part that tries to replace the core's "pools". */
+static int admin_report(void *state, const char *page, const char *query, cJSON *out,
+                        gw_admin_err_t *err)
+{
+    (void)state;
+    if (strcmp(page, GW_ADMIN_STATUS) == 0) {
+        cJSON_AddStringToObject(out, "pools", "not the core's");
+        cJSON_AddStringToObject(out, "abi3", "mine");
+        return 0;
+    }
+    if (strcmp(page, "abi3/odd") != 0) return 0;
+    cJSON_AddStringToObject(out, "partial", "never shown");
+    if (query && strcmp(query, "q=full") == 0) {
+        memset(err->message, '"', sizeof(err->message)); /* no NUL, all quotes */
+        err->code = "bad\"code";
+        return 503;
+    }
+    if (query && strcmp(query, "q=neg") == 0) return -1;
+    return 302;
+}
+static const char *const pages[] = {"abi3/odd", NULL};
+#endif
+
 static const char *const tenant_keys[] = {TKEY, NULL};
 static const char *const config_keys[] = {CKEY, NULL};
 
@@ -89,6 +114,10 @@ const gw_plugin_t gotthard_plugin = {
     .before = BEFORE,
     .configure = configure,
     .request_body = request_body,
+#ifdef ADMIN
+    .admin_pages = pages,
+    .admin_report = admin_report,
+#endif
 };
 """
 
@@ -242,6 +271,27 @@ def test_example_secret_never_shown_and_status_part():
         assert SECRET not in gwtest.get(gw.admin_port, path).text(), path
     assert gw.stop() == 0
     assert SECRET not in gw.stderr_text(), gw.stderr_text()[-800:]
+
+
+def test_plugin_admin_errors_are_well_formed_and_parts_never_shadow():
+    """A plugin's page error is always an OpenAI-shaped JSON error: a message that fills its
+    buffer without a NUL is cut, quotes escaped, a code that is not a token replaced, a status
+    that is no error status made 500; its partial output never shown. A plugin's /status part
+    cannot replace a member of the core's."""
+    so = build(gwtest.tempdir(), ADMIN=1)
+    mock = Mock()
+    gw = Gateway(gateway_config([mock.port], plugins=[{"path": so}]))
+    for query, status in (("q=full", 503), ("q=odd", 500), ("q=neg", 500)):
+        r = gwtest.get(gw.admin_port, "/abi3/odd?" + query)
+        assert r.status == status, (query, r.describe())
+        err = r.json()["error"]  # valid JSON, or this raises
+        assert err["code"] == "internal_error" and "partial" not in r.text(), (query, r.text())
+        if query == "q=full":
+            assert err["message"] == '"' * 199, err
+    st = gwtest.get(gw.admin_port, "/status")
+    assert st.status == 200 and st.text().count('"pools"') == 1, st.text()[:400]
+    assert isinstance(st.json()["pools"], list) and st.json()["abi3"] == "mine", st.json()
+    assert gw.stop() == 0
 
 
 if __name__ == "__main__":

@@ -158,6 +158,81 @@ static void test_unknown_and_cycle(void)
     gamma_.after = beta.after = NULL;
 }
 
+/* A position moves its own plugin only: gamma after alpha (200) and before beta (100) would run
+ * beta after alpha, against their ranks: refused at gamma. */
+static void test_positions_keep_others_ranks(void)
+{
+    gamma_.after = "alpha";
+    gamma_.before = "beta";
+    char *errors;
+    gw_config_t *c = load("", "", &errors);
+    CHECK(!c && strstr(errors ? errors : "", "would run \"beta\" after \"alpha\", against"),
+          "contradictory positions: %s", errors ? errors : "(loaded)");
+    gw_config_unref(c);
+    free(errors);
+    gamma_.after = gamma_.before = NULL;
+}
+
+/* Admin pages: free names only (not the core's, not another plugin's, a plain path). */
+static void test_admin_pages(void)
+{
+    static const char *const bad[][2] = {{"metrics", "is a page of the core's"},
+                                         {"audit/recent", "is a page of the core's"},
+                                         {"", "is not a page name"},
+                                         {"../x", "is not a page name"},
+                                         {"a//b", "is not a page name"},
+                                         {"Usage", "is not a page name"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *pages[] = {bad[i][0], NULL};
+        delta.admin_pages = pages;
+        char *errors;
+        gw_config_t *c = load("", "", &errors);
+        CHECK(!c && strstr(errors ? errors : "", bad[i][1]), "page \"%s\": %s", bad[i][0],
+              errors ? errors : "(loaded)");
+        gw_config_unref(c);
+        free(errors);
+    }
+    static const char *const usage[] = {"usage", NULL}, *const mine[] = {"my/report", NULL};
+    delta.admin_pages = usage;
+    alpha.admin_pages = usage;
+    char *errors;
+    gw_config_t *c = load("", "", &errors);
+    CHECK(!c && strstr(errors ? errors : "", "\"usage\" is served by another plugin"),
+          "a page twice: %s", errors ? errors : "(loaded)");
+    gw_config_unref(c);
+    free(errors);
+    alpha.admin_pages = NULL;
+    delta.admin_pages = mine;
+    c = load("", "", &errors);
+    CHECK(c != NULL, "a free page: %s", errors ? errors : "");
+    gw_config_unref(c);
+    free(errors);
+    delta.admin_pages = NULL;
+}
+
+/* A worker stopping calls the thread_exit of every plugin that has served since start, also of
+ * one the current config no longer has (its state on the worker outlives its config). */
+static void test_thread_exit_of_plugins_gone(void)
+{
+    char *errors;
+    gw_config_t *c = load(",\"alpha\":1", "", &errors);
+    CHECK(c != NULL, "loaded: %s", errors ? errors : "");
+    free(errors);
+    if (!c) return;
+    gw_plugins_activate(c); /* alpha and beta served */
+    gw_config_unref(c);
+    void (*saved)(void) = beta.thread_exit;
+    beta.thread_exit = NULL; /* the config of now knows no thread_exit at all */
+    alpha.thread_exit = NULL;
+    c = load("", "", &errors);
+    exits = 0;
+    gw_plugins_thread_exit(c);
+    CHECK(exits == 1, "the thread_exit that served once runs once: %d", exits);
+    gw_config_unref(c);
+    free(errors);
+    beta.thread_exit = alpha.thread_exit = saved;
+}
+
 static void test_keys(void)
 {
     char *errors;
@@ -220,5 +295,8 @@ int main(void)
     test_after_before();
     test_unknown_and_cycle();
     test_keys();
+    test_positions_keep_others_ranks();
+    test_admin_pages();
+    test_thread_exit_of_plugins_gone();
     return check_done();
 }
