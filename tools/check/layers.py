@@ -23,6 +23,9 @@ CORE_WORDS = {
     ("store/backend_geo.c", "residency"):
         "the config_loaded audit line's field for the core's own backend verification "
         "(operators' tools read it; docs/residency.md)",
+    ("config/plugin_host.c", "residency"):
+        "the admin listener's own GET /residency (the core's verification report), a page name "
+        "no plugin may take",
 }
 
 LAYERS = ["base", "config", "io", "store", "proxy", "ops"]
