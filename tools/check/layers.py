@@ -26,6 +26,9 @@ CORE_WORDS = {
     ("config/plugin_host.c", "residency"):
         "the admin listener's own GET /residency (the core's verification report), a page name "
         "no plugin may take",
+    ("config/plugin_host.c", "privacy"):
+        "the admin listener's own GET /privacy (the core's document the plugins add to), a page "
+        "name no plugin may take",
 }
 
 LAYERS = ["base", "config", "io", "store", "proxy", "ops"]
