@@ -59,7 +59,8 @@ static void *privacy_state(const char *conf)
     void *state = NULL;
     check(j && gw_plugin_privacy.configure(&cx, j, "$", &state) == 0 && state && !cx.nerrors);
     gw_conf_ctx_release(&cx);
-    gw_arena_free(a);
+    /* The state lives in the config's memory (the arena): kept for the whole run, as a
+     * snapshot keeps it while it serves. */
     cJSON_Delete(j);
     return state;
 }
